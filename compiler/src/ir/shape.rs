@@ -1,0 +1,385 @@
+//! Static shape and dtype inference: the result type of an operator from its argument types.
+
+use super::dtype::{DType, TensorType};
+use super::op::Op;
+
+/// Numpy broadcasting of two shapes, or `None` when they are incompatible.
+pub fn broadcast(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let n = a.len().max(b.len());
+    let mut out = vec![0; n];
+    for i in 0..n {
+        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
+        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+        out[i] = if da == db || db == 1 {
+            da
+        } else if da == 1 {
+            db
+        } else {
+            return None;
+        };
+    }
+    Some(out)
+}
+
+fn shape_str(s: &[usize]) -> String {
+    format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))
+}
+
+fn arity(op: &Op, args: &[&TensorType], lo: usize, hi: usize) -> Result<(), String> {
+    if args.len() < lo || args.len() > hi {
+        let want = if lo == hi { lo.to_string() } else { format!("{lo} to {hi}") };
+        return Err(format!("`{}` takes {want} arguments, got {}", op.name(), args.len()));
+    }
+    Ok(())
+}
+
+fn same_dtype(op: &Op, a: &TensorType, b: &TensorType) -> Result<(), String> {
+    if a.dtype != b.dtype {
+        return Err(format!(
+            "`{}` needs arguments of one dtype, got {} and {}",
+            op.name(),
+            a.dtype,
+            b.dtype
+        ));
+    }
+    Ok(())
+}
+
+fn check_axes(op: &Op, axes: &[usize], rank: usize) -> Result<(), String> {
+    for w in axes.windows(2) {
+        if w[0] >= w[1] {
+            return Err(format!("`{}` axes must be sorted and distinct, got {axes:?}", op.name()));
+        }
+    }
+    if let Some(&a) = axes.iter().find(|&&a| a >= rank) {
+        return Err(format!("`{}` axis {a} is out of range for rank {rank}", op.name()));
+    }
+    Ok(())
+}
+
+/// The result type of `op` applied to arguments of the given types, or a message saying what
+/// was expected (the caller adds the node name).
+pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
+    if op.is_binary_elementwise() {
+        arity(op, args, 2, 2)?;
+        same_dtype(op, args[0], args[1])?;
+        let shape = broadcast(&args[0].shape, &args[1].shape).ok_or_else(|| {
+            format!(
+                "`{}` cannot broadcast shapes {} and {}",
+                op.name(),
+                shape_str(&args[0].shape),
+                shape_str(&args[1].shape)
+            )
+        })?;
+        if matches!(op, Op::And | Op::Or | Op::Xor) && args[0].dtype != DType::Bool {
+            return Err(format!("`{}` needs bool arguments, got {}", op.name(), args[0].dtype));
+        }
+        let dtype = if op.returns_bool() { DType::Bool } else { args[0].dtype };
+        return Ok(TensorType::new(dtype, shape));
+    }
+    match op {
+        Op::Not | Op::Neg | Op::Abs | Op::Relu | Op::Clip { .. } => {
+            arity(op, args, 1, 1)?;
+            if matches!(op, Op::Not) && args[0].dtype != DType::Bool {
+                return Err(format!("`not` needs a bool argument, got {}", args[0].dtype));
+            }
+            Ok(args[0].clone())
+        }
+        Op::Sqrt
+        | Op::Reciprocal
+        | Op::Exp
+        | Op::Log
+        | Op::Erf
+        | Op::Tanh
+        | Op::Sigmoid
+        | Op::Gelu { .. }
+        | Op::Smu1 { .. }
+        | Op::Drelu
+        | Op::Softmax { .. } => {
+            arity(op, args, 1, 1)?;
+            if !args[0].dtype.is_float() && !matches!(op, Op::Drelu) {
+                return Err(format!(
+                    "`{}` needs a floating-point argument, got {}",
+                    op.name(),
+                    args[0].dtype
+                ));
+            }
+            if let Op::Softmax { axis } = op {
+                if *axis >= args[0].rank() {
+                    return Err(format!(
+                        "softmax axis {axis} is out of range for rank {}",
+                        args[0].rank()
+                    ));
+                }
+            }
+            Ok(args[0].clone())
+        }
+        Op::IsNaN => {
+            arity(op, args, 1, 1)?;
+            Ok(TensorType::new(DType::Bool, args[0].shape.clone()))
+        }
+        Op::Cast { to } => {
+            arity(op, args, 1, 1)?;
+            Ok(TensorType::new(*to, args[0].shape.clone()))
+        }
+        Op::Where => {
+            arity(op, args, 3, 3)?;
+            if args[0].dtype != DType::Bool {
+                return Err(format!("`where` condition must be bool, got {}", args[0].dtype));
+            }
+            same_dtype(op, args[1], args[2])?;
+            let s = broadcast(&args[0].shape, &args[1].shape)
+                .and_then(|s| broadcast(&s, &args[2].shape))
+                .ok_or_else(|| {
+                    format!(
+                        "`where` cannot broadcast shapes {}, {} and {}",
+                        shape_str(&args[0].shape),
+                        shape_str(&args[1].shape),
+                        shape_str(&args[2].shape)
+                    )
+                })?;
+            Ok(TensorType::new(args[1].dtype, s))
+        }
+        Op::MatMul => {
+            arity(op, args, 2, 2)?;
+            same_dtype(op, args[0], args[1])?;
+            matmul_shape(&args[0].shape, &args[1].shape).map(|s| TensorType::new(args[0].dtype, s))
+        }
+        Op::ReduceSum { axes, keepdims }
+        | Op::ReduceMean { axes, keepdims }
+        | Op::ReduceMax { axes, keepdims } => {
+            arity(op, args, 1, 1)?;
+            check_axes(op, axes, args[0].rank())?;
+            let mut shape = Vec::new();
+            for (i, &d) in args[0].shape.iter().enumerate() {
+                if axes.contains(&i) {
+                    if *keepdims {
+                        shape.push(1);
+                    }
+                } else {
+                    shape.push(d);
+                }
+            }
+            Ok(TensorType::new(args[0].dtype, shape))
+        }
+        Op::LayerNorm { axis, .. } => {
+            arity(op, args, 2, 3)?;
+            let x = args[0];
+            if *axis >= x.rank() {
+                return Err(format!(
+                    "layer_norm axis {axis} is out of range for rank {}",
+                    x.rank()
+                ));
+            }
+            let norm = &x.shape[*axis..];
+            for p in &args[1..] {
+                same_dtype(op, x, p)?;
+                if broadcast(norm, &p.shape).as_deref() != Some(norm) {
+                    return Err(format!(
+                        "layer_norm scale/bias of shape {} does not broadcast to the normalised shape {}",
+                        shape_str(&p.shape),
+                        shape_str(norm)
+                    ));
+                }
+            }
+            Ok(x.clone())
+        }
+        Op::Reshape { shape } => {
+            arity(op, args, 1, 1)?;
+            let n: usize = shape.iter().product();
+            if n != args[0].numel() {
+                return Err(format!(
+                    "cannot reshape {} ({} elements) to {} ({n} elements)",
+                    shape_str(&args[0].shape),
+                    args[0].numel(),
+                    shape_str(shape)
+                ));
+            }
+            Ok(TensorType::new(args[0].dtype, shape.clone()))
+        }
+        Op::Transpose { perm } => {
+            arity(op, args, 1, 1)?;
+            let r = args[0].rank();
+            let mut seen = vec![false; r];
+            if perm.len() != r
+                || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true))
+            {
+                return Err(format!("transpose perm {perm:?} is not a permutation of rank {r}"));
+            }
+            Ok(TensorType::new(
+                args[0].dtype,
+                perm.iter().map(|&p| args[0].shape[p]).collect::<Vec<_>>(),
+            ))
+        }
+        Op::Slice { start, step, len } => {
+            arity(op, args, 1, 1)?;
+            let s = &args[0].shape;
+            if start.len() != s.len() || step.len() != s.len() || len.len() != s.len() {
+                return Err(format!(
+                    "slice attributes must have one entry per dim (rank {})",
+                    s.len()
+                ));
+            }
+            for d in 0..s.len() {
+                if len[d] == 0 {
+                    continue;
+                }
+                let last = start[d] as i64 + (len[d] as i64 - 1) * step[d];
+                if step[d] == 0 || start[d] >= s[d] || last < 0 || last >= s[d] as i64 {
+                    return Err(format!(
+                        "slice of dim {d} (size {}) with start {} step {} len {} reads out of range",
+                        s[d], start[d], step[d], len[d]
+                    ));
+                }
+            }
+            Ok(TensorType::new(args[0].dtype, len.clone()))
+        }
+        Op::Concat { axis } => {
+            if args.is_empty() {
+                return Err("`concat` needs at least one argument".into());
+            }
+            let first = args[0];
+            if *axis >= first.rank() {
+                return Err(format!(
+                    "concat axis {axis} is out of range for rank {}",
+                    first.rank()
+                ));
+            }
+            let mut shape = first.shape.clone();
+            shape[*axis] = 0;
+            for a in args {
+                same_dtype(op, first, a)?;
+                let compatible = a.rank() == first.rank()
+                    && (0..a.rank()).all(|d| d == *axis || a.shape[d] == first.shape[d]);
+                if !compatible {
+                    return Err(format!(
+                        "concat on axis {axis} of shapes {} and {}",
+                        shape_str(&first.shape),
+                        shape_str(&a.shape)
+                    ));
+                }
+                shape[*axis] += a.shape[*axis];
+            }
+            Ok(TensorType::new(first.dtype, shape))
+        }
+        Op::Expand { shape } => {
+            arity(op, args, 1, 1)?;
+            if broadcast(&args[0].shape, shape).as_deref() != Some(shape) {
+                return Err(format!(
+                    "cannot expand {} to {}",
+                    shape_str(&args[0].shape),
+                    shape_str(shape)
+                ));
+            }
+            Ok(TensorType::new(args[0].dtype, shape.clone()))
+        }
+        Op::Gather { axis } => {
+            arity(op, args, 2, 2)?;
+            let (data, idx) = (args[0], args[1]);
+            if !idx.dtype.is_int() {
+                return Err(format!("gather indices must be integers, got {}", idx.dtype));
+            }
+            if *axis >= data.rank() {
+                return Err(format!("gather axis {axis} is out of range for rank {}", data.rank()));
+            }
+            let mut shape = data.shape[..*axis].to_vec();
+            shape.extend_from_slice(&idx.shape);
+            shape.extend_from_slice(&data.shape[axis + 1..]);
+            Ok(TensorType::new(data.dtype, shape))
+        }
+        Op::GatherND { batch_dims } => {
+            arity(op, args, 2, 2)?;
+            let (data, idx) = (args[0], args[1]);
+            let b = *batch_dims;
+            if !idx.dtype.is_int() {
+                return Err(format!("gather_nd indices must be integers, got {}", idx.dtype));
+            }
+            let q = idx.rank();
+            if q == 0 || b >= q || b >= data.rank() || data.shape[..b] != idx.shape[..b] {
+                return Err(format!(
+                    "gather_nd with batch_dims {b} on data {} and indices {}",
+                    shape_str(&data.shape),
+                    shape_str(&idx.shape)
+                ));
+            }
+            let k = idx.shape[q - 1];
+            if b + k > data.rank() {
+                return Err(format!(
+                    "gather_nd index tuples of length {k} exceed data rank {} (batch_dims {b})",
+                    data.rank()
+                ));
+            }
+            let mut shape = idx.shape[..q - 1].to_vec();
+            shape.extend_from_slice(&data.shape[b + k..]);
+            Ok(TensorType::new(data.dtype, shape))
+        }
+        _ => unreachable!("elementwise binary operators are handled above"),
+    }
+}
+
+/// Numpy `matmul` result shape.
+pub fn matmul_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+    if a.is_empty() || b.is_empty() {
+        return Err("matmul arguments must have rank ≥ 1".into());
+    }
+    let a2: Vec<usize> = if a.len() == 1 { vec![1, a[0]] } else { a.to_vec() };
+    let b2: Vec<usize> = if b.len() == 1 { vec![b[0], 1] } else { b.to_vec() };
+    let (m, k1) = (a2[a2.len() - 2], a2[a2.len() - 1]);
+    let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
+    if k1 != k2 {
+        return Err(format!("matmul inner dimensions differ: {} · {}", shape_str(a), shape_str(b)));
+    }
+    let batch = broadcast(&a2[..a2.len() - 2], &b2[..b2.len() - 2]).ok_or_else(|| {
+        format!("matmul batch dimensions do not broadcast: {} · {}", shape_str(a), shape_str(b))
+    })?;
+    let mut out = batch;
+    if a.len() > 1 {
+        out.push(m);
+    }
+    if b.len() > 1 {
+        out.push(n);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(shape: &[usize]) -> TensorType {
+        TensorType::new(DType::F32, shape.to_vec())
+    }
+
+    #[test]
+    fn broadcasting() {
+        assert_eq!(broadcast(&[2, 1, 4], &[3, 1]), Some(vec![2, 3, 4]));
+        assert_eq!(broadcast(&[], &[5]), Some(vec![5]));
+        assert_eq!(broadcast(&[2], &[3]), None);
+    }
+
+    #[test]
+    fn matmul_shapes() {
+        assert_eq!(matmul_shape(&[1, 2, 128, 64], &[1, 2, 64, 128]).unwrap(), vec![1, 2, 128, 128]);
+        assert_eq!(matmul_shape(&[128, 768], &[768]).unwrap(), vec![128]);
+        assert_eq!(matmul_shape(&[768], &[768, 3]).unwrap(), vec![3]);
+        assert!(matmul_shape(&[2, 3], &[4, 5]).is_err());
+    }
+
+    #[test]
+    fn gather_nd_shape() {
+        let data = t(&[2, 3, 4]);
+        let idx = TensorType::new(DType::I64, vec![5, 2]);
+        assert_eq!(
+            infer(&Op::GatherND { batch_dims: 0 }, &[&data, &idx]).unwrap().shape,
+            vec![5, 4]
+        );
+    }
+
+    #[test]
+    fn slice_bounds_are_checked() {
+        let op = Op::Slice { start: vec![3], step: vec![-1], len: vec![4] };
+        assert_eq!(infer(&op, &[&t(&[4])]).unwrap().shape, vec![4]);
+        let bad = Op::Slice { start: vec![3], step: vec![1], len: vec![2] };
+        assert!(infer(&bad, &[&t(&[4])]).is_err());
+    }
+}

@@ -1,0 +1,5 @@
+//! veil's compiler: front ends (ONNX, DSL) into one graph IR, passes over it, a plaintext
+//! reference evaluator, and the backend that lowers the IR to two-party bytecode.
+#![deny(missing_docs)]
+
+pub mod ir;

@@ -1,0 +1,1 @@
+//! The pest grammar of veil DSL (filled in by the DSL work).
