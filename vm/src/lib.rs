@@ -1,1 +1,28 @@
-//! veil two-party VM.
+//! veil's two-party VM.
+//!
+//! - [`ring`]: Z_2^64 and fixed-point encoding.
+//! - [`prg`]: the AES-CTR PRG behind all dealer material.
+//! - [`dealer`]: the dealer, which generates correlated randomness for a program.
+//! - [`material`]: the parties' side of the dealer material.
+//! - [`net`]: transports (in-memory, TCP) with byte and round counting.
+//! - [`interp`]: the interpreter ([`interp::PartyVm`]).
+//! - [`run`]: running a whole session (dealer, client, server).
+//!
+//! The protocols themselves are expanded by `veil_isa::builder`; each instruction here is one
+//! step of one (documented there with its cost).
+#![deny(missing_docs)]
+
+pub mod bits;
+pub mod dealer;
+pub mod error;
+pub mod interp;
+pub mod kernels;
+pub mod material;
+pub mod net;
+pub mod prg;
+pub mod ring;
+pub mod run;
+
+pub use error::VmError;
+pub use interp::{Output, PartyReport, PartyVm, Values};
+pub use run::{run_session, PartyData, RunOptions, RunResult};

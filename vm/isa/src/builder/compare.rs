@@ -1,0 +1,279 @@
+//! Comparison (DReLU), AND gates, bit-to-arithmetic conversion, selection, ReLU and max.
+//!
+//! # DReLU by mask-and-compare with dealer tables
+//! For a masked `x = c - s` with `|x| < 2^(n-1)`: `u = x + 2^(n-1)` lies in `[0, 2^n)` and
+//! `x ≥ 0` iff bit `n-1` of `u = C - S (mod 2^n)` is set, where `C = c + 2^(n-1)` is public
+//! and `S = s mod 2^n` is dealer-known (for a truncating opening `s ≡ r >> t mod 2^n`). That
+//! bit is `C[n-1] ⊕ S[n-1] ⊕ [C mod 2^(n-1) < S mod 2^(n-1)]`. The borrow comparison of a
+//! public and a dealer-known number is split into digits: the dealer secret-shares, per digit,
+//! the tables `lt[c] = [c < v]` and `eq[c] = [c = v]` of the mask's digit `v`; each party looks
+//! up its share at the public digit of `C` (local), and a log-depth tree of AND gates combines
+//! digits from the top. The lowest `ignore` bits are skipped: the result is exact whenever
+//! `|x| ≥ 2^ignore` ring units (for ReLU, max and thresholds a near-zero difference makes
+//! either answer correct to within that amount).
+//!
+//! Why not function secret sharing (a DCF key per comparison, as SIGMA)? On a CPU a DCF
+//! costs about `n` AES calls per party per comparison and ~0.5 KB of dealer key; the tables
+//! cost a few bytes of dealer material and table lookups, for ~11 bytes online instead of 8 and
+//! `log2(digits)` more rounds. Tables of one mask serve any number of comparisons of the same
+//! masked value against different public thresholds.
+
+use super::{Masked, ProgramBuilder};
+use crate::operand::Buf;
+use crate::ops::Instr;
+use crate::program::Kind;
+
+impl ProgramBuilder {
+    fn bits_buf(&mut self, kind: Kind, n: u32) -> Buf {
+        self.buf(kind, n)
+    }
+
+    fn xor_bits(&mut self, a: Buf, b: Buf) -> Buf {
+        let kind = if self.kind(a) == Kind::Bits || self.kind(b) == Kind::Bits {
+            Kind::Bits
+        } else {
+            Kind::PubBits
+        };
+        let d = self.bits_buf(kind, self.len(a));
+        self.emit(Instr::XorB { d, a, b });
+        d
+    }
+
+    fn and_local(&mut self, a: Buf, b: Buf) -> Buf {
+        let kind = if self.kind(a) == Kind::Bits || self.kind(b) == Kind::Bits {
+            Kind::Bits
+        } else {
+            Kind::PubBits
+        };
+        let d = self.bits_buf(kind, self.len(a));
+        self.emit(Instr::AndB { d, a, b });
+        d
+    }
+
+    fn open_bits(&mut self, a: Buf) -> Buf {
+        let d = self.bits_buf(Kind::PubBits, self.len(a));
+        self.emit(Instr::OpenB { d, a });
+        d
+    }
+
+    fn dealer_bits(&mut self, n: u32) -> Buf {
+        let d = self.bits_buf(Kind::Bits, n);
+        self.emit(Instr::DBits { d });
+        d
+    }
+
+    /// `x ∧ y1` and `x ∧ y2` for XOR-shared bits, sharing the opening of `x`.
+    ///
+    /// Beaver AND: with dealer bits `a`, `b_i` and shares of `a ∧ b_i`, open `x ⊕ a` and
+    /// `y_i ⊕ b_i`; then `x ∧ y_i = a∧b_i ⊕ D∧b_i ⊕ E_i∧a ⊕ D∧E_i`.
+    /// Rounds: 1. Sends: 3 bits per element each way. Dealer: 2 correction bits per element.
+    pub fn and_bits2(&mut self, x: Buf, y1: Buf, y2: Buf) -> (Buf, Buf) {
+        let n = self.len(x);
+        let a = self.dealer_bits(n);
+        let dx = self.xor_bits(x, a);
+        let d = self.open_bits(dx);
+        let mut out = [Buf(0); 2];
+        for (i, y) in [y1, y2].into_iter().enumerate() {
+            out[i] = self.and_with_opened(a, d, y);
+        }
+        (out[0], out[1])
+    }
+
+    /// `x ∧ y` for XOR-shared bits (Beaver AND). Rounds: 1. Sends: 2 bits per element each way.
+    pub fn and_bits(&mut self, x: Buf, y: Buf) -> Buf {
+        let n = self.len(x);
+        let a = self.dealer_bits(n);
+        let dx = self.xor_bits(x, a);
+        let d = self.open_bits(dx);
+        self.and_with_opened(a, d, y)
+    }
+
+    fn and_with_opened(&mut self, a: Buf, d: Buf, y: Buf) -> Buf {
+        let n = self.len(y);
+        let b = self.dealer_bits(n);
+        let c = self.bits_buf(Kind::Bits, n);
+        self.emit(Instr::DAnd { d: c, a, b });
+        let ey = self.xor_bits(y, b);
+        let e = self.open_bits(ey);
+        let t1 = self.and_local(d, b);
+        let t2 = self.and_local(e, a);
+        let t3 = self.and_local(d, e);
+        let z = self.xor_bits(c, t1);
+        let z = self.xor_bits(z, t2);
+        self.xor_bits(z, t3)
+    }
+
+    /// XOR-shared bits `[x - threshold ≥ 0]` for a masked `x` (threshold in the ring units of
+    /// `x`). See the module docs; parameters from [`ProgramBuilder::compare`].
+    ///
+    /// Rounds: `ceil(log2(digits))` AND rounds, where `digits = ceil((bits - 1 - ignore) /
+    /// digit)` (3 with the defaults). Sends: about 4 bits per AND per element each way.
+    /// Dealer: `2·digits·2^digit + 1` table bits and 2 bits per AND, per element.
+    pub fn drelu(&mut self, x: &Masked, threshold: u64) -> Buf {
+        let p = self.compare;
+        let n = p.bits;
+        assert!((2..=64).contains(&n), "comparison width must be in 2..=64");
+        assert!(
+            x.t == 0 || n as u32 + x.t as u32 <= 64,
+            "comparison width too large after truncation"
+        );
+        let len = self.len(x.c);
+        let top = if n == 64 { 0 } else { 1u64 << (n - 1) };
+        let c = self.add_imm(x.c, top.wrapping_sub(threshold));
+        let msb_pub = self.bits_buf(Kind::PubBits, len);
+        self.emit(Instr::BitOf { d: msb_pub, a: c, bit: n - 1 });
+        let msb_sec = self.mask_bit(x.base, n - 1);
+        let mut digits = Vec::new();
+        let mut shift = p.ignore;
+        while shift < n - 1 {
+            let w = p.digit.min(n - 1 - shift);
+            digits.push((shift, w));
+            shift += w;
+        }
+        // (lt, eq) per digit, most significant first.
+        let mut level: Vec<(Buf, Option<Buf>)> = Vec::new();
+        for &(shift, w) in digits.iter().rev() {
+            let (lt_t, eq_t) = self.mask_tables(x.base, shift, w);
+            let lt = self.lookup(lt_t, c, shift, w);
+            let eq = self.lookup(eq_t, c, shift, w);
+            level.push((lt, Some(eq)));
+        }
+        while level.len() > 1 {
+            let last_round = level.len() <= 2;
+            let mut next = Vec::new();
+            let mut it = level.chunks(2);
+            for pair in &mut it {
+                match pair {
+                    [(lt_h, Some(eq_h)), (lt_l, eq_l)] => {
+                        let need_eq = !last_round && eq_l.is_some();
+                        let (carry, eq) = if need_eq {
+                            let (c1, e1) = self.and_bits2(*eq_h, *lt_l, eq_l.expect("checked"));
+                            (c1, Some(e1))
+                        } else {
+                            (self.and_bits(*eq_h, *lt_l), None)
+                        };
+                        next.push((self.xor_bits(*lt_h, carry), eq));
+                    }
+                    [single] => next.push(*single),
+                    _ => unreachable!("only the lowest digit lacks an eq table"),
+                }
+            }
+            level = next;
+        }
+        let borrow = level.first().map(|l| l.0);
+        let b = self.xor_bits(msb_pub, msb_sec);
+        match borrow {
+            Some(br) => self.xor_bits(b, br),
+            None => b,
+        }
+    }
+
+    fn lookup(&mut self, table: Buf, idx: Buf, shift: u8, width: u8) -> Buf {
+        let d = self.bits_buf(Kind::Bits, self.len(idx));
+        self.emit(Instr::Lookup { d, table, idx, shift, width });
+        d
+    }
+
+    fn mask_bit(&mut self, base: Buf, bit: u8) -> Buf {
+        let d = self.bits_buf(Kind::Bits, self.len(base));
+        self.emit(Instr::DBit { d, a: base, bit });
+        d
+    }
+
+    /// The dealer's comparison tables of one digit of a mask. Cached: every comparison of the
+    /// same masked value reuses them.
+    fn mask_tables(&mut self, base: Buf, shift: u8, width: u8) -> (Buf, Buf) {
+        if let Some(&t) = self.tables_cache.get(&(base, shift, width)) {
+            return t;
+        }
+        let n = self.len(base) << width;
+        let lt = self.bits_buf(Kind::Bits, n);
+        let eq = self.bits_buf(Kind::Bits, n);
+        self.emit(Instr::DTable { lt, eq, a: base, shift, width });
+        self.tables_cache.insert((base, shift, width), (lt, eq));
+        (lt, eq)
+    }
+
+    /// Arithmetic shares (0/1 in Z_2^64) of XOR-shared bits.
+    ///
+    /// With a dealer bit `β` (XOR- and arithmetically shared), open `e = b ⊕ β`; then
+    /// `b = e ? 1 - β : β`. Rounds: 1. Sends: 1 bit per element each way.
+    pub fn b2a(&mut self, b: Buf) -> Buf {
+        let (e, beta) = self.open_flip(b);
+        let nb = self.neg(beta);
+        let one_minus = self.add_imm(nb, 1);
+        let d = self.buf(Kind::Share, self.len(b));
+        self.emit(Instr::Sel { d, e, a: one_minus, b: beta });
+        d
+    }
+
+    fn open_flip(&mut self, b: Buf) -> (Buf, Buf) {
+        let n = self.len(b);
+        let beta = self.dealer_bits(n);
+        let beta_a = self.buf(Kind::Share, n);
+        self.emit(Instr::DBit2A { d: beta_a, a: beta });
+        let x = self.xor_bits(b, beta);
+        let e = self.open_bits(x);
+        (e, beta_a)
+    }
+
+    /// `b · y` for XOR-shared bits `b` and a masked `y`.
+    ///
+    /// Open `e = b ⊕ β`; `β·y = β·c - β·s` with `β·s` from the dealer; then
+    /// `b·y = e ? y - β·y : β·y`. Rounds: 1. Sends: 1 bit per element each way. Dealer: 1
+    /// correction word per element (2 if `y` was truncated) plus the bit.
+    pub fn select(&mut self, b: Buf, y: &Masked) -> Buf {
+        let (e, beta_a) = self.open_flip(b);
+        let bc = self.mul_local(beta_a, y.c, 1);
+        let mut bs = self.dprod(beta_a, y.base, 1);
+        if let Some((pk, m)) = y.wrap {
+            let p = self.dprod(beta_a, m, 1);
+            let q = self.mul_local(p, pk, 1);
+            bs = self.sub(bs, q);
+        }
+        let by = self.sub(bc, bs);
+        let ys = self.to_share(y);
+        let y_minus = self.sub(ys, by);
+        let d = self.buf(Kind::Share, self.len(b));
+        self.emit(Instr::Sel { d, e, a: y_minus, b: by });
+        d
+    }
+
+    /// `max(x >> t, 0)`. Rounds: 1 (opening) + DReLU + 1 (select).
+    pub fn relu(&mut self, x: Buf, t: u8) -> Buf {
+        let m = self.masked_open(x, t);
+        let b = self.drelu(&m, 0);
+        self.select(b, &m)
+    }
+
+    /// Elementwise `max(a, b)` of shares, and the XOR-shared bits `[a ≥ b]`.
+    pub fn max_pair(&mut self, a: Buf, b: Buf) -> (Buf, Buf) {
+        let diff = self.sub(a, b);
+        let m = self.masked_open(diff, 0);
+        let bit = self.drelu(&m, 0);
+        let sel = self.select(bit, &m);
+        (self.add(b, sel), bit)
+    }
+
+    /// Maximum of each row of a `rows × len` share, as a tournament tree of `ceil(log2 len)`
+    /// levels of [`Self::max_pair`].
+    pub fn max_rows(&mut self, x: Buf, rows: u32, len: u32) -> Buf {
+        let (mut cur, mut cur_len) = (x, len);
+        while cur_len > 1 {
+            let half = cur_len / 2;
+            let row = cur_len as i64;
+            let a = self.view(cur, 0, &[rows, half], &[row, 2]);
+            let b = self.view(cur, 1, &[rows, half], &[row, 2]);
+            let (m, _) = self.max_pair(a, b);
+            if cur_len % 2 == 1 {
+                let last = self.view(cur, cur_len - 1, &[rows, 1], &[row, 1]);
+                cur = self.concat(&[(m, vec![rows, half]), (last, vec![rows, 1])], 1);
+                cur_len = half + 1;
+            } else {
+                cur = m;
+                cur_len = half;
+            }
+        }
+        cur
+    }
+}

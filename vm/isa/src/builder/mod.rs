@@ -1,0 +1,534 @@
+//! [`ProgramBuilder`]: builds a [`Program`] from protocol-level calls.
+//!
+//! Callers ask for operations (`mul`, `trunc`, `drelu`, `matmul_priv`, ...); the builder
+//! expands each into instructions and schedules them. Scheduling is ASAP by communication
+//! depth, as MP-SPDZ's merger does: an instruction runs in the phase where its last input
+//! becomes available; an `open`/`send`/`reveal` issued in phase `p` makes its result available
+//! in phase `p + 1`; one `exchange` closes each phase that communicates. So every independent
+//! opening at the same depth shares one round, and the round count is the number of distinct
+//! communication depths. Dealer instructions depend on no online data and are placed as late as
+//! possible (in the phase of their first consumer), so material is drawn just before use.
+//!
+//! Buffers are SSA while building; [`ProgramBuilder::finish`] reuses physical buffers whose
+//! values are dead, keyed by kind and length, so a 12-layer model does not hold every
+//! intermediate at once.
+
+mod arith;
+mod compare;
+mod masked;
+mod weights;
+
+pub use masked::Masked;
+
+use crate::operand::{Buf, Party};
+use crate::ops::Instr;
+use crate::program::{BufDecl, ConstInit, IoDecl, Kind, Program, Tag};
+use crate::validate::{is_comm_instr, is_dealer_instr};
+use std::collections::HashMap;
+
+/// Which part of the program instructions go to.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Section {
+    /// Once per program load.
+    Setup,
+    /// Once per inference.
+    Body,
+}
+
+#[derive(Clone, Debug)]
+struct Item {
+    instr: Instr,
+    phase: u32,
+    tag: u32,
+}
+
+/// Knobs for the comparison protocol.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct CompareParams {
+    /// Values compared must satisfy `|x| < 2^(bits-1)` in the ring (fixed-point encoded).
+    pub bits: u8,
+    /// Low bits ignored: the sign is exact whenever `|x| ≥ 2^ignore` (ring units).
+    pub ignore: u8,
+    /// Digit width of the dealer's comparison tables (2^width bits per digit and element).
+    pub digit: u8,
+}
+
+impl Default for CompareParams {
+    fn default() -> Self {
+        CompareParams { bits: 36, ignore: 8, digit: 4 }
+    }
+}
+
+/// Builds a program: allocates buffers, expands protocols, schedules rounds.
+pub struct ProgramBuilder {
+    frac_bits: u8,
+    bufs: Vec<BufDecl>,
+    ready: Vec<u32>,
+    defined_in: Vec<Section>,
+    dealer_known: Vec<bool>,
+    setup: Vec<Item>,
+    body: Vec<Item>,
+    section: Section,
+    consts: Vec<ConstInit>,
+    inputs: Vec<IoDecl>,
+    weights: Vec<IoDecl>,
+    outputs: Vec<IoDecl>,
+    meta: Vec<(String, String)>,
+    tags: Vec<Tag>,
+    tag_ids: HashMap<Tag, u32>,
+    cur_tag: u32,
+    masked_cache: HashMap<(Buf, u8), Masked>,
+    weight_masks: HashMap<Buf, (Buf, Buf)>,
+    tables_cache: HashMap<(Buf, u8, u8), (Buf, Buf)>,
+    /// Comparison parameters used by `drelu` and everything built on it.
+    pub compare: CompareParams,
+}
+
+impl ProgramBuilder {
+    /// A builder for fixed point with `frac_bits` fractional bits.
+    pub fn new(frac_bits: u8) -> ProgramBuilder {
+        let mut b = ProgramBuilder {
+            frac_bits,
+            bufs: Vec::new(),
+            ready: Vec::new(),
+            defined_in: Vec::new(),
+            dealer_known: Vec::new(),
+            setup: Vec::new(),
+            body: Vec::new(),
+            section: Section::Body,
+            consts: Vec::new(),
+            inputs: Vec::new(),
+            weights: Vec::new(),
+            outputs: Vec::new(),
+            meta: Vec::new(),
+            tags: Vec::new(),
+            tag_ids: HashMap::new(),
+            cur_tag: 0,
+            masked_cache: HashMap::new(),
+            weight_masks: HashMap::new(),
+            tables_cache: HashMap::new(),
+            compare: CompareParams::default(),
+        };
+        b.set_tag("model", "other");
+        b
+    }
+
+    /// Fixed-point fractional bits.
+    pub fn frac_bits(&self) -> u8 {
+        self.frac_bits
+    }
+
+    /// Adds a metadata entry.
+    pub fn meta(&mut self, key: &str, value: &str) {
+        self.meta.push((key.to_string(), value.to_string()));
+    }
+
+    /// Labels the instructions emitted from now on, for cost reports.
+    pub fn set_tag(&mut self, layer: &str, op: &str) {
+        let t = Tag { layer: layer.to_string(), op: op.to_string() };
+        let next = self.tags.len() as u32;
+        let id = *self.tag_ids.entry(t.clone()).or_insert(next);
+        if id == next {
+            self.tags.push(t);
+        }
+        self.cur_tag = id;
+    }
+
+    /// The current tag's layer and op names.
+    pub fn tag(&self) -> (&str, &str) {
+        let t = &self.tags[self.cur_tag as usize];
+        (&t.layer, &t.op)
+    }
+
+    /// Declares a new buffer.
+    pub fn buf(&mut self, kind: Kind, len: u32) -> Buf {
+        let b = Buf(self.bufs.len() as u32);
+        self.bufs.push(BufDecl { kind, len });
+        self.ready.push(0);
+        self.defined_in.push(self.section);
+        self.dealer_known.push(false);
+        b
+    }
+
+    /// Kind of a buffer.
+    pub fn kind(&self, b: Buf) -> Kind {
+        self.bufs[b.0 as usize].kind
+    }
+
+    /// Length of a buffer (elements, or bits).
+    pub fn len(&self, b: Buf) -> u32 {
+        self.bufs[b.0 as usize].len
+    }
+
+    /// A public buffer holding constant ring elements.
+    pub fn constant(&mut self, data: Vec<u64>) -> Buf {
+        let b = self.buf(Kind::Public, data.len() as u32);
+        self.consts.push(ConstInit { buf: b, data });
+        b
+    }
+
+    /// Declares an input supplied by `party` at every run (a private buffer of that party).
+    pub fn input(&mut self, name: &str, party: Party, shape: &[u32], frac_bits: u8) -> Buf {
+        let b = self.buf(Kind::Private(party), shape.iter().product());
+        self.inputs.push(IoDecl {
+            name: name.into(),
+            buf: b,
+            party,
+            frac_bits,
+            shape: shape.to_vec(),
+        });
+        b
+    }
+
+    /// Declares a weight supplied by `party` at load time; `public` weights are loaded by both.
+    pub fn weight(
+        &mut self,
+        name: &str,
+        party: Party,
+        public: bool,
+        shape: &[u32],
+        frac_bits: u8,
+    ) -> Buf {
+        let kind = if public { Kind::Public } else { Kind::Private(party) };
+        let b = self.buf(kind, shape.iter().product());
+        self.defined_in[b.0 as usize] = Section::Setup;
+        self.weights.push(IoDecl {
+            name: name.into(),
+            buf: b,
+            party,
+            frac_bits,
+            shape: shape.to_vec(),
+        });
+        b
+    }
+
+    /// Reveals the share `x` to `party` as a named output.
+    ///
+    /// Rounds: 1. Sends: 8 bytes per element from the other party.
+    pub fn output(
+        &mut self,
+        name: &str,
+        x: Buf,
+        party: Party,
+        shape: &[u32],
+        frac_bits: u8,
+    ) -> Buf {
+        let d = self.buf(Kind::Private(party), self.len(x));
+        self.emit(Instr::Reveal { d, a: x, to: party });
+        self.outputs.push(IoDecl {
+            name: name.into(),
+            buf: d,
+            party,
+            frac_bits,
+            shape: shape.to_vec(),
+        });
+        d
+    }
+
+    /// Runs `f` with instructions going to the setup section (once per program load).
+    pub fn in_setup<T>(&mut self, f: impl FnOnce(&mut ProgramBuilder) -> T) -> T {
+        let prev = std::mem::replace(&mut self.section, Section::Setup);
+        let r = f(self);
+        self.section = prev;
+        r
+    }
+
+    /// Appends an instruction to the current section and schedules it.
+    pub fn emit(&mut self, instr: Instr) {
+        let bufs = instr.buffers();
+        let dealer = is_dealer_instr(&instr);
+        let comm = is_comm_instr(&instr);
+        let mut phase = 0;
+        for &(b, written) in &bufs {
+            if !written && self.defined_in[b.0 as usize] == self.section {
+                phase = phase.max(self.ready[b.0 as usize]);
+            }
+        }
+        if dealer {
+            phase = 0;
+        }
+        let done = if comm { phase + 1 } else { phase };
+        for &(b, written) in &bufs {
+            if written {
+                let i = b.0 as usize;
+                self.ready[i] = self.ready[i].max(done);
+                self.dealer_known[i] = dealer;
+                self.defined_in[i] = self.section;
+            }
+        }
+        let item = Item { instr, phase, tag: self.cur_tag };
+        match self.section {
+            Section::Setup => self.setup.push(item),
+            Section::Body => self.body.push(item),
+        }
+    }
+
+    /// True when the buffer's full value is known to the dealer.
+    pub fn is_dealer_known(&self, b: Buf) -> bool {
+        self.dealer_known[b.0 as usize]
+    }
+
+    /// Schedules, allocates physical buffers and returns the program.
+    pub fn finish(mut self) -> Program {
+        let nbufs = self.bufs.len();
+        let setup = schedule(std::mem::take(&mut self.setup), nbufs);
+        let body = schedule(std::mem::take(&mut self.body), nbufs);
+        let mut pinned = vec![false; nbufs];
+        for io in self.inputs.iter().chain(&self.weights).chain(&self.outputs) {
+            pinned[io.buf.0 as usize] = true;
+        }
+        for c in &self.consts {
+            pinned[c.buf.0 as usize] = true;
+        }
+        // Values written in setup and read in the body live across the whole body.
+        let mut written_in_setup = vec![false; nbufs];
+        for it in &setup {
+            for (b, w) in it.instr.buffers() {
+                if w {
+                    written_in_setup[b.0 as usize] = true;
+                }
+            }
+        }
+        for it in &body {
+            for (b, w) in it.instr.buffers() {
+                if !w && written_in_setup[b.0 as usize] {
+                    pinned[b.0 as usize] = true;
+                }
+            }
+        }
+        let mut alloc = Allocator::new(&self.bufs, &pinned);
+        let setup = alloc.run(setup);
+        let body = alloc.run(body);
+        let map = |b: Buf, alloc: &Allocator| {
+            alloc.fixed[b.0 as usize].expect("pinned buffers are mapped")
+        };
+        let consts = self
+            .consts
+            .iter()
+            .map(|c| ConstInit { buf: map(c.buf, &alloc), data: c.data.clone() })
+            .collect();
+        let remap_io = |l: &[IoDecl], alloc: &Allocator| {
+            l.iter().map(|io| IoDecl { buf: map(io.buf, alloc), ..io.clone() }).collect::<Vec<_>>()
+        };
+        let (inputs, weights, outputs) = (
+            remap_io(&self.inputs, &alloc),
+            remap_io(&self.weights, &alloc),
+            remap_io(&self.outputs, &alloc),
+        );
+        Program {
+            frac_bits: self.frac_bits,
+            meta: self.meta,
+            buffers: alloc.physical,
+            consts,
+            inputs,
+            weights,
+            outputs,
+            tags: self.tags,
+            setup_tags: setup.iter().map(|i| i.tag).collect(),
+            setup: setup.into_iter().map(|i| i.instr).collect(),
+            body_tags: body.iter().map(|i| i.tag).collect(),
+            body: body.into_iter().map(|i| i.instr).collect(),
+        }
+    }
+}
+
+/// Orders one section by phase, places dealer instructions just in time, and inserts one
+/// `exchange` after each phase that communicates.
+fn schedule(mut items: Vec<Item>, nbufs: usize) -> Vec<Item> {
+    // As late as possible for dealer instructions: the earliest phase among their readers.
+    let mut first_read = vec![u32::MAX; nbufs];
+    for it in items.iter_mut().rev() {
+        let bufs = it.instr.buffers();
+        if is_dealer_instr(&it.instr) {
+            let p = bufs
+                .iter()
+                .filter(|(_, w)| *w)
+                .map(|(b, _)| first_read[b.0 as usize])
+                .min()
+                .unwrap_or(u32::MAX);
+            it.phase = if p == u32::MAX { 0 } else { p };
+        }
+        for (b, w) in bufs {
+            if !w {
+                first_read[b.0 as usize] = first_read[b.0 as usize].min(it.phase);
+            }
+        }
+    }
+    let max_phase = items.iter().map(|i| i.phase).max().unwrap_or(0) as usize;
+    let mut by_phase: Vec<Vec<Item>> = vec![Vec::new(); max_phase + 1];
+    for it in items {
+        by_phase[it.phase as usize].push(it);
+    }
+    let mut out = Vec::new();
+    for (p, mut group) in by_phase.into_iter().enumerate() {
+        let communicates = group.iter().any(|i| is_comm_instr(&i.instr));
+        // Within a phase: dealer draws first (stable), then the rest in program order.
+        group.sort_by_key(|i| !is_dealer_instr(&i.instr));
+        let tag = group.iter().rev().find(|i| is_comm_instr(&i.instr)).map(|i| i.tag);
+        out.extend(group);
+        if communicates {
+            out.push(Item { instr: Instr::Exchange {}, phase: p as u32, tag: tag.unwrap_or(0) });
+        }
+    }
+    out
+}
+
+/// Maps SSA buffers to physical buffers, reusing a physical buffer of the same kind and
+/// length once every read of its previous value is done.
+struct Allocator {
+    decls: Vec<BufDecl>,
+    pinned: Vec<bool>,
+    fixed: Vec<Option<Buf>>,
+    physical: Vec<BufDecl>,
+    free: HashMap<(Kind, u32), Vec<Buf>>,
+}
+
+impl Allocator {
+    fn new(decls: &[BufDecl], pinned: &[bool]) -> Allocator {
+        let mut a = Allocator {
+            decls: decls.to_vec(),
+            pinned: pinned.to_vec(),
+            fixed: vec![None; decls.len()],
+            physical: Vec::new(),
+            free: HashMap::new(),
+        };
+        for (i, &p) in pinned.iter().enumerate() {
+            if p {
+                a.fixed[i] = Some(a.new_physical(i));
+            }
+        }
+        a
+    }
+
+    fn new_physical(&mut self, logical: usize) -> Buf {
+        let b = Buf(self.physical.len() as u32);
+        self.physical.push(self.decls[logical].clone());
+        b
+    }
+
+    fn run(&mut self, items: Vec<Item>) -> Vec<Item> {
+        let mut last_use = vec![usize::MAX; self.decls.len()];
+        for (i, it) in items.iter().enumerate() {
+            for (b, _) in it.instr.buffers() {
+                last_use[b.0 as usize] = i;
+            }
+        }
+        // The destination of a message is written at the next exchange: keep it until then.
+        let mut next_exchange = items.len();
+        for i in (0..items.len()).rev() {
+            if matches!(items[i].instr, Instr::Exchange {}) {
+                next_exchange = i;
+            }
+            if is_comm_instr(&items[i].instr) {
+                for (b, w) in items[i].instr.buffers() {
+                    if w {
+                        let l = &mut last_use[b.0 as usize];
+                        *l = (*l).max(next_exchange);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for (i, mut it) in items.into_iter().enumerate() {
+            let bufs = it.instr.buffers();
+            for &(b, _) in &bufs {
+                let l = b.0 as usize;
+                if self.fixed[l].is_none() {
+                    let key = (self.decls[l].kind, self.decls[l].len);
+                    let phys = match self.free.get_mut(&key).and_then(|v| v.pop()) {
+                        Some(p) => p,
+                        None => self.new_physical(l),
+                    };
+                    self.fixed[l] = Some(phys);
+                }
+            }
+            remap(&mut it.instr, &self.fixed);
+            out.push(it);
+            for &(b, _) in &bufs {
+                let l = b.0 as usize;
+                if last_use[l] == i && !self.pinned[l] {
+                    if let Some(p) = self.fixed[l] {
+                        let key = (self.decls[l].kind, self.decls[l].len);
+                        let list = self.free.entry(key).or_default();
+                        if !list.contains(&p) {
+                            list.push(p);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+fn remap(ins: &mut Instr, map: &[Option<Buf>]) {
+    let m = |b: &mut Buf| *b = map[b.0 as usize].expect("every used buffer is mapped");
+    use Instr::*;
+    match ins {
+        Add { d, a, b, .. }
+        | Sub { d, a, b, .. }
+        | Mul { d, a, b, .. }
+        | MatMul { d, a, b, .. } => {
+            m(d);
+            m(a);
+            m(b);
+        }
+        DProd { d, a, b, .. }
+        | DMatMul { d, a, b, .. }
+        | XorB { d, a, b }
+        | AndB { d, a, b }
+        | DAnd { d, a, b } => {
+            m(d);
+            m(a);
+            m(b);
+        }
+        Neg { d, a }
+        | AddImm { d, a, .. }
+        | MulImm { d, a, .. }
+        | Shl { d, a, .. }
+        | Sum { d, a, .. }
+        | Copy { d, a, .. }
+        | NotB { d, a }
+        | BitOf { d, a, .. }
+        | Open { d, a, .. }
+        | OpenB { d, a }
+        | Send { d, a, .. }
+        | Reveal { d, a, .. }
+        | DBit { d, a, .. }
+        | DBit2A { d, a } => {
+            m(d);
+            m(a);
+        }
+        TruncPost { c2, pk, s, c, rhi, m: mm, .. } => {
+            m(c2);
+            m(pk);
+            m(s);
+            m(c);
+            m(rhi);
+            m(mm);
+        }
+        Sel { d, e, a, b } => {
+            m(d);
+            m(e);
+            m(a);
+            m(b);
+        }
+        Lookup { d, table, idx, .. } => {
+            m(d);
+            m(table);
+            m(idx);
+        }
+        DTrunc { hi, msb, a, .. } => {
+            m(hi);
+            m(msb);
+            m(a);
+        }
+        DTable { lt, eq, a, .. } => {
+            m(lt);
+            m(eq);
+            m(a);
+        }
+        DMask { d } | DPriv { d } | DBits { d } => m(d),
+        Exchange {} => {}
+    }
+}

@@ -1,0 +1,139 @@
+//! What each instruction costs: online bytes per party, rounds, dealer bytes.
+//!
+//! The VM's transport and dealer count exactly what these functions predict, frame headers
+//! included, so the compiler's prediction and the measurement are equal by construction (and a
+//! test checks it).
+
+use crate::ops::Instr;
+use crate::program::{Program, Tag};
+use std::collections::BTreeMap;
+use std::ops::AddAssign;
+
+/// Bytes of header on every online message and every dealer correction frame
+/// (u32 length + u32 sequence number).
+pub const FRAME_HEADER: u64 = 8;
+
+/// Communication cost.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cost {
+    /// Online rounds (exchanges).
+    pub rounds: u64,
+    /// Online bytes sent by the client and by the server.
+    pub sent: [u64; 2],
+    /// Dealer bytes (correction stream to the server, frames included).
+    pub dealer: u64,
+}
+
+impl Cost {
+    /// Online bytes in both directions.
+    pub fn online(&self) -> u64 {
+        self.sent[0] + self.sent[1]
+    }
+}
+
+impl AddAssign for Cost {
+    fn add_assign(&mut self, o: Cost) {
+        self.rounds += o.rounds;
+        self.sent[0] += o.sent[0];
+        self.sent[1] += o.sent[1];
+        self.dealer += o.dealer;
+    }
+}
+
+/// Words of correction the dealer sends the server for one instruction (0 when both parties
+/// derive their material from their own seeds).
+pub fn correction_words(ins: &Instr, p: &Program) -> u64 {
+    let len = |b: crate::Buf| p.buffers[b.0 as usize].len as u64;
+    use Instr::*;
+    match ins {
+        DProd { d, .. } | DMatMul { d, .. } | DBit2A { d, .. } => len(*d),
+        DTrunc { hi, .. } => 2 * len(*hi),
+        DAnd { d, .. } | DBit { d, .. } => len(*d).div_ceil(64),
+        DTable { lt, .. } => 2 * len(*lt).div_ceil(64),
+        DMask { .. } | DPriv { .. } | DBits { .. } => 0,
+        Add { .. }
+        | Sub { .. }
+        | Mul { .. }
+        | Neg { .. }
+        | AddImm { .. }
+        | MulImm { .. }
+        | Shl { .. }
+        | MatMul { .. }
+        | Sum { .. }
+        | Copy { .. }
+        | TruncPost { .. }
+        | Sel { .. }
+        | XorB { .. }
+        | AndB { .. }
+        | NotB { .. }
+        | Lookup { .. }
+        | BitOf { .. }
+        | Open { .. }
+        | OpenB { .. }
+        | Send { .. }
+        | Reveal { .. }
+        | Exchange {} => 0,
+    }
+}
+
+/// The cost of one instruction. Message parts count their payload; each `exchange` counts one
+/// round and one frame header per party.
+pub fn instr_cost(ins: &Instr, p: &Program) -> Cost {
+    let len = |b: crate::Buf| p.buffers[b.0 as usize].len as u64;
+    let mut c = Cost::default();
+    match ins {
+        Instr::Open { a, bits, .. } => {
+            let bytes = (len(*a) * *bits as u64).div_ceil(8);
+            c.sent = [bytes, bytes];
+        }
+        Instr::OpenB { a, .. } => {
+            let bytes = len(*a).div_ceil(8);
+            c.sent = [bytes, bytes];
+        }
+        Instr::Send { a, from, .. } => c.sent[from.index()] = 8 * len(*a),
+        Instr::Reveal { a, to, .. } => c.sent[to.other().index()] = 8 * len(*a),
+        Instr::Exchange {} => {
+            c.rounds = 1;
+            c.sent = [FRAME_HEADER, FRAME_HEADER];
+        }
+        _ => {
+            let w = correction_words(ins, p);
+            if w > 0 {
+                c.dealer = 8 * w + FRAME_HEADER;
+            }
+        }
+    }
+    c
+}
+
+/// Predicted cost of a program: setup, body, and the body split by tag.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProgramCost {
+    /// Once per program load.
+    pub setup: Cost,
+    /// Once per inference.
+    pub body: Cost,
+    /// The body's cost per tag.
+    pub by_tag: BTreeMap<Tag, Cost>,
+}
+
+/// Sums [`instr_cost`] over a program.
+pub fn program_cost(p: &Program) -> ProgramCost {
+    let mut pc = ProgramCost::default();
+    for ins in &p.setup {
+        pc.setup += instr_cost(ins, p);
+    }
+    for (ins, &t) in p.body.iter().zip(&p.body_tags) {
+        let c = instr_cost(ins, p);
+        pc.body += c;
+        if c != Cost::default() {
+            let tag = p
+                .tags
+                .get(t as usize)
+                .cloned()
+                .unwrap_or(Tag { layer: "?".into(), op: "?".into() });
+            *pc.by_tag.entry(tag).or_default() += c;
+        }
+    }
+    pc
+}

@@ -1,0 +1,77 @@
+//! Stable text disassembly of a program (what `veil inspect model.vbc` prints and the
+//! snapshots compare).
+
+use crate::cost::program_cost;
+use crate::program::{Kind, Program};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Disassembles a program: header, buffer summary, I/O, constants, then each section with one
+/// instruction per line and its tag.
+pub fn disassemble(p: &Program) -> String {
+    let mut s = String::new();
+    writeln!(
+        s,
+        "; veil program, format {}, fixed point with {} fractional bits",
+        crate::program::FORMAT_VERSION,
+        p.frac_bits
+    )
+    .unwrap();
+    for (k, v) in &p.meta {
+        writeln!(s, "; {k} = {v}").unwrap();
+    }
+    let mut kinds: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    for b in &p.buffers {
+        let e = kinds.entry(b.kind.to_string()).or_default();
+        e.0 += 1;
+        e.1 += b.len as u64;
+    }
+    write!(s, "; buffers: {}", p.buffers.len()).unwrap();
+    for (k, (n, total)) in &kinds {
+        write!(s, ", {n} {k} ({total} elements)").unwrap();
+    }
+    s.push('\n');
+    let cost = program_cost(p);
+    writeln!(
+        s,
+        "; cost per inference: {} rounds, client sends {} B, server sends {} B, dealer sends {} B; setup: {} rounds, {} B",
+        cost.body.rounds,
+        cost.body.sent[0],
+        cost.body.sent[1],
+        cost.body.dealer,
+        cost.setup.rounds,
+        cost.setup.online()
+    )
+    .unwrap();
+    for (what, list) in [("input", &p.inputs), ("weight", &p.weights), ("output", &p.outputs)] {
+        for io in list.iter() {
+            let kind = p.buf(io.buf).map(|b| b.kind).unwrap_or(Kind::Share);
+            writeln!(
+                s,
+                "{what:<6} {:?} {} {} shape={:?} frac={} ({kind})",
+                io.name, io.party, io.buf, io.shape, io.frac_bits
+            )
+            .unwrap();
+        }
+    }
+    for c in &p.consts {
+        let shown: Vec<String> = c.data.iter().take(4).map(|x| (*x as i64).to_string()).collect();
+        let more = if c.data.len() > 4 {
+            format!(", … ({} values)", c.data.len())
+        } else {
+            String::new()
+        };
+        writeln!(s, "const  {} = [{}{more}]", c.buf, shown.join(", ")).unwrap();
+    }
+    for (name, code, tags) in [("setup", &p.setup, &p.setup_tags), ("body", &p.body, &p.body_tags)]
+    {
+        writeln!(s, "{name}:").unwrap();
+        for (i, (ins, &t)) in code.iter().zip(tags.iter()).enumerate() {
+            let tag =
+                p.tags.get(t as usize).map(|t| format!("{}/{}", t.layer, t.op)).unwrap_or_default();
+            let text = ins.disas();
+            writeln!(s, "  {i:>6}  {text:<64} ; {tag}").unwrap();
+        }
+    }
+    s
+}

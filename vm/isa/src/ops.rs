@@ -1,0 +1,287 @@
+//! The instruction list. Everything about an instruction's *form* is generated from this one
+//! list: the `Instr` enum, its name, opcode, encoder, decoder and disassembly. What it *costs*
+//! (`cost.rs`), what makes it legal (`validate.rs`) and what it does (the VM) are exhaustive
+//! matches elsewhere, so adding an instruction fails to compile until each says so.
+//!
+//! # Naming and conventions
+//! - Operands named `d` (and `d2`, ...) are written; the others are read. A written buffer is
+//!   never also read by the same instruction.
+//! - Buffers have a kind (see [`crate::Kind`]): `share` (each party holds an additive share in
+//!   Z_2^64), `public` (both hold the same value), `private(p)` (only party `p` holds it; the
+//!   other party's array is all zeros, so a private buffer is also a valid sharing), `bits`
+//!   (XOR-shared packed bits) and `pubbits`.
+//! - Arithmetic is wrapping in Z_2^64. Where a public value meets a share-like one in `add`,
+//!   `sub` or `add_imm`, only the client adds it, so the result stays a sharing.
+//! - Binary elementwise instructions broadcast `b`: element `i` uses `b[(i / inner) % len(b)]`,
+//!   which covers a bias over rows (`inner = 1`) and a per-row value (`inner = row length`).
+//! - Instructions whose name starts with `d` draw correlated randomness from the dealer. Their
+//!   inputs must be *dealer-known* buffers (outputs of other `d` instructions), whose full value
+//!   the dealer holds. The client's share always comes from its own seeded PRG; the server's
+//!   comes from its PRG for independent randomness (`dmask`, `dbits`) and from the dealer's
+//!   correction stream for correlated values. See `cost.rs` for the exact draw of each.
+//! - `open`, `open_b` and `send` only queue a message part; `exchange` sends every queued part
+//!   in one message each way and completes them. One `exchange` is one round.
+
+/// Invokes `$m!` with the full instruction list.
+#[macro_export]
+macro_rules! for_each_op {
+    ($m:ident) => {
+        $m! {
+            /// `d = a + b`. Local.
+            add = Add { d: Buf, a: Buf, b: Buf, inner: u32 };
+            /// `d = a - b`. Local.
+            sub = Sub { d: Buf, a: Buf, b: Buf, inner: u32 };
+            /// `d = a · b`, each party on its own arrays; a sharing of the product when at most one
+            /// operand is share-like. Local.
+            mul = Mul { d: Buf, a: Buf, b: Buf, inner: u32 };
+            /// `d = -a`. Local.
+            neg = Neg { d: Buf, a: Buf };
+            /// `d = a + imm` (the client adds when `a` is share-like). Local.
+            add_imm = AddImm { d: Buf, a: Buf, imm: u64 };
+            /// `d = a · imm` (wrapping; a negative factor is its two's complement). Local.
+            mul_imm = MulImm { d: Buf, a: Buf, imm: u64 };
+            /// `d = a · 2^bits`. Local.
+            shl = Shl { d: Buf, a: Buf, bits: u8 };
+            /// `d[b] = a[b] · x[b]` for `batch` products of `m×k` by `k×n` row-major matrices, each
+            /// party on its own arrays. Local.
+            matmul = MatMul { d: Buf, a: Buf, b: Buf, batch: u32, m: u32, k: u32, n: u32 };
+            /// `d[o, i] = Σ_j a[o, j, i]` over an `outer × mid × inner` view of `a`. Local.
+            sum = Sum { d: Buf, a: Buf, outer: u32, mid: u32, inner: u32 };
+            /// Strided copy: for every index vector `x < shape`,
+            /// `d[d_off + x·d_strides] = a[a_off + x·a_strides]`. Covers transpose, slice, concat,
+            /// broadcast and gather by public indices. Local.
+            copy = Copy { d: Buf, d_off: u32, a: Buf, a_off: u32, shape: Dims, d_strides: Strides, a_strides: Strides };
+            /// Truncation post-processing. From the opened `c = x + 2^62 + r` and shares of
+            /// `rhi = r >> t` and `m = msb(r)`: `c2 = (c >> t) - 2^(62-t)` (public),
+            /// `pk = (1 - msb(c)) · 2^(64-t)` (public) and `s = rhi - pk·m` (share), so that
+            /// `c2 - s` is `x >> t` up to +1 ulp. Local.
+            trunc_post = TruncPost { c2: Buf, pk: Buf, s: Buf, c: Buf, rhi: Buf, m: Buf, t: u8 };
+            /// Select by public bits: `d[i] = e[i] ? a[i] : b[i]`. Local.
+            sel = Sel { d: Buf, e: Buf, a: Buf, b: Buf };
+            /// `d = a ⊕ b` on bits (the client applies a public operand). Local.
+            xor_b = XorB { d: Buf, a: Buf, b: Buf };
+            /// `d = a ∧ b` on bits; at least one operand public. Local.
+            and_b = AndB { d: Buf, a: Buf, b: Buf };
+            /// `d = ¬a` on bits (the client flips a share). Local.
+            not_b = NotB { d: Buf, a: Buf };
+            /// Table lookup: `d[i] = table[i·2^width + ((idx[i] >> shift) mod 2^width)]` with
+            /// public `idx`. Local.
+            lookup = Lookup { d: Buf, table: Buf, idx: Buf, shift: u8, width: u8 };
+            /// `d[i] = bit `bit` of the public `a[i]`. Local.
+            bit_of = BitOf { d: Buf, a: Buf, bit: u8 };
+            /// Opens the share `a` to both parties modulo `2^bits`: each sends the low `bits` bits
+            /// of its share. Completes at the next `exchange`.
+            open = Open { d: Buf, a: Buf, bits: u8 };
+            /// Opens XOR-shared bits to both parties. Completes at the next `exchange`.
+            open_b = OpenB { d: Buf, a: Buf };
+            /// Party `from` sends its array `a`; the other party stores it in `d`. Completes at the
+            /// next `exchange`.
+            send = Send { d: Buf, a: Buf, from: Party };
+            /// Reveals the share `a` to party `to`: the other party sends its share and `to` stores
+            /// the sum in `d`. Completes at the next `exchange`.
+            reveal = Reveal { d: Buf, a: Buf, to: Party };
+            /// Ends a round: each party sends one message with every queued part and receives the
+            /// peer's.
+            exchange = Exchange {};
+            /// `d` = shares of a fresh uniform value (both parties from their PRGs).
+            dmask = DMask { d: Buf };
+            /// `d` = a fresh uniform value known to the owner of the private buffer `d` and to the
+            /// dealer.
+            dpriv = DPriv { d: Buf };
+            /// `d` = shares of `a · b` (broadcast as in `mul`) for dealer-known `a`, `b`.
+            dprod = DProd { d: Buf, a: Buf, b: Buf, inner: u32 };
+            /// `d` = shares of the batched matrix product of dealer-known `a` and `b`.
+            dmatmul = DMatMul { d: Buf, a: Buf, b: Buf, batch: u32, m: u32, k: u32, n: u32 };
+            /// `hi` = shares of `a >> t` (logical), `msb` = shares of the top bit of `a`.
+            dtrunc = DTrunc { hi: Buf, msb: Buf, a: Buf, t: u8 };
+            /// `d` = fresh uniform XOR-shared bits.
+            dbits = DBits { d: Buf };
+            /// `d` = XOR shares of `a ∧ b` for dealer-known bits.
+            dand = DAnd { d: Buf, a: Buf, b: Buf };
+            /// Comparison tables for the digit `v = (a >> shift) mod 2^width` of each element of
+            /// the dealer-known `a`: XOR shares of `lt[i·2^w + c] = [c < v]` and `eq[...] = [c = v]`.
+            dtable = DTable { lt: Buf, eq: Buf, a: Buf, shift: u8, width: u8 };
+            /// `d` = XOR shares of bit `bit` of each element of the dealer-known `a`.
+            dbit = DBit { d: Buf, a: Buf, bit: u8 };
+            /// `d` = arithmetic shares (0 or 1 in Z_2^64) of the dealer-known bits `a`.
+            dbit2a = DBit2A { d: Buf, a: Buf };
+        }
+    };
+}
+
+macro_rules! define_instr {
+    ($( $(#[$attr:meta])* $snake:ident = $Camel:ident { $($field:ident : $ty:ty),* } ;)*) => {
+        /// One bytecode instruction (see the module docs for conventions).
+        #[derive(Clone, Debug, PartialEq, Eq)]
+        #[allow(missing_docs)]
+        pub enum Instr {
+            $( $(#[$attr])* $Camel { $($field: $ty),* }, )*
+        }
+
+        /// Every instruction name, indexed by opcode.
+        pub const NAMES: &[&str] = &[$(stringify!($snake)),*];
+
+        impl Instr {
+            /// The instruction's name (its disassembly mnemonic).
+            pub fn name(&self) -> &'static str {
+                match self { $( Instr::$Camel { .. } => stringify!($snake), )* }
+            }
+
+            /// The opcode: the instruction's position in the list.
+            pub fn opcode(&self) -> u8 {
+                #[allow(unused_assignments)]
+                let mut i = 0u8;
+                $(
+                    if let Instr::$Camel { .. } = self { return i; }
+                    i += 1;
+                )*
+                unreachable!()
+            }
+
+            /// Appends the encoding: opcode byte, then each field.
+            pub fn encode(&self, w: &mut Writer) {
+                w.bytes.push(self.opcode());
+                match self {
+                    $( Instr::$Camel { $($field),* } => { $( Operand::encode($field, w); )* } )*
+                }
+            }
+
+            /// Reads one instruction.
+            pub fn decode(r: &mut Reader) -> Result<Instr, DecodeError> {
+                let at = r.position();
+                let op = r.u8()?;
+                #[allow(unused_assignments)]
+                let mut i = 0u8;
+                $(
+                    if op == i {
+                        return Ok(Instr::$Camel { $($field: <$ty as Operand>::decode(r)?),* });
+                    }
+                    i += 1;
+                )*
+                Err(DecodeError::Malformed { at, what: format!("unknown opcode {op}") })
+            }
+
+            /// Disassembly: the mnemonic and `field=value` pairs.
+            pub fn disas(&self) -> String {
+                match self {
+                    $( Instr::$Camel { $($field),* } => {
+                        let parts: Vec<String> = vec![$(format!("{}={}", stringify!($field), Operand::disas($field))),*];
+                        if parts.is_empty() { stringify!($snake).to_string() }
+                        else { format!("{} {}", stringify!($snake), parts.join(" ")) }
+                    } )*
+                }
+            }
+
+            /// Buffers the instruction reads and writes, as `(buffer, written)` pairs.
+            pub fn buffers(&self) -> Vec<(Buf, bool)> {
+                let mut v = Vec::new();
+                match self {
+                    $( Instr::$Camel { $($field),* } => { $( collect_buf(stringify!($field), $field, &mut v); )* } )*
+                }
+                v
+            }
+        }
+    };
+}
+
+/// Fields named `d`, `d2`, `c2`, `pk`, `s`, `hi`, `msb`, `lt`, `eq` are written (see the list).
+const WRITTEN: &[&str] = &["d", "c2", "pk", "s", "hi", "msb", "lt", "eq"];
+
+trait MaybeBuf {
+    fn as_buf(&self) -> Option<Buf>;
+}
+impl MaybeBuf for Buf {
+    fn as_buf(&self) -> Option<Buf> {
+        Some(*self)
+    }
+}
+macro_rules! not_buf { ($($t:ty),*) => { $( impl MaybeBuf for $t { fn as_buf(&self) -> Option<Buf> { None } } )* } }
+not_buf!(u8, u32, u64, Party, Dims, Strides);
+
+fn collect_buf<T: MaybeBuf>(name: &str, f: &T, out: &mut Vec<(Buf, bool)>) {
+    if let Some(b) = f.as_buf() {
+        out.push((b, WRITTEN.contains(&name)));
+    }
+}
+
+use crate::operand::{Buf, Dims, Operand, Party, Reader, Strides, Writer};
+use crate::DecodeError;
+for_each_op!(define_instr);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_samples() -> Vec<Instr> {
+        let b = |i| Buf(i);
+        vec![
+            Instr::Add { d: b(0), a: b(1), b: b(2), inner: 3 },
+            Instr::Sub { d: b(0), a: b(1), b: b(2), inner: 1 },
+            Instr::Mul { d: b(0), a: b(1), b: b(2), inner: 1 },
+            Instr::Neg { d: b(0), a: b(1) },
+            Instr::AddImm { d: b(0), a: b(1), imm: u64::MAX },
+            Instr::MulImm { d: b(0), a: b(1), imm: 7 },
+            Instr::Shl { d: b(0), a: b(1), bits: 16 },
+            Instr::MatMul { d: b(0), a: b(1), b: b(2), batch: 2, m: 3, k: 4, n: 5 },
+            Instr::Sum { d: b(0), a: b(1), outer: 2, mid: 3, inner: 4 },
+            Instr::Copy {
+                d: b(0),
+                d_off: 1,
+                a: b(1),
+                a_off: 2,
+                shape: Dims(vec![2, 3]),
+                d_strides: Strides(vec![3, 1]),
+                a_strides: Strides(vec![1, -2]),
+            },
+            Instr::TruncPost { c2: b(0), pk: b(1), s: b(2), c: b(3), rhi: b(4), m: b(5), t: 16 },
+            Instr::Sel { d: b(0), e: b(1), a: b(2), b: b(3) },
+            Instr::XorB { d: b(0), a: b(1), b: b(2) },
+            Instr::AndB { d: b(0), a: b(1), b: b(2) },
+            Instr::NotB { d: b(0), a: b(1) },
+            Instr::Lookup { d: b(0), table: b(1), idx: b(2), shift: 8, width: 4 },
+            Instr::BitOf { d: b(0), a: b(1), bit: 31 },
+            Instr::Open { d: b(0), a: b(1), bits: 64 },
+            Instr::OpenB { d: b(0), a: b(1) },
+            Instr::Send { d: b(0), a: b(1), from: Party::Server },
+            Instr::Reveal { d: b(0), a: b(1), to: Party::Client },
+            Instr::Exchange {},
+            Instr::DMask { d: b(0) },
+            Instr::DPriv { d: b(0) },
+            Instr::DProd { d: b(0), a: b(1), b: b(2), inner: 1 },
+            Instr::DMatMul { d: b(0), a: b(1), b: b(2), batch: 1, m: 2, k: 3, n: 4 },
+            Instr::DTrunc { hi: b(0), msb: b(1), a: b(2), t: 16 },
+            Instr::DBits { d: b(0) },
+            Instr::DAnd { d: b(0), a: b(1), b: b(2) },
+            Instr::DTable { lt: b(0), eq: b(1), a: b(2), shift: 8, width: 4 },
+            Instr::DBit { d: b(0), a: b(1), bit: 63 },
+            Instr::DBit2A { d: b(0), a: b(1) },
+        ]
+    }
+
+    #[test]
+    fn every_instruction_round_trips_and_has_a_sample() {
+        let samples = all_samples();
+        assert_eq!(samples.len(), NAMES.len(), "add a sample for every instruction");
+        for (i, ins) in samples.iter().enumerate() {
+            assert_eq!(ins.opcode() as usize, i);
+            assert_eq!(ins.name(), NAMES[i]);
+            let mut w = Writer::default();
+            ins.encode(&mut w);
+            let mut r = Reader::new(&w.bytes);
+            assert_eq!(&Instr::decode(&mut r).unwrap(), ins);
+            assert!(r.at_end());
+            // Every strict prefix is a clean error, never a panic.
+            for cut in 0..w.bytes.len() {
+                assert!(Instr::decode(&mut Reader::new(&w.bytes[..cut])).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn disassembly_is_readable() {
+        let ins = Instr::Open { d: Buf(3), a: Buf(4), bits: 64 };
+        assert_eq!(ins.disas(), "open d=b3 a=b4 bits=64");
+        assert_eq!(Instr::Exchange {}.disas(), "exchange");
+        assert_eq!(ins.buffers(), vec![(Buf(3), true), (Buf(4), false)]);
+    }
+}

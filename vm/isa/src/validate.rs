@@ -1,0 +1,551 @@
+//! Load-time validation: every buffer id in range, every length and kind consistent with its
+//! instruction, dealer instructions fed only dealer-known values, opens completed by an
+//! exchange before use. After validation the VM may index buffers without further checks.
+
+use crate::operand::Buf;
+use crate::ops::Instr;
+use crate::program::{Kind, Program, MAX_BUF_LEN};
+use std::fmt;
+
+/// Everything wrong with a program, each message naming the section, instruction index and
+/// mnemonic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidateError(pub Vec<String>);
+
+impl fmt::Display for ValidateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid program ({} problems):", self.0.len())?;
+        for e in self.0.iter().take(20) {
+            write!(f, "\n  {e}")?;
+        }
+        if self.0.len() > 20 {
+            write!(f, "\n  ... and {} more", self.0.len() - 20)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ValidateError {}
+
+/// The kind of the result of an elementwise or matrix operation on `a` and `b`: public only if
+/// both are, private to `p` if every operand is public or private to `p`, a share otherwise.
+pub fn combine(a: Kind, b: Kind) -> Kind {
+    match (a, b) {
+        (Kind::Public, Kind::Public) => Kind::Public,
+        (Kind::Private(p), Kind::Public) | (Kind::Public, Kind::Private(p)) => Kind::Private(p),
+        (Kind::Private(p), Kind::Private(q)) if p == q => Kind::Private(p),
+        _ => Kind::Share,
+    }
+}
+
+/// True when a value of kind `have` may be stored in a buffer of kind `dst`: the same kind, or
+/// a private value (a sharing whose other share is zero) stored as a share.
+pub fn storable(have: Kind, dst: Kind) -> bool {
+    have == dst || (dst == Kind::Share && have.is_share_like())
+}
+
+struct Checker<'a> {
+    p: &'a Program,
+    errs: Vec<String>,
+    dealer_known: Vec<bool>,
+    pending: Vec<bool>,
+    any_pending: bool,
+    section: &'static str,
+    index: usize,
+    name: &'static str,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, msg: impl fmt::Display) {
+        let m = format!("{} #{} `{}`: {msg}", self.section, self.index, self.name);
+        self.errs.push(m);
+    }
+
+    fn kind(&self, b: Buf) -> Kind {
+        self.p.buffers[b.0 as usize].kind
+    }
+
+    fn len(&self, b: Buf) -> u64 {
+        self.p.buffers[b.0 as usize].len as u64
+    }
+
+    fn want(&mut self, b: Buf, ok: bool, what: &str) {
+        if !ok {
+            let k = self.kind(b);
+            self.err(format_args!("{b} is {k}[{}], expected {what}", self.len(b)));
+        }
+    }
+
+    fn ring(&mut self, b: Buf) {
+        let k = self.kind(b);
+        self.want(b, k.is_ring(), "a ring buffer");
+    }
+
+    fn same_len(&mut self, bufs: &[Buf]) {
+        let l0 = self.len(bufs[0]);
+        if bufs.iter().any(|&b| self.len(b) != l0) {
+            let lens: Vec<String> = bufs.iter().map(|&b| format!("{b}[{}]", self.len(b))).collect();
+            self.err(format_args!("lengths differ: {}", lens.join(", ")));
+        }
+    }
+
+    fn broadcast(&mut self, d: Buf, a: Buf, b: Buf, inner: u32) {
+        self.same_len(&[d, a]);
+        let (la, lb) = (self.len(a), self.len(b));
+        if inner == 0 || lb == 0 || la % (lb * inner as u64) != 0 {
+            self.err(format_args!(
+                "{b}[{lb}] with inner={inner} does not broadcast over {a}[{la}]"
+            ));
+        }
+    }
+
+    fn dealer(&mut self, b: Buf) {
+        if !self.dealer_known[b.0 as usize] {
+            self.err(format_args!(
+                "{b} is not dealer-known (it must be written by a dealer instruction)"
+            ));
+        }
+    }
+
+    fn result_kind(&mut self, d: Buf, have: Kind) {
+        let k = self.kind(d);
+        if !storable(have, k) {
+            self.err(format_args!("result is {have} but {d} is {k}"));
+        }
+    }
+
+    fn matmul_dims(&mut self, d: Buf, a: Buf, b: Buf, dims: [u32; 4]) {
+        let [batch, m, k, n] = dims.map(|x| x as u64);
+        let ok = |len: u64, per: u64| len == per || len == batch * per;
+        if batch == 0
+            || !ok(self.len(a), m * k)
+            || !ok(self.len(b), k * n)
+            || self.len(d) != batch * m * n
+        {
+            self.err(format_args!(
+                "dims batch={batch} m={m} k={k} n={n} do not fit {a}[{}] · {b}[{}] -> {d}[{}]",
+                self.len(a),
+                self.len(b),
+                self.len(d)
+            ));
+        }
+    }
+
+    fn copy_bounds(&mut self, b: Buf, off: u32, shape: &[u32], strides: &[i64]) {
+        if shape.len() != strides.len() {
+            self.err("shape and strides have different ranks");
+            return;
+        }
+        if shape.contains(&0) {
+            return;
+        }
+        let (mut lo, mut hi) = (off as i128, off as i128);
+        for (&s, &st) in shape.iter().zip(strides) {
+            let span = (s as i128 - 1) * st as i128;
+            if span < 0 {
+                lo += span;
+            } else {
+                hi += span;
+            }
+        }
+        if lo < 0 || hi >= self.len(b) as i128 {
+            self.err(format_args!("strided access [{lo}, {hi}] is outside {b}[{}]", self.len(b)));
+        }
+    }
+
+    /// A local product is a sharing of the product unless both factors are genuine shares.
+    fn local_product(&mut self, ka: Kind, kb: Kind) {
+        if ka == Kind::Share && kb == Kind::Share {
+            self.err(
+                "local product of two shares is not a sharing of their product (use a protocol)",
+            );
+        }
+    }
+
+    fn check(&mut self, ins: &Instr) {
+        use Instr::*;
+        let bufs = ins.buffers();
+        for &(b, _) in &bufs {
+            if b.0 as usize >= self.p.buffers.len() {
+                self.err(format_args!("{b} is out of range ({} buffers)", self.p.buffers.len()));
+                return;
+            }
+        }
+        for &(w, written) in &bufs {
+            if written && bufs.iter().any(|&(r, wr)| !wr && r == w) {
+                self.err(format_args!("{w} is both read and written"));
+            }
+        }
+        for &(r, written) in &bufs {
+            if !written && self.pending[r.0 as usize] {
+                self.err(format_args!("{r} is read before the exchange that completes its open"));
+            }
+        }
+        match ins {
+            Add { d, a, b, inner } | Sub { d, a, b, inner } => {
+                self.ring(*a);
+                self.ring(*b);
+                self.broadcast(*d, *a, *b, *inner);
+                let have = combine(self.kind(*a), self.kind(*b));
+                self.result_kind(*d, have);
+            }
+            Mul { d, a, b, inner } => {
+                self.ring(*a);
+                self.ring(*b);
+                self.broadcast(*d, *a, *b, *inner);
+                let (ka, kb) = (self.kind(*a), self.kind(*b));
+                self.local_product(ka, kb);
+                self.result_kind(*d, combine(ka, kb));
+            }
+            MatMul { d, a, b, batch, m, k, n } => {
+                self.ring(*a);
+                self.ring(*b);
+                self.matmul_dims(*d, *a, *b, [*batch, *m, *k, *n]);
+                let (ka, kb) = (self.kind(*a), self.kind(*b));
+                self.local_product(ka, kb);
+                self.result_kind(*d, combine(ka, kb));
+            }
+            Neg { d, a } | AddImm { d, a, .. } | MulImm { d, a, .. } | Shl { d, a, .. } => {
+                self.ring(*a);
+                self.same_len(&[*d, *a]);
+                let k = self.kind(*a);
+                self.result_kind(*d, k);
+                if let Shl { bits, .. } = ins {
+                    if *bits > 63 {
+                        self.err("shift must be below 64");
+                    }
+                }
+            }
+            Sum { d, a, outer, mid, inner } => {
+                self.ring(*a);
+                let (o, m, i) = (*outer as u64, *mid as u64, *inner as u64);
+                if self.len(*a) != o * m * i || self.len(*d) != o * i {
+                    self.err(format_args!("{outer}×{mid}×{inner} view does not fit {a} -> {d}"));
+                }
+                let k = self.kind(*a);
+                self.result_kind(*d, k);
+            }
+            Copy { d, d_off, a, a_off, shape, d_strides, a_strides } => {
+                self.ring(*a);
+                let (kd, ka) = (self.kind(*d), self.kind(*a));
+                if !storable(ka, kd) {
+                    self.err(format_args!("copies {ka} into {kd}"));
+                }
+                if shape.0.len() > 8 {
+                    self.err("rank above 8");
+                    return;
+                }
+                self.copy_bounds(*d, *d_off, &shape.0, &d_strides.0);
+                self.copy_bounds(*a, *a_off, &shape.0, &a_strides.0);
+            }
+            TruncPost { c2, pk, s, c, rhi, m, t } => {
+                self.same_len(&[*c2, *pk, *s, *c, *rhi, *m]);
+                for b in [*c2, *pk, *c] {
+                    let k = self.kind(b);
+                    self.want(b, k == Kind::Public, "public");
+                }
+                for b in [*s, *rhi, *m] {
+                    let k = self.kind(b);
+                    self.want(b, k.is_share_like(), "a share");
+                }
+                if !(1..=62).contains(t) {
+                    self.err("t must be in 1..=62");
+                }
+            }
+            Sel { d, e, a, b } => {
+                self.same_len(&[*d, *e, *a, *b]);
+                let (ke, ka, kb) = (self.kind(*e), self.kind(*a), self.kind(*b));
+                self.want(*e, ke == Kind::PubBits, "pubbits");
+                self.ring(*a);
+                self.ring(*b);
+                let have = if ka == kb { ka } else { combine(ka, kb) };
+                if ka != kb && (ka == Kind::Public || kb == Kind::Public) {
+                    self.err(format_args!(
+                        "selects between {ka} and {kb}: both sides must have one kind"
+                    ));
+                }
+                self.result_kind(*d, have);
+            }
+            XorB { d, a, b } | AndB { d, a, b } => {
+                self.same_len(&[*d, *a, *b]);
+                let (ka, kb) = (self.kind(*a), self.kind(*b));
+                self.want(*a, ka.is_bits(), "bits");
+                self.want(*b, kb.is_bits(), "bits");
+                if matches!(ins, AndB { .. }) && ka == Kind::Bits && kb == Kind::Bits {
+                    self.err(
+                        "and of two shared bit vectors needs the AND protocol, not a local and",
+                    );
+                }
+                let have =
+                    if ka == Kind::Bits || kb == Kind::Bits { Kind::Bits } else { Kind::PubBits };
+                self.result_kind(*d, have);
+            }
+            NotB { d, a } => {
+                self.same_len(&[*d, *a]);
+                let k = self.kind(*a);
+                self.want(*a, k.is_bits(), "bits");
+                self.result_kind(*d, k);
+            }
+            Lookup { d, table, idx, shift, width } => {
+                self.same_len(&[*d, *idx]);
+                let (kt, ki) = (self.kind(*table), self.kind(*idx));
+                self.want(*table, kt.is_bits(), "bits");
+                self.want(*idx, ki == Kind::Public, "public");
+                self.result_kind(*d, kt);
+                if !(1..=12).contains(width) || *shift > 63 {
+                    self.err("width must be in 1..=12 and shift below 64");
+                } else if self.len(*table) != self.len(*idx) << width {
+                    self.err(format_args!("table {table} must hold 2^{width} bits per element"));
+                }
+            }
+            BitOf { d, a, bit } => {
+                self.same_len(&[*d, *a]);
+                let (kd, ka) = (self.kind(*d), self.kind(*a));
+                self.want(*d, kd == Kind::PubBits, "pubbits");
+                self.want(*a, ka == Kind::Public, "public");
+                if *bit > 63 {
+                    self.err("bit must be below 64");
+                }
+            }
+            Open { d, a, bits } => {
+                self.same_len(&[*d, *a]);
+                let (kd, ka) = (self.kind(*d), self.kind(*a));
+                self.want(*d, kd == Kind::Public, "public");
+                self.want(*a, ka.is_share_like(), "a share");
+                if !(1..=64).contains(bits) {
+                    self.err("bits must be in 1..=64");
+                }
+            }
+            OpenB { d, a } => {
+                self.same_len(&[*d, *a]);
+                let (kd, ka) = (self.kind(*d), self.kind(*a));
+                self.want(*d, kd == Kind::PubBits, "pubbits");
+                self.want(*a, ka == Kind::Bits, "bits");
+            }
+            Send { d, a, from } => {
+                self.same_len(&[*d, *a]);
+                let (kd, ka) = (self.kind(*d), self.kind(*a));
+                self.want(*d, kd == Kind::Private(from.other()), "private to the receiver");
+                let readable =
+                    matches!(ka, Kind::Share | Kind::Public) || ka == Kind::Private(*from);
+                self.want(*a, readable, "a ring buffer the sender holds");
+            }
+            Reveal { d, a, to } => {
+                self.same_len(&[*d, *a]);
+                let (kd, ka) = (self.kind(*d), self.kind(*a));
+                self.want(*d, kd == Kind::Private(*to), "private to the receiver");
+                self.want(*a, ka.is_share_like(), "a share");
+            }
+            Exchange {} => {}
+            DMask { d } => {
+                let k = self.kind(*d);
+                self.want(*d, k == Kind::Share, "a share");
+            }
+            DPriv { d } => {
+                let k = self.kind(*d);
+                self.want(*d, matches!(k, Kind::Private(_)), "private");
+            }
+            DProd { d, a, b, inner } => {
+                self.dealer(*a);
+                self.dealer(*b);
+                self.ring(*a);
+                self.ring(*b);
+                self.broadcast(*d, *a, *b, *inner);
+                let k = self.kind(*d);
+                self.want(*d, k == Kind::Share, "a share");
+            }
+            DMatMul { d, a, b, batch, m, k, n } => {
+                self.dealer(*a);
+                self.dealer(*b);
+                self.ring(*a);
+                self.ring(*b);
+                self.matmul_dims(*d, *a, *b, [*batch, *m, *k, *n]);
+                let kd = self.kind(*d);
+                self.want(*d, kd == Kind::Share, "a share");
+            }
+            DTrunc { hi, msb, a, t } => {
+                self.dealer(*a);
+                self.ring(*a);
+                self.same_len(&[*hi, *msb, *a]);
+                for b in [*hi, *msb] {
+                    let k = self.kind(b);
+                    self.want(b, k == Kind::Share, "a share");
+                }
+                if !(1..=63).contains(t) {
+                    self.err("t must be in 1..=63");
+                }
+            }
+            DBits { d } => {
+                let k = self.kind(*d);
+                self.want(*d, k == Kind::Bits, "bits");
+            }
+            DAnd { d, a, b } => {
+                self.dealer(*a);
+                self.dealer(*b);
+                self.same_len(&[*d, *a, *b]);
+                for x in [*d, *a, *b] {
+                    let k = self.kind(x);
+                    self.want(x, k == Kind::Bits, "bits");
+                }
+            }
+            DTable { lt, eq, a, shift, width } => {
+                self.dealer(*a);
+                self.ring(*a);
+                for x in [*lt, *eq] {
+                    let k = self.kind(x);
+                    self.want(x, k == Kind::Bits, "bits");
+                }
+                if !(1..=12).contains(width) || *shift > 63 {
+                    self.err("width must be in 1..=12 and shift below 64");
+                } else if self.len(*lt) != self.len(*a) << width
+                    || self.len(*eq) != self.len(*a) << width
+                {
+                    self.err(format_args!("tables must hold 2^{width} bits per element of {a}"));
+                }
+            }
+            DBit { d, a, bit } => {
+                self.dealer(*a);
+                self.ring(*a);
+                self.same_len(&[*d, *a]);
+                let k = self.kind(*d);
+                self.want(*d, k == Kind::Bits, "bits");
+                if *bit > 63 {
+                    self.err("bit must be below 64");
+                }
+            }
+            DBit2A { d, a } => {
+                self.dealer(*a);
+                self.same_len(&[*d, *a]);
+                let (kd, ka) = (self.kind(*d), self.kind(*a));
+                self.want(*d, kd == Kind::Share, "a share");
+                self.want(*a, ka == Kind::Bits, "bits");
+            }
+        }
+        // State updates: dealer-known-ness and pending opens.
+        let is_dealer = is_dealer_instr(ins);
+        for &(b, written) in &bufs {
+            if written {
+                self.dealer_known[b.0 as usize] = is_dealer;
+            }
+        }
+        match ins {
+            Open { d, .. } | OpenB { d, .. } | Send { d, .. } | Reveal { d, .. } => {
+                self.pending[d.0 as usize] = true;
+                self.any_pending = true;
+            }
+            Exchange {} => {
+                self.pending.iter_mut().for_each(|p| *p = false);
+                self.any_pending = false;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// True for instructions that draw dealer material.
+pub fn is_dealer_instr(ins: &Instr) -> bool {
+    use Instr::*;
+    matches!(
+        ins,
+        DMask { .. }
+            | DPriv { .. }
+            | DProd { .. }
+            | DMatMul { .. }
+            | DTrunc { .. }
+            | DBits { .. }
+            | DAnd { .. }
+            | DTable { .. }
+            | DBit { .. }
+            | DBit2A { .. }
+    )
+}
+
+/// True for instructions that put data on the wire (completed by the next `exchange`).
+pub fn is_comm_instr(ins: &Instr) -> bool {
+    matches!(
+        ins,
+        Instr::Open { .. } | Instr::OpenB { .. } | Instr::Send { .. } | Instr::Reveal { .. }
+    )
+}
+
+/// Checks the whole program. On success the VM may run it without bounds checks on buffer ids.
+pub fn validate(p: &Program) -> Result<(), ValidateError> {
+    let mut c = Checker {
+        p,
+        errs: Vec::new(),
+        dealer_known: vec![false; p.buffers.len()],
+        pending: vec![false; p.buffers.len()],
+        any_pending: false,
+        section: "header",
+        index: 0,
+        name: "",
+    };
+    if !(1..=30).contains(&p.frac_bits) {
+        c.errs.push(format!("fixed-point fractional bits {} outside 1..=30", p.frac_bits));
+    }
+    for (i, b) in p.buffers.iter().enumerate() {
+        if b.len > MAX_BUF_LEN {
+            c.errs.push(format!("buffer b{i} is too long ({})", b.len));
+        }
+    }
+    for ci in &p.consts {
+        match p.buf(ci.buf) {
+            Some(d) if d.kind == Kind::Public && d.len as usize == ci.data.len() => {}
+            Some(d) => c.errs.push(format!(
+                "constant for {} holds {} values but the buffer is {}[{}]",
+                ci.buf,
+                ci.data.len(),
+                d.kind,
+                d.len
+            )),
+            None => c.errs.push(format!("constant for missing buffer {}", ci.buf)),
+        }
+    }
+    let io_lists = [("input", &p.inputs), ("weight", &p.weights), ("output", &p.outputs)];
+    for (what, list) in io_lists {
+        for io in list.iter() {
+            let numel: u64 = io.shape.iter().map(|&d| d as u64).product();
+            match p.buf(io.buf) {
+                None => c.errs.push(format!("{what} `{}` uses missing buffer {}", io.name, io.buf)),
+                Some(d) => {
+                    let kind_ok = d.kind == Kind::Private(io.party)
+                        || (what == "weight" && d.kind == Kind::Public);
+                    if !kind_ok || d.len as u64 != numel {
+                        c.errs.push(format!(
+                            "{what} `{}` of shape {:?} for the {} does not fit {} ({}[{}])",
+                            io.name, io.shape, io.party, io.buf, d.kind, d.len
+                        ));
+                    }
+                }
+            }
+            if io.frac_bits > 62 {
+                c.errs.push(format!(
+                    "{what} `{}` has {} fractional bits (at most 62)",
+                    io.name, io.frac_bits
+                ));
+            }
+        }
+    }
+    for (sec, code, tags) in [("setup", &p.setup, &p.setup_tags), ("body", &p.body, &p.body_tags)] {
+        if code.len() != tags.len() {
+            c.errs.push(format!("{sec} has {} instructions but {} tags", code.len(), tags.len()));
+        }
+        if let Some(t) = tags.iter().find(|&&t| t as usize >= p.tags.len()) {
+            c.errs.push(format!("{sec} uses tag {t} but the program has {} tags", p.tags.len()));
+        }
+        c.section = sec;
+        for (i, ins) in code.iter().enumerate() {
+            c.index = i;
+            c.name = ins.name();
+            c.check(ins);
+        }
+        if c.any_pending {
+            c.errs.push(format!("{sec} ends with opens that no exchange completes"));
+        }
+    }
+    if c.errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidateError(c.errs))
+    }
+}

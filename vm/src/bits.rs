@@ -1,0 +1,105 @@
+//! Packed bit vectors and packing of ring elements into messages of a given bit width.
+
+/// Clears the bits at positions `n..` of a packed bit vector.
+pub fn clear_tail(words: &mut [u64], n: usize) {
+    if !n.is_multiple_of(64) {
+        if let Some(last) = words.get_mut(n / 64) {
+            *last &= (1u64 << (n % 64)) - 1;
+        }
+    }
+    for w in words.iter_mut().skip(n.div_ceil(64)) {
+        *w = 0;
+    }
+}
+
+/// Bit `i` of a packed bit vector.
+#[inline]
+pub fn get(words: &[u64], i: usize) -> bool {
+    (words[i / 64] >> (i % 64)) & 1 == 1
+}
+
+/// Sets bit `i` of a packed bit vector.
+#[inline]
+pub fn set(words: &mut [u64], i: usize, v: bool) {
+    let m = 1u64 << (i % 64);
+    if v {
+        words[i / 64] |= m;
+    } else {
+        words[i / 64] &= !m;
+    }
+}
+
+/// Appends the low `bits` bits of each value to `out`, densely packed, little-endian.
+pub fn pack(values: &[u64], bits: u8, out: &mut Vec<u8>) {
+    if bits == 64 {
+        for v in values {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        return;
+    }
+    let mask = (1u64 << bits) - 1;
+    let mut acc: u128 = 0;
+    let mut nacc = 0u32;
+    for &v in values {
+        acc |= ((v & mask) as u128) << nacc;
+        nacc += bits as u32;
+        while nacc >= 8 {
+            out.push(acc as u8);
+            acc >>= 8;
+            nacc -= 8;
+        }
+    }
+    if nacc > 0 {
+        out.push(acc as u8);
+    }
+}
+
+/// Reads `n` values of `bits` bits packed by [`pack`].
+pub fn unpack(bytes: &[u8], n: usize, bits: u8, out: &mut [u64]) {
+    debug_assert_eq!(bytes.len(), packed_len(n, bits));
+    if bits == 64 {
+        for (o, c) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+            *o = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        }
+        return;
+    }
+    let mask = (1u64 << bits) - 1;
+    let mut acc: u128 = 0;
+    let mut nacc = 0u32;
+    let mut it = bytes.iter();
+    for o in out.iter_mut().take(n) {
+        while nacc < bits as u32 {
+            acc |= (*it.next().expect("length checked") as u128) << nacc;
+            nacc += 8;
+        }
+        *o = (acc as u64) & mask;
+        acc >>= bits;
+        nacc -= bits as u32;
+    }
+}
+
+/// Bytes that `n` values of `bits` bits occupy when packed.
+pub fn packed_len(n: usize, bits: u8) -> usize {
+    (n * bits as usize).div_ceil(8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pack_round_trip_at_every_width() {
+        let vals: Vec<u64> = (0..37u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+        for bits in 1..=64u8 {
+            let mut buf = Vec::new();
+            pack(&vals, bits, &mut buf);
+            assert_eq!(buf.len(), packed_len(vals.len(), bits));
+            let mut out = vec![0; vals.len()];
+            unpack(&buf, vals.len(), bits, &mut out);
+            let mask = if bits == 64 { u64::MAX } else { (1 << bits) - 1 };
+            for (a, b) in vals.iter().zip(&out) {
+                assert_eq!(a & mask, *b);
+            }
+        }
+    }
+}

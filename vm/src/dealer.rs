@@ -1,0 +1,250 @@
+//! The dealer: walks the program and generates every party's correlated randomness.
+//!
+//! It mirrors both parties' PRGs (it chose their seeds), so it knows the full value of every
+//! dealer-known buffer; for each correlated output it sends the server the correction that
+//! turns the client's PRG draw into a sharing of the right value. It never sees a message
+//! between the parties, inputs, weights or outputs.
+
+use crate::bits;
+use crate::error::VmError;
+use crate::kernels;
+use crate::net::FrameSink;
+use crate::prg::{Prg, Seed};
+use veil_isa::validate::is_dealer_instr;
+use veil_isa::{Buf, Instr, Kind, Party, Program};
+
+/// The dealer's state for one session.
+pub struct Dealer<'p> {
+    prog: &'p Program,
+    prg: [Prg; 2],
+    known: Vec<Option<Vec<u64>>>,
+    sink: Box<dyn FrameSink>,
+}
+
+impl<'p> Dealer<'p> {
+    /// A dealer for `prog` whose parties were given `seeds` (client, server), streaming
+    /// corrections to the server through `sink`.
+    pub fn new(prog: &'p Program, seeds: [Seed; 2], sink: Box<dyn FrameSink>) -> Dealer<'p> {
+        Dealer {
+            prog,
+            prg: [Prg::new(seeds[0]), Prg::new(seeds[1])],
+            known: vec![None; prog.buffers.len()],
+            sink,
+        }
+    }
+
+    /// Bytes sent to the server so far.
+    pub fn bytes(&self) -> u64 {
+        self.sink.bytes()
+    }
+
+    /// Generates the material of the setup section.
+    pub fn deal_setup(&mut self) -> Result<(), VmError> {
+        self.deal(&self.prog.setup, "setup")
+    }
+
+    /// Generates the material of one run of the body.
+    pub fn deal_body(&mut self) -> Result<(), VmError> {
+        self.deal(&self.prog.body, "body")
+    }
+
+    /// Sends the end-of-stream marker.
+    pub fn finish(&mut self) -> Result<(), VmError> {
+        self.sink.send_frame(Vec::new())?;
+        Ok(())
+    }
+
+    fn val(
+        &self,
+        b: Buf,
+        section: &'static str,
+        index: usize,
+        name: &'static str,
+    ) -> Result<&[u64], VmError> {
+        self.known[b.0 as usize].as_deref().ok_or(VmError::Dealer {
+            section,
+            index,
+            name,
+            msg: format!("{b} is not dealer-known"),
+        })
+    }
+
+    /// Sends one frame correcting the client's draws for `parts`, each drawn exactly as the
+    /// client draws it: ring parts with `fill`, bit parts (with their bit count) with `bits`.
+    fn correct(&mut self, parts: &[(&[u64], Option<usize>)]) -> Result<(), VmError> {
+        let total: usize = parts.iter().map(|(v, _)| v.len()).sum();
+        let mut frame = Vec::with_capacity(total * 8);
+        for &(value, bits_n) in parts {
+            match bits_n {
+                None => {
+                    let mine = self.prg[0].words(value.len());
+                    for (&v, &c) in value.iter().zip(&mine) {
+                        frame.extend_from_slice(&v.wrapping_sub(c).to_le_bytes());
+                    }
+                }
+                Some(n) => {
+                    let mine = self.prg[0].bits(n);
+                    let mut w: Vec<u64> = value.iter().zip(&mine).map(|(v, c)| v ^ c).collect();
+                    bits::clear_tail(&mut w, n);
+                    for x in w {
+                        frame.extend_from_slice(&x.to_le_bytes());
+                    }
+                }
+            }
+        }
+        self.sink.send_frame(frame)?;
+        Ok(())
+    }
+
+    fn deal(&mut self, code: &'p [Instr], section: &'static str) -> Result<(), VmError> {
+        let p = self.prog;
+        for (index, ins) in code.iter().enumerate() {
+            if !is_dealer_instr(ins) {
+                for (b, w) in ins.buffers() {
+                    if w {
+                        self.known[b.0 as usize] = None;
+                    }
+                }
+                continue;
+            }
+            let len = |b: Buf| p.buffers[b.0 as usize].len as usize;
+            let name = ins.name();
+            use Instr::*;
+            match ins {
+                DMask { d } => {
+                    let c = self.prg[0].words(len(*d));
+                    let s = self.prg[1].words(len(*d));
+                    self.known[d.0 as usize] =
+                        Some(c.iter().zip(&s).map(|(a, b)| a.wrapping_add(*b)).collect());
+                }
+                DPriv { d } => {
+                    let owner = match p.buffers[d.0 as usize].kind {
+                        Kind::Private(o) => o,
+                        _ => Party::Client,
+                    };
+                    self.known[d.0 as usize] = Some(self.prg[owner.index()].words(len(*d)));
+                }
+                DBits { d } => {
+                    let c = self.prg[0].bits(len(*d));
+                    let s = self.prg[1].bits(len(*d));
+                    self.known[d.0 as usize] = Some(c.iter().zip(&s).map(|(a, b)| a ^ b).collect());
+                }
+                DProd { d, a, b, inner } => {
+                    let mut v = vec![0u64; len(*d)];
+                    kernels::binary(
+                        &mut v,
+                        self.val(*a, section, index, name)?,
+                        self.val(*b, section, index, name)?,
+                        *inner as usize,
+                        |x, y| x.wrapping_mul(y),
+                    );
+                    self.correct(&[(&v, None)])?;
+                    self.known[d.0 as usize] = Some(v);
+                }
+                DMatMul { d, a, b, batch, m, k, n } => {
+                    let mut v = vec![0u64; len(*d)];
+                    let (av, bv) =
+                        (self.val(*a, section, index, name)?, self.val(*b, section, index, name)?);
+                    kernels::matmul(
+                        &mut v,
+                        av,
+                        bv,
+                        *batch as usize,
+                        *m as usize,
+                        *k as usize,
+                        *n as usize,
+                    );
+                    self.correct(&[(&v, None)])?;
+                    self.known[d.0 as usize] = Some(v);
+                }
+                DTrunc { hi, msb, a, t } => {
+                    let av = self.val(*a, section, index, name)?;
+                    let h: Vec<u64> = av.iter().map(|x| x >> t).collect();
+                    let m: Vec<u64> = av.iter().map(|x| x >> 63).collect();
+                    self.correct(&[(&h, None), (&m, None)])?;
+                    self.known[hi.0 as usize] = Some(h);
+                    self.known[msb.0 as usize] = Some(m);
+                }
+                DAnd { d, a, b } => {
+                    let v: Vec<u64> = self
+                        .val(*a, section, index, name)?
+                        .iter()
+                        .zip(self.val(*b, section, index, name)?)
+                        .map(|(x, y)| x & y)
+                        .collect();
+                    self.correct(&[(&v, Some(len(*d)))])?;
+                    self.known[d.0 as usize] = Some(v);
+                }
+                DBit { d, a, bit } => {
+                    let av = self.val(*a, section, index, name)?;
+                    let mut v = vec![0u64; av.len().div_ceil(64)];
+                    for (i, x) in av.iter().enumerate() {
+                        if (x >> bit) & 1 == 1 {
+                            bits::set(&mut v, i, true);
+                        }
+                    }
+                    self.correct(&[(&v, Some(len(*d)))])?;
+                    self.known[d.0 as usize] = Some(v);
+                }
+                DTable { lt, eq, a, shift, width } => {
+                    let av = self.val(*a, section, index, name)?;
+                    let (lv, ev) = tables(av, *shift, *width);
+                    self.correct(&[(&lv, Some(len(*lt))), (&ev, Some(len(*eq)))])?;
+                    self.known[lt.0 as usize] = Some(lv);
+                    self.known[eq.0 as usize] = Some(ev);
+                }
+                DBit2A { d, a } => {
+                    let av = self.val(*a, section, index, name)?;
+                    let v: Vec<u64> = (0..len(*d)).map(|i| bits::get(av, i) as u64).collect();
+                    self.correct(&[(&v, None)])?;
+                    self.known[d.0 as usize] = Some(v);
+                }
+                _ => unreachable!("checked by is_dealer_instr"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The comparison tables of digit `(a >> shift) mod 2^width` of each element: bit
+/// `i·2^w + c` of `lt` is `[c < v_i]`, of `eq` is `[c = v_i]`.
+pub fn tables(a: &[u64], shift: u8, width: u8) -> (Vec<u64>, Vec<u64>) {
+    let per = 1usize << width;
+    let nbits = a.len() * per;
+    let mut lt = vec![0u64; nbits.div_ceil(64)];
+    let mut eq = vec![0u64; nbits.div_ceil(64)];
+    let mask = (per - 1) as u64;
+    for (i, &x) in a.iter().enumerate() {
+        let v = ((x >> shift) & mask) as usize;
+        let base = i * per;
+        if per <= 64 {
+            // The element's whole table fits in one word at a multiple of its size.
+            let lt_bits = if v == 64 { u64::MAX } else { (1u64 << v) - 1 };
+            let (w, off) = (base / 64, base % 64);
+            lt[w] |= lt_bits << off;
+            eq[w] |= 1u64 << (off + v);
+        } else {
+            for c in 0..v {
+                bits::set(&mut lt, base + c, true);
+            }
+            bits::set(&mut eq, base + v, true);
+        }
+    }
+    (lt, eq)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_mark_smaller_and_equal_digits() {
+        let (lt, eq) = tables(&[0x35, 0x0], 4, 4); // digits 3 and 0
+        for c in 0..16 {
+            assert_eq!(bits::get(&lt, c), c < 3);
+            assert_eq!(bits::get(&eq, c), c == 3);
+            assert!(!bits::get(&lt, 16 + c));
+            assert_eq!(bits::get(&eq, 16 + c), c == 0);
+        }
+    }
+}

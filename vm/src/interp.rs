@@ -1,0 +1,644 @@
+//! The party interpreter: runs a validated program's instructions over this party's arrays.
+//!
+//! Every buffer is one `Vec<u64>` (ring elements, or packed bits). A private buffer of the
+//! other party is never written here, so it stays all zeros, which makes it a valid sharing
+//! of the owner's value wherever it meets a share.
+
+use crate::bits;
+use crate::error::VmError;
+use crate::kernels;
+use crate::material::{At, Material};
+use crate::net::{CommStats, Transport};
+use crate::ring;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use veil_isa::validate::is_dealer_instr;
+use veil_isa::{Buf, Instr, Kind, Party, Program, Tag};
+
+/// Tensor data handed to or returned by the VM.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Values {
+    /// Reals (encoded with the declaration's fractional bits).
+    F32(Vec<f32>),
+    /// Reals in double precision.
+    F64(Vec<f64>),
+    /// Integers (encoded exactly; the declaration must have 0 fractional bits).
+    I64(Vec<i64>),
+}
+
+impl Values {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Values::F32(v) => v.len(),
+            Values::F64(v) => v.len(),
+            Values::I64(v) => v.len(),
+        }
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A revealed output.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    /// Name.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Decoded values.
+    pub data: Vec<f64>,
+}
+
+/// What one party measured.
+#[derive(Clone, Debug, Default)]
+pub struct PartyReport {
+    /// Online communication of the setup section.
+    pub setup: CommStats,
+    /// Online communication of the body (all runs).
+    pub body: CommStats,
+    /// Dealer bytes received (server), frames included.
+    pub dealer_bytes: u64,
+    /// Wall time of the body.
+    pub body_time: Duration,
+    /// Time spent waiting in exchanges during the body.
+    pub wait_time: Duration,
+    /// Time per tag during the body (local compute plus waits), keyed by tag.
+    pub time_by_tag: BTreeMap<Tag, Duration>,
+}
+
+enum Pending {
+    Open { d: Buf, bits: u8, mine: Vec<u64> },
+    OpenB { d: Buf, n: usize, mine: Vec<u64> },
+    Recv { d: Buf, n: usize },
+    Reveal { d: Buf, n: usize, mine: Vec<u64> },
+}
+
+/// One party's VM for one session.
+pub struct PartyVm<'p> {
+    prog: &'p Program,
+    me: Party,
+    bufs: Vec<Vec<u64>>,
+    material: Material,
+    peer: Box<dyn Transport>,
+    out: Vec<u8>,
+    pending: Vec<Pending>,
+    report: PartyReport,
+    progress: Option<Box<dyn FnMut(usize, usize) + Send + 'p>>,
+}
+
+impl<'p> PartyVm<'p> {
+    /// A VM for party `me` running the validated `prog`, talking to the other party through
+    /// `peer` and drawing dealer material from `material`.
+    pub fn new(
+        prog: &'p Program,
+        me: Party,
+        material: Material,
+        peer: Box<dyn Transport>,
+    ) -> PartyVm<'p> {
+        let bufs = prog.buffers.iter().map(|b| vec![0u64; b.kind.words(b.len)]).collect();
+        let mut vm = PartyVm {
+            prog,
+            me,
+            bufs,
+            material,
+            peer,
+            out: Vec::new(),
+            pending: Vec::new(),
+            report: PartyReport::default(),
+            progress: None,
+        };
+        for c in &prog.consts {
+            vm.bufs[c.buf.0 as usize].copy_from_slice(&c.data);
+        }
+        vm
+    }
+
+    /// Calls `f(done, total)` as body instructions complete (for progress bars).
+    pub fn on_progress(&mut self, f: impl FnMut(usize, usize) + Send + 'p) {
+        self.progress = Some(Box::new(f));
+    }
+
+    fn load(
+        &mut self,
+        what: &'static str,
+        decls: &[veil_isa::IoDecl],
+        given: &[(String, Values)],
+    ) -> Result<(), VmError> {
+        for io in decls {
+            let holds = match self.prog.buffers[io.buf.0 as usize].kind {
+                Kind::Public => true,
+                Kind::Private(p) => p == self.me,
+                _ => false,
+            };
+            if !holds {
+                continue;
+            }
+            let err = |msg: String| VmError::Tensor { what, name: io.name.clone(), msg };
+            let v = given.iter().find(|(n, _)| n == &io.name).map(|(_, v)| v).ok_or_else(|| {
+                err(format!("missing (the program needs it with shape {:?})", io.shape))
+            })?;
+            let want: usize = io.shape.iter().map(|&d| d as usize).product();
+            if v.len() != want {
+                return Err(err(format!(
+                    "has {} elements, the program needs shape {:?} ({want})",
+                    v.len(),
+                    io.shape
+                )));
+            }
+            let f = io.frac_bits;
+            let dst = &mut self.bufs[io.buf.0 as usize];
+            match v {
+                Values::F32(x) => {
+                    for (d, &x) in dst.iter_mut().zip(x) {
+                        if !ring::fits(x as f64, f, 8) {
+                            return Err(err(format!(
+                                "value {x} does not fit fixed point with {f} fractional bits"
+                            )));
+                        }
+                        *d = ring::encode(x as f64, f);
+                    }
+                }
+                Values::F64(x) => {
+                    for (d, &x) in dst.iter_mut().zip(x) {
+                        if !ring::fits(x, f, 8) {
+                            return Err(err(format!(
+                                "value {x} does not fit fixed point with {f} fractional bits"
+                            )));
+                        }
+                        *d = ring::encode(x, f);
+                    }
+                }
+                Values::I64(x) => {
+                    for (d, &x) in dst.iter_mut().zip(x) {
+                        *d = (x as u64).wrapping_shl(f as u32);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads this party's weights (and every public weight).
+    pub fn load_weights(&mut self, weights: &[(String, Values)]) -> Result<(), VmError> {
+        let decls = self.prog.weights.clone();
+        self.load("weight", &decls, weights)
+    }
+
+    /// Loads this party's inputs for the next run.
+    pub fn set_inputs(&mut self, inputs: &[(String, Values)]) -> Result<(), VmError> {
+        let decls = self.prog.inputs.clone();
+        self.load("input", &decls, inputs)
+    }
+
+    /// Runs the setup section (once per program load).
+    pub fn run_setup(&mut self) -> Result<(), VmError> {
+        let before = self.peer.stats();
+        self.run_code("setup", &self.prog.setup, &self.prog.setup_tags, false)?;
+        self.report.setup = sub_stats(self.peer.stats(), before);
+        Ok(())
+    }
+
+    /// Runs the body (one inference).
+    pub fn run_body(&mut self) -> Result<(), VmError> {
+        let before = self.peer.stats();
+        let t0 = Instant::now();
+        self.run_code("body", &self.prog.body, &self.prog.body_tags, true)?;
+        self.report.body_time += t0.elapsed();
+        let d = sub_stats(self.peer.stats(), before);
+        self.report.body.rounds += d.rounds;
+        self.report.body.sent += d.sent;
+        self.report.body.received += d.received;
+        self.report.dealer_bytes = self.material.dealer_bytes();
+        Ok(())
+    }
+
+    /// The outputs revealed to this party, decoded.
+    pub fn outputs(&self) -> Vec<Output> {
+        self.prog
+            .outputs
+            .iter()
+            .filter(|o| o.party == self.me)
+            .map(|o| Output {
+                name: o.name.clone(),
+                shape: o.shape.iter().map(|&d| d as usize).collect(),
+                data: self.bufs[o.buf.0 as usize]
+                    .iter()
+                    .map(|&v| ring::decode(v, o.frac_bits))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The measurements so far.
+    pub fn report(&self) -> PartyReport {
+        let mut r = self.report.clone();
+        r.dealer_bytes = self.material.dealer_bytes();
+        r
+    }
+
+    fn run_code(
+        &mut self,
+        section: &'static str,
+        code: &'p [Instr],
+        tags: &'p [u32],
+        timed: bool,
+    ) -> Result<(), VmError> {
+        let total = code.len();
+        let mut last = Instant::now();
+        for (index, ins) in code.iter().enumerate() {
+            let at = At { section, index };
+            if is_dealer_instr(ins) {
+                self.material.draw(ins, at, self.prog, &mut self.bufs)?;
+            } else if let Instr::Exchange {} = ins {
+                let t = Instant::now();
+                self.exchange(at)?;
+                if timed {
+                    self.report.wait_time += t.elapsed();
+                }
+            } else {
+                self.exec(ins);
+            }
+            if timed {
+                let now = Instant::now();
+                let tag = self
+                    .prog
+                    .tags
+                    .get(tags[index] as usize)
+                    .cloned()
+                    .unwrap_or(Tag { layer: "?".into(), op: "?".into() });
+                *self.report.time_by_tag.entry(tag).or_default() += now - last;
+                last = now;
+                if index % 64 == 63 || index + 1 == total {
+                    if let Some(p) = self.progress.as_mut() {
+                        p(index + 1, total);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn exchange(&mut self, at: At) -> Result<(), VmError> {
+        let msg = std::mem::take(&mut self.out);
+        let got = self.peer.exchange(msg)?;
+        let mut pos = 0usize;
+        let pending = std::mem::take(&mut self.pending);
+        let short = |need: usize, pos: usize, got: &[u8]| VmError::Protocol {
+            section: at.section,
+            index: at.index,
+            msg: format!(
+                "the peer's message has {} bytes, the program expects at least {}",
+                got.len(),
+                pos + need
+            ),
+        };
+        for p in pending {
+            match p {
+                Pending::Open { d, bits, mine } => {
+                    let need = bits::packed_len(mine.len(), bits);
+                    let part = got.get(pos..pos + need).ok_or_else(|| short(need, pos, &got))?;
+                    let dst = &mut self.bufs[d.0 as usize];
+                    bits::unpack(part, mine.len(), bits, dst);
+                    let mask = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+                    for (o, &m) in dst.iter_mut().zip(&mine) {
+                        *o = o.wrapping_add(m) & mask;
+                    }
+                    pos += need;
+                }
+                Pending::OpenB { d, n, mine } => {
+                    let need = n.div_ceil(8);
+                    let part = got.get(pos..pos + need).ok_or_else(|| short(need, pos, &got))?;
+                    let dst = &mut self.bufs[d.0 as usize];
+                    for (i, w) in dst.iter_mut().enumerate() {
+                        let mut x = 0u64;
+                        for (j, &byte) in part.iter().skip(i * 8).take(8).enumerate() {
+                            x |= (byte as u64) << (8 * j);
+                        }
+                        *w = x ^ mine[i];
+                    }
+                    bits::clear_tail(dst, n);
+                    pos += need;
+                }
+                Pending::Recv { d, n } => {
+                    let need = 8 * n;
+                    let part = got.get(pos..pos + need).ok_or_else(|| short(need, pos, &got))?;
+                    bits::unpack(part, n, 64, &mut self.bufs[d.0 as usize]);
+                    pos += need;
+                }
+                Pending::Reveal { d, n, mine } => {
+                    let need = 8 * n;
+                    let part = got.get(pos..pos + need).ok_or_else(|| short(need, pos, &got))?;
+                    let dst = &mut self.bufs[d.0 as usize];
+                    bits::unpack(part, n, 64, dst);
+                    for (o, &m) in dst.iter_mut().zip(&mine) {
+                        *o = o.wrapping_add(m);
+                    }
+                    pos += need;
+                }
+            }
+        }
+        if pos != got.len() {
+            return Err(VmError::Protocol {
+                section: at.section,
+                index: at.index,
+                msg: format!(
+                    "the peer's message has {} bytes, the program expects {pos}",
+                    got.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn kind(&self, b: Buf) -> Kind {
+        self.prog.buffers[b.0 as usize].kind
+    }
+
+    /// True when this party computes values for a result of kind `k` (the other party's
+    /// private buffers are never written here).
+    fn computes(&self, k: Kind) -> bool {
+        match k {
+            Kind::Private(p) => p == self.me,
+            _ => true,
+        }
+    }
+
+    /// Whether this party includes a public operand of an additive operation whose result has
+    /// kind `dk`: always for public or own-private results, only the client for shares.
+    fn adds_public(&self, dk: Kind) -> bool {
+        dk != Kind::Share || self.me == Party::Client
+    }
+
+    /// Takes the destination out of the buffer table so sources can be borrowed alongside it.
+    fn take(&mut self, d: Buf) -> Vec<u64> {
+        std::mem::take(&mut self.bufs[d.0 as usize])
+    }
+
+    fn put(&mut self, d: Buf, v: Vec<u64>) {
+        self.bufs[d.0 as usize] = v;
+    }
+
+    fn exec(&mut self, ins: &Instr) {
+        use Instr::*;
+        let me = self.me;
+        match ins {
+            Add { d, a, b, inner } | Sub { d, a, b, inner } => {
+                let dk = self.kind(*d);
+                if !self.computes(dk) {
+                    return;
+                }
+                let sub = matches!(ins, Sub { .. });
+                let use_a = self.kind(*a) != Kind::Public || self.adds_public(dk);
+                let use_b = self.kind(*b) != Kind::Public || self.adds_public(dk);
+                let mut dv = self.take(*d);
+                let (av, bv) = (&self.bufs[a.0 as usize], &self.bufs[b.0 as usize]);
+                let inner = *inner as usize;
+                match (use_a, use_b, sub) {
+                    (true, true, false) => {
+                        kernels::binary(&mut dv, av, bv, inner, |x, y| x.wrapping_add(y))
+                    }
+                    (true, true, true) => {
+                        kernels::binary(&mut dv, av, bv, inner, |x, y| x.wrapping_sub(y))
+                    }
+                    (true, false, _) => dv.copy_from_slice(av),
+                    (false, true, false) => kernels::binary(&mut dv, av, bv, inner, |_, y| y),
+                    (false, true, true) => {
+                        kernels::binary(&mut dv, av, bv, inner, |_, y| y.wrapping_neg())
+                    }
+                    (false, false, _) => dv.fill(0),
+                }
+                self.put(*d, dv);
+            }
+            Mul { d, a, b, inner } => {
+                let dk = self.kind(*d);
+                if !self.computes(dk) {
+                    return;
+                }
+                let mut dv = self.take(*d);
+                if self.foreign(*a) || self.foreign(*b) {
+                    dv.fill(0);
+                } else {
+                    let (av, bv) = (&self.bufs[a.0 as usize], &self.bufs[b.0 as usize]);
+                    kernels::binary(&mut dv, av, bv, *inner as usize, |x, y| x.wrapping_mul(y));
+                }
+                self.put(*d, dv);
+            }
+            MatMul { d, a, b, batch, m, k, n } => {
+                let dk = self.kind(*d);
+                if !self.computes(dk) {
+                    return;
+                }
+                let mut dv = self.take(*d);
+                if self.foreign(*a) || self.foreign(*b) {
+                    dv.fill(0);
+                } else {
+                    let (av, bv) = (&self.bufs[a.0 as usize], &self.bufs[b.0 as usize]);
+                    kernels::matmul(
+                        &mut dv,
+                        av,
+                        bv,
+                        *batch as usize,
+                        *m as usize,
+                        *k as usize,
+                        *n as usize,
+                    );
+                }
+                self.put(*d, dv);
+            }
+            Neg { d, a } => self.map(*d, *a, |x| x.wrapping_neg()),
+            MulImm { d, a, imm } => {
+                let imm = *imm;
+                self.map(*d, *a, move |x| x.wrapping_mul(imm))
+            }
+            Shl { d, a, bits } => {
+                let s = *bits as u32;
+                self.map(*d, *a, move |x| x.wrapping_shl(s))
+            }
+            AddImm { d, a, imm } => {
+                let dk = self.kind(*d);
+                let imm = if self.adds_public(dk) { *imm } else { 0 };
+                self.map(*d, *a, move |x| x.wrapping_add(imm))
+            }
+            Sum { d, a, outer, mid, inner } => {
+                if !self.computes(self.kind(*d)) {
+                    return;
+                }
+                let mut dv = self.take(*d);
+                kernels::sum(
+                    &mut dv,
+                    &self.bufs[a.0 as usize],
+                    *outer as usize,
+                    *mid as usize,
+                    *inner as usize,
+                );
+                self.put(*d, dv);
+            }
+            Copy { d, d_off, a, a_off, shape, d_strides, a_strides } => {
+                if !self.computes(self.kind(*d)) {
+                    return;
+                }
+                let mut dv = self.take(*d);
+                let av = &self.bufs[a.0 as usize];
+                kernels::copy(
+                    &mut dv,
+                    *d_off as usize,
+                    av,
+                    *a_off as usize,
+                    &shape.0,
+                    &d_strides.0,
+                    &a_strides.0,
+                );
+                self.put(*d, dv);
+            }
+            TruncPost { c2, pk, s, c, rhi, m, t } => {
+                let t = *t as u32;
+                let off = 1u64 << (62 - t);
+                let k = 1u64 << (64 - t);
+                let (mut c2v, mut pkv, mut sv) = (self.take(*c2), self.take(*pk), self.take(*s));
+                let (cv, rv, mv) = (
+                    &self.bufs[c.0 as usize],
+                    &self.bufs[rhi.0 as usize],
+                    &self.bufs[m.0 as usize],
+                );
+                for i in 0..cv.len() {
+                    let cc = cv[i];
+                    c2v[i] = (cc >> t).wrapping_sub(off);
+                    let p = if cc >> 63 == 0 { k } else { 0 };
+                    pkv[i] = p;
+                    sv[i] = rv[i].wrapping_sub(p.wrapping_mul(mv[i]));
+                }
+                self.put(*c2, c2v);
+                self.put(*pk, pkv);
+                self.put(*s, sv);
+            }
+            Sel { d, e, a, b } => {
+                if !self.computes(self.kind(*d)) {
+                    return;
+                }
+                let mut dv = self.take(*d);
+                let (ev, av, bv) =
+                    (&self.bufs[e.0 as usize], &self.bufs[a.0 as usize], &self.bufs[b.0 as usize]);
+                for (i, o) in dv.iter_mut().enumerate() {
+                    *o = if bits::get(ev, i) { av[i] } else { bv[i] };
+                }
+                self.put(*d, dv);
+            }
+            XorB { d, a, b } => {
+                let dk = self.kind(*d);
+                let use_a =
+                    self.kind(*a) == Kind::Bits || dk == Kind::PubBits || me == Party::Client;
+                let use_b =
+                    self.kind(*b) == Kind::Bits || dk == Kind::PubBits || me == Party::Client;
+                let mut dv = self.take(*d);
+                let (av, bv) = (&self.bufs[a.0 as usize], &self.bufs[b.0 as usize]);
+                for (i, o) in dv.iter_mut().enumerate() {
+                    *o = (if use_a { av[i] } else { 0 }) ^ (if use_b { bv[i] } else { 0 });
+                }
+                self.put(*d, dv);
+            }
+            AndB { d, a, b } => {
+                let mut dv = self.take(*d);
+                let (av, bv) = (&self.bufs[a.0 as usize], &self.bufs[b.0 as usize]);
+                for (i, o) in dv.iter_mut().enumerate() {
+                    *o = av[i] & bv[i];
+                }
+                self.put(*d, dv);
+            }
+            NotB { d, a } => {
+                let n = self.prog.buffers[d.0 as usize].len as usize;
+                let flip = self.kind(*d) == Kind::PubBits || me == Party::Client;
+                let mut dv = self.take(*d);
+                let av = &self.bufs[a.0 as usize];
+                for (i, o) in dv.iter_mut().enumerate() {
+                    *o = if flip { !av[i] } else { av[i] };
+                }
+                bits::clear_tail(&mut dv, n);
+                self.put(*d, dv);
+            }
+            Lookup { d, table, idx, shift, width } => {
+                let mut dv = self.take(*d);
+                dv.fill(0);
+                let (tv, iv) = (&self.bufs[table.0 as usize], &self.bufs[idx.0 as usize]);
+                let (shift, w) = (*shift as u32, *width as u32);
+                let mask = (1u64 << w) - 1;
+                for (i, &x) in iv.iter().enumerate() {
+                    let c = ((x >> shift) & mask) as usize;
+                    if bits::get(tv, (i << w) + c) {
+                        bits::set(&mut dv, i, true);
+                    }
+                }
+                self.put(*d, dv);
+            }
+            BitOf { d, a, bit } => {
+                let mut dv = self.take(*d);
+                dv.fill(0);
+                for (i, &x) in self.bufs[a.0 as usize].iter().enumerate() {
+                    if (x >> bit) & 1 == 1 {
+                        bits::set(&mut dv, i, true);
+                    }
+                }
+                self.put(*d, dv);
+            }
+            Open { d, a, bits: nb } => {
+                let mine = self.bufs[a.0 as usize].clone();
+                bits::pack(&mine, *nb, &mut self.out);
+                self.pending.push(Pending::Open { d: *d, bits: *nb, mine });
+            }
+            OpenB { d, a } => {
+                let n = self.prog.buffers[a.0 as usize].len as usize;
+                let mine = self.bufs[a.0 as usize].clone();
+                for (i, w) in mine.iter().enumerate() {
+                    let bytes = w.to_le_bytes();
+                    let take = (n.div_ceil(8) - i * 8).min(8);
+                    self.out.extend_from_slice(&bytes[..take]);
+                }
+                self.pending.push(Pending::OpenB { d: *d, n, mine });
+            }
+            Send { d, a, from } => {
+                let n = self.prog.buffers[a.0 as usize].len as usize;
+                if *from == me {
+                    bits::pack(&self.bufs[a.0 as usize], 64, &mut self.out);
+                } else {
+                    self.pending.push(Pending::Recv { d: *d, n });
+                }
+            }
+            Reveal { d, a, to } => {
+                let n = self.prog.buffers[a.0 as usize].len as usize;
+                if *to == me {
+                    let mine = self.bufs[a.0 as usize].clone();
+                    self.pending.push(Pending::Reveal { d: *d, n, mine });
+                } else {
+                    bits::pack(&self.bufs[a.0 as usize], 64, &mut self.out);
+                }
+            }
+            Exchange {} => unreachable!("handled by run_code"),
+            _ => unreachable!("dealer instructions are handled by run_code"),
+        }
+    }
+
+    /// True when `b` is the other party's private buffer (all zeros here).
+    fn foreign(&self, b: Buf) -> bool {
+        matches!(self.kind(b), Kind::Private(p) if p != self.me)
+    }
+
+    fn map(&mut self, d: Buf, a: Buf, f: impl Fn(u64) -> u64) {
+        if !self.computes(self.kind(d)) {
+            return;
+        }
+        let mut dv = self.take(d);
+        kernels::unary(&mut dv, &self.bufs[a.0 as usize], f);
+        self.put(d, dv);
+    }
+}
+
+fn sub_stats(a: CommStats, b: CommStats) -> CommStats {
+    CommStats {
+        rounds: a.rounds - b.rounds,
+        sent: a.sent - b.sent,
+        received: a.received - b.received,
+    }
+}

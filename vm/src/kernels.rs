@@ -1,0 +1,215 @@
+//! Local compute kernels over ring buffers. Tight loops, no allocation, no bounds surprises:
+//! the program was validated, so lengths and indices are known to fit.
+
+use rayon::prelude::*;
+
+/// `d[i] = f(a[i], b[(i / inner) % b.len()])` without a division per element.
+#[inline]
+pub fn binary(
+    d: &mut [u64],
+    a: &[u64],
+    b: &[u64],
+    inner: usize,
+    f: impl Fn(u64, u64) -> u64 + Copy,
+) {
+    if b.len() == a.len() && inner == 1 {
+        for ((d, &x), &y) in d.iter_mut().zip(a).zip(b) {
+            *d = f(x, y);
+        }
+        return;
+    }
+    let block = b.len() * inner;
+    for (dc, ac) in d.chunks_mut(block).zip(a.chunks(block)) {
+        for (j, &y) in b.iter().enumerate() {
+            let r = j * inner..(j + 1) * inner;
+            for (d, &x) in dc[r.clone()].iter_mut().zip(&ac[r]) {
+                *d = f(x, y);
+            }
+        }
+    }
+}
+
+/// `d[i] = f(a[i])`.
+#[inline]
+pub fn unary(d: &mut [u64], a: &[u64], f: impl Fn(u64) -> u64) {
+    for (d, &x) in d.iter_mut().zip(a) {
+        *d = f(x);
+    }
+}
+
+/// Batched `m×k · k×n` product in Z_2^64; an operand holding a single matrix is shared by
+/// every batch.
+pub fn matmul(d: &mut [u64], a: &[u64], b: &[u64], batch: usize, m: usize, k: usize, n: usize) {
+    let a_step = if a.len() == m * k { 0 } else { m * k };
+    let b_step = if b.len() == k * n { 0 } else { k * n };
+    for bi in 0..batch {
+        let a = &a[bi * a_step..bi * a_step + m * k];
+        let b = &b[bi * b_step..bi * b_step + k * n];
+        let d = &mut d[bi * m * n..(bi + 1) * m * n];
+        matmul_one(d, a, b, m, k, n);
+    }
+}
+
+const ROWS: usize = 4;
+const COLS: usize = 256;
+
+fn matmul_one(d: &mut [u64], a: &[u64], b: &[u64], m: usize, k: usize, n: usize) {
+    if n == 0 || m == 0 {
+        return;
+    }
+    let work = m * k * n;
+    let run = |(ci, dc): (usize, &mut [u64])| {
+        let r0 = ci * ROWS;
+        let rows = dc.len() / n;
+        block(dc, &a[r0 * k..(r0 + rows) * k], b, rows, k, n);
+    };
+    if work >= 1 << 20 {
+        d.par_chunks_mut(ROWS * n).enumerate().for_each(run);
+    } else {
+        d.chunks_mut(ROWS * n).enumerate().for_each(run);
+    }
+}
+
+fn block(d: &mut [u64], a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512f")
+        {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            unsafe { block_avx512(d, a, b, rows, k, n) };
+            return;
+        }
+    }
+    block_generic(d, a, b, rows, k, n)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512dq")]
+unsafe fn block_avx512(d: &mut [u64], a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) {
+    block_generic(d, a, b, rows, k, n)
+}
+
+#[inline(always)]
+fn block_generic(d: &mut [u64], a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) {
+    d.fill(0);
+    for c0 in (0..n).step_by(COLS) {
+        let c1 = (c0 + COLS).min(n);
+        for p in 0..k {
+            let brow = &b[p * n + c0..p * n + c1];
+            for r in 0..rows {
+                let av = a[r * k + p];
+                let drow = &mut d[r * n + c0..r * n + c1];
+                for (x, &y) in drow.iter_mut().zip(brow) {
+                    *x = x.wrapping_add(av.wrapping_mul(y));
+                }
+            }
+        }
+    }
+}
+
+/// `d[o, i] = Σ_j a[o, j, i]`.
+pub fn sum(d: &mut [u64], a: &[u64], outer: usize, mid: usize, inner: usize) {
+    d.fill(0);
+    for o in 0..outer {
+        let dr = &mut d[o * inner..(o + 1) * inner];
+        for j in 0..mid {
+            let ar = &a[(o * mid + j) * inner..(o * mid + j + 1) * inner];
+            for (x, &y) in dr.iter_mut().zip(ar) {
+                *x = x.wrapping_add(y);
+            }
+        }
+    }
+}
+
+/// Strided copy: for every index vector `x < shape`,
+/// `d[d_off + x·ds] = a[a_off + x·as_]`. Contiguous innermost runs become slice copies.
+pub fn copy(
+    d: &mut [u64],
+    d_off: usize,
+    a: &[u64],
+    a_off: usize,
+    shape: &[u32],
+    ds: &[i64],
+    as_: &[i64],
+) {
+    let rank = shape.len();
+    if rank == 0 {
+        d[d_off] = a[a_off];
+        return;
+    }
+    if shape.contains(&0) {
+        return;
+    }
+    let last = rank - 1;
+    let inner = shape[last] as usize;
+    let contiguous = ds[last] == 1 && as_[last] == 1;
+    let outer: usize = shape[..last].iter().map(|&s| s as usize).product();
+    let mut idx = vec![0u32; last];
+    for _ in 0..outer {
+        let mut do_ = d_off as i64;
+        let mut ao = a_off as i64;
+        for (i, &x) in idx.iter().enumerate() {
+            do_ += x as i64 * ds[i];
+            ao += x as i64 * as_[i];
+        }
+        if contiguous {
+            let (do_, ao) = (do_ as usize, ao as usize);
+            d[do_..do_ + inner].copy_from_slice(&a[ao..ao + inner]);
+        } else {
+            for j in 0..inner as i64 {
+                d[(do_ + j * ds[last]) as usize] = a[(ao + j * as_[last]) as usize];
+            }
+        }
+        for i in (0..last).rev() {
+            idx[i] += 1;
+            if idx[i] < shape[i] {
+                break;
+            }
+            idx[i] = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matmul_matches_naive() {
+        let (m, k, n) = (9, 13, 300);
+        let a: Vec<u64> =
+            (0..m * k).map(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+        let b: Vec<u64> =
+            (0..k * n).map(|i| (i as u64 ^ 0xABCD).wrapping_mul(0x2545_F491_4F6C_DD1D)).collect();
+        let mut d = vec![0; m * n];
+        matmul(&mut d, &a, &b, 1, m, k, n);
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0u64;
+                for p in 0..k {
+                    s = s.wrapping_add(a[i * k + p].wrapping_mul(b[p * n + j]));
+                }
+                assert_eq!(d[i * n + j], s);
+            }
+        }
+    }
+
+    #[test]
+    fn broadcast_binary() {
+        let a = [1, 2, 3, 4, 5, 6];
+        let mut d = [0; 6];
+        binary(&mut d, &a, &[10, 20], 1, |x, y| x + y);
+        assert_eq!(d, [11, 22, 13, 24, 15, 26]);
+        binary(&mut d, &a, &[10, 20], 3, |x, y| x + y);
+        assert_eq!(d, [11, 12, 13, 24, 25, 26]);
+    }
+
+    #[test]
+    fn strided_copy_transposes() {
+        let a: Vec<u64> = (0..6).collect(); // 2x3
+        let mut d = vec![0; 6];
+        copy(&mut d, 0, &a, 0, &[3, 2], &[2, 1], &[1, 3]);
+        assert_eq!(d, vec![0, 3, 1, 4, 2, 5]);
+    }
+}

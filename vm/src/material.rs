@@ -1,0 +1,119 @@
+//! Dealer material as the parties draw it. The dealer's side (`dealer.rs`) generates exactly
+//! this sequence: per dealer instruction, in program order, the client draws every output from
+//! its PRG; the server draws independent randomness (`dmask`, `dbits`, its own `dpriv`) from its
+//! PRG and every correlated output from one correction frame.
+
+use crate::error::VmError;
+use crate::net::FrameSource;
+use crate::prg::Prg;
+use veil_isa::{Instr, Kind, Party, Program};
+
+/// A party's source of dealer material.
+pub struct Material {
+    me: Party,
+    prg: Prg,
+    corrections: Option<Box<dyn FrameSource>>,
+}
+
+/// Where an instruction sits, for error messages.
+#[derive(Copy, Clone)]
+pub struct At {
+    /// "setup" or "body".
+    pub section: &'static str,
+    /// Index in the section.
+    pub index: usize,
+}
+
+impl Material {
+    /// Material for `me`, from its seed and (server only) the dealer's correction stream.
+    pub fn new(
+        me: Party,
+        seed: crate::prg::Seed,
+        corrections: Option<Box<dyn FrameSource>>,
+    ) -> Material {
+        Material { me, prg: Prg::new(seed), corrections }
+    }
+
+    /// Dealer bytes received so far.
+    pub fn dealer_bytes(&self) -> u64 {
+        self.corrections.as_ref().map(|c| c.bytes()).unwrap_or(0)
+    }
+
+    fn frame(&mut self, ins: &Instr, at: At, words: usize) -> Result<Vec<u64>, VmError> {
+        let src = self.corrections.as_mut().ok_or_else(|| VmError::Dealer {
+            section: at.section,
+            index: at.index,
+            name: ins.name(),
+            msg: "the server has no correction stream".into(),
+        })?;
+        let f = src.recv_frame()?;
+        if f.len() != words * 8 {
+            return Err(VmError::Dealer {
+                section: at.section,
+                index: at.index,
+                name: ins.name(),
+                msg: format!("frame of {} bytes, expected {}", f.len(), words * 8),
+            });
+        }
+        Ok(f.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+    }
+
+    /// Draws the material of dealer instruction `ins` into the party's buffers.
+    pub fn draw(
+        &mut self,
+        ins: &Instr,
+        at: At,
+        p: &Program,
+        bufs: &mut [Vec<u64>],
+    ) -> Result<(), VmError> {
+        let len = |b: veil_isa::Buf| p.buffers[b.0 as usize].len as usize;
+        let client = self.me == Party::Client;
+        use Instr::*;
+        match ins {
+            DMask { d } => self.prg.fill(&mut bufs[d.0 as usize]),
+            DPriv { d } => {
+                if p.buffers[d.0 as usize].kind == Kind::Private(self.me) {
+                    self.prg.fill(&mut bufs[d.0 as usize]);
+                }
+            }
+            DBits { d } => bufs[d.0 as usize] = self.prg.bits(len(*d)),
+            DProd { d, .. } | DMatMul { d, .. } | DBit2A { d, .. } => {
+                if client {
+                    self.prg.fill(&mut bufs[d.0 as usize]);
+                } else {
+                    bufs[d.0 as usize] = self.frame(ins, at, len(*d))?;
+                }
+            }
+            DTrunc { hi, msb, .. } => {
+                let n = len(*hi);
+                if client {
+                    self.prg.fill(&mut bufs[hi.0 as usize]);
+                    self.prg.fill(&mut bufs[msb.0 as usize]);
+                } else {
+                    let f = self.frame(ins, at, 2 * n)?;
+                    bufs[hi.0 as usize].copy_from_slice(&f[..n]);
+                    bufs[msb.0 as usize].copy_from_slice(&f[n..]);
+                }
+            }
+            DAnd { d, .. } | DBit { d, .. } => {
+                let n = len(*d);
+                bufs[d.0 as usize] =
+                    if client { self.prg.bits(n) } else { self.frame(ins, at, n.div_ceil(64))? };
+            }
+            DTable { lt, eq, .. } => {
+                let n = len(*lt);
+                if client {
+                    bufs[lt.0 as usize] = self.prg.bits(n);
+                    bufs[eq.0 as usize] = self.prg.bits(n);
+                } else {
+                    let w = n.div_ceil(64);
+                    let f = self.frame(ins, at, 2 * w)?;
+                    bufs[lt.0 as usize] = f[..w].to_vec();
+                    bufs[eq.0 as usize] = f[w..].to_vec();
+                }
+            }
+            _ => unreachable!("not a dealer instruction: {}", ins.name()),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,150 @@
+//! Running all three roles of a session: in threads over in-memory channels (tests,
+//! `--in-process`) or over TCP on loopback. Separate machines use the same pieces
+//! (`PartyVm`, `Dealer`, the TCP transports) from the CLI.
+
+use crate::dealer::Dealer;
+use crate::error::VmError;
+use crate::interp::{Output, PartyReport, PartyVm, Values};
+use crate::material::Material;
+use crate::net::local::{dealer_channel, LocalTransport};
+use crate::net::tcp::{Hello, Role, TcpTransport};
+use crate::net::{FrameSource, Prefetched, Transport, DEFAULT_TIMEOUT};
+use crate::prg::Prg;
+use std::time::{Duration, Instant};
+use veil_isa::{validate, Party, Program};
+
+/// How to run a session.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Receive all dealer material before the online phase starts (so online time excludes
+    /// the dealer). Otherwise material streams in while the parties run.
+    pub prefetch: bool,
+    /// How long a party waits for a message.
+    pub timeout: Duration,
+    /// Use TCP on loopback between the parties instead of in-memory channels.
+    pub tcp: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { prefetch: true, timeout: DEFAULT_TIMEOUT, tcp: false }
+    }
+}
+
+/// What a session produced and measured.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    /// Outputs revealed to the client.
+    pub outputs: Vec<Output>,
+    /// The client's measurements.
+    pub client: PartyReport,
+    /// The server's measurements.
+    pub server: PartyReport,
+    /// Bytes the dealer sent (corrections, seeds excluded), frames included.
+    pub dealer_bytes: u64,
+    /// Time until the server held all dealer material (prefetch only).
+    pub offline_time: Duration,
+    /// Wall time of the online phase (setup and body).
+    pub online_time: Duration,
+}
+
+/// Inputs and weights of one party.
+#[derive(Clone, Debug, Default)]
+pub struct PartyData {
+    /// Weights (the program's weight declarations of this party, and public ones).
+    pub weights: Vec<(String, Values)>,
+    /// Inputs for the run.
+    pub inputs: Vec<(String, Values)>,
+}
+
+fn party(
+    prog: &Program,
+    me: Party,
+    seed: crate::prg::Seed,
+    corrections: Option<Box<dyn FrameSource>>,
+    peer: Box<dyn Transport>,
+    data: &PartyData,
+) -> Result<(Vec<Output>, PartyReport), VmError> {
+    let mut vm = PartyVm::new(prog, me, Material::new(me, seed, corrections), peer);
+    vm.load_weights(&data.weights)?;
+    vm.run_setup()?;
+    vm.set_inputs(&data.inputs)?;
+    vm.run_body()?;
+    Ok((vm.outputs(), vm.report()))
+}
+
+/// Runs dealer, client and server of one session in threads of this process.
+pub fn run_session(
+    prog: &Program,
+    client: &PartyData,
+    server: &PartyData,
+    opts: &RunOptions,
+) -> Result<RunResult, VmError> {
+    validate(prog)?;
+    let seeds = [Prg::random_seed(), Prg::random_seed()];
+    let (sink, mut source) = dealer_channel();
+    let t0 = Instant::now();
+    let dealer_thread = {
+        let prog = prog.clone();
+        std::thread::spawn(move || -> Result<u64, VmError> {
+            let mut d = Dealer::new(&prog, seeds, Box::new(sink));
+            d.deal_setup()?;
+            d.deal_body()?;
+            d.finish()?;
+            Ok(d.bytes())
+        })
+    };
+    let corrections: Box<dyn FrameSource> =
+        if opts.prefetch { Box::new(Prefetched::drain(&mut source)?) } else { Box::new(source) };
+    let offline_time = if opts.prefetch { t0.elapsed() } else { Duration::ZERO };
+    let t1 = Instant::now();
+    let (ct, st): (Box<dyn Transport>, Box<dyn Transport>) = if opts.tcp {
+        let (c, s) = tcp_pair(prog, opts.timeout)?;
+        (Box::new(c), Box::new(s))
+    } else {
+        let (c, s) = LocalTransport::pair();
+        (Box::new(c.with_timeout(opts.timeout)), Box::new(s.with_timeout(opts.timeout)))
+    };
+    let (client_res, server_res) = std::thread::scope(|sc| {
+        let h = sc.spawn(|| party(prog, Party::Server, seeds[1], Some(corrections), st, server));
+        let c = party(prog, Party::Client, seeds[0], None, ct, client);
+        (c, h.join().expect("server thread does not panic"))
+    });
+    let online_time = t1.elapsed();
+    let dealer_bytes = dealer_thread.join().expect("dealer thread does not panic")?;
+    let (outputs, client_rep) = client_res?;
+    let (_, server_rep) = server_res?;
+    Ok(RunResult {
+        outputs,
+        client: client_rep,
+        server: server_rep,
+        dealer_bytes,
+        offline_time,
+        online_time,
+    })
+}
+
+/// A connected pair of TCP transports on loopback (client end, server end).
+pub fn tcp_pair(
+    prog: &Program,
+    timeout: Duration,
+) -> Result<(TcpTransport, TcpTransport), VmError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| crate::net::TransportError::Io { peer: "loopback".into(), source: e })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| crate::net::TransportError::Io { peer: "loopback".into(), source: e })?;
+    let hash = prog.hash();
+    let session = Prg::random_seed();
+    let server = std::thread::spawn(move || {
+        TcpTransport::accept(
+            &listener,
+            Hello { role: Role::Server, session: [0; 16], program: hash },
+            timeout,
+        )
+    });
+    let c =
+        TcpTransport::connect(addr, Hello { role: Role::Client, session, program: hash }, timeout)?;
+    let (s, _) = server.join().expect("accept thread does not panic")?;
+    Ok((c, s))
+}
