@@ -77,6 +77,9 @@ enum Pending {
     Reveal { d: Buf, n: usize, mine: Vec<u64> },
 }
 
+/// Default limit on a party's buffer memory (16 GiB).
+pub const DEFAULT_MAX_MEMORY: u64 = 16 << 30;
+
 /// One party's VM for one session.
 pub struct PartyVm<'p> {
     prog: &'p Program,
@@ -92,13 +95,23 @@ pub struct PartyVm<'p> {
 
 impl<'p> PartyVm<'p> {
     /// A VM for party `me` running the validated `prog`, talking to the other party through
-    /// `peer` and drawing dealer material from `material`.
+    /// `peer` and drawing dealer material from `material`. Fails when the program's buffers
+    /// would need more than `max_memory` bytes.
     pub fn new(
         prog: &'p Program,
         me: Party,
         material: Material,
         peer: Box<dyn Transport>,
-    ) -> PartyVm<'p> {
+        max_memory: u64,
+    ) -> Result<PartyVm<'p>, VmError> {
+        let need: u64 = prog.buffers.iter().map(|b| 8 * b.kind.words(b.len) as u64).sum();
+        if need > max_memory {
+            return Err(VmError::Tensor {
+                what: "program",
+                name: prog.meta("model").unwrap_or("?").to_string(),
+                msg: format!("needs {need} bytes of buffers, more than the limit of {max_memory}"),
+            });
+        }
         let bufs = prog.buffers.iter().map(|b| vec![0u64; b.kind.words(b.len)]).collect();
         let mut vm = PartyVm {
             prog,
@@ -114,7 +127,7 @@ impl<'p> PartyVm<'p> {
         for c in &prog.consts {
             vm.bufs[c.buf.0 as usize].copy_from_slice(&c.data);
         }
-        vm
+        Ok(vm)
     }
 
     /// Calls `f(done, total)` as body instructions complete (for progress bars).

@@ -23,11 +23,18 @@ pub struct RunOptions {
     pub timeout: Duration,
     /// Use TCP on loopback between the parties instead of in-memory channels.
     pub tcp: bool,
+    /// Limit on each party's buffer memory, in bytes.
+    pub max_memory: u64,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { prefetch: true, timeout: DEFAULT_TIMEOUT, tcp: false }
+        RunOptions {
+            prefetch: true,
+            timeout: DEFAULT_TIMEOUT,
+            tcp: false,
+            max_memory: crate::interp::DEFAULT_MAX_MEMORY,
+        }
     }
 }
 
@@ -64,11 +71,12 @@ fn party(
     corrections: Option<Box<dyn FrameSource>>,
     peer: Box<dyn Transport>,
     data: &PartyData,
+    max_memory: u64,
 ) -> Result<(Vec<Output>, PartyReport), VmError> {
-    let mut vm = PartyVm::new(prog, me, Material::new(me, seed, corrections), peer);
+    let mut vm = PartyVm::new(prog, me, Material::new(me, seed, corrections), peer, max_memory)?;
     vm.load_weights(&data.weights)?;
-    vm.run_setup()?;
     vm.set_inputs(&data.inputs)?;
+    vm.run_setup()?;
     vm.run_body()?;
     Ok((vm.outputs(), vm.report()))
 }
@@ -106,14 +114,21 @@ pub fn run_session(
         (Box::new(c.with_timeout(opts.timeout)), Box::new(s.with_timeout(opts.timeout)))
     };
     let (client_res, server_res) = std::thread::scope(|sc| {
-        let h = sc.spawn(|| party(prog, Party::Server, seeds[1], Some(corrections), st, server));
-        let c = party(prog, Party::Client, seeds[0], None, ct, client);
+        let h = sc.spawn(|| {
+            party(prog, Party::Server, seeds[1], Some(corrections), st, server, opts.max_memory)
+        });
+        let c = party(prog, Party::Client, seeds[0], None, ct, client, opts.max_memory);
         (c, h.join().expect("server thread does not panic"))
     });
     let online_time = t1.elapsed();
-    let dealer_bytes = dealer_thread.join().expect("dealer thread does not panic")?;
-    let (outputs, client_rep) = client_res?;
-    let (_, server_rep) = server_res?;
+    let dealer_res = dealer_thread.join().expect("dealer thread does not panic");
+    let (client_res, server_res) = match (client_res, server_res) {
+        (Ok(c), Ok(s)) => (c, s),
+        (c, s) => return Err(root_cause([c.err(), s.err(), dealer_res.err()])),
+    };
+    let dealer_bytes = dealer_res?;
+    let (outputs, client_rep) = client_res;
+    let (_, server_rep) = server_res;
     Ok(RunResult {
         outputs,
         client: client_rep,
@@ -122,6 +137,23 @@ pub fn run_session(
         offline_time,
         online_time,
     })
+}
+
+/// Of the errors of the roles of a failed session, the one that explains it: a party's own
+/// failure rather than the other's report that the connection closed.
+pub fn root_cause(errors: [Option<VmError>; 3]) -> VmError {
+    let mut errors: Vec<VmError> = errors.into_iter().flatten().collect();
+    let secondary = |e: &VmError| {
+        matches!(
+            e,
+            VmError::Transport(
+                crate::net::TransportError::Closed { .. }
+                    | crate::net::TransportError::Timeout { .. }
+            )
+        )
+    };
+    let pos = errors.iter().position(|e| !secondary(e)).unwrap_or(0);
+    errors.swap_remove(pos)
 }
 
 /// A connected pair of TCP transports on loopback (client end, server end).

@@ -1,4 +1,5 @@
 //! Every protocol against plaintext, on random and edge inputs, over in-memory and TCP
+#![allow(clippy::needless_range_loop)] // tests index several parallel arrays
 //! transports; each run also checks predicted against measured bytes and rounds.
 
 mod common;

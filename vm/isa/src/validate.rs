@@ -171,9 +171,12 @@ impl Checker<'_> {
                 return;
             }
         }
-        for &(w, written) in &bufs {
+        for (i, &(w, written)) in bufs.iter().enumerate() {
             if written && bufs.iter().any(|&(r, wr)| !wr && r == w) {
                 self.err(format_args!("{w} is both read and written"));
+            }
+            if written && bufs[..i].iter().any(|&(r, wr)| wr && r == w) {
+                self.err(format_args!("{w} is written twice"));
             }
         }
         for &(r, written) in &bufs {

@@ -1,0 +1,163 @@
+//! A party's view is independent of the other party's secret: what the server receives has the
+//! same distribution whether the client's input is A or B (and the same for the client's view
+//! of the server's weights). A chi-square test of homogeneity on the bytes of every round, with
+//! a negative control showing the test does catch an unmasked opening.
+
+mod common;
+use common::*;
+use std::sync::{Arc, Mutex};
+use veil_isa::builder::ProgramBuilder;
+use veil_isa::{Instr, Kind, Party, Program};
+use veil_vm::dealer::Dealer;
+use veil_vm::material::Material;
+use veil_vm::net::local::{dealer_channel, LocalTransport};
+use veil_vm::net::{CommStats, Prefetched, Transport, TransportError};
+use veil_vm::prg::Prg;
+use veil_vm::{PartyVm, Values};
+
+/// Records every message this end receives.
+struct Recording {
+    inner: LocalTransport,
+    log: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Transport for Recording {
+    fn exchange(&mut self, msg: Vec<u8>) -> Result<Vec<u8>, TransportError> {
+        let got = self.inner.exchange(msg)?;
+        self.log.lock().unwrap().push(got.clone());
+        Ok(got)
+    }
+    fn stats(&self) -> CommStats {
+        self.inner.stats()
+    }
+}
+
+/// Runs `prog` and returns (messages the client received, messages the server received).
+fn transcripts(prog: &Program, x: Vec<f64>, w: Vec<f64>) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let seeds = [Prg::random_seed(), Prg::random_seed()];
+    let (sink, mut src) = dealer_channel();
+    let mut d = Dealer::new(prog, seeds, Box::new(sink));
+    d.deal_setup().unwrap();
+    d.deal_body().unwrap();
+    d.finish().unwrap();
+    let pre = Prefetched::drain(&mut src).unwrap();
+    let (c, s) = LocalTransport::pair();
+    let (cl, sl) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+    let (cl2, sl2) = (cl.clone(), sl.clone());
+    std::thread::scope(|sc| {
+        sc.spawn(move || {
+            let mut vm = PartyVm::new(
+                prog,
+                Party::Server,
+                Material::new(Party::Server, seeds[1], Some(Box::new(pre))),
+                Box::new(Recording { inner: s, log: sl2 }),
+                1 << 30,
+            )
+            .unwrap();
+            vm.load_weights(&[("w".into(), Values::F64(w))]).unwrap();
+            vm.run_setup().unwrap();
+            vm.run_body().unwrap();
+        });
+        let mut vm = PartyVm::new(
+            prog,
+            Party::Client,
+            Material::new(Party::Client, seeds[0], None),
+            Box::new(Recording { inner: c, log: cl2 }),
+            1 << 30,
+        )
+        .unwrap();
+        vm.run_setup().unwrap();
+        vm.set_inputs(&[("x".into(), Values::F64(x))]).unwrap();
+        vm.run_body().unwrap();
+    });
+    let c = cl.lock().unwrap().clone();
+    let s = sl.lock().unwrap().clone();
+    (c, s)
+}
+
+/// Chi-square homogeneity statistic of two byte histograms (255 degrees of freedom).
+fn chi2(a: &[u8], b: &[u8]) -> f64 {
+    let (mut ha, mut hb) = ([0f64; 256], [0f64; 256]);
+    a.iter().for_each(|&x| ha[x as usize] += 1.0);
+    b.iter().for_each(|&x| hb[x as usize] += 1.0);
+    let (na, nb) = (a.len() as f64, b.len() as f64);
+    let mut s = 0.0;
+    for i in 0..256 {
+        let tot = ha[i] + hb[i];
+        if tot == 0.0 {
+            continue;
+        }
+        let ea = tot * na / (na + nb);
+        let eb = tot * nb / (na + nb);
+        s += (ha[i] - ea).powi(2) / ea + (hb[i] - eb).powi(2) / eb;
+    }
+    s
+}
+
+/// chi2(255) critical value at p = 1e-6 (Wilson–Hilferty), so that testing every round of both
+/// views keeps the false-alarm rate of the whole test below 1e-4.
+const CRIT: f64 = 377.0;
+
+fn program(insecure: bool) -> Program {
+    let n = 4096;
+    let mut b = ProgramBuilder::new(F);
+    let x = b.input("x", Party::Client, &[n], F);
+    let w = b.weight("w", Party::Server, false, &[n], F);
+    if insecure {
+        // Negative control: open the client's input without a mask.
+        let d = b.buf(Kind::Public, n);
+        b.emit(Instr::Open { d, a: x, bits: 64 });
+    }
+    let xw = b.mul_priv(x, w, 1);
+    let sq = b.mul(x, 0, xw, F, 1);
+    let r = b.relu(sq, F);
+    let m = b.max_rows(r, 64, 64);
+    b.output("m", m, Party::Client, &[64], F);
+    b.finish()
+}
+
+#[test]
+fn each_party_view_is_independent_of_the_other_secret() {
+    let prog = program(false);
+    let n = 4096;
+    let mut rng = Rng(9);
+    let xa = vec![0.0; n];
+    let xb: Vec<f64> = rng.vec(n, -30.0, 30.0);
+    let wa = vec![1.0; n];
+    let wb: Vec<f64> = rng.vec(n, -3.0, 3.0);
+    let (ca, sa) = transcripts(&prog, xa, wa);
+    let (cb, sb) = transcripts(&prog, xb, wb);
+    assert_eq!(sa.len(), sb.len());
+    let rounds = sa.len();
+    let mut worst: f64 = 0.0;
+    for r in 0..rounds {
+        // The server's view: everything the client sent.
+        if sa[r].len() >= 512 {
+            let s = chi2(&sa[r], &sb[r]);
+            assert!(s < CRIT, "server's view of round {r} depends on the client's input: chi2 {s}");
+            worst = worst.max(s);
+        }
+        // The client's view, except the last round, which reveals the output to the client.
+        if r + 1 < rounds && ca[r].len() >= 512 {
+            let s = chi2(&ca[r], &cb[r]);
+            assert!(
+                s < CRIT,
+                "client's view of round {r} depends on the server's weights: chi2 {s}"
+            );
+            worst = worst.max(s);
+        }
+    }
+    eprintln!("{rounds} rounds, worst chi2 {worst:.1} (critical {CRIT})");
+}
+
+#[test]
+fn the_test_detects_an_unmasked_opening() {
+    let prog = program(true);
+    let n = 4096;
+    let xa = vec![0.0; n];
+    let xb: Vec<f64> = Rng(10).vec(n, -30.0, 30.0);
+    let (_, sa) = transcripts(&prog, xa, vec![1.0; n]);
+    let (_, sb) = transcripts(&prog, xb, vec![1.0; n]);
+    let s = (0..sa.len()).map(|r| chi2(&sa[r], &sb[r])).fold(0.0, f64::max);
+    assert!(s > CRIT, "an unmasked opening must be detected, chi2 {s}");
+}
