@@ -1,6 +1,6 @@
 //! Every protocol against plaintext, on random and edge inputs, over in-memory and TCP
-#![allow(clippy::needless_range_loop)] // tests index several parallel arrays
 //! transports; each run also checks predicted against measured bytes and rounds.
+#![allow(clippy::needless_range_loop)] // tests index several parallel arrays
 
 mod common;
 use common::*;
