@@ -6,7 +6,8 @@
 //! - [`material`]: the parties' side of the dealer material.
 //! - [`net`]: transports (in-memory, TCP) with byte and round counting.
 //! - [`interp`]: the interpreter ([`interp::PartyVm`]).
-//! - [`run`]: running a whole session (dealer, client, server).
+//! - [`run`]: running a whole session (dealer, client, server) in one process.
+//! - [`session`]: the same across machines (serve, connect, deal over TCP).
 //!
 //! The protocols themselves are expanded by `veil_isa::builder`; each instruction here is one
 //! step of one (documented there with its cost).
@@ -22,6 +23,7 @@ pub mod net;
 pub mod prg;
 pub mod ring;
 pub mod run;
+pub mod session;
 
 pub use error::VmError;
 pub use interp::{Output, PartyReport, PartyVm, Values};

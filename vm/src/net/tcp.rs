@@ -156,11 +156,14 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn write_frame(w: &mut impl Write, seq: u32, payload: &[u8]) -> std::io::Result<()> {
+fn write_frame(w: &mut impl Write, seq: u32, payload: &[u8], flush: bool) -> std::io::Result<()> {
     w.write_all(&(payload.len() as u32).to_le_bytes())?;
     w.write_all(&seq.to_le_bytes())?;
     w.write_all(payload)?;
-    w.flush()
+    if flush {
+        w.flush()?;
+    }
+    Ok(())
 }
 
 fn read_frame(
@@ -225,7 +228,7 @@ impl TcpTransport {
         let writer = std::thread::spawn(move || {
             let mut w = BufWriter::with_capacity(1 << 16, wstream);
             for (seq, payload) in rx {
-                if let Err(e) = write_frame(&mut w, seq, &payload) {
+                if let Err(e) = write_frame(&mut w, seq, &payload, true) {
                     *slot.lock().expect("writer error slot") = Some(e);
                     return;
                 }
@@ -414,8 +417,10 @@ impl TcpSink {
 }
 
 impl FrameSink for TcpSink {
+    /// Frames are buffered (the stream has no round structure); the end-of-stream frame, which
+    /// is empty, flushes.
     fn send_frame(&mut self, payload: Vec<u8>) -> Result<(), TransportError> {
-        write_frame(&mut self.w, self.seq, &payload).map_err(|e| {
+        write_frame(&mut self.w, self.seq, &payload, payload.is_empty()).map_err(|e| {
             io_err(self.peer, format!(" while dealing frame {}", self.seq), e, Duration::ZERO)
         })?;
         self.seq = self.seq.wrapping_add(1);

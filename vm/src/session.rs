@@ -1,0 +1,244 @@
+//! Sessions across machines: the server and the dealer listen, the client connects to both.
+//!
+//! 1. The client connects to the server; both exchange hellos (protocol version, role,
+//!    session id chosen by the client, program hash) and refuse a mismatch.
+//! 2. Each party connects to the dealer with the same session id and program hash.
+//! 3. When both parties of a session have arrived, the dealer sends each its PRG seed, then
+//!    streams the server's correction frames and an end-of-stream frame.
+//! 4. The parties run the program; the client decodes the outputs.
+//!
+//! Every step has a timeout, so a missing or stalled peer ends the session with an error.
+
+use crate::dealer::Dealer;
+use crate::error::VmError;
+use crate::interp::{Output, PartyReport, PartyVm, Values};
+use crate::material::Material;
+use crate::net::tcp::{
+    accept_any, connect_retry, handshake, Hello, Role, TcpSink, TcpSource, TcpTransport,
+};
+use crate::net::{FrameSink, FrameSource, Prefetched, TransportError};
+use crate::prg::{Prg, Seed};
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use veil_isa::{validate, Party, Program};
+
+/// Options shared by the networked roles.
+#[derive(Clone, Debug)]
+pub struct NetOptions {
+    /// How long to wait for any peer message.
+    pub timeout: Duration,
+    /// Receive all dealer material before the online phase (server).
+    pub prefetch: bool,
+    /// Limit on a party's buffer memory, bytes.
+    pub max_memory: u64,
+}
+
+impl Default for NetOptions {
+    fn default() -> Self {
+        NetOptions {
+            timeout: crate::net::DEFAULT_TIMEOUT,
+            prefetch: true,
+            max_memory: crate::interp::DEFAULT_MAX_MEMORY,
+        }
+    }
+}
+
+/// What one party of a networked session measured.
+#[derive(Clone, Debug)]
+pub struct SessionReport {
+    /// Session id.
+    pub session: [u8; 16],
+    /// The party's measurements.
+    pub report: PartyReport,
+    /// Time until all dealer material was received (server with prefetch).
+    pub offline_time: Duration,
+}
+
+fn receive_seed(src: &mut dyn FrameSource) -> Result<Seed, VmError> {
+    let f = src.recv_frame()?;
+    f.as_slice().try_into().map_err(|_| {
+        VmError::Transport(TransportError::Malformed {
+            peer: "dealer".into(),
+            what: format!("seed frame of {} bytes", f.len()),
+        })
+    })
+}
+
+fn dealer_link(
+    addr: impl ToSocketAddrs,
+    hello: Hello,
+    timeout: Duration,
+) -> Result<TcpSource, VmError> {
+    let mut s = connect_retry(addr, "dealer", timeout)?;
+    handshake(&mut s, hello, Role::Dealer, false, timeout)?;
+    Ok(TcpSource::new(s, timeout)?)
+}
+
+/// Runs the client side of one session: connects to the server and the dealer, supplies the
+/// inputs, returns the outputs revealed to the client and what it measured.
+pub fn run_client(
+    prog: &Program,
+    inputs: &[(String, Values)],
+    server: impl ToSocketAddrs,
+    dealer: impl ToSocketAddrs,
+    opts: &NetOptions,
+    progress: Option<Box<dyn FnMut(usize, usize) + Send + '_>>,
+) -> Result<(Vec<Output>, SessionReport), VmError> {
+    validate(prog)?;
+    let session = Prg::random_seed();
+    let hello = Hello { role: Role::Client, session, program: prog.hash() };
+    let peer = TcpTransport::connect(server, hello, opts.timeout)?;
+    let mut src = dealer_link(dealer, hello, opts.timeout)?;
+    let seed = receive_seed(&mut src)?;
+    let mut vm = PartyVm::new(
+        prog,
+        Party::Client,
+        Material::new(Party::Client, seed, None),
+        Box::new(peer),
+        opts.max_memory,
+    )?;
+    if let Some(p) = progress {
+        vm.on_progress(p);
+    }
+    vm.set_inputs(inputs)?;
+    vm.run_setup()?;
+    vm.run_body()?;
+    Ok((vm.outputs(), SessionReport { session, report: vm.report(), offline_time: Duration::ZERO }))
+}
+
+/// Serves client sessions one after another on `listener` (at most `max_sessions` if given),
+/// with the server's weights loaded once. Each session's failure is reported and the server
+/// goes on with the next client.
+pub fn serve(
+    listener: &TcpListener,
+    prog: &Program,
+    weights: &[(String, Values)],
+    dealer: &str,
+    opts: &NetOptions,
+    max_sessions: Option<usize>,
+    mut on_session: impl FnMut(Result<SessionReport, VmError>),
+) -> Result<(), VmError> {
+    validate(prog)?;
+    let mut served = 0;
+    while max_sessions.is_none_or(|m| served < m) {
+        let r = serve_one(listener, prog, weights, dealer, opts);
+        served += 1;
+        on_session(r);
+    }
+    Ok(())
+}
+
+/// Serves one client session.
+pub fn serve_one(
+    listener: &TcpListener,
+    prog: &Program,
+    weights: &[(String, Values)],
+    dealer: &str,
+    opts: &NetOptions,
+) -> Result<SessionReport, VmError> {
+    let hello = Hello { role: Role::Server, session: [0; 16], program: prog.hash() };
+    let (peer, client_hello) = TcpTransport::accept(listener, hello, opts.timeout)?;
+    let session = client_hello.session;
+    let mut src = dealer_link(dealer, Hello { session, ..hello }, opts.timeout)?;
+    let seed = receive_seed(&mut src)?;
+    let t0 = Instant::now();
+    let corrections: Box<dyn FrameSource> =
+        if opts.prefetch { Box::new(Prefetched::drain(&mut src)?) } else { Box::new(src) };
+    let offline_time = t0.elapsed();
+    let mut vm = PartyVm::new(
+        prog,
+        Party::Server,
+        Material::new(Party::Server, seed, Some(corrections)),
+        Box::new(peer),
+        opts.max_memory,
+    )?;
+    vm.load_weights(weights)?;
+    vm.run_setup()?;
+    vm.run_body()?;
+    Ok(SessionReport { session, report: vm.report(), offline_time })
+}
+
+/// What the dealer did for one session.
+#[derive(Clone, Debug)]
+pub struct DealtSession {
+    /// Session id.
+    pub session: [u8; 16],
+    /// Correction bytes sent to the server (frames included).
+    pub bytes: u64,
+    /// Time spent generating and sending.
+    pub time: Duration,
+}
+
+/// Accepts parties on `listener` and deals for each session once both its client and its
+/// server have connected (at most `max_sessions` if given). Each session is dealt in its own
+/// thread; a failed session is reported and the dealer keeps serving.
+pub fn deal(
+    listener: &TcpListener,
+    prog: Arc<Program>,
+    opts: &NetOptions,
+    max_sessions: Option<usize>,
+    on_session: impl Fn(Result<DealtSession, VmError>) + Send + Sync + 'static,
+) -> Result<(), VmError> {
+    validate(&prog)?;
+    let on_session = Arc::new(on_session);
+    let hello = Hello { role: Role::Dealer, session: [0; 16], program: prog.hash() };
+    let mut waiting: HashMap<[u8; 16], (Role, TcpStream)> = HashMap::new();
+    let mut started = 0;
+    let mut threads = Vec::new();
+    while max_sessions.is_none_or(|m| started < m) {
+        let (stream, theirs) = match accept_any(listener, hello, opts.timeout) {
+            Ok(x) => x,
+            Err(e) => {
+                on_session(Err(e.into()));
+                continue;
+            }
+        };
+        let (client, server) = match waiting.remove(&theirs.session) {
+            Some((Role::Client, c)) if theirs.role == Role::Server => (c, stream),
+            Some((Role::Server, s)) if theirs.role == Role::Client => (stream, s),
+            Some((role, other)) => {
+                on_session(Err(VmError::Transport(TransportError::Handshake {
+                    peer: theirs.role.name().into(),
+                    what: format!("two {}s joined the same session", role.name()),
+                })));
+                drop(other);
+                continue;
+            }
+            None => {
+                waiting.insert(theirs.session, (theirs.role, stream));
+                continue;
+            }
+        };
+        started += 1;
+        let prog = prog.clone();
+        let cb = on_session.clone();
+        let session = theirs.session;
+        threads.push(std::thread::spawn(move || cb(deal_session(&prog, session, client, server))));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+fn deal_session(
+    prog: &Program,
+    session: [u8; 16],
+    client: TcpStream,
+    server: TcpStream,
+) -> Result<DealtSession, VmError> {
+    let t0 = Instant::now();
+    let seeds = [Prg::random_seed(), Prg::random_seed()];
+    let mut to_client = TcpSink::new(client, "client");
+    to_client.send_frame(seeds[0].to_vec())?;
+    to_client.send_frame(Vec::new())?;
+    let mut to_server = TcpSink::new(server, "server");
+    to_server.send_frame(seeds[1].to_vec())?;
+    let mut d = Dealer::new(prog, seeds, Box::new(to_server));
+    d.deal_setup()?;
+    d.deal_body()?;
+    d.finish()?;
+    Ok(DealtSession { session, bytes: d.bytes(), time: t0.elapsed() })
+}
