@@ -40,7 +40,11 @@ fn data(n: usize, seed: u64, scale: f64) -> Vec<f32> {
 
 /// A program whose body is `f` applied to one or two client inputs of `n` elements, with the
 /// result's last element revealed (so the reveal does not dominate the measurement).
-fn unary(name: &'static str, fresh_per_elem: u64, f: impl Fn(&mut ProgramBuilder, veil_isa::Buf) -> veil_isa::Buf) -> Case {
+fn unary(
+    name: &'static str,
+    fresh_per_elem: u64,
+    f: impl Fn(&mut ProgramBuilder, veil_isa::Buf) -> veil_isa::Buf,
+) -> Case {
     let mut b = ProgramBuilder::new(F);
     b.set_tag("bench", name);
     let x = b.input("x", Party::Client, &[N], F);
@@ -83,13 +87,19 @@ fn cases() -> Vec<Case> {
     ];
     // The second operand of mul is a local function of x, so it is a fresh opening too.
     let (m, k, n) = (128u32, 768u32, 768u32);
-    for (name, constant) in [("matmul 128x768·768x768 (both secret)", false), ("matmul 128x768·768x768 (constant W)", true)] {
+    for (name, constant) in [
+        ("matmul 128x768·768x768 (both secret)", false),
+        ("matmul 128x768·768x768 (constant W)", true),
+    ] {
         let mut b = ProgramBuilder::new(F);
         b.set_tag("bench", name);
         let x = b.input("x", Party::Client, &[m, k], F);
         let (y, server) = if constant {
             let w = b.weight("w", Party::Server, false, &[k, n], F);
-            (b.matmul_priv(x, w, 1, m, k, n), vec![("w".to_string(), Values::F32(data((k * n) as usize, 2, 0.05)))])
+            (
+                b.matmul_priv(x, w, 1, m, k, n),
+                vec![("w".to_string(), Values::F32(data((k * n) as usize, 2, 0.05)))],
+            )
         } else {
             let w = b.input("w", Party::Client, &[k, n], F);
             (b.matmul(x, w, 1, m, k, n), vec![])
@@ -114,7 +124,12 @@ fn cases() -> Vec<Case> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let reps: usize = args.iter().position(|a| a == "--reps").and_then(|i| args.get(i + 1)).and_then(|s| s.parse().ok()).unwrap_or(5);
+    let reps: usize = args
+        .iter()
+        .position(|a| a == "--reps")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     println!("veil protocol benchmark: {ROWS}x{COLS} = {N} elements, fixed point f={F}, median of {reps} runs, TCP loopback\n");
     println!("| protocol | online B/elem | rounds | online time (median) | dealer B/elem | online / dealer-model minimum |");
     println!("|---|---|---|---|---|---|");
@@ -128,9 +143,17 @@ fn main() {
         for _ in 0..reps {
             let c = PartyData { inputs: case.client.clone(), weights: vec![] };
             let s = PartyData { inputs: vec![], weights: case.server.clone() };
-            let opts = RunOptions { tcp: true, timeout: Duration::from_secs(600), ..RunOptions::default() };
+            let opts = RunOptions {
+                tcp: true,
+                timeout: Duration::from_secs(600),
+                ..RunOptions::default()
+            };
             let r = run_session(&case.prog, &c, &s, &opts).expect("benchmark session runs");
-            assert_eq!(r.client.body.sent + r.server.body.sent, cost.body.online(), "measured = predicted");
+            assert_eq!(
+                r.client.body.sent + r.server.body.sent,
+                cost.body.online(),
+                "measured = predicted"
+            );
             times.push(r.client.body_time.max(r.server.body_time));
         }
         times.sort();

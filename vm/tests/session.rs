@@ -70,7 +70,7 @@ fn client_server_and_dealer_over_tcp() {
     }
     assert!(rep.report.body.rounds > 0);
     server.join().unwrap();
-    dealer.join().unwrap();
+    dealer.join().unwrap().unwrap();
     let served = served.lock().unwrap();
     assert!(served[0].is_err() && served[1].is_ok(), "{served:?}");
 }
