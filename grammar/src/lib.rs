@@ -56,6 +56,6 @@ mod tests {
     fn rejects_keywords_as_names_and_bad_syntax() {
         assert!(DslParser::parse(Rule::file, "fn let(x) { x }").is_err());
         assert!(DslParser::parse(Rule::file, "fn f(x) { let = x; }").is_err());
-        assert!(DslParser::parse(Rule::file, "model m { input x: private f32[1]; }").is_err());
+        assert!(DslParser::parse(Rule::file, "model m { input x: secret f32[1]; }").is_err());
     }
 }
