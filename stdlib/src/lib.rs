@@ -1,1 +1,221 @@
-//! veil stdlib.
+//! veil's stdlib: the MPC approximations of nonlinear functions, written in the DSL
+//! (`dsl/*.veil`), with the float reference and the domain of each, so that their accuracy is
+//! measured and tabulated (`stdlib/README.md`) rather than asserted.
+//!
+//! Pure data: no dependency on the compiler or the VM.
+#![deny(missing_docs)]
+
+/// The source of each stdlib module, by import name.
+pub const MODULES: &[(&str, &str)] = &[
+    ("exp", include_str!("../dsl/exp.veil")),
+    ("reciprocal", include_str!("../dsl/reciprocal.veil")),
+    ("rsqrt", include_str!("../dsl/rsqrt.veil")),
+    ("gelu", include_str!("../dsl/gelu.veil")),
+    ("softmax", include_str!("../dsl/softmax.veil")),
+    ("layernorm", include_str!("../dsl/layernorm.veil")),
+    ("smu", include_str!("../dsl/smu.veil")),
+];
+
+/// The source of module `name` (for `import name;`).
+pub fn module(name: &str) -> Option<&'static str> {
+    MODULES.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+}
+
+/// How a stdlib function is applied when measuring it.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub enum Shape {
+    /// Elementwise on a vector.
+    Elementwise,
+    /// Along the last axis of rows of the given length.
+    Rows(usize),
+}
+
+/// A stdlib function with what is needed to measure it.
+#[derive(Copy, Clone, Debug)]
+pub struct StdFn {
+    /// Module (import name).
+    pub module: &'static str,
+    /// Function name.
+    pub name: &'static str,
+    /// Domain swept for the error table.
+    pub domain: (f64, f64),
+    /// Sample logarithmically (for positive domains spanning octaves).
+    pub log_sweep: bool,
+    /// Elementwise or per row.
+    pub shape: Shape,
+    /// The float function it approximates (applied per element, or per row).
+    pub reference: fn(&[f64]) -> Vec<f64>,
+}
+
+fn each(x: &[f64], f: impl Fn(f64) -> f64) -> Vec<f64> {
+    x.iter().map(|&v| f(v)).collect()
+}
+
+/// erf, to double precision (Abramowitz–Stegun 7.1.26 is too coarse for a reference; this
+/// is the W. J. Cody rational approximation via erfc's continued fraction split).
+pub fn erf(x: f64) -> f64 {
+    // Series for small |x|, continued fraction for large |x|.
+    let a = x.abs();
+    let r = if a < 2.5 {
+        let mut sum = a;
+        let mut term = a;
+        let x2 = a * a;
+        for n in 1..200 {
+            let n = n as f64;
+            term *= -x2 / n;
+            let add = term / (2.0 * n + 1.0);
+            sum += add;
+            if add.abs() <= 1e-17 * sum.abs() {
+                break;
+            }
+        }
+        2.0 / std::f64::consts::PI.sqrt() * sum
+    } else {
+        // erfc(a) = exp(-a²)/(a√π) · 1/(1 + 1/(2a²)/(1 + 2/(2a²)/(1 + ...)))
+        let mut f = 0.0;
+        for k in (1..60).rev() {
+            f = (k as f64) / (2.0 * a * a) / (1.0 + f);
+        }
+        1.0 - (-a * a).exp() / (a * std::f64::consts::PI.sqrt()) / (1.0 + f)
+    };
+    if x < 0.0 {
+        -r
+    } else {
+        r
+    }
+}
+
+fn gelu(x: f64) -> f64 {
+    0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))
+}
+
+fn gelu_tanh(x: f64) -> f64 {
+    0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+}
+
+fn smu1(x: f64) -> f64 {
+    (x + (x * x + 1.0).sqrt()) / 2.0
+}
+
+fn smu(x: f64) -> f64 {
+    let mu = std::f64::consts::FRAC_1_SQRT_2;
+    (x + x * erf(mu * x)) / 2.0
+}
+
+fn softmax_rows(x: &[f64], n: usize) -> Vec<f64> {
+    x.chunks(n)
+        .flat_map(|r| {
+            let m = r.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = r.iter().map(|v| (v - m).exp()).collect();
+            let s: f64 = e.iter().sum();
+            e.into_iter().map(move |v| v / s)
+        })
+        .collect()
+}
+
+/// Row length used when measuring row functions.
+pub const ROW: usize = 128;
+
+/// Every function in the table.
+pub const ALL: &[StdFn] = &[
+    StdFn {
+        module: "exp",
+        name: "exp_neg",
+        domain: (-16.0, 0.0),
+        log_sweep: false,
+        shape: Shape::Elementwise,
+        reference: |x| each(x, f64::exp),
+    },
+    StdFn {
+        module: "reciprocal",
+        name: "recip_newton",
+        domain: (1.0, 128.0),
+        log_sweep: true,
+        shape: Shape::Elementwise,
+        reference: |x| each(x, |v| 1.0 / v),
+    },
+    StdFn {
+        module: "rsqrt",
+        name: "rsqrt_newton",
+        domain: (0.0009765625, 4096.0),
+        log_sweep: true,
+        shape: Shape::Elementwise,
+        reference: |x| each(x, |v| 1.0 / v.sqrt()),
+    },
+    StdFn {
+        module: "rsqrt",
+        name: "sqrt_newton",
+        domain: (0.0009765625, 4096.0),
+        log_sweep: true,
+        shape: Shape::Elementwise,
+        reference: |x| each(x, f64::sqrt),
+    },
+    StdFn {
+        module: "gelu",
+        name: "gelu_erf_poly",
+        domain: (-8.0, 8.0),
+        log_sweep: false,
+        shape: Shape::Elementwise,
+        reference: |x| each(x, gelu),
+    },
+    StdFn {
+        module: "gelu",
+        name: "gelu_tanh_poly",
+        domain: (-8.0, 8.0),
+        log_sweep: false,
+        shape: Shape::Elementwise,
+        reference: |x| each(x, gelu_tanh),
+    },
+    StdFn {
+        module: "smu",
+        name: "smu1_newton",
+        domain: (-8.0, 8.0),
+        log_sweep: false,
+        shape: Shape::Elementwise,
+        reference: |x| each(x, smu1),
+    },
+    StdFn {
+        module: "smu",
+        name: "smu_poly",
+        domain: (-8.0, 8.0),
+        log_sweep: false,
+        shape: Shape::Elementwise,
+        reference: |x| each(x, smu),
+    },
+    StdFn {
+        module: "softmax",
+        name: "softmax_max",
+        domain: (-8.0, 8.0),
+        log_sweep: false,
+        shape: Shape::Rows(ROW),
+        reference: |x| softmax_rows(x, ROW),
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_reference_is_accurate() {
+        assert_eq!(erf(0.0), 0.0);
+        // Known values.
+        for (x, want) in [
+            (0.5, 0.5204998778130465),
+            (1.0, 0.8427007929497149),
+            (2.0, 0.9953222650189527),
+            (3.0, 0.9999779095030014),
+        ] {
+            assert!((erf(x) - want).abs() < 1e-14, "erf({x}) = {}", erf(x));
+            assert!((erf(-x) + want).abs() < 1e-14);
+        }
+    }
+
+    #[test]
+    fn every_listed_function_has_a_module() {
+        for f in ALL {
+            let src = module(f.module).expect("module exists");
+            assert!(src.contains(&format!("fn {}(", f.name)), "{} not in {}", f.name, f.module);
+        }
+    }
+}

@@ -28,6 +28,11 @@ impl ProgramBuilder {
         self.buf(kind, n)
     }
 
+    /// `a ⊕ b` of bit vectors (local).
+    pub fn xor_bits_pub(&mut self, a: Buf, b: Buf) -> Buf {
+        self.xor_bits(a, b)
+    }
+
     fn xor_bits(&mut self, a: Buf, b: Buf) -> Buf {
         let kind = if self.kind(a) == Kind::Bits || self.kind(b) == Kind::Bits {
             Kind::Bits
