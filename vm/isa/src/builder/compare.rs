@@ -116,12 +116,9 @@ impl ProgramBuilder {
     /// Dealer: `2·digits·2^digit + 1` table bits and 2 bits per AND, per element.
     pub fn drelu(&mut self, x: &Masked, threshold: u64) -> Buf {
         let p = self.compare;
-        let n = p.bits;
+        // After a truncating opening the mask is known modulo 2^(64-t) only.
+        let n = if x.t == 0 { p.bits } else { p.bits.min(64 - x.t) };
         assert!((2..=64).contains(&n), "comparison width must be in 2..=64");
-        assert!(
-            x.t == 0 || n as u32 + x.t as u32 <= 64,
-            "comparison width too large after truncation"
-        );
         let len = self.len(x.c);
         let top = if n == 64 { 0 } else { 1u64 << (n - 1) };
         let c = self.add_imm(x.c, top.wrapping_sub(threshold));

@@ -80,6 +80,7 @@ pub struct ProgramBuilder {
     masked_cache: HashMap<(Buf, u8), Masked>,
     weight_masks: HashMap<Buf, (Buf, Buf)>,
     tables_cache: HashMap<(Buf, u8, u8), (Buf, Buf)>,
+    activation_cache: HashMap<(Buf, Party), (Buf, Buf)>,
     /// Comparison parameters used by `drelu` and everything built on it.
     pub compare: CompareParams,
 }
@@ -107,6 +108,7 @@ impl ProgramBuilder {
             masked_cache: HashMap::new(),
             weight_masks: HashMap::new(),
             tables_cache: HashMap::new(),
+            activation_cache: HashMap::new(),
             compare: CompareParams::default(),
         };
         b.set_tag("model", "other");

@@ -40,8 +40,11 @@ impl ProgramBuilder {
     }
 
     /// `E = x_q - A` sent by the non-owner `q`; returns `(P, A)` where `P` holds `x_p + E` at the
-    /// owner.
+    /// owner. Cached: several weights applied to one activation (Q, K, V) share one message.
     fn send_masked_activation(&mut self, x: Buf, owner: Party) -> (Buf, Buf) {
+        if let Some(&pa) = self.activation_cache.get(&(x, owner)) {
+            return pa;
+        }
         let q = owner.other();
         let n = self.len(x);
         let a = self.buf(Kind::Private(q), n);
@@ -50,6 +53,7 @@ impl ProgramBuilder {
         let e_recv = self.buf(Kind::Private(owner), n);
         self.emit(Instr::Send { d: e_recv, a: e, from: q });
         let p = self.add(x, e_recv);
+        self.activation_cache.insert((x, owner), (p, a));
         (p, a)
     }
 
