@@ -157,10 +157,11 @@ impl<'p> Dealer<'p> {
                     self.correct(&[(&v, None)])?;
                     self.known[d.0 as usize] = Some(v);
                 }
-                DTrunc { hi, msb, a, t } => {
+                DTrunc { hi, msb, a, t, w } => {
                     let av = self.val(*a, section, index, name)?;
-                    let h: Vec<u64> = av.iter().map(|x| x >> t).collect();
-                    let m: Vec<u64> = av.iter().map(|x| x >> 63).collect();
+                    let wmask = if *w == 64 { u64::MAX } else { (1u64 << w) - 1 };
+                    let h: Vec<u64> = av.iter().map(|x| (x & wmask) >> t).collect();
+                    let m: Vec<u64> = av.iter().map(|x| (x >> (w - 1)) & 1).collect();
                     self.correct(&[(&h, None), (&m, None)])?;
                     self.known[hi.0 as usize] = Some(h);
                     self.known[msb.0 as usize] = Some(m);

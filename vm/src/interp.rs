@@ -507,10 +507,11 @@ impl<'p> PartyVm<'p> {
                 );
                 self.put(*d, dv);
             }
-            TruncPost { c2, pk, s, c, rhi, m, t } => {
-                let t = *t as u32;
-                let off = 1u64 << (62 - t);
-                let k = 1u64 << (64 - t);
+            TruncPost { c2, pk, s, c, rhi, m, t, w } => {
+                let (t, w) = (*t as u32, *w as u32);
+                let wmask = if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
+                let off = 1u64 << (w - 2 - t);
+                let k = if w - t == 64 { 0 } else { 1u64 << (w - t) };
                 let (mut c2v, mut pkv, mut sv) = (self.take(*c2), self.take(*pk), self.take(*s));
                 let (cv, rv, mv) = (
                     &self.bufs[c.0 as usize],
@@ -518,9 +519,9 @@ impl<'p> PartyVm<'p> {
                     &self.bufs[m.0 as usize],
                 );
                 for i in 0..cv.len() {
-                    let cc = cv[i];
+                    let cc = cv[i] & wmask;
                     c2v[i] = (cc >> t).wrapping_sub(off);
-                    let p = if cc >> 63 == 0 { k } else { 0 };
+                    let p = if (cc >> (w - 1)) & 1 == 0 { k } else { 0 };
                     pkv[i] = p;
                     sv[i] = rv[i].wrapping_sub(p.wrapping_mul(mv[i]));
                 }

@@ -243,3 +243,82 @@ fn outputs_are_revealed_to_the_client_only() {
     // The client sent nothing in the body: the reveal goes from the server to the client only.
     assert_eq!(r.client.body.sent, veil_isa::cost::FRAME_HEADER);
 }
+
+#[test]
+fn narrow_openings_products_squares_and_comparisons() {
+    // Openings modulo 2^w for w < 64 cost w bits per element; they are exact (up to the
+    // truncation ulp) whenever |x| < 2^(w-2) ring units.
+    both_transports(|tcp| {
+        let mut rng = Rng(11);
+        let n = 400usize;
+        let mut xs = edge_values(100.0);
+        xs.extend(rng.vec(n - xs.len(), -100.0, 100.0));
+        let ys = rng.vec(n, -3.0, 3.0);
+        let zs = rng.vec(n, -0.2, 0.2);
+        let mut b = builder();
+        let x = b.input("x", Party::Client, &[n as u32], F);
+        let y = b.input("y", Party::Client, &[n as u32], F);
+        let z = b.input("z", Party::Client, &[n as u32], F);
+        let yy = b.mul(y, 0, y, 0, 1); // y² at 2f
+        let zz = b.mul(z, 0, z, 0, 1); // z² at 2f, |z²| < 0.04
+        let mx = b.masked_open_w(x, 0, 32);
+        let my = b.masked_open_w(yy, F, 48);
+        let mz = b.masked_open_w(zz, F, 32); // (w - t) = 16: the cross term of squares appears
+        let p = b.mul_masked(&mx, &my, 1); // x·(y² >> f)
+        let sx = b.square_masked(&mx);
+        let sz = b.square_masked(&mz);
+        let pz = b.mul_masked(&mz, &my, 1);
+        let bit = b.drelu(&mx, 0);
+        let bit_a = b.b2a(bit);
+        let sel = b.select(bit, &my);
+        let t = b.to_share(&my);
+        for (name, v, f) in [
+            ("p", p, 2 * F),
+            ("sx", sx, 2 * F),
+            ("sz", sz, 2 * F),
+            ("pz", pz, 2 * F),
+            ("bit", bit_a, 0),
+            ("sel", sel, F),
+            ("t", t, F),
+        ] {
+            b.output(name, v, Party::Client, &[n as u32], f);
+        }
+        let prog = b.finish();
+        let widths: Vec<u8> = prog
+            .body
+            .iter()
+            .filter_map(|i| match i {
+                veil_isa::Instr::Open { bits, .. } => Some(*bits),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            widths.contains(&32) && widths.contains(&48),
+            "narrow openings are emitted: {widths:?}"
+        );
+        let r =
+            run(&prog, vec![("x", xs.clone()), ("y", ys.clone()), ("z", zs.clone())], vec![], tcp);
+        let q = |v: f64| (v * 65536.0).round() / 65536.0;
+        let tr = |v: f64| (v * 65536.0).floor() / 65536.0;
+        for i in 0..n {
+            let (x, y, z) = (q(xs[i]), q(ys[i]), q(zs[i]));
+            let y2 = tr(y * y);
+            let z2 = tr(z * z);
+            let ok = |got: f64, want: f64, slack: f64| (got - want).abs() <= slack + 1e-12;
+            assert!(ok(out(&r, "t")[i], y2, ULP), "t {} vs {y2}", out(&r, "t")[i]);
+            assert!(ok(out(&r, "p")[i], x * y2, ULP * x.abs()), "p");
+            assert!(ok(out(&r, "sx")[i], x * x, 0.0), "sx");
+            assert!(
+                ok(out(&r, "sz")[i], z2 * z2, 2.0 * ULP * z2.abs() + ULP * ULP),
+                "sz {} vs {}",
+                out(&r, "sz")[i],
+                z2 * z2
+            );
+            assert!(ok(out(&r, "pz")[i], z2 * y2, ULP * (z2.abs() + y2.abs()) + ULP * ULP), "pz");
+            if x.abs() >= 256.0 * ULP {
+                assert_eq!(out(&r, "bit")[i], (x >= 0.0) as u8 as f64);
+                assert!(ok(out(&r, "sel")[i], if x >= 0.0 { y2 } else { 0.0 }, ULP));
+            }
+        }
+    });
+}

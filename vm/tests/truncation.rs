@@ -80,3 +80,36 @@ fn truncation_at_the_range_limit() {
         }
     }
 }
+
+#[test]
+fn narrow_truncation_is_exact_up_to_one_ulp_below_its_bound() {
+    let n: usize = 1 << 18;
+    let mut rng = Rng(43);
+    for w in [40u8, 48, 56] {
+        let raw: Vec<i64> = (0..n)
+            .map(|i| {
+                let bits = 1 + (i % (w as usize - 3)) as u32;
+                let mag = (rng.next() >> (64 - bits)) as i64;
+                if rng.next() & 1 == 0 {
+                    mag
+                } else {
+                    -mag
+                }
+            })
+            .collect();
+        let mut b = builder();
+        let x = b.input("x", Party::Client, &[n as u32], 0);
+        let m = b.masked_open_w(x, F, w);
+        let t = b.to_share(&m);
+        b.output("t", t, Party::Client, &[n as u32], 0);
+        let prog = b.finish();
+        let c = PartyData { inputs: vec![("x".into(), Values::I64(raw.clone()))], weights: vec![] };
+        let r =
+            run_session(&prog, &c, &PartyData::default(), &RunOptions::default()).expect("runs");
+        check_costs(&prog, &r);
+        for (i, &g) in r.outputs[0].data.iter().enumerate() {
+            let err = g as i64 - (raw[i] >> F);
+            assert!(err == 0 || err == 1, "w={w} x={} err={err}", raw[i]);
+        }
+    }
+}

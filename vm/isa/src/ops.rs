@@ -51,11 +51,13 @@ macro_rules! for_each_op {
             /// `d[d_off + x·d_strides] = a[a_off + x·a_strides]`. Covers transpose, slice, concat,
             /// broadcast and gather by public indices. Local.
             copy = Copy { d: Buf, d_off: u32, a: Buf, a_off: u32, shape: Dims, d_strides: Strides, a_strides: Strides };
-            /// Truncation post-processing. From the opened `c = x + 2^62 + r` and shares of
-            /// `rhi = r >> t` and `m = msb(r)`: `c2 = (c >> t) - 2^(62-t)` (public),
-            /// `pk = (1 - msb(c)) · 2^(64-t)` (public) and `s = rhi - pk·m` (share), so that
-            /// `c2 - s` is `x >> t` up to +1 ulp. Local.
-            trunc_post = TruncPost { c2: Buf, pk: Buf, s: Buf, c: Buf, rhi: Buf, m: Buf, t: u8 };
+            /// Post-processing of a `w`-bit masked opening. From the opened
+            /// `c = (x + 2^(w-2) + r) mod 2^w` and shares of `rhi = (r mod 2^w) >> t` and
+            /// `m = bit w-1 of r`: `c2 = (c >> t) - 2^(w-2-t)` (public),
+            /// `pk = (1 - bit w-1 of c) · 2^(w-t)` (public, the wrap of `x + r` modulo `2^w`) and
+            /// `s = rhi - pk·m` (share), so that `c2 - s` is `x >> t` up to +1 ulp for
+            /// `|x| < 2^(w-2)`. Local.
+            trunc_post = TruncPost { c2: Buf, pk: Buf, s: Buf, c: Buf, rhi: Buf, m: Buf, t: u8, w: u8 };
             /// Select by public bits: `d[i] = e[i] ? a[i] : b[i]`. Local.
             sel = Sel { d: Buf, e: Buf, a: Buf, b: Buf };
             /// `d = a ⊕ b` on bits (the client applies a public operand). Local.
@@ -92,8 +94,8 @@ macro_rules! for_each_op {
             dprod = DProd { d: Buf, a: Buf, b: Buf, inner: u32 };
             /// `d` = shares of the batched matrix product of dealer-known `a` and `b`.
             dmatmul = DMatMul { d: Buf, a: Buf, b: Buf, batch: u32, m: u32, k: u32, n: u32 };
-            /// `hi` = shares of `a >> t` (logical), `msb` = shares of the top bit of `a`.
-            dtrunc = DTrunc { hi: Buf, msb: Buf, a: Buf, t: u8 };
+            /// `hi` = shares of `(a mod 2^w) >> t`, `msb` = shares of bit `w-1` of `a`.
+            dtrunc = DTrunc { hi: Buf, msb: Buf, a: Buf, t: u8, w: u8 };
             /// `d` = fresh uniform XOR-shared bits.
             dbits = DBits { d: Buf };
             /// `d` = XOR shares of `a ∧ b` for dealer-known bits.
@@ -233,7 +235,7 @@ mod tests {
                 d_strides: Strides(vec![3, 1]),
                 a_strides: Strides(vec![1, -2]),
             },
-            Instr::TruncPost { c2: b(0), pk: b(1), s: b(2), c: b(3), rhi: b(4), m: b(5), t: 16 },
+            Instr::TruncPost { c2: b(0), pk: b(1), s: b(2), c: b(3), rhi: b(4), m: b(5), t: 16, w: 48 },
             Instr::Sel { d: b(0), e: b(1), a: b(2), b: b(3) },
             Instr::XorB { d: b(0), a: b(1), b: b(2) },
             Instr::AndB { d: b(0), a: b(1), b: b(2) },
@@ -249,7 +251,7 @@ mod tests {
             Instr::DPriv { d: b(0) },
             Instr::DProd { d: b(0), a: b(1), b: b(2), inner: 1 },
             Instr::DMatMul { d: b(0), a: b(1), b: b(2), batch: 1, m: 2, k: 3, n: 4 },
-            Instr::DTrunc { hi: b(0), msb: b(1), a: b(2), t: 16 },
+            Instr::DTrunc { hi: b(0), msb: b(1), a: b(2), t: 16, w: 48 },
             Instr::DBits { d: b(0) },
             Instr::DAnd { d: b(0), a: b(1), b: b(2) },
             Instr::DTable { lt: b(0), eq: b(1), a: b(2), shift: 8, width: 4 },

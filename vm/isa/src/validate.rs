@@ -241,7 +241,7 @@ impl Checker<'_> {
                 self.copy_bounds(*d, *d_off, &shape.0, &d_strides.0);
                 self.copy_bounds(*a, *a_off, &shape.0, &a_strides.0);
             }
-            TruncPost { c2, pk, s, c, rhi, m, t } => {
+            TruncPost { c2, pk, s, c, rhi, m, t, w } => {
                 self.same_len(&[*c2, *pk, *s, *c, *rhi, *m]);
                 for b in [*c2, *pk, *c] {
                     let k = self.kind(b);
@@ -251,8 +251,8 @@ impl Checker<'_> {
                     let k = self.kind(b);
                     self.want(b, k.is_share_like(), "a share");
                 }
-                if !(1..=62).contains(t) {
-                    self.err("t must be in 1..=62");
+                if !(3..=64).contains(w) || *t as u32 + 2 > *w as u32 || (*t == 0 && *w == 64) {
+                    self.err("needs 3 ≤ w ≤ 64 and t ≤ w - 2, and t > 0 when w = 64");
                 }
             }
             Sel { d, e, a, b } => {
@@ -366,7 +366,7 @@ impl Checker<'_> {
                 let kd = self.kind(*d);
                 self.want(*d, kd == Kind::Share, "a share");
             }
-            DTrunc { hi, msb, a, t } => {
+            DTrunc { hi, msb, a, t, w } => {
                 self.dealer(*a);
                 self.ring(*a);
                 self.same_len(&[*hi, *msb, *a]);
@@ -374,8 +374,8 @@ impl Checker<'_> {
                     let k = self.kind(b);
                     self.want(b, k == Kind::Share, "a share");
                 }
-                if !(1..=63).contains(t) {
-                    self.err("t must be in 1..=63");
+                if !(1..=64).contains(w) || *t >= *w {
+                    self.err("needs 1 ≤ w ≤ 64 and t < w");
                 }
             }
             DBits { d } => {

@@ -116,8 +116,8 @@ impl ProgramBuilder {
     /// Dealer: `2·digits·2^digit + 1` table bits and 2 bits per AND, per element.
     pub fn drelu(&mut self, x: &Masked, threshold: u64) -> Buf {
         let p = self.compare;
-        // After a truncating opening the mask is known modulo 2^(64-t) only.
-        let n = if x.t == 0 { p.bits } else { p.bits.min(64 - x.t) };
+        // After a truncating or narrow opening the mask is known modulo 2^(w-t) only.
+        let n = if x.wrap.is_none() { p.bits } else { p.bits.min(x.w - x.t) };
         assert!((2..=64).contains(&n), "comparison width must be in 2..=64");
         let len = self.len(x.c);
         let top = if n == 64 { 0 } else { 1u64 << (n - 1) };

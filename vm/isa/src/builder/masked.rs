@@ -22,6 +22,8 @@ pub struct Masked {
     pub s: Buf,
     /// Bits truncated by the opening (0 = none).
     pub t: u8,
+    /// Width of the opening: `x + r` was opened modulo `2^w` (64 = the whole ring).
+    pub w: u8,
     /// Dealer-known mask base: `r` when `t = 0`, `r >> t` otherwise.
     pub base: Buf,
     /// When `t > 0`: the public wrap factor `pk` and dealer-known shares `m` of `msb(r)`, with
@@ -30,45 +32,55 @@ pub struct Masked {
 }
 
 impl ProgramBuilder {
-    /// Opens `x + r` for a fresh dealer mask `r`, truncating by `t` bits when `t > 0`.
-    /// Cached: opening the same buffer with the same `t` again returns the first opening.
-    ///
-    /// 1. Dealer: shares of `r`; when `t > 0` also of `r >> t` and `msb(r)`.
-    /// 2. Both parties send their share of `x + r` (plus `2^62` from the client when `t > 0`,
-    ///    so that the opened value is a non-negative integer below `2^63` for `|x| < 2^62`).
-    /// 3. When `t > 0`: `c = (opened >> t) - 2^(62-t)` and `s = (r >> t) - pk·msb(r)` with
-    ///    `pk = (1 - msb(opened))·2^(64-t)` correcting the wrap of `x + r` modulo `2^64`.
-    ///
-    /// Rounds: 1. Sends: 8 bytes per element each way. Dealer: nothing for `t = 0`, else two
-    /// correction words per element. Error (t > 0): `c - s - (x >> t) ∈ {0, 1}` ulp, never more,
-    /// for `|x| < 2^62`.
+    /// Opens `x + r` over the whole ring for a fresh dealer mask `r`, truncating by `t` bits
+    /// when `t > 0`; see [`Self::masked_open_w`]. Requires `|x| < 2^62`.
     pub fn masked_open(&mut self, x: Buf, t: u8) -> Masked {
-        if let Some(m) = self.masked_cache.get(&(x, t)) {
+        self.masked_open_w(x, t, 64)
+    }
+
+    /// Opens `x + r mod 2^w` for a fresh dealer mask `r`, truncating by `t` bits.
+    /// Cached: opening the same buffer with the same `t` and `w` again returns the first
+    /// opening.
+    ///
+    /// 1. Dealer: shares of `r`; unless `w = 64` and `t = 0`, also of `(r mod 2^w) >> t` and
+    ///    bit `w-1` of `r`.
+    /// 2. Both parties send the low `w` bits of their share of `x + r` (plus `2^(w-2)` from the
+    ///    client, so that the opened value is `x' + r mod 2^w` with `0 ≤ x' < 2^(w-1)`).
+    /// 3. `c = (opened >> t) - 2^(w-2-t)` and `s = ((r mod 2^w) >> t) - pk·bit(r, w-1)` with
+    ///    `pk = (1 - bit(opened, w-1))·2^(w-t)` correcting the wrap of `x' + r` modulo `2^w`.
+    ///
+    /// Rounds: 1. Sends: `w` bits per element each way. Dealer: nothing for `w = 64, t = 0`,
+    /// else two correction words per element. Error: `c - s - (x >> t) ∈ {0, 1}` ulp, never
+    /// more, for `|x| < 2^(w-2)`: a narrower opening is cheaper but trusts a tighter bound.
+    pub fn masked_open_w(&mut self, x: Buf, t: u8, w: u8) -> Masked {
+        if let Some(m) = self.masked_cache.get(&(x, t, w)) {
             return m.clone();
         }
         assert!(self.kind(x).is_share_like(), "masked_open needs a share");
+        assert!((3..=64).contains(&w) && t as u32 + 2 <= w as u32, "bad opening width {w} for truncation {t}");
         let n = self.len(x);
         let r = self.buf(Kind::Share, n);
         self.emit(Instr::DMask { d: r });
         let mut y = self.add(x, r);
-        if t > 0 {
-            y = self.add_imm(y, 1 << 62);
+        let plain = t == 0 && w == 64;
+        if !plain {
+            y = self.add_imm(y, 1 << (w - 2));
         }
         let c = self.buf(Kind::Public, n);
-        self.emit(Instr::Open { d: c, a: y, bits: 64 });
-        let m = if t == 0 {
-            Masked { c, s: r, t, base: r, wrap: None }
+        self.emit(Instr::Open { d: c, a: y, bits: w });
+        let m = if plain {
+            Masked { c, s: r, t, w, base: r, wrap: None }
         } else {
             let rhi = self.buf(Kind::Share, n);
             let msb = self.buf(Kind::Share, n);
-            self.emit(Instr::DTrunc { hi: rhi, msb, a: r, t });
+            self.emit(Instr::DTrunc { hi: rhi, msb, a: r, t, w });
             let c2 = self.buf(Kind::Public, n);
             let pk = self.buf(Kind::Public, n);
             let s = self.buf(Kind::Share, n);
-            self.emit(Instr::TruncPost { c2, pk, s, c, rhi, m: msb, t });
-            Masked { c: c2, s, t, base: rhi, wrap: Some((pk, msb)) }
+            self.emit(Instr::TruncPost { c2, pk, s, c, rhi, m: msb, t, w });
+            Masked { c: c2, s, t, w, base: rhi, wrap: Some((pk, msb)) }
         };
-        self.masked_cache.insert((x, t), m.clone());
+        self.masked_cache.insert((x, t, w), m.clone());
         m
     }
 
@@ -88,9 +100,11 @@ impl ProgramBuilder {
         self.to_share(&m)
     }
 
-    /// Shares of `s_x · s_y` (`y` broadcast by `inner`), from dealer products of the masks.
+    /// Shares of `s_x · s_y` (`y` broadcast by `inner`), from dealer products of the masks:
+    /// `s = base - pk·m` for each, so
+    /// `s_x s_y = bx·by - pk_y·(bx·m_y) - pk_x·(m_x·by) + pk_x pk_y·(m_x·m_y)`, where the last term
+    /// vanishes in Z_2^64 when `(w_x - t_x) + (w_y - t_y) ≥ 64`.
     fn mask_product(&mut self, x: &Masked, y: &Masked, inner: u32) -> Buf {
-        assert!(x.t as u32 + y.t as u32 <= 64, "truncations of both factors exceed 64 bits");
         let mut acc = self.dprod(x.base, y.base, inner);
         if let Some((pk_y, m_y)) = y.wrap {
             let p = self.dprod(x.base, m_y, inner);
@@ -101,6 +115,14 @@ impl ProgramBuilder {
             let p = self.dprod(m_x, y.base, inner);
             let q = self.mul_local(p, pk_x, 1);
             acc = self.sub(acc, q);
+        }
+        if let (Some((pk_x, m_x)), Some((pk_y, m_y))) = (x.wrap, y.wrap) {
+            if ((x.w - x.t) as u32 + (y.w - y.t) as u32) < 64 {
+                let mm = self.dprod(m_x, m_y, inner);
+                let pp = self.mul_local(pk_x, pk_y, inner);
+                let q = self.mul_local(mm, pp, 1);
+                acc = self.add(acc, q);
+            }
         }
         acc
     }
@@ -148,11 +170,16 @@ impl ProgramBuilder {
         let cs2 = self.shl(cs, 1);
         let mut s2 = self.dprod(x.base, x.base, 1);
         if let Some((pk, m)) = x.wrap {
-            assert!(2 * x.t as u32 <= 64, "square of a value truncated by more than 32 bits");
             let p = self.dprod(x.base, m, 1);
             let q = self.mul_local(p, pk, 1);
             let q2 = self.shl(q, 1);
             s2 = self.sub(s2, q2);
+            if (2 * (x.w - x.t) as u32) < 64 {
+                // pk²·m² = pk²·m for a bit m.
+                let pp = self.mul_local(pk, pk, 1);
+                let q = self.mul_local(m, pp, 1);
+                s2 = self.add(s2, q);
+            }
         }
         let a = self.sub(c2, cs2);
         self.add(a, s2)
@@ -178,7 +205,7 @@ impl ProgramBuilder {
         k: u32,
         n: u32,
     ) -> Buf {
-        assert!(x.t == 0 && y.t == 0, "matmul operands must be opened without truncation");
+        assert!(x.wrap.is_none() && y.wrap.is_none(), "matmul operands must be opened over the whole ring without truncation");
         let y_share = self.to_share(y);
         let t1 = self.matmul_local(x.c, y_share, batch, m, k, n);
         let t2 = self.matmul_local(x.s, y.c, batch, m, k, n);

@@ -77,7 +77,7 @@ pub struct ProgramBuilder {
     tags: Vec<Tag>,
     tag_ids: HashMap<Tag, u32>,
     cur_tag: u32,
-    masked_cache: HashMap<(Buf, u8), Masked>,
+    masked_cache: HashMap<(Buf, u8, u8), Masked>,
     weight_masks: HashMap<Buf, (Buf, Buf)>,
     tables_cache: HashMap<(Buf, u8, u8), (Buf, Buf)>,
     activation_cache: HashMap<(Buf, Party), (Buf, Buf)>,
