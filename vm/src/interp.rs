@@ -70,11 +70,13 @@ pub struct PartyReport {
     pub time_by_tag: BTreeMap<Tag, Duration>,
 }
 
+/// A message part awaiting the exchange. Sources are read again at the exchange (the
+/// builder keeps them alive until then), so no copy of this party's share is kept.
 enum Pending {
-    Open { d: Buf, bits: u8, mine: Vec<u64> },
-    OpenB { d: Buf, n: usize, mine: Vec<u64> },
+    Open { d: Buf, a: Buf, bits: u8 },
+    OpenB { d: Buf, a: Buf, n: usize },
     Recv { d: Buf, n: usize },
-    Reveal { d: Buf, n: usize, mine: Vec<u64> },
+    Reveal { d: Buf, a: Buf, n: usize },
 }
 
 /// Default limit on a party's buffer memory (16 GiB).
@@ -311,21 +313,24 @@ impl<'p> PartyVm<'p> {
         };
         for p in pending {
             match p {
-                Pending::Open { d, bits, mine } => {
-                    let need = bits::packed_len(mine.len(), bits);
+                Pending::Open { d, a, bits } => {
+                    let n = self.bufs[a.0 as usize].len();
+                    let need = bits::packed_len(n, bits);
                     let part = got.get(pos..pos + need).ok_or_else(|| short(need, pos, &got))?;
-                    let dst = &mut self.bufs[d.0 as usize];
-                    bits::unpack(part, mine.len(), bits, dst);
+                    let mut dst = self.take(d);
+                    bits::unpack(part, n, bits, &mut dst);
                     let mask = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
-                    for (o, &m) in dst.iter_mut().zip(&mine) {
+                    for (o, &m) in dst.iter_mut().zip(&self.bufs[a.0 as usize]) {
                         *o = o.wrapping_add(m) & mask;
                     }
+                    self.put(d, dst);
                     pos += need;
                 }
-                Pending::OpenB { d, n, mine } => {
+                Pending::OpenB { d, a, n } => {
                     let need = n.div_ceil(8);
                     let part = got.get(pos..pos + need).ok_or_else(|| short(need, pos, &got))?;
-                    let dst = &mut self.bufs[d.0 as usize];
+                    let mut dst = self.take(d);
+                    let mine = &self.bufs[a.0 as usize];
                     for (i, w) in dst.iter_mut().enumerate() {
                         let mut x = 0u64;
                         for (j, &byte) in part.iter().skip(i * 8).take(8).enumerate() {
@@ -333,7 +338,8 @@ impl<'p> PartyVm<'p> {
                         }
                         *w = x ^ mine[i];
                     }
-                    bits::clear_tail(dst, n);
+                    bits::clear_tail(&mut dst, n);
+                    self.put(d, dst);
                     pos += need;
                 }
                 Pending::Recv { d, n } => {
@@ -342,14 +348,15 @@ impl<'p> PartyVm<'p> {
                     bits::unpack(part, n, 64, &mut self.bufs[d.0 as usize]);
                     pos += need;
                 }
-                Pending::Reveal { d, n, mine } => {
+                Pending::Reveal { d, a, n } => {
                     let need = 8 * n;
                     let part = got.get(pos..pos + need).ok_or_else(|| short(need, pos, &got))?;
-                    let dst = &mut self.bufs[d.0 as usize];
-                    bits::unpack(part, n, 64, dst);
-                    for (o, &m) in dst.iter_mut().zip(&mine) {
+                    let mut dst = self.take(d);
+                    bits::unpack(part, n, 64, &mut dst);
+                    for (o, &m) in dst.iter_mut().zip(&self.bufs[a.0 as usize]) {
                         *o = o.wrapping_add(m);
                     }
+                    self.put(d, dst);
                     pos += need;
                 }
             }
@@ -598,19 +605,17 @@ impl<'p> PartyVm<'p> {
                 self.put(*d, dv);
             }
             Open { d, a, bits: nb } => {
-                let mine = self.bufs[a.0 as usize].clone();
-                bits::pack(&mine, *nb, &mut self.out);
-                self.pending.push(Pending::Open { d: *d, bits: *nb, mine });
+                bits::pack(&self.bufs[a.0 as usize], *nb, &mut self.out);
+                self.pending.push(Pending::Open { d: *d, a: *a, bits: *nb });
             }
             OpenB { d, a } => {
                 let n = self.prog.buffers[a.0 as usize].len as usize;
-                let mine = self.bufs[a.0 as usize].clone();
-                for (i, w) in mine.iter().enumerate() {
+                for (i, w) in self.bufs[a.0 as usize].iter().enumerate() {
                     let bytes = w.to_le_bytes();
                     let take = (n.div_ceil(8) - i * 8).min(8);
                     self.out.extend_from_slice(&bytes[..take]);
                 }
-                self.pending.push(Pending::OpenB { d: *d, n, mine });
+                self.pending.push(Pending::OpenB { d: *d, a: *a, n });
             }
             Send { d, a, from } => {
                 let n = self.prog.buffers[a.0 as usize].len as usize;
@@ -623,8 +628,7 @@ impl<'p> PartyVm<'p> {
             Reveal { d, a, to } => {
                 let n = self.prog.buffers[a.0 as usize].len as usize;
                 if *to == me {
-                    let mine = self.bufs[a.0 as usize].clone();
-                    self.pending.push(Pending::Reveal { d: *d, n, mine });
+                    self.pending.push(Pending::Reveal { d: *d, a: *a, n });
                 } else {
                     bits::pack(&self.bufs[a.0 as usize], 64, &mut self.out);
                 }

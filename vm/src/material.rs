@@ -39,7 +39,16 @@ impl Material {
         self.corrections.as_ref().map(|c| c.bytes()).unwrap_or(0)
     }
 
-    fn frame(&mut self, ins: &Instr, at: At, words: usize) -> Result<Vec<u64>, VmError> {
+    /// Receives one correction frame of exactly `dst.len()` words into `dst`.
+    fn frame_into(&mut self, ins: &Instr, at: At, dst: &mut [u64]) -> Result<(), VmError> {
+        let f = self.frame_bytes(ins, at, dst.len())?;
+        for (d, c) in dst.iter_mut().zip(f.chunks_exact(8)) {
+            *d = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        }
+        Ok(())
+    }
+
+    fn frame_bytes(&mut self, ins: &Instr, at: At, words: usize) -> Result<Vec<u8>, VmError> {
         let src = self.corrections.as_mut().ok_or_else(|| VmError::Dealer {
             section: at.section,
             index: at.index,
@@ -55,7 +64,7 @@ impl Material {
                 msg: format!("frame of {} bytes, expected {}", f.len(), words * 8),
             });
         }
-        Ok(f.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+        Ok(f)
     }
 
     /// Draws the material of dealer instruction `ins` into the party's buffers.
@@ -76,40 +85,50 @@ impl Material {
                     self.prg.fill(&mut bufs[d.0 as usize]);
                 }
             }
-            DBits { d } => bufs[d.0 as usize] = self.prg.bits(len(*d)),
+            DBits { d } => self.prg.fill_bits(&mut bufs[d.0 as usize], len(*d)),
             DProd { d, .. } | DMatMul { d, .. } | DBit2A { d, .. } => {
                 if client {
                     self.prg.fill(&mut bufs[d.0 as usize]);
                 } else {
-                    bufs[d.0 as usize] = self.frame(ins, at, len(*d))?;
+                    self.frame_into(ins, at, &mut bufs[d.0 as usize])?;
                 }
             }
             DTrunc { hi, msb, .. } => {
-                let n = len(*hi);
                 if client {
                     self.prg.fill(&mut bufs[hi.0 as usize]);
                     self.prg.fill(&mut bufs[msb.0 as usize]);
                 } else {
-                    let f = self.frame(ins, at, 2 * n)?;
-                    bufs[hi.0 as usize].copy_from_slice(&f[..n]);
-                    bufs[msb.0 as usize].copy_from_slice(&f[n..]);
+                    let n = len(*hi);
+                    let f = self.frame_bytes(ins, at, 2 * n)?;
+                    let (fh, fm) = f.split_at(8 * n);
+                    for (dst, src) in [(hi, fh), (msb, fm)] {
+                        for (d, c) in bufs[dst.0 as usize].iter_mut().zip(src.chunks_exact(8)) {
+                            *d = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+                        }
+                    }
                 }
             }
             DAnd { d, .. } | DBit { d, .. } => {
-                let n = len(*d);
-                bufs[d.0 as usize] =
-                    if client { self.prg.bits(n) } else { self.frame(ins, at, n.div_ceil(64))? };
+                if client {
+                    self.prg.fill_bits(&mut bufs[d.0 as usize], len(*d));
+                } else {
+                    self.frame_into(ins, at, &mut bufs[d.0 as usize])?;
+                }
             }
             DTable { lt, eq, .. } => {
                 let n = len(*lt);
                 if client {
-                    bufs[lt.0 as usize] = self.prg.bits(n);
-                    bufs[eq.0 as usize] = self.prg.bits(n);
+                    self.prg.fill_bits(&mut bufs[lt.0 as usize], n);
+                    self.prg.fill_bits(&mut bufs[eq.0 as usize], n);
                 } else {
                     let w = n.div_ceil(64);
-                    let f = self.frame(ins, at, 2 * w)?;
-                    bufs[lt.0 as usize] = f[..w].to_vec();
-                    bufs[eq.0 as usize] = f[w..].to_vec();
+                    let f = self.frame_bytes(ins, at, 2 * w)?;
+                    let (fl, fe) = f.split_at(8 * w);
+                    for (dst, src) in [(lt, fl), (eq, fe)] {
+                        for (d, c) in bufs[dst.0 as usize].iter_mut().zip(src.chunks_exact(8)) {
+                            *d = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+                        }
+                    }
                 }
             }
             _ => unreachable!("not a dealer instruction: {}", ins.name()),

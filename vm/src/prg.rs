@@ -59,9 +59,16 @@ impl Prg {
 
     /// Uniform packed bits: `ceil(n/64)` words with the bits past `n` cleared.
     pub fn bits(&mut self, n: usize) -> Vec<u64> {
-        let mut v = self.words(n.div_ceil(64));
-        crate::bits::clear_tail(&mut v, n);
+        let mut v = vec![0; n.div_ceil(64)];
+        self.fill_bits(&mut v, n);
         v
+    }
+
+    /// Fills `out` (`ceil(n/64)` words) with uniform packed bits, clearing bits past `n`.
+    /// Draws exactly what [`Prg::bits`] draws.
+    pub fn fill_bits(&mut self, out: &mut [u64], n: usize) {
+        self.fill(out);
+        crate::bits::clear_tail(out, n);
     }
 }
 

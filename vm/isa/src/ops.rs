@@ -19,8 +19,10 @@
 //!   the dealer holds. The client's share always comes from its own seeded PRG; the server's
 //!   comes from its PRG for independent randomness (`dmask`, `dbits`) and from the dealer's
 //!   correction stream for correlated values. See `cost.rs` for the exact draw of each.
-//! - `open`, `open_b` and `send` only queue a message part; `exchange` sends every queued part
-//!   in one message each way and completes them. One `exchange` is one round.
+//! - `open`, `open_b`, `send` and `reveal` only queue a message part; `exchange` sends every
+//!   queued part in one message each way and completes them, reading the sources of `open`,
+//!   `open_b` and `reveal` again (so they must not be written before it). One `exchange` is one
+//!   round.
 
 /// Invokes `$m!` with the full instruction list.
 #[macro_export]
@@ -235,7 +237,16 @@ mod tests {
                 d_strides: Strides(vec![3, 1]),
                 a_strides: Strides(vec![1, -2]),
             },
-            Instr::TruncPost { c2: b(0), pk: b(1), s: b(2), c: b(3), rhi: b(4), m: b(5), t: 16, w: 48 },
+            Instr::TruncPost {
+                c2: b(0),
+                pk: b(1),
+                s: b(2),
+                c: b(3),
+                rhi: b(4),
+                m: b(5),
+                t: 16,
+                w: 48,
+            },
             Instr::Sel { d: b(0), e: b(1), a: b(2), b: b(3) },
             Instr::XorB { d: b(0), a: b(1), b: b(2) },
             Instr::AndB { d: b(0), a: b(1), b: b(2) },

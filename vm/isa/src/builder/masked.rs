@@ -57,7 +57,10 @@ impl ProgramBuilder {
             return m.clone();
         }
         assert!(self.kind(x).is_share_like(), "masked_open needs a share");
-        assert!((3..=64).contains(&w) && t as u32 + 2 <= w as u32, "bad opening width {w} for truncation {t}");
+        assert!(
+            (3..=64).contains(&w) && t as u32 + 2 <= w as u32,
+            "bad opening width {w} for truncation {t}"
+        );
         let n = self.len(x);
         let r = self.buf(Kind::Share, n);
         self.emit(Instr::DMask { d: r });
@@ -205,7 +208,10 @@ impl ProgramBuilder {
         k: u32,
         n: u32,
     ) -> Buf {
-        assert!(x.wrap.is_none() && y.wrap.is_none(), "matmul operands must be opened over the whole ring without truncation");
+        assert!(
+            x.wrap.is_none() && y.wrap.is_none(),
+            "matmul operands must be opened over the whole ring without truncation"
+        );
         let y_share = self.to_share(y);
         let t1 = self.matmul_local(x.c, y_share, batch, m, k, n);
         let t2 = self.matmul_local(x.s, y.c, batch, m, k, n);

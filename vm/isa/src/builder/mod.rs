@@ -415,18 +415,17 @@ impl Allocator {
                 last_use[b.0 as usize] = i;
             }
         }
-        // The destination of a message is written at the next exchange: keep it until then.
+        // A message's destination is written, and its source read again, at the next
+        // exchange: keep both alive until then.
         let mut next_exchange = items.len();
         for i in (0..items.len()).rev() {
             if matches!(items[i].instr, Instr::Exchange {}) {
                 next_exchange = i;
             }
             if is_comm_instr(&items[i].instr) {
-                for (b, w) in items[i].instr.buffers() {
-                    if w {
-                        let l = &mut last_use[b.0 as usize];
-                        *l = (*l).max(next_exchange);
-                    }
+                for (b, _) in items[i].instr.buffers() {
+                    let l = &mut last_use[b.0 as usize];
+                    *l = (*l).max(next_exchange);
                 }
             }
         }
