@@ -2,4 +2,6 @@
 //! reference evaluator, and the backend that lowers the IR to two-party bytecode.
 #![deny(missing_docs)]
 
+pub mod backend;
+pub mod dsl;
 pub mod ir;

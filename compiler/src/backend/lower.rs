@@ -1,0 +1,845 @@
+//! Lowering: the shared part of a partitioned IR graph to a two-party program.
+//!
+//! Walks the nodes whose result is `Shared` in execution order and asks the
+//! [`ProgramBuilder`] for the protocol each needs, tracking the fixed-point scale of every
+//! value: inputs and weights arrive at `f` fractional bits, a product of two values carries
+//! the sum of their scales, and a truncation is folded into the next masked opening whenever
+//! the consumer opens the value anyway (products, comparisons) or done explicitly when a
+//! consumer needs a plain share at scale `f` (matrix products, products by a weight).
+
+use crate::backend::partition::{Partition, Vis};
+use crate::ir::{Graph, Node, Op, Tensor, Value, ValueDef};
+use cranelift_entity::SecondaryMap;
+use std::collections::HashMap;
+use std::sync::Arc;
+use veil_isa::builder::{Masked, ProgramBuilder};
+use veil_isa::{Buf, Kind, Party};
+
+/// Why lowering failed: always names the node.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot lower node `{node}` ({op}) to two-party bytecode: {msg}")]
+pub struct LowerError {
+    /// Node name.
+    pub node: String,
+    /// Operator.
+    pub op: String,
+    /// What is unsupported or wrong.
+    pub msg: String,
+}
+
+/// A value lowered into the program.
+#[derive(Clone, Debug)]
+pub struct LVal {
+    /// The buffer (share, or private to one party).
+    pub buf: Buf,
+    /// Fixed-point fractional bits of its encoding.
+    pub scale: u8,
+    /// Logical shape.
+    pub shape: Vec<usize>,
+}
+
+/// What an operand of a shared node is.
+#[derive(Clone, Debug)]
+enum Operand {
+    /// A public constant.
+    Const(Arc<Tensor>),
+    /// A lowered value (shared, or private to a party: inputs and weights).
+    Val(LVal),
+    /// A comparison result: XOR-shared bits (value 0/1).
+    Bits { bits: Buf, shape: Vec<usize> },
+}
+
+/// A value the client computes in plaintext and feeds to the program.
+#[derive(Clone, Debug)]
+pub enum ClientFeed {
+    /// The graph value itself.
+    Value(Value),
+    /// `one_hot(value, depth)` (for gathers from a private table).
+    OneHot(Value, usize),
+}
+
+/// The lowered program and what each party must supply.
+pub struct Lowered {
+    /// The program builder, ready to `finish`.
+    pub builder: ProgramBuilder,
+    /// Program inputs fed by the client: (input name, what it is).
+    pub client_feeds: Vec<(String, ClientFeed)>,
+    /// Program weights supplied by the server: (weight name, graph value).
+    pub server_feeds: Vec<(String, Value)>,
+    /// Graph outputs computed in plaintext by the client itself.
+    pub client_outputs: Vec<Value>,
+}
+
+/// Lowering options.
+#[derive(Clone, Debug)]
+pub struct LowerOptions {
+    /// Fixed-point fractional bits.
+    pub frac_bits: u8,
+}
+
+impl Default for LowerOptions {
+    fn default() -> Self {
+        LowerOptions { frac_bits: 16 }
+    }
+}
+
+struct Lowerer<'g> {
+    g: &'g Graph,
+    part: &'g Partition,
+    b: ProgramBuilder,
+    f: u8,
+    vals: SecondaryMap<Value, Option<Operand>>,
+    boundary: HashMap<(Value, bool), LVal>,
+    client_feeds: Vec<(String, ClientFeed)>,
+    server_feeds: Vec<(String, Value)>,
+    const_bufs: HashMap<(Value, u8, usize), Buf>,
+    bit_src: HashMap<Buf, (Value, f64)>,
+    node: Node,
+}
+
+/// Lowers the shared part of `g` (visibility from `part`).
+pub fn lower(g: &Graph, part: &Partition, opts: &LowerOptions) -> Result<Lowered, LowerError> {
+    let mut l = Lowerer {
+        g,
+        part,
+        b: ProgramBuilder::new(opts.frac_bits),
+        f: opts.frac_bits,
+        vals: SecondaryMap::with_capacity(g.values.len()),
+        boundary: HashMap::new(),
+        client_feeds: Vec::new(),
+        server_feeds: Vec::new(),
+        const_bufs: HashMap::new(),
+        bit_src: HashMap::new(),
+        node: Node::from_u32(0),
+    };
+    l.b.meta("model", &g.name);
+    for &n in &g.order {
+        if part.vis[g.nodes[n].result] != Vis::Shared {
+            continue;
+        }
+        l.node = n;
+        let (layer, op) = tag_of(&g.nodes[n].name, &g.nodes[n].op);
+        l.b.set_tag(&layer, &op);
+        let out = l.lower_node(n)?;
+        l.vals[g.nodes[n].result] = Some(out);
+    }
+    let mut client_outputs = Vec::new();
+    for &o in &g.outputs {
+        match part.vis[o] {
+            Vis::Client | Vis::Public => client_outputs.push(o),
+            _ => {
+                l.b.set_tag("model", "output");
+                let v = l.operand_val(o)?;
+                let shape: Vec<u32> = v.shape.iter().map(|&d| d as u32).collect();
+                let name = g.values[o].name.clone();
+                l.b.output(&name, v.buf, Party::Client, &shape, v.scale);
+            }
+        }
+    }
+    Ok(Lowered {
+        builder: l.b,
+        client_feeds: l.client_feeds,
+        server_feeds: l.server_feeds,
+        client_outputs,
+    })
+}
+
+/// Cost-report tag of a node: its layer (from names like `layer.3`, `h.3`, `layers.3`) and the
+/// operation kind (the part of the name an expansion appended after `::`, else the op).
+pub fn tag_of(name: &str, op: &Op) -> (String, String) {
+    let mut layer = "model".to_string();
+    let norm = name.replace(['/', '_'], ".");
+    let parts: Vec<&str> = norm.split('.').collect();
+    for w in parts.windows(2) {
+        if matches!(w[0], "layer" | "layers" | "h" | "block" | "blocks")
+            && w[1].parse::<u32>().is_ok()
+        {
+            layer = format!("layer{}", w[1]);
+            break;
+        }
+    }
+    let op_name = match name.split("::").nth(1) {
+        Some(kind) => kind.split(['.', ':', '/']).next().unwrap_or(kind).to_string(),
+        None => match op {
+            Op::MatMul => "matmul".into(),
+            Op::Add | Op::Sub | Op::Neg => "add".into(),
+            Op::Mul | Op::Div => "mul".into(),
+            Op::Gather { .. } => "embedding".into(),
+            o if o.is_data_movement() => "reshape".into(),
+            o => o.name().into(),
+        },
+    };
+    (layer, op_name)
+}
+
+/// `Some(inner)` when `small` broadcast to `full` (numpy rules) is `b[(i / inner) % len]` over
+/// the row-major elements of `full`: the non-unit dims of `small` form one contiguous block
+/// matching `full`.
+pub fn inner_of(small: &[usize], full: &[usize]) -> Option<u32> {
+    let pad = full.len().checked_sub(small.len())?;
+    let padded: Vec<usize> = std::iter::repeat_n(1, pad).chain(small.iter().copied()).collect();
+    let non1: Vec<usize> = (0..full.len()).filter(|&i| padded[i] != 1).collect();
+    if non1.is_empty() {
+        return Some(1);
+    }
+    let (lo, hi) = (non1[0], *non1.last().expect("non-empty"));
+    if (lo..=hi).any(|i| padded[i] != full[i]) {
+        return None;
+    }
+    Some(full[hi + 1..].iter().product::<usize>() as u32)
+}
+
+fn numel(s: &[usize]) -> usize {
+    s.iter().product()
+}
+
+fn u32s(s: &[usize]) -> Vec<u32> {
+    s.iter().map(|&d| d as u32).collect()
+}
+
+impl<'g> Lowerer<'g> {
+    fn err(&self, msg: impl Into<String>) -> LowerError {
+        let nd = &self.g.nodes[self.node];
+        LowerError { node: nd.name.clone(), op: nd.op.to_string(), msg: msg.into() }
+    }
+
+    fn shape(&self, v: Value) -> Vec<usize> {
+        self.g.values[v].ty.shape.clone()
+    }
+
+    /// The operand for an argument: lowered value, boundary input/weight, or constant.
+    fn operand(&mut self, v: Value) -> Result<Operand, LowerError> {
+        if let Some(op) = &self.vals[v] {
+            return Ok(op.clone());
+        }
+        let vd = &self.g.values[v];
+        match (&vd.def, self.part.vis[v]) {
+            (ValueDef::Const(t), _) => Ok(Operand::Const(t.clone())),
+            (_, Vis::Client) => Ok(Operand::Val(self.client_input(v, ClientFeed::Value(v), false))),
+            (_, Vis::Server) => Ok(Operand::Val(self.server_weight(v))),
+            (_, Vis::Public) => {
+                Err(self.err(format!("public value `{}` was not folded to a constant", vd.name)))
+            }
+            (_, Vis::Shared) => {
+                Err(self.err(format!("value `{}` is used before it is computed", vd.name)))
+            }
+        }
+    }
+
+    fn client_input(&mut self, v: Value, feed: ClientFeed, one_hot: bool) -> LVal {
+        if let Some(l) = self.boundary.get(&(v, one_hot)) {
+            return l.clone();
+        }
+        let vd = &self.g.values[v];
+        let (name, shape, scale) = match &feed {
+            ClientFeed::OneHot(_, depth) => {
+                let mut s = vd.ty.shape.clone();
+                s.push(*depth);
+                (format!("{}.one_hot", vd.name), s, 0)
+            }
+            ClientFeed::Value(_) => {
+                let scale = if vd.ty.dtype.is_float() { self.f } else { 0 };
+                (vd.name.clone(), vd.ty.shape.clone(), scale)
+            }
+        };
+        let buf = self.b.input(&name, Party::Client, &u32s(&shape), scale);
+        self.client_feeds.push((name, feed));
+        let l = LVal { buf, scale, shape };
+        self.boundary.insert((v, one_hot), l.clone());
+        l
+    }
+
+    fn server_weight(&mut self, v: Value) -> LVal {
+        if let Some(l) = self.boundary.get(&(v, false)) {
+            return l.clone();
+        }
+        let vd = &self.g.values[v];
+        let scale = if vd.ty.dtype.is_float() { self.f } else { 0 };
+        let buf = self.b.weight(&vd.name, Party::Server, false, &u32s(&vd.ty.shape), scale);
+        self.server_feeds.push((vd.name.clone(), v));
+        let l = LVal { buf, scale, shape: vd.ty.shape.clone() };
+        self.boundary.insert((v, false), l.clone());
+        l
+    }
+
+    /// The operand as a ring value (comparison bits converted to 0/1 shares).
+    fn as_val(&mut self, v: Value, op: Operand) -> Result<LVal, LowerError> {
+        match op {
+            Operand::Val(l) => Ok(l),
+            Operand::Bits { bits, shape } => {
+                let buf = self.b.b2a(bits);
+                let l = LVal { buf, scale: 0, shape };
+                self.vals[v] = Some(Operand::Val(l.clone()));
+                Ok(l)
+            }
+            Operand::Const(_) => Err(self.err("a constant where a secret was expected")),
+        }
+    }
+
+    fn operand_val(&mut self, v: Value) -> Result<LVal, LowerError> {
+        let op = self.operand(v)?;
+        self.as_val(v, op)
+    }
+
+    /// A public buffer holding constant `v` encoded at `scale`, broadcast to `len` elements when
+    /// `len` is not its own length.
+    fn const_buf(&mut self, v: Value, t: &Tensor, scale: u8) -> Buf {
+        let key = (v, scale, t.numel());
+        if let Some(&b) = self.const_bufs.get(&key) {
+            return b;
+        }
+        let data: Vec<u64> = (0..t.numel()).map(|i| encode(t.get_f64(i), scale)).collect();
+        let b = self.b.constant(data);
+        self.const_bufs.insert(key, b);
+        b
+    }
+
+    /// Brings a value to scale `target` (≥ its scale) by an exact left shift.
+    fn rescale_up(&mut self, l: &LVal, target: u8) -> LVal {
+        LVal { buf: self.b.shl(l.buf, target - l.scale), scale: target, shape: l.shape.clone() }
+    }
+
+    /// A plain share at scale `f` (truncating when the value carries more fractional bits).
+    fn at_f(&mut self, l: &LVal) -> LVal {
+        if l.scale <= self.f {
+            return self.rescale_up(l, self.f);
+        }
+        LVal { buf: self.b.trunc(l.buf, l.scale - self.f), scale: self.f, shape: l.shape.clone() }
+    }
+
+    /// Masked opening bringing the value to scale `f`.
+    fn masked(&mut self, l: &LVal) -> (Masked, u8) {
+        if l.scale >= self.f {
+            (self.b.masked_open(l.buf, l.scale - self.f), self.f)
+        } else {
+            (self.b.masked_open(l.buf, 0), l.scale)
+        }
+    }
+
+    /// `x` broadcast to `shape`: returns the buffer and the `inner` to use as a `b` operand, or
+    /// a materialised copy when the pattern is not a single repeat.
+    fn bcast(&mut self, x: &LVal, shape: &[usize]) -> (Buf, u32) {
+        if x.shape == shape {
+            return (x.buf, 1);
+        }
+        if let Some(inner) = inner_of(&x.shape, shape) {
+            return (x.buf, inner);
+        }
+        (self.b.broadcast(x.buf, &u32s(&x.shape), &u32s(shape)), 1)
+    }
+
+    fn full(&mut self, x: &LVal, shape: &[usize]) -> Buf {
+        match self.bcast(x, shape) {
+            (b, 1) if self.b.len(b) as usize == numel(shape) => b,
+            _ => self.b.broadcast(x.buf, &u32s(&x.shape), &u32s(shape)),
+        }
+    }
+
+    fn lower_node(&mut self, n: Node) -> Result<Operand, LowerError> {
+        let nd = &self.g.nodes[n];
+        let out_shape = self.shape(nd.result);
+        let args = nd.args.clone();
+        let op = nd.op.clone();
+        let ops: Vec<Operand> = args.iter().map(|&a| self.operand(a)).collect::<Result<_, _>>()?;
+        let f = self.f;
+        Ok(match (&op, ops.as_slice()) {
+            (Op::Sub, [Operand::Bits { bits: a, shape }, Operand::Bits { bits: b, .. }])
+                if self.nested_thresholds(*a, *b) =>
+            {
+                // [x ≥ c1] − [x ≥ c2] with c1 ≤ c2 is the indicator of [c1, c2): a local XOR.
+                Operand::Bits { bits: self.b.xor_bits_pub(*a, *b), shape: shape.clone() }
+            }
+            (Op::Add | Op::Sub, [a, b]) => Operand::Val(self.add_sub(&op, (args[0], a.clone()), (args[1], b.clone()), &out_shape)?),
+            (Op::Neg, [_]) => {
+                let x = self.operand_val(args[0])?;
+                Operand::Val(LVal { buf: self.b.neg(x.buf), ..x })
+            }
+            (Op::Mul, [a, b]) => self.mul((args[0], a.clone()), (args[1], b.clone()), &out_shape)?,
+            (Op::Div, [_, Operand::Const(c)]) => {
+                let inv = Tensor::f32(c.shape.clone(), (0..c.numel()).map(|i| (1.0 / c.get_f64(i)) as f32).collect());
+                self.mul_const(args[0], &Arc::new(inv), &out_shape, Some(args[1]))?
+            }
+            (Op::MatMul, [_, _]) => Operand::Val(self.matmul(args[0], args[1], &out_shape)?),
+            (Op::Reshape { .. }, [_]) => {
+                let x = self.operand_val(args[0])?;
+                Operand::Val(LVal { shape: out_shape, ..x })
+            }
+            (Op::Transpose { perm }, [_]) => {
+                let x = self.operand_val(args[0])?;
+                let buf = self.b.transpose(x.buf, &u32s(&x.shape), perm);
+                Operand::Val(LVal { buf, shape: out_shape, ..x })
+            }
+            (Op::Slice { start, step, len }, [_]) => {
+                let x = self.operand_val(args[0])?;
+                let buf = self.b.slice(x.buf, &u32s(&x.shape), &u32s(start), step, &u32s(len));
+                Operand::Val(LVal { buf, shape: out_shape, ..x })
+            }
+            (Op::Expand { shape }, [_]) => {
+                let x = self.operand_val(args[0])?;
+                let buf = self.b.broadcast(x.buf, &u32s(&x.shape), &u32s(shape));
+                Operand::Val(LVal { buf, shape: out_shape, ..x })
+            }
+            (Op::Concat { axis }, _) => {
+                let mut vals = Vec::new();
+                for &a in &args {
+                    vals.push(match self.operand(a)? {
+                        Operand::Const(t) => {
+                            let buf = self.const_buf(a, &t, f);
+                            let zero = self.b.buf(Kind::Share, t.numel() as u32);
+                            let _ = zero;
+                            return Err(self.err(format!("concatenating the constant `{}` with secrets is not supported yet (buffer {buf})", self.g.values[a].name)));
+                        }
+                        o => self.as_val(a, o)?,
+                    });
+                }
+                let scale = vals.iter().map(|v| v.scale).max().unwrap_or(f);
+                let parts: Vec<(Buf, Vec<u32>)> =
+                    vals.iter().map(|v| (self.rescale_up(v, scale).buf, u32s(&v.shape))).collect();
+                let buf = self.b.concat(&parts, *axis);
+                Operand::Val(LVal { buf, scale, shape: out_shape })
+            }
+            (Op::ReduceSum { axes, .. } | Op::ReduceMean { axes, .. }, [_]) => {
+                let x = self.operand_val(args[0])?;
+                let summed = self.reduce_sum(&x, axes)?;
+                let mut v = LVal { buf: summed, scale: x.scale, shape: out_shape };
+                if let Op::ReduceMean { .. } = op {
+                    let count: usize = axes.iter().map(|&a| x.shape[a]).product();
+                    v = self.scale_by(&v, 1.0 / count as f64);
+                }
+                Operand::Val(v)
+            }
+            (Op::ReduceMax { axes, .. }, [_]) => {
+                // Comparisons need values at scale f (|x| < 2^(bits-1) ring units).
+                let x = self.operand_val(args[0])?;
+                let x = if x.scale > f { self.at_f(&x) } else { x };
+                let (buf, rows, len) = self.move_axes_last(&x, axes);
+                let m = self.b.max_rows(buf, rows, len);
+                Operand::Val(LVal { buf: m, scale: x.scale, shape: out_shape })
+            }
+            (Op::Max | Op::Min, [a, b]) => Operand::Val(self.max_min(&op, (args[0], a.clone()), (args[1], b.clone()), &out_shape)?),
+            (Op::Relu, [_]) => {
+                let x = self.operand_val(args[0])?;
+                let (m, scale) = self.masked(&x);
+                let bits = self.b.drelu(&m, 0);
+                Operand::Val(LVal { buf: self.b.select(bits, &m), scale, shape: out_shape })
+            }
+            (Op::Drelu, [_]) => {
+                let bits = self.drelu(args[0])?;
+                Operand::Bits { bits, shape: out_shape }
+            }
+            (Op::Cast { to }, [_]) if to.is_float() || to.is_int() => Operand::Val(self.operand_val(args[0])?),
+            (Op::Gather { axis: 0 }, [_, _]) => Operand::Val(self.gather(args[0], args[1], &out_shape)?),
+            _ => {
+                return Err(self.err(
+                    "no two-party lowering for this operator on secret data (nonlinear operators must be lowered to stdlib approximations first)",
+                ))
+            }
+        })
+    }
+
+    /// True when `a = [x ≥ c1]` and `b = [x ≥ c2]` compare the same value with `c1 ≤ c2`.
+    fn nested_thresholds(&self, a: Buf, b: Buf) -> bool {
+        matches!((self.bit_src.get(&a), self.bit_src.get(&b)), (Some((xa, ca)), Some((xb, cb))) if xa == xb && ca <= cb)
+    }
+
+    fn add_sub(
+        &mut self,
+        op: &Op,
+        a: (Value, Operand),
+        b: (Value, Operand),
+        out: &[usize],
+    ) -> Result<LVal, LowerError> {
+        let sub = matches!(op, Op::Sub);
+        match (a, b) {
+            ((va, Operand::Const(c)), (vb, x)) => {
+                // c - x = -(x - c); c + x = x + c.
+                let x = self.as_val(vb, x)?;
+                let xf = self.full(&x, out);
+                let xl = LVal { buf: xf, scale: x.scale, shape: out.to_vec() };
+                let cb = self.const_buf(va, &c, x.scale);
+                let inner = inner_of(&c.shape, out).unwrap_or(1);
+                let cb = if inner_of(&c.shape, out).is_some() {
+                    cb
+                } else {
+                    self.b.broadcast(cb, &u32s(&c.shape), &u32s(out))
+                };
+                let buf = if sub {
+                    let d = self.b.sub_b(xl.buf, cb, inner);
+                    self.b.neg(d)
+                } else {
+                    self.b.add_b(xl.buf, cb, inner)
+                };
+                Ok(LVal { buf, scale: x.scale, shape: out.to_vec() })
+            }
+            ((va, x), (vb, Operand::Const(c))) => {
+                let x = self.as_val(va, x)?;
+                let xf = self.full(&x, out);
+                let cb = self.const_buf(vb, &c, x.scale);
+                let (cb, inner) = match inner_of(&c.shape, out) {
+                    Some(i) => (cb, i),
+                    None => (self.b.broadcast(cb, &u32s(&c.shape), &u32s(out)), 1),
+                };
+                let buf =
+                    if sub { self.b.sub_b(xf, cb, inner) } else { self.b.add_b(xf, cb, inner) };
+                Ok(LVal { buf, scale: x.scale, shape: out.to_vec() })
+            }
+            ((va, x), (vb, y)) => {
+                let (x, y) = (self.as_val(va, x)?, self.as_val(vb, y)?);
+                let s = x.scale.max(y.scale);
+                let (x, y) = (self.rescale_up(&x, s), self.rescale_up(&y, s));
+                // The full-size operand goes first; the other broadcasts.
+                let (first, second, swapped) =
+                    if x.shape == out { (x, y, false) } else { (y, x, true) };
+                let first_buf = self.full(&first, out);
+                let (sb, inner) = self.bcast(&second, out);
+                let buf = match (sub, swapped) {
+                    (false, _) => self.b.add_b(first_buf, sb, inner),
+                    (true, false) => self.b.sub_b(first_buf, sb, inner),
+                    (true, true) => {
+                        let d = self.b.sub_b(first_buf, sb, inner);
+                        self.b.neg(d)
+                    }
+                };
+                Ok(LVal { buf, scale: s, shape: out.to_vec() })
+            }
+        }
+    }
+
+    /// Multiplies by a public scalar (result carries `f` more fractional bits unless the scalar
+    /// is an integer).
+    fn scale_by(&mut self, x: &LVal, c: f64) -> LVal {
+        if c.fract() == 0.0 && c.abs() < (1u64 << 20) as f64 {
+            return LVal { buf: self.b.mul_imm(x.buf, c as i64 as u64), ..x.clone() };
+        }
+        // c = ±2^-k: the same ring element read with k more fractional bits (free).
+        let k = -c.abs().log2();
+        if k.fract() == 0.0
+            && (1.0..=16.0).contains(&k)
+            && x.scale as f64 + k <= 3.0 * self.f as f64
+        {
+            let buf = if c < 0.0 { self.b.neg(x.buf) } else { x.buf };
+            return LVal { buf, scale: x.scale + k as u8, shape: x.shape.clone() };
+        }
+        let x = if x.scale > 2 * self.f { self.at_f(x) } else { x.clone() };
+        LVal {
+            buf: self.b.mul_imm(x.buf, encode(c, self.f)),
+            scale: x.scale + self.f,
+            shape: x.shape.clone(),
+        }
+    }
+
+    fn mul_const(
+        &mut self,
+        vx: Value,
+        c: &Arc<Tensor>,
+        out: &[usize],
+        cv: Option<Value>,
+    ) -> Result<Operand, LowerError> {
+        let x = self.operand_val(vx)?;
+        if c.numel() == 1 {
+            return Ok(Operand::Val(LVal {
+                shape: out.to_vec(),
+                ..self.scale_by(&x, c.get_f64(0))
+            }));
+        }
+        let x = if x.scale > 2 * self.f { self.at_f(&x) } else { x };
+        let integral = (0..c.numel()).all(|i| c.get_f64(i).fract() == 0.0);
+        let cscale = if integral { 0 } else { self.f };
+        let key = cv.unwrap_or(vx);
+        let data: Vec<u64> = (0..c.numel()).map(|i| encode(c.get_f64(i), cscale)).collect();
+        let _ = key;
+        let cb = self.b.constant(data);
+        let xf = self.full(&x, out);
+        let (cb, inner) = match inner_of(&c.shape, out) {
+            Some(i) => (cb, i),
+            None => (self.b.broadcast(cb, &u32s(&c.shape), &u32s(out)), 1),
+        };
+        Ok(Operand::Val(LVal {
+            buf: self.b.mul_local(xf, cb, inner),
+            scale: x.scale + cscale,
+            shape: out.to_vec(),
+        }))
+    }
+
+    fn is_weight(&self, l: &LVal) -> bool {
+        matches!(self.b.kind(l.buf), Kind::Private(Party::Server))
+    }
+
+    fn mul(
+        &mut self,
+        a: (Value, Operand),
+        b: (Value, Operand),
+        out: &[usize],
+    ) -> Result<Operand, LowerError> {
+        let f = self.f;
+        match (a, b) {
+            ((_, Operand::Const(c)), (vx, _)) | ((vx, _), (_, Operand::Const(c))) => {
+                self.mul_const(vx, &c, out, None)
+            }
+            ((_, Operand::Bits { bits, shape }), (vy, y))
+            | ((vy, y), (_, Operand::Bits { bits, shape })) => {
+                let y = self.as_val(vy, y)?;
+                if shape != out || y.shape != out {
+                    return Err(self
+                        .err("selection by comparison bits needs operands of the result's shape"));
+                }
+                let (m, scale) = self.masked(&y);
+                Ok(Operand::Val(LVal { buf: self.b.select(bits, &m), scale, shape: out.to_vec() }))
+            }
+            ((va, x), (vb, y)) => {
+                let (x, y) = (self.as_val(va, x)?, self.as_val(vb, y)?);
+                // A weight of the server times a share: the constant-operand protocol.
+                for (w, s) in [(&y, &x), (&x, &y)] {
+                    if self.is_weight(w) && !self.is_weight(s) && s.shape == out {
+                        if let Some(inner) = inner_of(&w.shape, out) {
+                            let s = self.at_f(s);
+                            let buf = self.b.mul_priv(s.buf, w.buf, inner);
+                            return Ok(Operand::Val(LVal {
+                                buf,
+                                scale: f + w.scale,
+                                shape: out.to_vec(),
+                            }));
+                        }
+                    }
+                }
+                if va == vb {
+                    let (m, s) = self.masked(&x);
+                    let buf = self.b.square_masked(&m);
+                    return Ok(Operand::Val(LVal { buf, scale: 2 * s, shape: out.to_vec() }));
+                }
+                let (first, second) = if x.shape == out { (x, y) } else { (y, x) };
+                let first_buf = self.full(&first, out);
+                let first = LVal { buf: first_buf, ..first };
+                let (sb, inner) = self.bcast(&second, out);
+                let second = LVal { buf: sb, ..second };
+                let (mx, sx) = self.masked(&first);
+                let (my, sy) = self.masked(&second);
+                let buf = self.b.mul_masked(&mx, &my, inner);
+                Ok(Operand::Val(LVal { buf, scale: sx + sy, shape: out.to_vec() }))
+            }
+        }
+    }
+
+    fn matmul(&mut self, va: Value, vb: Value, out: &[usize]) -> Result<LVal, LowerError> {
+        let f = self.f;
+        let (sa, sb) = (self.shape(va), self.shape(vb));
+        if sa.len() < 2 || sb.len() < 2 {
+            return Err(self.err("matrix-vector products are not supported yet"));
+        }
+        let (m, k, n) = (sa[sa.len() - 2], sa[sa.len() - 1], sb[sb.len() - 1]);
+        let batch_a: usize = sa[..sa.len() - 2].iter().product();
+        let batch_b: usize = sb[..sb.len() - 2].iter().product();
+        let (oa, ob) = (self.operand(va)?, self.operand(vb)?);
+        if let Operand::Const(c) = &ob {
+            let x = self.as_val(va, oa)?;
+            let x = if x.scale > 2 * f { self.at_f(&x) } else { x };
+            if batch_b != 1 {
+                return Err(self.err("a batched constant right operand is not supported yet"));
+            }
+            let cb = self.const_buf(vb, c, f);
+            let buf = self.b.matmul_local(x.buf, cb, 1, (batch_a * m) as u32, k as u32, n as u32);
+            return Ok(LVal { buf, scale: x.scale + f, shape: out.to_vec() });
+        }
+        let (x, y) = (self.as_val(va, oa)?, self.as_val(vb, ob)?);
+        if self.is_weight(&y) && batch_b == 1 {
+            let xs = self.at_f(&x);
+            let buf =
+                self.b.matmul_priv(xs.buf, y.buf, 1, (batch_a * m) as u32, k as u32, n as u32);
+            return Ok(LVal { buf, scale: f + y.scale, shape: out.to_vec() });
+        }
+        if batch_a != batch_b && batch_a != 1 && batch_b != 1 {
+            return Err(self.err("matmul batch dimensions must be equal or 1"));
+        }
+        let batch = batch_a.max(batch_b);
+        // Both secret: openings without truncation; keep the product below 3f fractional bits.
+        let mut x = x;
+        let mut y = y;
+        if x.scale + y.scale > 3 * f {
+            if x.scale >= y.scale {
+                x = self.at_f(&x);
+            } else {
+                y = self.at_f(&y);
+            }
+        }
+        if x.scale + y.scale > 3 * f {
+            y = self.at_f(&y);
+        }
+        let mx = self.b.masked_open(x.buf, 0);
+        let my = self.b.masked_open(y.buf, 0);
+        let buf = self.b.matmul_masked(&mx, &my, batch as u32, m as u32, k as u32, n as u32);
+        Ok(LVal { buf, scale: x.scale + y.scale, shape: out.to_vec() })
+    }
+
+    /// Transposes so `axes` come last; returns the buffer and the `rows × len` view.
+    fn move_axes_last(&mut self, x: &LVal, axes: &[usize]) -> (Buf, u32, u32) {
+        let r = x.shape.len();
+        let mut perm: Vec<usize> = (0..r).filter(|a| !axes.contains(a)).collect();
+        perm.extend_from_slice(axes);
+        let len: usize = axes.iter().map(|&a| x.shape[a]).product();
+        let rows = numel(&x.shape) / len.max(1);
+        let buf = if perm.iter().enumerate().all(|(i, &p)| i == p) {
+            x.buf
+        } else {
+            self.b.transpose(x.buf, &u32s(&x.shape), &perm)
+        };
+        (buf, rows as u32, len as u32)
+    }
+
+    fn reduce_sum(&mut self, x: &LVal, axes: &[usize]) -> Result<Buf, LowerError> {
+        let contiguous = axes.windows(2).all(|w| w[1] == w[0] + 1);
+        if contiguous && !axes.is_empty() {
+            let (lo, hi) = (axes[0], axes[axes.len() - 1] + 1);
+            let outer: usize = x.shape[..lo].iter().product();
+            let mid: usize = x.shape[lo..hi].iter().product();
+            let inner: usize = x.shape[hi..].iter().product();
+            return Ok(self.b.sum(x.buf, outer as u32, mid as u32, inner as u32));
+        }
+        let (buf, rows, len) = self.move_axes_last(x, axes);
+        Ok(self.b.sum(buf, rows, len, 1))
+    }
+
+    /// Comparison bits `[v ≥ 0]`, sharing one masked opening (and the dealer's tables) between
+    /// comparisons of the same value against different public thresholds.
+    fn drelu(&mut self, v: Value) -> Result<Buf, LowerError> {
+        // drelu(x - c) and drelu(x + c) compare x with a public threshold.
+        if let Some(p) = self.g.producer(v) {
+            let pd = &self.g.nodes[p];
+            if matches!(pd.op, Op::Add | Op::Sub) && self.part.vis[v] == Vis::Shared {
+                if let Some(c) = self.g.const_data(pd.args[1]).filter(|c| c.numel() == 1) {
+                    let x = self.operand_val(pd.args[0])?;
+                    if x.shape == self.shape(v) {
+                        let (m, scale) = self.masked(&x);
+                        let c = if matches!(pd.op, Op::Sub) { c.get_f64(0) } else { -c.get_f64(0) };
+                        let bits = self.b.drelu(&m, encode(c, scale));
+                        self.bit_src.insert(bits, (pd.args[0], c));
+                        return Ok(bits);
+                    }
+                }
+            }
+        }
+        let x = self.operand_val(v)?;
+        let (m, _) = self.masked(&x);
+        let bits = self.b.drelu(&m, 0);
+        self.bit_src.insert(bits, (v, 0.0));
+        Ok(bits)
+    }
+
+    fn max_min(
+        &mut self,
+        op: &Op,
+        a: (Value, Operand),
+        b: (Value, Operand),
+        out: &[usize],
+    ) -> Result<LVal, LowerError> {
+        let is_min = matches!(op, Op::Min);
+        match (a, b) {
+            ((_, Operand::Const(c)), (vx, _)) | ((vx, _), (_, Operand::Const(c)))
+                if c.numel() == 1 =>
+            {
+                // max(x, c) = c + [x ≥ c]·(x - c); min(x, c) = c - [x ≤ c]·(c - x).
+                let x = self.operand_val(vx)?;
+                let (m, scale) = self.masked(&x);
+                let cv = c.get_f64(0);
+                let cenc = encode(cv, scale);
+                let shifted = Masked { c: self.b.add_imm(m.c, cenc.wrapping_neg()), ..m.clone() };
+                let (sel_src, bits) = if is_min {
+                    let neg = Masked {
+                        c: self.b.neg(shifted.c),
+                        s: self.b.neg(shifted.s),
+                        ..shifted.clone()
+                    };
+                    let _ = neg;
+                    return Err(self.err("min with a constant is not supported yet"));
+                } else {
+                    let bits = self.b.drelu(&m, cenc);
+                    (shifted, bits)
+                };
+                let sel = self.b.select(bits, &sel_src);
+                let buf = self.b.add_imm(sel, cenc);
+                let _ = out;
+                Ok(LVal { buf, scale, shape: x.shape })
+            }
+            ((va, x), (vb, y)) => {
+                let (x, y) = (self.as_val(va, x)?, self.as_val(vb, y)?);
+                if x.shape != out || y.shape != out {
+                    return Err(
+                        self.err("elementwise max of secrets needs operands of the result's shape")
+                    );
+                }
+                let x = if x.scale > self.f { self.at_f(&x) } else { x };
+                let y = if y.scale > self.f { self.at_f(&y) } else { y };
+                let s = x.scale.max(y.scale);
+                let (x, y) = (self.rescale_up(&x, s), self.rescale_up(&y, s));
+                let (mx, _) = if is_min {
+                    self.b.max_pair(y.buf, x.buf)
+                } else {
+                    self.b.max_pair(x.buf, y.buf)
+                };
+                let buf = if is_min {
+                    // min(x, y) = x + y - max(x, y)
+                    let sum = self.b.add(x.buf, y.buf);
+                    self.b.sub(sum, mx)
+                } else {
+                    mx
+                };
+                Ok(LVal { buf, scale: s, shape: out.to_vec() })
+            }
+        }
+    }
+
+    /// Gather along axis 0: rows of a secret or server-private table by client indices (a
+    /// product with their one-hot encoding, computed in the clear by the client) or by public
+    /// indices (copies).
+    fn gather(&mut self, vt: Value, vi: Value, out: &[usize]) -> Result<LVal, LowerError> {
+        let ts = self.shape(vt);
+        let depth = ts[0];
+        let row: usize = ts[1..].iter().product();
+        match (self.part.vis[vi], self.operand(vi)?) {
+            (Vis::Client, _) => {
+                let oh = self.client_input(vi, ClientFeed::OneHot(vi, depth), true);
+                let t = self.operand_val(vt)?;
+                let rows = numel(&oh.shape) / depth;
+                let buf = if self.is_weight(&t) {
+                    self.b.matmul_priv(oh.buf, t.buf, 1, rows as u32, depth as u32, row as u32)
+                } else {
+                    let mo = self.b.masked_open(oh.buf, 0);
+                    let mt = self.b.masked_open(t.buf, 0);
+                    self.b.matmul_masked(&mo, &mt, 1, rows as u32, depth as u32, row as u32)
+                };
+                Ok(LVal { buf, scale: t.scale, shape: out.to_vec() })
+            }
+            (_, Operand::Const(idx)) => {
+                let t = self.operand_val(vt)?;
+                let d = self.b.buf(Kind::Share, numel(out) as u32);
+                for i in 0..idx.numel() {
+                    let mut r = idx.get_f64(i) as i64;
+                    if r < 0 {
+                        r += depth as i64;
+                    }
+                    if r < 0 || r as usize >= depth {
+                        return Err(self.err(format!("index {r} is out of range for {depth} rows")));
+                    }
+                    self.b.copy_into(
+                        d,
+                        (i * row) as u32,
+                        t.buf,
+                        (r as usize * row) as u32,
+                        &[row as u32],
+                        &[1],
+                        &[1],
+                    );
+                }
+                Ok(LVal { buf: d, scale: t.scale, shape: out.to_vec() })
+            }
+            _ => Err(self.err(
+                "gather by secret indices is not supported (only client-known or public indices)",
+            )),
+        }
+    }
+}
+
+/// Encodes a real at `scale` fractional bits in Z_2^64.
+pub fn encode(x: f64, scale: u8) -> u64 {
+    let v = (x * (1u64 << scale) as f64).round();
+    v.clamp(i64::MIN as f64, i64::MAX as f64) as i64 as u64
+}

@@ -1,0 +1,12 @@
+//! The MPC backend: visibility analysis, nonlinear lowering to stdlib approximations, and
+//! lowering of the shared part of the graph to two-party bytecode.
+//!
+//! - [`partition`]: who may see each value (Public, Client, Server, Shared).
+//! - [`nonlinear`]: softmax, layer norm, GELU, SMU-1 on secret data → stdlib DSL functions.
+//! - [`lower`]: the shared nodes → `veil_isa` protocols via the program builder.
+//! - [`client`]: the client's plaintext preprocessing graph.
+
+pub mod client;
+pub mod lower;
+pub mod nonlinear;
+pub mod partition;

@@ -1,0 +1,166 @@
+//! `lower_nonlinear`: replaces high-level operators on secret data with the stdlib
+//! approximations (written in the DSL), so the backend sees only primitive operators.
+//!
+//! The default keeps the model's function: accurate GELU (erf or tanh form as the model
+//! says), max-subtracted softmax, layer norm by Newton inverse square root. Every replacement
+//! is recorded with the stdlib function used, for the compile summary.
+
+use crate::backend::partition::{Partition, Vis};
+use crate::dsl::loader::Loader;
+use crate::dsl::lower::{instantiate, Val};
+use crate::ir::{GeluApprox, Graph, Op, Tensor, Value};
+
+/// One replacement: node name, operator, stdlib function.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Approximation {
+    /// The replaced node.
+    pub node: String,
+    /// The operator it computed.
+    pub op: String,
+    /// The stdlib function now computing it.
+    pub with: String,
+}
+
+/// Options of the nonlinear lowering.
+#[derive(Clone, Debug)]
+pub struct NonlinearOptions {
+    /// Finite value replacing huge negative additive-mask constants (≤ -1e9) before softmax.
+    pub mask_value: f32,
+    /// Variance range assumed by layer norm's inverse square root.
+    pub var_range: (f64, f64),
+}
+
+impl Default for NonlinearOptions {
+    fn default() -> Self {
+        NonlinearOptions { mask_value: -64.0, var_range: (1.0 / 1024.0, 4096.0) }
+    }
+}
+
+/// A loader with every stdlib module imported.
+pub fn stdlib_loader() -> Loader {
+    let mut l = crate::dsl::stdlib_loader();
+    let imports: String =
+        veil_stdlib::MODULES.iter().map(|(n, _)| format!("import {n};\n")).collect();
+    l.load_source("<stdlib>", imports).expect("the stdlib parses");
+    l
+}
+
+/// Rewrites every shared softmax, layer norm, GELU and SMU-1 into stdlib approximations.
+/// Returns the replacements made and the constants clamped.
+pub fn lower_nonlinear(
+    g: &mut Graph,
+    part: &Partition,
+    opts: &NonlinearOptions,
+) -> Result<(Vec<Approximation>, Vec<String>), String> {
+    let lib = stdlib_loader();
+    let clamped = clamp_masks(g, opts.mask_value);
+    let order = g.order.clone();
+    let mut done = Vec::new();
+    let vis_of = |v: Value, g: &Graph| {
+        part.vis.get(v).copied().unwrap_or_else(|| {
+            if g.const_data(v).is_some() {
+                Vis::Public
+            } else {
+                Vis::Shared
+            }
+        })
+    };
+    for n in order {
+        let nd = g.nodes[n].clone();
+        if vis_of(nd.result, g) != Vis::Shared {
+            continue;
+        }
+        let (func, args, named): (&str, Vec<Value>, Vec<(&str, Val)>) = match &nd.op {
+            Op::Softmax { axis } => {
+                let rank = g.ty(nd.args[0]).rank();
+                (
+                    "softmax_max",
+                    vec![nd.args[0]],
+                    vec![("axis", Val::Num(*axis as f64 - rank as f64))],
+                )
+            }
+            Op::LayerNorm { axis, eps } => {
+                let x = nd.args[0];
+                if *axis + 1 != g.ty(x).rank() {
+                    return Err(format!("layer norm `{}` normalises more than the last axis; only the last is supported", nd.name));
+                }
+                let scale = nd.args[1];
+                let bias = match nd.args.get(2) {
+                    Some(&b) => b,
+                    None => {
+                        let shape = g.ty(scale).shape.clone();
+                        let n = shape.iter().product();
+                        g.add_const(
+                            &format!("{}.zero_bias", nd.name),
+                            Tensor::f32(shape, vec![0.0; n]),
+                        )
+                    }
+                };
+                (
+                    "layernorm_newton",
+                    vec![x, scale, bias],
+                    vec![
+                        ("eps", Val::Num(*eps as f64)),
+                        ("lo", Val::Num(opts.var_range.0)),
+                        ("hi", Val::Num(opts.var_range.1)),
+                    ],
+                )
+            }
+            Op::Gelu { approx: GeluApprox::Erf } => ("gelu_erf_poly", vec![nd.args[0]], vec![]),
+            Op::Gelu { approx: GeluApprox::Tanh } => ("gelu_tanh_poly", vec![nd.args[0]], vec![]),
+            Op::Smu1 { alpha, mu } => (
+                "smu1_newton",
+                vec![nd.args[0]],
+                vec![("alpha", Val::Num(*alpha as f64)), ("mu", Val::Num(*mu as f64))],
+            ),
+            _ => continue,
+        };
+        // Expanded nodes are named `<node>::<function>/...` so the cost report attributes
+        // them to the operator they implement.
+        let prefix = format!("{}::{}", nd.name, op_kind(&nd.op));
+        let before = g.order.len();
+        let out = instantiate(&lib, func, g, &args, &named, &prefix)
+            .map_err(|e| format!("instantiating `{func}` for `{}`: {e}", nd.name))?;
+        // Move the new nodes to where the replaced node was, so execution order stays valid.
+        let new: Vec<_> = g.order.drain(before..).collect();
+        let pos = g.order.iter().position(|&m| m == n).expect("the node is in the order");
+        g.order.splice(pos..pos, new);
+        g.replace_uses(nd.result, out);
+        done.push(Approximation {
+            node: nd.name.clone(),
+            op: nd.op.to_string(),
+            with: format!("stdlib {func}"),
+        });
+    }
+    g.remove_dead_nodes();
+    Ok((done, clamped))
+}
+
+fn op_kind(op: &Op) -> &'static str {
+    match op {
+        Op::Softmax { .. } => "softmax",
+        Op::LayerNorm { .. } => "layernorm",
+        Op::Gelu { .. } => "gelu",
+        Op::Smu1 { .. } => "smu1",
+        _ => "nonlinear",
+    }
+}
+
+/// Replaces huge negative float constants (additive attention masks such as −3.4028235e38,
+/// the f32 minimum HF exports add) with `value`: fixed point cannot hold them, and any value
+/// far enough below the scores gives the same softmax. Returns the constants changed.
+pub fn clamp_masks(g: &mut Graph, value: f32) -> Vec<String> {
+    let mut changed = Vec::new();
+    for v in g.consts() {
+        let Some(t) = g.const_data(v) else { continue };
+        let Some(data) = t.as_f32() else { continue };
+        if data.iter().any(|&x| x <= -1e9) {
+            let fixed: Vec<f32> = data.iter().map(|&x| if x <= -1e9 { value } else { x }).collect();
+            let nt = Tensor::f32(t.shape.clone(), fixed);
+            let name = g.values[v].name.clone();
+            g.values[v].def = crate::ir::ValueDef::Const(std::sync::Arc::new(nt));
+            changed.push(name);
+        }
+    }
+    changed
+}
