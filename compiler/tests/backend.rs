@@ -89,7 +89,8 @@ fn stdlib_graph(fname: &str, n: usize) -> Graph {
 #[test]
 fn stdlib_approximations_two_party() {
     // (function, domain, reference, error bound, relative?)
-    let cases: [(&str, f32, f32, fn(f64) -> f64, f64, bool); 5] = [
+    type Case = (&'static str, f32, f32, fn(f64) -> f64, f64, bool);
+    let cases: [Case; 5] = [
         (
             "gelu_erf_poly",
             -8.0,
