@@ -258,8 +258,17 @@ impl ProgramBuilder {
     }
 
     /// Maximum of each row of a `rows × len` share, as a tournament tree of `ceil(log2 len)`
-    /// levels of [`Self::max_pair`].
+    /// levels of [`Self::max_pair`], with the comparison parameters in
+    /// [`ProgramBuilder::max_compare`]: the result is within `2^ignore` ring units of the true
+    /// maximum (one of the row's values) for rows whose differences are below `2^(bits-1)`.
     pub fn max_rows(&mut self, x: Buf, rows: u32, len: u32) -> Buf {
+        let saved = std::mem::replace(&mut self.compare, self.max_compare);
+        let r = self.max_rows_with_current(x, rows, len);
+        self.compare = saved;
+        r
+    }
+
+    fn max_rows_with_current(&mut self, x: Buf, rows: u32, len: u32) -> Buf {
         let (mut cur, mut cur_len) = (x, len);
         while cur_len > 1 {
             let half = cur_len / 2;

@@ -83,6 +83,11 @@ pub struct ProgramBuilder {
     activation_cache: HashMap<(Buf, Party), (Buf, Buf)>,
     /// Comparison parameters used by `drelu` and everything built on it.
     pub compare: CompareParams,
+    /// Comparison parameters of the tournament in [`ProgramBuilder::max_rows`]: a maximum
+    /// that is off by less than `2^ignore` ring units is as good as exact for what it is used
+    /// for (softmax is shift-invariant), so it skips more low bits and uses wider digits,
+    /// which saves an AND round per level.
+    pub max_compare: CompareParams,
 }
 
 impl ProgramBuilder {
@@ -110,6 +115,7 @@ impl ProgramBuilder {
             tables_cache: HashMap::new(),
             activation_cache: HashMap::new(),
             compare: CompareParams::default(),
+            max_compare: CompareParams { bits: 32, ignore: 12, digit: 5 },
         };
         b.set_tag("model", "other");
         b
