@@ -4,4 +4,7 @@
 
 pub mod backend;
 pub mod dsl;
+pub mod eval;
+pub mod frontend;
 pub mod ir;
+pub mod npy;

@@ -62,7 +62,10 @@ fn check_axes(op: &Op, axes: &[usize], rank: usize) -> Result<(), String> {
 pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
     if op.is_binary_elementwise() {
         arity(op, args, 2, 2)?;
-        same_dtype(op, args[0], args[1])?;
+        // ONNX Pow takes an exponent of any numeric type; the result has the base's type.
+        if !matches!(op, Op::Pow) {
+            same_dtype(op, args[0], args[1])?;
+        }
         let shape = broadcast(&args[0].shape, &args[1].shape).ok_or_else(|| {
             format!(
                 "`{}` cannot broadcast shapes {} and {}",

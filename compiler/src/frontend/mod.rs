@@ -1,0 +1,3 @@
+//! Front ends: ONNX files to IR (the DSL front end is `crate::dsl`).
+
+pub mod onnx;

@@ -1,0 +1,291 @@
+//! ONNX import: `ModelProto` to the IR, with static shapes and shape plumbing folded away.
+//!
+//! - Initializers with more than one float element are model parameters (`Weight`); scalar
+//!   floats, integer and boolean initializers, and `Constant` nodes are public constants.
+//! - Symbolic input dimensions are bound by [`ImportOptions`] (`--seq`, `--batch`, `--dim`).
+//! - Every node whose inputs are all constants is evaluated at import ([`context::Cx::wire`]),
+//!   so `Shape`, `Gather`/`Slice` on shapes, `ConstantOfShape`, `Range`, `Unsqueeze`/`Concat`
+//!   of shape vectors and `Equal`/`Where`/`Cast` on constants disappear.
+//! - Unsupported operators are reported all at once, before anything else is translated.
+
+pub mod context;
+pub mod error;
+pub mod ops;
+pub mod tensor;
+
+use crate::ir::{verify, DType, Graph, Op, Tensor, TensorType, Value, ValueDef};
+use context::Cx;
+pub use error::{ImportError, UnsupportedNode};
+use std::collections::{HashMap, HashSet};
+use veil_onnx_proto::{type_proto, Message, ModelProto, ValueInfoProto};
+
+/// How to bind symbolic dimensions and which inputs to treat as constants.
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    /// Binds every symbolic dimension whose name contains "seq" (any case).
+    pub seq: Option<usize>,
+    /// Binds every symbolic dimension whose name contains "batch" (default 1).
+    pub batch: Option<usize>,
+    /// Binds symbolic dimensions by exact name.
+    pub dims: Vec<(String, usize)>,
+    /// Graph inputs to replace by constants (e.g. shape operands fed as inputs in ONNX's own
+    /// conformance tests); they are folded like any other constant.
+    pub const_inputs: HashMap<String, Tensor>,
+}
+
+/// Reads and imports an ONNX file.
+pub fn import_file(path: &std::path::Path, opts: &ImportOptions) -> Result<Graph, ImportError> {
+    let p = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| ImportError::Io { path: p.clone(), source: e })?;
+    import_bytes(&bytes, &p, opts)
+}
+
+/// Imports an ONNX model from bytes (`path` is used in messages only).
+pub fn import_bytes(bytes: &[u8], path: &str, opts: &ImportOptions) -> Result<Graph, ImportError> {
+    let not_onnx = |reason: String| ImportError::NotOnnx { path: path.to_string(), reason };
+    let model = ModelProto::decode(bytes).map_err(|e| not_onnx(e.to_string()))?;
+    let graph = model.graph.as_ref().ok_or_else(|| not_onnx("it has no graph".into()))?;
+    if model.ir_version.is_none() || (graph.node.is_empty() && graph.output.is_empty()) {
+        return Err(not_onnx("it has no IR version or an empty graph".into()));
+    }
+    let opset = model
+        .opset_import
+        .iter()
+        .find(|o| matches!(o.domain.as_deref(), None | Some("") | Some("ai.onnx")))
+        .and_then(|o| o.version)
+        .ok_or_else(|| not_onnx("it imports no version of the default operator set".into()))?;
+    let registry = ops::registry();
+
+    let unsupported: Vec<UnsupportedNode> = graph
+        .node
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| {
+            let domain =
+                n.domain.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "ai.onnx".into());
+            let op = n.op_type.clone().unwrap_or_default();
+            let known = domain == "ai.onnx" && registry.contains_key(op.as_str());
+            let dom_opset = model
+                .opset_import
+                .iter()
+                .find(|o| {
+                    o.domain.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "ai.onnx".into())
+                        == domain
+                })
+                .and_then(|o| o.version)
+                .unwrap_or(0);
+            (!known).then(|| UnsupportedNode {
+                name: node_name(n.name.as_deref(), &op, i),
+                op_type: op,
+                domain,
+                opset: dom_opset,
+            })
+        })
+        .collect();
+    if !unsupported.is_empty() {
+        return Err(ImportError::Unsupported { path: path.to_string(), nodes: unsupported });
+    }
+
+    let name = graph.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| "model".into());
+    let mut cx = Cx {
+        g: Graph::new(name),
+        names: HashMap::new(),
+        opset,
+        path,
+        node: None,
+        node_name: String::new(),
+    };
+    let gerr = |msg: String| ImportError::Graph { path: path.to_string(), msg };
+
+    let init_names: HashSet<&str> =
+        graph.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
+    for t in &graph.initializer {
+        let tname = t.name.clone().unwrap_or_default();
+        let tensor = tensor::from_proto(t).map_err(gerr)?;
+        let v = if tensor.dtype.is_float() && tensor.numel() > 1 {
+            cx.g.add_weight(&tname, tensor)
+        } else {
+            cx.g.add_const(&tname, tensor)
+        };
+        cx.names.insert(tname, v);
+    }
+    for input in &graph.input {
+        let iname = input.name.clone().unwrap_or_default();
+        if init_names.contains(iname.as_str()) {
+            continue;
+        }
+        let ty = input_type(input, opts, path)?;
+        let v = match opts.const_inputs.get(&iname) {
+            Some(t) => {
+                if t.ty() != ty {
+                    return Err(gerr(format!(
+                        "constant for input `{iname}` is {}, the model declares {ty}",
+                        t.ty()
+                    )));
+                }
+                cx.g.add_const(&iname, t.clone())
+            }
+            None => cx.g.add_input(&iname, ty),
+        };
+        cx.names.insert(iname, v);
+    }
+
+    for (i, n) in graph.node.iter().enumerate() {
+        let op = n.op_type.clone().unwrap_or_default();
+        cx.node = Some(n);
+        cx.node_name = node_name(n.name.as_deref(), &op, i);
+        let build = registry[op.as_str()];
+        let outs = build(&mut cx, n)?;
+        for (j, out) in n.output.iter().enumerate() {
+            if out.is_empty() {
+                continue;
+            }
+            let v = *outs
+                .get(j)
+                .ok_or_else(|| cx.err(format!("output {j} (`{out}`) is not produced")))?;
+            cx.names.insert(out.clone(), v);
+        }
+    }
+    cx.node = None;
+
+    for out in &graph.output {
+        let oname = out.name.clone().unwrap_or_default();
+        let mut v = *cx
+            .names
+            .get(&oname)
+            .ok_or_else(|| gerr(format!("output `{oname}` is never computed")))?;
+        check_declared(&cx.g, v, out, path)?;
+        if cx.g.values[v].name != oname
+            || cx.g.outputs.contains(&v)
+            || !matches!(cx.g.values[v].def, ValueDef::Result(_))
+        {
+            // An output aliasing an input, a constant or another output keeps its own name.
+            let shape = cx.g.ty(v).shape.clone();
+            v = if let Some(t) = cx.g.const_data(v).cloned() {
+                cx.g.add_const(&oname, t)
+            } else {
+                cx.g.add_node(&oname, Op::Reshape { shape }, &[v], &oname).map_err(gerr)?
+            };
+        }
+        cx.g.outputs.push(v);
+    }
+    let mut g = cx.g;
+    g.remove_dead_nodes();
+    let g = g.compact();
+    verify(&g)
+        .map_err(|e| gerr(format!("the imported graph is inconsistent (a veil bug):\n{e}")))?;
+    Ok(g)
+}
+
+fn node_name(name: Option<&str>, op: &str, i: usize) -> String {
+    match name {
+        Some(n) if !n.is_empty() => n.to_string(),
+        _ => format!("{op}_{i}"),
+    }
+}
+
+/// The static type of a graph input, binding symbolic dimensions.
+fn input_type(
+    input: &ValueInfoProto,
+    opts: &ImportOptions,
+    path: &str,
+) -> Result<TensorType, ImportError> {
+    let iname = input.name.clone().unwrap_or_default();
+    let gerr = |msg: String| ImportError::Graph { path: path.to_string(), msg };
+    let tt = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => t,
+        Some(_) => return Err(gerr(format!(
+            "input `{iname}` is not a tensor (sequence, map and optional inputs are not supported)"
+        ))),
+        None => return Err(gerr(format!("input `{iname}` has no type"))),
+    };
+    let dtype = DType::from_onnx(tt.elem_type.unwrap_or(0))
+        .map_err(|d| gerr(format!("input `{iname}` has the unsupported element type {d}")))?;
+    let dims = tt.shape.as_ref().map(|s| s.dim.clone()).unwrap_or_default();
+    let mut shape = Vec::with_capacity(dims.len());
+    for d in dims {
+        use veil_onnx_proto::tensor_shape_proto::dimension::Value as D;
+        match d.value {
+            Some(D::DimValue(v)) if v >= 0 => shape.push(v as usize),
+            Some(D::DimValue(v)) => {
+                return Err(gerr(format!("input `{iname}` has negative dimension {v}")))
+            }
+            Some(D::DimParam(p)) => {
+                shape.push(bind(&p, opts).ok_or_else(|| ImportError::UnboundDim {
+                    path: path.to_string(),
+                    input: iname.clone(),
+                    dim: p.clone(),
+                    hint: hint(&p),
+                })?)
+            }
+            None => {
+                return Err(ImportError::UnboundDim {
+                    path: path.to_string(),
+                    input: iname.clone(),
+                    dim: "?".into(),
+                    hint: "--dim NAME=VALUE (the dimension has no name)".into(),
+                })
+            }
+        }
+    }
+    Ok(TensorType::new(dtype, shape))
+}
+
+fn bind(p: &str, opts: &ImportOptions) -> Option<usize> {
+    if let Some(&(_, v)) = opts.dims.iter().find(|(n, _)| n == p) {
+        return Some(v);
+    }
+    let lower = p.to_lowercase();
+    if lower.contains("seq") {
+        return opts.seq;
+    }
+    if lower.contains("batch") {
+        return Some(opts.batch.unwrap_or(1));
+    }
+    None
+}
+
+fn hint(p: &str) -> String {
+    let lower = p.to_lowercase();
+    if lower.contains("seq") {
+        format!("--seq N (or --dim {p}=N)")
+    } else {
+        format!("--dim {p}=N")
+    }
+}
+
+/// Numeric dimensions declared on a graph output must match inference; symbolic ones are
+/// ignored (exporters name them arbitrarily).
+fn check_declared(
+    g: &Graph,
+    v: Value,
+    out: &ValueInfoProto,
+    path: &str,
+) -> Result<(), ImportError> {
+    let Some(type_proto::Value::TensorType(tt)) =
+        out.r#type.as_ref().and_then(|t| t.value.as_ref())
+    else {
+        return Ok(());
+    };
+    let have = &g.ty(v).shape;
+    let Some(shape) = tt.shape.as_ref() else { return Ok(()) };
+    use veil_onnx_proto::tensor_shape_proto::dimension::Value as D;
+    let oname = out.name.clone().unwrap_or_default();
+    if shape.dim.len() != have.len() {
+        return Err(ImportError::Graph {
+            path: path.into(),
+            msg: format!(
+                "output `{oname}` is declared with rank {} but computes {have:?}",
+                shape.dim.len()
+            ),
+        });
+    }
+    for (i, d) in shape.dim.iter().enumerate() {
+        if let Some(D::DimValue(x)) = d.value {
+            if x as usize != have[i] {
+                return Err(ImportError::Graph { path: path.into(), msg: format!("output `{oname}` is declared with dimension {i} = {x} but computes {have:?}") });
+            }
+        }
+    }
+    Ok(())
+}

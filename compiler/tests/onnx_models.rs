@@ -1,0 +1,72 @@
+//! Every bundled model variant imports, and the reference evaluator reproduces the stored
+//! onnxruntime outputs to 1e-4 × max|output| on every test set.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use veil_compiler::frontend::onnx::{import_file, ImportOptions};
+use veil_compiler::{eval, npy};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models")
+}
+
+fn check(model: &str, file: &str) {
+    let dir = fixtures().join(model);
+    let opts = ImportOptions { seq: Some(128), ..ImportOptions::default() };
+    let g = import_file(&dir.join(file), &opts).unwrap_or_else(|e| panic!("{e}"));
+    let mut sets: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    sets.sort();
+    assert!(!sets.is_empty());
+    for set in sets {
+        let mut inputs = HashMap::new();
+        for (i, &v) in g.inputs.iter().enumerate() {
+            let t = npy::read(&set.join(format!("input_{i}.npy"))).unwrap();
+            inputs.insert(g.values[v].name.clone(), t);
+        }
+        let outs = eval::run(&g, &inputs).unwrap_or_else(|e| panic!("{model}/{file}: {e}"));
+        for (i, got) in outs.iter().enumerate() {
+            let want = npy::read(&set.join(format!("output_{i}.npy"))).unwrap();
+            assert_eq!(got.shape, want.shape, "{model}/{file} output {i}");
+            let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
+            let maxabs = w.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let err = g.iter().zip(&w).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+            eprintln!(
+                "{model}/{file} {} output {i}: max abs err {err:.2e} (max |output| {maxabs:.3})",
+                set.file_name().unwrap().to_string_lossy()
+            );
+            assert!(
+                err <= 1e-4 * maxabs.max(1e-30),
+                "{model}/{file} output {i}: error {err} > 1e-4 × {maxabs}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bert_tiny_dynamo_opset17() {
+    check("bert-tiny-random", "model.dynamo_opset17.onnx");
+}
+
+#[test]
+fn bert_tiny_dynamo_opset20() {
+    check("bert-tiny-random", "model.dynamo_opset20.onnx");
+}
+
+#[test]
+fn bert_tiny_torchscript_dynamic() {
+    check("bert-tiny-random", "model.torchscript_opset17_dynamic.onnx");
+}
+
+#[test]
+fn gpt2_tiny_dynamo_opset18() {
+    check("gpt2-tiny-random", "model.dynamo_opset18.onnx");
+}
+
+#[test]
+fn minilm_packaged() {
+    check("packaged-paraphrase-minilm-l3-v2", "model.onnx");
+}
