@@ -194,9 +194,11 @@ fn input_type(
     let gerr = |msg: String| ImportError::Graph { path: path.to_string(), msg };
     let tt = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
         Some(type_proto::Value::TensorType(t)) => t,
-        Some(_) => return Err(gerr(format!(
+        Some(_) => {
+            return Err(gerr(format!(
             "input `{iname}` is not a tensor (sequence, map and optional inputs are not supported)"
-        ))),
+        )))
+        }
         None => return Err(gerr(format!("input `{iname}` has no type"))),
     };
     let dtype = DType::from_onnx(tt.elem_type.unwrap_or(0))

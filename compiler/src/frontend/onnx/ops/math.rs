@@ -39,6 +39,7 @@ pub fn register(r: &mut HashMap<&'static str, OpBuilder>) {
     r.insert("Relu", |cx, _| unary(cx, Op::Relu));
     r.insert("IsNaN", |cx, _| unary(cx, Op::IsNaN));
     r.insert("Cast", cast);
+    r.insert("CastLike", cast_like);
     r.insert("Clip", clip);
     r.insert("Where", where_);
     r.insert("MatMul", |cx, _| binary(cx, Op::MatMul));
@@ -86,6 +87,13 @@ fn cast(cx: &mut Cx, _: &NodeProto) -> R {
     let code = cx.attr_int("to").ok_or_else(|| cx.err("attribute `to` is required"))?;
     let to = DType::from_onnx(code as i32)
         .map_err(|d| cx.err(format!("cast to the unsupported element type {d}")))?;
+    let name = cx.output_name(0);
+    Ok(vec![cx.wire(Op::Cast { to }, &[a], &name)?])
+}
+
+fn cast_like(cx: &mut Cx, _: &NodeProto) -> R {
+    let (a, like) = (cx.input(0)?, cx.input(1)?);
+    let to = cx.g.ty(like).dtype;
     let name = cx.output_name(0);
     Ok(vec![cx.wire(Op::Cast { to }, &[a], &name)?])
 }

@@ -37,13 +37,32 @@ fn layer_norm(cx: &mut Cx, _: &NodeProto) -> R {
     let rank = cx.g.ty(x).rank();
     let axis = cx.axis(cx.attr_int("axis").unwrap_or(-1), rank, "axis")?;
     let eps = cx.attr_float("epsilon").unwrap_or(1e-5);
-    if (1..cx.num_outputs()).any(|i| !cx.output_name(i).is_empty()) {
-        return Err(cx.err("the Mean and InvStdDev outputs are not supported (only Y)"));
-    }
     let mut args = vec![x, scale];
     args.extend(bias);
     let name = cx.output_name(0);
-    Ok(vec![cx.wire(Op::LayerNorm { axis, eps }, &args, &name)?])
+    let y = cx.wire(Op::LayerNorm { axis, eps }, &args, &name)?;
+    let mut outs = vec![y];
+    if (1..cx.num_outputs()).any(|i| !cx.output_name(i).is_empty()) {
+        // Mean and InvStdDev (training outputs) from primitive operators.
+        let axes: Vec<usize> = (axis..rank).collect();
+        let (mean_name, inv_name) = (cx.output_name(1), cx.output_name(2));
+        let mean_nm = if mean_name.is_empty() { format!("{name}.mean") } else { mean_name };
+        let mean =
+            cx.wire(Op::ReduceMean { axes: axes.clone(), keepdims: true }, &[x], &mean_nm)?;
+        let d = cx.wire(Op::Sub, &[x, mean], &format!("{name}.centered"))?;
+        let d2 = cx.wire(Op::Mul, &[d, d], &format!("{name}.sq"))?;
+        let var =
+            cx.wire(Op::ReduceMean { axes, keepdims: true }, &[d2], &format!("{name}.var"))?;
+        let dtype = cx.g.ty(var).dtype;
+        let e = cx.constant("eps", crate::eval::scalar_of(dtype, eps as f64));
+        let ve = cx.wire(Op::Add, &[var, e], &format!("{name}.var_eps"))?;
+        let sd = cx.wire(Op::Sqrt, &[ve], &format!("{name}.std"))?;
+        let inv_nm = if inv_name.is_empty() { format!("{name}.inv_std") } else { inv_name };
+        let inv = cx.wire(Op::Reciprocal, &[sd], &inv_nm)?;
+        outs.push(mean);
+        outs.push(inv);
+    }
+    Ok(outs)
 }
 
 fn gelu(cx: &mut Cx, _: &NodeProto) -> R {
