@@ -8,3 +8,4 @@ pub mod eval;
 pub mod frontend;
 pub mod ir;
 pub mod npy;
+pub mod passes;

@@ -13,7 +13,22 @@ fn fixtures() -> PathBuf {
 fn check(model: &str, file: &str) {
     let dir = fixtures().join(model);
     let opts = ImportOptions { seq: Some(128), ..ImportOptions::default() };
-    let g = import_file(&dir.join(file), &opts).unwrap_or_else(|e| panic!("{e}"));
+    let mut g = import_file(&dir.join(file), &opts).unwrap_or_else(|e| panic!("{e}"));
+    veil_compiler::passes::run(&mut g, &mut veil_compiler::passes::import_pipeline()).unwrap();
+    let kinds: Vec<String> = g
+        .patterns
+        .iter()
+        .map(|p| format!("{:?}", p.kind).split(['(', ' ']).next().unwrap().to_string())
+        .collect();
+    eprintln!("{model}/{file}: patterns {kinds:?}");
+    let count = |k: &str| kinds.iter().filter(|x| *x == k).count();
+    let gelus = g
+        .order
+        .iter()
+        .filter(|&&n| matches!(g.nodes[n].op, veil_compiler::ir::Op::Gelu { .. }))
+        .count();
+    assert!(gelus >= 2, "{model}/{file}: GELU fused in every layer ({gelus})");
+    assert!(count("Attention") >= 2, "{model}/{file}: attention blocks annotated");
     let mut sets: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
