@@ -91,7 +91,7 @@ fn gelu_tanh_form_with_pow_and_with_products() {
         let k1 = c(&mut g, 0.044715);
         let m2 = node(&mut g, Op::Mul, &[cube, k1]);
         let inner = node(&mut g, Op::Add, &[x, m2]);
-        let k2 = c(&mut g, 0.7978845608);
+        let k2 = c(&mut g, 0.797_884_6);
         let m3 = node(&mut g, Op::Mul, &[inner, k2]);
         let t = node(&mut g, Op::Tanh, &[m3]);
         let one = c(&mut g, 1.0);
