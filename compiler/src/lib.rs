@@ -9,3 +9,4 @@ pub mod frontend;
 pub mod ir;
 pub mod npy;
 pub mod passes;
+pub mod weights;

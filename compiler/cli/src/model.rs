@@ -1,0 +1,154 @@
+//! Loading a model from a file: ONNX (imported, patterns recognised) or DSL.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::Path;
+use veil_compiler::dsl::{lower_model, stdlib_loader, WeightSource};
+use veil_compiler::frontend::onnx::{import_file, ImportOptions};
+use veil_compiler::ir::{Graph, Tensor, TensorType};
+
+/// Options shared by every command that reads a model.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ModelArgs {
+    /// Binds every symbolic dimension whose name contains "seq" (ONNX inputs).
+    #[arg(long, value_name = "N")]
+    pub seq: Option<usize>,
+    /// Binds every symbolic dimension whose name contains "batch" (default 1).
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
+    /// Binds a symbolic dimension by name; repeatable.
+    #[arg(long = "dim", value_name = "NAME=VALUE", value_parser = parse_dim)]
+    pub dims: Vec<(String, usize)>,
+    /// The model to use from a DSL file that defines several.
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
+    /// Parameters of a DSL model from a safetensors file (by name).
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub weights: Option<std::path::PathBuf>,
+    /// Parameters of a DSL model drawn at random from this seed (N(0, 0.02) matrices,
+    /// layer-norm scales 1 + N(0, 0.1), biases N(0, 0.05)).
+    #[arg(long, value_name = "SEED")]
+    pub random_weights: Option<u64>,
+}
+
+fn parse_dim(s: &str) -> std::result::Result<(String, usize), String> {
+    let (n, v) = s.split_once('=').ok_or_else(|| format!("expected NAME=VALUE, got `{s}`"))?;
+    let v = v.parse().map_err(|_| format!("`{v}` is not a dimension size"))?;
+    Ok((n.to_string(), v))
+}
+
+/// A model ready for the reference evaluator or the compiler.
+pub struct Loaded {
+    /// The graph.
+    pub graph: Graph,
+    /// Parameters a DSL model declared `public`.
+    #[allow(dead_code, reason = "used by compile (public weights)")]
+    pub public_params: Vec<String>,
+}
+
+/// Reads `path` as ONNX (`.onnx`) or DSL (`.veil`).
+pub fn load(path: &Path, args: &ModelArgs) -> Result<Loaded> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("veil") => load_dsl(path, args),
+        Some("onnx") | None => {
+            let opts = ImportOptions {
+                seq: args.seq,
+                batch: args.batch,
+                dims: args.dims.clone(),
+                ..ImportOptions::default()
+            };
+            let mut graph = import_file(path, &opts)?;
+            veil_compiler::passes::run(&mut graph, &mut veil_compiler::passes::import_pipeline())?;
+            Ok(Loaded { graph, public_params: Vec::new() })
+        }
+        Some(ext) => {
+            bail!("{}: unknown model format `.{ext}` (expected .onnx or .veil)", path.display())
+        }
+    }
+}
+
+fn load_dsl(path: &Path, args: &ModelArgs) -> Result<Loaded> {
+    let mut loader = stdlib_loader();
+    loader.load_path(&path.display().to_string())?;
+    let names = loader.model_names();
+    let name = match (&args.model, names.as_slice()) {
+        (Some(n), _) => n.clone(),
+        (None, [only]) => only.clone(),
+        (None, []) => bail!("{}: defines no model", path.display()),
+        (None, many) => bail!(
+            "{}: defines several models ({}); choose one with --model",
+            path.display(),
+            many.join(", ")
+        ),
+    };
+    let mut source: Box<dyn WeightSource> = match (&args.weights, args.random_weights) {
+        (Some(f), None) => Box::new(veil_compiler::weights::SafetensorsSource::open(f)?),
+        (None, Some(seed)) => Box::new(veil_compiler::weights::RandomSource::new(seed)),
+        (None, None) => bail!("a DSL model needs its parameters: pass --weights FILE.safetensors or --random-weights SEED"),
+        (Some(_), Some(_)) => bail!("--weights and --random-weights exclude each other"),
+    };
+    let m = lower_model(&loader, &name, source.as_mut())?;
+    let mut graph = m.graph;
+    veil_compiler::passes::run(&mut graph, &mut veil_compiler::passes::import_pipeline())?;
+    Ok(Loaded { graph, public_params: m.public_params })
+}
+
+/// The type a graph input needs, for messages.
+pub fn describe(t: &TensorType) -> String {
+    t.to_string()
+}
+
+/// Checks a tensor read from a file against the input it is for.
+pub fn check_input(name: &str, file: &Path, t: &Tensor, want: &TensorType) -> Result<()> {
+    if t.ty() != *want {
+        bail!(
+            "input `{name}`: {} holds {}, the model needs {} (convert with numpy: arr.astype(...).reshape(...))",
+            file.display(),
+            t.ty(),
+            describe(want)
+        );
+    }
+    Ok(())
+}
+
+/// Parses `NAME=FILE` pairs.
+pub fn parse_assignment(s: &str) -> std::result::Result<(String, std::path::PathBuf), String> {
+    let (n, f) = s.split_once('=').ok_or_else(|| format!("expected NAME=FILE.npy, got `{s}`"))?;
+    if n.is_empty() || f.is_empty() {
+        return Err(format!("expected NAME=FILE.npy, got `{s}`"));
+    }
+    Ok((n.to_string(), f.into()))
+}
+
+/// Reads the `--input NAME=FILE.npy` tensors for the graph's inputs: every input must be
+/// given, with the right dtype and shape, and no unknown name.
+pub fn read_inputs(
+    g: &Graph,
+    given: &[(String, std::path::PathBuf)],
+) -> Result<std::collections::HashMap<String, Tensor>> {
+    let mut out = std::collections::HashMap::new();
+    for (name, file) in given {
+        let Some(&v) = g.inputs.iter().find(|&&v| g.values[v].name == *name) else {
+            let names: Vec<&str> = g.inputs.iter().map(|&v| g.values[v].name.as_str()).collect();
+            bail!("the model has no input `{name}` (inputs: {})", names.join(", "));
+        };
+        let t =
+            veil_compiler::npy::read(file).with_context(|| format!("reading input `{name}`"))?;
+        check_input(name, file, &t, g.ty(v))?;
+        out.insert(name.clone(), t);
+    }
+    let missing: Vec<String> = g
+        .inputs
+        .iter()
+        .filter(|&&v| !out.contains_key(&g.values[v].name))
+        .map(|&v| format!("{} ({})", g.values[v].name, g.ty(v)))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "missing input{}: {} — pass --input NAME=FILE.npy for each",
+            if missing.len() > 1 { "s" } else { "" },
+            missing.join(", ")
+        );
+    }
+    Ok(out)
+}

@@ -1,0 +1,160 @@
+//! The `veil` binary: help, success paths, and every bad input ending in a clear message and
+//! exit code 1 (never a panic).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use veil_compiler::ir::Tensor;
+
+const BERT: &str = "tests/fixtures/models/bert-tiny-random/model.dynamo_opset17.onnx";
+const DATA: &str = "tests/fixtures/models/bert-tiny-random/test_data_set_0";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn veil(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("veil runs")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("veil-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Asserts a clean failure: exit code 1, the message in stderr, no panic.
+fn fails_with(out: &Output, msg: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains(msg), "expected `{msg}` in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn inputs() -> Vec<String> {
+    ["input_ids", "attention_mask", "token_type_ids"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{n}={DATA}/input_{i}.npy"))
+        .collect()
+}
+
+fn eval_with(inputs: &[String]) -> Output {
+    let mut args = vec!["eval", BERT];
+    for i in inputs {
+        args.push("--input");
+        args.push(i);
+    }
+    veil(&args)
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = veil(&["--help"]);
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for c in ["inspect", "eval", "export-weights"] {
+        assert!(s.contains(c), "{s}");
+    }
+}
+
+#[test]
+fn eval_writes_outputs() {
+    let dir = tmp("eval");
+    let mut args = vec![
+        "eval".to_string(),
+        BERT.to_string(),
+        "--output".to_string(),
+        dir.display().to_string(),
+    ];
+    for i in inputs() {
+        args.push("--input".into());
+        args.push(i);
+    }
+    let out = veil(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = veil_compiler::npy::read(&dir.join("last_hidden_state.npy")).unwrap();
+    let want = veil_compiler::npy::read(&root().join(DATA).join("output_0.npy")).unwrap();
+    let err =
+        got.to_f64_vec().iter().zip(want.to_f64_vec()).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err < 1e-4, "{err}");
+}
+
+#[test]
+fn an_input_of_the_wrong_shape() {
+    let dir = tmp("shape");
+    let f = dir.join("ids.npy");
+    veil_compiler::npy::write(&f, &Tensor::i64(vec![1, 64], vec![1; 64])).unwrap();
+    let mut i = inputs();
+    i[0] = format!("input_ids={}", f.display());
+    fails_with(&eval_with(&i), "holds i64[1,64], the model needs i64[1,128]");
+}
+
+#[test]
+fn an_input_of_the_wrong_dtype() {
+    let dir = tmp("dtype");
+    let f = dir.join("ids.npy");
+    veil_compiler::npy::write(&f, &Tensor::f32(vec![1, 128], vec![1.0; 128])).unwrap();
+    let mut i = inputs();
+    i[0] = format!("input_ids={}", f.display());
+    fails_with(&eval_with(&i), "holds f32[1,128], the model needs i64[1,128]");
+}
+
+#[test]
+fn a_missing_input() {
+    let i = inputs();
+    fails_with(&eval_with(&i[..2]), "missing input: token_type_ids (i64[1,128])");
+}
+
+#[test]
+fn an_unknown_input_and_a_missing_file() {
+    let mut i = inputs();
+    i.push("nope=x.npy".into());
+    fails_with(&eval_with(&i), "the model has no input `nope`");
+    let mut i = inputs();
+    i[1] = "attention_mask=does/not/exist.npy".into();
+    fails_with(&eval_with(&i), "does/not/exist.npy");
+}
+
+#[test]
+fn a_corrupt_model_file() {
+    let dir = tmp("corrupt");
+    let bytes = std::fs::read(root().join(BERT)).unwrap();
+    let f = dir.join("cut.onnx");
+    std::fs::write(&f, &bytes[..bytes.len() / 3]).unwrap();
+    fails_with(&veil(&["inspect", f.to_str().unwrap()]), "is not a valid ONNX model");
+    fails_with(&veil(&["inspect", "no/such/model.onnx"]), "cannot read no/such/model.onnx");
+}
+
+#[test]
+fn an_unbound_dimension() {
+    fails_with(
+        &veil(&[
+            "inspect",
+            "tests/fixtures/models/bert-tiny-random/model.torchscript_opset17_dynamic.onnx",
+        ]),
+        "bind it with --seq N",
+    );
+    assert!(veil(&[
+        "inspect",
+        "tests/fixtures/models/bert-tiny-random/model.torchscript_opset17_dynamic.onnx",
+        "--seq",
+        "128"
+    ])
+    .status
+    .success());
+}
+
+#[test]
+fn export_weights_round_trips_through_safetensors() {
+    let dir = tmp("export");
+    let f = dir.join("w.safetensors");
+    let out = veil(&["export-weights", BERT, "-o", f.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let src = veil_compiler::weights::SafetensorsSource::open(&f).unwrap();
+    assert_eq!(src.names().len(), 37);
+    assert_eq!(src.tensor("val_49").unwrap().shape, vec![128, 128]);
+}

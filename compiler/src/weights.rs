@@ -1,0 +1,234 @@
+//! Model parameters from files: safetensors in and out, and seeded random parameters for
+//! benchmarks at any size.
+
+use crate::dsl::WeightSource;
+use crate::ir::{DType, Data, Tensor, TensorType};
+use std::path::Path;
+
+/// Why a weights file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    /// I/O failure.
+    #[error("{path}: {source}")]
+    Io {
+        /// Path.
+        path: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Not a valid safetensors file, or a tensor of an unsupported type.
+    #[error("{path}: {msg}")]
+    Format {
+        /// Path.
+        path: String,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+fn st_dtype(d: DType) -> safetensors::Dtype {
+    use safetensors::Dtype as S;
+    match d {
+        DType::F32 => S::F32,
+        DType::F64 => S::F64,
+        DType::F16 => S::F16,
+        DType::BF16 => S::BF16,
+        DType::I8 => S::I8,
+        DType::I16 => S::I16,
+        DType::I32 => S::I32,
+        DType::I64 => S::I64,
+        DType::U8 => S::U8,
+        DType::U16 => S::U16,
+        DType::U32 => S::U32,
+        DType::U64 => S::U64,
+        DType::Bool => S::BOOL,
+    }
+}
+
+/// Parameters read from a safetensors file.
+pub struct SafetensorsSource {
+    path: String,
+    bytes: Vec<u8>,
+}
+
+impl SafetensorsSource {
+    /// Opens and checks a safetensors file.
+    pub fn open(path: &Path) -> Result<SafetensorsSource, WeightsError> {
+        let p = path.display().to_string();
+        let bytes =
+            std::fs::read(path).map_err(|e| WeightsError::Io { path: p.clone(), source: e })?;
+        safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| WeightsError::Format { path: p.clone(), msg: e.to_string() })?;
+        Ok(SafetensorsSource { path: p, bytes })
+    }
+
+    /// Every tensor name in the file, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let st = safetensors::SafeTensors::deserialize(&self.bytes).expect("checked when opened");
+        let mut v: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    /// One tensor by name.
+    pub fn tensor(&self, name: &str) -> Result<Tensor, String> {
+        let st = safetensors::SafeTensors::deserialize(&self.bytes).expect("checked when opened");
+        let view = st.tensor(name).map_err(|_| format!("not in {}", self.path))?;
+        let shape = view.shape().to_vec();
+        let data = view.data();
+        use safetensors::Dtype as S;
+        let d = match view.dtype() {
+            S::F32 => Data::F32(
+                data.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
+                    .collect(),
+            ),
+            S::F16 => Data::F32(
+                data.chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            ),
+            S::BF16 => Data::F32(
+                data.chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            ),
+            S::F64 => Data::F64(
+                data.chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().expect("8")))
+                    .collect(),
+            ),
+            S::I64 => Data::I64(
+                data.chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8")))
+                    .collect(),
+            ),
+            S::I32 => Data::I64(
+                data.chunks_exact(4)
+                    .map(|c| i32::from_le_bytes(c.try_into().expect("4")) as i64)
+                    .collect(),
+            ),
+            S::BOOL => Data::Bool(data.iter().map(|&b| b != 0).collect()),
+            other => return Err(format!("has element type {other:?}, which veil does not read")),
+        };
+        let dtype = match view.dtype() {
+            S::F32 => DType::F32,
+            S::F16 => DType::F16,
+            S::BF16 => DType::BF16,
+            S::F64 => DType::F64,
+            S::I64 => DType::I64,
+            S::I32 => DType::I32,
+            _ => DType::Bool,
+        };
+        Ok(Tensor { dtype, shape, data: d })
+    }
+}
+
+impl WeightSource for SafetensorsSource {
+    fn get(&mut self, key: &str, ty: &TensorType) -> Result<Tensor, String> {
+        let t = self.tensor(key)?;
+        if t.shape != ty.shape {
+            return Err(format!(
+                "{} holds shape {:?}, the model declares {ty}",
+                self.path, t.shape
+            ));
+        }
+        if t.dtype.is_float() && ty.dtype == DType::F32 && t.dtype != DType::F32 {
+            return Ok(Tensor { dtype: DType::F32, ..t });
+        }
+        if t.dtype != ty.dtype {
+            return Err(format!("{} holds {}, the model declares {ty}", self.path, t.dtype));
+        }
+        Ok(t)
+    }
+}
+
+/// Deterministic random parameters with realistic scales: matrices N(0, 0.02), vectors whose
+/// name says they scale a normalisation (`ln`, `norm`, `gamma`, `.weight` of a vector) 1 + N(0, 0.1),
+/// other vectors (biases) N(0, 0.05). Each tensor's values depend only on the seed and its name,
+/// so adding a parameter does not change the others.
+pub struct RandomSource {
+    seed: u64,
+}
+
+impl RandomSource {
+    /// Parameters drawn from `seed`.
+    pub fn new(seed: u64) -> RandomSource {
+        RandomSource { seed }
+    }
+}
+
+/// SplitMix64: a small, well-mixed generator for reproducible test data.
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A standard normal sample (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        let v = ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+}
+
+fn name_hash(s: &str) -> u64 {
+    s.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01B3))
+}
+
+impl WeightSource for RandomSource {
+    fn get(&mut self, key: &str, ty: &TensorType) -> Result<Tensor, String> {
+        let mut r = SplitMix(self.seed ^ name_hash(key));
+        let n = ty.numel();
+        let lower = key.to_lowercase();
+        let is_scale = ty.rank() == 1
+            && (lower.contains("ln")
+                || lower.contains("norm")
+                || lower.contains("gamma")
+                || lower.ends_with(".g"));
+        let (mean, sd) = if ty.rank() >= 2 {
+            (0.0, 0.02)
+        } else if is_scale {
+            (1.0, 0.1)
+        } else {
+            (0.0, 0.05)
+        };
+        let v: Vec<f64> = (0..n).map(|_| mean + sd * r.normal()).collect();
+        Ok(crate::eval::from_f64s(ty.dtype, ty.shape.clone(), v))
+    }
+}
+
+/// Writes tensors to a safetensors file atomically.
+pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), WeightsError> {
+    let p = path.display().to_string();
+    let bufs: Vec<(String, Vec<u8>, &Tensor)> = tensors
+        .iter()
+        .map(|(n, t)| {
+            let proto = crate::frontend::onnx::tensor::to_proto(n, t);
+            (n.clone(), proto.raw_data.unwrap_or_default(), t)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = bufs
+        .iter()
+        .map(|(n, b, t)| {
+            let v = safetensors::tensor::TensorView::new(st_dtype(t.dtype), t.shape.clone(), b)
+                .map_err(|e| WeightsError::Format {
+                    path: p.clone(),
+                    msg: format!("tensor `{n}`: {e}"),
+                })?;
+            Ok((n.clone(), v))
+        })
+        .collect::<Result<_, WeightsError>>()?;
+    let bytes = safetensors::tensor::serialize(views, None)
+        .map_err(|e| WeightsError::Format { path: p.clone(), msg: e.to_string() })?;
+    let tmp = path.with_extension("safetensors.partial");
+    std::fs::write(&tmp, bytes).map_err(|e| WeightsError::Io { path: p.clone(), source: e })?;
+    std::fs::rename(&tmp, path).map_err(|e| WeightsError::Io { path: p, source: e })
+}
