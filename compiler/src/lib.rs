@@ -3,6 +3,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod compile;
 pub mod dsl;
 pub mod eval;
 pub mod frontend;

@@ -62,6 +62,14 @@ impl SafetensorsSource {
         Ok(SafetensorsSource { path: p, bytes })
     }
 
+    /// The file's string metadata (empty when it has none).
+    pub fn metadata(&self) -> std::collections::HashMap<String, String> {
+        safetensors::SafeTensors::read_metadata(&self.bytes)
+            .ok()
+            .and_then(|(_, m)| m.metadata().clone())
+            .unwrap_or_default()
+    }
+
     /// Every tensor name in the file, sorted.
     pub fn names(&self) -> Vec<String> {
         let st = safetensors::SafeTensors::deserialize(&self.bytes).expect("checked when opened");
@@ -207,6 +215,15 @@ impl WeightSource for RandomSource {
 
 /// Writes tensors to a safetensors file atomically.
 pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<(), WeightsError> {
+    write_safetensors_with(path, tensors, None)
+}
+
+/// Writes tensors and string metadata to a safetensors file atomically.
+pub fn write_safetensors_with(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<(), WeightsError> {
     let p = path.display().to_string();
     let bufs: Vec<(String, Vec<u8>, &Tensor)> = tensors
         .iter()
@@ -226,7 +243,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)]) -> Result<()
             Ok((n.clone(), v))
         })
         .collect::<Result<_, WeightsError>>()?;
-    let bytes = safetensors::tensor::serialize(views, None)
+    let bytes = safetensors::tensor::serialize(views, metadata)
         .map_err(|e| WeightsError::Format { path: p.clone(), msg: e.to_string() })?;
     let tmp = path.with_extension("safetensors.partial");
     std::fs::write(&tmp, bytes).map_err(|e| WeightsError::Io { path: p.clone(), source: e })?;

@@ -6,7 +6,9 @@ use std::fmt;
 ///
 /// Every ONNX type a transformer export uses is here; 8-bit floats, 4-bit and 2-bit integers,
 /// strings and complex numbers are rejected at import with a named reason.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum DType {
     /// IEEE binary32.
     F32,
@@ -174,7 +176,7 @@ impl fmt::Display for DType {
 }
 
 /// A static tensor type: element type and fully known shape.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct TensorType {
     /// Element type.
     pub dtype: DType,

@@ -9,17 +9,21 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 /// A tensor value in a [`Graph`].
-#[derive(Copy, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Copy, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Value(u32);
 entity_impl!(Value, "v");
 
 /// An operator application in a [`Graph`].
-#[derive(Copy, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Copy, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Node(u32);
 entity_impl!(Node, "n");
 
 /// Where a value comes from.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub enum ValueDef {
     /// A graph input, supplied at run time (by the client in MPC).
     Input,
@@ -33,7 +37,7 @@ pub enum ValueDef {
 }
 
 /// A value's name, static type and definition.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ValueData {
     /// Unique within the graph (the ONNX tensor name where there is one).
     pub name: String,
@@ -44,7 +48,7 @@ pub struct ValueData {
 }
 
 /// One node: an operator applied to values, defining one result value.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct NodeData {
     /// Source name (ONNX node name or DSL binding); nodes made by an expansion get `.suffix`es.
     pub name: String,
@@ -57,7 +61,7 @@ pub struct NodeData {
 }
 
 /// A recognised multi-node structure, recorded for the dump and for later passes.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum PatternKind {
     /// A GELU subgraph fused into one `gelu` node.
     Gelu(GeluApprox),
@@ -81,7 +85,7 @@ pub enum PatternKind {
 }
 
 /// A recognised pattern: what, where (the pattern's result value), and how many nodes it spans.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Pattern {
     /// What was recognised.
     pub kind: PatternKind,
@@ -92,7 +96,7 @@ pub struct Pattern {
 }
 
 /// A static-shape tensor graph.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Graph {
     /// Model name.
     pub name: String,

@@ -9,7 +9,7 @@ use super::dtype::DType;
 use std::fmt::{self, Write as _};
 
 /// Which formula a GELU uses.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum GeluApprox {
     /// `x/2 · (1 + erf(x/√2))` (PyTorch `gelu`, ONNX `Gelu` approximate="none").
     Erf,
@@ -21,7 +21,7 @@ pub enum GeluApprox {
 ///
 /// Elementwise binary operators broadcast their two arguments numpy-style. Axes stored in
 /// attributes are normalised (non-negative, in range) at construction.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Op {
     /// `a + b`.
     Add,

@@ -4,7 +4,7 @@ use super::dtype::{DType, TensorType};
 
 /// Element storage. Narrow floats are held as f32, every integer type as i64 (u64 by bit
 /// pattern), so the evaluator needs one kernel per storage class, not per dtype.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Data {
     /// f32, f16 and bf16 values.
     F32(Vec<f32>),
@@ -34,7 +34,7 @@ impl Data {
 }
 
 /// A dense, row-major tensor with a static shape.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Tensor {
     /// Element type (determines how `data` is interpreted).
     pub dtype: DType,

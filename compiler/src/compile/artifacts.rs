@@ -1,0 +1,191 @@
+//! The files of a compiled model, split by who may see them.
+//!
+//! `model.vbc` — the program: public, held by client, server and dealer.
+//! `model.client` — the client's part: its plaintext graph over public data (no weight of the
+//! server's), bound to the program by its hash.
+//! `model.server.safetensors` — the server's weights as the program declares them, bound to the
+//! program by its hash in the safetensors metadata. Never given to the client.
+//!
+//! All three are written under temporary names and renamed at the end, so a failed compile
+//! leaves nothing half-written.
+
+use super::{ClientPart, Compiled};
+use crate::ir::Tensor;
+use crate::weights::{write_safetensors_with, SafetensorsSource};
+use std::path::{Path, PathBuf};
+use veil_isa::Program;
+
+const CLIENT_MAGIC: &[u8; 8] = b"VEILCLT\0";
+const CLIENT_VERSION: u32 = 1;
+const HASH_KEY: &str = "veil_program_sha256";
+
+/// Why an artifact could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// I/O failure.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: String,
+        /// OS error.
+        source: std::io::Error,
+    },
+    /// Not the expected kind of file, or damaged.
+    #[error("{path}: {msg}")]
+    Format {
+        /// File.
+        path: String,
+        /// What is wrong.
+        msg: String,
+    },
+    /// The file belongs to another program.
+    #[error("{path} was compiled with another program than {program} (program hash {want}, file says {got}); use the files of one `veil compile`")]
+    Mismatch {
+        /// File.
+        path: String,
+        /// The program file.
+        program: String,
+        /// Hash of the program.
+        want: String,
+        /// Hash the file records.
+        got: String,
+    },
+}
+
+/// The three paths of a compiled model named by its program path.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    /// The program (`.vbc`).
+    pub program: PathBuf,
+    /// The client's part.
+    pub client: PathBuf,
+    /// The server's weights.
+    pub server: PathBuf,
+}
+
+/// `model.vbc` → `model.vbc`, `model.client`, `model.server.safetensors`.
+pub fn paths(program: &Path) -> Paths {
+    Paths {
+        program: program.to_path_buf(),
+        client: program.with_extension("client"),
+        server: program.with_extension("server.safetensors"),
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
+    move |source| ArtifactError::Io { path: path.display().to_string(), source }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn partial(p: &Path) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(".partial");
+    PathBuf::from(s)
+}
+
+/// Writes the three files of `c` for program path `out`.
+pub fn write(c: &Compiled, out: &Path) -> Result<Paths, ArtifactError> {
+    let p = paths(out);
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let tmp = [partial(&p.program), partial(&p.client), partial(&p.server)];
+    let result = (|| {
+        std::fs::write(&tmp[0], c.program.to_bytes()).map_err(io(&tmp[0]))?;
+        std::fs::write(&tmp[1], client_bytes(&c.client)).map_err(io(&tmp[1]))?;
+        let meta = [(HASH_KEY.to_string(), hex(&c.program.hash()))].into_iter().collect();
+        write_safetensors_with(&tmp[2], &c.server_weights, Some(meta)).map_err(|e| {
+            ArtifactError::Format { path: tmp[2].display().to_string(), msg: e.to_string() }
+        })?;
+        // write_safetensors_with renames its own temporary into tmp[2].
+        for (t, f) in tmp.iter().zip([&p.program, &p.client, &p.server]) {
+            std::fs::rename(t, f).map_err(io(f))?;
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for t in &tmp {
+            let _ = std::fs::remove_file(t);
+        }
+    }
+    result.map(|()| p)
+}
+
+fn client_bytes(c: &ClientPart) -> Vec<u8> {
+    let mut out = CLIENT_MAGIC.to_vec();
+    out.extend_from_slice(&CLIENT_VERSION.to_le_bytes());
+    out.extend(postcard::to_stdvec(c).expect("the client part serialises"));
+    out
+}
+
+/// Reads a program file.
+pub fn read_program(path: &Path) -> Result<Program, ArtifactError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    Program::from_bytes(&bytes)
+        .map_err(|e| ArtifactError::Format { path: path.display().to_string(), msg: e.to_string() })
+}
+
+/// Reads the client's part and checks that it belongs to `program`.
+pub fn read_client(
+    path: &Path,
+    program: &Program,
+    program_path: &Path,
+) -> Result<ClientPart, ArtifactError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let fmt = |msg: String| ArtifactError::Format { path: path.display().to_string(), msg };
+    if bytes.len() < 12 || &bytes[..8] != CLIENT_MAGIC {
+        return Err(
+            fmt("not a veil client file (written by `veil compile` as NAME.client)".into()),
+        );
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != CLIENT_VERSION {
+        return Err(fmt(format!(
+            "client file format version {version}, this veil reads {CLIENT_VERSION}"
+        )));
+    }
+    let c: ClientPart =
+        postcard::from_bytes(&bytes[12..]).map_err(|e| fmt(format!("damaged: {e}")))?;
+    if c.program_hash != program.hash() {
+        return Err(ArtifactError::Mismatch {
+            path: path.display().to_string(),
+            program: program_path.display().to_string(),
+            want: hex(&program.hash()),
+            got: hex(&c.program_hash),
+        });
+    }
+    crate::ir::verify::verify(&c.graph).map_err(|e| fmt(format!("invalid graph: {e:?}")))?;
+    Ok(c)
+}
+
+/// Reads the server's weights and checks that they belong to `program`.
+pub fn read_server(
+    path: &Path,
+    program: &Program,
+    program_path: &Path,
+) -> Result<Vec<(String, Tensor)>, ArtifactError> {
+    let fmt = |msg: String| ArtifactError::Format { path: path.display().to_string(), msg };
+    let src = SafetensorsSource::open(path).map_err(|e| fmt(e.to_string()))?;
+    let got = src.metadata().get(HASH_KEY).cloned().unwrap_or_default();
+    let want = hex(&program.hash());
+    if got != want {
+        return Err(ArtifactError::Mismatch {
+            path: path.display().to_string(),
+            program: program_path.display().to_string(),
+            want,
+            got: if got.is_empty() { "nothing".into() } else { got },
+        });
+    }
+    let mut out = Vec::new();
+    for w in &program.weights {
+        if w.party != veil_isa::Party::Server {
+            continue;
+        }
+        let t = src.tensor(&w.name).map_err(|m| fmt(format!("weight `{}`: {m}", w.name)))?;
+        out.push((w.name.clone(), t));
+    }
+    Ok(out)
+}

@@ -1,0 +1,72 @@
+//! The client's side around the program: its plaintext preprocessing (evaluating its graph
+//! on the model inputs to get the program's inputs) and the assembly of the model's outputs.
+
+use super::{ClientPart, OutputSource};
+use crate::ir::{Data, Tensor};
+use std::collections::HashMap;
+
+/// Program inputs (name, tensor) and the client graph's own outputs.
+pub type Preprocessed = (Vec<(String, Tensor)>, Vec<Tensor>);
+
+/// Evaluates the client's graph. Returns the program inputs (name, tensor: f32 or i64 data)
+/// and the client graph's own outputs (indexed as in [`OutputSource::Client`]).
+pub fn preprocess(
+    c: &ClientPart,
+    inputs: &HashMap<String, Tensor>,
+) -> Result<Preprocessed, String> {
+    let outs = crate::eval::run(&c.graph, inputs).map_err(|e| e.to_string())?;
+    let mut feeds = Vec::new();
+    for (name, t) in c.feeds.iter().zip(&outs) {
+        feeds.push((name.clone(), encode_feed(name, t, c.mask_value)?));
+    }
+    Ok((feeds, outs))
+}
+
+/// A feed as the VM takes it: reals as f32 (huge negative additive-mask entries replaced by
+/// the finite mask value, as the compiler did for constants), integers and booleans as i64.
+fn encode_feed(name: &str, t: &Tensor, mask_value: f32) -> Result<Tensor, String> {
+    Ok(match &t.data {
+        Data::F32(v) => {
+            let mut out = Vec::with_capacity(v.len());
+            for &x in v {
+                if !x.is_finite() && !(x == f32::NEG_INFINITY) {
+                    return Err(format!("program input `{name}` has a non-finite value ({x})"));
+                }
+                out.push(if x <= -1e9 { mask_value } else { x });
+            }
+            Tensor::f32(t.shape.clone(), out)
+        }
+        Data::F64(v) => Tensor::f32(
+            t.shape.clone(),
+            v.iter().map(|&x| if x <= -1e9 { mask_value } else { x as f32 }).collect(),
+        ),
+        Data::I64(v) => Tensor::i64(t.shape.clone(), v.clone()),
+        Data::Bool(v) => Tensor::i64(t.shape.clone(), v.iter().map(|&b| b as i64).collect()),
+    })
+}
+
+/// The model's outputs in order, from the program's revealed outputs (name, shape, values) and
+/// the client graph's own outputs.
+pub fn assemble(
+    c: &ClientPart,
+    revealed: &[(String, Vec<usize>, Vec<f64>)],
+    own: &[Tensor],
+) -> Result<Vec<(String, Tensor)>, String> {
+    let mut out = Vec::new();
+    for (name, src) in &c.outputs {
+        let t = match src {
+            OutputSource::Program(p) => {
+                let (_, shape, data) = revealed
+                    .iter()
+                    .find(|(n, _, _)| n == p)
+                    .ok_or_else(|| format!("the program revealed no output `{p}`"))?;
+                Tensor::f32(shape.clone(), data.iter().map(|&x| x as f32).collect())
+            }
+            OutputSource::Client(i) => {
+                own.get(*i).cloned().ok_or_else(|| format!("the client graph has no output {i}"))?
+            }
+        };
+        out.push((name.clone(), t));
+    }
+    Ok(out)
+}

@@ -1,0 +1,78 @@
+//! Public folding: a node whose arguments are all public is computed at compile time and
+//! becomes a constant, so the lowering only ever sees constants, private values and shares.
+
+use crate::backend::partition::{Partition, Vis};
+use crate::ir::{Graph, ValueDef};
+use std::sync::Arc;
+
+/// Replaces every public node result by a constant.
+pub fn fold_public(g: &mut Graph, part: &Partition) -> Result<(), String> {
+    let order = g.order.clone();
+    let mut keep = Vec::with_capacity(order.len());
+    for n in order {
+        let nd = &g.nodes[n];
+        if part.vis[nd.result] != Vis::Public {
+            keep.push(n);
+            continue;
+        }
+        let mut args = Vec::new();
+        for &a in &nd.args {
+            match g.const_data(a) {
+                Some(t) => args.push(t.clone()),
+                None => {
+                    return Err(format!(
+                        "public node `{}` reads `{}`, which is not a constant",
+                        nd.name, g.values[a].name
+                    ))
+                }
+            }
+        }
+        let refs: Vec<&crate::ir::Tensor> = args.iter().collect();
+        let ty = g.values[nd.result].ty.clone();
+        let t = crate::eval::eval_op(&nd.op, &refs, &ty)
+            .map_err(|e| format!("folding public node `{}`: {e}", nd.name))?;
+        let r = nd.result;
+        g.values[r].def = ValueDef::Const(Arc::new(t));
+    }
+    g.order = keep;
+    Ok(())
+}
+
+/// `a / b` with `a` secret and `b` known to one party (or public): that party computes `1/b`
+/// in the clear and the division becomes a product (mean pooling's division by the token
+/// count, which the client knows).
+pub fn divisions_to_products(g: &mut Graph, part: &Partition) -> Result<usize, String> {
+    let order = g.order.clone();
+    let mut changed = 0;
+    for n in order {
+        let nd = g.nodes[n].clone();
+        if !matches!(nd.op, crate::ir::Op::Div)
+            || part.vis[nd.result] != Vis::Shared
+            || part.vis[nd.args[1]] == Vis::Shared
+            || !g.ty(nd.args[1]).dtype.is_float()
+        {
+            continue;
+        }
+        let one = g.add_const(
+            &format!("{}.one", nd.name),
+            crate::ir::Tensor {
+                dtype: g.ty(nd.args[1]).dtype,
+                ..crate::ir::Tensor::scalar_f32(1.0)
+            },
+        );
+        let before = g.order.len();
+        let r = g.add_node(
+            &format!("{}.reciprocal", nd.name),
+            crate::ir::Op::Div,
+            &[one, nd.args[1]],
+            &format!("{}.reciprocal", g.values[nd.result].name),
+        )?;
+        let new: Vec<_> = g.order.drain(before..).collect();
+        let pos = g.order.iter().position(|&m| m == n).expect("the node is in the order");
+        g.order.splice(pos..pos, new);
+        g.nodes[n].op = crate::ir::Op::Mul;
+        g.nodes[n].args[1] = r;
+        changed += 1;
+    }
+    Ok(changed)
+}

@@ -1,0 +1,234 @@
+//! The compile driver: a model graph in, a two-party program and each party's share of the
+//! artifacts out.
+//!
+//! partition → nonlinear lowering (stdlib approximations) → partition again → public folding
+//! → bytecode lowering → the client's plaintext graph and the server's derived weights.
+//! [`artifacts`] writes and reads the three files a compile produces.
+
+pub mod artifacts;
+pub mod client_run;
+mod fold;
+
+use crate::backend::client::client_graph;
+use crate::backend::lower::{lower, ClientFeed, LowerOptions};
+use crate::backend::nonlinear::{lower_nonlinear, Approximation, NonlinearOptions};
+use crate::backend::partition::{analyze, Partition, Vis};
+use crate::ir::{Graph, Tensor, Value};
+use serde::{Deserialize, Serialize};
+use veil_isa::Program;
+
+/// Why a compile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// Nonlinear lowering failed (names the node).
+    #[error("model `{model}`: {msg}")]
+    Nonlinear {
+        /// Model name.
+        model: String,
+        /// What failed.
+        msg: String,
+    },
+    /// Bytecode lowering failed.
+    #[error("model `{model}`: {source}")]
+    Lower {
+        /// Model name.
+        model: String,
+        /// The lowering error (names the node).
+        source: crate::backend::lower::LowerError,
+    },
+    /// A value the server derives from its weights could not be computed.
+    #[error("model `{model}`: computing `{value}` from the server's weights: {msg}")]
+    ServerValue {
+        /// Model name.
+        model: String,
+        /// The value.
+        value: String,
+        /// What failed.
+        msg: String,
+    },
+    /// The client's plaintext part could not be built.
+    #[error("model `{model}`: the client's part: {msg}")]
+    Client {
+        /// Model name.
+        model: String,
+        /// What failed.
+        msg: String,
+    },
+    /// The produced program is invalid (a compiler bug).
+    #[error("model `{model}`: the compiled program is invalid: {source}")]
+    Invalid {
+        /// Model name.
+        model: String,
+        /// The validator's complaint.
+        source: veil_isa::validate::ValidateError,
+    },
+}
+
+/// Compile options.
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    /// Fixed-point fractional bits.
+    pub frac_bits: u8,
+    /// Nonlinear lowering options.
+    pub nonlinear: NonlinearOptions,
+    /// Free-form metadata written into the program (source path, sequence length, ...).
+    pub meta: Vec<(String, String)>,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions { frac_bits: 16, nonlinear: NonlinearOptions::default(), meta: Vec::new() }
+    }
+}
+
+/// Where one model output comes from at the client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum OutputSource {
+    /// Revealed to the client by the program (program output of this name).
+    Program(String),
+    /// Computed by the client alone: this output of the client graph.
+    Client(usize),
+}
+
+/// Everything the client needs besides the program: its plaintext graph (only public data
+/// and its own inputs), which program inputs it feeds, and how to assemble model outputs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClientPart {
+    /// SHA-256 of the program this part belongs to.
+    pub program_hash: [u8; 32],
+    /// The client's graph: the model's inputs in, program feeds then own outputs out.
+    pub graph: Graph,
+    /// Program input names fed by the first outputs of `graph`, in order.
+    pub feeds: Vec<String>,
+    /// The model's outputs in order: name and source.
+    pub outputs: Vec<(String, OutputSource)>,
+    /// Finite value standing for huge negative additive-mask entries (≤ −1e9) in feeds.
+    pub mask_value: f32,
+}
+
+/// A compiled model.
+pub struct Compiled {
+    /// The two-party program (public: both parties and the dealer hold it).
+    pub program: Program,
+    /// The client's part (public data only).
+    pub client: ClientPart,
+    /// The server's weights as the program declares them (private to the server).
+    pub server_weights: Vec<(String, Tensor)>,
+    /// Every nonlinear replacement made.
+    pub approximations: Vec<Approximation>,
+    /// Constants clamped (huge negative masks).
+    pub clamped: Vec<String>,
+    /// Visibility counts over the lowered graph's values: public, client, server, shared.
+    pub visibility: [usize; 4],
+}
+
+/// Compiles `g`: `weight_vis` says who may see each weight (by name).
+pub fn compile(
+    mut g: Graph,
+    weight_vis: &dyn Fn(&str) -> Vis,
+    opts: &CompileOptions,
+) -> Result<Compiled, CompileError> {
+    let model = g.name.clone();
+    let part = analyze(&g, weight_vis);
+    fold::divisions_to_products(&mut g, &part)
+        .map_err(|msg| CompileError::Nonlinear { model: model.clone(), msg })?;
+    let part = analyze(&g, weight_vis);
+    let (approximations, clamped) = lower_nonlinear(&mut g, &part, &opts.nonlinear)
+        .map_err(|msg| CompileError::Nonlinear { model: model.clone(), msg })?;
+    let part = analyze(&g, weight_vis);
+    fold::fold_public(&mut g, &part)
+        .map_err(|msg| CompileError::Nonlinear { model: model.clone(), msg })?;
+    let part = analyze(&g, weight_vis);
+    let mut lowered = lower(&g, &part, &LowerOptions { frac_bits: opts.frac_bits })
+        .map_err(|source| CompileError::Lower { model: model.clone(), source })?;
+    for (k, v) in &opts.meta {
+        lowered.builder.meta(k, v);
+    }
+    let program = lowered.builder.finish();
+    veil_isa::validate(&program)
+        .map_err(|source| CompileError::Invalid { model: model.clone(), source })?;
+
+    let server_weights = server_values(&g, &part, &lowered.server_feeds)
+        .map_err(|(value, msg)| CompileError::ServerValue { model: model.clone(), value, msg })?;
+
+    let cg = client_graph(&g, &part, &lowered.client_feeds, &lowered.client_outputs)
+        .map_err(|msg| CompileError::Client { model: model.clone(), msg })?;
+    let mut outputs = Vec::new();
+    for &o in &g.outputs {
+        let name = g.values[o].name.clone();
+        let src = match lowered.client_outputs.iter().position(|&c| c == o) {
+            Some(i) => OutputSource::Client(lowered.client_feeds.len() + i),
+            None => OutputSource::Program(name.clone()),
+        };
+        outputs.push((name, src));
+    }
+    let client = ClientPart {
+        program_hash: program.hash(),
+        graph: cg,
+        feeds: lowered.client_feeds.iter().map(|(n, _)| n.clone()).collect(),
+        outputs,
+        mask_value: opts.nonlinear.mask_value,
+    };
+    let mut visibility = [0; 4];
+    for (v, _) in g.values.iter() {
+        visibility[part.vis[v] as usize] += 1;
+    }
+    Ok(Compiled { program, client, server_weights, approximations, clamped, visibility })
+}
+
+/// Computes the server's program weights: its own weights and what it derives from them with
+/// public data (transposes, rows gathered by public indices), evaluated now.
+fn server_values(
+    g: &Graph,
+    part: &Partition,
+    feeds: &[(String, Value)],
+) -> Result<Vec<(String, Tensor)>, (String, String)> {
+    let mut env: std::collections::HashMap<Value, Tensor> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for (name, v) in feeds {
+        let t = eval_server(g, part, *v, &mut env).map_err(|m| (name.clone(), m))?;
+        out.push((name.clone(), t));
+    }
+    Ok(out)
+}
+
+fn eval_server(
+    g: &Graph,
+    part: &Partition,
+    v: Value,
+    env: &mut std::collections::HashMap<Value, Tensor>,
+) -> Result<Tensor, String> {
+    if let Some(t) = env.get(&v) {
+        return Ok(t.clone());
+    }
+    let vd = &g.values[v];
+    let t = match &vd.def {
+        crate::ir::ValueDef::Const(t) | crate::ir::ValueDef::Weight(t) => (**t).clone(),
+        crate::ir::ValueDef::Input => {
+            return Err(format!("it depends on the client's input `{}`", vd.name))
+        }
+        crate::ir::ValueDef::Result(n) => {
+            if !matches!(part.vis[v], Vis::Server | Vis::Public) {
+                return Err(format!("`{}` is not known to the server alone", vd.name));
+            }
+            let nd = &g.nodes[*n];
+            let mut args = Vec::new();
+            for &a in &nd.args {
+                args.push(eval_server(g, part, a, env)?);
+            }
+            let refs: Vec<&Tensor> = args.iter().collect();
+            crate::eval::eval_op(&nd.op, &refs, &vd.ty)
+                .map_err(|e| format!("node `{}`: {e}", nd.name))?
+        }
+    };
+    env.insert(v, t.clone());
+    Ok(t)
+}
+
+/// Whether a client feed is the value itself or an encoding of it (for the summary).
+pub fn feed_kind(f: &ClientFeed) -> &'static str {
+    match f {
+        ClientFeed::Value(_) => "value",
+        ClientFeed::OneHot(..) => "one-hot",
+    }
+}
