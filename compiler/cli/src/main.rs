@@ -2,6 +2,9 @@
 
 mod commands;
 mod model;
+mod outcome;
+mod party;
+mod report;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -17,6 +20,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Compile a model to bytecode and run it two-party on the bundled BERT-tiny: the whole job in one command.
+    Demo(commands::demo::Args),
+    /// Compile a model (.onnx, .veil) to a two-party program (.vbc) plus the client's and server's files.
+    Compile(commands::compile::Args),
+    /// Predicted bytes, rounds and network time of a compiled program, by layer and op kind.
+    Cost(commands::cost::Args),
+    /// Run a compiled program on this machine: dealer, server and client, then error and cost report.
+    Run(commands::run::Args),
+    /// Server role: hold the private weights and serve client sessions.
+    Serve(commands::serve::Args),
+    /// Dealer role: hand out correlated randomness to the parties of each session.
+    Dealer(commands::dealer::Args),
+    /// Client role: connect to a server and dealer, supply the inputs, receive the outputs.
+    Connect(commands::connect::Args),
     /// Print a model (.onnx, .veil) as veil's IR, or disassemble a compiled program (.vbc).
     Inspect(commands::inspect::Args),
     /// Run a model in plaintext with the reference evaluator (.npy inputs and outputs).
@@ -26,8 +43,29 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A reader that stops early (`veil ... | head`) closes stdout: end quietly, as Unix tools do.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default_hook(info);
+    }));
     let cli = Cli::parse();
     let r = match cli.command {
+        Command::Demo(a) => commands::demo::run(a),
+        Command::Compile(a) => commands::compile::run(a),
+        Command::Cost(a) => commands::cost::run(a),
+        Command::Run(a) => commands::run::run(a),
+        Command::Serve(a) => commands::serve::run(a),
+        Command::Dealer(a) => commands::dealer::run(a),
+        Command::Connect(a) => commands::connect::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::ExportWeights(a) => commands::export::run(a),

@@ -56,7 +56,18 @@ fn help_lists_the_commands() {
     let out = veil(&["--help"]);
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    for c in ["inspect", "eval", "export-weights"] {
+    for c in [
+        "demo",
+        "compile",
+        "cost",
+        "run",
+        "serve",
+        "dealer",
+        "connect",
+        "inspect",
+        "eval",
+        "export-weights",
+    ] {
         assert!(s.contains(c), "{s}");
     }
 }

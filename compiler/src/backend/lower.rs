@@ -340,6 +340,10 @@ impl<'g> Lowerer<'g> {
         let out_shape = self.shape(nd.result);
         let args = nd.args.clone();
         let op = nd.op.clone();
+        if let Op::Gather { axis: 0 } = op {
+            // Not through `operand`: client indices are fed one-hot, never as themselves.
+            return Ok(Operand::Val(self.gather(args[0], args[1], &out_shape)?));
+        }
         let ops: Vec<Operand> = args.iter().map(|&a| self.operand(a)).collect::<Result<_, _>>()?;
         let f = self.f;
         Ok(match (&op, ops.as_slice()) {
@@ -428,7 +432,6 @@ impl<'g> Lowerer<'g> {
                 Operand::Bits { bits, shape: out_shape }
             }
             (Op::Cast { to }, [_]) if to.is_float() || to.is_int() => Operand::Val(self.operand_val(args[0])?),
-            (Op::Gather { axis: 0 }, [_, _]) => Operand::Val(self.gather(args[0], args[1], &out_shape)?),
             _ => {
                 return Err(self.err(
                     "no two-party lowering for this operator on secret data (nonlinear operators must be lowered to stdlib approximations first)",
@@ -794,7 +797,11 @@ impl<'g> Lowerer<'g> {
         let ts = self.shape(vt);
         let depth = ts[0];
         let row: usize = ts[1..].iter().product();
-        match (self.part.vis[vi], self.operand(vi)?) {
+        let idx = match self.part.vis[vi] {
+            Vis::Client => None,
+            _ => Some(self.operand(vi)?),
+        };
+        match (self.part.vis[vi], idx) {
             (Vis::Client, _) => {
                 let oh = self.client_input(vi, ClientFeed::OneHot(vi, depth), true);
                 let t = self.operand_val(vt)?;
@@ -808,7 +815,7 @@ impl<'g> Lowerer<'g> {
                 };
                 Ok(LVal { buf, scale: t.scale, shape: out.to_vec() })
             }
-            (_, Operand::Const(idx)) => {
+            (_, Some(Operand::Const(idx))) => {
                 let t = self.operand_val(vt)?;
                 let d = self.b.buf(Kind::Share, numel(out) as u32);
                 for i in 0..idx.numel() {

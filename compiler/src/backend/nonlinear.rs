@@ -126,6 +126,10 @@ pub fn lower_nonlinear(
         let pos = g.order.iter().position(|&m| m == n).expect("the node is in the order");
         g.order.splice(pos..pos, new);
         g.replace_uses(nd.result, out);
+        // The replacement carries the replaced value's name (a graph output keeps its name).
+        let old_name = std::mem::take(&mut g.values[nd.result].name);
+        g.values[nd.result].name = format!("{old_name}.replaced");
+        g.values[out].name = old_name;
         done.push(Approximation {
             node: nd.name.clone(),
             op: nd.op.to_string(),

@@ -8,6 +8,7 @@
 pub mod artifacts;
 pub mod client_run;
 mod fold;
+pub mod layers;
 
 use crate::backend::client::client_graph;
 use crate::backend::lower::{lower, ClientFeed, LowerOptions};
@@ -129,6 +130,7 @@ pub fn compile(
     opts: &CompileOptions,
 ) -> Result<Compiled, CompileError> {
     let model = g.name.clone();
+    layers::assign_layers(&mut g);
     let part = analyze(&g, weight_vis);
     fold::divisions_to_products(&mut g, &part)
         .map_err(|msg| CompileError::Nonlinear { model: model.clone(), msg })?;

@@ -9,6 +9,68 @@ use std::fmt::Write as _;
 /// Disassembles a program: header, buffer summary, I/O, constants, then each section with one
 /// instruction per line and its tag.
 pub fn disassemble(p: &Program) -> String {
+    let mut s = header(p);
+    for c in &p.consts {
+        let shown: Vec<String> = c.data.iter().take(4).map(|x| (*x as i64).to_string()).collect();
+        let more = if c.data.len() > 4 {
+            format!(", … ({} values)", c.data.len())
+        } else {
+            String::new()
+        };
+        writeln!(s, "const  {} = [{}{more}]", c.buf, shown.join(", ")).unwrap();
+    }
+    for (name, code, tags) in [("setup", &p.setup, &p.setup_tags), ("body", &p.body, &p.body_tags)]
+    {
+        writeln!(s, "{name}:").unwrap();
+        for (i, (ins, &t)) in code.iter().zip(tags.iter()).enumerate() {
+            let tag =
+                p.tags.get(t as usize).map(|t| format!("{}/{}", t.layer, t.op)).unwrap_or_default();
+            let text = ins.disas();
+            writeln!(s, "  {i:>6}  {text:<64} ; {tag}").unwrap();
+        }
+    }
+    s
+}
+
+/// A program's shape without its instruction listing (which runs to tens of thousands of
+/// lines for a transformer): header, I/O, then per section the count of each instruction,
+/// and per tag (layer/op) the instructions and their cost.
+pub fn summary(p: &Program) -> String {
+    let mut s = header(p);
+    for (name, code) in [("setup", &p.setup), ("body", &p.body)] {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for ins in code.iter() {
+            *counts.entry(ins.name()).or_default() += 1;
+        }
+        let list: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        writeln!(s, "{name}: {} instructions: {}", code.len(), list.join(", ")).unwrap();
+    }
+    let mut per_tag: BTreeMap<String, usize> = BTreeMap::new();
+    for &t in &p.body_tags {
+        let tag =
+            p.tags.get(t as usize).map(|t| format!("{}/{}", t.layer, t.op)).unwrap_or_default();
+        *per_tag.entry(tag).or_default() += 1;
+    }
+    let cost = program_cost(p);
+    writeln!(s, "body by tag: instructions, rounds, client B, server B, dealer B").unwrap();
+    for (tag, n) in per_tag {
+        let c = cost
+            .by_tag
+            .iter()
+            .find(|(t, _)| format!("{}/{}", t.layer, t.op) == tag)
+            .map(|(_, c)| *c)
+            .unwrap_or_default();
+        writeln!(
+            s,
+            "  {tag:<28} {n:>7} {:>5} {:>10} {:>10} {:>10}",
+            c.rounds, c.sent[0], c.sent[1], c.dealer
+        )
+        .unwrap();
+    }
+    s
+}
+
+fn header(p: &Program) -> String {
     let mut s = String::new();
     writeln!(
         s,
@@ -52,25 +114,6 @@ pub fn disassemble(p: &Program) -> String {
                 io.name, io.party, io.buf, io.shape, io.frac_bits
             )
             .unwrap();
-        }
-    }
-    for c in &p.consts {
-        let shown: Vec<String> = c.data.iter().take(4).map(|x| (*x as i64).to_string()).collect();
-        let more = if c.data.len() > 4 {
-            format!(", … ({} values)", c.data.len())
-        } else {
-            String::new()
-        };
-        writeln!(s, "const  {} = [{}{more}]", c.buf, shown.join(", ")).unwrap();
-    }
-    for (name, code, tags) in [("setup", &p.setup, &p.setup_tags), ("body", &p.body, &p.body_tags)]
-    {
-        writeln!(s, "{name}:").unwrap();
-        for (i, (ins, &t)) in code.iter().zip(tags.iter()).enumerate() {
-            let tag =
-                p.tags.get(t as usize).map(|t| format!("{}/{}", t.layer, t.op)).unwrap_or_default();
-            let text = ins.disas();
-            writeln!(s, "  {i:>6}  {text:<64} ; {tag}").unwrap();
         }
     }
     s

@@ -1,5 +1,12 @@
 //! One module per subcommand.
 
+pub mod compile;
+pub mod connect;
+pub mod cost;
+pub mod dealer;
+pub mod demo;
 pub mod eval;
 pub mod export;
 pub mod inspect;
+pub mod run;
+pub mod serve;

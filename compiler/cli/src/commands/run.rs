@@ -1,0 +1,205 @@
+//! `veil run`: all three roles on this machine — dealer and server as separate processes
+//! over loopback TCP (or threads with `--in-process`) — then outputs, their error against the
+//! plaintext reference, and the cost report.
+
+use crate::model::parse_assignment;
+use crate::outcome::{print_cost, print_outputs, reference, Measured};
+use crate::party::{
+    assemble, client_part, model_inputs, preprocess, program, server_weights, ServerSummary,
+};
+use crate::report::Net;
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Arguments of `veil run`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The compiled program (.vbc); NAME.client and NAME.server.safetensors must be next to it.
+    pub program: PathBuf,
+    /// A model input as NAME=FILE.npy; repeatable.
+    #[arg(long = "input", value_name = "NAME=FILE.npy", value_parser = parse_assignment)]
+    pub inputs: Vec<(String, PathBuf)>,
+    /// Write each output to DIR/<output name>.npy.
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Run the three roles as threads over in-memory channels instead of processes over TCP.
+    #[arg(long)]
+    pub in_process: bool,
+    /// The plaintext model to compare with (default: the file the program was compiled from,
+    /// when it is still there).
+    #[arg(long, value_name = "MODEL.onnx")]
+    pub reference: Option<PathBuf>,
+    /// Network for the time estimate (default: both).
+    #[arg(long, value_enum)]
+    pub net: Option<Net>,
+    /// Seconds any role waits for a peer message.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+}
+
+/// Runs and reports.
+pub fn run(a: Args) -> Result<()> {
+    let nets = a.net.map(|n| vec![n]).unwrap_or_else(|| vec![Net::Lan, Net::Wan]);
+    let p = program(&a.program)?;
+    let c = client_part(&a.program, None, &p)?;
+    let inputs = model_inputs(&c, &a.inputs)?;
+    let (outs, m) = if a.in_process {
+        in_process(&a.program, &p, &c, &inputs, a.timeout)?
+    } else {
+        processes(&a.program, &p, &c, &inputs, a.timeout)?
+    };
+    let r = reference(&p, a.reference.as_deref(), &inputs)?;
+    if r.is_none() {
+        println!("(no plaintext reference: the source model is not here; pass --reference)");
+    }
+    print_outputs(&outs, r.as_deref(), a.output.as_deref())?;
+    print_cost(&p, &m, &nets);
+    Ok(())
+}
+
+type Outcome = (Vec<(String, veil_compiler::ir::Tensor)>, Measured);
+
+/// The three roles in threads of this process.
+pub fn in_process(
+    path: &Path,
+    p: &veil_isa::Program,
+    c: &veil_compiler::compile::ClientPart,
+    inputs: &std::collections::HashMap<String, veil_compiler::ir::Tensor>,
+    timeout: u64,
+) -> Result<Outcome> {
+    let w = server_weights(path, None, p)?;
+    let (feeds, own) = preprocess(c, inputs)?;
+    let client = veil_vm::PartyData { inputs: feeds, weights: vec![] };
+    let server = veil_vm::PartyData { weights: w, inputs: vec![] };
+    let opts = veil_vm::RunOptions { timeout: Duration::from_secs(timeout), ..Default::default() };
+    let r = veil_vm::run_session(p, &client, &server, &opts)?;
+    let outs = assemble(c, &r.outputs, &own)?;
+    let m = Measured {
+        server: Some(ServerSummary::from_report(&r.server, r.offline_time)),
+        client: r.client,
+        dealer_bytes: r.dealer_bytes,
+        offline: r.offline_time,
+        online: r.online_time,
+        client_rss: crate::party::peak_rss(),
+    };
+    Ok((outs, m))
+}
+
+/// A child role process whose first stdout line is `listening on ADDR`.
+struct Role {
+    name: &'static str,
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Role {
+    fn spawn(name: &'static str, args: &[String]) -> Result<(Role, String)> {
+        let exe = std::env::current_exe().context("locating the veil binary")?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting the {name}"))?;
+        let mut out = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        out.read_line(&mut line).with_context(|| format!("reading from the {name}"))?;
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            bail!("the {name} did not start ({status:?}); see its error above");
+        };
+        let addr = addr.to_string();
+        Ok((Role { name, child, out }, addr))
+    }
+
+    /// Waits for the process; returns its remaining stdout.
+    fn finish(mut self, ok: bool) -> Result<String> {
+        if !ok {
+            let _ = self.child.kill();
+        }
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut self.out, &mut rest);
+        let status = self.child.wait()?;
+        if ok && !status.success() {
+            bail!("the {} exited with {status}", self.name);
+        }
+        Ok(rest)
+    }
+}
+
+/// Dealer and server as child processes on loopback, the client here.
+pub fn processes(
+    path: &Path,
+    p: &veil_isa::Program,
+    c: &veil_compiler::compile::ClientPart,
+    inputs: &std::collections::HashMap<String, veil_compiler::ir::Tensor>,
+    timeout: u64,
+) -> Result<Outcome> {
+    // Fail early, before any process starts, when the server's file is missing or stale.
+    server_weights(path, None, p)?;
+    let prog = path.display().to_string();
+    let t = timeout.to_string();
+    let (dealer, dealer_addr) = Role::spawn(
+        "dealer",
+        &[
+            "dealer".into(),
+            prog.clone(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--sessions".into(),
+            "1".into(),
+            "--timeout".into(),
+            t.clone(),
+        ],
+    )?;
+    let server = Role::spawn(
+        "server",
+        &[
+            "serve".into(),
+            prog,
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--dealer".into(),
+            dealer_addr.clone(),
+            "--sessions".into(),
+            "1".into(),
+            "--timeout".into(),
+            t,
+            "--report-json".into(),
+        ],
+    );
+    let (server, server_addr) = match server {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = dealer.finish(false);
+            return Err(e);
+        }
+    };
+    let r = crate::commands::connect::client_over_tcp(
+        p,
+        c,
+        inputs,
+        &server_addr,
+        &dealer_addr,
+        Duration::from_secs(timeout),
+    );
+    let ok = r.is_ok();
+    let server_out = server.finish(ok);
+    let dealer_out = dealer.finish(ok);
+    let (outs, mut m) = r?;
+    let server_out = server_out?;
+    dealer_out?;
+    let s: ServerSummary = server_out
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .context("the server did not report its measurements")?;
+    m.dealer_bytes = s.dealer_bytes;
+    m.offline = Duration::from_secs_f64(s.offline_secs);
+    m.server = Some(s);
+    Ok((outs, m))
+}

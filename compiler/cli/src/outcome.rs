@@ -1,0 +1,133 @@
+//! What a two-party run prints: the outputs (and .npy files), their error against the
+//! plaintext reference, and the measured cost report.
+
+use crate::party::ServerSummary;
+use crate::report::{bytes, cost_report, Net};
+use anyhow::{Context, Result};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+use veil_compiler::ir::Tensor;
+use veil_isa::Program;
+use veil_vm::PartyReport;
+
+/// Everything measured in one run.
+pub struct Measured {
+    /// The client's report.
+    pub client: PartyReport,
+    /// The server's figures, when known.
+    pub server: Option<ServerSummary>,
+    /// Dealer bytes (to the server).
+    pub dealer_bytes: u64,
+    /// Offline time (dealer material), when known.
+    pub offline: Duration,
+    /// Wall time of the online phase as the client saw it.
+    pub online: Duration,
+    /// Peak RSS of the client process.
+    pub client_rss: u64,
+}
+
+/// Max abs error and max |reference| over all elements.
+pub fn max_err(got: &Tensor, want: &Tensor) -> (f64, f64) {
+    let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
+    let m = w.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let e = g.iter().zip(&w).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    (e, m)
+}
+
+/// The plaintext reference from the model the program was compiled from, when it is here.
+pub fn reference(
+    p: &Program,
+    override_path: Option<&Path>,
+    inputs: &HashMap<String, Tensor>,
+) -> Result<Option<Vec<Tensor>>> {
+    let path = match override_path {
+        Some(p) => p.to_path_buf(),
+        None => match p.meta("source") {
+            Some(s) if Path::new(s).exists() && s.ends_with(".onnx") => s.into(),
+            _ => return Ok(None),
+        },
+    };
+    let margs = crate::model::ModelArgs {
+        seq: p.meta("seq").and_then(|s| s.parse().ok()),
+        ..Default::default()
+    };
+    let m = crate::model::load(&path, &margs)?;
+    let outs = veil_compiler::eval::run(&m.graph, inputs)
+        .with_context(|| format!("the plaintext reference ({})", path.display()))?;
+    Ok(Some(outs))
+}
+
+/// Prints outputs, errors and writes `.npy` files to `out_dir`.
+pub fn print_outputs(
+    outs: &[(String, Tensor)],
+    reference: Option<&[Tensor]>,
+    out_dir: Option<&Path>,
+) -> Result<()> {
+    if let Some(dir) = out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    for (i, (name, t)) in outs.iter().enumerate() {
+        let v = t.to_f64_vec();
+        let (mn, mx) =
+            v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+        println!("output `{name}`: {} min {mn:.6} max {mx:.6}", t.ty());
+        if let Some(r) = reference.and_then(|r| r.get(i)) {
+            let (e, m) = max_err(t, r);
+            println!(
+                "  vs plaintext reference: max abs error {e:.3e} ({:.2e} of max |y| = {m:.3})",
+                e / m.max(1e-30)
+            );
+        }
+        if let Some(dir) = out_dir {
+            let path = dir.join(format!("{}.npy", crate::commands::eval::file_name(name)));
+            veil_compiler::npy::write(&path, t)?;
+            println!("  wrote {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// Prints the measured cost report.
+pub fn print_cost(p: &Program, m: &Measured, nets: &[Net]) {
+    let c = &m.client;
+    println!("measured:");
+    println!(
+        "  online: client sent {}, received {}; {} rounds; client wall time {:.2} s (waiting {:.2} s)",
+        bytes(c.body.sent),
+        bytes(c.body.received),
+        c.body.rounds,
+        c.body_time.as_secs_f64(),
+        c.wait_time.as_secs_f64()
+    );
+    if let Some(s) = &m.server {
+        println!(
+            "  server: sent {}, received {}; wall time {:.2} s; dealer material {} in {:.2} s; peak RSS {}",
+            bytes(s.sent),
+            bytes(s.received),
+            s.body_secs,
+            bytes(s.dealer_bytes),
+            s.offline_secs,
+            bytes(s.peak_rss)
+        );
+    }
+    println!(
+        "  offline (dealer→server corrections): {} in {:.2} s; online phase {:.2} s; client peak RSS {}",
+        bytes(m.dealer_bytes),
+        m.offline.as_secs_f64(),
+        m.online.as_secs_f64(),
+        bytes(m.client_rss)
+    );
+    print!("{}", cost_report(p, Some(&c.time_by_tag), &[]));
+    for &n in nets {
+        let pc = veil_isa::cost::program_cost(p);
+        let compute = (c.body_time.saturating_sub(c.wait_time)).as_secs_f64();
+        println!(
+            "estimate on {:?}: {:.2} s per inference ({:.2} s network + {:.2} s measured compute)",
+            n,
+            n.seconds(&pc.body) + compute,
+            n.seconds(&pc.body),
+            compute
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! What the roles share in the CLI: loading a compiled model's files, converting tensors for
+//! the VM, the client's session (in process or over TCP), and the progress bar.
+
+use anyhow::{Context, Result};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+use veil_compiler::compile::artifacts::{paths, read_client, read_program, read_server};
+use veil_compiler::compile::{client_run, ClientPart};
+use veil_compiler::ir::{Data, Tensor};
+use veil_isa::Program;
+use veil_vm::{PartyReport, Values};
+
+/// A tensor as the VM takes it.
+pub fn to_values(t: &Tensor) -> Values {
+    match &t.data {
+        Data::F32(v) => Values::F32(v.clone()),
+        Data::I64(v) => Values::I64(v.clone()),
+        Data::F64(v) => Values::F64(v.clone()),
+        Data::Bool(v) => Values::I64(v.iter().map(|&b| b as i64).collect()),
+    }
+}
+
+/// Reads and validates a program file.
+pub fn program(path: &Path) -> Result<Program> {
+    let p = read_program(path)?;
+    veil_isa::validate(&p).with_context(|| path.display().to_string())?;
+    Ok(p)
+}
+
+/// The client's part of `program_path` (default: next to it) checked against the program.
+pub fn client_part(program_path: &Path, given: Option<&Path>, p: &Program) -> Result<ClientPart> {
+    let path = given.map(Path::to_path_buf).unwrap_or_else(|| paths(program_path).client);
+    Ok(read_client(&path, p, program_path)?)
+}
+
+/// The server's weights of `program_path` (default: next to it) checked against the program.
+pub fn server_weights(
+    program_path: &Path,
+    given: Option<&Path>,
+    p: &Program,
+) -> Result<Vec<(String, Values)>> {
+    let path = given.map(Path::to_path_buf).unwrap_or_else(|| paths(program_path).server);
+    let w = read_server(&path, p, program_path)?;
+    Ok(w.iter().map(|(n, t)| (n.clone(), to_values(t))).collect())
+}
+
+/// The model inputs checked against the client graph's inputs.
+pub fn model_inputs(
+    c: &ClientPart,
+    given: &[(String, std::path::PathBuf)],
+) -> Result<HashMap<String, Tensor>> {
+    crate::model::read_inputs(&c.graph, given)
+}
+
+/// Program inputs for the VM and the client graph's own outputs.
+pub type Feeds = (Vec<(String, Values)>, Vec<Tensor>);
+
+/// The program inputs the client computes from the model inputs, and its own outputs.
+pub fn preprocess(c: &ClientPart, inputs: &HashMap<String, Tensor>) -> Result<Feeds> {
+    let (feeds, own) = client_run::preprocess(c, inputs)
+        .map_err(|e| anyhow::anyhow!("the client's plaintext part: {e}"))?;
+    Ok((feeds.iter().map(|(n, t)| (n.clone(), to_values(t))).collect(), own))
+}
+
+/// The model outputs from the revealed program outputs and the client's own.
+pub fn assemble(
+    c: &ClientPart,
+    revealed: &[veil_vm::Output],
+    own: &[Tensor],
+) -> Result<Vec<(String, Tensor)>> {
+    let r: Vec<_> =
+        revealed.iter().map(|o| (o.name.clone(), o.shape.clone(), o.data.clone())).collect();
+    client_run::assemble(c, &r, own).map_err(|e| anyhow::anyhow!("assembling the outputs: {e}"))
+}
+
+/// A progress bar over the client's body instructions naming the current layer; hidden when
+/// stderr is not a terminal.
+pub fn progress(p: &Program) -> (indicatif::ProgressBar, impl FnMut(usize, usize) + Send + '_) {
+    let bar = indicatif::ProgressBar::new(p.body.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg:>10} [{bar:40}] {percent:>3}% {elapsed}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    let b = bar.clone();
+    let mut last = usize::MAX;
+    let cb = move |done: usize, _total: usize| {
+        let tag = p.body_tags.get(done.saturating_sub(1)).copied().unwrap_or(0) as usize;
+        if tag != last {
+            last = tag;
+            if let Some(t) = p.tags.get(tag) {
+                b.set_message(t.layer.clone());
+            }
+        }
+        b.set_position(done as u64);
+    };
+    (bar, cb)
+}
+
+/// What the server reports to `veil run` (a JSON line on its stdout with `--report-json`).
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
+pub struct ServerSummary {
+    /// Bytes the server sent in the body.
+    pub sent: u64,
+    /// Bytes it received in the body.
+    pub received: u64,
+    /// Rounds of the body.
+    pub rounds: u64,
+    /// Dealer bytes received.
+    pub dealer_bytes: u64,
+    /// Body wall time, seconds.
+    pub body_secs: f64,
+    /// Time to receive all dealer material, seconds.
+    pub offline_secs: f64,
+    /// Peak resident memory of the server process, bytes (Linux).
+    pub peak_rss: u64,
+}
+
+impl ServerSummary {
+    /// From the server's report.
+    pub fn from_report(r: &PartyReport, offline: Duration) -> ServerSummary {
+        ServerSummary {
+            sent: r.body.sent,
+            received: r.body.received,
+            rounds: r.body.rounds,
+            dealer_bytes: r.dealer_bytes,
+            body_secs: r.body_time.as_secs_f64(),
+            offline_secs: offline.as_secs_f64(),
+            peak_rss: peak_rss(),
+        }
+    }
+}
+
+/// Peak resident set size of this process in bytes (0 where /proc is unavailable).
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}

@@ -1,0 +1,294 @@
+//! `veil compile / run / serve / dealer / connect / cost / demo` end to end as processes, and
+//! their bad inputs: clear errors, exit code 1, no hang, nothing half-written.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BERT: &str = "tests/fixtures/models/bert-tiny-random/model.dynamo_opset17.onnx";
+const BERT_DYN: &str =
+    "tests/fixtures/models/bert-tiny-random/model.torchscript_opset17_dynamic.onnx";
+const GPT2: &str = "tests/fixtures/models/gpt2-tiny-random/model.dynamo_opset18.onnx";
+const DATA: &str = "tests/fixtures/models/bert-tiny-random/test_data_set_0";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn veil(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("veil runs")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("veil-2p-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn fails_with(out: &Output, msg: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains(msg), "expected `{msg}` in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn ok(out: &Output) -> String {
+    let so = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "stdout: {so}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    so
+}
+
+fn bert_inputs() -> Vec<String> {
+    ["input_ids", "attention_mask", "token_type_ids"]
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| ["--input".to_string(), format!("{n}={DATA}/input_{i}.npy")])
+        .collect()
+}
+
+fn compile(model: &str, out: &Path, extra: &[&str]) {
+    let o = out.display().to_string();
+    let mut args = vec!["compile", model, "-o", &o];
+    args.extend_from_slice(extra);
+    ok(&veil(&args));
+}
+
+#[test]
+fn compile_writes_three_files_and_nothing_private_for_the_client() {
+    let d = tmp("compile");
+    let prog = d.join("bert.vbc");
+    compile(BERT, &prog, &[]);
+    let client = std::fs::read(d.join("bert.client")).unwrap();
+    let server = std::fs::read(d.join("bert.server.safetensors")).unwrap();
+    assert!(server.len() > 2_000_000, "the server file holds the weights");
+    // No 16-byte window of any server weight appears in the client's files.
+    let st = safetensors_windows(&server);
+    let prog_bytes = std::fs::read(&prog).unwrap();
+    for w in &st {
+        assert!(!contains(&client, w), "a server weight leaked into the client file");
+        assert!(!contains(&prog_bytes, w), "a server weight leaked into the program");
+    }
+    assert!(!std::fs::read_dir(&d).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".partial")));
+    let out = ok(&veil(&["cost", &prog.display().to_string(), "--net", "wan"]));
+    assert!(out.contains("by layer:") && out.contains("layer1") && out.contains("WAN"), "{out}");
+}
+
+/// 16-byte windows from the data of a safetensors file (every 4096th, to keep it quick).
+fn safetensors_windows(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let data = &bytes[8 + n..];
+    data.chunks(4096)
+        .filter(|c| c.len() >= 16 && c[..16].iter().any(|&b| b != 0))
+        .map(|c| c[..16].to_vec())
+        .collect()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn run_over_tcp_processes_matches_onnxruntime() {
+    let d = tmp("run");
+    let prog = d.join("bert.vbc");
+    compile(BERT, &prog, &[]);
+    let outdir = d.join("out");
+    let mut args = vec![
+        "run".to_string(),
+        prog.display().to_string(),
+        "--output".into(),
+        outdir.display().to_string(),
+    ];
+    args.extend(bert_inputs());
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let so = ok(&veil(&a));
+    assert!(so.contains("vs plaintext reference"), "{so}");
+    assert!(so.contains("by op kind:") && so.contains("softmax"), "{so}");
+    let got = veil_compiler::npy::read(&outdir.join("last_hidden_state.npy")).unwrap().to_f64_vec();
+    let want =
+        veil_compiler::npy::read(&root().join(DATA).join("output_0.npy")).unwrap().to_f64_vec();
+    let max = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let err = got.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err <= 1e-2 * max, "{err} vs {max}");
+}
+
+#[test]
+fn demo_runs() {
+    let so = ok(&veil(&["demo"]));
+    assert!(so.contains("max abs error vs onnxruntime") && so.contains("ok:"), "{so}");
+}
+
+#[test]
+fn program_for_another_sequence_length() {
+    let d = tmp("seq");
+    let prog = d.join("bert64.vbc");
+    compile(BERT_DYN, &prog, &["--seq", "64"]);
+    let mut args = vec!["run".to_string(), prog.display().to_string(), "--in-process".into()];
+    args.extend(bert_inputs());
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails_with(&veil(&a), "the model needs i64[1,64]");
+}
+
+#[test]
+fn missing_input_and_unknown_input() {
+    let d = tmp("missing");
+    let prog = d.join("bert.vbc");
+    compile(BERT, &prog, &[]);
+    let p = prog.display().to_string();
+    let ids = format!("input_ids={DATA}/input_0.npy");
+    fails_with(&veil(&["run", &p, "--input", &ids]), "missing inputs: attention_mask");
+    fails_with(&veil(&["run", &p, "--input", "nope=x.npy"]), "has no input `nope`");
+}
+
+#[test]
+fn files_of_another_compile_are_refused() {
+    let d = tmp("mismatch");
+    let bert = d.join("bert.vbc");
+    let gpt = d.join("gpt.vbc");
+    compile(BERT, &bert, &[]);
+    compile(GPT2, &gpt, &[]);
+    // The server started with the wrong weights file.
+    let w = d.join("gpt.server.safetensors").display().to_string();
+    let o =
+        veil(&["serve", &bert.display().to_string(), "--weights", &w, "--listen", "127.0.0.1:0"]);
+    fails_with(&o, "was compiled with another program");
+    // The client with the wrong client file.
+    let c = d.join("gpt.client").display().to_string();
+    let mut args =
+        vec!["connect".to_string(), bert.display().to_string(), "--client-part".into(), c];
+    args.extend(bert_inputs());
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    fails_with(&veil(&a), "was compiled with another program");
+    // A damaged program.
+    let bad = d.join("bad.vbc");
+    let mut bytes = std::fs::read(&bert).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&bad, bytes).unwrap();
+    fails_with(&veil(&["cost", &bad.display().to_string()]), "bad.vbc");
+}
+
+fn spawn(args: &[String]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(args)
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(c.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").expect("listening").to_string();
+    (c, addr)
+}
+
+#[test]
+fn three_roles_as_separate_commands_and_a_client_with_another_program() {
+    let d = tmp("three");
+    let bert = d.join("bert.vbc");
+    let gpt = d.join("gpt.vbc");
+    compile(BERT, &bert, &[]);
+    compile(GPT2, &gpt, &[]);
+    let b = bert.display().to_string();
+    let (mut dealer, daddr) = spawn(&[
+        "dealer".into(),
+        b.clone(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--sessions".into(),
+        "1".into(),
+    ]);
+    let (mut server, saddr) = spawn(&[
+        "serve".into(),
+        b.clone(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--dealer".into(),
+        daddr.clone(),
+        "--sessions".into(),
+        "2".into(),
+        "--timeout".into(),
+        "10".into(),
+    ]);
+    // A client with the wrong program is refused at the handshake; the server keeps serving.
+    let gid = format!(
+        "input_ids={}/tests/fixtures/models/gpt2-tiny-random/test_data_set_0/input_0.npy",
+        root().display()
+    );
+    let o = veil(&[
+        "connect",
+        &gpt.display().to_string(),
+        "--server",
+        &saddr,
+        "--dealer",
+        &daddr,
+        "--input",
+        &gid,
+        "--timeout",
+        "10",
+    ]);
+    fails_with(&o, "program");
+    // The right client succeeds.
+    let mut args =
+        vec!["connect".to_string(), b, "--server".into(), saddr, "--dealer".into(), daddr];
+    args.extend(bert_inputs());
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let so = ok(&veil(&a));
+    assert!(so.contains("output `last_hidden_state`"), "{so}");
+    let t0 = Instant::now();
+    assert!(server.wait().unwrap().success() || t0.elapsed() < Duration::from_secs(30));
+    assert!(dealer.wait().unwrap().success());
+}
+
+#[test]
+fn missing_dealer_ends_every_side_with_an_error() {
+    let d = tmp("nodealer");
+    let bert = d.join("bert.vbc");
+    compile(BERT, &bert, &[]);
+    let b = bert.display().to_string();
+    // Nothing listens at the dealer's address.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let daddr = dead.local_addr().unwrap().to_string();
+    drop(dead);
+    let (server, saddr) = spawn(&[
+        "serve".into(),
+        b.clone(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--dealer".into(),
+        daddr.clone(),
+        "--sessions".into(),
+        "1".into(),
+        "--timeout".into(),
+        "3".into(),
+    ]);
+    let mut args = vec![
+        "connect".to_string(),
+        b,
+        "--server".into(),
+        saddr,
+        "--dealer".into(),
+        daddr,
+        "--timeout".into(),
+        "3".into(),
+    ];
+    args.extend(bert_inputs());
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    let t0 = Instant::now();
+    let o = veil(&a);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("dealer"), "{err}");
+    let so = server.wait_with_output().unwrap();
+    assert_eq!(so.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&so.stderr).contains("session failed"));
+    assert!(t0.elapsed() < Duration::from_secs(30), "no hang");
+}
