@@ -136,3 +136,49 @@ fn bad_programs_get_located_errors() {
         insta::assert_snapshot!(path, error_of(path, src));
     }
 }
+
+#[test]
+fn names_built_in_a_caller_interpolate_there_and_examples_have_one_weight_per_layer() {
+    for (file, model, per_layer) in
+        [("bert-base.veil", "bert_base", 16usize), ("gpt2-small.veil", "gpt2_small", 16usize)]
+    {
+        let path = format!("{}/../examples/models/{file}", env!("CARGO_MANIFEST_DIR"));
+        let mut l = stdlib_loader();
+        l.load_path(&path).unwrap();
+        let m = lower_model(&l, model, &mut Halves).unwrap();
+        let names: std::collections::HashSet<String> =
+            m.graph.weights().iter().map(|&w| m.graph.values[w].name.clone()).collect();
+        assert!(names.iter().all(|n| !n.contains('{')), "{file}: uninterpolated names");
+        for layer in [0, 11] {
+            let prefix = if model == "bert_base" {
+                format!("layer.{layer}.")
+            } else {
+                format!("h.{layer}.")
+            };
+            let n = names.iter().filter(|n| n.starts_with(&prefix)).count();
+            assert_eq!(n, per_layer, "{file}: weights of layer {layer}");
+        }
+    }
+}
+
+#[test]
+fn causal_mask_is_zero_on_and_below_the_diagonal() {
+    let l = loader_with(
+        "m.veil",
+        "model m { input x: client f32[3, 3]; output y = x + causal_mask(3); }",
+    )
+    .unwrap();
+    let m = lower_model(&l, "m", &mut Halves).unwrap();
+    let c = m.graph.consts();
+    let t = m.graph.const_data(c[0]).unwrap().as_f32().unwrap().to_vec();
+    let big = f32::MIN;
+    assert_eq!(t, vec![0.0, big, big, 0.0, 0.0, big, 0.0, 0.0, 0.0]);
+    let bad =
+        loader_with("b.veil", "model m { input x: client f32[3]; output y = x + causal_mask(0); }")
+            .unwrap();
+    let err = match lower_model(&bad, "m", &mut Halves) {
+        Ok(_) => panic!("causal_mask(0) must be refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("positive integer"), "{err}");
+}

@@ -5,7 +5,7 @@ use crate::party::ServerSummary;
 use crate::report::{bytes, cost_report, Net};
 use anyhow::{Context, Result};
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use veil_compiler::ir::Tensor;
 use veil_isa::Program;
@@ -44,12 +44,15 @@ pub fn reference(
     let path = match override_path {
         Some(p) => p.to_path_buf(),
         None => match p.meta("source") {
-            Some(s) if Path::new(s).exists() && s.ends_with(".onnx") => s.into(),
+            Some(s) if Path::new(s).exists() => s.into(),
             _ => return Ok(None),
         },
     };
     let margs = crate::model::ModelArgs {
         seq: p.meta("seq").and_then(|s| s.parse().ok()),
+        model: p.meta("dsl_model").map(String::from),
+        random_weights: p.meta("random_weights").and_then(|s| s.parse().ok()),
+        weights: p.meta("weights").map(PathBuf::from),
         ..Default::default()
     };
     let m = crate::model::load(&path, &margs)?;

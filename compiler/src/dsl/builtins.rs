@@ -36,6 +36,7 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("mean", "x, axis, keepdims=0"),
     ("max", "x, axis, keepdims=0"),
     ("dim", "x, axis"),
+    ("causal_mask", "n"),
     ("log2", "x"),
     ("ceil", "x"),
     ("floor", "x"),
@@ -366,6 +367,23 @@ pub(crate) fn call(
                 _ => Op::ReduceMax { axes, keepdims },
             };
             a.e.node(span, op, &[x], name)
+        }
+        "causal_mask" => {
+            // The additive mask of a decoder: 0 where key j ≤ query i, −3.4028235e38 (as
+            // exporters write it) above the diagonal; a public constant.
+            let n = a.num(0)?;
+            if n < 1.0 || n.fract() != 0.0 || n > 65536.0 {
+                return Err(a
+                    .e
+                    .err(span, format!("causal_mask needs a positive integer size, got {n}")));
+            }
+            let n = n as usize;
+            let data: Vec<f32> =
+                (0..n * n).map(|k| if k % n > k / n { f32::MIN } else { 0.0 }).collect();
+            Ok(Val::Tensor(a.e.g.add_const(
+                name.unwrap_or("causal_mask"),
+                crate::ir::Tensor::f32(vec![n, n], data),
+            )))
         }
         "dim" => {
             let x = a.tensor(0)?;

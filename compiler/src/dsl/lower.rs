@@ -379,7 +379,17 @@ impl<'a> Eval<'a> {
     pub(crate) fn expr(&mut self, e: &Expr, name: Option<&str>) -> R<Val> {
         match e {
             Expr::Number(x, _) => Ok(Val::Num(*x)),
-            Expr::Str(s, _) => Ok(Val::Str(s.clone())),
+            // String literals interpolate `{var}` where they are written, so a name built in
+            // a caller (`"layer.{i}.query"`) carries the caller's loop variable.
+            Expr::Str(s, span) => {
+                let r = interpolate(s, &|v| match self.lookup(v) {
+                    Some(Val::Num(x)) if is_int(x) => Some((x as i64).to_string()),
+                    Some(Val::Str(s)) => Some(s),
+                    _ => None,
+                })
+                .map_err(|m| self.err(*span, m))?;
+                Ok(Val::Str(r))
+            }
             Expr::List(items, _) => {
                 Ok(Val::List(items.iter().map(|i| self.expr(i, None)).collect::<R<_>>()?))
             }

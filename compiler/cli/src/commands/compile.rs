@@ -43,6 +43,16 @@ pub fn compile_file(
     if let Some(s) = margs.seq {
         meta.push(("seq".into(), s.to_string()));
     }
+    // What `veil run` needs to rebuild the plaintext reference of a DSL model.
+    if let Some(m) = &margs.model {
+        meta.push(("dsl_model".into(), m.clone()));
+    }
+    if let Some(seed) = margs.random_weights {
+        meta.push(("random_weights".into(), seed.to_string()));
+    }
+    if let Some(w) = &margs.weights {
+        meta.push(("weights".into(), std::fs::canonicalize(w)?.display().to_string()));
+    }
     let opts = CompileOptions { frac_bits, meta, ..CompileOptions::default() };
     let c =
         compile(m.graph, &|_| Vis::Server, &opts).with_context(|| file.display().to_string())?;

@@ -22,6 +22,10 @@ pub struct Args {
     /// A model input as NAME=FILE.npy; repeatable.
     #[arg(long = "input", value_name = "NAME=FILE.npy", value_parser = parse_assignment)]
     pub inputs: Vec<(String, PathBuf)>,
+    /// Draw every model input at random from this seed instead (reals N(0, 1); for benchmarks
+    /// of models whose inputs are reals, such as the DSL examples).
+    #[arg(long, value_name = "SEED", conflicts_with = "inputs")]
+    pub random_inputs: Option<u64>,
     /// Write each output to DIR/<output name>.npy.
     #[arg(long, value_name = "DIR")]
     pub output: Option<PathBuf>,
@@ -45,7 +49,10 @@ pub fn run(a: Args) -> Result<()> {
     let nets = a.net.map(|n| vec![n]).unwrap_or_else(|| vec![Net::Lan, Net::Wan]);
     let p = program(&a.program)?;
     let c = client_part(&a.program, None, &p)?;
-    let inputs = model_inputs(&c, &a.inputs)?;
+    let inputs = match a.random_inputs {
+        Some(seed) => random_inputs(&c, seed)?,
+        None => model_inputs(&c, &a.inputs)?,
+    };
     let (outs, m) = if a.in_process {
         in_process(&a.program, &p, &c, &inputs, a.timeout)?
     } else {
@@ -58,6 +65,32 @@ pub fn run(a: Args) -> Result<()> {
     print_outputs(&outs, r.as_deref(), a.output.as_deref())?;
     print_cost(&p, &m, &nets);
     Ok(())
+}
+
+/// Model inputs drawn from `seed`: reals N(0, 1).
+fn random_inputs(
+    c: &veil_compiler::compile::ClientPart,
+    seed: u64,
+) -> Result<std::collections::HashMap<String, veil_compiler::ir::Tensor>> {
+    let mut r = veil_compiler::weights::SplitMix(seed);
+    let g = &c.graph;
+    let mut out = std::collections::HashMap::new();
+    for &v in &g.inputs {
+        let ty = g.ty(v);
+        if !ty.dtype.is_float() {
+            bail!(
+                "--random-inputs draws reals only; input `{}` is {} (pass --input)",
+                g.values[v].name,
+                ty
+            );
+        }
+        let data: Vec<f32> = (0..ty.numel()).map(|_| r.normal() as f32).collect();
+        out.insert(
+            g.values[v].name.clone(),
+            veil_compiler::ir::Tensor::f32(ty.shape.clone(), data),
+        );
+    }
+    Ok(out)
 }
 
 type Outcome = (Vec<(String, veil_compiler::ir::Tensor)>, Measured);
