@@ -122,9 +122,9 @@ pub fn print_cost(p: &Program, m: &Measured, nets: &[Net]) {
         bytes(m.client_rss)
     );
     print!("{}", cost_report(p, Some(&c.time_by_tag), &[]));
+    let pc = veil_isa::cost::program_cost(p);
+    let compute = (c.body_time.saturating_sub(c.wait_time)).as_secs_f64();
     for &n in nets {
-        let pc = veil_isa::cost::program_cost(p);
-        let compute = (c.body_time.saturating_sub(c.wait_time)).as_secs_f64();
         println!(
             "estimate on {:?}: {:.2} s per inference ({:.2} s network + {:.2} s measured compute)",
             n,

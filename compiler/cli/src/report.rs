@@ -17,6 +17,11 @@ pub enum Net {
 }
 
 impl Net {
+    /// The networks to estimate for: the one asked for, else both.
+    pub fn chosen(n: Option<Net>) -> Vec<Net> {
+        n.map(|n| vec![n]).unwrap_or_else(|| vec![Net::Lan, Net::Wan])
+    }
+
     fn params(self) -> (f64, f64, &'static str) {
         match self {
             Net::Lan => (1e9 / 8.0, 0.5e-3, "LAN 1 Gbit/s, 0.5 ms RTT"),

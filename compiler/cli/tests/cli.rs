@@ -1,45 +1,14 @@
 //! The `veil` binary: help, success paths, and every bad input ending in a clear message and
 //! exit code 1 (never a panic).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use common::{fails_with, root, tmp, veil, BERT, DATA};
+use std::process::Output;
 use veil_compiler::ir::Tensor;
 
-const BERT: &str = "tests/fixtures/models/bert-tiny-random/model.dynamo_opset17.onnx";
-const DATA: &str = "tests/fixtures/models/bert-tiny-random/test_data_set_0";
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn veil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_veil"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("veil runs")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("veil-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Asserts a clean failure: exit code 1, the message in stderr, no panic.
-fn fails_with(out: &Output, msg: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
-    assert!(err.contains(msg), "expected `{msg}` in: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-}
-
 fn inputs() -> Vec<String> {
-    ["input_ids", "attention_mask", "token_type_ids"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| format!("{n}={DATA}/input_{i}.npy"))
-        .collect()
+    common::bert_assignments()
 }
 
 fn eval_with(inputs: &[String]) -> Output {

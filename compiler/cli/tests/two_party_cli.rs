@@ -1,54 +1,16 @@
 //! `veil compile / run / serve / dealer / connect / cost / demo` end to end as processes, and
 //! their bad inputs: clear errors, exit code 1, no hang, nothing half-written.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use common::{fails_with, ok, root, tmp, veil, BERT, DATA};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BERT: &str = "tests/fixtures/models/bert-tiny-random/model.dynamo_opset17.onnx";
 const BERT_DYN: &str =
     "tests/fixtures/models/bert-tiny-random/model.torchscript_opset17_dynamic.onnx";
 const GPT2: &str = "tests/fixtures/models/gpt2-tiny-random/model.dynamo_opset18.onnx";
-const DATA: &str = "tests/fixtures/models/bert-tiny-random/test_data_set_0";
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn veil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_veil"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("veil runs")
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("veil-2p-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn fails_with(out: &Output, msg: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
-    assert!(err.contains(msg), "expected `{msg}` in: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-}
-
-fn ok(out: &Output) -> String {
-    let so = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "stdout: {so}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
-    so
-}
-
-fn bert_inputs() -> Vec<String> {
-    ["input_ids", "attention_mask", "token_type_ids"]
-        .iter()
-        .enumerate()
-        .flat_map(|(i, n)| ["--input".to_string(), format!("{n}={DATA}/input_{i}.npy")])
-        .collect()
-}
 
 fn compile(model: &str, out: &Path, extra: &[&str]) {
     let o = out.display().to_string();
@@ -107,9 +69,8 @@ fn run_over_tcp_processes_matches_onnxruntime() {
         "--output".into(),
         outdir.display().to_string(),
     ];
-    args.extend(bert_inputs());
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    let so = ok(&veil(&a));
+    args.extend(common::bert_input_flags());
+    let so = ok(&veil(&args));
     assert!(so.contains("vs plaintext reference"), "{so}");
     assert!(so.contains("by op kind:") && so.contains("softmax"), "{so}");
     let got = veil_compiler::npy::read(&outdir.join("last_hidden_state.npy")).unwrap().to_f64_vec();
@@ -132,9 +93,8 @@ fn program_for_another_sequence_length() {
     let prog = d.join("bert64.vbc");
     compile(BERT_DYN, &prog, &["--seq", "64"]);
     let mut args = vec!["run".to_string(), prog.display().to_string(), "--in-process".into()];
-    args.extend(bert_inputs());
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    fails_with(&veil(&a), "the model needs i64[1,64]");
+    args.extend(common::bert_input_flags());
+    fails_with(&veil(&args), "the model needs i64[1,64]");
 }
 
 #[test]
@@ -164,9 +124,8 @@ fn files_of_another_compile_are_refused() {
     let c = d.join("gpt.client").display().to_string();
     let mut args =
         vec!["connect".to_string(), bert.display().to_string(), "--client-part".into(), c];
-    args.extend(bert_inputs());
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    fails_with(&veil(&a), "was compiled with another program");
+    args.extend(common::bert_input_flags());
+    fails_with(&veil(&args), "was compiled with another program");
     // A damaged program.
     let bad = d.join("bad.vbc");
     let mut bytes = std::fs::read(&bert).unwrap();
@@ -239,9 +198,8 @@ fn three_roles_as_separate_commands_and_a_client_with_another_program() {
     // The right client succeeds.
     let mut args =
         vec!["connect".to_string(), b, "--server".into(), saddr, "--dealer".into(), daddr];
-    args.extend(bert_inputs());
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    let so = ok(&veil(&a));
+    args.extend(common::bert_input_flags());
+    let so = ok(&veil(&args));
     assert!(so.contains("output `last_hidden_state`"), "{so}");
     let t0 = Instant::now();
     assert!(server.wait().unwrap().success() || t0.elapsed() < Duration::from_secs(30));
@@ -280,10 +238,9 @@ fn missing_dealer_ends_every_side_with_an_error() {
         "--timeout".into(),
         "3".into(),
     ];
-    args.extend(bert_inputs());
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(common::bert_input_flags());
     let t0 = Instant::now();
-    let o = veil(&a);
+    let o = veil(&args);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("dealer"), "{err}");

@@ -150,6 +150,16 @@ fn op_kind(op: &Op) -> &'static str {
     }
 }
 
+/// `x` with a huge negative additive-mask entry (≤ −1e9, e.g. the −3.4028235e38 HF exports
+/// add) replaced by the finite `value`: the one rule for constants and for client feeds.
+pub fn clamp_mask_entry(x: f32, value: f32) -> f32 {
+    if x <= -1e9 {
+        value
+    } else {
+        x
+    }
+}
+
 /// Replaces huge negative float constants (additive attention masks such as −3.4028235e38,
 /// the f32 minimum HF exports add) with `value`: fixed point cannot hold them, and any value
 /// far enough below the scores gives the same softmax. Returns the constants changed.
@@ -159,7 +169,7 @@ pub fn clamp_masks(g: &mut Graph, value: f32) -> Vec<String> {
         let Some(t) = g.const_data(v) else { continue };
         let Some(data) = t.as_f32() else { continue };
         if data.iter().any(|&x| x <= -1e9) {
-            let fixed: Vec<f32> = data.iter().map(|&x| if x <= -1e9 { value } else { x }).collect();
+            let fixed: Vec<f32> = data.iter().map(|&x| clamp_mask_entry(x, value)).collect();
             let nt = Tensor::f32(t.shape.clone(), fixed);
             let name = g.values[v].name.clone();
             g.values[v].def = crate::ir::ValueDef::Const(std::sync::Arc::new(nt));

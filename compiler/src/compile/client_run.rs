@@ -2,6 +2,7 @@
 //! on the model inputs to get the program's inputs) and the assembly of the model's outputs.
 
 use super::{ClientPart, OutputSource};
+use crate::backend::nonlinear::clamp_mask_entry;
 use crate::ir::{Data, Tensor};
 use std::collections::HashMap;
 
@@ -32,13 +33,13 @@ fn encode_feed(name: &str, t: &Tensor, mask_value: f32) -> Result<Tensor, String
                 if !x.is_finite() && !(x == f32::NEG_INFINITY) {
                     return Err(format!("program input `{name}` has a non-finite value ({x})"));
                 }
-                out.push(if x <= -1e9 { mask_value } else { x });
+                out.push(clamp_mask_entry(x, mask_value));
             }
             Tensor::f32(t.shape.clone(), out)
         }
         Data::F64(v) => Tensor::f32(
             t.shape.clone(),
-            v.iter().map(|&x| if x <= -1e9 { mask_value } else { x as f32 }).collect(),
+            v.iter().map(|&x| clamp_mask_entry(x as f32, mask_value)).collect(),
         ),
         Data::I64(v) => Tensor::i64(t.shape.clone(), v.clone()),
         Data::Bool(v) => Tensor::i64(t.shape.clone(), v.iter().map(|&b| b as i64).collect()),

@@ -158,6 +158,16 @@ fn dtype_of(name: &str) -> Option<DType> {
 }
 
 impl<'a> Eval<'a> {
+    /// `{var}` in `s` replaced by the integer or string bound to `var` in the current scope.
+    fn interpolate(&self, s: &str, span: Span) -> Result<String, DslError> {
+        interpolate(s, &|v| match self.lookup(v) {
+            Some(Val::Num(x)) if is_int(x) => Some((x as i64).to_string()),
+            Some(Val::Str(s)) => Some(s),
+            _ => None,
+        })
+        .map_err(|m| self.err(span, m))
+    }
+
     fn frame(&mut self) -> &mut Frame {
         self.frames.last_mut().expect("a frame is active")
     }
@@ -277,12 +287,7 @@ impl<'a> Eval<'a> {
                 let t = self.tensor_type(ty)?;
                 let raw = key.as_ref().map(|k| k.0.clone()).unwrap_or_else(|| name.name.clone());
                 let kspan = key.as_ref().map(|k| k.1).unwrap_or(name.span);
-                let resolved = interpolate(&raw, &|v| match self.lookup(v) {
-                    Some(Val::Num(x)) if is_int(x) => Some((x as i64).to_string()),
-                    Some(Val::Str(s)) => Some(s),
-                    _ => None,
-                })
-                .map_err(|m| self.err(kspan, m))?;
+                let resolved = self.interpolate(&raw, kspan)?;
                 let weights = self.weights.as_mut().ok_or_else(|| {
                     DslError::Other("parameters are only allowed inside models".into())
                 })?;
@@ -381,15 +386,7 @@ impl<'a> Eval<'a> {
             Expr::Number(x, _) => Ok(Val::Num(*x)),
             // String literals interpolate `{var}` where they are written, so a name built in
             // a caller (`"layer.{i}.query"`) carries the caller's loop variable.
-            Expr::Str(s, span) => {
-                let r = interpolate(s, &|v| match self.lookup(v) {
-                    Some(Val::Num(x)) if is_int(x) => Some((x as i64).to_string()),
-                    Some(Val::Str(s)) => Some(s),
-                    _ => None,
-                })
-                .map_err(|m| self.err(*span, m))?;
-                Ok(Val::Str(r))
-            }
+            Expr::Str(s, span) => Ok(Val::Str(self.interpolate(s, *span)?)),
             Expr::List(items, _) => {
                 Ok(Val::List(items.iter().map(|i| self.expr(i, None)).collect::<R<_>>()?))
             }

@@ -75,7 +75,7 @@ pub fn run(a: Args) -> Result<()> {
     let (outs, m) =
         client_over_tcp(&p, &c, &inputs, &a.server, &a.dealer, Duration::from_secs(a.timeout))?;
     print_outputs(&outs, None, a.output.as_deref())?;
-    let nets = a.net.map(|n| vec![n]).unwrap_or_else(|| vec![Net::Lan, Net::Wan]);
+    let nets = Net::chosen(a.net);
     print_cost(&p, &m, &nets);
     Ok(())
 }

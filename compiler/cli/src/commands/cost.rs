@@ -17,7 +17,7 @@ pub struct Args {
 /// Prints the report.
 pub fn run(a: Args) -> Result<()> {
     let p = crate::party::program(&a.program)?;
-    let nets = a.net.map(|n| vec![n]).unwrap_or_else(|| vec![Net::Lan, Net::Wan]);
+    let nets = Net::chosen(a.net);
     println!("{}: model `{}`", a.program.display(), p.meta("model").unwrap_or("?"));
     print!("{}", reveals(&p));
     print!("{}", cost_report(&p, None, &nets));

@@ -46,7 +46,7 @@ pub struct Args {
 
 /// Runs and reports.
 pub fn run(a: Args) -> Result<()> {
-    let nets = a.net.map(|n| vec![n]).unwrap_or_else(|| vec![Net::Lan, Net::Wan]);
+    let nets = Net::chosen(a.net);
     let p = program(&a.program)?;
     let c = client_part(&a.program, None, &p)?;
     let inputs = match a.random_inputs {
