@@ -25,9 +25,21 @@ fn values(t: &Tensor) -> Values {
 
 /// Runs `file` of `model` on test set `set` two-party; returns (outputs, references).
 fn two_party(model: &str, file: &str, set: &str, tcp: bool) -> Vec<(Vec<f64>, Vec<f64>)> {
-    let dir = fixtures().join(model);
     let opts = ImportOptions { seq: Some(128), ..ImportOptions::default() };
-    let mut g = import_file(&dir.join(file), &opts).unwrap_or_else(|e| panic!("{e}"));
+    let g =
+        import_file(&fixtures().join(model).join(file), &opts).unwrap_or_else(|e| panic!("{e}"));
+    two_party_graph(g, model, file, set, tcp)
+}
+
+/// Runs the graph `g` (of fixture `model`, loaded from `file`) on test set `set` two-party.
+fn two_party_graph(
+    mut g: veil_compiler::ir::Graph,
+    model: &str,
+    file: &str,
+    set: &str,
+    tcp: bool,
+) -> Vec<(Vec<f64>, Vec<f64>)> {
+    let dir = fixtures().join(model);
     veil_compiler::passes::run(&mut g, &mut veil_compiler::passes::import_pipeline()).unwrap();
     let names: Vec<String> = g.inputs.iter().map(|&v| g.values[v].name.clone()).collect();
     let n_out = g.outputs.len();
@@ -73,7 +85,11 @@ fn max_err(got: &[f64], want: &[f64]) -> (f64, f64) {
 }
 
 fn check(model: &str, file: &str, set: &str, tcp: bool) {
-    for (i, (got, want)) in two_party(model, file, set, tcp).iter().enumerate() {
+    check_results(model, file, set, two_party(model, file, set, tcp));
+}
+
+fn check_results(model: &str, file: &str, set: &str, results: Vec<(Vec<f64>, Vec<f64>)>) {
+    for (i, (got, want)) in results.iter().enumerate() {
         let (err, maxabs) = max_err(got, want);
         eprintln!("{model}/{file} {set} output {i}: max abs err {err:.3e} of max |y| {maxabs:.3}");
         assert!(err <= 1e-2 * maxabs, "{model}/{file} output {i}: {err} > 1e-2 × {maxabs}");
@@ -130,4 +146,33 @@ fn minilm_sentence_embedding_over_tcp() {
         assert!(cos >= 0.999, "cosine {cos}");
         assert!(err <= 1e-2 * tok_max);
     }
+}
+
+#[test]
+fn bert_tiny_written_in_the_dsl_with_exported_weights() {
+    let onnx = import_file(
+        &fixtures().join("bert-tiny-random/model.dynamo_opset17.onnx"),
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    struct Exported(HashMap<String, Tensor>);
+    impl veil_compiler::dsl::WeightSource for Exported {
+        fn get(&mut self, key: &str, _: &veil_compiler::ir::TensorType) -> Result<Tensor, String> {
+            self.0.get(key).cloned().ok_or_else(|| format!("no tensor `{key}`"))
+        }
+    }
+    let mut weights = Exported(
+        veil_compiler::frontend::weight_names::exported_weights(&onnx).into_iter().collect(),
+    );
+    let mut l = veil_compiler::dsl::stdlib_loader();
+    l.load_path(&fixtures().join("../../../examples/models/bert-tiny.veil").display().to_string())
+        .unwrap();
+    let g = veil_compiler::dsl::lower_model(&l, "bert_tiny", &mut weights).unwrap().graph;
+    let set = "test_data_set_1";
+    check_results(
+        "bert-tiny-random",
+        "bert-tiny.veil",
+        set,
+        two_party_graph(g, "bert-tiny-random", "bert-tiny.veil", set, false),
+    );
 }

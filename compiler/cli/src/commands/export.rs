@@ -3,7 +3,6 @@
 use crate::model::ModelArgs;
 use anyhow::Result;
 use std::path::PathBuf;
-use veil_compiler::ir::ValueDef;
 
 /// Arguments of `veil export-weights`.
 #[derive(clap::Args)]
@@ -17,7 +16,9 @@ pub struct Args {
     pub model: ModelArgs,
 }
 
-/// Exports every weight of the imported graph, by its ONNX initializer name.
+/// Exports every weight of the imported graph by its ONNX initializer name, except that an
+/// exporter-generated name (`val_49`) of a linear layer's matrix becomes `<module>.weight`
+/// after its bias (see `frontend::weight_names`).
 pub fn run(a: Args) -> Result<()> {
     let opts = veil_compiler::frontend::onnx::ImportOptions {
         seq: a.model.seq,
@@ -26,15 +27,15 @@ pub fn run(a: Args) -> Result<()> {
         ..Default::default()
     };
     let g = veil_compiler::frontend::onnx::import_file(&a.file, &opts)?;
-    let mut tensors = Vec::new();
-    for (_, vd) in g.values.iter() {
-        if let ValueDef::Weight(t) = &vd.def {
-            tensors.push((vd.name.clone(), (**t).clone()));
-        }
-    }
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let renamed = veil_compiler::frontend::weight_names::descriptive_names(&g).len();
+    let tensors = veil_compiler::frontend::weight_names::exported_weights(&g);
     veil_compiler::weights::write_safetensors(&a.output, &tensors)?;
     let n: usize = tensors.iter().map(|(_, t)| t.numel()).sum();
     println!("wrote {} tensors ({n} parameters) to {}", tensors.len(), a.output.display());
+    if renamed > 0 {
+        println!(
+            "named {renamed} exporter-generated matrices after their biases (`<module>.weight`, [in, out])"
+        );
+    }
     Ok(())
 }
