@@ -37,6 +37,8 @@ pub struct StdFn {
     pub module: &'static str,
     /// Function name.
     pub name: &'static str,
+    /// How it is called when measured: a DSL expression in the input `x`.
+    pub call: &'static str,
     /// Domain swept for the error table.
     pub domain: (f64, f64),
     /// Sample logarithmically (for positive domains spanning octaves).
@@ -102,6 +104,27 @@ fn smu(x: f64) -> f64 {
     (x + x * erf(mu * x)) / 2.0
 }
 
+fn smu1_softmax_rows(x: &[f64], n: usize) -> Vec<f64> {
+    x.chunks(n)
+        .flat_map(|r| {
+            let e: Vec<f64> = r.iter().map(|&v| smu1(v)).collect();
+            let s: f64 = e.iter().sum();
+            e.into_iter().map(move |v| v / s)
+        })
+        .collect()
+}
+
+fn layernorm_rows(x: &[f64], n: usize) -> Vec<f64> {
+    x.chunks(n)
+        .flat_map(|r| {
+            let m = r.iter().sum::<f64>() / r.len() as f64;
+            let v = r.iter().map(|a| (a - m) * (a - m)).sum::<f64>() / r.len() as f64;
+            let s = 1.0 / (v + 1e-5).sqrt();
+            r.iter().map(move |a| (a - m) * s).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 fn softmax_rows(x: &[f64], n: usize) -> Vec<f64> {
     x.chunks(n)
         .flat_map(|r| {
@@ -121,6 +144,7 @@ pub const ALL: &[StdFn] = &[
     StdFn {
         module: "exp",
         name: "exp_neg",
+        call: "exp_neg(x)",
         domain: (-16.0, 0.0),
         log_sweep: false,
         shape: Shape::Elementwise,
@@ -129,6 +153,7 @@ pub const ALL: &[StdFn] = &[
     StdFn {
         module: "reciprocal",
         name: "recip_newton",
+        call: "recip_newton(x)",
         domain: (1.0, 128.0),
         log_sweep: true,
         shape: Shape::Elementwise,
@@ -137,6 +162,7 @@ pub const ALL: &[StdFn] = &[
     StdFn {
         module: "rsqrt",
         name: "rsqrt_newton",
+        call: "rsqrt_newton(x)",
         domain: (0.0009765625, 4096.0),
         log_sweep: true,
         shape: Shape::Elementwise,
@@ -145,6 +171,7 @@ pub const ALL: &[StdFn] = &[
     StdFn {
         module: "rsqrt",
         name: "sqrt_newton",
+        call: "sqrt_newton(x)",
         domain: (0.0009765625, 4096.0),
         log_sweep: true,
         shape: Shape::Elementwise,
@@ -153,6 +180,7 @@ pub const ALL: &[StdFn] = &[
     StdFn {
         module: "gelu",
         name: "gelu_erf_poly",
+        call: "gelu_erf_poly(x)",
         domain: (-8.0, 8.0),
         log_sweep: false,
         shape: Shape::Elementwise,
@@ -161,6 +189,7 @@ pub const ALL: &[StdFn] = &[
     StdFn {
         module: "gelu",
         name: "gelu_tanh_poly",
+        call: "gelu_tanh_poly(x)",
         domain: (-8.0, 8.0),
         log_sweep: false,
         shape: Shape::Elementwise,
@@ -169,6 +198,7 @@ pub const ALL: &[StdFn] = &[
     StdFn {
         module: "smu",
         name: "smu1_newton",
+        call: "smu1_newton(x)",
         domain: (-8.0, 8.0),
         log_sweep: false,
         shape: Shape::Elementwise,
@@ -177,6 +207,7 @@ pub const ALL: &[StdFn] = &[
     StdFn {
         module: "smu",
         name: "smu_poly",
+        call: "smu_poly(x)",
         domain: (-8.0, 8.0),
         log_sweep: false,
         shape: Shape::Elementwise,
@@ -185,10 +216,29 @@ pub const ALL: &[StdFn] = &[
     StdFn {
         module: "softmax",
         name: "softmax_max",
+        call: "softmax_max(x)",
         domain: (-8.0, 8.0),
         log_sweep: false,
         shape: Shape::Rows(ROW),
         reference: |x| softmax_rows(x, ROW),
+    },
+    StdFn {
+        module: "smu",
+        name: "softmax_smu",
+        call: "softmax_smu(x)",
+        domain: (-8.0, 8.0),
+        log_sweep: false,
+        shape: Shape::Rows(ROW),
+        reference: |x| smu1_softmax_rows(x, ROW),
+    },
+    StdFn {
+        module: "layernorm",
+        name: "layernorm_newton",
+        call: "layernorm_newton(x, 1.0, 0.0)",
+        domain: (-8.0, 8.0),
+        log_sweep: false,
+        shape: Shape::Rows(ROW),
+        reference: |x| layernorm_rows(x, ROW),
     },
 ];
 

@@ -40,6 +40,8 @@ enum Command {
     Eval(commands::eval::Args),
     /// Write an ONNX model's parameters to a safetensors file (for DSL models).
     ExportWeights(commands::export::Args),
+    /// Measure every stdlib approximation: error in the fixed-point simulator, cost in bytecode.
+    Stdlib(commands::stdlib::Args),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::ExportWeights(a) => commands::export::run(a),
+        Command::Stdlib(a) => commands::stdlib::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

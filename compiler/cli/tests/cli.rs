@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{fails_with, root, tmp, veil, BERT, DATA};
+use common::{fails_with, ok, root, tmp, veil, BERT, DATA};
 use std::process::Output;
 use veil_compiler::ir::Tensor;
 
@@ -136,5 +136,26 @@ fn export_weights_round_trips_through_safetensors() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let src = veil_compiler::weights::SafetensorsSource::open(&f).unwrap();
     assert_eq!(src.names().len(), 37);
-    assert_eq!(src.tensor("val_49").unwrap().shape, vec![128, 128]);
+    // The exporter's `val_49` is named after the bias it is added to.
+    let q = src.tensor("m.encoder.layer.0.attention.self.query.weight").unwrap();
+    assert_eq!(q.shape, vec![128, 128]);
+    assert!(src.names().iter().all(|n| !n.starts_with("val_")), "{:?}", src.names());
+    // ...so the DSL example loads them by module path and runs.
+    let ex = root().join("examples/models/bert-tiny.veil");
+    let out = veil(&[
+        "inspect".to_string(),
+        ex.display().to_string(),
+        "--weights".into(),
+        f.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn stdlib_table_command() {
+    let out = ok(&veil(&["stdlib", "--function", "exp_neg"]));
+    assert!(out.contains("| `exp_neg` (exp) |"), "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("| `")).count(), 1);
+    fails_with(&veil(&["stdlib", "--function", "nope"]), "no stdlib function `nope`");
+    fails_with(&veil(&["stdlib", "--frac-bits", "40"]), "out of range");
 }

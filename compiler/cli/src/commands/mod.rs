@@ -10,3 +10,4 @@ pub mod export;
 pub mod inspect;
 pub mod run;
 pub mod serve;
+pub mod stdlib;

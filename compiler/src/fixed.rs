@@ -1,0 +1,433 @@
+//! The fixed-point simulator: the reference evaluator run in the VM's ring arithmetic, so the
+//! error of an approximation (or of a whole lowered model) is measurable without any MPC.
+//!
+//! Secret data lives in Z_2^64 as `round(x·2^s)` and wraps like the VM's shares. The scale `s`
+//! follows the bytecode lowering (`backend::lower`), which truncates lazily: a product carries
+//! the sum of its operands' scales and is truncated (floor here; the VM's probabilistic
+//! truncation is within one unit of it) back to `f` bits only when it enters the next product
+//! or comparison; sums align scales by exact left shifts; a public factor ±2^-k only relabels
+//! the scale. Comparisons are exact on the signed value (the VM's are exact beyond 2^-8 at
+//! f = 16). Which data is secret: the graph's float inputs and weights, and everything
+//! computed from them; float constants and values computed from constants alone stay in
+//! f32/f64 (the compiler folds those publicly) and are encoded where they meet secret data.
+//! Operators without a ring form (`exp`, `sqrt`, `softmax`, …) are errors: lower them to stdlib
+//! approximations first (`compile::lowered`).
+
+use crate::eval::{eval_op, EvalError};
+use crate::ir::{DType, Graph, Op, Tensor, TensorType, Value, ValueDef};
+use std::collections::HashMap;
+
+/// Simulator settings.
+#[derive(Clone, Copy, Debug)]
+pub struct SimOptions {
+    /// Fractional bits `f`.
+    pub frac_bits: u8,
+    /// Entries ≤ −1e9 (additive attention masks) are encoded as this value, as the client
+    /// does with its feeds; `None` makes them an error.
+    pub mask_value: Option<f32>,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions { frac_bits: 16, mask_value: Some(-64.0) }
+    }
+}
+
+/// A value during simulation: ring elements (an `i64` tensor) at a scale, comparison bits
+/// (0/1), or plain data.
+#[derive(Clone)]
+enum Sim {
+    Ring(Tensor, u8),
+    Bits(Tensor),
+    Plain(Tensor),
+}
+
+struct Ctx {
+    f: u8,
+    mask: Option<f32>,
+}
+
+/// `t` with `g` applied to every element (an `i64` tensor).
+fn map(t: &Tensor, g: impl Fn(i64) -> i64) -> Tensor {
+    Tensor::i64(t.shape.clone(), t.as_i64().unwrap_or(&[]).iter().map(|&x| g(x)).collect())
+}
+
+impl Ctx {
+    fn encode(&self, t: &Tensor, scale: u8, what: &str) -> Result<Tensor, String> {
+        self.encode_f64(&t.shape, &t.to_f64_vec(), scale, what)
+    }
+
+    fn encode_f64(
+        &self,
+        shape: &[usize],
+        vals: &[f64],
+        scale: u8,
+        what: &str,
+    ) -> Result<Tensor, String> {
+        let k = 2f64.powi(scale as i32);
+        let limit = 2f64.powi(62);
+        let mut out = Vec::with_capacity(vals.len());
+        for &v in vals {
+            let v = match self.mask {
+                Some(m) if v <= -1e9 => m as f64,
+                _ => v,
+            };
+            let r = (v * k).round();
+            if !r.is_finite() || r.abs() >= limit {
+                return Err(format!(
+                    "`{what}` holds {v}, which does not fit fixed point with {scale} fractional bits"
+                ));
+            }
+            out.push(r as i64);
+        }
+        Ok(Tensor::i64(shape.to_vec(), out))
+    }
+
+    fn decode(&self, t: &Tensor, scale: u8, ty: &TensorType) -> Tensor {
+        let k = 2f64.powi(scale as i32);
+        let vals: Vec<f64> = t.as_i64().unwrap_or(&[]).iter().map(|&r| r as f64 / k).collect();
+        crate::eval::from_f64s(ty.dtype, ty.shape.clone(), vals)
+    }
+
+    /// The value at scale `f`: floor-truncated from above, shifted up from below.
+    fn at_f(&self, t: &Tensor, s: u8) -> Tensor {
+        let f = self.f;
+        if s > f {
+            map(t, |x| x >> (s - f))
+        } else {
+            map(t, |x| x.wrapping_shl((f - s) as u32))
+        }
+    }
+
+    /// What a masked opening hands a product or comparison: at most `f` fractional bits.
+    fn opened(&self, t: &Tensor, s: u8) -> (Tensor, u8) {
+        if s >= self.f {
+            (self.at_f(t, s), self.f)
+        } else {
+            (t.clone(), s)
+        }
+    }
+
+    fn up(&self, t: &Tensor, from: u8, to: u8) -> Tensor {
+        map(t, |x| x.wrapping_shl((to - from) as u32))
+    }
+}
+
+fn ring_ty(ty: &TensorType) -> TensorType {
+    TensorType::new(DType::I64, ty.shape.clone())
+}
+
+/// Runs `g` in fixed point and returns its outputs (floats decoded, in their IR types).
+pub fn simulate(
+    g: &Graph,
+    inputs: &HashMap<String, Tensor>,
+    opts: &SimOptions,
+) -> Result<Vec<Tensor>, EvalError> {
+    let cx = Ctx { f: opts.frac_bits, mask: opts.mask_value };
+    let f = cx.f;
+    let mut env: HashMap<Value, Sim> = HashMap::new();
+    let err = |node: &str, msg: String| EvalError { node: node.to_string(), msg };
+    for &i in &g.inputs {
+        let vd = &g.values[i];
+        let t = inputs.get(&vd.name).ok_or_else(|| err(&vd.name, "input not supplied".into()))?;
+        if t.ty() != vd.ty {
+            return Err(err(
+                &vd.name,
+                format!("input is {}, the graph declares {}", t.ty(), vd.ty),
+            ));
+        }
+        let s = if vd.ty.dtype.is_float() {
+            Sim::Ring(cx.encode(t, f, &vd.name).map_err(|m| err(&vd.name, m))?, f)
+        } else {
+            Sim::Plain(t.clone())
+        };
+        env.insert(i, s);
+    }
+    for (v, vd) in g.values.iter() {
+        match &vd.def {
+            ValueDef::Weight(t) if vd.ty.dtype.is_float() => {
+                let r = cx.encode(t, f, &vd.name).map_err(|m| err(&vd.name, m))?;
+                env.insert(v, Sim::Ring(r, f));
+            }
+            ValueDef::Weight(t) | ValueDef::Const(t) => {
+                env.insert(v, Sim::Plain((**t).clone()));
+            }
+            _ => {}
+        }
+    }
+    for &n in &g.order {
+        let nd = &g.nodes[n];
+        let ty = &g.values[nd.result].ty;
+        let mut args = Vec::with_capacity(nd.args.len());
+        for &a in &nd.args {
+            args.push(env.get(&a).cloned().ok_or_else(|| {
+                err(&nd.name, format!("argument `{}` is not available", g.values[a].name))
+            })?);
+        }
+        let same = nd.args.len() == 2 && nd.args[0] == nd.args[1];
+        let out = step(&cx, &nd.op, args, same, ty, &nd.name).map_err(|m| err(&nd.name, m))?;
+        env.insert(nd.result, out);
+    }
+    g.outputs
+        .iter()
+        .map(|&o| match env.get(&o) {
+            Some(Sim::Ring(t, s)) => Ok(cx.decode(t, *s, &g.values[o].ty)),
+            Some(Sim::Bits(t)) => Ok(cx.decode(t, 0, &g.values[o].ty)),
+            Some(Sim::Plain(t)) => Ok(t.clone()),
+            None => Err(err(&g.values[o].name, "not computed".into())),
+        })
+        .collect()
+}
+
+/// A secret operand: bits become 0/1 ring values at scale 0, as the lowering's `b2a`.
+fn secret(a: Sim) -> Option<(Tensor, u8)> {
+    match a {
+        Sim::Ring(t, s) => Some((t, s)),
+        Sim::Bits(t) => Some((t, 0)),
+        Sim::Plain(_) => None,
+    }
+}
+
+/// One node: plain when every argument is plain, otherwise in the ring.
+fn step(
+    cx: &Ctx,
+    op: &Op,
+    mut args: Vec<Sim>,
+    same: bool,
+    ty: &TensorType,
+    node: &str,
+) -> Result<Sim, String> {
+    let f = cx.f;
+    let plain = |a: &Sim| match a {
+        Sim::Plain(t) => Some(t.clone()),
+        _ => None,
+    };
+    if args.iter().all(|a| matches!(a, Sim::Plain(_))) {
+        let refs: Vec<Tensor> = args.iter().filter_map(plain).collect();
+        let refs: Vec<&Tensor> = refs.iter().collect();
+        return Ok(Sim::Plain(eval_op(op, &refs, ty)?));
+    }
+    let rty = ring_ty(ty);
+    let ev = |op: &Op, a: &[&Tensor]| eval_op(op, a, &rty);
+    let float_out = ty.dtype.is_float();
+    Ok(match op {
+        Op::Sub if matches!((&args[0], &args[1]), (Sim::Bits(_), Sim::Bits(_))) => {
+            // [x ≥ c1] − [x ≥ c2] with c1 ≤ c2: the lowering's local XOR, the same 0/1.
+            let (Sim::Bits(a), Sim::Bits(b)) = (&args[0], &args[1]) else { unreachable!() };
+            Sim::Bits(ev(op, &[a, b])?)
+        }
+        Op::Add | Op::Sub => {
+            let (a, b) = (args.remove(0), args.remove(0));
+            match (plain(&a), plain(&b)) {
+                (Some(c), None) | (None, Some(c)) => {
+                    let a_is_const = matches!(a, Sim::Plain(_));
+                    let (x, s) = secret(if a_is_const { b } else { a }).expect("secret");
+                    let c = cx.encode(&c, s, node)?;
+                    let (l, r) = if a_is_const { (&c, &x) } else { (&x, &c) };
+                    Sim::Ring(ev(op, &[l, r])?, s)
+                }
+                _ => {
+                    let ((x, sx), (y, sy)) =
+                        (secret(a).expect("secret"), secret(b).expect("secret"));
+                    let s = sx.max(sy);
+                    Sim::Ring(ev(op, &[&cx.up(&x, sx, s), &cx.up(&y, sy, s)])?, s)
+                }
+            }
+        }
+        Op::Neg => {
+            let (x, s) = secret(args.remove(0)).expect("secret");
+            Sim::Ring(map(&x, i64::wrapping_neg), s)
+        }
+        Op::Mul | Op::Div => {
+            let (a, b) = (args.remove(0), args.remove(0));
+            let inverse = matches!(op, Op::Div);
+            match (plain(&a), plain(&b)) {
+                (Some(c), None) | (None, Some(c)) => {
+                    if inverse && matches!(a, Sim::Plain(_)) {
+                        return Err("division by a secret value has no ring form: rewrite it with the stdlib reciprocal first".into());
+                    }
+                    let x = if matches!(a, Sim::Plain(_)) { b } else { a };
+                    let c = if inverse {
+                        let v: Vec<f64> = c.to_f64_vec().iter().map(|v| 1.0 / v).collect();
+                        crate::eval::from_f64s(DType::F64, c.shape.clone(), v)
+                    } else {
+                        c
+                    };
+                    mul_const(cx, secret(x).expect("secret"), &c, &rty, node)?
+                }
+                _ if inverse => {
+                    return Err("division by a secret value has no ring form: rewrite it with the stdlib reciprocal first".into())
+                }
+                _ => match (&a, &b) {
+                    (Sim::Bits(e), y) | (y, Sim::Bits(e)) if !matches!(y, Sim::Bits(_)) => {
+                        // Selection by comparison bits of the opened operand.
+                        let (y, sy) = secret(y.clone()).expect("secret");
+                        let (y, s) = cx.opened(&y, sy);
+                        Sim::Ring(ev(&Op::Mul, &[e, &y])?, s)
+                    }
+                    _ => {
+                        let ((x, sx), (y, sy)) =
+                            (secret(a).expect("secret"), secret(b).expect("secret"));
+                        let (x, sx) = cx.opened(&x, sx);
+                        let (y, sy) = if same { (x.clone(), sx) } else { cx.opened(&y, sy) };
+                        Sim::Ring(ev(&Op::Mul, &[&x, &y])?, sx + sy)
+                    }
+                },
+            }
+        }
+        Op::MatMul => {
+            let (a, b) = (args.remove(0), args.remove(0));
+            let (x, sx) = secret(a).ok_or("a constant left operand of matmul is not supported")?;
+            match b {
+                Sim::Plain(c) => {
+                    let (x, sx) = if sx > 2 * f { (cx.at_f(&x, sx), f) } else { (x, sx) };
+                    let c = cx.encode(&c, f, node)?;
+                    Sim::Ring(ev(op, &[&x, &c])?, sx + f)
+                }
+                other => {
+                    let (y, sy) = secret(other).expect("secret");
+                    let (mut x, mut sx, mut y, mut sy) = (x, sx, y, sy);
+                    if sx + sy > 3 * f {
+                        if sx >= sy {
+                            (x, sx) = (cx.at_f(&x, sx), f);
+                        } else {
+                            (y, sy) = (cx.at_f(&y, sy), f);
+                        }
+                    }
+                    if sx + sy > 3 * f {
+                        (y, sy) = (cx.at_f(&y, sy), f);
+                    }
+                    Sim::Ring(ev(op, &[&x, &y])?, sx + sy)
+                }
+            }
+        }
+        Op::ReduceSum { .. } => {
+            let (x, s) = secret(args.remove(0)).expect("secret");
+            Sim::Ring(ev(op, &[&x])?, s)
+        }
+        Op::ReduceMean { axes, keepdims } => {
+            let (x, s) = secret(args.remove(0)).expect("secret");
+            let n: usize = axes.iter().map(|&a| x.shape[a]).product();
+            let sum = ev(&Op::ReduceSum { axes: axes.clone(), keepdims: *keepdims }, &[&x])?;
+            scale_by(cx, (sum, s), 1.0 / n as f64, node)?
+        }
+        Op::ReduceMax { .. } => {
+            let (x, s) = secret(args.remove(0)).expect("secret");
+            let (x, s) = if s > f { (cx.at_f(&x, s), f) } else { (x, s) };
+            Sim::Ring(ev(op, &[&x])?, s)
+        }
+        Op::Relu => {
+            let (x, s) = secret(args.remove(0)).expect("secret");
+            let (x, s) = cx.opened(&x, s);
+            Sim::Ring(map(&x, |v| v.max(0)), s)
+        }
+        Op::Drelu => {
+            let (x, _) = secret(args.remove(0)).expect("secret");
+            Sim::Bits(map(&x, |v| i64::from(v >= 0)))
+        }
+        Op::Max | Op::Min => {
+            let (a, b) = (args.remove(0), args.remove(0));
+            let (x, c, other) = match (plain(&a), plain(&b)) {
+                (Some(c), None) => (b, Some(c), None),
+                (None, Some(c)) => (a, Some(c), None),
+                _ => (a, None, Some(b)),
+            };
+            let (x, s) = secret(x).expect("secret");
+            let (x, s) = cx.opened(&x, s);
+            let y = match c {
+                Some(c) => cx.encode(&c, s, node)?,
+                None => {
+                    let (y, sy) = secret(other.expect("two secrets")).expect("secret");
+                    let (y, sy) = cx.opened(&y, sy);
+                    cx.up(&y, sy, s.max(sy))
+                }
+            };
+            Sim::Ring(ev(op, &[&x, &y])?, s)
+        }
+        Op::Concat { .. } => {
+            let parts: Vec<(Tensor, u8)> = args
+                .into_iter()
+                .map(|a| secret(a).ok_or("concatenating a constant with secrets is not supported"))
+                .collect::<Result<_, _>>()?;
+            let s = parts.iter().map(|p| p.1).max().unwrap_or(f);
+            let up: Vec<Tensor> = parts.iter().map(|(t, ps)| cx.up(t, *ps, s)).collect();
+            let refs: Vec<&Tensor> = up.iter().collect();
+            Sim::Ring(ev(op, &refs)?, s)
+        }
+        Op::Reshape { .. }
+        | Op::Transpose { .. }
+        | Op::Slice { .. }
+        | Op::Expand { .. }
+        | Op::Gather { .. }
+        | Op::GatherND { .. }
+        | Op::Where => {
+            // Data movement: the secret operand keeps its scale; indices and conditions stay.
+            let mut scale = f;
+            let mut ts = Vec::new();
+            for a in args {
+                ts.push(match a {
+                    Sim::Plain(t) if t.dtype.is_float() => cx.encode(&t, f, node)?,
+                    Sim::Plain(t) => t,
+                    other => {
+                        let (t, s) = secret(other).expect("secret");
+                        scale = s;
+                        t
+                    }
+                });
+            }
+            let refs: Vec<&Tensor> = ts.iter().collect();
+            Sim::Ring(eval_op(op, &refs, if float_out { &rty } else { ty })?, scale)
+        }
+        Op::Cast { to } if to.is_float() => match args.remove(0) {
+            Sim::Bits(t) => Sim::Ring(t, 0),
+            other => other,
+        },
+        other => {
+            return Err(format!(
+            "`{}` has no fixed-point form on secret data: lower it to a stdlib approximation first",
+            other.name()
+        ))
+        }
+    })
+}
+
+/// A secret times a public constant, as the lowering's `mul_const`.
+fn mul_const(
+    cx: &Ctx,
+    (x, s): (Tensor, u8),
+    c: &Tensor,
+    rty: &TensorType,
+    node: &str,
+) -> Result<Sim, String> {
+    if c.numel() == 1 {
+        return scale_by(cx, (x, s), c.get_f64(0), node).map(|r| match r {
+            Sim::Ring(t, s) if t.shape != rty.shape => Sim::Ring(
+                eval_op(&Op::Expand { shape: rty.shape.clone() }, &[&t], rty).unwrap_or(t),
+                s,
+            ),
+            r => r,
+        });
+    }
+    let f = cx.f;
+    let (x, s) = if s > 2 * f { (cx.at_f(&x, s), f) } else { (x, s) };
+    let integral = c.to_f64_vec().iter().all(|v| v.fract() == 0.0);
+    let cs = if integral { 0 } else { f };
+    let c = cx.encode(c, cs, node)?;
+    Ok(Sim::Ring(eval_op(&Op::Mul, &[&x, &c], rty)?, s + cs))
+}
+
+/// A secret times a public scalar, as the lowering's `scale_by`.
+fn scale_by(cx: &Ctx, (x, s): (Tensor, u8), c: f64, node: &str) -> Result<Sim, String> {
+    let f = cx.f;
+    if c.fract() == 0.0 && c.abs() < (1u64 << 20) as f64 {
+        return Ok(Sim::Ring(map(&x, |v| v.wrapping_mul(c as i64)), s));
+    }
+    let k = -c.abs().log2();
+    if k.fract() == 0.0 && (1.0..=16.0).contains(&k) && s as f64 + k <= 3.0 * f as f64 {
+        let x = if c < 0.0 { map(&x, i64::wrapping_neg) } else { x };
+        return Ok(Sim::Ring(x, s + k as u8));
+    }
+    let (x, s) = if s > 2 * f { (cx.at_f(&x, s), f) } else { (x, s) };
+    let e = cx.encode_f64(&[], &[c], f, node)?.as_i64().unwrap_or(&[0])[0];
+    Ok(Sim::Ring(map(&x, |v| v.wrapping_mul(e)), s + f))
+}

@@ -1,0 +1,132 @@
+//! The fixed-point simulator: it wraps like the ring, refuses what has no ring form, and
+//! bounds the two-party VM's error on every stdlib function.
+
+use std::collections::HashMap;
+use veil_compiler::backend::partition::Vis;
+use veil_compiler::compile::{client_run, compile, CompileOptions};
+use veil_compiler::fixed::{simulate, SimOptions};
+use veil_compiler::ir::{DType, Data, Graph, Op, Tensor, TensorType};
+use veil_compiler::stdlib_table::{samples, shared_function_graph};
+use veil_vm::{run_session, PartyData, RunOptions, Values};
+
+fn values(t: &Tensor) -> Values {
+    match &t.data {
+        Data::F32(v) => Values::F32(v.clone()),
+        Data::I64(v) => Values::I64(v.clone()),
+        _ => Values::F64(t.to_f64_vec()),
+    }
+}
+
+fn two_party(g: Graph, x: &Tensor) -> Vec<f64> {
+    let c = compile(g, &|_| Vis::Server, &CompileOptions::default()).unwrap();
+    let inputs = HashMap::from([("x".to_string(), x.clone())]);
+    let (feeds, own) = client_run::preprocess(&c.client, &inputs).unwrap();
+    let client = PartyData {
+        inputs: feeds.iter().map(|(n, t)| (n.clone(), values(t))).collect(),
+        weights: vec![],
+    };
+    let server = PartyData {
+        weights: c.server_weights.iter().map(|(n, t)| (n.clone(), values(t))).collect(),
+        inputs: vec![],
+    };
+    let r = run_session(&c.program, &client, &server, &RunOptions::default()).unwrap();
+    let revealed: Vec<_> =
+        r.outputs.iter().map(|o| (o.name.clone(), o.shape.clone(), o.data.clone())).collect();
+    client_run::assemble(&c.client, &revealed, &own).unwrap()[0].1.to_f64_vec()
+}
+
+#[test]
+fn simulator_predicts_the_two_party_vm() {
+    for f in veil_stdlib::ALL {
+        let name = f.name;
+        let (shape, xs) = samples(f);
+        let x = Tensor::f32(shape.clone(), xs.iter().map(|&v| v as f32).collect());
+        let g = shared_function_graph(f, shape).unwrap();
+        let inputs = HashMap::from([("x".to_string(), x.clone())]);
+        let sim = simulate(&g, &inputs, &SimOptions::default()).unwrap()[0].to_f64_vec();
+        let mpc = two_party(g, &x);
+        let xs64: Vec<f64> = x.to_f64_vec();
+        let want = (f.reference)(&xs64);
+        // The simulator follows the lowering's scales but truncates by floor, where the VM's
+        // truncation is randomly one unit above it, and near a comparison threshold (within
+        // 2^-8, its resolution) the VM may take either branch; iterations amplify those units
+        // (exp_neg's seven squarings: ×128). So the two errors agree to 50% plus 8 units.
+        let mut gaps: Vec<f64> = sim.iter().zip(&mpc).map(|(a, b)| (a - b).abs()).collect();
+        gaps.sort_by(f64::total_cmp);
+        let p99 = gaps[gaps.len() * 99 / 100];
+        let approx = sim.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+        let mpc_err = mpc.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+        eprintln!(
+            "{name}: |sim − mpc| p99 {p99:.2e} max {:.2e}; error vs float: sim {approx:.2e}, mpc {mpc_err:.2e}",
+            gaps[gaps.len() - 1]
+        );
+        let slack = 8.0 * 2f64.powi(-16);
+        assert!(
+            mpc_err <= 1.5 * approx + slack && approx <= 1.5 * mpc_err + slack,
+            "{name}: the VM's error {mpc_err} vs simulated {approx}"
+        );
+    }
+}
+
+fn one_op(op: Op, a: Tensor, b: Tensor) -> Graph {
+    let mut g = Graph::new("t");
+    let x = g.add_input("x", a.ty());
+    let c = g.add_const("c", b);
+    let y = g.add_node("y", op, &[x, c], "y").unwrap();
+    g.outputs = vec![y];
+    g
+}
+
+#[test]
+fn products_truncate_and_wrap_like_the_ring() {
+    let opts = SimOptions { frac_bits: 16, mask_value: None };
+    let run = |g: &Graph, x: Vec<f32>| {
+        let n = x.len();
+        let inputs = HashMap::from([("x".to_string(), Tensor::f32(vec![n], x))]);
+        simulate(g, &inputs, &opts).unwrap()[0].to_f64_vec()
+    };
+    let u = 2f64.powi(-16);
+    // A product keeps 2f bits (x·0.5 only relabels the scale: 1.5 units stay exact)...
+    let g = one_op(Op::Mul, Tensor::f32(vec![2], vec![0.0; 2]), Tensor::scalar_f32(0.5));
+    assert_eq!(run(&g, vec![(3.0 * u) as f32, (-3.0 * u) as f32]), vec![1.5 * u, -1.5 * u]);
+    // ...until it enters the next product: x = 384 units, x² = 2.25 units floors to 2 before
+    // the product with x, so x³ = 768·2^-32 instead of 864·2^-32.
+    let cube = {
+        let mut g = Graph::new("cube");
+        let x = g.add_input("x", TensorType::new(DType::F32, vec![2]));
+        let sq = g.add_node("sq", Op::Mul, &[x, x], "sq").unwrap();
+        let y = g.add_node("y", Op::Mul, &[sq, x], "y").unwrap();
+        g.outputs = vec![y];
+        g
+    };
+    let (x, v) = ((384.0 * u) as f32, 768.0 * u * u);
+    assert_eq!(run(&cube, vec![x, -x]), vec![v, -v]);
+    // (2^7)² needs 2^46 ring units before truncation: fine; (2^16)² needs 2^64 and wraps to
+    // 0, as it does in MPC (a float evaluation would hide the overflow).
+    let sq = {
+        let mut g = Graph::new("sq");
+        let x = g.add_input("x", TensorType::new(DType::F32, vec![2]));
+        let y = g.add_node("y", Op::Mul, &[x, x], "y").unwrap();
+        g.outputs = vec![y];
+        g
+    };
+    let out = run(&sq, vec![2f32.powi(7), 2f32.powi(16)]);
+    assert_eq!(out[0], 2f64.powi(14));
+    assert_eq!(out[1], 0.0, "(2^32 units)² wraps to 0 in Z_2^64");
+}
+
+#[test]
+fn what_has_no_ring_form_is_refused_by_name() {
+    let mut g = Graph::new("t");
+    let x = g.add_input("x", TensorType::new(DType::F32, vec![2]));
+    let y = g.add_node("the_exp", Op::Exp, &[x], "y").unwrap();
+    g.outputs = vec![y];
+    let inputs = HashMap::from([("x".to_string(), Tensor::f32(vec![2], vec![0.0, 1.0]))]);
+    let e = simulate(&g, &inputs, &SimOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("the_exp") && e.contains("stdlib"), "{e}");
+    // A value too large for the ring is named, not wrapped silently on input.
+    let g = one_op(Op::Add, Tensor::f32(vec![1], vec![0.0]), Tensor::scalar_f32(1e30));
+    let inputs = HashMap::from([("x".to_string(), Tensor::f32(vec![1], vec![0.0]))]);
+    let e = simulate(&g, &inputs, &SimOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("does not fit fixed point"), "{e}");
+}
