@@ -28,7 +28,7 @@ fn two_party(model: &str, file: &str, set: &str, tcp: bool) -> Vec<(Vec<f64>, Ve
     let opts = ImportOptions { seq: Some(128), ..ImportOptions::default() };
     let g =
         import_file(&fixtures().join(model).join(file), &opts).unwrap_or_else(|e| panic!("{e}"));
-    two_party_graph(g, model, file, set, tcp)
+    two_party_graph(g, model, file, set, tcp, &|_| false)
 }
 
 /// Runs the graph `g` (of fixture `model`, loaded from `file`) on test set `set` two-party.
@@ -38,12 +38,14 @@ fn two_party_graph(
     file: &str,
     set: &str,
     tcp: bool,
+    public: &dyn Fn(&str) -> bool,
 ) -> Vec<(Vec<f64>, Vec<f64>)> {
     let dir = fixtures().join(model);
     veil_compiler::passes::run(&mut g, &mut veil_compiler::passes::import_pipeline()).unwrap();
     let names: Vec<String> = g.inputs.iter().map(|&v| g.values[v].name.clone()).collect();
     let n_out = g.outputs.len();
-    let c = compile(g, &|_| Vis::Server, &CompileOptions::default())
+    let vis = |n: &str| if public(n) { Vis::Public } else { Vis::Server };
+    let c = compile(g, &vis, &CompileOptions::default())
         .unwrap_or_else(|e| panic!("{model}/{file}: {e}"));
     let mut inputs = HashMap::new();
     for (i, n) in names.iter().enumerate() {
@@ -148,8 +150,8 @@ fn minilm_sentence_embedding_over_tcp() {
     }
 }
 
-#[test]
-fn bert_tiny_written_in_the_dsl_with_exported_weights() {
+/// The DSL BERT-tiny with the ONNX export's weights.
+fn dsl_bert_tiny() -> veil_compiler::ir::Graph {
     let onnx = import_file(
         &fixtures().join("bert-tiny-random/model.dynamo_opset17.onnx"),
         &ImportOptions::default(),
@@ -167,12 +169,36 @@ fn bert_tiny_written_in_the_dsl_with_exported_weights() {
     let mut l = veil_compiler::dsl::stdlib_loader();
     l.load_path(&fixtures().join("../../../examples/models/bert-tiny.veil").display().to_string())
         .unwrap();
-    let g = veil_compiler::dsl::lower_model(&l, "bert_tiny", &mut weights).unwrap().graph;
+    veil_compiler::dsl::lower_model(&l, "bert_tiny", &mut weights).unwrap().graph
+}
+
+#[test]
+fn bert_tiny_written_in_the_dsl_with_exported_weights() {
     let set = "test_data_set_1";
-    check_results(
-        "bert-tiny-random",
-        "bert-tiny.veil",
-        set,
-        two_party_graph(g, "bert-tiny-random", "bert-tiny.veil", set, false),
-    );
+    let r =
+        two_party_graph(dsl_bert_tiny(), "bert-tiny-random", "bert-tiny.veil", set, false, &|_| {
+            false
+        });
+    check_results("bert-tiny-random", "bert-tiny.veil", set, r);
+}
+
+/// Marill's partitions: public embeddings; the first half of the layers public (frozen); the
+/// outputs still match, and the frozen prefix runs at the client (fewer bytes).
+#[test]
+fn public_layers_run_in_the_clear_and_still_match() {
+    use veil_compiler::compile::public::glob_match;
+    let set = "test_data_set_1";
+    for globs in [vec!["m.embeddings.*"], vec!["m.embeddings.*", "*.layer.0.*"]] {
+        let public = |n: &str| globs.iter().any(|g| glob_match(g, n));
+        let r = two_party_graph(
+            dsl_bert_tiny(),
+            "bert-tiny-random",
+            "bert-tiny.veil",
+            set,
+            true,
+            &public,
+        );
+        eprintln!("public {globs:?}:");
+        check_results("bert-tiny-random", "bert-tiny.veil", set, r);
+    }
 }

@@ -42,7 +42,6 @@ pub struct Loaded {
     /// The graph.
     pub graph: Graph,
     /// Parameters a DSL model declared `public`.
-    #[allow(dead_code, reason = "used by compile (public weights)")]
     pub public_params: Vec<String>,
 }
 

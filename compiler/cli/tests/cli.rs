@@ -159,3 +159,19 @@ fn stdlib_table_command() {
     fails_with(&veil(&["stdlib", "--function", "nope"]), "no stdlib function `nope`");
     fails_with(&veil(&["stdlib", "--frac-bits", "40"]), "out of range");
 }
+
+#[test]
+fn compile_with_public_weights() {
+    let dir = tmp("public");
+    let out = dir.join("bt.vbc");
+    let o =
+        ok(&veil(&["compile", BERT, "--public", "m.embeddings.*", "-o", out.to_str().unwrap()]));
+    assert!(o.contains("public weights: 5 tensors"), "{o}");
+    assert!(o.contains("against every weight private: online"), "{o}");
+    let bad = dir.join("bad.vbc");
+    fails_with(
+        &veil(&["compile", BERT, "--public", "m.embedding.*", "-o", bad.to_str().unwrap()]),
+        "matches no weight",
+    );
+    assert!(!bad.exists(), "nothing written for a refused compile");
+}

@@ -5,8 +5,19 @@ use crate::backend::partition::{Partition, Vis};
 use crate::ir::{Graph, ValueDef};
 use std::sync::Arc;
 
-/// Replaces every public node result by a constant.
+/// Replaces every public weight and every public node result by a constant.
 pub fn fold_public(g: &mut Graph, part: &Partition) -> Result<(), String> {
+    let public_weights: Vec<_> = g
+        .values
+        .iter()
+        .filter(|(v, d)| matches!(d.def, ValueDef::Weight(_)) && part.vis[*v] == Vis::Public)
+        .map(|(v, _)| v)
+        .collect();
+    for v in public_weights {
+        if let ValueDef::Weight(t) = &g.values[v].def {
+            g.values[v].def = ValueDef::Const(t.clone());
+        }
+    }
     let order = g.order.clone();
     let mut keep = Vec::with_capacity(order.len());
     for n in order {

@@ -9,6 +9,8 @@ pub mod artifacts;
 pub mod client_run;
 mod fold;
 pub mod layers;
+pub mod leakage;
+pub mod public;
 
 use crate::backend::client::client_graph;
 use crate::backend::lower::{lower, ClientFeed, LowerOptions};
@@ -53,6 +55,14 @@ pub enum CompileError {
         /// Model name.
         model: String,
         /// What failed.
+        msg: String,
+    },
+    /// The program or the client's part would leak a secret (names the value).
+    #[error("model `{model}`: refusing to write a leaky program: {msg}")]
+    Leak {
+        /// Model name.
+        model: String,
+        /// What would leak.
         msg: String,
     },
     /// The produced program is invalid (a compiler bug).
@@ -155,6 +165,11 @@ pub fn compile(
 
     let cg = client_graph(&g, &part, &lowered.client_feeds, &lowered.client_outputs)
         .map_err(|msg| CompileError::Client { model: model.clone(), msg })?;
+    leakage::check_client_graph(&cg, &server_weights)
+        .map_err(|msg| CompileError::Leak { model: model.clone(), msg })?;
+    let names: Vec<String> = g.outputs.iter().map(|&o| g.values[o].name.clone()).collect();
+    leakage::check_program(&program, &names)
+        .map_err(|msg| CompileError::Leak { model: model.clone(), msg })?;
     let mut outputs = Vec::new();
     for &o in &g.outputs {
         let name = g.values[o].name.clone();

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use veil_compiler::backend::partition::Vis;
-use veil_compiler::compile::{artifacts, compile, CompileOptions, Compiled};
+use veil_compiler::compile::{artifacts, compile, public, CompileOptions, Compiled};
 
 /// Arguments of `veil compile`.
 #[derive(clap::Args)]
@@ -23,16 +23,77 @@ pub struct Args {
     pub frac_bits: u8,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub public: PublicArgs,
+}
+
+/// Which weights need no secrecy (Marill: the unchanged weights of an open base model).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct PublicArgs {
+    /// Weights that are public, by name glob (`*` any run of characters, `?` one); repeatable,
+    /// e.g. --public 'm.embeddings.*' --public '*.layer.0.*'. A glob matching nothing is an error.
+    #[arg(long = "public", value_name = "GLOB")]
+    pub globs: Vec<String>,
+    /// The open base checkpoint (.safetensors or .onnx) the model was fine-tuned from: a weight
+    /// is public when its bytes equal the same-named (or, failing that, any) tensor there.
+    #[arg(long, value_name = "FILE")]
+    pub public_weights: Option<PathBuf>,
+}
+
+/// The public weights of `m` (name → why) under `pa`.
+fn public_set(
+    m: &crate::model::Loaded,
+    margs: &ModelArgs,
+    pa: &PublicArgs,
+) -> Result<BTreeMap<String, public::Reason>> {
+    let base = match &pa.public_weights {
+        None => None,
+        Some(f) => Some(match f.extension().and_then(|e| e.to_str()) {
+            Some("onnx") => {
+                let g = load(f, margs)
+                    .with_context(|| format!("--public-weights {}", f.display()))?
+                    .graph;
+                veil_compiler::frontend::weight_names::exported_weights(&g)
+            }
+            _ => {
+                let src = veil_compiler::weights::SafetensorsSource::open(f)
+                    .with_context(|| format!("--public-weights {}", f.display()))?;
+                let mut v = Vec::new();
+                for n in src.names() {
+                    let t = src.tensor(&n).map_err(anyhow::Error::msg)?;
+                    v.push((n, t));
+                }
+                v
+            }
+        }),
+    };
+    public::public_weights(&m.graph, &m.public_params, &pa.globs, base.as_deref())
+        .map_err(anyhow::Error::msg)
 }
 
 /// Compiles `file` and writes the artifacts; returns what was compiled and where it went.
 pub fn compile_file(
     file: &Path,
     margs: &ModelArgs,
+    pa: &PublicArgs,
     frac_bits: u8,
     out: &Path,
 ) -> Result<(Compiled, artifacts::Paths)> {
+    compile_file_with(file, margs, pa, frac_bits, out).map(|(c, p, _)| (c, p))
+}
+
+/// As [`compile_file`], also returning the partition summary (empty when nothing is public).
+pub fn compile_file_with(
+    file: &Path,
+    margs: &ModelArgs,
+    pa: &PublicArgs,
+    frac_bits: u8,
+    out: &Path,
+) -> Result<(Compiled, artifacts::Paths, String)> {
     let m = load(file, margs)?;
+    let public = public_set(&m, margs, pa)?;
+    let private_graph = if public.is_empty() { None } else { Some(m.graph.clone()) };
+    let partition = partition_lines(&m.graph, &public);
     let mut meta = vec![
         ("source".to_string(), std::fs::canonicalize(file)?.display().to_string()),
         ("compiler".to_string(), format!("veil {}", env!("CARGO_PKG_VERSION"))),
@@ -54,10 +115,80 @@ pub fn compile_file(
         meta.push(("weights".into(), std::fs::canonicalize(w)?.display().to_string()));
     }
     let opts = CompileOptions { frac_bits, meta, ..CompileOptions::default() };
-    let c =
-        compile(m.graph, &|_| Vis::Server, &opts).with_context(|| file.display().to_string())?;
+    let vis = |n: &str| if public.contains_key(n) { Vis::Public } else { Vis::Server };
+    let c = compile(m.graph, &vis, &opts).with_context(|| file.display().to_string())?;
     let p = artifacts::write(&c, out)?;
-    Ok((c, p))
+    let mut summary = partition;
+    if let Some(g) = private_graph {
+        // The same model with every weight private, for the saving.
+        let all = compile(g, &|_| Vis::Server, &opts)?;
+        let (a, b) = (
+            veil_isa::cost::program_cost(&all.program).body,
+            veil_isa::cost::program_cost(&c.program).body,
+        );
+        let (ab, bb) = (a.sent[0] + a.sent[1], b.sent[0] + b.sent[1]);
+        summary.push_str(&format!(
+            "against every weight private: online {} → {} per inference ({:.2}× fewer bytes), rounds {} → {}\n",
+            crate::report::bytes(ab),
+            crate::report::bytes(bb),
+            ab as f64 / bb.max(1) as f64,
+            a.rounds,
+            b.rounds
+        ));
+    }
+    Ok((c, p, summary))
+}
+
+/// Which weights are public and which layers therefore run in the clear at the client.
+fn partition_lines(
+    g: &veil_compiler::ir::Graph,
+    public: &BTreeMap<String, public::Reason>,
+) -> String {
+    if public.is_empty() {
+        return String::new();
+    }
+    let mut per_layer: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
+    let (mut n_pub, mut p_pub, mut p_all) = (0, 0, 0);
+    for w in g.weights() {
+        let vd = &g.values[w];
+        let layer = veil_compiler::backend::lower::tag_of(&vd.name, &veil_compiler::ir::Op::Add).0;
+        let e = per_layer.entry(layer).or_default();
+        e.0 += 1;
+        p_all += vd.ty.numel();
+        if public.contains_key(&vd.name) {
+            e.1 += 1;
+            n_pub += 1;
+            p_pub += vd.ty.numel();
+        } else {
+            e.2 += 1;
+        }
+    }
+    let mut s = format!(
+        "public weights: {n_pub} tensors, {p_pub} of {p_all} parameters ({:.0}%)\n",
+        100.0 * p_pub as f64 / p_all.max(1) as f64
+    );
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for r in public.values() {
+        let k = match r {
+            public::Reason::Declared => "declared `public` in the model".to_string(),
+            public::Reason::Glob(g) => format!("--public '{g}'"),
+            public::Reason::Base(_) => "equal to the base checkpoint".to_string(),
+        };
+        *reasons.entry(k).or_default() += 1;
+    }
+    for (k, n) in reasons {
+        s.push_str(&format!("  {n} × {k}\n"));
+    }
+    let clear: Vec<&str> =
+        per_layer.iter().filter(|(_, c)| c.2 == 0).map(|(l, _)| l.as_str()).collect();
+    let mpc: Vec<&str> =
+        per_layer.iter().filter(|(_, c)| c.2 > 0).map(|(l, _)| l.as_str()).collect();
+    s.push_str(&format!(
+        "weights all public (computed in the clear by the client where their input is the client's): {}\n",
+        if clear.is_empty() { "none".to_string() } else { clear.join(", ") }
+    ));
+    s.push_str(&format!("private weights (under MPC): {}\n", mpc.join(", ")));
+    s
 }
 
 /// Compiles and prints the summary.
@@ -66,8 +197,9 @@ pub fn run(a: Args) -> Result<()> {
         PathBuf::from(a.file.file_stem().unwrap_or_default()).with_extension("vbc")
     });
     let t0 = std::time::Instant::now();
-    let (c, p) = compile_file(&a.file, &a.model, a.frac_bits, &out)?;
+    let (c, p, partition) = compile_file_with(&a.file, &a.model, &a.public, a.frac_bits, &out)?;
     eprintln!("compiled in {:.2} s", t0.elapsed().as_secs_f64());
+    print!("{partition}");
     print!("{}", summary(&c));
     println!("wrote:");
     println!("  {}  (the program: client, server and dealer)", p.program.display());

@@ -57,7 +57,7 @@ fn demo(
     let out = work.join("bert-tiny.vbc");
     let t0 = std::time::Instant::now();
     let margs = ModelArgs { seq: Some(128), ..ModelArgs::default() };
-    let (c, paths) = super::compile::compile_file(model, &margs, 16, &out)?;
+    let (c, paths) = super::compile::compile_file(model, &margs, &Default::default(), 16, &out)?;
     println!("compiled in {:.2} s", t0.elapsed().as_secs_f64());
     print!("{}", super::compile::summary(&c));
 

@@ -1,0 +1,126 @@
+//! Which weights are public (Marill): the unchanged weights of an open foundation model need
+//! no secrecy. A weight is public when a `--public` glob matches its name, when the model
+//! declares it `public` (DSL), or when a base checkpoint holds the same bytes — under the same
+//! name or, failing that, anywhere (content hash), since fine-tuning scripts rename freely.
+
+use crate::ir::{Graph, Tensor, ValueDef};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// `*` matches any run of characters (dots included), `?` one character.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+fn content_key(t: &Tensor) -> (String, Vec<usize>, Vec<u8>) {
+    let bytes = match &t.data {
+        crate::ir::Data::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        crate::ir::Data::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        crate::ir::Data::I64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        crate::ir::Data::Bool(v) => v.iter().map(|&b| b as u8).collect(),
+    };
+    (format!("{:?}", t.dtype), t.shape.clone(), bytes)
+}
+
+/// Why a weight is public.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    /// Declared `public` in the DSL.
+    Declared,
+    /// Matched this `--public` glob.
+    Glob(String),
+    /// Same bytes as the base checkpoint's tensor of this name.
+    Base(String),
+}
+
+/// The public weights of `g` (name → why), from DSL declarations, globs and a base checkpoint.
+/// A glob that matches no weight is an error (a typo would silently keep everything private).
+pub fn public_weights(
+    g: &Graph,
+    declared: &[String],
+    globs: &[String],
+    base: Option<&[(String, Tensor)]>,
+) -> Result<BTreeMap<String, Reason>, String> {
+    let weights: Vec<(&str, &Tensor)> = g
+        .values
+        .iter()
+        .filter_map(|(_, d)| match &d.def {
+            ValueDef::Weight(t) => Some((d.name.as_str(), t.as_ref())),
+            _ => None,
+        })
+        .collect();
+    let mut out = BTreeMap::new();
+    let declared: HashSet<&str> = declared.iter().map(String::as_str).collect();
+    for &(n, _) in &weights {
+        if declared.contains(n) {
+            out.insert(n.to_string(), Reason::Declared);
+        }
+    }
+    for glob in globs {
+        let mut hit = false;
+        for &(n, _) in &weights {
+            if glob_match(glob, n) {
+                hit = true;
+                out.entry(n.to_string()).or_insert_with(|| Reason::Glob(glob.clone()));
+            }
+        }
+        if !hit {
+            let mut names: Vec<&str> = weights.iter().map(|w| w.0).collect();
+            names.sort();
+            names.truncate(5);
+            return Err(format!(
+                "--public `{glob}` matches no weight of model `{}` (weights are named like {})",
+                g.name,
+                names.join(", ")
+            ));
+        }
+    }
+    if let Some(base) = base {
+        let by_name: HashMap<&str, &Tensor> = base.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        let mut by_content: HashMap<(String, Vec<usize>, Vec<u8>), &str> = HashMap::new();
+        for (n, t) in base {
+            by_content.entry(content_key(t)).or_insert(n.as_str());
+        }
+        for &(n, t) in &weights {
+            let same_name = by_name.get(n).is_some_and(|b| content_key(b) == content_key(t));
+            let matched =
+                if same_name { Some(n) } else { by_content.get(&content_key(t)).copied() };
+            if let Some(m) = matched {
+                out.entry(n.to_string()).or_insert_with(|| Reason::Base(m.to_string()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("m.embeddings.*", "m.embeddings.word_embeddings.weight"));
+        assert!(glob_match("*.layer.0.*", "m.encoder.layer.0.attention.self.query.weight"));
+        assert!(!glob_match("*.layer.1.*", "m.encoder.layer.10.x"));
+        assert!(glob_match("*.layer.1?.*", "m.encoder.layer.10.x"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("a", "ab"));
+    }
+}
