@@ -6,6 +6,7 @@ pub mod backend;
 pub mod compile;
 pub mod dsl;
 pub mod eval;
+pub mod file_error;
 pub mod fixed;
 pub mod frontend;
 pub mod ir;

@@ -3,26 +3,8 @@
 use crate::ir::{DType, Data, Tensor};
 use std::path::Path;
 
-/// Why an `.npy` file could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum NpyError {
-    /// The file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// Path.
-        path: String,
-        /// OS error.
-        source: std::io::Error,
-    },
-    /// The content is not a supported `.npy` array.
-    #[error("{path}: {msg}")]
-    Format {
-        /// Path.
-        path: String,
-        /// What is wrong.
-        msg: String,
-    },
-}
+/// Why an `.npy` file could not be read or written.
+pub type NpyError = crate::file_error::FileError;
 
 fn descr_of(dtype: DType) -> Option<&'static str> {
     Some(match dtype {

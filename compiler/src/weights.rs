@@ -6,25 +6,7 @@ use crate::ir::{DType, Data, Tensor, TensorType};
 use std::path::Path;
 
 /// Why a weights file could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum WeightsError {
-    /// I/O failure.
-    #[error("{path}: {source}")]
-    Io {
-        /// Path.
-        path: String,
-        /// OS error.
-        source: std::io::Error,
-    },
-    /// Not a valid safetensors file, or a tensor of an unsupported type.
-    #[error("{path}: {msg}")]
-    Format {
-        /// Path.
-        path: String,
-        /// What is wrong.
-        msg: String,
-    },
-}
+pub type WeightsError = crate::file_error::FileError;
 
 fn st_dtype(d: DType) -> safetensors::Dtype {
     use safetensors::Dtype as S;
@@ -148,6 +130,20 @@ impl WeightSource for SafetensorsSource {
             return Err(format!("{} holds {}, the model declares {ty}", self.path, t.dtype));
         }
         Ok(t)
+    }
+}
+
+/// Parameters already in memory by name (e.g. `frontend::weight_names::exported_weights` of an
+/// ONNX graph, without a round trip through a file).
+pub struct TensorSource(pub std::collections::HashMap<String, Tensor>);
+
+impl WeightSource for TensorSource {
+    fn get(&mut self, key: &str, ty: &TensorType) -> Result<Tensor, String> {
+        let t = self.0.get(key).ok_or_else(|| format!("no tensor `{key}`"))?;
+        if t.ty() != *ty {
+            return Err(format!("`{key}` is {}, the model declares {ty}", t.ty()));
+        }
+        Ok(t.clone())
     }
 }
 

@@ -157,13 +157,7 @@ fn dsl_bert_tiny() -> veil_compiler::ir::Graph {
         &ImportOptions::default(),
     )
     .unwrap();
-    struct Exported(HashMap<String, Tensor>);
-    impl veil_compiler::dsl::WeightSource for Exported {
-        fn get(&mut self, key: &str, _: &veil_compiler::ir::TensorType) -> Result<Tensor, String> {
-            self.0.get(key).cloned().ok_or_else(|| format!("no tensor `{key}`"))
-        }
-    }
-    let mut weights = Exported(
+    let mut weights = veil_compiler::weights::TensorSource(
         veil_compiler::frontend::weight_names::exported_weights(&onnx).into_iter().collect(),
     );
     let mut l = veil_compiler::dsl::stdlib_loader();

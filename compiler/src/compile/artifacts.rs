@@ -10,6 +10,7 @@
 //! leaves nothing half-written.
 
 use super::{ClientPart, Compiled};
+use crate::file_error::FileError;
 use crate::ir::Tensor;
 use crate::weights::{write_safetensors_with, SafetensorsSource};
 use std::path::{Path, PathBuf};
@@ -22,22 +23,9 @@ const HASH_KEY: &str = "veil_program_sha256";
 /// Why an artifact could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
-    /// I/O failure.
-    #[error("{path}: {source}")]
-    Io {
-        /// File.
-        path: String,
-        /// OS error.
-        source: std::io::Error,
-    },
-    /// Not the expected kind of file, or damaged.
-    #[error("{path}: {msg}")]
-    Format {
-        /// File.
-        path: String,
-        /// What is wrong.
-        msg: String,
-    },
+    /// The file could not be read or written, or is damaged.
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The file belongs to another program.
     #[error("{path} was compiled with another program than {program} (program hash {want}, file says {got}); use the files of one `veil compile`")]
     Mismatch {
@@ -73,7 +61,7 @@ pub fn paths(program: &Path) -> Paths {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
-    move |source| ArtifactError::Io { path: path.display().to_string(), source }
+    move |source| FileError::io(path)(source).into()
 }
 
 fn hex(b: &[u8]) -> String {
@@ -97,9 +85,7 @@ pub fn write(c: &Compiled, out: &Path) -> Result<Paths, ArtifactError> {
         std::fs::write(&tmp[0], c.program.to_bytes()).map_err(io(&tmp[0]))?;
         std::fs::write(&tmp[1], client_bytes(&c.client)).map_err(io(&tmp[1]))?;
         let meta = [(HASH_KEY.to_string(), hex(&c.program.hash()))].into_iter().collect();
-        write_safetensors_with(&tmp[2], &c.server_weights, Some(meta)).map_err(|e| {
-            ArtifactError::Format { path: tmp[2].display().to_string(), msg: e.to_string() }
-        })?;
+        write_safetensors_with(&tmp[2], &c.server_weights, Some(meta))?;
         // write_safetensors_with renames its own temporary into tmp[2].
         for (t, f) in tmp.iter().zip([&p.program, &p.client, &p.server]) {
             std::fs::rename(t, f).map_err(io(f))?;
@@ -124,8 +110,7 @@ fn client_bytes(c: &ClientPart) -> Vec<u8> {
 /// Reads a program file.
 pub fn read_program(path: &Path) -> Result<Program, ArtifactError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
-    Program::from_bytes(&bytes)
-        .map_err(|e| ArtifactError::Format { path: path.display().to_string(), msg: e.to_string() })
+    Program::from_bytes(&bytes).map_err(|e| FileError::format(path, e).into())
 }
 
 /// Reads the client's part and checks that it belongs to `program`.
@@ -135,7 +120,7 @@ pub fn read_client(
     program_path: &Path,
 ) -> Result<ClientPart, ArtifactError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
-    let fmt = |msg: String| ArtifactError::Format { path: path.display().to_string(), msg };
+    let fmt = |msg: String| ArtifactError::from(FileError::format(path, msg));
     if bytes.len() < 12 || &bytes[..8] != CLIENT_MAGIC {
         return Err(
             fmt("not a veil client file (written by `veil compile` as NAME.client)".into()),
@@ -167,7 +152,7 @@ pub fn read_server(
     program: &Program,
     program_path: &Path,
 ) -> Result<Vec<(String, Tensor)>, ArtifactError> {
-    let fmt = |msg: String| ArtifactError::Format { path: path.display().to_string(), msg };
+    let fmt = |msg: String| ArtifactError::from(FileError::format(path, msg));
     let src = SafetensorsSource::open(path).map_err(|e| fmt(e.to_string()))?;
     let got = src.metadata().get(HASH_KEY).cloned().unwrap_or_default();
     let want = hex(&program.hash());
