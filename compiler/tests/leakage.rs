@@ -1,25 +1,18 @@
 //! Public weights (Marill) and the leakage check: the client's file holds public data only,
 //! a frozen prefix costs nothing online, and a program that would leak is refused by name.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use veil_compiler::backend::partition::Vis;
 use veil_compiler::compile::leakage::{check_client_graph, check_program};
 use veil_compiler::compile::public::{glob_match, public_weights, Reason};
 use veil_compiler::compile::{artifacts, compile, CompileOptions};
-use veil_compiler::dsl::{lower_model, stdlib_loader, WeightSource};
+use veil_compiler::dsl::{lower_model, stdlib_loader};
 use veil_compiler::frontend::onnx::{import_file, ImportOptions};
 use veil_compiler::ir::{DType, Graph, Tensor, TensorType, ValueDef};
+use veil_compiler::weights::TensorSource;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-struct Exported(HashMap<String, Tensor>);
-impl WeightSource for Exported {
-    fn get(&mut self, key: &str, _: &TensorType) -> Result<Tensor, String> {
-        self.0.get(key).cloned().ok_or_else(|| format!("no tensor `{key}`"))
-    }
 }
 
 fn bert_tiny() -> (Graph, Vec<(String, Tensor)>) {
@@ -31,7 +24,7 @@ fn bert_tiny() -> (Graph, Vec<(String, Tensor)>) {
     let exported = veil_compiler::frontend::weight_names::exported_weights(&onnx);
     let mut l = stdlib_loader();
     l.load_path(&repo().join("examples/models/bert-tiny.veil").display().to_string()).unwrap();
-    let g = lower_model(&l, "bert_tiny", &mut Exported(exported.iter().cloned().collect()))
+    let g = lower_model(&l, "bert_tiny", &mut TensorSource(exported.iter().cloned().collect()))
         .unwrap()
         .graph;
     (g, exported)
@@ -138,4 +131,12 @@ fn globs_name_weights() {
     assert!(p.keys().all(|n| glob_match("m.embeddings.*", n)));
     let e = public_weights(&g, &[], &["m.embedding.*".into()], None).unwrap_err();
     assert!(e.contains("matches no weight"), "{e}");
+    // In the ONNX export a layer's matrices are `val_NN`: globs see their export-weights names.
+    let onnx = import_file(
+        &repo().join("tests/fixtures/models/bert-tiny-random/model.dynamo_opset17.onnx"),
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    let p = public_weights(&onnx, &[], &["*.layer.0.*".into()], None).unwrap();
+    assert_eq!(p.len(), 16, "6 matrices, 6 biases, 4 layer-norm vectors: {p:?}");
 }

@@ -2,6 +2,8 @@
 //! no secrecy. A weight is public when a `--public` glob matches its name, when the model
 //! declares it `public` (DSL), or when a base checkpoint holds the same bytes — under the same
 //! name or, failing that, anywhere (content hash), since fine-tuning scripts rename freely.
+//! Globs and base names also see the name `export-weights` gives an exporter's anonymous
+//! matrix (`…query.weight` for `val_49`), so `*.layer.0.*` covers a layer of an ONNX export.
 
 use crate::ir::{Graph, Tensor, ValueDef};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -58,31 +60,37 @@ pub fn public_weights(
     globs: &[String],
     base: Option<&[(String, Tensor)]>,
 ) -> Result<BTreeMap<String, Reason>, String> {
-    let weights: Vec<(&str, &Tensor)> = g
+    let alias = crate::frontend::weight_names::descriptive_names(g);
+    // (name, the name export-weights writes, tensor)
+    let weights: Vec<(&str, &str, &Tensor)> = g
         .values
         .iter()
-        .filter_map(|(_, d)| match &d.def {
-            ValueDef::Weight(t) => Some((d.name.as_str(), t.as_ref())),
+        .filter_map(|(v, d)| match &d.def {
+            ValueDef::Weight(t) => Some((
+                d.name.as_str(),
+                alias.get(&v).map_or(d.name.as_str(), String::as_str),
+                t.as_ref(),
+            )),
             _ => None,
         })
         .collect();
     let mut out = BTreeMap::new();
     let declared: HashSet<&str> = declared.iter().map(String::as_str).collect();
-    for &(n, _) in &weights {
+    for &(n, _, _) in &weights {
         if declared.contains(n) {
             out.insert(n.to_string(), Reason::Declared);
         }
     }
     for glob in globs {
         let mut hit = false;
-        for &(n, _) in &weights {
-            if glob_match(glob, n) {
+        for &(n, a, _) in &weights {
+            if glob_match(glob, n) || glob_match(glob, a) {
                 hit = true;
                 out.entry(n.to_string()).or_insert_with(|| Reason::Glob(glob.clone()));
             }
         }
         if !hit {
-            let mut names: Vec<&str> = weights.iter().map(|w| w.0).collect();
+            let mut names: Vec<&str> = weights.iter().map(|w| w.1).collect();
             names.sort();
             names.truncate(5);
             return Err(format!(
@@ -98,10 +106,10 @@ pub fn public_weights(
         for (n, t) in base {
             by_content.entry(content_key(t)).or_insert(n.as_str());
         }
-        for &(n, t) in &weights {
-            let same_name = by_name.get(n).is_some_and(|b| content_key(b) == content_key(t));
-            let matched =
-                if same_name { Some(n) } else { by_content.get(&content_key(t)).copied() };
+        for &(n, a, t) in &weights {
+            let key = content_key(t);
+            let same = |x: &&str| by_name.get(x).is_some_and(|b| content_key(b) == key);
+            let matched = [n, a].into_iter().find(same).or_else(|| by_content.get(&key).copied());
             if let Some(m) = matched {
                 out.entry(n.to_string()).or_insert_with(|| Reason::Base(m.to_string()));
             }

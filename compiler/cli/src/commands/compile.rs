@@ -149,9 +149,12 @@ fn partition_lines(
     }
     let mut per_layer: BTreeMap<String, (usize, usize, usize)> = BTreeMap::new();
     let (mut n_pub, mut p_pub, mut p_all) = (0, 0, 0);
+    // Exporters' anonymous matrices (`val_49`) are placed by the name export-weights gives them.
+    let alias = veil_compiler::frontend::weight_names::descriptive_names(g);
     for w in g.weights() {
         let vd = &g.values[w];
-        let layer = veil_compiler::backend::lower::tag_of(&vd.name, &veil_compiler::ir::Op::Add).0;
+        let name = alias.get(&w).unwrap_or(&vd.name);
+        let layer = veil_compiler::backend::lower::tag_of(name, &veil_compiler::ir::Op::Add).0;
         let e = per_layer.entry(layer).or_default();
         e.0 += 1;
         p_all += vd.ty.numel();
