@@ -41,28 +41,19 @@ pub struct Row {
     pub bytes_per_element: f64,
 }
 
-/// The graph of `f` applied to an input `x` of `shape` (through its `call` expression).
+/// The graph of `f` applied to an input `x` of `shape` (through its `call` expression). `x`
+/// is the client's input plus a server weight of zeros (`server_part`), so that compiled the
+/// whole function runs on secret shares, as it does inside a model; the simulator and the
+/// reference evaluator see just `x`.
 pub fn function_graph(f: &StdFn, shape: Vec<usize>) -> Result<Graph, String> {
-    function_graph_on(f, shape, false)
-}
-
-/// As [`function_graph`], with `x` the client's input plus a server weight (of zeros) named
-/// `server_part`, so that the whole function runs on secret shares, as it does inside a model.
-pub fn shared_function_graph(f: &StdFn, shape: Vec<usize>) -> Result<Graph, String> {
-    function_graph_on(f, shape, true)
-}
-
-fn function_graph_on(f: &StdFn, shape: Vec<usize>, shared: bool) -> Result<Graph, String> {
     let mut l = stdlib_loader();
     let src = format!("import {};\nfn measured(x) {{ {} }}\n", f.module, f.call);
     l.load_source("measure.veil", src).map_err(|e| e.to_string())?;
     let mut g = Graph::new(f.name);
     let ty = TensorType::new(DType::F32, shape);
-    let mut x = g.add_input("x", ty.clone());
-    if shared {
-        let w = g.add_weight("server_part", Tensor::zeros(&ty));
-        x = g.add_node("shared_x", Op::Add, &[x, w], "shared_x")?;
-    }
+    let x = g.add_input("x", ty.clone());
+    let w = g.add_weight("server_part", Tensor::zeros(&ty));
+    let x = g.add_node("shared_x", Op::Add, &[x, w], "shared_x")?;
     let y = instantiate(&l, "measured", &mut g, &[x], &[], f.name).map_err(|e| e.to_string())?;
     g.outputs = vec![y];
     Ok(g)
@@ -135,8 +126,7 @@ pub fn measure(f: &StdFn, frac_bits: u8) -> Result<Row, String> {
     }
     let numel = g.values[g.inputs[0]].ty.numel();
     let opts = CompileOptions { frac_bits, ..CompileOptions::default() };
-    let shared = function_graph_on(f, g.values[g.inputs[0]].ty.shape.clone(), true)?;
-    let c = compile(shared, &|_| Vis::Server, &opts).map_err(|e| format!("{}: {e}", f.name))?;
+    let c = compile(g, &|_| Vis::Server, &opts).map_err(|e| format!("{}: {e}", f.name))?;
     let cost = veil_isa::cost::program_cost(&c.program);
     let reveal = u64::from(!c.program.outputs.is_empty());
     Ok(Row {

@@ -6,7 +6,7 @@ use veil_compiler::backend::partition::Vis;
 use veil_compiler::compile::{client_run, compile, CompileOptions};
 use veil_compiler::fixed::{simulate, SimOptions};
 use veil_compiler::ir::{DType, Data, Graph, Op, Tensor, TensorType};
-use veil_compiler::stdlib_table::{samples, shared_function_graph};
+use veil_compiler::stdlib_table::{function_graph, samples};
 use veil_vm::{run_session, PartyData, RunOptions, Values};
 
 fn values(t: &Tensor) -> Values {
@@ -41,7 +41,7 @@ fn simulator_predicts_the_two_party_vm() {
         let name = f.name;
         let (shape, xs) = samples(f);
         let x = Tensor::f32(shape.clone(), xs.iter().map(|&v| v as f32).collect());
-        let g = shared_function_graph(f, shape).unwrap();
+        let g = function_graph(f, shape).unwrap();
         let inputs = HashMap::from([("x".to_string(), x.clone())]);
         let sim = simulate(&g, &inputs, &SimOptions::default()).unwrap()[0].to_f64_vec();
         let mpc = two_party(g, &x);

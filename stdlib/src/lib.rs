@@ -104,36 +104,35 @@ fn smu(x: f64) -> f64 {
     (x + x * erf(mu * x)) / 2.0
 }
 
-fn smu1_softmax_rows(x: &[f64], n: usize) -> Vec<f64> {
-    x.chunks(n)
-        .flat_map(|r| {
-            let e: Vec<f64> = r.iter().map(|&v| smu1(v)).collect();
-            let s: f64 = e.iter().sum();
-            e.into_iter().map(move |v| v / s)
-        })
-        .collect()
+/// `f` applied to each row of `n` entries of `x`.
+fn per_row(x: &[f64], n: usize, f: impl Fn(&[f64]) -> Vec<f64>) -> Vec<f64> {
+    x.chunks(n).flat_map(f).collect()
 }
 
-fn layernorm_rows(x: &[f64], n: usize) -> Vec<f64> {
-    x.chunks(n)
-        .flat_map(|r| {
-            let m = r.iter().sum::<f64>() / r.len() as f64;
-            let v = r.iter().map(|a| (a - m) * (a - m)).sum::<f64>() / r.len() as f64;
-            let s = 1.0 / (v + 1e-5).sqrt();
-            r.iter().map(move |a| (a - m) * s).collect::<Vec<_>>()
-        })
-        .collect()
+/// `e` divided by its sum.
+fn normalised(e: Vec<f64>) -> Vec<f64> {
+    let s: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+fn smu1_softmax_rows(x: &[f64], n: usize) -> Vec<f64> {
+    per_row(x, n, |r| normalised(r.iter().map(|&v| smu1(v)).collect()))
 }
 
 fn softmax_rows(x: &[f64], n: usize) -> Vec<f64> {
-    x.chunks(n)
-        .flat_map(|r| {
-            let m = r.iter().cloned().fold(f64::MIN, f64::max);
-            let e: Vec<f64> = r.iter().map(|v| (v - m).exp()).collect();
-            let s: f64 = e.iter().sum();
-            e.into_iter().map(move |v| v / s)
-        })
-        .collect()
+    per_row(x, n, |r| {
+        let m = r.iter().cloned().fold(f64::MIN, f64::max);
+        normalised(r.iter().map(|v| (v - m).exp()).collect())
+    })
+}
+
+fn layernorm_rows(x: &[f64], n: usize) -> Vec<f64> {
+    per_row(x, n, |r| {
+        let m = r.iter().sum::<f64>() / r.len() as f64;
+        let v = r.iter().map(|a| (a - m) * (a - m)).sum::<f64>() / r.len() as f64;
+        let s = 1.0 / (v + 1e-5).sqrt();
+        r.iter().map(|a| (a - m) * s).collect()
+    })
 }
 
 /// Row length used when measuring row functions.
