@@ -13,6 +13,7 @@
 //! Operators without a ring form (`exp`, `sqrt`, `softmax`, …) are errors: lower them to stdlib
 //! approximations first (`compile::lowered`).
 
+use crate::backend::scale::{scalar_product, ScalarProduct};
 use crate::eval::{eval_op, EvalError};
 use crate::ir::{DType, Graph, Op, Tensor, TensorType, Value, ValueDef};
 use std::collections::HashMap;
@@ -416,18 +417,19 @@ fn mul_const(
     Ok(Sim::Ring(eval_op(&Op::Mul, &[&x, &c], rty)?, s + cs))
 }
 
-/// A secret times a public scalar, as the lowering's `scale_by`.
+/// A secret times a public scalar, by the lowering's rule.
 fn scale_by(cx: &Ctx, (x, s): (Tensor, u8), c: f64, node: &str) -> Result<Sim, String> {
     let f = cx.f;
-    if c.fract() == 0.0 && c.abs() < (1u64 << 20) as f64 {
-        return Ok(Sim::Ring(map(&x, |v| v.wrapping_mul(c as i64)), s));
-    }
-    let k = -c.abs().log2();
-    if k.fract() == 0.0 && (1.0..=16.0).contains(&k) && s as f64 + k <= 3.0 * f as f64 {
-        let x = if c < 0.0 { map(&x, i64::wrapping_neg) } else { x };
-        return Ok(Sim::Ring(x, s + k as u8));
-    }
-    let (x, s) = if s > 2 * f { (cx.at_f(&x, s), f) } else { (x, s) };
-    let e = cx.encode_f64(&[], &[c], f, node)?.as_i64().unwrap_or(&[0])[0];
-    Ok(Sim::Ring(map(&x, |v| v.wrapping_mul(e)), s + f))
+    Ok(match scalar_product(s, c, f) {
+        ScalarProduct::Integer(i) => Sim::Ring(map(&x, |v| v.wrapping_mul(i)), s),
+        ScalarProduct::Relabel { k, negate } => {
+            let x = if negate { map(&x, i64::wrapping_neg) } else { x };
+            Sim::Ring(x, s + k)
+        }
+        ScalarProduct::Encoded { truncate_first } => {
+            let (x, s) = if truncate_first { (cx.at_f(&x, s), f) } else { (x, s) };
+            let e = cx.encode_f64(&[], &[c], f, node)?.as_i64().unwrap_or(&[0])[0];
+            Sim::Ring(map(&x, |v| v.wrapping_mul(e)), s + f)
+        }
+    })
 }

@@ -8,6 +8,7 @@
 //! consumer needs a plain share at scale `f` (matrix products, products by a weight).
 
 use crate::backend::partition::{Partition, Vis};
+use crate::backend::scale::{scalar_product, ScalarProduct};
 use crate::ir::{Graph, Node, Op, Tensor, Value, ValueDef};
 use cranelift_entity::SecondaryMap;
 use std::collections::HashMap;
@@ -511,23 +512,20 @@ impl<'g> Lowerer<'g> {
     /// Multiplies by a public scalar (result carries `f` more fractional bits unless the scalar
     /// is an integer).
     fn scale_by(&mut self, x: &LVal, c: f64) -> LVal {
-        if c.fract() == 0.0 && c.abs() < (1u64 << 20) as f64 {
-            return LVal { buf: self.b.mul_imm(x.buf, c as i64 as u64), ..x.clone() };
-        }
-        // c = ±2^-k: the same ring element read with k more fractional bits (free).
-        let k = -c.abs().log2();
-        if k.fract() == 0.0
-            && (1.0..=16.0).contains(&k)
-            && x.scale as f64 + k <= 3.0 * self.f as f64
-        {
-            let buf = if c < 0.0 { self.b.neg(x.buf) } else { x.buf };
-            return LVal { buf, scale: x.scale + k as u8, shape: x.shape.clone() };
-        }
-        let x = if x.scale > 2 * self.f { self.at_f(x) } else { x.clone() };
-        LVal {
-            buf: self.b.mul_imm(x.buf, encode(c, self.f)),
-            scale: x.scale + self.f,
-            shape: x.shape.clone(),
+        match scalar_product(x.scale, c, self.f) {
+            ScalarProduct::Integer(i) => LVal { buf: self.b.mul_imm(x.buf, i as u64), ..x.clone() },
+            ScalarProduct::Relabel { k, negate } => {
+                let buf = if negate { self.b.neg(x.buf) } else { x.buf };
+                LVal { buf, scale: x.scale + k, shape: x.shape.clone() }
+            }
+            ScalarProduct::Encoded { truncate_first } => {
+                let x = if truncate_first { self.at_f(x) } else { x.clone() };
+                LVal {
+                    buf: self.b.mul_imm(x.buf, encode(c, self.f)),
+                    scale: x.scale + self.f,
+                    shape: x.shape.clone(),
+                }
+            }
         }
     }
 

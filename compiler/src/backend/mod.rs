@@ -5,8 +5,10 @@
 //! - [`nonlinear`]: softmax, layer norm, GELU, SMU-1 on secret data → stdlib DSL functions.
 //! - [`lower`]: the shared nodes → `veil_isa` protocols via the program builder.
 //! - [`client`]: the client's plaintext preprocessing graph.
+//! - [`scale`]: the fixed-point scale rule shared with the simulator.
 
 pub mod client;
 pub mod lower;
 pub mod nonlinear;
 pub mod partition;
+pub mod scale;
