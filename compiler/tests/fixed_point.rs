@@ -1,38 +1,19 @@
 //! The fixed-point simulator: it wraps like the ring, refuses what has no ring form, and
 //! bounds the two-party VM's error on every stdlib function.
 
+mod common;
+
 use std::collections::HashMap;
 use veil_compiler::backend::partition::Vis;
-use veil_compiler::compile::{client_run, compile, CompileOptions};
+use veil_compiler::compile::{compile, CompileOptions};
 use veil_compiler::fixed::{simulate, SimOptions};
-use veil_compiler::ir::{DType, Data, Graph, Op, Tensor, TensorType};
+use veil_compiler::ir::{DType, Graph, Op, Tensor, TensorType};
 use veil_compiler::stdlib_table::{function_graph, samples};
-use veil_vm::{run_session, PartyData, RunOptions, Values};
-
-fn values(t: &Tensor) -> Values {
-    match &t.data {
-        Data::F32(v) => Values::F32(v.clone()),
-        Data::I64(v) => Values::I64(v.clone()),
-        _ => Values::F64(t.to_f64_vec()),
-    }
-}
 
 fn two_party(g: Graph, x: &Tensor) -> Vec<f64> {
     let c = compile(g, &|_| Vis::Server, &CompileOptions::default()).unwrap();
     let inputs = HashMap::from([("x".to_string(), x.clone())]);
-    let (feeds, own) = client_run::preprocess(&c.client, &inputs).unwrap();
-    let client = PartyData {
-        inputs: feeds.iter().map(|(n, t)| (n.clone(), values(t))).collect(),
-        weights: vec![],
-    };
-    let server = PartyData {
-        weights: c.server_weights.iter().map(|(n, t)| (n.clone(), values(t))).collect(),
-        inputs: vec![],
-    };
-    let r = run_session(&c.program, &client, &server, &RunOptions::default()).unwrap();
-    let revealed: Vec<_> =
-        r.outputs.iter().map(|o| (o.name.clone(), o.shape.clone(), o.data.clone())).collect();
-    client_run::assemble(&c.client, &revealed, &own).unwrap()[0].1.to_f64_vec()
+    common::run_compiled(&c, &inputs, false).unwrap().1[0].1.to_f64_vec()
 }
 
 #[test]

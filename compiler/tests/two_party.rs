@@ -2,25 +2,17 @@
 //! TCP loopback): outputs within 1e-2 × max|output| of the onnxruntime reference, and the
 //! compiler's predicted bytes and rounds equal to what the VM measured.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use veil_compiler::backend::partition::Vis;
-use veil_compiler::compile::{client_run, compile, CompileOptions};
+use veil_compiler::compile::{compile, CompileOptions};
 use veil_compiler::frontend::onnx::{import_file, ImportOptions};
-use veil_compiler::ir::{Data, Tensor};
 use veil_compiler::npy;
-use veil_vm::{run_session, PartyData, RunOptions, Values};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models")
-}
-
-fn values(t: &Tensor) -> Values {
-    match &t.data {
-        Data::F32(v) => Values::F32(v.clone()),
-        Data::I64(v) => Values::I64(v.clone()),
-        _ => Values::F64(t.to_f64_vec()),
-    }
 }
 
 /// Runs `file` of `model` on test set `set` two-party; returns (outputs, references).
@@ -51,26 +43,14 @@ fn two_party_graph(
     for (i, n) in names.iter().enumerate() {
         inputs.insert(n.clone(), npy::read(&dir.join(set).join(format!("input_{i}.npy"))).unwrap());
     }
-    let (feeds, own) = client_run::preprocess(&c.client, &inputs).unwrap();
-    let client = PartyData {
-        inputs: feeds.iter().map(|(n, t)| (n.clone(), values(t))).collect(),
-        weights: vec![],
-    };
-    let server = PartyData {
-        weights: c.server_weights.iter().map(|(n, t)| (n.clone(), values(t))).collect(),
-        inputs: vec![],
-    };
-    let r = run_session(&c.program, &client, &server, &RunOptions { tcp, ..RunOptions::default() })
-        .unwrap_or_else(|e| panic!("{model}/{file}: {e}"));
+    let (r, outs) =
+        common::run_compiled(&c, &inputs, tcp).unwrap_or_else(|e| panic!("{model}/{file}: {e}"));
     let pc = veil_isa::cost::program_cost(&c.program);
     assert_eq!(r.client.body.rounds, pc.body.rounds, "predicted rounds");
     assert_eq!(r.client.body.sent, pc.body.sent[0], "predicted client bytes");
     assert_eq!(r.server.body.sent, pc.body.sent[1], "predicted server bytes");
     assert_eq!(r.client.setup.sent + r.server.setup.sent, pc.setup.online(), "predicted setup");
     assert_eq!(r.dealer_bytes, pc.setup.dealer + pc.body.dealer + 8, "predicted dealer bytes");
-    let revealed: Vec<_> =
-        r.outputs.iter().map(|o| (o.name.clone(), o.shape.clone(), o.data.clone())).collect();
-    let outs = client_run::assemble(&c.client, &revealed, &own).unwrap();
     let mut res = Vec::new();
     for (i, (_, t)) in outs.iter().enumerate().take(n_out) {
         let want = npy::read(&dir.join(set).join(format!("output_{i}.npy"))).unwrap();

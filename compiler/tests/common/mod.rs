@@ -1,0 +1,39 @@
+//! Running a compiled model two-party inside a test (dealer, client and server in threads).
+
+use std::collections::HashMap;
+use veil_compiler::compile::{client_run, Compiled};
+use veil_compiler::ir::{Data, Tensor};
+use veil_vm::{run_session, PartyData, RunOptions, RunResult, Values};
+
+/// A tensor as the VM's input values.
+pub fn values(t: &Tensor) -> Values {
+    match &t.data {
+        Data::F32(v) => Values::F32(v.clone()),
+        Data::I64(v) => Values::I64(v.clone()),
+        _ => Values::F64(t.to_f64_vec()),
+    }
+}
+
+/// Runs `c` on the model inputs `inputs` (over TCP loopback when `tcp`): the client's
+/// preprocessing, the session, and the outputs as the client assembles them.
+pub fn run_compiled(
+    c: &Compiled,
+    inputs: &HashMap<String, Tensor>,
+    tcp: bool,
+) -> Result<(RunResult, Vec<(String, Tensor)>), String> {
+    let (feeds, own) = client_run::preprocess(&c.client, inputs).map_err(|e| e.to_string())?;
+    let client = PartyData {
+        inputs: feeds.iter().map(|(n, t)| (n.clone(), values(t))).collect(),
+        weights: vec![],
+    };
+    let server = PartyData {
+        weights: c.server_weights.iter().map(|(n, t)| (n.clone(), values(t))).collect(),
+        inputs: vec![],
+    };
+    let r = run_session(&c.program, &client, &server, &RunOptions { tcp, ..RunOptions::default() })
+        .map_err(|e| e.to_string())?;
+    let revealed: Vec<_> =
+        r.outputs.iter().map(|o| (o.name.clone(), o.shape.clone(), o.data.clone())).collect();
+    let outs = client_run::assemble(&c.client, &revealed, &own).map_err(|e| e.to_string())?;
+    Ok((r, outs))
+}
