@@ -8,7 +8,8 @@
 //!    compute time (every body instruction except exchanges and dealer draws) and its
 //!    elementwise part, with and without the JIT, and the JIT's compile time.
 //!
-//! `cargo bench -p veil-vm --bench jit [-- --reps N] [-- --program target/bert-base-layer.vbc]`
+//! `cargo bench -p veil-vm --bench jit [-- --reps N] [-- --program FILE.vbc [--compile-only]]`
+//! (`--program` takes a path from the `vm/` directory, or an absolute one).
 
 use std::time::{Duration, Instant};
 use veil_isa::{Buf, BufDecl, Instr, Kind, Party, Program, Tag};
@@ -197,6 +198,9 @@ fn program_bench(path: &str, reps: usize) {
         "JIT compile (client, both sections): {} for {kernels} kernels, {distinct} distinct signatures\n",
         ms(median(compile.iter().map(|x| x.0).collect()))
     );
+    if std::env::args().any(|a| a == "--compile-only") {
+        return;
+    }
     println!(
         "| | client local | client elementwise | server local | server elementwise | client body |"
     );
