@@ -68,6 +68,14 @@ pub struct PartyReport {
     pub wait_time: Duration,
     /// Time per tag during the body (local compute plus waits), keyed by tag.
     pub time_by_tag: BTreeMap<Tag, Duration>,
+    /// Time of the body's local compute: every instruction except exchanges and dealer draws.
+    pub local_time: Duration,
+    /// The part of `local_time` spent in elementwise instructions (fused kernels with the JIT).
+    pub elementwise_time: Duration,
+    /// Time to fuse and compile the program's kernels (zero without the JIT).
+    pub jit_compile_time: Duration,
+    /// Fused kernels in the program (zero without the JIT).
+    pub jit_kernels: usize,
 }
 
 /// A message part awaiting the exchange. Sources are read again at the exchange (the
@@ -93,6 +101,19 @@ pub struct PartyVm<'p> {
     pending: Vec<Pending>,
     report: PartyReport,
     progress: Option<Box<dyn FnMut(usize, usize) + Send + 'p>>,
+    jit_on: bool,
+    #[cfg(feature = "jit")]
+    jit: Option<crate::jit::Jit>,
+}
+
+/// What one step of a section runs.
+#[derive(Copy, Clone)]
+enum Unit {
+    /// One instruction.
+    Instr(usize),
+    /// A fused kernel (index into the section's plan).
+    #[cfg_attr(not(feature = "jit"), allow(dead_code))]
+    Kernel(usize),
 }
 
 impl<'p> PartyVm<'p> {
@@ -125,11 +146,36 @@ impl<'p> PartyVm<'p> {
             pending: Vec::new(),
             report: PartyReport::default(),
             progress: None,
+            jit_on: cfg!(feature = "jit"),
+            #[cfg(feature = "jit")]
+            jit: None,
         };
         for c in &prog.consts {
             vm.bufs[c.buf.0 as usize].copy_from_slice(&c.data);
         }
         Ok(vm)
+    }
+
+    /// Chooses the JIT (when compiled in; the default) or the interpreter for local kernels.
+    /// Results are bit-identical either way. Takes effect at the next run.
+    pub fn set_jit(&mut self, on: bool) {
+        self.jit_on = on && cfg!(feature = "jit");
+    }
+
+    /// Fuses and compiles the program's kernels once, before the first run. If the JIT is not
+    /// available on this host the VM interprets.
+    fn prepare(&mut self) {
+        #[cfg(feature = "jit")]
+        if self.jit_on && self.jit.is_none() {
+            match crate::jit::Jit::new(self.prog, self.me, true) {
+                Ok(j) => {
+                    self.report.jit_compile_time = j.compile_time;
+                    self.report.jit_kernels = j.kernels;
+                    self.jit = Some(j);
+                }
+                Err(_) => self.jit_on = false,
+            }
+        }
     }
 
     /// Calls `f(done, total)` as body instructions complete (for progress bars).
@@ -211,6 +257,7 @@ impl<'p> PartyVm<'p> {
 
     /// Runs the setup section (once per program load).
     pub fn run_setup(&mut self) -> Result<(), VmError> {
+        self.prepare();
         let before = self.peer.stats();
         self.run_code("setup", &self.prog.setup, &self.prog.setup_tags, false)?;
         self.report.setup = sub_stats(self.peer.stats(), before);
@@ -219,6 +266,7 @@ impl<'p> PartyVm<'p> {
 
     /// Runs the body (one inference).
     pub fn run_body(&mut self) -> Result<(), VmError> {
+        self.prepare();
         let before = self.peer.stats();
         let t0 = Instant::now();
         self.run_code("body", &self.prog.body, &self.prog.body_tags, true)?;
@@ -248,6 +296,12 @@ impl<'p> PartyVm<'p> {
             .collect()
     }
 
+    /// This party's own array of buffer `b` (for tests that compare executions). It holds
+    /// this party's share: never print it.
+    pub fn raw_buffer(&self, b: Buf) -> Option<&[u64]> {
+        self.bufs.get(b.0 as usize).map(|v| v.as_slice())
+    }
+
     /// The measurements so far.
     pub fn report(&self) -> PartyReport {
         let mut r = self.report.clone();
@@ -262,34 +316,94 @@ impl<'p> PartyVm<'p> {
         tags: &'p [u32],
         timed: bool,
     ) -> Result<(), VmError> {
-        let total = code.len();
-        let mut last = Instant::now();
-        for (index, ins) in code.iter().enumerate() {
-            let at = At { section, index };
-            if is_dealer_instr(ins) {
-                self.material.draw(ins, at, self.prog, &mut self.bufs)?;
-            } else if let Instr::Exchange {} = ins {
-                let t = Instant::now();
-                self.exchange(at)?;
-                if timed {
-                    self.report.wait_time += t.elapsed();
-                }
-            } else {
-                self.exec(ins);
+        #[cfg(feature = "jit")]
+        let compiled = match (&self.jit, self.jit_on) {
+            (Some(j), true) => {
+                Some(if section == "setup" { j.setup.clone() } else { j.body.clone() })
             }
+            _ => None,
+        };
+        #[cfg(feature = "jit")]
+        let units: Vec<Unit> = match &compiled {
+            Some(c) => c
+                .plan
+                .steps
+                .iter()
+                .map(|s| match *s {
+                    crate::jit::fuse::Step::Instr(i) => Unit::Instr(i),
+                    crate::jit::fuse::Step::Kernel(k) => Unit::Kernel(k),
+                })
+                .collect(),
+            None => (0..code.len()).map(Unit::Instr).collect(),
+        };
+        #[cfg(not(feature = "jit"))]
+        let units: Vec<Unit> = (0..code.len()).map(Unit::Instr).collect();
+        let total = code.len();
+        let (mut done, mut reported) = (0usize, 0usize);
+        let mut last = Instant::now();
+        for (step, &unit) in units.iter().enumerate() {
+            let (index, local, elementwise) = match unit {
+                Unit::Instr(index) => {
+                    let ins = &code[index];
+                    let at = At { section, index };
+                    done += 1;
+                    if is_dealer_instr(ins) {
+                        self.material.draw(ins, at, self.prog, &mut self.bufs)?;
+                        (index, false, false)
+                    } else if let Instr::Exchange {} = ins {
+                        let t = Instant::now();
+                        self.exchange(at)?;
+                        if timed {
+                            self.report.wait_time += t.elapsed();
+                        }
+                        (index, false, false)
+                    } else {
+                        self.exec(ins);
+                        (index, true, is_elementwise(ins))
+                    }
+                }
+                #[cfg_attr(not(feature = "jit"), allow(unused_variables))]
+                Unit::Kernel(k) => {
+                    #[cfg(feature = "jit")]
+                    {
+                        let c = compiled.as_ref().expect("kernels come from a plan");
+                        let kernel = &c.plan.kernels[k];
+                        let ran =
+                            c.fns[k].is_some_and(|f| crate::jit::run(kernel, f, &mut self.bufs));
+                        if !ran {
+                            for &i in &kernel.members {
+                                self.exec(&code[i]);
+                            }
+                        }
+                        done += kernel.members.len();
+                        (kernel.members.last().copied().unwrap_or(0), true, true)
+                    }
+                    #[cfg(not(feature = "jit"))]
+                    unreachable!("kernels exist only with the JIT")
+                }
+            };
             if timed {
                 let now = Instant::now();
+                let dt = now - last;
+                if local {
+                    self.report.local_time += dt;
+                }
+                if elementwise {
+                    self.report.elementwise_time += dt;
+                }
                 let tag = self
                     .prog
                     .tags
-                    .get(tags[index] as usize)
+                    .get(tags.get(index).copied().unwrap_or(u32::MAX) as usize)
                     .cloned()
                     .unwrap_or(Tag { layer: "?".into(), op: "?".into() });
-                *self.report.time_by_tag.entry(tag).or_default() += now - last;
+                *self.report.time_by_tag.entry(tag).or_default() += dt;
                 last = now;
-                if index % 64 == 63 || index + 1 == total {
+                let end = step + 1 == units.len();
+                if done >= reported + 64 || end {
+                    reported = done;
                     if let Some(p) = self.progress.as_mut() {
-                        p(index + 1, total);
+                        p(if end { total } else { done.min(total) }, total);
                     }
                 }
             }
@@ -651,6 +765,22 @@ impl<'p> PartyVm<'p> {
         kernels::unary(&mut dv, &self.bufs[a.0 as usize], f);
         self.put(d, dv);
     }
+}
+
+/// True for the local elementwise ring instructions (the ones the JIT fuses into kernels).
+pub(crate) fn is_elementwise(ins: &Instr) -> bool {
+    use Instr::*;
+    matches!(
+        ins,
+        Add { .. }
+            | Sub { .. }
+            | Mul { .. }
+            | Neg { .. }
+            | AddImm { .. }
+            | MulImm { .. }
+            | Shl { .. }
+            | TruncPost { .. }
+    )
 }
 
 fn sub_stats(a: CommStats, b: CommStats) -> CommStats {

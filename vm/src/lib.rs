@@ -6,6 +6,7 @@
 //! - [`material`]: the parties' side of the dealer material.
 //! - [`net`]: transports (in-memory, TCP) with byte and round counting.
 //! - [`interp`]: the interpreter ([`interp::PartyVm`]).
+//! - `jit` (feature `jit`, on by default): fused local kernels compiled with Cranelift.
 //! - [`run`]: running a whole session (dealer, client, server) in one process.
 //! - [`session`]: the same across machines (serve, connect, deal over TCP).
 //!
@@ -17,6 +18,8 @@ pub mod bits;
 pub mod dealer;
 pub mod error;
 pub mod interp;
+#[cfg(feature = "jit")]
+pub mod jit;
 pub mod kernels;
 pub mod material;
 pub mod net;

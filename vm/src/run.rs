@@ -25,6 +25,12 @@ pub struct RunOptions {
     pub tcp: bool,
     /// Limit on each party's buffer memory, in bytes.
     pub max_memory: u64,
+    /// Run local kernels compiled by the JIT (default when the `jit` feature is on) rather
+    /// than interpreted; results are bit-identical.
+    pub jit: bool,
+    /// Fixed PRG seeds of the client and the server instead of fresh random ones, so that two
+    /// runs draw the same masks (for tests comparing executions; never in deployment).
+    pub seeds: Option<[crate::prg::Seed; 2]>,
 }
 
 impl Default for RunOptions {
@@ -34,6 +40,8 @@ impl Default for RunOptions {
             timeout: DEFAULT_TIMEOUT,
             tcp: false,
             max_memory: crate::interp::DEFAULT_MAX_MEMORY,
+            jit: cfg!(feature = "jit"),
+            seeds: None,
         }
     }
 }
@@ -71,9 +79,11 @@ fn party(
     corrections: Option<Box<dyn FrameSource>>,
     peer: Box<dyn Transport>,
     data: &PartyData,
-    max_memory: u64,
+    opts: &RunOptions,
 ) -> Result<(Vec<Output>, PartyReport), VmError> {
-    let mut vm = PartyVm::new(prog, me, Material::new(me, seed, corrections), peer, max_memory)?;
+    let material = Material::new(me, seed, corrections);
+    let mut vm = PartyVm::new(prog, me, material, peer, opts.max_memory)?;
+    vm.set_jit(opts.jit);
     vm.load_weights(&data.weights)?;
     vm.set_inputs(&data.inputs)?;
     vm.run_setup()?;
@@ -89,7 +99,7 @@ pub fn run_session(
     opts: &RunOptions,
 ) -> Result<RunResult, VmError> {
     validate(prog)?;
-    let seeds = [Prg::random_seed(), Prg::random_seed()];
+    let seeds = opts.seeds.unwrap_or_else(|| [Prg::random_seed(), Prg::random_seed()]);
     let (sink, mut source) = dealer_channel();
     let t0 = Instant::now();
     let dealer_thread = {
@@ -114,10 +124,9 @@ pub fn run_session(
         (Box::new(c.with_timeout(opts.timeout)), Box::new(s.with_timeout(opts.timeout)))
     };
     let (client_res, server_res) = std::thread::scope(|sc| {
-        let h = sc.spawn(|| {
-            party(prog, Party::Server, seeds[1], Some(corrections), st, server, opts.max_memory)
-        });
-        let c = party(prog, Party::Client, seeds[0], None, ct, client, opts.max_memory);
+        let h =
+            sc.spawn(|| party(prog, Party::Server, seeds[1], Some(corrections), st, server, opts));
+        let c = party(prog, Party::Client, seeds[0], None, ct, client, opts);
         (c, h.join().expect("server thread does not panic"))
     });
     let online_time = t1.elapsed();

@@ -33,6 +33,8 @@ pub struct NetOptions {
     pub prefetch: bool,
     /// Limit on a party's buffer memory, bytes.
     pub max_memory: u64,
+    /// Run local kernels compiled by the JIT (default when compiled in) or interpret them.
+    pub jit: bool,
 }
 
 impl Default for NetOptions {
@@ -41,6 +43,7 @@ impl Default for NetOptions {
             timeout: crate::net::DEFAULT_TIMEOUT,
             prefetch: true,
             max_memory: crate::interp::DEFAULT_MAX_MEMORY,
+            jit: cfg!(feature = "jit"),
         }
     }
 }
@@ -99,6 +102,7 @@ pub fn run_client(
         Box::new(peer),
         opts.max_memory,
     )?;
+    vm.set_jit(opts.jit);
     if let Some(p) = progress {
         vm.on_progress(p);
     }
@@ -154,6 +158,7 @@ pub fn serve_one(
         Box::new(peer),
         opts.max_memory,
     )?;
+    vm.set_jit(opts.jit);
     vm.load_weights(weights)?;
     vm.run_setup()?;
     vm.run_body()?;

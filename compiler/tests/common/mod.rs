@@ -21,6 +21,15 @@ pub fn run_compiled(
     inputs: &HashMap<String, Tensor>,
     tcp: bool,
 ) -> Result<(RunResult, Vec<(String, Tensor)>), String> {
+    run_compiled_with(c, inputs, &RunOptions { tcp, ..RunOptions::default() })
+}
+
+/// [`run_compiled`] with explicit run options (JIT on or off, fixed dealer seeds).
+pub fn run_compiled_with(
+    c: &Compiled,
+    inputs: &HashMap<String, Tensor>,
+    opts: &RunOptions,
+) -> Result<(RunResult, Vec<(String, Tensor)>), String> {
     let (feeds, own) = client_run::preprocess(&c.client, inputs).map_err(|e| e.to_string())?;
     let client = PartyData {
         inputs: feeds.iter().map(|(n, t)| (n.clone(), values(t))).collect(),
@@ -30,8 +39,7 @@ pub fn run_compiled(
         weights: c.server_weights.iter().map(|(n, t)| (n.clone(), values(t))).collect(),
         inputs: vec![],
     };
-    let r = run_session(&c.program, &client, &server, &RunOptions { tcp, ..RunOptions::default() })
-        .map_err(|e| e.to_string())?;
+    let r = run_session(&c.program, &client, &server, opts).map_err(|e| e.to_string())?;
     let revealed: Vec<_> =
         r.outputs.iter().map(|o| (o.name.clone(), o.shape.clone(), o.data.clone())).collect();
     let outs = client_run::assemble(&c.client, &revealed, &own).map_err(|e| e.to_string())?;

@@ -36,6 +36,9 @@ pub struct Args {
     /// Network for the time estimate (default: both).
     #[arg(long, value_enum)]
     pub net: Option<Net>,
+    /// Interpret local kernels instead of compiling them with the JIT (same results).
+    #[arg(long)]
+    pub no_jit: bool,
 }
 
 /// Runs the client's side of one session over TCP; returns outputs and measurements.
@@ -46,10 +49,11 @@ pub fn client_over_tcp(
     server: &str,
     dealer: &str,
     timeout: Duration,
+    jit: bool,
 ) -> Result<(Vec<(String, veil_compiler::ir::Tensor)>, Measured)> {
     let (feeds, own) = preprocess(c, inputs)?;
     let (bar, cb) = progress(p);
-    let opts = NetOptions { timeout, ..NetOptions::default() };
+    let opts = NetOptions { timeout, jit, ..NetOptions::default() };
     let t0 = Instant::now();
     let r = run_client(p, &feeds, server, dealer, &opts, Some(Box::new(cb)));
     bar.finish_and_clear();
@@ -72,8 +76,15 @@ pub fn run(a: Args) -> Result<()> {
     let p = program(&a.program)?;
     let c = client_part(&a.program, a.client_part.as_deref(), &p)?;
     let inputs = model_inputs(&c, &a.inputs)?;
-    let (outs, m) =
-        client_over_tcp(&p, &c, &inputs, &a.server, &a.dealer, Duration::from_secs(a.timeout))?;
+    let (outs, m) = client_over_tcp(
+        &p,
+        &c,
+        &inputs,
+        &a.server,
+        &a.dealer,
+        Duration::from_secs(a.timeout),
+        !a.no_jit,
+    )?;
     print_outputs(&outs, None, a.output.as_deref())?;
     let nets = Net::chosen(a.net);
     print_cost(&p, &m, &nets);

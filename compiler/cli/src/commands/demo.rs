@@ -73,9 +73,9 @@ fn demo(
         .collect();
     let inputs = model_inputs(&cp, &given)?;
     let (outs, m) = if in_process {
-        super::run::in_process(&paths.program, &p, &cp, &inputs, 120)?
+        super::run::in_process(&paths.program, &p, &cp, &inputs, 120, true)?
     } else {
-        super::run::processes(&paths.program, &p, &cp, &inputs, 120)?
+        super::run::processes(&paths.program, &p, &cp, &inputs, 120, true)?
     };
 
     println!("\n== 3. output check");

@@ -42,6 +42,9 @@ pub struct Args {
     /// Seconds any role waits for a peer message.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    /// Interpret local kernels instead of compiling them with the JIT (same results).
+    #[arg(long)]
+    pub no_jit: bool,
 }
 
 /// Runs and reports.
@@ -54,9 +57,9 @@ pub fn run(a: Args) -> Result<()> {
         None => model_inputs(&c, &a.inputs)?,
     };
     let (outs, m) = if a.in_process {
-        in_process(&a.program, &p, &c, &inputs, a.timeout)?
+        in_process(&a.program, &p, &c, &inputs, a.timeout, !a.no_jit)?
     } else {
-        processes(&a.program, &p, &c, &inputs, a.timeout)?
+        processes(&a.program, &p, &c, &inputs, a.timeout, !a.no_jit)?
     };
     let r = reference(&p, a.reference.as_deref(), &inputs)?;
     if r.is_none() {
@@ -102,12 +105,14 @@ pub fn in_process(
     c: &veil_compiler::compile::ClientPart,
     inputs: &std::collections::HashMap<String, veil_compiler::ir::Tensor>,
     timeout: u64,
+    jit: bool,
 ) -> Result<Outcome> {
     let w = server_weights(path, None, p)?;
     let (feeds, own) = preprocess(c, inputs)?;
     let client = veil_vm::PartyData { inputs: feeds, weights: vec![] };
     let server = veil_vm::PartyData { weights: w, inputs: vec![] };
-    let opts = veil_vm::RunOptions { timeout: Duration::from_secs(timeout), ..Default::default() };
+    let opts =
+        veil_vm::RunOptions { timeout: Duration::from_secs(timeout), jit, ..Default::default() };
     let r = veil_vm::run_session(p, &client, &server, &opts)?;
     let outs = assemble(c, &r.outputs, &own)?;
     let m = Measured {
@@ -172,6 +177,7 @@ pub fn processes(
     c: &veil_compiler::compile::ClientPart,
     inputs: &std::collections::HashMap<String, veil_compiler::ir::Tensor>,
     timeout: u64,
+    jit: bool,
 ) -> Result<Outcome> {
     // Fail early, before any process starts, when the server's file is missing or stale.
     server_weights(path, None, p)?;
@@ -204,7 +210,10 @@ pub fn processes(
             "--timeout".into(),
             t,
             "--report-json".into(),
-        ],
+        ]
+        .into_iter()
+        .chain((!jit).then(|| "--no-jit".into()))
+        .collect::<Vec<String>>(),
     );
     let (server, server_addr) = match server {
         Ok(x) => x,
@@ -220,6 +229,7 @@ pub fn processes(
         &server_addr,
         &dealer_addr,
         Duration::from_secs(timeout),
+        jit,
     );
     let ok = r.is_ok();
     let server_out = server.finish(ok);

@@ -32,6 +32,9 @@ pub struct Args {
     /// Print a JSON line with each session's measurements on stdout (used by `veil run`).
     #[arg(long)]
     pub report_json: bool,
+    /// Interpret local kernels instead of compiling them with the JIT (same results).
+    #[arg(long)]
+    pub no_jit: bool,
 }
 
 /// Serves.
@@ -43,7 +46,11 @@ pub fn run(a: Args) -> Result<()> {
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
     eprintln!("server: model `{}`, dealer at {}", p.meta("model").unwrap_or("?"), a.dealer);
-    let opts = NetOptions { timeout: Duration::from_secs(a.timeout), ..NetOptions::default() };
+    let opts = NetOptions {
+        timeout: Duration::from_secs(a.timeout),
+        jit: !a.no_jit,
+        ..NetOptions::default()
+    };
     let mut failed = 0;
     let mut served = 0;
     serve(&listener, &p, &w, &a.dealer, &opts, a.sessions, |r| {

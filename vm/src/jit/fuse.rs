@@ -1,0 +1,421 @@
+//! Grouping local elementwise instructions into kernels.
+//!
+//! A group collects elementwise instructions over one length. Instructions the JIT does not
+//! compile (dealer draws, matrix products, copies, queued openings) that touch none of the
+//! group's buffers run first and the group keeps growing past them; the group is flushed into a
+//! kernel, which runs where it is flushed, at the first instruction that touches one of its
+//! buffers, at an `exchange`, or when the next elementwise instruction cannot join. Running the
+//! members later than their program positions is sound because nothing in between reads or
+//! writes what they touch.
+//!
+//! Inside a kernel a buffer written by one member and read elementwise by a later one is an SSA
+//! value, never stored in between; a written buffer is stored only if something after the
+//! kernel may read it (its next access in the section is not a full overwrite).
+
+use super::kernel::{Access, Kernel, Op, Sig, V};
+use std::collections::{HashMap, HashSet};
+use veil_isa::{Buf, Instr, Kind, Party, Program};
+
+/// What runs next in a section.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// One instruction, interpreted.
+    Instr(usize),
+    /// A fused kernel (index into [`Plan::kernels`]).
+    Kernel(usize),
+}
+
+/// The execution order of one section for one party.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// Steps in execution order.
+    pub steps: Vec<Step>,
+    /// The kernels the steps refer to.
+    pub kernels: Vec<Kernel>,
+}
+
+/// Bounds that keep one kernel's compile time and register pressure modest.
+const MAX_OPS: usize = 256;
+const MAX_PTRS: usize = 32;
+
+/// One instruction as a small DAG over its sources (`Op::Load(k)` reads `srcs[k]`).
+struct Lowered {
+    n: usize,
+    srcs: Vec<(Buf, Access)>,
+    ops: Vec<Op>,
+    dsts: Vec<(Buf, V)>,
+}
+
+enum Lower {
+    /// This party does nothing for the instruction.
+    NoOp,
+    /// Elementwise: may join a kernel.
+    Fuse(Lowered),
+    /// Runs in the interpreter.
+    Interp,
+}
+
+struct Ctx<'a> {
+    prog: &'a Program,
+    me: Party,
+}
+
+impl Ctx<'_> {
+    fn kind(&self, b: Buf) -> Kind {
+        self.prog.buffers[b.0 as usize].kind
+    }
+
+    fn len(&self, b: Buf) -> usize {
+        self.prog.buffers[b.0 as usize].len as usize
+    }
+
+    /// The interpreter's rules (see `interp.rs`): whether this party writes a result of kind
+    /// `k`, whether it includes a public addend, whether a buffer is the peer's private one.
+    fn computes(&self, k: Kind) -> bool {
+        !matches!(k, Kind::Private(p) if p != self.me)
+    }
+
+    fn adds_public(&self, dk: Kind) -> bool {
+        dk != Kind::Share || self.me == Party::Client
+    }
+
+    fn foreign(&self, b: Buf) -> bool {
+        matches!(self.kind(b), Kind::Private(p) if p != self.me)
+    }
+
+    fn access(&self, b: Buf, n: usize, inner: u32) -> Option<Access> {
+        let lb = self.len(b);
+        if lb == n && inner == 1 {
+            Some(Access::Elem)
+        } else if lb == 1 {
+            Some(Access::Splat)
+        } else if lb == 0 || inner == 0 || !n.is_multiple_of(lb * inner as usize) {
+            None
+        } else {
+            Some(Access::Bcast { len: lb as u32, inner })
+        }
+    }
+
+    fn lower(&self, ins: &Instr) -> Lower {
+        use Instr::*;
+        let d = match ins {
+            Add { d, .. } | Sub { d, .. } | Mul { d, .. } => *d,
+            Neg { d, .. } | AddImm { d, .. } | MulImm { d, .. } | Shl { d, .. } => *d,
+            TruncPost { c2, .. } => *c2,
+            _ => return Lower::Interp,
+        };
+        let n = self.len(d);
+        if n == 0 {
+            return Lower::Interp;
+        }
+        let dk = self.kind(d);
+        if !matches!(ins, TruncPost { .. }) && !self.computes(dk) {
+            return Lower::NoOp;
+        }
+        let mut l = Lowered { n, srcs: Vec::new(), ops: Vec::new(), dsts: Vec::new() };
+        let src = |l: &mut Lowered, b: Buf, a: Access| -> V {
+            l.srcs.push((b, a));
+            l.ops.push(Op::Load(l.srcs.len() as u32 - 1));
+            l.ops.len() as u32 - 1
+        };
+        let push = |l: &mut Lowered, op: Op| -> V {
+            l.ops.push(op);
+            l.ops.len() as u32 - 1
+        };
+        match ins {
+            Add { a, b, inner, .. } | Sub { a, b, inner, .. } => {
+                let Some(acc) = self.access(*b, n, *inner) else { return Lower::Interp };
+                let sub = matches!(ins, Sub { .. });
+                let use_a = self.kind(*a) != Kind::Public || self.adds_public(dk);
+                let use_b = self.kind(*b) != Kind::Public || self.adds_public(dk);
+                let v = match (use_a, use_b) {
+                    (true, true) => {
+                        let x = src(&mut l, *a, Access::Elem);
+                        let y = src(&mut l, *b, acc);
+                        push(&mut l, if sub { Op::Sub(x, y) } else { Op::Add(x, y) })
+                    }
+                    (true, false) => src(&mut l, *a, Access::Elem),
+                    (false, true) => {
+                        let y = src(&mut l, *b, acc);
+                        if sub {
+                            push(&mut l, Op::Neg(y))
+                        } else {
+                            y
+                        }
+                    }
+                    (false, false) => push(&mut l, Op::Const(0)),
+                };
+                l.dsts.push((d, v));
+            }
+            Mul { a, b, inner, .. } => {
+                let Some(acc) = self.access(*b, n, *inner) else { return Lower::Interp };
+                let v = if self.foreign(*a) || self.foreign(*b) {
+                    push(&mut l, Op::Const(0))
+                } else {
+                    let x = src(&mut l, *a, Access::Elem);
+                    let y = src(&mut l, *b, acc);
+                    push(&mut l, Op::Mul(x, y))
+                };
+                l.dsts.push((d, v));
+            }
+            Neg { a, .. } => {
+                let x = src(&mut l, *a, Access::Elem);
+                let v = push(&mut l, Op::Neg(x));
+                l.dsts.push((d, v));
+            }
+            AddImm { a, imm, .. } => {
+                let x = src(&mut l, *a, Access::Elem);
+                let imm = if self.adds_public(dk) { *imm } else { 0 };
+                let k = push(&mut l, Op::Const(imm));
+                let v = push(&mut l, Op::Add(x, k));
+                l.dsts.push((d, v));
+            }
+            MulImm { a, imm, .. } => {
+                let x = src(&mut l, *a, Access::Elem);
+                let k = push(&mut l, Op::Const(*imm));
+                let v = push(&mut l, Op::Mul(x, k));
+                l.dsts.push((d, v));
+            }
+            Shl { a, bits, .. } => {
+                let x = src(&mut l, *a, Access::Elem);
+                let v = push(&mut l, Op::Shl(x, bits & 63));
+                l.dsts.push((d, v));
+            }
+            TruncPost { c2, pk, s, c, rhi, m, t, w } => {
+                let (t, w) = (*t as u32, *w as u32);
+                // The interpreter's constants; a program outside the validated ranges stays
+                // with the interpreter.
+                if !(3..=64).contains(&w) || t + 2 > w {
+                    return Lower::Interp;
+                }
+                let wmask = if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
+                let off = 1u64 << (w - 2 - t);
+                let k = if w - t == 64 { 0 } else { 1u64 << (w - t) };
+                for b in [*pk, *s, *c, *rhi, *m] {
+                    if self.len(b) != n {
+                        return Lower::Interp;
+                    }
+                }
+                let cv = src(&mut l, *c, Access::Elem);
+                let rv = src(&mut l, *rhi, Access::Elem);
+                let mv = src(&mut l, *m, Access::Elem);
+                let wm = push(&mut l, Op::Const(wmask));
+                let cc = push(&mut l, Op::And(cv, wm));
+                let hi = push(&mut l, Op::Ushr(cc, t as u8));
+                let offv = push(&mut l, Op::Const(off));
+                let c2v = push(&mut l, Op::Sub(hi, offv));
+                // p = k when bit w-1 of cc is 0, else 0: (bit - 1) & k.
+                let top = push(&mut l, Op::Ushr(cc, (w - 1) as u8));
+                let one = push(&mut l, Op::Const(1));
+                let bit = push(&mut l, Op::And(top, one));
+                let mask = push(&mut l, Op::Sub(bit, one));
+                let kv = push(&mut l, Op::Const(k));
+                let p = push(&mut l, Op::And(mask, kv));
+                let pm = push(&mut l, Op::Mul(p, mv));
+                let sv = push(&mut l, Op::Sub(rv, pm));
+                l.dsts.extend([(*c2, c2v), (*pk, p), (*s, sv)]);
+            }
+            _ => return Lower::Interp,
+        }
+        Lower::Fuse(l)
+    }
+}
+
+/// How an instruction accesses a buffer, for liveness.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Use {
+    Read,
+    /// Overwrites every element without reading it.
+    FullWrite,
+    /// Writes some elements, or later (at an exchange).
+    Other,
+}
+
+/// Every access to each buffer in a section, in program order.
+struct Accesses(Vec<Vec<(usize, Use)>>);
+
+impl Accesses {
+    fn new(ctx: &Ctx, code: &[Instr]) -> Accesses {
+        use Instr::*;
+        let mut acc = vec![Vec::new(); ctx.prog.buffers.len()];
+        for (pos, ins) in code.iter().enumerate() {
+            let full = matches!(
+                ins,
+                Add { .. }
+                    | Sub { .. }
+                    | Mul { .. }
+                    | Neg { .. }
+                    | AddImm { .. }
+                    | MulImm { .. }
+                    | Shl { .. }
+                    | MatMul { .. }
+                    | Sum { .. }
+                    | TruncPost { .. }
+            );
+            let bufs = ins.buffers();
+            for &(b, written) in &bufs {
+                let Some(list) = acc.get_mut(b.0 as usize) else { continue };
+                let read = bufs.iter().any(|&(r, w)| r == b && !w);
+                let u = if read {
+                    Use::Read
+                } else if written && full && ctx.computes(ctx.prog.buffers[b.0 as usize].kind) {
+                    Use::FullWrite
+                } else {
+                    Use::Other
+                };
+                list.push((pos, u));
+            }
+        }
+        Accesses(acc)
+    }
+
+    /// Whether `b`, last written at `pos` by a kernel made of `members`, may be read after it.
+    fn live_after(&self, b: Buf, pos: usize, members: &HashSet<usize>) -> bool {
+        let list = &self.0[b.0 as usize];
+        let from = list.partition_point(|&(p, _)| p <= pos);
+        !matches!(
+            list[from..].iter().find(|(p, _)| !members.contains(p)),
+            Some(&(_, Use::FullWrite))
+        )
+    }
+}
+
+/// The kernel being collected.
+#[derive(Default)]
+struct Group {
+    n: usize,
+    members: Vec<usize>,
+    inputs: Vec<(Buf, Access)>,
+    loads: HashMap<(Buf, Access), V>,
+    ops: Vec<Op>,
+    /// The current value of each buffer written so far, and where it was written.
+    cur: HashMap<Buf, (V, usize)>,
+    /// Written buffers, most recently written last (a layer-independent output order).
+    order: Vec<Buf>,
+    /// Buffers read with a broadcast pattern (must not be written inside the kernel).
+    bcast: HashSet<Buf>,
+    touched: HashSet<Buf>,
+}
+
+impl Group {
+    fn fits(&self, l: &Lowered) -> bool {
+        if self.members.is_empty() {
+            return true;
+        }
+        let new_inputs = l.srcs.iter().filter(|s| !self.loads.contains_key(s)).count();
+        l.n == self.n
+            && self.ops.len() + l.ops.len() <= MAX_OPS
+            && self.inputs.len() + new_inputs + self.cur.len() + l.dsts.len() <= MAX_PTRS
+            && l.srcs.iter().all(|&(b, a)| a == Access::Elem || !self.cur.contains_key(&b))
+            && l.dsts.iter().all(|(d, _)| !self.bcast.contains(d))
+    }
+
+    fn add(&mut self, pos: usize, l: Lowered, ins: &Instr) {
+        self.n = l.n;
+        self.members.push(pos);
+        self.touched.extend(ins.buffers().into_iter().map(|(b, _)| b));
+        let mut map: Vec<V> = Vec::with_capacity(l.ops.len());
+        for op in &l.ops {
+            let m = |v: V| map[v as usize];
+            let v = match *op {
+                Op::Load(k) => {
+                    let (b, a) = l.srcs[k as usize];
+                    match self.cur.get(&b) {
+                        Some(&(v, _)) if a == Access::Elem => v,
+                        _ => {
+                            if a != Access::Elem {
+                                self.bcast.insert(b);
+                            }
+                            match self.loads.get(&(b, a)) {
+                                Some(&v) => v,
+                                None => {
+                                    self.inputs.push((b, a));
+                                    let v = self.push(Op::Load(self.inputs.len() as u32 - 1));
+                                    self.loads.insert((b, a), v);
+                                    v
+                                }
+                            }
+                        }
+                    }
+                }
+                Op::Const(c) => self.push(Op::Const(c)),
+                Op::Add(a, b) => self.push(Op::Add(m(a), m(b))),
+                Op::Sub(a, b) => self.push(Op::Sub(m(a), m(b))),
+                Op::Mul(a, b) => self.push(Op::Mul(m(a), m(b))),
+                Op::Neg(a) => self.push(Op::Neg(m(a))),
+                Op::And(a, b) => self.push(Op::And(m(a), m(b))),
+                Op::Shl(a, s) => self.push(Op::Shl(m(a), s)),
+                Op::Ushr(a, s) => self.push(Op::Ushr(m(a), s)),
+            };
+            map.push(v);
+        }
+        for &(d, v) in &l.dsts {
+            self.cur.insert(d, (map[v as usize], pos));
+            self.order.retain(|&b| b != d);
+            self.order.push(d);
+        }
+    }
+
+    fn push(&mut self, op: Op) -> V {
+        self.ops.push(op);
+        self.ops.len() as u32 - 1
+    }
+
+    fn finish(self, acc: &Accesses) -> Kernel {
+        let members: HashSet<usize> = self.members.iter().copied().collect();
+        let mut outputs = Vec::new();
+        let mut bufs: Vec<Buf> = self.inputs.iter().map(|&(b, _)| b).collect();
+        for b in &self.order {
+            let (v, pos) = self.cur[b];
+            if acc.live_after(*b, pos, &members) {
+                outputs.push(v);
+                bufs.push(*b);
+            }
+        }
+        Kernel {
+            sig: Sig {
+                inputs: self.inputs.iter().map(|&(_, a)| a).collect(),
+                ops: self.ops,
+                outputs,
+            },
+            bufs,
+            n: self.n,
+            members: self.members,
+        }
+    }
+}
+
+/// Plans `code` (one section of `prog`, already validated) for party `me`.
+pub fn plan(prog: &Program, code: &[Instr], me: Party) -> Plan {
+    let ctx = Ctx { prog, me };
+    let acc = Accesses::new(&ctx, code);
+    let mut plan = Plan::default();
+    let mut g = Group::default();
+    let flush = |g: &mut Group, plan: &mut Plan| {
+        if !g.members.is_empty() {
+            plan.kernels.push(std::mem::take(g).finish(&acc));
+            plan.steps.push(Step::Kernel(plan.kernels.len() - 1));
+        }
+    };
+    for (pos, ins) in code.iter().enumerate() {
+        match ctx.lower(ins) {
+            Lower::NoOp => {}
+            Lower::Fuse(l) => {
+                if !g.fits(&l) {
+                    flush(&mut g, &mut plan);
+                }
+                g.add(pos, l, ins);
+            }
+            Lower::Interp => {
+                let conflict = matches!(ins, Instr::Exchange {})
+                    || ins.buffers().iter().any(|(b, _)| g.touched.contains(b));
+                if conflict {
+                    flush(&mut g, &mut plan);
+                }
+                plan.steps.push(Step::Instr(pos));
+            }
+        }
+    }
+    flush(&mut g, &mut plan);
+    plan
+}

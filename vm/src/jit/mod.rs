@@ -1,0 +1,88 @@
+//! The JIT for local kernels: between two communication points each party's elementwise
+//! instructions are fused into kernels ([`fuse`]), compiled with Cranelift ([`codegen`]) once
+//! per distinct signature ([`cache`]), and run over the party's buffers in one pass.
+//!
+//! A kernel computes exactly what its member instructions compute in the interpreter (the
+//! party's role is resolved while fusing), so results are bit-identical; a kernel that does
+//! not compile runs its members in the interpreter instead.
+
+pub mod cache;
+pub mod codegen;
+pub mod fuse;
+pub mod kernel;
+
+use cache::KernelCache;
+use codegen::{JitError, KernelFn};
+use fuse::Plan;
+use kernel::Kernel;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use veil_isa::{Party, Program};
+
+/// A section's plan with the compiled function of each kernel.
+pub struct Compiled {
+    /// Steps and kernels.
+    pub plan: Plan,
+    /// Per kernel, its function (`None`: interpret its members).
+    pub fns: Vec<Option<KernelFn>>,
+}
+
+/// One party's compiled program. The function pointers in [`Compiled`] live as long as this.
+pub struct Jit {
+    /// The setup section.
+    pub setup: Arc<Compiled>,
+    /// The body.
+    pub body: Arc<Compiled>,
+    /// Time to plan and compile both sections.
+    pub compile_time: Duration,
+    /// Kernel instances in both sections.
+    pub kernels: usize,
+    /// Distinct compiled signatures.
+    pub distinct: usize,
+    /// Signatures that did not compile (their kernels are interpreted).
+    pub failed: usize,
+    // Last: the code must outlive every use of the pointers above.
+    _cache: KernelCache,
+}
+
+impl Jit {
+    /// Plans and compiles both sections of the validated `prog` for party `me`.
+    pub fn new(prog: &Program, me: Party, simd: bool) -> Result<Jit, JitError> {
+        let t0 = Instant::now();
+        let mut cache = KernelCache::new(simd)?;
+        let mut section = |code| {
+            let plan = fuse::plan(prog, code, me);
+            let fns = plan.kernels.iter().map(|k| cache.get(&k.sig)).collect();
+            Arc::new(Compiled { plan, fns })
+        };
+        let setup = section(&prog.setup);
+        let body = section(&prog.body);
+        Ok(Jit {
+            kernels: setup.plan.kernels.len() + body.plan.kernels.len(),
+            distinct: cache.len(),
+            failed: cache.failed(),
+            setup,
+            body,
+            compile_time: t0.elapsed(),
+            _cache: cache,
+        })
+    }
+}
+
+/// Runs kernel `k` with `f` over `bufs`; false (nothing done) when a buffer's length does not
+/// match what the code indexes, so the caller interprets instead.
+pub fn run(k: &Kernel, f: KernelFn, bufs: &mut [Vec<u64>]) -> bool {
+    let mut ptrs: Vec<*mut u64> = Vec::with_capacity(k.bufs.len());
+    for (j, b) in k.bufs.iter().enumerate() {
+        match bufs.get_mut(b.0 as usize) {
+            Some(v) if v.len() == k.required_len(j) => ptrs.push(v.as_mut_ptr()),
+            _ => return false,
+        }
+    }
+    // SAFETY: every pointer addresses a live buffer of the length the code indexes (checked
+    // above: `n` elements, one, or the broadcast length). Inputs and outputs may be the same
+    // buffer; the code reads each element before storing to it and touches no other element
+    // in between. No Rust reference to these buffers is used during the call.
+    unsafe { f(ptrs.as_ptr(), k.n as u64) };
+    true
+}
