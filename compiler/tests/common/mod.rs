@@ -1,5 +1,8 @@
 //! Running a compiled model two-party inside a test (dealer, client and server in threads).
 
+// Each test binary includes this module and uses a different part of it.
+#![allow(dead_code)]
+
 use std::collections::HashMap;
 use veil_compiler::compile::{client_run, Compiled};
 use veil_compiler::ir::{Data, Tensor};
