@@ -175,3 +175,61 @@ fn compile_with_public_weights() {
     );
     assert!(!bad.exists(), "nothing written for a refused compile");
 }
+
+#[test]
+fn compile_splits_a_merged_low_rank_update() {
+    let dir = tmp("lora");
+    let base = dir.join("base.safetensors");
+    ok(&veil(&["export-weights", BERT, "-o", base.to_str().unwrap()]));
+    // The fine-tuned checkpoint: layer 1's query matrix plus a rank-2 update (merged LoRA).
+    let src = veil_compiler::weights::SafetensorsSource::open(&base).unwrap();
+    let mut tuned = Vec::new();
+    for n in src.names() {
+        let mut t = src.tensor(&n).unwrap();
+        if n == "m.encoder.layer.1.attention.self.query.weight" {
+            let w = t.as_f32().unwrap();
+            let v = (0..w.len())
+                .map(|ij| {
+                    let (i, j) = ((ij / 128) as f32, (ij % 128) as f32);
+                    w[ij] + 0.01 * (i / 128.0) * (1.0 - j / 64.0) + 0.02 * (j / 128.0).sin()
+                })
+                .collect();
+            t = Tensor::f32(t.shape.clone(), v);
+        }
+        tuned.push((n, t));
+    }
+    let tuned_file = dir.join("tuned.safetensors");
+    veil_compiler::weights::write_safetensors(&tuned_file, &tuned).unwrap();
+    let ex = root().join("examples/models/bert-tiny.veil");
+    let out = dir.join("lora.vbc");
+    let args = |rank: &str| -> Vec<String> {
+        let mut a = vec![
+            "compile".to_string(),
+            ex.display().to_string(),
+            "--weights".into(),
+            tuned_file.display().to_string(),
+            "--public-weights".into(),
+            base.display().to_string(),
+            "-o".into(),
+            out.display().to_string(),
+        ];
+        if !rank.is_empty() {
+            a.extend(["--lora-rank".to_string(), rank.to_string()]);
+        }
+        a
+    };
+    let o = ok(&veil(&args("8")));
+    assert!(o.contains("--lora-rank 8: 1 matrices split") && o.contains("r = 2;"), "{o}");
+    assert!(o.contains("1 × the base checkpoint's part of a low-rank update"), "{o}");
+    // Without the split that matrix is private whole: layer 1 costs more.
+    let plain = ok(&veil(&args("")));
+    let online = |s: &str| -> String {
+        s.lines().find(|l| l.starts_with("per inference: online")).unwrap().to_string()
+    };
+    assert_ne!(online(&o), online(&plain));
+    fails_with(&veil(&args("0")), "at least 1");
+    // A usage error (clap's exit code 2) names the missing flag.
+    let usage = veil(&["compile", BERT, "--lora-rank", "8"]);
+    assert_eq!(usage.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&usage.stderr).contains("--public-weights"));
+}

@@ -10,6 +10,7 @@ pub mod client_run;
 mod fold;
 pub mod layers;
 pub mod leakage;
+pub mod low_rank;
 pub mod public;
 
 use crate::backend::client::client_graph;

@@ -50,6 +50,8 @@ pub enum Reason {
     Glob(String),
     /// Same bytes as the base checkpoint's tensor of this name.
     Base(String),
+    /// The base part of a weight split into base plus a low-rank update (`--lora-rank`).
+    LowRankBase(String),
 }
 
 /// The public weights of `g` (name → why), from DSL declarations, globs and a base checkpoint.

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use veil_compiler::backend::partition::Vis;
-use veil_compiler::compile::{artifacts, compile, public, CompileOptions, Compiled};
+use veil_compiler::compile::{artifacts, compile, low_rank, public, CompileOptions, Compiled};
 
 /// Arguments of `veil compile`.
 #[derive(clap::Args)]
@@ -38,37 +38,75 @@ pub struct PublicArgs {
     /// is public when its bytes equal the same-named (or, failing that, any) tensor there.
     #[arg(long, value_name = "FILE")]
     pub public_weights: Option<PathBuf>,
+    /// With --public-weights: a private matrix that differs from the same-named base matrix by
+    /// an update of at most this rank (a merged LoRA checkpoint) is compiled as the public base
+    /// product plus two thin private products, x·W0 + (x·A)·B; the split is exact up to f32
+    /// rounding. The summary lists what was split and what was not.
+    #[arg(long, value_name = "R", requires = "public_weights")]
+    pub lora_rank: Option<usize>,
 }
 
-/// The public weights of `m` (name → why) under `pa`.
-fn public_set(
-    m: &crate::model::Loaded,
+/// The base checkpoint's tensors, when `--public-weights` names one.
+fn base_tensors(
     margs: &ModelArgs,
     pa: &PublicArgs,
-) -> Result<BTreeMap<String, public::Reason>> {
-    let base = match &pa.public_weights {
-        None => None,
-        Some(f) => Some(match f.extension().and_then(|e| e.to_str()) {
-            Some("onnx") => {
-                let g = load(f, margs)
-                    .with_context(|| format!("--public-weights {}", f.display()))?
-                    .graph;
-                veil_compiler::frontend::weight_names::exported_weights(&g)
+) -> Result<Option<Vec<(String, veil_compiler::ir::Tensor)>>> {
+    let Some(f) = &pa.public_weights else { return Ok(None) };
+    Ok(Some(match f.extension().and_then(|e| e.to_str()) {
+        Some("onnx") => {
+            let g =
+                load(f, margs).with_context(|| format!("--public-weights {}", f.display()))?.graph;
+            veil_compiler::frontend::weight_names::exported_weights(&g)
+        }
+        _ => {
+            let src = veil_compiler::weights::SafetensorsSource::open(f)
+                .with_context(|| format!("--public-weights {}", f.display()))?;
+            let mut v = Vec::new();
+            for n in src.names() {
+                let t = src.tensor(&n).map_err(anyhow::Error::msg)?;
+                v.push((n, t));
             }
-            _ => {
-                let src = veil_compiler::weights::SafetensorsSource::open(f)
-                    .with_context(|| format!("--public-weights {}", f.display()))?;
-                let mut v = Vec::new();
-                for n in src.names() {
-                    let t = src.tensor(&n).map_err(anyhow::Error::msg)?;
-                    v.push((n, t));
-                }
-                v
-            }
-        }),
+            v
+        }
+    }))
+}
+
+/// The public weights of `m` (name → why) under `pa`, after splitting merged low-rank updates
+/// (`--lora-rank`) off their public base; returns the summary lines of the split.
+fn public_set(
+    m: &mut crate::model::Loaded,
+    margs: &ModelArgs,
+    pa: &PublicArgs,
+) -> Result<(BTreeMap<String, public::Reason>, String)> {
+    let base = base_tensors(margs, pa)?;
+    let mut public = public::public_weights(&m.graph, &m.public_params, &pa.globs, base.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let (Some(rank), Some(base)) = (pa.lora_rank, base.as_deref()) else {
+        return Ok((public, String::new()));
     };
-    public::public_weights(&m.graph, &m.public_params, &pa.globs, base.as_deref())
-        .map_err(anyhow::Error::msg)
+    let out = low_rank::split_low_rank(&mut m.graph, base, rank, &|n| public.contains_key(n))
+        .map_err(anyhow::Error::msg)?;
+    let mut s = format!(
+        "--lora-rank {rank}: {} matrices split into public base + private rank-r factors",
+        out.split.len()
+    );
+    let worst = out.split.iter().fold(0f64, |m, x| m.max(x.residual));
+    if !out.split.is_empty() {
+        let ranks: std::collections::BTreeSet<usize> = out.split.iter().map(|x| x.rank).collect();
+        let ranks: Vec<String> = ranks.iter().map(|r| r.to_string()).collect();
+        s.push_str(&format!(
+            " (r = {}; largest residual {worst:.1e} of the weight's largest entry)",
+            ranks.join(", ")
+        ));
+    }
+    s.push('\n');
+    for (name, why) in &out.kept {
+        s.push_str(&format!("  kept private whole: {name} ({why})\n"));
+    }
+    for x in out.split {
+        public.insert(format!("{}.base", x.name), public::Reason::LowRankBase(x.base));
+    }
+    Ok((public, s))
 }
 
 /// Compiles `file` and writes the artifacts; returns what was compiled and where it went.
@@ -90,10 +128,12 @@ pub fn compile_file_with(
     frac_bits: u8,
     out: &Path,
 ) -> Result<(Compiled, artifacts::Paths, String)> {
-    let m = load(file, margs)?;
-    let public = public_set(&m, margs, pa)?;
-    let private_graph = if public.is_empty() { None } else { Some(m.graph.clone()) };
-    let partition = partition_lines(&m.graph, &public);
+    let mut m = load(file, margs)?;
+    // The model as given, every weight private: the baseline of the saving.
+    let original = m.graph.clone();
+    let (public, split) = public_set(&mut m, margs, pa)?;
+    let private_graph = if public.is_empty() { None } else { Some(original) };
+    let partition = split + &partition_lines(&m.graph, &public);
     let mut meta = vec![
         ("source".to_string(), std::fs::canonicalize(file)?.display().to_string()),
         ("compiler".to_string(), format!("veil {}", env!("CARGO_PKG_VERSION"))),
@@ -176,6 +216,9 @@ fn partition_lines(
             public::Reason::Declared => "declared `public` in the model".to_string(),
             public::Reason::Glob(g) => format!("--public '{g}'"),
             public::Reason::Base(_) => "equal to the base checkpoint".to_string(),
+            public::Reason::LowRankBase(_) => {
+                "the base checkpoint's part of a low-rank update".to_string()
+            }
         };
         *reasons.entry(k).or_default() += 1;
     }
