@@ -23,6 +23,8 @@ pub struct Measured {
     pub offline: Duration,
     /// Wall time of the online phase as the client saw it.
     pub online: Duration,
+    /// The client's plaintext part before the session (a public frozen prefix, one-hots).
+    pub prefix: Duration,
     /// Peak RSS of the client process.
     pub client_rss: u64,
 }
@@ -95,6 +97,10 @@ pub fn print_outputs(
 pub fn print_cost(p: &Program, m: &Measured, nets: &[Net]) {
     let c = &m.client;
     println!("measured:");
+    println!(
+        "  client's plaintext part (public prefix, input encoding): {:.2} s before the session",
+        m.prefix.as_secs_f64()
+    );
     println!(
         "  online: client sent {}, received {}; {} rounds; client wall time {:.2} s (waiting {:.2} s)",
         bytes(c.body.sent),

@@ -15,7 +15,7 @@ pub fn preprocess(
     c: &ClientPart,
     inputs: &HashMap<String, Tensor>,
 ) -> Result<Preprocessed, String> {
-    let outs = crate::eval::run(&c.graph, inputs).map_err(|e| e.to_string())?;
+    let outs = crate::eval::run_fast(&c.graph, inputs).map_err(|e| e.to_string())?;
     let mut feeds = Vec::new();
     for (name, t) in c.feeds.iter().zip(&outs) {
         feeds.push((name.clone(), encode_feed(name, t, c.mask_value)?));

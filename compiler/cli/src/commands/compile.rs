@@ -159,6 +159,13 @@ pub fn compile_file_with(
     let c = compile(m.graph, &vis, &opts).with_context(|| file.display().to_string())?;
     let p = artifacts::write(&c, out)?;
     let mut summary = partition;
+    if !public.is_empty() {
+        let (nodes, macs) = plaintext_work(&c.client.graph);
+        summary.push_str(&format!(
+            "in the clear at the client: {nodes} operations, {:.2} G multiply-adds of matrix products, 0 B online (f32, before the session)\n",
+            macs as f64 / 1e9
+        ));
+    }
     if let Some(g) = private_graph {
         // The same model with every weight private, for the saving.
         let all = compile(g, &|_| Vis::Server, &opts)?;
@@ -177,6 +184,20 @@ pub fn compile_file_with(
         ));
     }
     Ok((c, p, summary))
+}
+
+/// The client's plaintext part: operations and multiply-adds of its matrix products.
+fn plaintext_work(g: &veil_compiler::ir::Graph) -> (usize, u64) {
+    let mut macs = 0u64;
+    for &n in &g.order {
+        let nd = &g.nodes[n];
+        if matches!(nd.op, veil_compiler::ir::Op::MatMul) {
+            let a = &g.ty(nd.args[0]).shape;
+            let k = a.last().copied().unwrap_or(1) as u64;
+            macs += g.ty(nd.result).numel() as u64 * k;
+        }
+    }
+    (g.order.len(), macs)
 }
 
 /// Which weights are public and which layers therefore run in the clear at the client.
@@ -225,10 +246,15 @@ fn partition_lines(
     for (k, n) in reasons {
         s.push_str(&format!("  {n} × {k}\n"));
     }
+    // layer2 before layer10
+    let mut layers: Vec<(&String, &(usize, usize, usize))> = per_layer.iter().collect();
+    layers.sort_by_key(|(l, _)| {
+        let digits = l.trim_start_matches(|c: char| !c.is_ascii_digit());
+        (l.len() - digits.len(), digits.parse::<u64>().ok(), l.to_string())
+    });
     let clear: Vec<&str> =
-        per_layer.iter().filter(|(_, c)| c.2 == 0).map(|(l, _)| l.as_str()).collect();
-    let mpc: Vec<&str> =
-        per_layer.iter().filter(|(_, c)| c.2 > 0).map(|(l, _)| l.as_str()).collect();
+        layers.iter().filter(|(_, c)| c.2 == 0).map(|(l, _)| l.as_str()).collect();
+    let mpc: Vec<&str> = layers.iter().filter(|(_, c)| c.2 > 0).map(|(l, _)| l.as_str()).collect();
     s.push_str(&format!(
         "weights all public (computed in the clear by the client where their input is the client's): {}\n",
         if clear.is_empty() { "none".to_string() } else { clear.join(", ") }

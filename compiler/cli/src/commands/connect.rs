@@ -51,7 +51,9 @@ pub fn client_over_tcp(
     timeout: Duration,
     jit: bool,
 ) -> Result<(Vec<(String, veil_compiler::ir::Tensor)>, Measured)> {
+    let t = Instant::now();
     let (feeds, own) = preprocess(c, inputs)?;
+    let prefix = t.elapsed();
     let (bar, cb) = progress(p);
     let opts = NetOptions { timeout, jit, ..NetOptions::default() };
     let t0 = Instant::now();
@@ -66,6 +68,7 @@ pub fn client_over_tcp(
         server: None,
         offline: Duration::ZERO,
         online,
+        prefix,
         client_rss: crate::party::peak_rss(),
     };
     Ok((outs, m))

@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Arguments of `veil run`.
 #[derive(clap::Args)]
@@ -108,7 +108,9 @@ pub fn in_process(
     jit: bool,
 ) -> Result<Outcome> {
     let w = server_weights(path, None, p)?;
+    let t = Instant::now();
     let (feeds, own) = preprocess(c, inputs)?;
+    let prefix = t.elapsed();
     let client = veil_vm::PartyData { inputs: feeds, weights: vec![] };
     let server = veil_vm::PartyData { weights: w, inputs: vec![] };
     let opts =
@@ -121,6 +123,7 @@ pub fn in_process(
         dealer_bytes: r.dealer_bytes,
         offline: r.offline_time,
         online: r.online_time,
+        prefix,
         client_rss: crate::party::peak_rss(),
     };
     Ok((outs, m))
