@@ -20,7 +20,8 @@ fn repo() -> PathBuf {
 fn costs(model: &str) -> (Cost, Cost) {
     let mut l = stdlib_loader();
     l.load_path(&repo().join("examples/models/bert-base.veil").display().to_string()).unwrap();
-    let g = lower_model(&l, model, &mut RandomSource::new(1)).unwrap_or_else(|e| panic!("{e}")).graph;
+    let g =
+        lower_model(&l, model, &mut RandomSource::new(1)).unwrap_or_else(|e| panic!("{e}")).graph;
     let c = compile(g, &|_| Vis::Server, &CompileOptions::default()).unwrap();
     let pc = program_cost(&c.program);
     let mut softmax = Cost::default();

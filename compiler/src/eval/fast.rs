@@ -46,3 +46,33 @@ pub fn matmul_f32(a: &Tensor, b: &Tensor, ty: &TensorType) -> Option<Tensor> {
     });
     Some(Tensor::f32(ty.shape.clone(), out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{DType, Op};
+
+    #[test]
+    fn agrees_with_the_reference_kernel() {
+        let mut r = crate::weights::SplitMix(3);
+        let mut t = |shape: Vec<usize>| {
+            let n = shape.iter().product();
+            Tensor::f32(shape, (0..n).map(|_| r.normal() as f32).collect())
+        };
+        // A linear layer (shared 2-D weight) and attention (matching batch).
+        for (a, b, out) in [
+            (t(vec![1, 37, 64]), t(vec![64, 29]), vec![1, 37, 29]),
+            (t(vec![3, 17, 8]), t(vec![3, 8, 17]), vec![3, 17, 17]),
+        ] {
+            let ty = TensorType::new(DType::F32, out);
+            let fast = matmul_f32(&a, &b, &ty).expect("fast path");
+            let want = super::super::eval_op(&Op::MatMul, &[&a, &b], &ty).unwrap();
+            let (f, w) = (fast.to_f64_vec(), want.to_f64_vec());
+            let err = f.iter().zip(&w).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+            assert!(err < 1e-5, "max abs difference {err}");
+        }
+        // A broadcast the fast path does not cover falls back (None).
+        let ty = TensorType::new(DType::F32, vec![2, 3, 5]);
+        assert!(matmul_f32(&t(vec![1, 3, 4]), &t(vec![2, 4, 5]), &ty).is_none());
+    }
+}
