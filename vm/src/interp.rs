@@ -678,9 +678,7 @@ impl<'p> PartyVm<'p> {
                 let mut dv = self.take(*d);
                 let (ev, av, bv) =
                     (&self.bufs[e.0 as usize], &self.bufs[a.0 as usize], &self.bufs[b.0 as usize]);
-                for (i, o) in dv.iter_mut().enumerate() {
-                    *o = if bits::get(ev, i) { av[i] } else { bv[i] };
-                }
+                kernels::sel(&mut dv, ev, av, bv);
                 self.put(*d, dv);
             }
             XorB { d, a, b } => {
@@ -717,26 +715,13 @@ impl<'p> PartyVm<'p> {
             }
             Lookup { d, table, idx, shift, width } => {
                 let mut dv = self.take(*d);
-                dv.fill(0);
                 let (tv, iv) = (&self.bufs[table.0 as usize], &self.bufs[idx.0 as usize]);
-                let (shift, w) = (*shift as u32, *width as u32);
-                let mask = (1u64 << w) - 1;
-                for (i, &x) in iv.iter().enumerate() {
-                    let c = ((x >> shift) & mask) as usize;
-                    if bits::get(tv, (i << w) + c) {
-                        bits::set(&mut dv, i, true);
-                    }
-                }
+                kernels::lookup(&mut dv, tv, iv, *shift as u32, *width as u32);
                 self.put(*d, dv);
             }
             BitOf { d, a, bit } => {
                 let mut dv = self.take(*d);
-                dv.fill(0);
-                for (i, &x) in self.bufs[a.0 as usize].iter().enumerate() {
-                    if (x >> bit) & 1 == 1 {
-                        bits::set(&mut dv, i, true);
-                    }
-                }
+                kernels::bit_of(&mut dv, &self.bufs[a.0 as usize], *bit as u32);
                 self.put(*d, dv);
             }
             Open { d, a, bits: nb } => {

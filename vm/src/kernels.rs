@@ -171,6 +171,67 @@ pub fn copy(
     }
 }
 
+/// Table lookup on packed bits: bit `i` of `d` is bit `(i << w) + ((idx[i] >> shift) mod 2^w)`
+/// of `table`. `d` holds `ceil(len(idx) / 64)` words.
+pub fn lookup(d: &mut [u64], table: &[u64], idx: &[u64], shift: u32, w: u32) {
+    let mask = (1u64 << w) - 1;
+    if w <= 6 {
+        // 64 elements use exactly 2^w table words and each element's row lies within one
+        // word, so an output word is built in a register from its own slice of the table.
+        let per = 64 >> w;
+        for ((o, xs), tw) in d.iter_mut().zip(idx.chunks(64)).zip(table.chunks(1 << w)) {
+            let mut acc = 0u64;
+            for (k, (xc, &t)) in xs.chunks(per).zip(tw).enumerate() {
+                let mut part = 0u64;
+                for (j, &x) in xc.iter().enumerate() {
+                    let c = (x >> shift) & mask;
+                    part |= ((t >> ((j << w) as u64 + c)) & 1) << j;
+                }
+                acc |= part << (k * per);
+            }
+            *o = acc;
+        }
+    } else {
+        for ((o, xs), i0) in d.iter_mut().zip(idx.chunks(64)).zip((0..).step_by(64)) {
+            let mut acc = 0u64;
+            for (j, &x) in xs.iter().enumerate() {
+                let c = ((x >> shift) & mask) as usize;
+                let pos = ((i0 + j) << w) + c;
+                acc |= ((table[pos >> 6] >> (pos & 63)) & 1) << j;
+            }
+            *o = acc;
+        }
+    }
+    for o in d.iter_mut().skip(idx.len().div_ceil(64)) {
+        *o = 0;
+    }
+}
+
+/// Bit `i` of `d` is bit `bit` of `a[i]`.
+pub fn bit_of(d: &mut [u64], a: &[u64], bit: u32) {
+    for (o, xs) in d.iter_mut().zip(a.chunks(64)) {
+        let mut acc = 0u64;
+        for (j, &x) in xs.iter().enumerate() {
+            acc |= ((x >> bit) & 1) << j;
+        }
+        *o = acc;
+    }
+    for o in d.iter_mut().skip(a.len().div_ceil(64)) {
+        *o = 0;
+    }
+}
+
+/// `d[i] = a[i]` where bit `i` of `e` is set, else `b[i]`.
+pub fn sel(d: &mut [u64], e: &[u64], a: &[u64], b: &[u64]) {
+    for (((dc, ac), bc), &ew) in d.chunks_mut(64).zip(a.chunks(64)).zip(b.chunks(64)).zip(e) {
+        for (j, ((o, &x), &y)) in dc.iter_mut().zip(ac).zip(bc).enumerate() {
+            // All ones or all zeros: a branch on random bits would mispredict half the time.
+            let m = ((ew >> j) & 1).wrapping_neg();
+            *o = (x & m) | (y & !m);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,6 +264,57 @@ mod tests {
         assert_eq!(d, [11, 22, 13, 24, 15, 26]);
         binary(&mut d, &a, &[10, 20], 3, |x, y| x + y);
         assert_eq!(d, [11, 12, 13, 24, 25, 26]);
+    }
+
+    fn rand_words(n: usize, seed: u64) -> Vec<u64> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bit_kernels_match_bit_by_bit() {
+        use crate::bits;
+        for (case, n) in [0usize, 1, 63, 64, 65, 200, 1000].into_iter().enumerate() {
+            let words = n.div_ceil(64);
+            let seed = case as u64 * 10;
+            let a = rand_words(n, seed + 1);
+            for width in 1..=12u32 {
+                for shift in [0u32, 5, 60 - width, 64 - width] {
+                    let table = rand_words((n << width).div_ceil(64), seed + width as u64);
+                    let mut want = vec![0; words];
+                    for (i, &x) in a.iter().enumerate() {
+                        let c = ((x >> shift) & ((1 << width) - 1)) as usize;
+                        bits::set(&mut want, i, bits::get(&table, (i << width) + c));
+                    }
+                    let mut got = vec![u64::MAX; words];
+                    lookup(&mut got, &table, &a, shift, width);
+                    assert_eq!(got, want, "lookup n={n} width={width} shift={shift}");
+                }
+            }
+            for bit in [0u32, 17, 63] {
+                let mut want = vec![0; words];
+                for (i, &x) in a.iter().enumerate() {
+                    bits::set(&mut want, i, (x >> bit) & 1 == 1);
+                }
+                let mut got = vec![u64::MAX; words];
+                bit_of(&mut got, &a, bit);
+                assert_eq!(got, want, "bit_of n={n} bit={bit}");
+            }
+            let (b, mut e) = (rand_words(n, seed + 2), rand_words(words, seed + 3));
+            bits::clear_tail(&mut e, n);
+            let want: Vec<u64> =
+                (0..n).map(|i| if bits::get(&e, i) { a[i] } else { b[i] }).collect();
+            let mut got = vec![0; n];
+            sel(&mut got, &e, &a, &b);
+            assert_eq!(got, want, "sel n={n}");
+        }
     }
 
     #[test]
