@@ -1,4 +1,6 @@
 //! Running a compiled model two-party inside a test (dealer, client and server in threads).
+// Each test crate that includes this module uses a different part of it.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use veil_compiler::compile::{client_run, Compiled};
