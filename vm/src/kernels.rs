@@ -50,59 +50,130 @@ pub fn matmul(d: &mut [u64], a: &[u64], b: &[u64], batch: usize, m: usize, k: us
     }
 }
 
-const ROWS: usize = 4;
-const COLS: usize = 256;
+/// Rows and columns of the register tile: 8×16 accumulators are 16 of AVX-512's 32 vector
+/// registers, so each loaded row of `b` is used for 8 products before it is dropped.
+const MR: usize = 8;
+const NR: usize = 16;
+/// Depth of a pass: 256 rows of a 16-column strip of `b` (32 KiB) stay in L1 while every
+/// row tile uses them.
+const KC: usize = 256;
+/// Rows per parallel task.
+const TASK_ROWS: usize = 2 * MR;
 
 fn matmul_one(d: &mut [u64], a: &[u64], b: &[u64], m: usize, k: usize, n: usize) {
     if n == 0 || m == 0 {
         return;
     }
-    let work = m * k * n;
     let run = |(ci, dc): (usize, &mut [u64])| {
-        let r0 = ci * ROWS;
+        let r0 = ci * TASK_ROWS;
         let rows = dc.len() / n;
-        block(dc, &a[r0 * k..(r0 + rows) * k], b, rows, k, n);
+        rows_product(dc, &a[r0 * k..(r0 + rows) * k], b, rows, k, n);
     };
-    if work >= 1 << 20 {
-        d.par_chunks_mut(ROWS * n).enumerate().for_each(run);
+    if m * k * n >= 1 << 20 {
+        d.par_chunks_mut(TASK_ROWS * n).enumerate().for_each(run);
     } else {
-        d.chunks_mut(ROWS * n).enumerate().for_each(run);
+        d.chunks_mut(TASK_ROWS * n).enumerate().for_each(run);
     }
 }
 
-fn block(d: &mut [u64], a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) {
+fn rows_product(d: &mut [u64], a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512dq")
             && std::arch::is_x86_feature_detected!("avx512f")
         {
             // SAFETY: the CPU supports the features the function is compiled for.
-            unsafe { block_avx512(d, a, b, rows, k, n) };
+            unsafe { rows_product_avx512(d, a, b, rows, k, n) };
             return;
         }
     }
-    block_generic(d, a, b, rows, k, n)
+    rows_product_generic(d, a, b, rows, k, n)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq")]
-unsafe fn block_avx512(d: &mut [u64], a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) {
-    block_generic(d, a, b, rows, k, n)
+unsafe fn rows_product_avx512(
+    d: &mut [u64],
+    a: &[u64],
+    b: &[u64],
+    rows: usize,
+    k: usize,
+    n: usize,
+) {
+    rows_product_generic(d, a, b, rows, k, n)
 }
 
+/// `d = a · b` for `a` of `rows × k` and `b` of `k × n`: full `MR × NR` tiles in registers,
+/// the ragged right and bottom edges with a plain loop.
 #[inline(always)]
-fn block_generic(d: &mut [u64], a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) {
+fn rows_product_generic(d: &mut [u64], a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) {
     d.fill(0);
-    for c0 in (0..n).step_by(COLS) {
-        let c1 = (c0 + COLS).min(n);
+    let (mf, nf) = (rows - rows % MR, n - n % NR);
+    for k0 in (0..k).step_by(KC) {
+        let k1 = (k0 + KC).min(k);
+        for c0 in (0..nf).step_by(NR) {
+            for r0 in (0..mf).step_by(MR) {
+                tile(d, a, b, r0, c0, k0..k1, k, n);
+            }
+        }
+    }
+    edge(d, a, b, 0..mf, nf..n, k, n);
+    edge(d, a, b, mf..rows, 0..n, k, n);
+}
+
+/// Adds the `MR × NR` tile at `(r0, c0)` of `a[.., ks] · b[ks, ..]` to `d`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile(
+    d: &mut [u64],
+    a: &[u64],
+    b: &[u64],
+    r0: usize,
+    c0: usize,
+    ks: std::ops::Range<usize>,
+    k: usize,
+    n: usize,
+) {
+    let mut acc = [[0u64; NR]; MR];
+    let arows: [&[u64]; MR] =
+        std::array::from_fn(|r| &a[(r0 + r) * k + ks.start..(r0 + r) * k + ks.end]);
+    for (j, p) in ks.enumerate() {
+        let bv: &[u64; NR] = b[p * n + c0..p * n + c0 + NR].try_into().expect("NR columns");
+        for r in 0..MR {
+            let av = arows[r][j];
+            for c in 0..NR {
+                acc[r][c] = acc[r][c].wrapping_add(av.wrapping_mul(bv[c]));
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        let drow = &mut d[(r0 + r) * n + c0..(r0 + r) * n + c0 + NR];
+        for (x, &y) in drow.iter_mut().zip(acc) {
+            *x = x.wrapping_add(y);
+        }
+    }
+}
+
+/// Adds `a[rs, ..] · b[.., cs]` to `d[rs, cs]`.
+#[inline(always)]
+fn edge(
+    d: &mut [u64],
+    a: &[u64],
+    b: &[u64],
+    rs: std::ops::Range<usize>,
+    cs: std::ops::Range<usize>,
+    k: usize,
+    n: usize,
+) {
+    if cs.is_empty() {
+        return;
+    }
+    for r in rs {
+        let drow = &mut d[r * n + cs.start..r * n + cs.end];
         for p in 0..k {
-            let brow = &b[p * n + c0..p * n + c1];
-            for r in 0..rows {
-                let av = a[r * k + p];
-                let drow = &mut d[r * n + c0..r * n + c1];
-                for (x, &y) in drow.iter_mut().zip(brow) {
-                    *x = x.wrapping_add(av.wrapping_mul(y));
-                }
+            let av = a[r * k + p];
+            for (x, &y) in drow.iter_mut().zip(&b[p * n + cs.start..p * n + cs.end]) {
+                *x = x.wrapping_add(av.wrapping_mul(y));
             }
         }
     }
@@ -238,20 +309,24 @@ mod tests {
 
     #[test]
     fn matmul_matches_naive() {
-        let (m, k, n) = (9, 13, 300);
-        let a: Vec<u64> =
-            (0..m * k).map(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
-        let b: Vec<u64> =
-            (0..k * n).map(|i| (i as u64 ^ 0xABCD).wrapping_mul(0x2545_F491_4F6C_DD1D)).collect();
-        let mut d = vec![0; m * n];
-        matmul(&mut d, &a, &b, 1, m, k, n);
-        for i in 0..m {
-            for j in 0..n {
-                let mut s = 0u64;
-                for p in 0..k {
-                    s = s.wrapping_add(a[i * k + p].wrapping_mul(b[p * n + j]));
+        // Ragged edges, several depth passes, the parallel path, and a shared operand.
+        for (batch, m, k, n) in [(1, 9, 13, 300), (1, 37, 600, 70), (3, 16, 257, 16), (2, 1, 1, 1)]
+        {
+            let a = rand_words(batch * m * k, (m * k) as u64);
+            let b = rand_words(k * n, (k * n) as u64 + 1);
+            let mut d = vec![u64::MAX; batch * m * n];
+            matmul(&mut d, &a, &b, batch, m, k, n);
+            for bi in 0..batch {
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut s = 0u64;
+                        for p in 0..k {
+                            let x = a[(bi * m + i) * k + p];
+                            s = s.wrapping_add(x.wrapping_mul(b[p * n + j]));
+                        }
+                        assert_eq!(d[(bi * m + i) * n + j], s, "{batch}×{m}×{k}×{n}");
+                    }
                 }
-                assert_eq!(d[i * n + j], s);
             }
         }
     }
