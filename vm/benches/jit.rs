@@ -3,7 +3,7 @@
 //! 1. Kernel throughput on 128×3072 elements: the local work after a truncation opening
 //!    (`trunc_post`, then `c2 - s`, then `+ mask`, as the builder emits it) fused by the JIT
 //!    (i64x2 and scalar code), the same three instructions interpreted, and a hand-written
-//!    Rust loop computing the same outputs.
+//!    Rust loop computing the same outputs; and the local matrix product at BERT-base shapes.
 //! 2. With `--program FILE.vbc` (e.g. BERT-base, one layer, 128 tokens): both parties' local
 //!    compute time (every body instruction except exchanges and dealer draws) and its
 //!    elementwise part, with and without the JIT, and the JIT's compile time.
@@ -160,6 +160,31 @@ fn throughput(reps: usize) {
     println!();
 }
 
+/// The local matrix product at BERT-base shapes (both of the machine's cores when free).
+fn matmul_throughput(reps: usize) {
+    println!("## Local matmul in Z_2^64, median of {reps}\n");
+    println!("| m×k · k×n | time | G multiply-adds/s |");
+    println!("|---|---|---|");
+    for (m, k, n) in [(128, 768, 768), (128, 3072, 768), (128, 768, 3072), (128, 64, 128)] {
+        let a = rand_u64(m * k, 3);
+        let b = rand_u64(k * n, 4);
+        let mut d = vec![0u64; m * n];
+        let t = median(
+            (0..reps)
+                .map(|_| {
+                    let t = Instant::now();
+                    veil_vm::kernels::matmul(&mut d, &a, &b, 1, m, k, n);
+                    std::hint::black_box(&d);
+                    t.elapsed()
+                })
+                .collect(),
+        );
+        let g = (m * k * n) as f64 / t.as_secs_f64() / 1e9;
+        println!("| {m}×{k} · {k}×{n} | {} | {g:.2} |", ms(t));
+    }
+    println!();
+}
+
 /// Random inputs and weights for every declaration (timing does not depend on the values).
 fn party_data(p: &Program) -> (PartyData, PartyData) {
     let mut c = PartyData::default();
@@ -246,6 +271,50 @@ fn program_bench(path: &str, reps: usize) {
         r(3),
         r(4)
     );
+    op_breakdown(&runs);
+}
+
+/// Per instruction name, both parties' time summed, median over the runs of each mode.
+fn op_breakdown(runs: &[Vec<veil_vm::RunResult>; 2]) {
+    let mut names: Vec<&'static str> = Vec::new();
+    for r in runs.iter().flatten() {
+        for rep in [&r.client, &r.server] {
+            for &k in rep.time_by_op.keys() {
+                if !names.contains(&k) {
+                    names.push(k);
+                }
+            }
+        }
+    }
+    let stat = |mode: usize, name: &str| {
+        let t = median(
+            runs[mode]
+                .iter()
+                .map(|r| {
+                    [&r.client, &r.server]
+                        .iter()
+                        .filter_map(|rep| rep.time_by_op.get(name))
+                        .map(|x| x.0)
+                        .sum()
+                })
+                .collect(),
+        );
+        let count: u64 = runs[mode]
+            .first()
+            .map(|r| r.client.time_by_op.get(name).map_or(0, |x| x.1))
+            .unwrap_or(0);
+        (t, count)
+    };
+    let mut rows: Vec<_> = names.iter().map(|&n| (n, stat(0, n), stat(1, n))).collect();
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1 .0 + r.2 .0));
+    println!("Per instruction, both parties summed (median); exchanges include waiting:\n");
+    println!("| instruction | count (client) | interpreter | JIT |");
+    println!("|---|---|---|---|");
+    for (name, (ti, ci), (tj, cj)) in rows {
+        let count = if ci == cj { ci.to_string() } else { format!("{ci} / {cj}") };
+        println!("| {name} | {count} | {} | {} |", ms(ti), ms(tj));
+    }
+    println!();
 }
 
 fn main() {
@@ -253,6 +322,7 @@ fn main() {
     let arg = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
     let reps: usize = arg("--reps").and_then(|s| s.parse().ok()).unwrap_or(7);
     throughput(reps);
+    matmul_throughput(reps);
     match arg("--program") {
         Some(path) => program_bench(path, reps),
         None => println!(

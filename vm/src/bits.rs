@@ -32,8 +32,12 @@ pub fn set(words: &mut [u64], i: usize, v: bool) {
 /// Appends the low `bits` bits of each value to `out`, densely packed, little-endian.
 pub fn pack(values: &[u64], bits: u8, out: &mut Vec<u8>) {
     if bits == 64 {
-        for v in values {
-            out.extend_from_slice(&v.to_le_bytes());
+        // One growth, then fixed-size stores the compiler turns into vector moves (appending
+        // 8 bytes at a time checks the capacity per value).
+        let start = out.len();
+        out.resize(start + 8 * values.len(), 0);
+        for (c, v) in out[start..].chunks_exact_mut(8).zip(values) {
+            c.copy_from_slice(&v.to_le_bytes());
         }
         return;
     }
@@ -101,5 +105,17 @@ mod tests {
                 assert_eq!(a & mask, *b);
             }
         }
+    }
+
+    #[test]
+    fn full_width_packing_appends_little_endian_words() {
+        let vals: Vec<u64> = (0..37u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+        let mut buf = vec![7u8, 9];
+        pack(&vals, 64, &mut buf);
+        let mut want = vec![7u8, 9];
+        for v in &vals {
+            want.extend_from_slice(&v.to_le_bytes());
+        }
+        assert_eq!(buf, want);
     }
 }

@@ -76,7 +76,13 @@ pub struct PartyReport {
     pub jit_compile_time: Duration,
     /// Fused kernels in the program (zero without the JIT).
     pub jit_kernels: usize,
+    /// Time and count per instruction name during the body (exchanges and dealer draws
+    /// included); fused kernels are counted under [`FUSED`].
+    pub time_by_op: BTreeMap<&'static str, (Duration, u64)>,
 }
+
+/// The [`PartyReport::time_by_op`] key of the JIT's fused kernels.
+pub const FUSED: &str = "(fused kernel)";
 
 /// A message part awaiting the exchange. Sources are read again at the exchange (the
 /// builder keeps them alive until then), so no copy of this party's share is kept.
@@ -101,6 +107,8 @@ pub struct PartyVm<'p> {
     pending: Vec<Pending>,
     report: PartyReport,
     progress: Option<Box<dyn FnMut(usize, usize) + Send + 'p>>,
+    /// Body time per index into the program's tags (the last slot: untagged).
+    tag_time: Vec<Option<Duration>>,
     jit_on: bool,
     #[cfg(feature = "jit")]
     jit: Option<crate::jit::Jit>,
@@ -146,6 +154,7 @@ impl<'p> PartyVm<'p> {
             pending: Vec::new(),
             report: PartyReport::default(),
             progress: None,
+            tag_time: vec![None; prog.tags.len() + 1],
             jit_on: cfg!(feature = "jit"),
             #[cfg(feature = "jit")]
             jit: None,
@@ -306,6 +315,17 @@ impl<'p> PartyVm<'p> {
     pub fn report(&self) -> PartyReport {
         let mut r = self.report.clone();
         r.dealer_bytes = self.material.dealer_bytes();
+        for (i, t) in self.tag_time.iter().enumerate() {
+            if let Some(t) = t {
+                let tag = self
+                    .prog
+                    .tags
+                    .get(i)
+                    .cloned()
+                    .unwrap_or(Tag { layer: "?".into(), op: "?".into() });
+                *r.time_by_tag.entry(tag).or_default() += *t;
+            }
+        }
         r
     }
 
@@ -342,24 +362,25 @@ impl<'p> PartyVm<'p> {
         let (mut done, mut reported) = (0usize, 0usize);
         let mut last = Instant::now();
         for (step, &unit) in units.iter().enumerate() {
-            let (index, local, elementwise) = match unit {
+            let (index, local, elementwise, op) = match unit {
                 Unit::Instr(index) => {
                     let ins = &code[index];
+                    let op = ins.name();
                     let at = At { section, index };
                     done += 1;
                     if is_dealer_instr(ins) {
                         self.material.draw(ins, at, self.prog, &mut self.bufs)?;
-                        (index, false, false)
+                        (index, false, false, op)
                     } else if let Instr::Exchange {} = ins {
                         let t = Instant::now();
                         self.exchange(at)?;
                         if timed {
                             self.report.wait_time += t.elapsed();
                         }
-                        (index, false, false)
+                        (index, false, false, op)
                     } else {
                         self.exec(ins);
-                        (index, true, is_elementwise(ins))
+                        (index, true, is_elementwise(ins), op)
                     }
                 }
                 #[cfg_attr(not(feature = "jit"), allow(unused_variables))]
@@ -376,7 +397,7 @@ impl<'p> PartyVm<'p> {
                             }
                         }
                         done += kernel.members.len();
-                        (kernel.members.last().copied().unwrap_or(0), true, true)
+                        (kernel.members.last().copied().unwrap_or(0), true, true, FUSED)
                     }
                     #[cfg(not(feature = "jit"))]
                     unreachable!("kernels exist only with the JIT")
@@ -391,13 +412,13 @@ impl<'p> PartyVm<'p> {
                 if elementwise {
                     self.report.elementwise_time += dt;
                 }
-                let tag = self
-                    .prog
-                    .tags
-                    .get(tags.get(index).copied().unwrap_or(u32::MAX) as usize)
-                    .cloned()
-                    .unwrap_or(Tag { layer: "?".into(), op: "?".into() });
-                *self.report.time_by_tag.entry(tag).or_default() += dt;
+                let e = self.report.time_by_op.entry(op).or_default();
+                e.0 += dt;
+                e.1 += 1;
+                // By tag index: building the `Tag` key here would allocate per instruction.
+                let tag = (tags.get(index).copied().unwrap_or(u32::MAX) as usize)
+                    .min(self.prog.tags.len());
+                *self.tag_time[tag].get_or_insert(Duration::ZERO) += dt;
                 last = now;
                 let end = step + 1 == units.len();
                 if done >= reported + 64 || end {
@@ -657,9 +678,7 @@ impl<'p> PartyVm<'p> {
                 let mut dv = self.take(*d);
                 let (ev, av, bv) =
                     (&self.bufs[e.0 as usize], &self.bufs[a.0 as usize], &self.bufs[b.0 as usize]);
-                for (i, o) in dv.iter_mut().enumerate() {
-                    *o = if bits::get(ev, i) { av[i] } else { bv[i] };
-                }
+                kernels::sel(&mut dv, ev, av, bv);
                 self.put(*d, dv);
             }
             XorB { d, a, b } => {
@@ -696,26 +715,13 @@ impl<'p> PartyVm<'p> {
             }
             Lookup { d, table, idx, shift, width } => {
                 let mut dv = self.take(*d);
-                dv.fill(0);
                 let (tv, iv) = (&self.bufs[table.0 as usize], &self.bufs[idx.0 as usize]);
-                let (shift, w) = (*shift as u32, *width as u32);
-                let mask = (1u64 << w) - 1;
-                for (i, &x) in iv.iter().enumerate() {
-                    let c = ((x >> shift) & mask) as usize;
-                    if bits::get(tv, (i << w) + c) {
-                        bits::set(&mut dv, i, true);
-                    }
-                }
+                kernels::lookup(&mut dv, tv, iv, *shift as u32, *width as u32);
                 self.put(*d, dv);
             }
             BitOf { d, a, bit } => {
                 let mut dv = self.take(*d);
-                dv.fill(0);
-                for (i, &x) in self.bufs[a.0 as usize].iter().enumerate() {
-                    if (x >> bit) & 1 == 1 {
-                        bits::set(&mut dv, i, true);
-                    }
-                }
+                kernels::bit_of(&mut dv, &self.bufs[a.0 as usize], *bit as u32);
                 self.put(*d, dv);
             }
             Open { d, a, bits: nb } => {

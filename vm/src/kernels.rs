@@ -50,59 +50,130 @@ pub fn matmul(d: &mut [u64], a: &[u64], b: &[u64], batch: usize, m: usize, k: us
     }
 }
 
-const ROWS: usize = 4;
-const COLS: usize = 256;
+/// Rows and columns of the register tile: 8×16 accumulators are 16 of AVX-512's 32 vector
+/// registers, so each loaded row of `b` is used for 8 products before it is dropped.
+const MR: usize = 8;
+const NR: usize = 16;
+/// Depth of a pass: 256 rows of a 16-column strip of `b` (32 KiB) stay in L1 while every
+/// row tile uses them.
+const KC: usize = 256;
+/// Rows per parallel task.
+const TASK_ROWS: usize = 2 * MR;
 
 fn matmul_one(d: &mut [u64], a: &[u64], b: &[u64], m: usize, k: usize, n: usize) {
     if n == 0 || m == 0 {
         return;
     }
-    let work = m * k * n;
     let run = |(ci, dc): (usize, &mut [u64])| {
-        let r0 = ci * ROWS;
+        let r0 = ci * TASK_ROWS;
         let rows = dc.len() / n;
-        block(dc, &a[r0 * k..(r0 + rows) * k], b, rows, k, n);
+        rows_product(dc, &a[r0 * k..(r0 + rows) * k], b, rows, k, n);
     };
-    if work >= 1 << 20 {
-        d.par_chunks_mut(ROWS * n).enumerate().for_each(run);
+    if m * k * n >= 1 << 20 {
+        d.par_chunks_mut(TASK_ROWS * n).enumerate().for_each(run);
     } else {
-        d.chunks_mut(ROWS * n).enumerate().for_each(run);
+        d.chunks_mut(TASK_ROWS * n).enumerate().for_each(run);
     }
 }
 
-fn block(d: &mut [u64], a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) {
+fn rows_product(d: &mut [u64], a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512dq")
             && std::arch::is_x86_feature_detected!("avx512f")
         {
             // SAFETY: the CPU supports the features the function is compiled for.
-            unsafe { block_avx512(d, a, b, rows, k, n) };
+            unsafe { rows_product_avx512(d, a, b, rows, k, n) };
             return;
         }
     }
-    block_generic(d, a, b, rows, k, n)
+    rows_product_generic(d, a, b, rows, k, n)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq")]
-unsafe fn block_avx512(d: &mut [u64], a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) {
-    block_generic(d, a, b, rows, k, n)
+unsafe fn rows_product_avx512(
+    d: &mut [u64],
+    a: &[u64],
+    b: &[u64],
+    rows: usize,
+    k: usize,
+    n: usize,
+) {
+    rows_product_generic(d, a, b, rows, k, n)
 }
 
+/// `d = a · b` for `a` of `rows × k` and `b` of `k × n`: full `MR × NR` tiles in registers,
+/// the ragged right and bottom edges with a plain loop.
 #[inline(always)]
-fn block_generic(d: &mut [u64], a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) {
+fn rows_product_generic(d: &mut [u64], a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) {
     d.fill(0);
-    for c0 in (0..n).step_by(COLS) {
-        let c1 = (c0 + COLS).min(n);
+    let (mf, nf) = (rows - rows % MR, n - n % NR);
+    for k0 in (0..k).step_by(KC) {
+        let k1 = (k0 + KC).min(k);
+        for c0 in (0..nf).step_by(NR) {
+            for r0 in (0..mf).step_by(MR) {
+                tile(d, a, b, r0, c0, k0..k1, k, n);
+            }
+        }
+    }
+    edge(d, a, b, 0..mf, nf..n, k, n);
+    edge(d, a, b, mf..rows, 0..n, k, n);
+}
+
+/// Adds the `MR × NR` tile at `(r0, c0)` of `a[.., ks] · b[ks, ..]` to `d`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile(
+    d: &mut [u64],
+    a: &[u64],
+    b: &[u64],
+    r0: usize,
+    c0: usize,
+    ks: std::ops::Range<usize>,
+    k: usize,
+    n: usize,
+) {
+    let mut acc = [[0u64; NR]; MR];
+    let arows: [&[u64]; MR] =
+        std::array::from_fn(|r| &a[(r0 + r) * k + ks.start..(r0 + r) * k + ks.end]);
+    for (j, p) in ks.enumerate() {
+        let bv: &[u64; NR] = b[p * n + c0..p * n + c0 + NR].try_into().expect("NR columns");
+        for r in 0..MR {
+            let av = arows[r][j];
+            for c in 0..NR {
+                acc[r][c] = acc[r][c].wrapping_add(av.wrapping_mul(bv[c]));
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        let drow = &mut d[(r0 + r) * n + c0..(r0 + r) * n + c0 + NR];
+        for (x, &y) in drow.iter_mut().zip(acc) {
+            *x = x.wrapping_add(y);
+        }
+    }
+}
+
+/// Adds `a[rs, ..] · b[.., cs]` to `d[rs, cs]`.
+#[inline(always)]
+fn edge(
+    d: &mut [u64],
+    a: &[u64],
+    b: &[u64],
+    rs: std::ops::Range<usize>,
+    cs: std::ops::Range<usize>,
+    k: usize,
+    n: usize,
+) {
+    if cs.is_empty() {
+        return;
+    }
+    for r in rs {
+        let drow = &mut d[r * n + cs.start..r * n + cs.end];
         for p in 0..k {
-            let brow = &b[p * n + c0..p * n + c1];
-            for r in 0..rows {
-                let av = a[r * k + p];
-                let drow = &mut d[r * n + c0..r * n + c1];
-                for (x, &y) in drow.iter_mut().zip(brow) {
-                    *x = x.wrapping_add(av.wrapping_mul(y));
-                }
+            let av = a[r * k + p];
+            for (x, &y) in drow.iter_mut().zip(&b[p * n + cs.start..p * n + cs.end]) {
+                *x = x.wrapping_add(av.wrapping_mul(y));
             }
         }
     }
@@ -171,26 +242,91 @@ pub fn copy(
     }
 }
 
+/// Table lookup on packed bits: bit `i` of `d` is bit `(i << w) + ((idx[i] >> shift) mod 2^w)`
+/// of `table`. `d` holds `ceil(len(idx) / 64)` words.
+pub fn lookup(d: &mut [u64], table: &[u64], idx: &[u64], shift: u32, w: u32) {
+    let mask = (1u64 << w) - 1;
+    if w <= 6 {
+        // 64 elements use exactly 2^w table words and each element's row lies within one
+        // word, so an output word is built in a register from its own slice of the table.
+        let per = 64 >> w;
+        for ((o, xs), tw) in d.iter_mut().zip(idx.chunks(64)).zip(table.chunks(1 << w)) {
+            let mut acc = 0u64;
+            for (k, (xc, &t)) in xs.chunks(per).zip(tw).enumerate() {
+                let mut part = 0u64;
+                for (j, &x) in xc.iter().enumerate() {
+                    let c = (x >> shift) & mask;
+                    part |= ((t >> ((j << w) as u64 + c)) & 1) << j;
+                }
+                acc |= part << (k * per);
+            }
+            *o = acc;
+        }
+    } else {
+        for ((o, xs), i0) in d.iter_mut().zip(idx.chunks(64)).zip((0..).step_by(64)) {
+            let mut acc = 0u64;
+            for (j, &x) in xs.iter().enumerate() {
+                let c = ((x >> shift) & mask) as usize;
+                let pos = ((i0 + j) << w) + c;
+                acc |= ((table[pos >> 6] >> (pos & 63)) & 1) << j;
+            }
+            *o = acc;
+        }
+    }
+    for o in d.iter_mut().skip(idx.len().div_ceil(64)) {
+        *o = 0;
+    }
+}
+
+/// Bit `i` of `d` is bit `bit` of `a[i]`.
+pub fn bit_of(d: &mut [u64], a: &[u64], bit: u32) {
+    for (o, xs) in d.iter_mut().zip(a.chunks(64)) {
+        let mut acc = 0u64;
+        for (j, &x) in xs.iter().enumerate() {
+            acc |= ((x >> bit) & 1) << j;
+        }
+        *o = acc;
+    }
+    for o in d.iter_mut().skip(a.len().div_ceil(64)) {
+        *o = 0;
+    }
+}
+
+/// `d[i] = a[i]` where bit `i` of `e` is set, else `b[i]`.
+pub fn sel(d: &mut [u64], e: &[u64], a: &[u64], b: &[u64]) {
+    for (((dc, ac), bc), &ew) in d.chunks_mut(64).zip(a.chunks(64)).zip(b.chunks(64)).zip(e) {
+        for (j, ((o, &x), &y)) in dc.iter_mut().zip(ac).zip(bc).enumerate() {
+            // All ones or all zeros: a branch on random bits would mispredict half the time.
+            let m = ((ew >> j) & 1).wrapping_neg();
+            *o = (x & m) | (y & !m);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn matmul_matches_naive() {
-        let (m, k, n) = (9, 13, 300);
-        let a: Vec<u64> =
-            (0..m * k).map(|i| (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
-        let b: Vec<u64> =
-            (0..k * n).map(|i| (i as u64 ^ 0xABCD).wrapping_mul(0x2545_F491_4F6C_DD1D)).collect();
-        let mut d = vec![0; m * n];
-        matmul(&mut d, &a, &b, 1, m, k, n);
-        for i in 0..m {
-            for j in 0..n {
-                let mut s = 0u64;
-                for p in 0..k {
-                    s = s.wrapping_add(a[i * k + p].wrapping_mul(b[p * n + j]));
+        // Ragged edges, several depth passes, the parallel path, and a shared operand.
+        for (batch, m, k, n) in [(1, 9, 13, 300), (1, 37, 600, 70), (3, 16, 257, 16), (2, 1, 1, 1)]
+        {
+            let a = rand_words(batch * m * k, (m * k) as u64);
+            let b = rand_words(k * n, (k * n) as u64 + 1);
+            let mut d = vec![u64::MAX; batch * m * n];
+            matmul(&mut d, &a, &b, batch, m, k, n);
+            for bi in 0..batch {
+                for i in 0..m {
+                    for j in 0..n {
+                        let mut s = 0u64;
+                        for p in 0..k {
+                            let x = a[(bi * m + i) * k + p];
+                            s = s.wrapping_add(x.wrapping_mul(b[p * n + j]));
+                        }
+                        assert_eq!(d[(bi * m + i) * n + j], s, "{batch}×{m}×{k}×{n}");
+                    }
                 }
-                assert_eq!(d[i * n + j], s);
             }
         }
     }
@@ -203,6 +339,57 @@ mod tests {
         assert_eq!(d, [11, 22, 13, 24, 15, 26]);
         binary(&mut d, &a, &[10, 20], 3, |x, y| x + y);
         assert_eq!(d, [11, 12, 13, 24, 25, 26]);
+    }
+
+    fn rand_words(n: usize, seed: u64) -> Vec<u64> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bit_kernels_match_bit_by_bit() {
+        use crate::bits;
+        for (case, n) in [0usize, 1, 63, 64, 65, 200, 1000].into_iter().enumerate() {
+            let words = n.div_ceil(64);
+            let seed = case as u64 * 10;
+            let a = rand_words(n, seed + 1);
+            for width in 1..=12u32 {
+                for shift in [0u32, 5, 60 - width, 64 - width] {
+                    let table = rand_words((n << width).div_ceil(64), seed + width as u64);
+                    let mut want = vec![0; words];
+                    for (i, &x) in a.iter().enumerate() {
+                        let c = ((x >> shift) & ((1 << width) - 1)) as usize;
+                        bits::set(&mut want, i, bits::get(&table, (i << width) + c));
+                    }
+                    let mut got = vec![u64::MAX; words];
+                    lookup(&mut got, &table, &a, shift, width);
+                    assert_eq!(got, want, "lookup n={n} width={width} shift={shift}");
+                }
+            }
+            for bit in [0u32, 17, 63] {
+                let mut want = vec![0; words];
+                for (i, &x) in a.iter().enumerate() {
+                    bits::set(&mut want, i, (x >> bit) & 1 == 1);
+                }
+                let mut got = vec![u64::MAX; words];
+                bit_of(&mut got, &a, bit);
+                assert_eq!(got, want, "bit_of n={n} bit={bit}");
+            }
+            let (b, mut e) = (rand_words(n, seed + 2), rand_words(words, seed + 3));
+            bits::clear_tail(&mut e, n);
+            let want: Vec<u64> =
+                (0..n).map(|i| if bits::get(&e, i) { a[i] } else { b[i] }).collect();
+            let mut got = vec![0; n];
+            sel(&mut got, &e, &a, &b);
+            assert_eq!(got, want, "sel n={n}");
+        }
     }
 
     #[test]

@@ -29,5 +29,5 @@ pub mod run;
 pub mod session;
 
 pub use error::VmError;
-pub use interp::{Output, PartyReport, PartyVm, Values};
+pub use interp::{Output, PartyReport, PartyVm, Values, FUSED};
 pub use run::{run_session, PartyData, RunOptions, RunResult};
