@@ -1,6 +1,4 @@
 //! Running a compiled model two-party inside a test (dealer, client and server in threads).
-// Each test crate that includes this module uses a different part of it.
-#![allow(dead_code)]
 
 // Each test binary includes this module and uses a different part of it.
 #![allow(dead_code)]
