@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use veil_compiler::backend::partition::Vis;
 use veil_compiler::compile::{compile, CompileOptions};
 use veil_compiler::dsl::{lower_model, stdlib_loader};
@@ -13,13 +12,10 @@ use veil_compiler::ir::Tensor;
 use veil_compiler::weights::RandomSource;
 use veil_isa::cost::{program_cost, Cost};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn costs(model: &str) -> (Cost, Cost) {
     let mut l = stdlib_loader();
-    l.load_path(&repo().join("examples/models/bert-base.veil").display().to_string()).unwrap();
+    l.load_path(&common::repo().join("examples/models/bert-base.veil").display().to_string())
+        .unwrap();
     let g =
         lower_model(&l, model, &mut RandomSource::new(1)).unwrap_or_else(|e| panic!("{e}")).graph;
     let c = compile(g, &|_| Vis::Server, &CompileOptions::default()).unwrap();
@@ -58,7 +54,8 @@ fn four_merged_heads_cost_a_third_of_the_softmax_bytes() {
 #[test]
 fn merged_heads_run_two_party_and_match_the_plaintext_layer() {
     let mut l = stdlib_loader();
-    l.load_path(&repo().join("examples/models/bert-base.veil").display().to_string()).unwrap();
+    l.load_path(&common::repo().join("examples/models/bert-base.veil").display().to_string())
+        .unwrap();
     let g = lower_model(&l, "bert_base_4heads_layer", &mut RandomSource::new(1)).unwrap().graph;
     let name = g.values[g.inputs[0]].name.clone();
     let mut r = veil_compiler::weights::SplitMix(7);
@@ -70,7 +67,7 @@ fn merged_heads_run_two_party_and_match_the_plaintext_layer() {
     let (_, outs) = common::run_compiled(&c, &inputs, false).unwrap();
     let got = outs[0].1.to_f64_vec();
     let max = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-    let err = got.iter().zip(&want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    let err = common::max_abs_diff(&got, &want);
     // The end-to-end tolerance of the two-party tests: 1% of the output's range.
     assert!(err < 0.01 * max, "4-head layer two-party: max abs error {err} of max {max}");
 }

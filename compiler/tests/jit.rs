@@ -4,19 +4,14 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use veil_compiler::backend::partition::Vis;
 use veil_compiler::compile::{compile, CompileOptions};
 use veil_compiler::frontend::onnx::{import_file, ImportOptions};
 use veil_compiler::npy;
 use veil_vm::RunOptions;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/models")
-}
-
 fn jit_matches_interpreter(model: &str, file: &str, set: &str) {
-    let dir = fixtures().join(model);
+    let dir = common::repo().join("tests/fixtures/models").join(model);
     let opts = ImportOptions { seq: Some(128), ..ImportOptions::default() };
     let mut g = import_file(&dir.join(file), &opts).unwrap_or_else(|e| panic!("{e}"));
     veil_compiler::passes::run(&mut g, &mut veil_compiler::passes::import_pipeline()).unwrap();

@@ -4,8 +4,9 @@
 
 mod common;
 
+use common::max_abs_diff;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use veil_compiler::backend::partition::Vis;
 use veil_compiler::compile::low_rank::split_low_rank;
 use veil_compiler::compile::public::{public_weights, Reason};
@@ -16,12 +17,8 @@ use veil_compiler::ir::{Graph, Tensor};
 use veil_compiler::weights::{SplitMix, TensorSource};
 use veil_compiler::{eval, npy};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 fn fixture() -> PathBuf {
-    repo().join("tests/fixtures/models/bert-tiny-random")
+    common::repo().join("tests/fixtures/models/bert-tiny-random")
 }
 
 /// The bundled BERT-tiny's weights (the "open base") under export-weights' names.
@@ -63,7 +60,8 @@ fn fine_tuned(base: &[(String, Tensor)], r: usize) -> Vec<(String, Tensor)> {
 
 fn model(weights: &[(String, Tensor)]) -> Graph {
     let mut l = stdlib_loader();
-    l.load_path(&repo().join("examples/models/bert-tiny.veil").display().to_string()).unwrap();
+    l.load_path(&common::repo().join("examples/models/bert-tiny.veil").display().to_string())
+        .unwrap();
     lower_model(&l, "bert_tiny", &mut TensorSource(weights.iter().cloned().collect()))
         .unwrap()
         .graph
@@ -79,10 +77,6 @@ fn inputs(g: &Graph) -> HashMap<String, Tensor> {
             (g.values[v].name.clone(), t)
         })
         .collect()
-}
-
-fn max_abs(a: &[f64], b: &[f64]) -> f64 {
-    a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()))
 }
 
 #[test]
@@ -104,13 +98,17 @@ fn a_merged_rank_4_update_is_split_exactly_and_runs_two_party() {
     let want = eval::run(&original, &x).unwrap()[0].to_f64_vec();
     let split = eval::run(&g, &x).unwrap()[0].to_f64_vec();
     let top = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-    assert!(max_abs(&split, &want) < 1e-5 * top, "split vs checkpoint {}", max_abs(&split, &want));
+    assert!(
+        max_abs_diff(&split, &want) < 1e-5 * top,
+        "split vs checkpoint {}",
+        max_abs_diff(&split, &want)
+    );
     // Two-party: within the end-to-end tolerance, and fewer bytes than the whole checkpoint
     // private (the base half of every product is local).
     let vis = |n: &str| if public.contains_key(n) { Vis::Public } else { Vis::Server };
     let c = compile(g, &vis, &CompileOptions::default()).unwrap();
     let (_, outs) = common::run_compiled(&c, &x, false).unwrap();
-    let err = max_abs(&outs[0].1.to_f64_vec(), &want);
+    let err = max_abs_diff(&outs[0].1.to_f64_vec(), &want);
     assert!(err < 0.01 * top, "two-party vs checkpoint: {err} of {top}");
     let all = compile(original, &|_| Vis::Server, &CompileOptions::default()).unwrap();
     let bytes = |c: &veil_compiler::compile::Compiled| {

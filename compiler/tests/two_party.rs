@@ -62,7 +62,7 @@ fn two_party_graph(
 
 fn max_err(got: &[f64], want: &[f64]) -> (f64, f64) {
     let maxabs = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-    let err = got.iter().zip(want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+    let err = common::max_abs_diff(got, want);
     (err, maxabs)
 }
 

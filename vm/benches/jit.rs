@@ -16,6 +16,7 @@ use veil_isa::{Buf, BufDecl, Instr, Kind, Party, Program, Tag};
 use veil_vm::jit::{self, Jit};
 use veil_vm::material::Material;
 use veil_vm::net::local::LocalTransport;
+use veil_vm::testdata::xorshift_words;
 use veil_vm::{run_session, PartyData, PartyVm, RunOptions, Values};
 
 const N: u32 = 128 * 3072;
@@ -27,18 +28,6 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-fn rand_u64(n: usize, seed: u64) -> Vec<u64> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s
-        })
-        .collect()
 }
 
 /// The post-opening chain of a truncation, for the client: buffers c (public, opened),
@@ -94,7 +83,7 @@ fn rust_loop(y: &mut [u64], c: &[u64], rhi: &[u64], m: &[u64], mask: &[u64]) {
 fn throughput(reps: usize) {
     let p = trunc_program();
     let mut bufs: Vec<Vec<u64>> =
-        (0..p.buffers.len()).map(|i| rand_u64(N as usize, i as u64 + 1)).collect();
+        (0..p.buffers.len()).map(|i| xorshift_words(N as usize, i as u64 + 1)).collect();
     let gelem = |d: Duration| N as f64 / d.as_secs_f64() / 1e9;
     println!(
         "## Kernel throughput: truncation post-processing chain, {N} elements, median of {reps}\n"
@@ -166,8 +155,8 @@ fn matmul_throughput(reps: usize) {
     println!("| m×k · k×n | time | G multiply-adds/s |");
     println!("|---|---|---|");
     for (m, k, n) in [(128, 768, 768), (128, 3072, 768), (128, 768, 3072), (128, 64, 128)] {
-        let a = rand_u64(m * k, 3);
-        let b = rand_u64(k * n, 4);
+        let a = xorshift_words(m * k, 3);
+        let b = xorshift_words(k * n, 4);
         let mut d = vec![0u64; m * n];
         let t = median(
             (0..reps)
@@ -191,7 +180,7 @@ fn party_data(p: &Program) -> (PartyData, PartyData) {
     let mut s = PartyData::default();
     for (i, io) in p.inputs.iter().chain(&p.weights).enumerate() {
         let n: usize = io.shape.iter().map(|&d| d as usize).product();
-        let v: Vec<f32> = rand_u64(n, i as u64 + 7)
+        let v: Vec<f32> = xorshift_words(n, i as u64 + 7)
             .iter()
             .map(|&x| (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
             .collect();

@@ -27,14 +27,9 @@ struct Case {
 }
 
 fn data(n: usize, seed: u64, scale: f64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * scale as f32
-        })
+    veil_vm::testdata::xorshift_words(n, seed)
+        .into_iter()
+        .map(|s| ((s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32 * scale as f32)
         .collect()
 }
 

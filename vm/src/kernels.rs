@@ -312,8 +312,8 @@ mod tests {
         // Ragged edges, several depth passes, the parallel path, and a shared operand.
         for (batch, m, k, n) in [(1, 9, 13, 300), (1, 37, 600, 70), (3, 16, 257, 16), (2, 1, 1, 1)]
         {
-            let a = rand_words(batch * m * k, (m * k) as u64);
-            let b = rand_words(k * n, (k * n) as u64 + 1);
+            let a = crate::testdata::xorshift_words(batch * m * k, (m * k) as u64);
+            let b = crate::testdata::xorshift_words(k * n, (k * n) as u64 + 1);
             let mut d = vec![u64::MAX; batch * m * n];
             matmul(&mut d, &a, &b, batch, m, k, n);
             for bi in 0..batch {
@@ -341,28 +341,19 @@ mod tests {
         assert_eq!(d, [11, 12, 13, 24, 25, 26]);
     }
 
-    fn rand_words(n: usize, seed: u64) -> Vec<u64> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                s
-            })
-            .collect()
-    }
-
     #[test]
     fn bit_kernels_match_bit_by_bit() {
         use crate::bits;
         for (case, n) in [0usize, 1, 63, 64, 65, 200, 1000].into_iter().enumerate() {
             let words = n.div_ceil(64);
             let seed = case as u64 * 10;
-            let a = rand_words(n, seed + 1);
+            let a = crate::testdata::xorshift_words(n, seed + 1);
             for width in 1..=12u32 {
                 for shift in [0u32, 5, 60 - width, 64 - width] {
-                    let table = rand_words((n << width).div_ceil(64), seed + width as u64);
+                    let table = crate::testdata::xorshift_words(
+                        (n << width).div_ceil(64),
+                        seed + width as u64,
+                    );
                     let mut want = vec![0; words];
                     for (i, &x) in a.iter().enumerate() {
                         let c = ((x >> shift) & ((1 << width) - 1)) as usize;
@@ -382,7 +373,10 @@ mod tests {
                 bit_of(&mut got, &a, bit);
                 assert_eq!(got, want, "bit_of n={n} bit={bit}");
             }
-            let (b, mut e) = (rand_words(n, seed + 2), rand_words(words, seed + 3));
+            let (b, mut e) = (
+                crate::testdata::xorshift_words(n, seed + 2),
+                crate::testdata::xorshift_words(words, seed + 3),
+            );
             bits::clear_tail(&mut e, n);
             let want: Vec<u64> =
                 (0..n).map(|i| if bits::get(&e, i) { a[i] } else { b[i] }).collect();

@@ -27,6 +27,8 @@ pub mod prg;
 pub mod ring;
 pub mod run;
 pub mod session;
+#[doc(hidden)]
+pub mod testdata;
 
 pub use error::VmError;
 pub use interp::{Output, PartyReport, PartyVm, Values, FUSED};

@@ -4,8 +4,9 @@
 mod common;
 
 use common::{fails_with, ok, root, tmp, veil, BERT, DATA};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 const BERT_DYN: &str =
@@ -17,6 +18,18 @@ fn compile(model: &str, out: &Path, extra: &[&str]) {
     let mut args = vec!["compile", model, "-o", &o];
     args.extend_from_slice(extra);
     ok(&veil(&args));
+}
+
+/// A directory with BERT-tiny (`bert.*`) and GPT-2-tiny (`gpt.*`) compiled once, for the tests
+/// that only read programs (compiling is the slow part of each test).
+fn compiled() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = tmp("compiled");
+        compile(BERT, &d.join("bert.vbc"), &[]);
+        compile(GPT2, &d.join("gpt.vbc"), &[]);
+        d
+    })
 }
 
 #[test]
@@ -59,10 +72,8 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn run_over_tcp_processes_matches_onnxruntime() {
-    let d = tmp("run");
-    let prog = d.join("bert.vbc");
-    compile(BERT, &prog, &[]);
-    let outdir = d.join("out");
+    let prog = compiled().join("bert.vbc");
+    let outdir = tmp("run").join("out");
     let mut args = vec![
         "run".to_string(),
         prog.display().to_string(),
@@ -99,9 +110,7 @@ fn program_for_another_sequence_length() {
 
 #[test]
 fn missing_input_and_unknown_input() {
-    let d = tmp("missing");
-    let prog = d.join("bert.vbc");
-    compile(BERT, &prog, &[]);
+    let prog = compiled().join("bert.vbc");
     let p = prog.display().to_string();
     let ids = format!("input_ids={DATA}/input_0.npy");
     fails_with(&veil(&["run", &p, "--input", &ids]), "missing inputs: attention_mask");
@@ -110,11 +119,8 @@ fn missing_input_and_unknown_input() {
 
 #[test]
 fn files_of_another_compile_are_refused() {
-    let d = tmp("mismatch");
+    let d = compiled();
     let bert = d.join("bert.vbc");
-    let gpt = d.join("gpt.vbc");
-    compile(BERT, &bert, &[]);
-    compile(GPT2, &gpt, &[]);
     // The server started with the wrong weights file.
     let w = d.join("gpt.server.safetensors").display().to_string();
     let o =
@@ -127,7 +133,7 @@ fn files_of_another_compile_are_refused() {
     args.extend(common::bert_input_flags());
     fails_with(&veil(&args), "was compiled with another program");
     // A damaged program.
-    let bad = d.join("bad.vbc");
+    let bad = tmp("mismatch").join("bad.vbc");
     let mut bytes = std::fs::read(&bert).unwrap();
     bytes.truncate(bytes.len() / 2);
     std::fs::write(&bad, bytes).unwrap();
@@ -151,11 +157,9 @@ fn spawn(args: &[String]) -> (std::process::Child, String) {
 
 #[test]
 fn three_roles_as_separate_commands_and_a_client_with_another_program() {
-    let d = tmp("three");
+    let d = compiled();
     let bert = d.join("bert.vbc");
     let gpt = d.join("gpt.vbc");
-    compile(BERT, &bert, &[]);
-    compile(GPT2, &gpt, &[]);
     let b = bert.display().to_string();
     let (mut dealer, daddr) = spawn(&[
         "dealer".into(),
@@ -208,9 +212,7 @@ fn three_roles_as_separate_commands_and_a_client_with_another_program() {
 
 #[test]
 fn missing_dealer_ends_every_side_with_an_error() {
-    let d = tmp("nodealer");
-    let bert = d.join("bert.vbc");
-    compile(BERT, &bert, &[]);
+    let bert = compiled().join("bert.vbc");
     let b = bert.display().to_string();
     // Nothing listens at the dealer's address.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

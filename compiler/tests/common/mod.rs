@@ -4,9 +4,20 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use veil_compiler::compile::{client_run, Compiled};
 use veil_compiler::ir::{Data, Tensor};
 use veil_vm::{run_session, PartyData, RunOptions, RunResult, Values};
+
+/// The workspace root (examples/, tests/fixtures/).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The largest elementwise |a − b|.
+pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+}
 
 /// A tensor as the VM's input values.
 pub fn values(t: &Tensor) -> Values {

@@ -239,19 +239,10 @@ impl Accesses {
         use Instr::*;
         let mut acc = vec![Vec::new(); ctx.prog.buffers.len()];
         for (pos, ins) in code.iter().enumerate() {
-            let full = matches!(
-                ins,
-                Add { .. }
-                    | Sub { .. }
-                    | Mul { .. }
-                    | Neg { .. }
-                    | AddImm { .. }
-                    | MulImm { .. }
-                    | Shl { .. }
-                    | MatMul { .. }
-                    | Sum { .. }
-                    | TruncPost { .. }
-            );
+            // Writes that overwrite the whole destination: the elementwise instructions and
+            // the two reductions.
+            let full =
+                crate::interp::is_elementwise(ins) || matches!(ins, MatMul { .. } | Sum { .. });
             let bufs = ins.buffers();
             for &(b, written) in &bufs {
                 let Some(list) = acc.get_mut(b.0 as usize) else { continue };

@@ -72,11 +72,15 @@ fn demo(
         .map(|(i, n)| (n.to_string(), set.join(format!("input_{i}.npy"))))
         .collect();
     let inputs = model_inputs(&cp, &given)?;
-    let (outs, m) = if in_process {
-        super::run::in_process(&paths.program, &p, &cp, &inputs, 120, true)?
-    } else {
-        super::run::processes(&paths.program, &p, &cp, &inputs, 120, true)?
+    let local = super::run::Local {
+        path: &paths.program,
+        program: &p,
+        client: &cp,
+        inputs: &inputs,
+        timeout: 120,
+        jit: true,
     };
+    let (outs, m) = local.run(in_process)?;
 
     println!("\n== 3. output check");
     let want = veil_compiler::npy::read(&set.join("output_0.npy")).context("the stored output")?;

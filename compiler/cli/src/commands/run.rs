@@ -56,11 +56,15 @@ pub fn run(a: Args) -> Result<()> {
         Some(seed) => random_inputs(&c, seed)?,
         None => model_inputs(&c, &a.inputs)?,
     };
-    let (outs, m) = if a.in_process {
-        in_process(&a.program, &p, &c, &inputs, a.timeout, !a.no_jit)?
-    } else {
-        processes(&a.program, &p, &c, &inputs, a.timeout, !a.no_jit)?
+    let local = Local {
+        path: &a.program,
+        program: &p,
+        client: &c,
+        inputs: &inputs,
+        timeout: a.timeout,
+        jit: !a.no_jit,
     };
+    let (outs, m) = local.run(a.in_process)?;
     let r = reference(&p, a.reference.as_deref(), &inputs)?;
     if r.is_none() {
         println!("(no plaintext reference: the source model is not here; pass --reference)");
@@ -98,15 +102,37 @@ fn random_inputs(
 
 type Outcome = (Vec<(String, veil_compiler::ir::Tensor)>, Measured);
 
+/// One run of the three roles on this machine: what they need.
+#[derive(Clone, Copy)]
+pub struct Local<'a> {
+    /// The program's file (the server's weights and client part sit next to it).
+    pub path: &'a Path,
+    /// The program.
+    pub program: &'a veil_isa::Program,
+    /// The client's part.
+    pub client: &'a veil_compiler::compile::ClientPart,
+    /// The model inputs.
+    pub inputs: &'a std::collections::HashMap<String, veil_compiler::ir::Tensor>,
+    /// Seconds any role waits for a peer message.
+    pub timeout: u64,
+    /// Compile local kernels with the JIT.
+    pub jit: bool,
+}
+
+impl Local<'_> {
+    /// Runs the roles as threads of this process (`in_process`) or as child processes.
+    pub fn run(&self, in_process: bool) -> Result<Outcome> {
+        if in_process {
+            self::in_process(self)
+        } else {
+            processes(self)
+        }
+    }
+}
+
 /// The three roles in threads of this process.
-pub fn in_process(
-    path: &Path,
-    p: &veil_isa::Program,
-    c: &veil_compiler::compile::ClientPart,
-    inputs: &std::collections::HashMap<String, veil_compiler::ir::Tensor>,
-    timeout: u64,
-    jit: bool,
-) -> Result<Outcome> {
+fn in_process(s: &Local) -> Result<Outcome> {
+    let Local { path, program: p, client: c, inputs, timeout, jit } = *s;
     let w = server_weights(path, None, p)?;
     let t = Instant::now();
     let (feeds, own) = preprocess(c, inputs)?;
@@ -174,14 +200,8 @@ impl Role {
 }
 
 /// Dealer and server as child processes on loopback, the client here.
-pub fn processes(
-    path: &Path,
-    p: &veil_isa::Program,
-    c: &veil_compiler::compile::ClientPart,
-    inputs: &std::collections::HashMap<String, veil_compiler::ir::Tensor>,
-    timeout: u64,
-    jit: bool,
-) -> Result<Outcome> {
+fn processes(s: &Local) -> Result<Outcome> {
+    let Local { path, program: p, client: c, inputs, timeout, jit } = *s;
     // Fail early, before any process starts, when the server's file is missing or stale.
     server_weights(path, None, p)?;
     let prog = path.display().to_string();
