@@ -12,5 +12,6 @@ pub mod frontend;
 pub mod ir;
 pub mod npy;
 pub mod passes;
+pub mod rsqrt_fit;
 pub mod stdlib_table;
 pub mod weights;

@@ -40,6 +40,9 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("log2", "x"),
     ("ceil", "x"),
     ("floor", "x"),
+    ("rsqrt_fit_a", "lo, hi"),
+    ("rsqrt_fit_b", "lo, hi"),
+    ("rsqrt_fit_iters", "lo, hi, rel"),
 ];
 
 /// Builtins that also compute on compile-time numbers.
@@ -207,6 +210,9 @@ pub(crate) fn call(
         return Err(e.err(span, format!("`{}` works on compile-time numbers only", func.name)));
     }
     let mut a = Args::new(e, func, sig, pos, named, span)?;
+    if func.name.starts_with("rsqrt_fit_") {
+        return rsqrt_fit(&mut a);
+    }
     let unary = |op: Op| -> Option<Op> { Some(op) };
     let un = match func.name.as_str() {
         "gelu" => unary(Op::Gelu { approx: GeluApprox::Erf }),
@@ -393,4 +399,33 @@ pub(crate) fn call(
         }
         _ => unreachable!("every builtin in BUILTINS is handled"),
     }
+}
+
+/// `rsqrt_fit_a/b/iters`: the compile-time fit of [`crate::rsqrt_fit`] for a stdlib function.
+fn rsqrt_fit(a: &mut Args) -> Result<Val, DslError> {
+    let (lo, hi) = (a.num(0)?, a.num(1)?);
+    let Some(g) = crate::rsqrt_fit::guess(lo, hi) else {
+        return Err(a
+            .e
+            .err(a.span, format!("`{}`: need 0 < lo < hi, got [{lo}, {hi}]", a.func.name)));
+    };
+    Ok(Val::Num(match a.func.name.as_str() {
+        "rsqrt_fit_a" => g.a,
+        "rsqrt_fit_b" => g.b,
+        _ => {
+            let rel = a.num(2)?;
+            let k = crate::rsqrt_fit::iterations(lo, hi, rel).ok_or_else(|| {
+                a.e.err(
+                    a.span,
+                    format!(
+                        "inverse square root on [{lo}, {hi}] needs more than {} Newton steps for \
+                         relative error {rel}: the range is too wide for a comparison-free guess \
+                         (calibrate the model to narrow it)",
+                        crate::rsqrt_fit::MAX_ITERATIONS
+                    ),
+                )
+            })?;
+            k as f64
+        }
+    }))
 }
