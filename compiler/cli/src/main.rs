@@ -2,6 +2,7 @@
 
 mod commands;
 mod model;
+mod nonlinear;
 mod outcome;
 mod party;
 mod report;
@@ -24,6 +25,8 @@ enum Command {
     Demo(commands::demo::Args),
     /// Compile a model (.onnx, .veil) to a two-party program (.vbc) plus the client's and server's files.
     Compile(commands::compile::Args),
+    /// Measure the value ranges of a model's nonlinear layers on sample inputs (for --nonlinear smu).
+    Calibrate(commands::calibrate::Args),
     /// Predicted bytes, rounds and network time of a compiled program, by layer and op kind.
     Cost(commands::cost::Args),
     /// Run a compiled program on this machine: dealer, server and client, then error and cost report.
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Demo(a) => commands::demo::run(a),
         Command::Compile(a) => commands::compile::run(a),
+        Command::Calibrate(a) => commands::calibrate::run(a),
         Command::Cost(a) => commands::cost::run(a),
         Command::Run(a) => commands::run::run(a),
         Command::Serve(a) => commands::serve::run(a),

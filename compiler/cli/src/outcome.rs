@@ -57,7 +57,9 @@ pub fn reference(
         weights: p.meta("weights").map(PathBuf::from),
         ..Default::default()
     };
-    let m = crate::model::load(&path, &margs)?;
+    let mut m = crate::model::load(&path, &margs)?;
+    // A program compiled with a function-changing rewrite is compared with the rewritten model.
+    crate::nonlinear::NonlinearArgs::of_program(p)?.apply(&mut m.graph)?;
     let outs = veil_compiler::eval::run(&m.graph, inputs)
         .with_context(|| format!("the plaintext reference ({})", path.display()))?;
     Ok(Some(outs))

@@ -233,3 +233,58 @@ fn compile_splits_a_merged_low_rank_update() {
     assert_eq!(usage.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&usage.stderr).contains("--public-weights"));
 }
+
+const SMU: &str = "examples/models/bert-tiny-smu.veil";
+
+#[test]
+fn calibrate_compile_smu_and_run_match_the_plaintext_model() {
+    let dir = tmp("smu");
+    let cal = dir.join("smu.json").display().to_string();
+    let vbc = dir.join("smu.vbc").display().to_string();
+    let base = ["--random-weights", "1", "--nonlinear", "smu"];
+    let mut args = vec!["calibrate", SMU, "--random-inputs", "1", "--samples", "2", "-o", &cal];
+    args.extend(base);
+    let s = ok(&veil(&args));
+    assert!(s.contains("smu1: argument in") && s.contains("layer_norm"), "{s}");
+    let mut args = vec!["compile", SMU, "--calibration", &cal, "-o", &vbc];
+    args.extend(base);
+    let s = ok(&veil(&args));
+    assert!(s.contains("comparison-free") && s.contains("stdlib smu1_fit"), "{s}");
+    // Sample 0 of the calibration is seed 1; seed 7 is an input it never saw.
+    let s = ok(&veil(&["run", &vbc, "--random-inputs", "7", "--in-process"]));
+    let rel: f64 = s
+        .split("vs plaintext reference: max abs error ")
+        .nth(1)
+        .and_then(|t| t.split(" (").nth(1))
+        .and_then(|t| t.split(' ').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no error line in {s}"));
+    assert!(rel < 1e-2, "relative error {rel}");
+
+    // Bad inputs: each a clear message.
+    let mut args = vec!["compile", SMU, "-o", &vbc];
+    args.extend(base);
+    fails_with(&veil(&args), "--nonlinear smu needs --calibration FILE");
+    let mut args = vec!["compile", SMU, "--calibration", &cal, "-o", &vbc, "--smu-mu", "0.5"];
+    args.extend(base);
+    fails_with(&veil(&args), "but this is model `bert_tiny_smu` with `smu 0 0.5`");
+    fails_with(
+        &veil(&["compile", SMU, "--random-weights", "1", "--calibration", &cal, "-o", &vbc]),
+        "--calibration is used by --nonlinear smu only",
+    );
+    let junk = dir.join("junk.json");
+    std::fs::write(&junk, "{\"version\": 1}").unwrap();
+    let junk = junk.display().to_string();
+    let mut args = vec!["compile", SMU, "--calibration", &junk, "-o", &vbc];
+    args.extend(base);
+    fails_with(&veil(&args), "not a calibration file written by `veil calibrate`");
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let empty = empty.display().to_string();
+    let mut args = vec!["calibrate", SMU, "--inputs", &empty, "-o", &cal];
+    args.extend(base);
+    fails_with(&veil(&args), "no file for input `x`");
+    let mut args = vec!["compile", SMU, "--calibration", &cal, "-o", &vbc, "--smu-mu=0"];
+    args.extend(base);
+    fails_with(&veil(&args), "--smu-mu must be a positive number");
+}

@@ -9,6 +9,7 @@ use crate::backend::partition::{Partition, Vis};
 use crate::dsl::loader::Loader;
 use crate::dsl::lower::{instantiate, Val};
 use crate::ir::{GeluApprox, Graph, Op, Tensor, Value};
+use std::collections::BTreeMap;
 
 /// One replacement: node name, operator, stdlib function.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,6 +22,17 @@ pub struct Approximation {
     pub with: String,
 }
 
+/// How nonlinear operators on secrets are lowered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Keep the model's function: accurate GELU, max-subtracted softmax, octave-guess Newton.
+    #[default]
+    Exact,
+    /// Comet's rewrite (see `passes::SmuRewrite`): every square root, reciprocal and layer
+    /// norm by the comparison-free `rsqrt_fit` on calibrated ranges.
+    Smu,
+}
+
 /// Options of the nonlinear lowering.
 #[derive(Clone, Debug)]
 pub struct NonlinearOptions {
@@ -28,11 +40,53 @@ pub struct NonlinearOptions {
     pub mask_value: f32,
     /// Variance range assumed by layer norm's inverse square root.
     pub var_range: (f64, f64),
+    /// Lowering mode.
+    pub mode: Mode,
+    /// Calibrated argument ranges (min, max) by node name; for a layer norm, of the row
+    /// variance plus eps (see `compile::calibrate`).
+    pub ranges: BTreeMap<String, (f64, f64)>,
+    /// Calibrated ranges are widened by this factor: [lo/margin, hi·margin], |x| ≤ m·margin.
+    pub margin: f64,
+    /// Worst relative error of each comparison-free inverse square root.
+    pub rel: f64,
 }
 
 impl Default for NonlinearOptions {
     fn default() -> Self {
-        NonlinearOptions { mask_value: -64.0, var_range: (1.0 / 1024.0, 4096.0) }
+        NonlinearOptions {
+            mask_value: -64.0,
+            var_range: (1.0 / 1024.0, 4096.0),
+            mode: Mode::Exact,
+            ranges: BTreeMap::new(),
+            margin: 1.5,
+            rel: 1.0 / 1024.0,
+        }
+    }
+}
+
+impl NonlinearOptions {
+    /// The widened calibrated range of `node`, or why there is none.
+    fn range(&self, node: &str, what: &str) -> Result<(f64, f64), String> {
+        let &(lo, hi) = self.ranges.get(node).ok_or_else(|| {
+            format!(
+                "{what} `{node}` has no calibrated range: --nonlinear smu needs one for every \
+                 inverse square root (run `veil calibrate` with the same model and flags)"
+            )
+        })?;
+        Ok((lo / self.margin, hi * self.margin))
+    }
+
+    /// The widened positive range of `node`'s argument, refusing a non-positive one.
+    fn positive(&self, node: &str, what: &str) -> Result<(f64, f64), String> {
+        let (lo, hi) = self.range(node, what)?;
+        if lo.is_nan() || lo <= 0.0 {
+            return Err(format!(
+                "{what} `{node}`: calibration saw {} ≤ 0, but the comparison-free inverse \
+                 square root needs a positive argument",
+                lo * self.margin
+            ));
+        }
+        Ok((lo, hi.max(lo * 1.0001)))
     }
 }
 
@@ -70,7 +124,18 @@ pub fn lower_nonlinear(
         if vis_of(nd.result, g) != Vis::Shared {
             continue;
         }
-        let (func, args, named): (&str, Vec<Value>, Vec<(&str, Val)>) = match &nd.op {
+        let smu = opts.mode == Mode::Smu;
+        let (func, args, named): Call = match &nd.op {
+            Op::LayerNorm { .. } | Op::Smu1 { .. } | Op::Reciprocal | Op::Sqrt if smu => {
+                smu_site(g, &nd, opts)?
+            }
+            Op::Reciprocal | Op::Sqrt => {
+                return Err(format!(
+                    "`{}` ({}) of a secret: supported with --nonlinear smu (a calibrated, \
+                     comparison-free inverse square root)",
+                    nd.name, nd.op
+                ))
+            }
             Op::Softmax { axis } => {
                 let rank = g.ty(nd.args[0]).rank();
                 (
@@ -140,12 +205,76 @@ pub fn lower_nonlinear(
     Ok((done, clamped))
 }
 
+/// A stdlib call: function, tensor arguments, named knobs.
+type Call = (&'static str, Vec<Value>, Vec<(&'static str, Val)>);
+
+/// The `--nonlinear smu` lowering of one site.
+fn smu_site(
+    g: &mut Graph,
+    nd: &crate::ir::NodeData,
+    opts: &NonlinearOptions,
+) -> Result<Call, String> {
+    let rel = ("rel", Val::Num(opts.rel));
+    Ok(match &nd.op {
+        Op::LayerNorm { axis, eps } => {
+            if *axis + 1 != g.ty(nd.args[0]).rank() {
+                return Err(format!("layer norm `{}` normalises more than the last axis; only the last is supported", nd.name));
+            }
+            let (lo, hi) = opts.positive(&nd.name, "layer norm")?;
+            let bias = match nd.args.get(2) {
+                Some(&b) => b,
+                None => {
+                    let shape = g.ty(nd.args[1]).shape.clone();
+                    let n = shape.iter().product();
+                    g.add_const(&format!("{}.zero_bias", nd.name), Tensor::f32(shape, vec![0.0; n]))
+                }
+            };
+            (
+                "layernorm_fit",
+                vec![nd.args[0], nd.args[1], bias],
+                vec![
+                    ("eps", Val::Num(*eps as f64)),
+                    ("lo", Val::Num(lo)),
+                    ("hi", Val::Num(hi)),
+                    rel,
+                ],
+            )
+        }
+        Op::Smu1 { alpha, mu } => {
+            let (lo, hi) = opts.range(&nd.name, "SMU-1")?;
+            // |x| ≤ m, kept off 0 so that the rsqrt range [μ², ((1−α)m)² + μ²] is not empty.
+            let m = (lo.abs().max(hi.abs())).max(1e-2 * (*mu as f64).abs().max(1e-3));
+            (
+                "smu1_fit",
+                vec![nd.args[0]],
+                vec![
+                    ("alpha", Val::Num(*alpha as f64)),
+                    ("mu", Val::Num(*mu as f64)),
+                    ("m", Val::Num(m)),
+                    rel,
+                ],
+            )
+        }
+        Op::Reciprocal => {
+            let (lo, hi) = opts.positive(&nd.name, "reciprocal")?;
+            ("recip_fit", vec![nd.args[0]], vec![("lo", Val::Num(lo)), ("hi", Val::Num(hi)), rel])
+        }
+        Op::Sqrt => {
+            let (lo, hi) = opts.positive(&nd.name, "square root")?;
+            ("sqrt_fit", vec![nd.args[0]], vec![("lo", Val::Num(lo)), ("hi", Val::Num(hi)), rel])
+        }
+        _ => unreachable!("only called for the four site kinds"),
+    })
+}
+
 fn op_kind(op: &Op) -> &'static str {
     match op {
         Op::Softmax { .. } => "softmax",
         Op::LayerNorm { .. } => "layernorm",
         Op::Gelu { .. } => "gelu",
         Op::Smu1 { .. } => "smu1",
+        Op::Reciprocal => "reciprocal",
+        Op::Sqrt => "sqrt",
         _ => "nonlinear",
     }
 }

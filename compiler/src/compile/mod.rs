@@ -6,6 +6,7 @@
 //! [`artifacts`] writes and reads the three files a compile produces.
 
 pub mod artifacts;
+pub mod calibrate;
 pub mod client_run;
 mod fold;
 pub mod layers;

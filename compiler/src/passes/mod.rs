@@ -6,11 +6,13 @@ mod fuse_gelu;
 mod fuse_layer_norm;
 mod fuse_smu1;
 pub mod matching;
+mod smu_rewrite;
 
 pub use annotate_attention::AnnotateAttention;
 pub use fuse_gelu::FuseGelu;
 pub use fuse_layer_norm::FuseLayerNorm;
 pub use fuse_smu1::FuseSmu1;
+pub use smu_rewrite::SmuRewrite;
 
 use crate::ir::{verify, Graph, VerifyErrors};
 

@@ -1,10 +1,12 @@
 //! `veil compile`: a model to a two-party program, with the weights split by who may see them.
 
 use crate::model::{load, ModelArgs};
+use crate::nonlinear::{Nonlinear, NonlinearArgs};
 use crate::report::{cost_report, reveals, Net};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use veil_compiler::backend::nonlinear::Mode;
 use veil_compiler::backend::partition::Vis;
 use veil_compiler::compile::{artifacts, compile, low_rank, public, CompileOptions, Compiled};
 
@@ -25,6 +27,23 @@ pub struct Args {
     pub model: ModelArgs,
     #[command(flatten)]
     pub public: PublicArgs,
+    #[command(flatten)]
+    pub lowering: LoweringArgs,
+}
+
+/// How nonlinear layers are lowered.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct LoweringArgs {
+    #[command(flatten)]
+    pub nonlinear: NonlinearArgs,
+    /// Value ranges from `veil calibrate` (same model, same --nonlinear flags); --nonlinear smu
+    /// needs them for its comparison-free inverse square roots.
+    #[arg(long, value_name = "FILE.json")]
+    pub calibration: Option<PathBuf>,
+    /// Calibrated ranges are widened by this factor ([lo/M, hi·M], |x| ≤ M·max|x|): inputs
+    /// beyond the widened range make the Newton iteration diverge.
+    #[arg(long, default_value_t = 1.5, value_name = "M")]
+    pub calibration_margin: f64,
 }
 
 /// Which weights need no secrecy (Marill: the unchanged weights of an open base model).
@@ -117,7 +136,67 @@ pub fn compile_file(
     frac_bits: u8,
     out: &Path,
 ) -> Result<(Compiled, artifacts::Paths)> {
-    compile_file_with(file, margs, pa, frac_bits, out).map(|(c, p, _)| (c, p))
+    compile_file_with(file, margs, pa, &LoweringArgs::default(), frac_bits, out)
+        .map(|(c, p, _)| (c, p))
+}
+
+/// The nonlinear options for `la` on the (rewritten) graph `g`, and the summary lines.
+fn lowering_options(
+    la: &LoweringArgs,
+    g: &veil_compiler::ir::Graph,
+    rewritten: usize,
+) -> Result<(veil_compiler::backend::nonlinear::NonlinearOptions, String)> {
+    let mut o = veil_compiler::backend::nonlinear::NonlinearOptions::default();
+    let mut s = String::new();
+    if la.nonlinear.nonlinear == Nonlinear::Exact {
+        if la.calibration.is_some() {
+            anyhow::bail!("--calibration is used by --nonlinear smu only");
+        }
+        return Ok((o, s));
+    }
+    o.mode = Mode::Smu;
+    if !(la.calibration_margin.is_finite() && la.calibration_margin >= 1.0) {
+        anyhow::bail!("--calibration-margin must be at least 1 (got {})", la.calibration_margin);
+    }
+    o.margin = la.calibration_margin;
+    let Some(path) = &la.calibration else {
+        anyhow::bail!(
+            "--nonlinear smu needs --calibration FILE: its inverse square roots start from a guess \
+             fitted to each site's value range (run `veil calibrate MODEL --random-inputs 1 \
+             --nonlinear smu -o FILE` or with --inputs DIR)"
+        );
+    };
+    let cal = crate::commands::calibrate::read(path)?;
+    let label = la.nonlinear.label();
+    if cal.model != g.name || cal.nonlinear != label {
+        anyhow::bail!(
+            "{}: calibrated model `{}` with --nonlinear `{}`, but this is model `{}` with `{label}`",
+            path.display(),
+            cal.model,
+            cal.nonlinear,
+            g.name
+        );
+    }
+    o.ranges = cal.ranges();
+    s.push_str(&format!(
+        "--nonlinear smu (α = {}, μ = {}): {rewritten} GELU, softmax or division operators rewritten; every square root, reciprocal and layer norm by a comparison-free inverse square root on ranges calibrated on {} sample(s) (widened ×{})\n",
+        la.nonlinear.smu_alpha, la.nonlinear.smu_mu, cal.samples, la.calibration_margin
+    ));
+    match &cal.function_change {
+        // Only divisions were rewritten (a/b = a·(1/b)): the same function up to f32 rounding.
+        Some(f) if f.max_abs <= 1e-5 * f.max_ref.max(1.0) => s.push_str(&format!(
+            "  the model's function is unchanged (outputs within {:.1e} on the calibration inputs: it has no GELU or softmax to rewrite)\n",
+            f.max_abs
+        )),
+        Some(f) if rewritten > 0 => s.push_str(&format!(
+            "  this CHANGES the model's function: on the calibration inputs its outputs move by up to {:.3e} ({:.2e} of max |y| = {:.3}); the plaintext reference of `veil run` is the rewritten model\n",
+            f.max_abs,
+            f.max_abs / f.max_ref.max(1e-30),
+            f.max_ref
+        )),
+        _ => s.push_str("  the model's function is unchanged (it has no GELU or softmax to rewrite)\n"),
+    }
+    Ok((o, s))
 }
 
 /// As [`compile_file`], also returning the partition summary (empty when nothing is public).
@@ -125,15 +204,18 @@ pub fn compile_file_with(
     file: &Path,
     margs: &ModelArgs,
     pa: &PublicArgs,
+    la: &LoweringArgs,
     frac_bits: u8,
     out: &Path,
 ) -> Result<(Compiled, artifacts::Paths, String)> {
     let mut m = load(file, margs)?;
+    let rewritten = la.nonlinear.apply(&mut m.graph)?;
+    let (nonlinear, lowering) = lowering_options(la, &m.graph, rewritten)?;
     // The model as given, every weight private: the baseline of the saving.
     let original = m.graph.clone();
     let (public, split) = public_set(&mut m, margs, pa)?;
     let private_graph = if public.is_empty() { None } else { Some(original) };
-    let partition = split + &partition_lines(&m.graph, &public);
+    let partition = lowering + &split + &partition_lines(&m.graph, &public);
     let mut meta = vec![
         ("source".to_string(), std::fs::canonicalize(file)?.display().to_string()),
         ("compiler".to_string(), format!("veil {}", env!("CARGO_PKG_VERSION"))),
@@ -154,7 +236,10 @@ pub fn compile_file_with(
     if let Some(w) = &margs.weights {
         meta.push(("weights".into(), std::fs::canonicalize(w)?.display().to_string()));
     }
-    let opts = CompileOptions { frac_bits, meta, ..CompileOptions::default() };
+    if la.nonlinear.nonlinear != Nonlinear::Exact {
+        meta.push(("nonlinear".into(), la.nonlinear.label()));
+    }
+    let opts = CompileOptions { frac_bits, meta, nonlinear };
     let vis = |n: &str| if public.contains_key(n) { Vis::Public } else { Vis::Server };
     let c = compile(m.graph, &vis, &opts).with_context(|| file.display().to_string())?;
     let p = artifacts::write(&c, out)?;
@@ -269,7 +354,8 @@ pub fn run(a: Args) -> Result<()> {
         PathBuf::from(a.file.file_stem().unwrap_or_default()).with_extension("vbc")
     });
     let t0 = std::time::Instant::now();
-    let (c, p, partition) = compile_file_with(&a.file, &a.model, &a.public, a.frac_bits, &out)?;
+    let (c, p, partition) =
+        compile_file_with(&a.file, &a.model, &a.public, &a.lowering, a.frac_bits, &out)?;
     eprintln!("compiled in {:.2} s", t0.elapsed().as_secs_f64());
     print!("{partition}");
     print!("{}", summary(&c));

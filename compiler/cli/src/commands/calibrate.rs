@@ -1,0 +1,170 @@
+//! `veil calibrate`: the value ranges of a model's nonlinear sites on sample inputs, for the
+//! comparison-free inverse square roots of `veil compile --nonlinear smu --calibration FILE`.
+
+use crate::commands::eval::file_name;
+use crate::model::{check_input, load, ModelArgs};
+use crate::nonlinear::{Nonlinear, NonlinearArgs};
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use veil_compiler::compile::calibrate::{calibrate, Calibration};
+use veil_compiler::ir::{Graph, Tensor};
+
+/// Arguments of `veil calibrate`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model (.onnx or .veil).
+    pub file: PathBuf,
+    /// Sample inputs: a directory of `<input name>.npy` files (one sample), or of
+    /// subdirectories each holding one sample's files.
+    #[arg(long, value_name = "DIR", required_unless_present = "random_inputs")]
+    pub inputs: Option<PathBuf>,
+    /// Draw the samples at random instead: reals N(0, 1), sample k from seed SEED + k (sample 0
+    /// is what `veil run --random-inputs SEED` feeds).
+    #[arg(long, value_name = "SEED", conflicts_with = "inputs")]
+    pub random_inputs: Option<u64>,
+    /// Number of random samples.
+    #[arg(long, default_value_t = 4, requires = "random_inputs")]
+    pub samples: usize,
+    /// Where to write the calibration (JSON).
+    #[arg(short, long, value_name = "FILE.json")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub nonlinear: NonlinearArgs,
+}
+
+/// One sample from a directory of `<name>.npy` files.
+fn sample_from(g: &Graph, dir: &Path) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    for &v in &g.inputs {
+        let name = &g.values[v].name;
+        let path = dir.join(format!("{}.npy", file_name(name)));
+        if !path.exists() {
+            bail!("{}: no file for input `{name}` ({})", dir.display(), g.ty(v));
+        }
+        let t = veil_compiler::npy::read(&path)
+            .with_context(|| format!("reading input `{name}` from {}", path.display()))?;
+        check_input(name, &path, &t, g.ty(v))?;
+        out.insert(name.clone(), t);
+    }
+    Ok(out)
+}
+
+/// Every sample under `dir`: the directory itself, or each of its subdirectories in name order.
+fn samples_in(g: &Graph, dir: &Path) -> Result<Vec<HashMap<String, Tensor>>> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let mut subdirs: Vec<PathBuf> = Vec::new();
+    for e in entries {
+        let p = e?.path();
+        if p.is_dir() {
+            subdirs.push(p);
+        }
+    }
+    subdirs.sort();
+    if subdirs.is_empty() {
+        return Ok(vec![sample_from(g, dir)?]);
+    }
+    subdirs.iter().map(|d| sample_from(g, d)).collect()
+}
+
+/// Random real samples (as `veil run --random-inputs`).
+fn random_samples(g: &Graph, seed: u64, n: usize) -> Result<Vec<HashMap<String, Tensor>>> {
+    if n == 0 {
+        bail!("--samples must be at least 1");
+    }
+    (0..n as u64)
+        .map(|k| {
+            let mut r = veil_compiler::weights::SplitMix(seed.wrapping_add(k));
+            let mut out = HashMap::new();
+            for &v in &g.inputs {
+                let ty = g.ty(v);
+                if !ty.dtype.is_float() {
+                    bail!(
+                        "--random-inputs draws reals only; input `{}` is {} (pass --inputs DIR)",
+                        g.values[v].name,
+                        ty
+                    );
+                }
+                let data: Vec<f32> = (0..ty.numel()).map(|_| r.normal() as f32).collect();
+                out.insert(g.values[v].name.clone(), Tensor::f32(ty.shape.clone(), data));
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+/// Calibrates and writes the file.
+pub fn run(a: Args) -> Result<()> {
+    let m = load(&a.file, &a.model)?;
+    let original = m.graph;
+    let mut g = original.clone();
+    let changed = a.nonlinear.apply(&mut g)?;
+    let samples = match (&a.inputs, a.random_inputs) {
+        (Some(dir), _) => samples_in(&g, dir)?,
+        (None, Some(seed)) => random_samples(&g, seed, a.samples)?,
+        (None, None) => bail!("give sample inputs with --inputs DIR or --random-inputs SEED"),
+    };
+    let t0 = std::time::Instant::now();
+    let compare = (a.nonlinear.nonlinear == Nonlinear::Smu && changed > 0).then_some(&original);
+    let c = calibrate(&g, compare, &samples, &a.nonlinear.label())
+        .with_context(|| format!("calibrating {}", a.file.display()))?;
+    eprintln!("calibrated on {} sample(s) in {:.2} s", c.samples, t0.elapsed().as_secs_f64());
+    print!("{}", describe(&c));
+    write_json(&a.output, &c)?;
+    println!("wrote {}", a.output.display());
+    Ok(())
+}
+
+/// Writes through a temporary file, so a failed write leaves nothing half-written.
+fn write_json(path: &Path, c: &Calibration) -> Result<()> {
+    let text = serde_json::to_string_pretty(c)?;
+    let tmp = path.with_extension("json.partial");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Reads a calibration file written by `veil calibrate`.
+pub fn read(path: &Path) -> Result<Calibration> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let c: Calibration = serde_json::from_str(&text).with_context(|| {
+        format!("{}: not a calibration file written by `veil calibrate`", path.display())
+    })?;
+    if c.version != veil_compiler::compile::calibrate::VERSION {
+        bail!(
+            "{}: calibration format {} (this veil reads {})",
+            path.display(),
+            c.version,
+            veil_compiler::compile::calibrate::VERSION
+        );
+    }
+    Ok(c)
+}
+
+/// Per-kind summary lines: how many sites, the widest range.
+pub fn describe(c: &Calibration) -> String {
+    let mut by: std::collections::BTreeMap<&str, (usize, f64, f64)> = Default::default();
+    for s in c.sites.values() {
+        let e = by.entry(&s.op).or_insert((0, f64::INFINITY, f64::NEG_INFINITY));
+        e.0 += 1;
+        e.1 = e.1.min(s.min);
+        e.2 = e.2.max(s.max);
+    }
+    let mut out = format!("model `{}`, nonlinear `{}`:\n", c.model, c.nonlinear);
+    for (op, (n, lo, hi)) in by {
+        let what = if op == "layer_norm" { "row variance + eps" } else { "argument" };
+        out.push_str(&format!("  {n} × {op}: {what} in [{lo:.4}, {hi:.4}]\n"));
+    }
+    if let Some(f) = &c.function_change {
+        out.push_str(&format!(
+            "  the rewrite changes the outputs by up to {:.3e} ({:.2e} of max |y| = {:.3})\n",
+            f.max_abs,
+            f.max_abs / f.max_ref.max(1e-30),
+            f.max_ref
+        ));
+    }
+    out
+}

@@ -1,0 +1,188 @@
+//! Calibration: the value ranges a model's nonlinear sites see on sample inputs, measured in
+//! plaintext, for the comparison-free inverse square roots of `--nonlinear smu`.
+//!
+//! A site is a node whose lowering needs a range: SMU-1 (its argument, for |x| ≤ m), a
+//! reciprocal or square root (its argument), a layer norm (each row's variance plus eps), and,
+//! for the record, GELU and softmax arguments. Ranges are keyed by node name, so calibrate
+//! and compile must see the same graph: the same model, the same `--nonlinear` flags.
+
+use crate::eval::{run_values, EvalError};
+use crate::ir::{Graph, Op, Tensor, Value};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// Format version written into every calibration file.
+pub const VERSION: u32 = 1;
+
+/// One site's observed range.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Site {
+    /// Operator kind (`smu1`, `reciprocal`, `sqrt`, `layer_norm` (of var + eps), `gelu`,
+    /// `softmax`).
+    pub op: String,
+    /// Smallest value seen.
+    pub min: f64,
+    /// Largest value seen.
+    pub max: f64,
+}
+
+/// How far a rewrite moved the model's outputs on the calibration inputs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FunctionChange {
+    /// Largest absolute difference over all outputs and samples.
+    pub max_abs: f64,
+    /// Largest |output| of the original model.
+    pub max_ref: f64,
+}
+
+/// A calibration file (`veil calibrate … -o FILE.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// [`VERSION`].
+    pub version: u32,
+    /// The model's name.
+    pub model: String,
+    /// The nonlinear mode the graph was rewritten for (`exact` or `smu α μ`).
+    pub nonlinear: String,
+    /// Number of sample inputs.
+    pub samples: usize,
+    /// Ranges by node name.
+    pub sites: BTreeMap<String, Site>,
+    /// With a rewrite that changes the function: how much, against the original model.
+    pub function_change: Option<FunctionChange>,
+}
+
+impl Calibration {
+    /// The (min, max) of every site, as the nonlinear lowering takes them.
+    pub fn ranges(&self) -> BTreeMap<String, (f64, f64)> {
+        self.sites.iter().map(|(k, s)| (k.clone(), (s.min, s.max))).collect()
+    }
+}
+
+/// The argument a site's range describes, and its kind.
+fn site(op: &Op) -> Option<&'static str> {
+    Some(match op {
+        Op::Smu1 { .. } => "smu1",
+        Op::Reciprocal => "reciprocal",
+        Op::Sqrt => "sqrt",
+        Op::LayerNorm { .. } => "layer_norm",
+        Op::Gelu { .. } => "gelu",
+        Op::Softmax { .. } => "softmax",
+        _ => return None,
+    })
+}
+
+/// Row variances (over the last axis) plus `eps`.
+fn row_variances(t: &Tensor, eps: f64) -> Vec<f64> {
+    let v = t.to_f64_vec();
+    let n = t.shape.last().copied().unwrap_or(1).max(1);
+    v.chunks(n)
+        .map(|r| {
+            let mean = r.iter().sum::<f64>() / n as f64;
+            r.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n as f64 + eps
+        })
+        .collect()
+}
+
+/// Measures every site of `g` over `samples` (inputs by name). `original`, when given, is the
+/// model before a function-changing rewrite: its outputs are compared with `g`'s.
+pub fn calibrate(
+    g: &Graph,
+    original: Option<&Graph>,
+    samples: &[HashMap<String, Tensor>],
+    nonlinear: &str,
+) -> Result<Calibration, EvalError> {
+    // Site names as the compiler will see them (it prefixes nodes with their layer first).
+    let mut named = g.clone();
+    crate::compile::layers::assign_layers(&mut named);
+    let g = &named;
+    let mut wanted: Vec<Value> = Vec::new();
+    let mut of: Vec<(String, &'static str, Option<f64>)> = Vec::new();
+    for &n in &g.order {
+        let nd = &g.nodes[n];
+        if let Some(kind) = site(&nd.op) {
+            wanted.push(nd.args[0]);
+            let eps = match nd.op {
+                Op::LayerNorm { eps, .. } => Some(eps as f64),
+                _ => None,
+            };
+            of.push((nd.name.clone(), kind, eps));
+        }
+    }
+    let outputs = g.outputs.len();
+    wanted.extend(g.outputs.iter().copied());
+    let mut sites: BTreeMap<String, Site> = BTreeMap::new();
+    let mut change = original.map(|_| FunctionChange { max_abs: 0.0, max_ref: 0.0 });
+    for inputs in samples {
+        let vals = run_values(g, inputs, &wanted)?;
+        let (args, outs) = vals.split_at(vals.len() - outputs);
+        for ((name, kind, eps), t) in of.iter().zip(args) {
+            let v = match eps {
+                Some(e) => row_variances(t, *e),
+                None => t.to_f64_vec(),
+            };
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+            let s = sites.entry(name.clone()).or_insert(Site {
+                op: kind.to_string(),
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+            });
+            s.min = s.min.min(lo);
+            s.max = s.max.max(hi);
+        }
+        if let (Some(orig), Some(c)) = (original, change.as_mut()) {
+            let want = crate::eval::run(orig, inputs)?;
+            for (got, want) in outs.iter().zip(&want) {
+                for (a, b) in got.to_f64_vec().iter().zip(want.to_f64_vec()) {
+                    c.max_abs = c.max_abs.max((a - b).abs());
+                    c.max_ref = c.max_ref.max(b.abs());
+                }
+            }
+        }
+    }
+    Ok(Calibration {
+        version: VERSION,
+        model: g.name.clone(),
+        nonlinear: nonlinear.to_string(),
+        samples: samples.len(),
+        sites,
+        function_change: change,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{DType, TensorType};
+
+    #[test]
+    fn ranges_cover_every_sample_and_layer_norm_sees_variances() {
+        let mut g = Graph::new("t");
+        let x = g.add_input("x", TensorType::new(DType::F32, vec![2, 4]));
+        let s = g.add_const("s", Tensor::f32(vec![4], vec![1.0; 4]));
+        let y = g.add_node("ln", Op::LayerNorm { axis: 1, eps: 0.5 }, &[x, s], "y").unwrap();
+        let z = g.add_node("act", Op::Smu1 { alpha: 0.0, mu: 1.0 }, &[y], "z").unwrap();
+        g.outputs.push(z);
+        let sample = |v: Vec<f32>| HashMap::from([("x".to_string(), Tensor::f32(vec![2, 4], v))]);
+        let c = calibrate(
+            &g,
+            None,
+            &[
+                sample(vec![1., 1., 1., 1., 0., 2., 0., 2.]),
+                sample(vec![0., 4., 0., 4., 3., 3., 3., 3.]),
+            ],
+            "exact",
+        )
+        .unwrap();
+        // Variances 0, 1, 4, 0 (+ eps 0.5).
+        assert_eq!(c.sites["ln"], Site { op: "layer_norm".into(), min: 0.5, max: 4.5 });
+        assert_eq!(c.sites["act"].op, "smu1");
+        // Normalised rows ±2/√4.5 at most.
+        assert!(c.sites["act"].min < -0.9 && c.sites["act"].max > 0.9);
+        assert!(c.sites["act"].max < 0.95);
+        assert_eq!(c.samples, 2);
+        assert!(c.function_change.is_none());
+    }
+}
