@@ -182,10 +182,16 @@ pub fn tcp_pair(
             &listener,
             Hello { role: Role::Server, session: [0; 16], program: hash },
             timeout,
+            None,
         )
     });
-    let c =
-        TcpTransport::connect(addr, Hello { role: Role::Client, session, program: hash }, timeout)?;
+    // Plain TCP: both ends are this process (networked roles use TLS, see `session`).
+    let c = TcpTransport::connect(
+        addr,
+        Hello { role: Role::Client, session, program: hash },
+        timeout,
+        None,
+    )?;
     let (s, _) = server.join().expect("accept thread does not panic")?;
     Ok((c, s))
 }

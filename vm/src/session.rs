@@ -14,13 +14,14 @@ use crate::error::VmError;
 use crate::interp::{Output, PartyReport, PartyVm, Values};
 use crate::material::Material;
 use crate::net::tcp::{
-    accept_any, connect_retry, handshake, Hello, Role, TcpSink, TcpSource, TcpTransport,
+    accept_any, connect_retry, handshake, open, Hello, Role, TcpSink, TcpSource, TcpTransport,
 };
+use crate::net::tls::{Link, TlsConfig};
 use crate::net::{FrameSink, FrameSource, Prefetched, TransportError};
 use crate::prg::{Prg, Seed};
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use veil_isa::{validate, Party, Program};
 
@@ -35,6 +36,10 @@ pub struct NetOptions {
     pub max_memory: u64,
     /// Run local kernels compiled by the JIT (default when compiled in) or interpret them.
     pub jit: bool,
+    /// Most client sessions a server runs at once; further clients wait in the listen queue.
+    pub concurrent: usize,
+    /// TLS identity and trust for every connection; `None` is plain TCP (`--insecure`).
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for NetOptions {
@@ -44,6 +49,8 @@ impl Default for NetOptions {
             prefetch: true,
             max_memory: crate::interp::DEFAULT_MAX_MEMORY,
             jit: cfg!(feature = "jit"),
+            concurrent: 4,
+            tls: None,
         }
     }
 }
@@ -73,8 +80,10 @@ fn dealer_link(
     addr: impl ToSocketAddrs,
     hello: Hello,
     timeout: Duration,
+    tls: Option<&TlsConfig>,
 ) -> Result<TcpSource, VmError> {
-    let mut s = connect_retry(addr, "dealer", timeout)?;
+    let s = connect_retry(addr, "dealer", timeout)?;
+    let mut s = open(s, tls, "dealer", timeout)?;
     handshake(&mut s, hello, Role::Dealer, false, timeout)?;
     Ok(TcpSource::new(s, timeout)?)
 }
@@ -92,8 +101,9 @@ pub fn run_client(
     validate(prog)?;
     let session = Prg::random_seed();
     let hello = Hello { role: Role::Client, session, program: prog.hash() };
-    let peer = TcpTransport::connect(server, hello, opts.timeout)?;
-    let mut src = dealer_link(dealer, hello, opts.timeout)?;
+    let tls = opts.tls.as_ref();
+    let peer = TcpTransport::connect(server, hello, opts.timeout, tls)?;
+    let mut src = dealer_link(dealer, hello, opts.timeout, tls)?;
     let seed = receive_seed(&mut src)?;
     let mut vm = PartyVm::new(
         prog,
@@ -112,9 +122,10 @@ pub fn run_client(
     Ok((vm.outputs(), SessionReport { session, report: vm.report(), offline_time: Duration::ZERO }))
 }
 
-/// Serves client sessions one after another on `listener` (at most `max_sessions` if given),
-/// with the server's weights loaded once. Each session's failure is reported and the server
-/// goes on with the next client.
+/// Serves client sessions on `listener`, up to `opts.concurrent` at once, each in its own
+/// thread with its own dealer material and VM (the weights are loaded once and shared), at
+/// most `max_sessions` in all if given. A session's failure (a bad peer, a timeout, a wrong
+/// program) is reported through `on_session` and ends only that session.
 pub fn serve(
     listener: &TcpListener,
     prog: &Program,
@@ -122,19 +133,61 @@ pub fn serve(
     dealer: &str,
     opts: &NetOptions,
     max_sessions: Option<usize>,
-    mut on_session: impl FnMut(Result<SessionReport, VmError>),
+    on_session: impl Fn(Result<SessionReport, VmError>) + Sync,
 ) -> Result<(), VmError> {
     validate(prog)?;
-    let mut served = 0;
-    while max_sessions.is_none_or(|m| served < m) {
-        let r = serve_one(listener, prog, weights, dealer, opts);
-        served += 1;
-        on_session(r);
-    }
+    let slots = Slots::new(opts.concurrent.max(1));
+    let (slots, on_session) = (&slots, &on_session);
+    std::thread::scope(|scope| {
+        let mut accepted = 0;
+        while max_sessions.is_none_or(|m| accepted < m) {
+            // Accept only with a free slot: waiting clients stay in the listen queue.
+            slots.take();
+            accepted += 1;
+            let stream = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    slots.give();
+                    on_session(Err(TransportError::Io { peer: "client".into(), source: e }.into()));
+                    continue;
+                }
+            };
+            scope.spawn(move || {
+                let r = serve_stream(stream, prog, weights, dealer, opts);
+                slots.give();
+                on_session(r);
+            });
+        }
+    });
     Ok(())
 }
 
-/// Serves one client session.
+/// A counting semaphore for session slots.
+struct Slots {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Slots {
+    fn new(n: usize) -> Slots {
+        Slots { free: Mutex::new(n), freed: Condvar::new() }
+    }
+
+    fn take(&self) {
+        let mut n = self.free.lock().expect("slot count");
+        while *n == 0 {
+            n = self.freed.wait(n).expect("slot count");
+        }
+        *n -= 1;
+    }
+
+    fn give(&self) {
+        *self.free.lock().expect("slot count") += 1;
+        self.freed.notify_one();
+    }
+}
+
+/// Serves one client session: accepts it on `listener`, then runs it.
 pub fn serve_one(
     listener: &TcpListener,
     prog: &Program,
@@ -142,10 +195,24 @@ pub fn serve_one(
     dealer: &str,
     opts: &NetOptions,
 ) -> Result<SessionReport, VmError> {
+    let (stream, _) =
+        listener.accept().map_err(|e| TransportError::Io { peer: "client".into(), source: e })?;
+    serve_stream(stream, prog, weights, dealer, opts)
+}
+
+/// Runs the session of a client that has connected on `stream`.
+fn serve_stream(
+    stream: TcpStream,
+    prog: &Program,
+    weights: &[(String, Values)],
+    dealer: &str,
+    opts: &NetOptions,
+) -> Result<SessionReport, VmError> {
     let hello = Hello { role: Role::Server, session: [0; 16], program: prog.hash() };
-    let (peer, client_hello) = TcpTransport::accept(listener, hello, opts.timeout)?;
+    let tls = opts.tls.as_ref();
+    let (peer, client_hello) = TcpTransport::accepted(stream, hello, opts.timeout, tls)?;
     let session = client_hello.session;
-    let mut src = dealer_link(dealer, Hello { session, ..hello }, opts.timeout)?;
+    let mut src = dealer_link(dealer, Hello { session, ..hello }, opts.timeout, tls)?;
     let seed = receive_seed(&mut src)?;
     let t0 = Instant::now();
     let corrections: Box<dyn FrameSource> =
@@ -189,11 +256,11 @@ pub fn deal(
     validate(&prog)?;
     let on_session = Arc::new(on_session);
     let hello = Hello { role: Role::Dealer, session: [0; 16], program: prog.hash() };
-    let mut waiting: HashMap<[u8; 16], (Role, TcpStream)> = HashMap::new();
+    let mut waiting: HashMap<[u8; 16], (Role, Link)> = HashMap::new();
     let mut started = 0;
     let mut threads = Vec::new();
     while max_sessions.is_none_or(|m| started < m) {
-        let (stream, theirs) = match accept_any(listener, hello, opts.timeout) {
+        let (stream, theirs) = match accept_any(listener, hello, opts.timeout, opts.tls.as_ref()) {
             Ok(x) => x,
             Err(e) => {
                 on_session(Err(e.into()));
@@ -231,8 +298,8 @@ pub fn deal(
 fn deal_session(
     prog: &Program,
     session: [u8; 16],
-    client: TcpStream,
-    server: TcpStream,
+    client: Link,
+    server: Link,
 ) -> Result<DealtSession, VmError> {
     let t0 = Instant::now();
     let seeds = [Prg::random_seed(), Prg::random_seed()];

@@ -216,12 +216,13 @@ fn a_stalled_tcp_peer_times_out_and_a_dead_one_is_noticed() {
     let hello = |role| Hello { role, session: [1; 16], program: [2; 32] };
     let srv = std::thread::spawn(move || {
         let (t, _) =
-            TcpTransport::accept(&listener, hello(Role::Server), Duration::from_secs(5)).unwrap();
+            TcpTransport::accept(&listener, hello(Role::Server), Duration::from_secs(5), None)
+                .unwrap();
         std::thread::sleep(Duration::from_millis(600));
         drop(t); // dies without ever answering
     });
     let mut c =
-        TcpTransport::connect(addr, hello(Role::Client), Duration::from_millis(300)).unwrap();
+        TcpTransport::connect(addr, hello(Role::Client), Duration::from_millis(300), None).unwrap();
     let e = c.exchange(vec![0; 100]).unwrap_err();
     assert!(matches!(e, TransportError::Timeout { .. }), "{e}");
     srv.join().unwrap();
@@ -236,6 +237,7 @@ fn peers_running_different_programs_refuse_each_other() {
             &listener,
             Hello { role: Role::Server, session: [0; 16], program: [7; 32] },
             Duration::from_secs(5),
+            None,
         )
         .map(|_| ())
     });
@@ -243,6 +245,7 @@ fn peers_running_different_programs_refuse_each_other() {
         addr,
         Hello { role: Role::Client, session: [1; 16], program: [8; 32] },
         Duration::from_secs(5),
+        None,
     )
     .map(|_| ())
     .unwrap_err();

@@ -6,6 +6,7 @@ mod nonlinear;
 mod outcome;
 mod party;
 mod report;
+mod tls;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -43,6 +44,8 @@ enum Command {
     Eval(commands::eval::Args),
     /// Write an ONNX model's parameters to a safetensors file (for DSL models).
     ExportWeights(commands::export::Args),
+    /// Write TLS certificates for a deployment: a CA and one certificate per role.
+    Keygen(commands::keygen::Args),
     /// Measure every stdlib approximation: error in the fixed-point simulator, cost in bytecode.
     Stdlib(commands::stdlib::Args),
 }
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => commands::eval::run(a),
         Command::ExportWeights(a) => commands::export::run(a),
         Command::Stdlib(a) => commands::stdlib::run(a),
+        Command::Keygen(a) => commands::keygen::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -161,6 +161,15 @@ fn three_roles_as_separate_commands_and_a_client_with_another_program() {
     let bert = d.join("bert.vbc");
     let gpt = d.join("gpt.vbc");
     let b = bert.display().to_string();
+    // TLS between the processes, with certificates from `veil keygen`.
+    let keys = common::tmp("keys").join("deployment");
+    let k = keys.display().to_string();
+    let so = ok(&veil(&["keygen", "--name", "127.0.0.1", "-o", &k]));
+    assert!(so.contains("server.pem"), "{so}");
+    fails_with(&veil(&["keygen", "-o", &k]), "does not overwrite");
+    let other = common::tmp("keys").join("stranger");
+    let o2 = other.display().to_string();
+    ok(&veil(&["keygen", "-o", &o2]));
     let (mut dealer, daddr) = spawn(&[
         "dealer".into(),
         b.clone(),
@@ -168,6 +177,8 @@ fn three_roles_as_separate_commands_and_a_client_with_another_program() {
         "127.0.0.1:0".into(),
         "--sessions".into(),
         "1".into(),
+        "--tls".into(),
+        k.clone(),
     ]);
     let (mut server, saddr) = spawn(&[
         "serve".into(),
@@ -177,10 +188,26 @@ fn three_roles_as_separate_commands_and_a_client_with_another_program() {
         "--dealer".into(),
         daddr.clone(),
         "--sessions".into(),
-        "2".into(),
+        "3".into(),
+        "--timeout".into(),
+        "10".into(),
+        "--tls".into(),
+        k.clone(),
+    ]);
+    // No TLS flags: a clear message before anything connects.
+    let mut args = vec!["connect".to_string(), b.clone(), "--server".into(), saddr.clone()];
+    args.extend(common::bert_input_flags());
+    fails_with(&veil(&args), "connections are TLS: give --tls DIR");
+    // Certificates from another CA: refused in the TLS handshake.
+    args.extend([
+        "--dealer".into(),
+        daddr.clone(),
+        "--tls".into(),
+        o2,
         "--timeout".into(),
         "10".into(),
     ]);
+    fails_with(&veil(&args), "certificate");
     // A client with the wrong program is refused at the handshake; the server keeps serving.
     let gid = format!(
         "input_ids={}/tests/fixtures/models/gpt2-tiny-random/test_data_set_0/input_0.npy",
@@ -197,11 +224,21 @@ fn three_roles_as_separate_commands_and_a_client_with_another_program() {
         &gid,
         "--timeout",
         "10",
+        "--tls",
+        &k,
     ]);
     fails_with(&o, "program");
     // The right client succeeds.
-    let mut args =
-        vec!["connect".to_string(), b, "--server".into(), saddr, "--dealer".into(), daddr];
+    let mut args = vec![
+        "connect".to_string(),
+        b,
+        "--server".into(),
+        saddr,
+        "--dealer".into(),
+        daddr,
+        "--tls".into(),
+        k,
+    ];
     args.extend(common::bert_input_flags());
     let so = ok(&veil(&args));
     assert!(so.contains("output `last_hidden_state`"), "{so}");
@@ -229,6 +266,7 @@ fn missing_dealer_ends_every_side_with_an_error() {
         "1".into(),
         "--timeout".into(),
         "3".into(),
+        "--insecure".into(),
     ]);
     let mut args = vec![
         "connect".to_string(),
@@ -239,6 +277,7 @@ fn missing_dealer_ends_every_side_with_an_error() {
         daddr,
         "--timeout".into(),
         "3".into(),
+        "--insecure".into(),
     ];
     args.extend(common::bert_input_flags());
     let t0 = Instant::now();

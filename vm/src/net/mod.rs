@@ -6,8 +6,10 @@
 //! detected, and the length is bounded, so a malformed frame cannot make a party allocate
 //! without limit.
 
+pub mod keygen;
 pub mod local;
 pub mod tcp;
+pub mod tls;
 
 use std::time::Duration;
 use veil_isa::cost::FRAME_HEADER;

@@ -5,6 +5,7 @@
 //! messages to each other at once without deadlocking on full socket buffers. Reads time out,
 //! so a stalled peer ends the run with an error instead of a hang.
 
+use super::tls::{Link, TlsConfig};
 use super::{CommStats, FrameSink, FrameSource, Transport, TransportError, MAX_FRAME};
 use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -117,7 +118,7 @@ fn io_err(peer: &str, during: String, e: std::io::Error, timeout: Duration) -> T
 /// expects: the given role, the same program hash and (unless `adopt_session`) the same
 /// session. Returns the peer's hello.
 pub fn handshake(
-    stream: &mut TcpStream,
+    stream: &mut Link,
     mine: Hello,
     expect_role: Role,
     adopt_session: bool,
@@ -125,7 +126,7 @@ pub fn handshake(
 ) -> Result<Hello, TransportError> {
     let peer = expect_role.name();
     stream.set_read_timeout(Some(timeout)).map_err(|e| io_err(peer, String::new(), e, timeout))?;
-    stream.set_nodelay(true).map_err(|e| io_err(peer, String::new(), e, timeout))?;
+    stream.socket().set_nodelay(true).map_err(|e| io_err(peer, String::new(), e, timeout))?;
     stream
         .write_all(&mine.encode())
         .map_err(|e| io_err(peer, " during the handshake".into(), e, timeout))?;
@@ -191,8 +192,19 @@ fn read_frame(
             what: format!("frame of {len} bytes exceeds {MAX_FRAME}"),
         });
     }
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload).map_err(|e| io_err(peer, during, e, timeout))?;
+    // Grow with what actually arrives: a header announcing a huge frame costs nothing until
+    // its bytes come.
+    let mut payload = Vec::with_capacity(len.min(1 << 20));
+    let got = r
+        .take(len as u64)
+        .read_to_end(&mut payload)
+        .map_err(|e| io_err(peer, during.clone(), e, timeout))?;
+    if got < len {
+        return Err(TransportError::Closed {
+            peer: peer.into(),
+            during: format!("{during} ({got} of {len} bytes)"),
+        });
+    }
     Ok(payload)
 }
 
@@ -201,7 +213,7 @@ type Frame = (u32, Vec<u8>);
 
 /// A party-to-party link over TCP.
 pub struct TcpTransport {
-    reader: BufReader<TcpStream>,
+    reader: BufReader<Link>,
     tx: Option<Sender<Frame>>,
     writer: Option<JoinHandle<()>>,
     write_error: Arc<Mutex<Option<std::io::Error>>>,
@@ -214,14 +226,14 @@ pub struct TcpTransport {
 impl TcpTransport {
     /// Wraps a connected, handshaken stream.
     pub fn new(
-        stream: TcpStream,
+        stream: Link,
         peer: &'static str,
         timeout: Duration,
     ) -> Result<TcpTransport, TransportError> {
         let e = |err| io_err(peer, String::new(), err, timeout);
-        stream.set_nodelay(true).map_err(e)?;
+        stream.socket().set_nodelay(true).map_err(e)?;
         stream.set_read_timeout(Some(timeout)).map_err(e)?;
-        let wstream = stream.try_clone().map_err(e)?;
+        let (stream, wstream) = stream.split().map_err(e)?;
         let (tx, rx): (Sender<Frame>, Receiver<Frame>) = channel();
         let write_error = Arc::new(Mutex::new(None));
         let slot = write_error.clone();
@@ -246,15 +258,17 @@ impl TcpTransport {
         })
     }
 
-    /// Connects to the server and handshakes as the client.
+    /// Connects to the server (over TLS when `tls` is given) and handshakes as the client.
     pub fn connect(
         addr: impl ToSocketAddrs,
         hello: Hello,
         timeout: Duration,
+        tls: Option<&TlsConfig>,
     ) -> Result<TcpTransport, TransportError> {
-        let mut s = connect_retry(addr, "server", timeout)?;
-        handshake(&mut s, hello, Role::Server, false, timeout)?;
-        TcpTransport::new(s, "server", timeout)
+        let s = connect_retry(addr, "server", timeout)?;
+        let mut link = open(s, tls, "server", timeout)?;
+        handshake(&mut link, hello, Role::Server, false, timeout)?;
+        TcpTransport::new(link, "server", timeout)
     }
 
     /// Accepts the client on `listener` and handshakes as the server, adopting the client's
@@ -263,19 +277,71 @@ impl TcpTransport {
         listener: &TcpListener,
         mut hello: Hello,
         timeout: Duration,
+        tls: Option<&TlsConfig>,
     ) -> Result<(TcpTransport, Hello), TransportError> {
-        let (mut s, _) =
-            listener.accept().map_err(|e| io_err("client", String::new(), e, timeout))?;
+        let (s, _) = listener.accept().map_err(|e| io_err("client", String::new(), e, timeout))?;
         hello.session = [0; 16];
-        let theirs = handshake_adopt(&mut s, hello, Role::Client, timeout)?;
-        Ok((TcpTransport::new(s, "client", timeout)?, theirs))
+        TcpTransport::accepted(s, hello, timeout, tls)
+    }
+
+    /// Opens TLS (when given) and handshakes as the server on a connection already accepted,
+    /// adopting the client's session id. Returns the transport and the client's hello.
+    pub fn accepted(
+        s: TcpStream,
+        hello: Hello,
+        timeout: Duration,
+        tls: Option<&TlsConfig>,
+    ) -> Result<(TcpTransport, Hello), TransportError> {
+        let mut link = admit(s, tls, "client", timeout)?;
+        let theirs = handshake_adopt(&mut link, hello, Role::Client, timeout)?;
+        Ok((TcpTransport::new(link, "client", timeout)?, theirs))
+    }
+}
+
+/// The connecting side of a link to `peer`: TLS when configured, checking the peer's
+/// certificate against the configured name or else the address dialled.
+pub fn open(
+    s: TcpStream,
+    tls: Option<&TlsConfig>,
+    peer: &str,
+    timeout: Duration,
+) -> Result<Link, TransportError> {
+    let e = |err: std::io::Error| {
+        let err = std::io::Error::new(err.kind(), format!("TLS handshake: {err}"));
+        io_err(peer, " during the TLS handshake".into(), err, timeout)
+    };
+    s.set_read_timeout(Some(timeout)).map_err(e)?;
+    match tls {
+        None => Ok(Link::plain(s)),
+        Some(cfg) => {
+            let host = s.peer_addr().map_err(e)?.ip().to_string();
+            Link::connect(s, cfg, &host).map_err(e)
+        }
+    }
+}
+
+/// The accepting side of a link from `peer`: TLS when configured, requiring its certificate.
+pub fn admit(
+    s: TcpStream,
+    tls: Option<&TlsConfig>,
+    peer: &str,
+    timeout: Duration,
+) -> Result<Link, TransportError> {
+    let e = |err: std::io::Error| {
+        let err = std::io::Error::new(err.kind(), format!("TLS handshake: {err}"));
+        io_err(peer, " during the TLS handshake".into(), err, timeout)
+    };
+    s.set_read_timeout(Some(timeout)).map_err(e)?;
+    match tls {
+        None => Ok(Link::plain(s)),
+        Some(cfg) => Link::accept(s, cfg).map_err(e),
     }
 }
 
 /// Server side of a handshake: sends its hello only after reading the client's, so it can echo
 /// the client's session id.
 fn handshake_adopt(
-    s: &mut TcpStream,
+    s: &mut Link,
     mut mine: Hello,
     expect: Role,
     timeout: Duration,
@@ -308,9 +374,10 @@ pub fn accept_any(
     listener: &TcpListener,
     mine: Hello,
     timeout: Duration,
-) -> Result<(TcpStream, Hello), TransportError> {
-    let (mut s, _) = listener.accept().map_err(|e| io_err("party", String::new(), e, timeout))?;
-    s.set_read_timeout(Some(timeout)).map_err(|e| io_err("party", String::new(), e, timeout))?;
+    tls: Option<&TlsConfig>,
+) -> Result<(Link, Hello), TransportError> {
+    let (s, _) = listener.accept().map_err(|e| io_err("party", String::new(), e, timeout))?;
+    let mut s = admit(s, tls, "party", timeout)?;
     let mut buf = [0u8; HELLO_LEN];
     s.read_exact(&mut buf)
         .map_err(|e| io_err("party", " during the handshake".into(), e, timeout))?;
@@ -330,7 +397,7 @@ pub fn accept_any(
             what: format!("the {} runs a different program than the dealer", theirs.role.name()),
         });
     }
-    s.set_nodelay(true).map_err(|e| io_err("party", String::new(), e, timeout))?;
+    s.socket().set_nodelay(true).map_err(|e| io_err("party", String::new(), e, timeout))?;
     Ok((s, theirs))
 }
 
@@ -403,7 +470,7 @@ impl Drop for TcpTransport {
 
 /// The dealer's end of a correction stream over TCP.
 pub struct TcpSink {
-    w: BufWriter<TcpStream>,
+    w: BufWriter<Link>,
     seq: u32,
     bytes: u64,
     peer: &'static str,
@@ -411,7 +478,7 @@ pub struct TcpSink {
 
 impl TcpSink {
     /// Wraps a handshaken stream to `peer`.
-    pub fn new(stream: TcpStream, peer: &'static str) -> TcpSink {
+    pub fn new(stream: Link, peer: &'static str) -> TcpSink {
         TcpSink { w: BufWriter::with_capacity(1 << 20, stream), seq: 0, bytes: 0, peer }
     }
 }
@@ -434,7 +501,7 @@ impl FrameSink for TcpSink {
 
 /// A party's end of the dealer's correction stream over TCP.
 pub struct TcpSource {
-    r: BufReader<TcpStream>,
+    r: BufReader<Link>,
     seq: u32,
     bytes: u64,
     timeout: Duration,
@@ -442,7 +509,7 @@ pub struct TcpSource {
 
 impl TcpSource {
     /// Wraps a handshaken stream from the dealer.
-    pub fn new(stream: TcpStream, timeout: Duration) -> Result<TcpSource, TransportError> {
+    pub fn new(stream: Link, timeout: Duration) -> Result<TcpSource, TransportError> {
         stream
             .set_read_timeout(Some(timeout))
             .map_err(|e| io_err("dealer", String::new(), e, timeout))?;

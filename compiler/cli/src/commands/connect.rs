@@ -39,6 +39,8 @@ pub struct Args {
     /// Interpret local kernels instead of compiling them with the JIT (same results).
     #[arg(long)]
     pub no_jit: bool,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// Runs the client's side of one session over TCP; returns outputs and measurements.
@@ -48,16 +50,14 @@ pub fn client_over_tcp(
     inputs: &std::collections::HashMap<String, veil_compiler::ir::Tensor>,
     server: &str,
     dealer: &str,
-    timeout: Duration,
-    jit: bool,
+    opts: &NetOptions,
 ) -> Result<(Vec<(String, veil_compiler::ir::Tensor)>, Measured)> {
     let t = Instant::now();
     let (feeds, own) = preprocess(c, inputs)?;
     let prefix = t.elapsed();
     let (bar, cb) = progress(p);
-    let opts = NetOptions { timeout, jit, ..NetOptions::default() };
     let t0 = Instant::now();
-    let r = run_client(p, &feeds, server, dealer, &opts, Some(Box::new(cb)));
+    let r = run_client(p, &feeds, server, dealer, opts, Some(Box::new(cb)));
     bar.finish_and_clear();
     let (revealed, rep) = r?;
     let online = t0.elapsed();
@@ -79,14 +79,19 @@ pub fn run(a: Args) -> Result<()> {
     let p = program(&a.program)?;
     let c = client_part(&a.program, a.client_part.as_deref(), &p)?;
     let inputs = model_inputs(&c, &a.inputs)?;
+    let tls = a.tls.config("client")?;
     let (outs, m) = client_over_tcp(
         &p,
         &c,
         &inputs,
         &a.server,
         &a.dealer,
-        Duration::from_secs(a.timeout),
-        !a.no_jit,
+        &NetOptions {
+            timeout: Duration::from_secs(a.timeout),
+            jit: !a.no_jit,
+            tls,
+            ..NetOptions::default()
+        },
     )?;
     print_outputs(&outs, None, a.output.as_deref())?;
     let nets = Net::chosen(a.net);

@@ -25,16 +25,19 @@ pub struct Args {
     /// Seconds to wait for a party.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// Deals.
 pub fn run(a: Args) -> Result<()> {
     let p = Arc::new(program(&a.program)?);
+    let tls = a.tls.config("dealer")?;
     let listener =
         TcpListener::bind(&a.listen).with_context(|| format!("listening on {}", a.listen))?;
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    let opts = NetOptions { timeout: Duration::from_secs(a.timeout), ..NetOptions::default() };
+    let opts = NetOptions { timeout: Duration::from_secs(a.timeout), tls, ..NetOptions::default() };
     let failed = Arc::new(AtomicUsize::new(0));
     let f = failed.clone();
     deal(&listener, p, &opts, a.sessions, move |r| match r {

@@ -79,6 +79,7 @@ fn demo(
         inputs: &inputs,
         timeout: 120,
         jit: true,
+        insecure: false,
     };
     let (outs, m) = local.run(in_process)?;
 

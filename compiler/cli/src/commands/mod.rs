@@ -9,6 +9,7 @@ pub mod demo;
 pub mod eval;
 pub mod export;
 pub mod inspect;
+pub mod keygen;
 pub mod run;
 pub mod serve;
 pub mod stdlib;

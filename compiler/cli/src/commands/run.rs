@@ -45,6 +45,9 @@ pub struct Args {
     /// Interpret local kernels instead of compiling them with the JIT (same results).
     #[arg(long)]
     pub no_jit: bool,
+    /// Plain TCP between the processes instead of TLS with throwaway certificates.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// Runs and reports.
@@ -63,6 +66,7 @@ pub fn run(a: Args) -> Result<()> {
         inputs: &inputs,
         timeout: a.timeout,
         jit: !a.no_jit,
+        insecure: a.insecure,
     };
     let (outs, m) = local.run(a.in_process)?;
     let r = reference(&p, a.reference.as_deref(), &inputs)?;
@@ -117,6 +121,8 @@ pub struct Local<'a> {
     pub timeout: u64,
     /// Compile local kernels with the JIT.
     pub jit: bool,
+    /// Plain TCP between the role processes (else TLS with throwaway certificates).
+    pub insecure: bool,
 }
 
 impl Local<'_> {
@@ -132,7 +138,7 @@ impl Local<'_> {
 
 /// The three roles in threads of this process.
 fn in_process(s: &Local) -> Result<Outcome> {
-    let Local { path, program: p, client: c, inputs, timeout, jit } = *s;
+    let Local { path, program: p, client: c, inputs, timeout, jit, .. } = *s;
     let w = server_weights(path, None, p)?;
     let t = Instant::now();
     let (feeds, own) = preprocess(c, inputs)?;
@@ -201,9 +207,16 @@ impl Role {
 
 /// Dealer and server as child processes on loopback, the client here.
 fn processes(s: &Local) -> Result<Outcome> {
-    let Local { path, program: p, client: c, inputs, timeout, jit } = *s;
+    let Local { path, program: p, client: c, inputs, timeout, jit, insecure } = *s;
     // Fail early, before any process starts, when the server's file is missing or stale.
     server_weights(path, None, p)?;
+    // TLS as in a deployment, with certificates made for this run and removed after it.
+    let keys = if insecure { None } else { Some(Throwaway::new()?) };
+    let tls_flags = crate::tls::TlsArgs::child_flags(keys.as_ref().map(|k| k.dir.as_path()));
+    let client_tls = match &keys {
+        Some(k) => Some(k.set.config("client").context("the throwaway client certificate")?),
+        None => None,
+    };
     let prog = path.display().to_string();
     let t = timeout.to_string();
     let (dealer, dealer_addr) = Role::spawn(
@@ -217,7 +230,10 @@ fn processes(s: &Local) -> Result<Outcome> {
             "1".into(),
             "--timeout".into(),
             t.clone(),
-        ],
+        ]
+        .into_iter()
+        .chain(tls_flags.clone())
+        .collect::<Vec<String>>(),
     )?;
     let server = Role::spawn(
         "server",
@@ -235,6 +251,7 @@ fn processes(s: &Local) -> Result<Outcome> {
             "--report-json".into(),
         ]
         .into_iter()
+        .chain(tls_flags)
         .chain((!jit).then(|| "--no-jit".into()))
         .collect::<Vec<String>>(),
     );
@@ -251,8 +268,12 @@ fn processes(s: &Local) -> Result<Outcome> {
         inputs,
         &server_addr,
         &dealer_addr,
-        Duration::from_secs(timeout),
-        jit,
+        &veil_vm::session::NetOptions {
+            timeout: Duration::from_secs(timeout),
+            jit,
+            tls: client_tls,
+            ..Default::default()
+        },
     );
     let ok = r.is_ok();
     let server_out = server.finish(ok);
@@ -268,4 +289,36 @@ fn processes(s: &Local) -> Result<Outcome> {
     m.offline = Duration::from_secs_f64(s.offline_secs);
     m.server = Some(s);
     Ok((outs, m))
+}
+
+/// Certificates for one local run, in a private temporary directory removed on drop.
+struct Throwaway {
+    dir: PathBuf,
+    set: veil_vm::net::keygen::KeySet,
+}
+
+impl Throwaway {
+    fn new() -> Result<Throwaway> {
+        let set = veil_vm::net::keygen::generate(&["127.0.0.1".to_string()])
+            .map_err(anyhow::Error::msg)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("veil-run-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let t = Throwaway { dir, set };
+        std::fs::write(t.dir.join("ca.pem"), &t.set.ca_cert)?;
+        for (role, cert, key) in &t.set.roles {
+            std::fs::write(t.dir.join(format!("{role}.pem")), cert)?;
+            std::fs::write(t.dir.join(format!("{role}.key")), key)?;
+        }
+        Ok(t)
+    }
+}
+
+impl Drop for Throwaway {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }

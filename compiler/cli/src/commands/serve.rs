@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use veil_vm::session::{serve, NetOptions};
 
@@ -26,6 +27,13 @@ pub struct Args {
     /// Stop after this many client sessions (default: serve forever).
     #[arg(long, value_name = "N")]
     pub sessions: Option<usize>,
+    /// Most client sessions served at once (each with its own dealer material and memory);
+    /// further clients wait in the listen queue.
+    #[arg(long, default_value_t = 4, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrent: u32,
+    /// Memory limit of one session's buffers, in MiB (a program needing more is refused).
+    #[arg(long, value_name = "MIB")]
+    pub session_memory: Option<u64>,
     /// Seconds to wait for any peer message before ending a session.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
@@ -35,26 +43,37 @@ pub struct Args {
     /// Interpret local kernels instead of compiling them with the JIT (same results).
     #[arg(long)]
     pub no_jit: bool,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// Serves.
 pub fn run(a: Args) -> Result<()> {
     let p = program(&a.program)?;
     let w = server_weights(&a.program, a.weights.as_deref(), &p)?;
+    let tls = a.tls.config("server")?;
     let listener =
         TcpListener::bind(&a.listen).with_context(|| format!("listening on {}", a.listen))?;
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
     eprintln!("server: model `{}`, dealer at {}", p.meta("model").unwrap_or("?"), a.dealer);
-    let opts = NetOptions {
+    let mut opts = NetOptions {
         timeout: Duration::from_secs(a.timeout),
         jit: !a.no_jit,
+        concurrent: a.concurrent as usize,
+        tls,
         ..NetOptions::default()
     };
-    let mut failed = 0;
-    let mut served = 0;
+    if let Some(mib) = a.session_memory {
+        opts.max_memory = mib << 20;
+    }
+    let failed = AtomicUsize::new(0);
+    let served = AtomicUsize::new(0);
+    // Sessions end in their own threads: one line of output at a time.
+    let out = std::sync::Mutex::new(());
     serve(&listener, &p, &w, &a.dealer, &opts, a.sessions, |r| {
-        served += 1;
+        served.fetch_add(1, Ordering::Relaxed);
+        let _line = out.lock();
         match r {
             Ok(rep) => {
                 let s = ServerSummary::from_report(&rep.report, rep.offline_time);
@@ -72,11 +91,12 @@ pub fn run(a: Args) -> Result<()> {
                 }
             }
             Err(e) => {
-                failed += 1;
+                failed.fetch_add(1, Ordering::Relaxed);
                 eprintln!("server: session failed: {e}");
             }
         }
     })?;
+    let (failed, served) = (failed.into_inner(), served.into_inner());
     if failed > 0 && failed == served {
         bail!("every session failed ({failed})");
     }
