@@ -9,6 +9,8 @@ pub mod eval;
 pub mod file_error;
 pub mod fixed;
 pub mod frontend;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ir;
 pub mod npy;
 pub mod passes;
