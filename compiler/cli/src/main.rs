@@ -6,6 +6,7 @@ mod nonlinear;
 mod outcome;
 mod party;
 mod report;
+mod svg;
 mod tls;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +45,8 @@ enum Command {
     Eval(commands::eval::Args),
     /// Write an ONNX model's parameters to a safetensors file (for DSL models).
     ExportWeights(commands::export::Args),
+    /// The benchmark suite: BERT-base and GPT-2 small with and without each optimization (JSON, Markdown, SVG).
+    Bench(commands::bench::Args),
     /// Write TLS certificates for a deployment: a CA and one certificate per role.
     Keygen(commands::keygen::Args),
     /// Measure every stdlib approximation: error in the fixed-point simulator, cost in bytecode.
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::ExportWeights(a) => commands::export::run(a),
         Command::Stdlib(a) => commands::stdlib::run(a),
         Command::Keygen(a) => commands::keygen::run(a),
+        Command::Bench(a) => commands::bench::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -117,6 +117,25 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
+/// Calibrates `file` on `n` random samples from `seed` and writes the file (for `veil bench`).
+pub fn calibrate_random(
+    file: &Path,
+    margs: &ModelArgs,
+    na: &NonlinearArgs,
+    seed: u64,
+    n: usize,
+    out: &Path,
+) -> Result<Calibration> {
+    let original = load(file, margs)?.graph;
+    let mut g = original.clone();
+    let changed = na.apply(&mut g)?;
+    let samples = random_samples(&g, seed, n)?;
+    let compare = (na.nonlinear == Nonlinear::Smu && changed > 0).then_some(&original);
+    let c = calibrate(&g, compare, &samples, &na.label())?;
+    write_json(out, &c)?;
+    Ok(c)
+}
+
 /// Writes through a temporary file, so a failed write leaves nothing half-written.
 fn write_json(path: &Path, c: &Calibration) -> Result<()> {
     let text = serde_json::to_string_pretty(c)?;

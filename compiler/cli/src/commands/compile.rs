@@ -32,7 +32,7 @@ pub struct Args {
 }
 
 /// How nonlinear layers are lowered.
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct LoweringArgs {
     #[command(flatten)]
     pub nonlinear: NonlinearArgs,
@@ -44,6 +44,16 @@ pub struct LoweringArgs {
     /// beyond the widened range make the Newton iteration diverge.
     #[arg(long, default_value_t = 1.5, value_name = "M")]
     pub calibration_margin: f64,
+}
+
+impl Default for LoweringArgs {
+    fn default() -> Self {
+        LoweringArgs {
+            nonlinear: NonlinearArgs::default(),
+            calibration: None,
+            calibration_margin: 1.5,
+        }
+    }
 }
 
 /// Which weights need no secrecy (Marill: the unchanged weights of an open base model).

@@ -79,7 +79,7 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 /// Model inputs drawn from `seed`: reals N(0, 1).
-fn random_inputs(
+pub fn random_inputs(
     c: &veil_compiler::compile::ClientPart,
     seed: u64,
 ) -> Result<std::collections::HashMap<String, veil_compiler::ir::Tensor>> {
