@@ -1,4 +1,4 @@
-//! One server, one dealer, eight clients at once over TCP loopback (the bundled BERT-tiny):
+//! One server, one dealer, eight clients at once over TLS on loopback (the bundled BERT-tiny):
 //! every client gets its own correct output, and a misbehaving client in the middle of them
 //! ends only its own session.
 
@@ -48,24 +48,28 @@ fn eight_concurrent_clients_each_get_their_own_correct_output() {
         inputs.push(m);
     }
 
-    let net = NetOptions {
+    // Over mutually authenticated TLS, as deployed; every role from one keygen.
+    let keys = veil_vm::net::keygen::generate(&["127.0.0.1".to_string()]).unwrap();
+    let net_as = |role: &str| NetOptions {
         timeout: Duration::from_secs(120),
         concurrent: CLIENTS,
+        tls: Some(keys.config(role).unwrap()),
         ..NetOptions::default()
     };
+    let net = net_as("client");
     let dl = TcpListener::bind("127.0.0.1:0").unwrap();
     let sl = TcpListener::bind("127.0.0.1:0").unwrap();
     let daddr = dl.local_addr().unwrap().to_string();
     let saddr = sl.local_addr().unwrap();
     let sessions = CLIENTS + 1; // and one client that breaks off
     let dealer = std::thread::spawn({
-        let (prog, net) = (prog.clone(), net.clone());
+        let (prog, net) = (prog.clone(), net_as("dealer"));
         move || deal(&dl, prog, &net, Some(CLIENTS), |_| {})
     });
     let results = Arc::new(Mutex::new(Vec::new()));
     let server = std::thread::spawn({
         let (prog, net, daddr, results) =
-            (prog.clone(), net.clone(), daddr.clone(), results.clone());
+            (prog.clone(), net_as("server"), daddr.clone(), results.clone());
         let weights: Vec<_> =
             c.server_weights.iter().map(|(n, t)| (n.clone(), common::values(t))).collect();
         move || {
@@ -75,7 +79,7 @@ fn eight_concurrent_clients_each_get_their_own_correct_output() {
         }
     });
 
-    // A client that handshakes with garbage and hangs up: only its session fails.
+    // A client that speaks garbage instead of TLS and hangs up: only its session fails.
     {
         let mut s = std::net::TcpStream::connect(saddr).unwrap();
         s.write_all(&[b'x'; 61]).unwrap(); // a hello's length, not a hello
@@ -116,5 +120,5 @@ fn eight_concurrent_clients_each_get_their_own_correct_output() {
     let failed: Vec<String> =
         results.iter().filter_map(|r| r.as_ref().err().map(|e| e.to_string())).collect();
     assert_eq!(failed.len(), 1, "{failed:?}");
-    assert!(failed[0].contains("does not speak the veil protocol"), "{failed:?}");
+    assert!(failed[0].contains("TLS handshake"), "{failed:?}");
 }

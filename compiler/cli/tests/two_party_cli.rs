@@ -290,3 +290,48 @@ fn missing_dealer_ends_every_side_with_an_error() {
     assert!(String::from_utf8_lossy(&so.stderr).contains("session failed"));
     assert!(t0.elapsed() < Duration::from_secs(30), "no hang");
 }
+
+#[test]
+fn a_stalled_then_killed_server_process_ends_the_client_with_an_error() {
+    let b = compiled().join("bert.vbc").display().to_string();
+    let (mut dealer, daddr) = spawn(&[
+        "dealer".into(),
+        b.clone(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--insecure".into(),
+    ]);
+    let (mut server, saddr) = spawn(&[
+        "serve".into(),
+        b.clone(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--dealer".into(),
+        daddr.clone(),
+        "--insecure".into(),
+    ]);
+    // The server process stops answering (SIGSTOP): the client gives up after its timeout.
+    let pid = server.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    let mut args = vec![
+        "connect".to_string(),
+        b,
+        "--server".into(),
+        saddr,
+        "--dealer".into(),
+        daddr,
+        "--timeout".into(),
+        "2".into(),
+        "--insecure".into(),
+    ];
+    args.extend(common::bert_input_flags());
+    let t0 = Instant::now();
+    fails_with(&veil(&args), "no message from the server within 2 s");
+    assert!(t0.elapsed() < Duration::from_secs(20), "no hang");
+    // Killed outright: nothing hangs, and the dealer is still there for other sessions.
+    let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    let _ = server.wait();
+    assert!(dealer.try_wait().unwrap().is_none(), "the dealer keeps serving");
+    let _ = dealer.kill();
+    let _ = dealer.wait();
+}
