@@ -190,6 +190,29 @@ fn smu1_is_recognised_with_its_parameters() {
 }
 
 #[test]
+fn smu1_of_a_scaled_value_keeps_the_scaled_value_as_its_argument() {
+    // smu1(x·0.125) written out: the 0.125 belongs to the argument, not to α.
+    let mut g = Graph::new("t");
+    let x = input(&mut g, &[64]);
+    let k = c(&mut g, 0.125);
+    let s = node(&mut g, Op::Mul, &[x, k]);
+    let sq = node(&mut g, Op::Mul, &[s, s]);
+    let one = c(&mut g, 1.0);
+    let inside = node(&mut g, Op::Add, &[sq, one]);
+    let root = node(&mut g, Op::Sqrt, &[inside]);
+    let sum = node(&mut g, Op::Add, &[s, root]);
+    let half = c(&mut g, 0.5);
+    let y = node(&mut g, Op::Mul, &[sum, half]);
+    g.outputs = vec![y];
+    let g = fuse_and_check(g, &mut FuseSmu1, "smu1");
+    let n = g.order.iter().copied().find(|&n| g.nodes[n].op.name() == "smu1").unwrap();
+    match g.nodes[n].op {
+        Op::Smu1 { alpha, mu } => assert!(alpha == 0.0 && (mu - 1.0).abs() < 1e-6),
+        ref o => panic!("{o}"),
+    }
+}
+
+#[test]
 fn attention_blocks_are_annotated() {
     let mut g = Graph::new("t");
     let q = g.add_input("q", TensorType::new(DType::F32, vec![2, 8, 4]));

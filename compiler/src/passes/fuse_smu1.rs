@@ -73,8 +73,10 @@ fn try_match(m: &Matcher, y: Value) -> Option<(Value, Value, f32, f32)> {
             Some(s) if matches!(s.op, Op::Mul) && s.args[0] == s.args[1] => s.args[0],
             _ => continue,
         };
-        let (x1, c1) = scaled(m, lin);
-        let (x2, c2) = scaled(m, z);
+        // The same value on both sides is SMU-1 with α = 0 of that value, even when it is
+        // itself a scaled product (attention scores `(q·k)·0.125`).
+        let ((x1, c1), (x2, c2)) =
+            if lin == z { ((lin, 1.0), (z, 1.0)) } else { (scaled(m, lin), scaled(m, z)) };
         if x1 != x2 {
             continue;
         }
