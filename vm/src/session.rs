@@ -14,13 +14,14 @@ use crate::error::VmError;
 use crate::interp::{Output, PartyReport, PartyVm, Values};
 use crate::material::Material;
 use crate::net::tcp::{
-    accept_any, connect_retry, handshake, open, Hello, Role, TcpSink, TcpSource, TcpTransport,
+    connect_retry, greet_party, handshake, open, Hello, Role, TcpSink, TcpSource, TcpTransport,
 };
 use crate::net::tls::{Link, TlsConfig};
 use crate::net::{FrameSink, FrameSource, Prefetched, TransportError};
 use crate::prg::{Prg, Seed};
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use veil_isa::{validate, Party, Program};
@@ -254,44 +255,70 @@ pub fn deal(
     on_session: impl Fn(Result<DealtSession, VmError>) + Send + Sync + 'static,
 ) -> Result<(), VmError> {
     validate(&prog)?;
-    let on_session = Arc::new(on_session);
     let hello = Hello { role: Role::Dealer, session: [0; 16], program: prog.hash() };
-    let mut waiting: HashMap<[u8; 16], (Role, Link)> = HashMap::new();
-    let mut started = 0;
-    let mut threads = Vec::new();
-    while max_sessions.is_none_or(|m| started < m) {
-        let (stream, theirs) = match accept_any(listener, hello, opts.timeout, opts.tls.as_ref()) {
-            Ok(x) => x,
-            Err(e) => {
-                on_session(Err(e.into()));
-                continue;
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel::<Result<(Link, Hello), TransportError>>();
+    std::thread::scope(|scope| {
+        // Accepting and greeting happen off the pairing loop, each greeting in its own thread:
+        // a party that connects and then stalls delays nobody else.
+        let (stop, tx) = (&stop, tx);
+        scope.spawn(move || {
+            for conn in listener.incoming() {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let tx = tx.clone();
+                match conn {
+                    Ok(s) => {
+                        scope.spawn(move || {
+                            let _ = tx.send(greet_party(s, hello, opts.timeout, opts.tls.as_ref()));
+                        });
+                    }
+                    Err(e) => {
+                        let _ =
+                            tx.send(Err(TransportError::Io { peer: "party".into(), source: e }));
+                    }
+                }
             }
-        };
-        let (client, server) = match waiting.remove(&theirs.session) {
-            Some((Role::Client, c)) if theirs.role == Role::Server => (c, stream),
-            Some((Role::Server, s)) if theirs.role == Role::Client => (stream, s),
-            Some((role, other)) => {
-                on_session(Err(VmError::Transport(TransportError::Handshake {
-                    peer: theirs.role.name().into(),
-                    what: format!("two {}s joined the same session", role.name()),
-                })));
-                drop(other);
-                continue;
-            }
-            None => {
-                waiting.insert(theirs.session, (theirs.role, stream));
-                continue;
-            }
-        };
-        started += 1;
-        let prog = prog.clone();
-        let cb = on_session.clone();
-        let session = theirs.session;
-        threads.push(std::thread::spawn(move || cb(deal_session(&prog, session, client, server))));
-    }
-    for t in threads {
-        let _ = t.join();
-    }
+        });
+        let mut waiting: HashMap<[u8; 16], (Role, Link)> = HashMap::new();
+        let mut started = 0;
+        while max_sessions.is_none_or(|m| started < m) {
+            let Ok(greeted) = rx.recv() else { break };
+            let (stream, theirs) = match greeted {
+                Ok(x) => x,
+                Err(e) => {
+                    on_session(Err(e.into()));
+                    continue;
+                }
+            };
+            let (client, server) = match waiting.remove(&theirs.session) {
+                Some((Role::Client, c)) if theirs.role == Role::Server => (c, stream),
+                Some((Role::Server, s)) if theirs.role == Role::Client => (stream, s),
+                Some((role, other)) => {
+                    on_session(Err(VmError::Transport(TransportError::Handshake {
+                        peer: theirs.role.name().into(),
+                        what: format!("two {}s joined the same session", role.name()),
+                    })));
+                    drop(other);
+                    continue;
+                }
+                None => {
+                    waiting.insert(theirs.session, (theirs.role, stream));
+                    continue;
+                }
+            };
+            started += 1;
+            let (prog, cb) = (prog.clone(), &on_session);
+            let session = theirs.session;
+            scope.spawn(move || cb(deal_session(&prog, session, client, server)));
+        }
+        // Wake the acceptor so that it sees the stop flag.
+        stop.store(true, Ordering::Relaxed);
+        if let Ok(addr) = listener.local_addr() {
+            let _ = TcpStream::connect(addr);
+        }
+    });
     Ok(())
 }
 

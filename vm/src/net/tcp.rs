@@ -377,6 +377,17 @@ pub fn accept_any(
     tls: Option<&TlsConfig>,
 ) -> Result<(Link, Hello), TransportError> {
     let (s, _) = listener.accept().map_err(|e| io_err("party", String::new(), e, timeout))?;
+    greet_party(s, mine, timeout, tls)
+}
+
+/// The dealer's side of a party's connection already accepted: TLS (when configured) and the
+/// hello, adopting the party's session. Returns the link and the party's hello.
+pub fn greet_party(
+    s: TcpStream,
+    mine: Hello,
+    timeout: Duration,
+    tls: Option<&TlsConfig>,
+) -> Result<(Link, Hello), TransportError> {
     let mut s = admit(s, tls, "party", timeout)?;
     let mut buf = [0u8; HELLO_LEN];
     s.read_exact(&mut buf)
