@@ -58,3 +58,28 @@ impl KeySet {
             .ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::tls::TlsConfig;
+
+    #[test]
+    fn every_role_gets_a_usable_identity_and_bad_pem_is_named() {
+        let k = generate(&["127.0.0.1".into(), "veil.example".into()]).unwrap();
+        for role in ROLES {
+            assert!(k.config(role).is_some(), "{role}");
+        }
+        let (_, cert, key) = &k.roles[0];
+        let (_, _, other_key) = &k.roles[1];
+        let ca = k.ca_cert.as_bytes();
+        // Which input is wrong: 0 the certificate, 1 the key, 2 the CA.
+        let which =
+            |c: &[u8], kk: &[u8], a: &[u8]| TlsConfig::from_pem(c, kk, a).err().map(|e| e.0);
+        assert_eq!(which(b"junk", key.as_bytes(), ca), Some(0));
+        assert_eq!(which(cert.as_bytes(), b"junk", ca), Some(1));
+        assert_eq!(which(cert.as_bytes(), other_key.as_bytes(), ca), Some(1));
+        assert_eq!(which(cert.as_bytes(), key.as_bytes(), b""), Some(2));
+        assert!(generate(&[]).is_err());
+    }
+}
