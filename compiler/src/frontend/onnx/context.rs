@@ -144,8 +144,8 @@ impl<'a> Cx<'a> {
     /// Normalises a possibly negative axis for a tensor of rank `rank`.
     pub fn axis(&self, a: i64, rank: usize, what: &str) -> Result<usize, ImportError> {
         let r = rank as i64;
-        if r == 0 && (a == 0 || a == -1) {
-            return Ok(0);
+        if r == 0 {
+            return Err(self.err(format!("{what} {a}: the input is a scalar (rank 0), which has no axes")));
         }
         if a < -r || a >= r {
             return Err(self.err(format!("{what} {a} is out of range for rank {rank}")));
