@@ -145,7 +145,9 @@ impl<'a> Cx<'a> {
     pub fn axis(&self, a: i64, rank: usize, what: &str) -> Result<usize, ImportError> {
         let r = rank as i64;
         if r == 0 {
-            return Err(self.err(format!("{what} {a}: the input is a scalar (rank 0), which has no axes")));
+            return Err(
+                self.err(format!("{what} {a}: the input is a scalar (rank 0), which has no axes"))
+            );
         }
         if a < -r || a >= r {
             return Err(self.err(format!("{what} {a} is out of range for rank {rank}")));
