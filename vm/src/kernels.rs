@@ -50,10 +50,14 @@ pub fn matmul(d: &mut [u64], a: &[u64], b: &[u64], batch: usize, m: usize, k: us
     }
 }
 
-/// Rows and columns of the register tile: 8×16 accumulators are 16 of AVX-512's 32 vector
-/// registers, so each loaded row of `b` is used for 8 products before it is dropped.
+/// Rows and columns of the register tile with AVX-512: 8×16 accumulators are 16 of its 32
+/// vector registers, so each loaded row of `b` is used for 8 products before it is dropped.
 const MR: usize = 8;
 const NR: usize = 16;
+/// The tile for AVX2 (16 vector registers of 4 lanes, no 64-bit multiply: emulated) and for
+/// the portable path: a tile that fits the registers instead of spilling 128 accumulators.
+const MR_NARROW: usize = 4;
+const NR_NARROW: usize = 8;
 /// Depth of a pass: 256 rows of a 16-column strip of `b` (32 KiB) stay in L1 while every
 /// row tile uses them.
 const KC: usize = 256;
@@ -86,8 +90,19 @@ fn rows_product(d: &mut [u64], a: &[u64], b: &[u64], rows: usize, k: usize, n: u
             unsafe { rows_product_avx512(d, a, b, rows, k, n) };
             return;
         }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            unsafe { rows_product_avx2(d, a, b, rows, k, n) };
+            return;
+        }
     }
-    rows_product_generic(d, a, b, rows, k, n)
+    rows_product_generic::<MR_NARROW, NR_NARROW>(d, a, b, rows, k, n)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn rows_product_avx2(d: &mut [u64], a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) {
+    rows_product_generic::<MR_NARROW, NR_NARROW>(d, a, b, rows, k, n)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -100,20 +115,27 @@ unsafe fn rows_product_avx512(
     k: usize,
     n: usize,
 ) {
-    rows_product_generic(d, a, b, rows, k, n)
+    rows_product_generic::<MR, NR>(d, a, b, rows, k, n)
 }
 
 /// `d = a · b` for `a` of `rows × k` and `b` of `k × n`: full `MR × NR` tiles in registers,
 /// the ragged right and bottom edges with a plain loop.
 #[inline(always)]
-fn rows_product_generic(d: &mut [u64], a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) {
+fn rows_product_generic<const MR: usize, const NR: usize>(
+    d: &mut [u64],
+    a: &[u64],
+    b: &[u64],
+    rows: usize,
+    k: usize,
+    n: usize,
+) {
     d.fill(0);
     let (mf, nf) = (rows - rows % MR, n - n % NR);
     for k0 in (0..k).step_by(KC) {
         let k1 = (k0 + KC).min(k);
         for c0 in (0..nf).step_by(NR) {
             for r0 in (0..mf).step_by(MR) {
-                tile(d, a, b, r0, c0, k0..k1, k, n);
+                tile::<MR, NR>(d, a, b, r0, c0, k0..k1, k, n);
             }
         }
     }
@@ -124,7 +146,7 @@ fn rows_product_generic(d: &mut [u64], a: &[u64], b: &[u64], rows: usize, k: usi
 /// Adds the `MR × NR` tile at `(r0, c0)` of `a[.., ks] · b[ks, ..]` to `d`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn tile(
+fn tile<const MR: usize, const NR: usize>(
     d: &mut [u64],
     a: &[u64],
     b: &[u64],
