@@ -151,3 +151,26 @@ pub fn read_inputs(
     }
     Ok(out)
 }
+
+/// Every input of `g` drawn from `seed` as reals N(0, 1) (`--random-inputs`); `flag` names how
+/// to give non-real inputs instead, for the error.
+pub fn random_reals(
+    g: &Graph,
+    seed: u64,
+    flag: &str,
+) -> Result<std::collections::HashMap<String, Tensor>> {
+    let mut r = veil_compiler::weights::SplitMix(seed);
+    let mut out = std::collections::HashMap::new();
+    for &v in &g.inputs {
+        let ty = g.ty(v);
+        if !ty.dtype.is_float() {
+            bail!(
+                "--random-inputs draws reals only; input `{}` is {ty} (pass {flag})",
+                g.values[v].name
+            );
+        }
+        let data: Vec<f32> = (0..ty.numel()).map(|_| r.normal() as f32).collect();
+        out.insert(g.values[v].name.clone(), Tensor::f32(ty.shape.clone(), data));
+    }
+    Ok(out)
+}

@@ -145,25 +145,10 @@ pub fn lower_nonlinear(
                 )
             }
             Op::LayerNorm { axis, eps } => {
-                let x = nd.args[0];
-                if *axis + 1 != g.ty(x).rank() {
-                    return Err(format!("layer norm `{}` normalises more than the last axis; only the last is supported", nd.name));
-                }
-                let scale = nd.args[1];
-                let bias = match nd.args.get(2) {
-                    Some(&b) => b,
-                    None => {
-                        let shape = g.ty(scale).shape.clone();
-                        let n = shape.iter().product();
-                        g.add_const(
-                            &format!("{}.zero_bias", nd.name),
-                            Tensor::f32(shape, vec![0.0; n]),
-                        )
-                    }
-                };
+                let args = layer_norm_args(g, &nd, *axis)?;
                 (
                     "layernorm_newton",
-                    vec![x, scale, bias],
+                    args,
                     vec![
                         ("eps", Val::Num(*eps as f64)),
                         ("lo", Val::Num(opts.var_range.0)),
@@ -205,6 +190,30 @@ pub fn lower_nonlinear(
     Ok((done, clamped))
 }
 
+/// A layer norm's `x, scale, bias` (a zero bias when it has none), refusing one that does not
+/// normalise exactly the last axis.
+fn layer_norm_args(
+    g: &mut Graph,
+    nd: &crate::ir::NodeData,
+    axis: usize,
+) -> Result<Vec<Value>, String> {
+    if axis + 1 != g.ty(nd.args[0]).rank() {
+        return Err(format!(
+            "layer norm `{}` normalises more than the last axis; only the last is supported",
+            nd.name
+        ));
+    }
+    let bias = match nd.args.get(2) {
+        Some(&b) => b,
+        None => {
+            let shape = g.ty(nd.args[1]).shape.clone();
+            let n = shape.iter().product();
+            g.add_const(&format!("{}.zero_bias", nd.name), Tensor::f32(shape, vec![0.0; n]))
+        }
+    };
+    Ok(vec![nd.args[0], nd.args[1], bias])
+}
+
 /// A stdlib call: function, tensor arguments, named knobs.
 type Call = (&'static str, Vec<Value>, Vec<(&'static str, Val)>);
 
@@ -217,21 +226,11 @@ fn smu_site(
     let rel = ("rel", Val::Num(opts.rel));
     Ok(match &nd.op {
         Op::LayerNorm { axis, eps } => {
-            if *axis + 1 != g.ty(nd.args[0]).rank() {
-                return Err(format!("layer norm `{}` normalises more than the last axis; only the last is supported", nd.name));
-            }
+            let args = layer_norm_args(g, nd, *axis)?;
             let (lo, hi) = opts.positive(&nd.name, "layer norm")?;
-            let bias = match nd.args.get(2) {
-                Some(&b) => b,
-                None => {
-                    let shape = g.ty(nd.args[1]).shape.clone();
-                    let n = shape.iter().product();
-                    g.add_const(&format!("{}.zero_bias", nd.name), Tensor::f32(shape, vec![0.0; n]))
-                }
-            };
             (
                 "layernorm_fit",
-                vec![nd.args[0], nd.args[1], bias],
+                args,
                 vec![
                     ("eps", Val::Num(*eps as f64)),
                     ("lo", Val::Num(lo)),

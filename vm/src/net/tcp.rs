@@ -306,18 +306,7 @@ pub fn open(
     peer: &str,
     timeout: Duration,
 ) -> Result<Link, TransportError> {
-    let e = |err: std::io::Error| {
-        let err = std::io::Error::new(err.kind(), format!("TLS handshake: {err}"));
-        io_err(peer, " during the TLS handshake".into(), err, timeout)
-    };
-    s.set_read_timeout(Some(timeout)).map_err(e)?;
-    match tls {
-        None => Ok(Link::plain(s)),
-        Some(cfg) => {
-            let host = s.peer_addr().map_err(e)?.ip().to_string();
-            Link::connect(s, cfg, &host).map_err(e)
-        }
-    }
+    establish(s, tls, peer, timeout, true)
 }
 
 /// The accepting side of a link from `peer`: TLS when configured, requiring its certificate.
@@ -327,14 +316,27 @@ pub fn admit(
     peer: &str,
     timeout: Duration,
 ) -> Result<Link, TransportError> {
+    establish(s, tls, peer, timeout, false)
+}
+
+fn establish(
+    s: TcpStream,
+    tls: Option<&TlsConfig>,
+    peer: &str,
+    timeout: Duration,
+    connecting: bool,
+) -> Result<Link, TransportError> {
     let e = |err: std::io::Error| {
         let err = std::io::Error::new(err.kind(), format!("TLS handshake: {err}"));
         io_err(peer, " during the TLS handshake".into(), err, timeout)
     };
     s.set_read_timeout(Some(timeout)).map_err(e)?;
-    match tls {
-        None => Ok(Link::plain(s)),
-        Some(cfg) => Link::accept(s, cfg).map_err(e),
+    let Some(cfg) = tls else { return Ok(Link::plain(s)) };
+    if connecting {
+        let host = s.peer_addr().map_err(e)?.ip().to_string();
+        Link::connect(s, cfg, &host).map_err(e)
+    } else {
+        Link::accept(s, cfg).map_err(e)
     }
 }
 

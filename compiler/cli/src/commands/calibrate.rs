@@ -2,7 +2,7 @@
 //! comparison-free inverse square roots of `veil compile --nonlinear smu --calibration FILE`.
 
 use crate::commands::eval::file_name;
-use crate::model::{check_input, load, ModelArgs};
+use crate::model::{check_input, load, random_reals, ModelArgs};
 use crate::nonlinear::{Nonlinear, NonlinearArgs};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -69,52 +69,47 @@ fn samples_in(g: &Graph, dir: &Path) -> Result<Vec<HashMap<String, Tensor>>> {
     subdirs.iter().map(|d| sample_from(g, d)).collect()
 }
 
-/// Random real samples (as `veil run --random-inputs`).
+/// Random real samples (as `veil run --random-inputs`): sample k from seed + k.
 fn random_samples(g: &Graph, seed: u64, n: usize) -> Result<Vec<HashMap<String, Tensor>>> {
     if n == 0 {
         bail!("--samples must be at least 1");
     }
-    (0..n as u64)
-        .map(|k| {
-            let mut r = veil_compiler::weights::SplitMix(seed.wrapping_add(k));
-            let mut out = HashMap::new();
-            for &v in &g.inputs {
-                let ty = g.ty(v);
-                if !ty.dtype.is_float() {
-                    bail!(
-                        "--random-inputs draws reals only; input `{}` is {} (pass --inputs DIR)",
-                        g.values[v].name,
-                        ty
-                    );
-                }
-                let data: Vec<f32> = (0..ty.numel()).map(|_| r.normal() as f32).collect();
-                out.insert(g.values[v].name.clone(), Tensor::f32(ty.shape.clone(), data));
-            }
-            Ok(out)
-        })
-        .collect()
+    (0..n as u64).map(|k| random_reals(g, seed.wrapping_add(k), "--inputs DIR")).collect()
 }
 
 /// Calibrates and writes the file.
 pub fn run(a: Args) -> Result<()> {
-    let m = load(&a.file, &a.model)?;
-    let original = m.graph;
-    let mut g = original.clone();
-    let changed = a.nonlinear.apply(&mut g)?;
-    let samples = match (&a.inputs, a.random_inputs) {
-        (Some(dir), _) => samples_in(&g, dir)?,
-        (None, Some(seed)) => random_samples(&g, seed, a.samples)?,
+    let samples = |g: &Graph| match (&a.inputs, a.random_inputs) {
+        (Some(dir), _) => samples_in(g, dir),
+        (None, Some(seed)) => random_samples(g, seed, a.samples),
         (None, None) => bail!("give sample inputs with --inputs DIR or --random-inputs SEED"),
     };
     let t0 = std::time::Instant::now();
-    let compare = (a.nonlinear.nonlinear == Nonlinear::Smu && changed > 0).then_some(&original);
-    let c = calibrate(&g, compare, &samples, &a.nonlinear.label())
-        .with_context(|| format!("calibrating {}", a.file.display()))?;
+    let c = calibrate_file(&a.file, &a.model, &a.nonlinear, samples, &a.output)?;
     eprintln!("calibrated on {} sample(s) in {:.2} s", c.samples, t0.elapsed().as_secs_f64());
     print!("{}", describe(&c));
-    write_json(&a.output, &c)?;
     println!("wrote {}", a.output.display());
     Ok(())
+}
+
+/// Calibrates `file` (rewritten for `na`) on the samples `samples` draws for its graph, and
+/// writes the file to `out`.
+pub fn calibrate_file(
+    file: &Path,
+    margs: &ModelArgs,
+    na: &NonlinearArgs,
+    samples: impl FnOnce(&Graph) -> Result<Vec<HashMap<String, Tensor>>>,
+    out: &Path,
+) -> Result<Calibration> {
+    let original = load(file, margs)?.graph;
+    let mut g = original.clone();
+    let changed = na.apply(&mut g)?;
+    let samples = samples(&g)?;
+    let compare = (na.nonlinear == Nonlinear::Smu && changed > 0).then_some(&original);
+    let c = calibrate(&g, compare, &samples, &na.label())
+        .with_context(|| format!("calibrating {}", file.display()))?;
+    write_json(out, &c)?;
+    Ok(c)
 }
 
 /// Calibrates `file` on `n` random samples from `seed` and writes the file (for `veil bench`).
@@ -126,14 +121,7 @@ pub fn calibrate_random(
     n: usize,
     out: &Path,
 ) -> Result<Calibration> {
-    let original = load(file, margs)?.graph;
-    let mut g = original.clone();
-    let changed = na.apply(&mut g)?;
-    let samples = random_samples(&g, seed, n)?;
-    let compare = (na.nonlinear == Nonlinear::Smu && changed > 0).then_some(&original);
-    let c = calibrate(&g, compare, &samples, &na.label())?;
-    write_json(out, &c)?;
-    Ok(c)
+    calibrate_file(file, margs, na, |g| random_samples(g, seed, n), out)
 }
 
 /// Writes through a temporary file, so a failed write leaves nothing half-written.

@@ -83,25 +83,7 @@ pub fn random_inputs(
     c: &veil_compiler::compile::ClientPart,
     seed: u64,
 ) -> Result<std::collections::HashMap<String, veil_compiler::ir::Tensor>> {
-    let mut r = veil_compiler::weights::SplitMix(seed);
-    let g = &c.graph;
-    let mut out = std::collections::HashMap::new();
-    for &v in &g.inputs {
-        let ty = g.ty(v);
-        if !ty.dtype.is_float() {
-            bail!(
-                "--random-inputs draws reals only; input `{}` is {} (pass --input)",
-                g.values[v].name,
-                ty
-            );
-        }
-        let data: Vec<f32> = (0..ty.numel()).map(|_| r.normal() as f32).collect();
-        out.insert(
-            g.values[v].name.clone(),
-            veil_compiler::ir::Tensor::f32(ty.shape.clone(), data),
-        );
-    }
-    Ok(out)
+    crate::model::random_reals(&c.graph, seed, "--input")
 }
 
 type Outcome = (Vec<(String, veil_compiler::ir::Tensor)>, Measured);
