@@ -61,15 +61,16 @@ impl Calibration {
 
 /// The argument a site's range describes, and its kind.
 fn site(op: &Op) -> Option<&'static str> {
-    Some(match op {
-        Op::Smu1 { .. } => "smu1",
-        Op::Reciprocal => "reciprocal",
-        Op::Sqrt => "sqrt",
-        Op::LayerNorm { .. } => "layer_norm",
-        Op::Gelu { .. } => "gelu",
-        Op::Softmax { .. } => "softmax",
-        _ => return None,
-    })
+    let measured = matches!(
+        op,
+        Op::Smu1 { .. }
+            | Op::Reciprocal
+            | Op::Sqrt
+            | Op::LayerNorm { .. }
+            | Op::Gelu { .. }
+            | Op::Softmax { .. }
+    );
+    measured.then(|| op.name())
 }
 
 /// Row variances (over the last axis) plus `eps`.
