@@ -1,7 +1,8 @@
 //! Transports. One call to [`Transport::exchange`] is one round: each party sends one message
 //! and receives the peer's. Bytes and rounds are counted here and nowhere else.
 //!
-//! Every message travels as a frame: `u32` payload length, `u32` sequence number, payload.
+//! Every message travels as a frame: `u32` payload length, `u32` sequence number, payload
+//! (a message of [`MAX_FRAME`] bytes or more as several frames of the same sequence number).
 //! The sequence number is the round index, so a replayed, dropped or reordered message is
 //! detected, and the length is bounded, so a malformed frame cannot make a party allocate
 //! without limit.
@@ -14,8 +15,13 @@ pub mod tls;
 use std::time::Duration;
 use veil_isa::cost::FRAME_HEADER;
 
-/// Largest payload a frame may carry (1 GiB).
+/// Largest payload a frame may carry (1 GiB). A longer message (the weights masked once per
+/// program load reach 1.3 GB for GPT-2 small) travels as several frames of this size and a
+/// shorter last one; their extra headers (8 bytes per GiB) are not counted in [`CommStats`].
 pub const MAX_FRAME: usize = 1 << 30;
+
+/// Largest message a party accepts (64 GiB), whatever its framing.
+pub const MAX_MESSAGE: u64 = 1 << 36;
 
 /// Default time to wait for a peer's message before giving up.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);

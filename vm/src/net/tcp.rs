@@ -6,7 +6,7 @@
 //! so a stalled peer ends the run with an error instead of a hang.
 
 use super::tls::{Link, TlsConfig};
-use super::{CommStats, FrameSink, FrameSource, Transport, TransportError, MAX_FRAME};
+use super::{CommStats, FrameSink, FrameSource, Transport, TransportError, MAX_FRAME, MAX_MESSAGE};
 use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -157,16 +157,28 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Writes one message: a frame, or for a message of `MAX_FRAME` bytes or more, consecutive
+/// frames of `MAX_FRAME` bytes ending with a shorter one (possibly empty), all with `seq`.
 fn write_frame(w: &mut impl Write, seq: u32, payload: &[u8], flush: bool) -> std::io::Result<()> {
-    w.write_all(&(payload.len() as u32).to_le_bytes())?;
-    w.write_all(&seq.to_le_bytes())?;
-    w.write_all(payload)?;
+    let mut rest = payload;
+    loop {
+        let n = rest.len().min(MAX_FRAME);
+        w.write_all(&(n as u32).to_le_bytes())?;
+        w.write_all(&seq.to_le_bytes())?;
+        w.write_all(&rest[..n])?;
+        rest = &rest[n..];
+        if n < MAX_FRAME {
+            break;
+        }
+    }
     if flush {
         w.flush()?;
     }
     Ok(())
 }
 
+/// Reads one message written by [`write_frame`]: at most `MAX_MESSAGE` bytes, grown as they
+/// arrive (a header announcing a huge frame costs nothing until its bytes come).
 fn read_frame(
     r: &mut impl Read,
     seq: u32,
@@ -174,38 +186,44 @@ fn read_frame(
     timeout: Duration,
 ) -> Result<Vec<u8>, TransportError> {
     let during = format!(" during message {seq}");
-    let mut h = [0u8; 8];
-    r.read_exact(&mut h).map_err(|e| io_err(peer, during.clone(), e, timeout))?;
-    let len = u32::from_le_bytes(h[..4].try_into().expect("4 bytes")) as usize;
-    let got_seq = u32::from_le_bytes(h[4..].try_into().expect("4 bytes"));
-    if got_seq != seq {
-        return Err(TransportError::Malformed {
-            peer: peer.into(),
-            what: format!(
-                "message {got_seq} arrived where message {seq} was due (replayed or out of order)"
-            ),
-        });
+    let mut payload = Vec::new();
+    loop {
+        let mut h = [0u8; 8];
+        r.read_exact(&mut h).map_err(|e| io_err(peer, during.clone(), e, timeout))?;
+        let len = u32::from_le_bytes(h[..4].try_into().expect("4 bytes")) as usize;
+        let got_seq = u32::from_le_bytes(h[4..].try_into().expect("4 bytes"));
+        if got_seq != seq {
+            return Err(TransportError::Malformed {
+                peer: peer.into(),
+                what: format!(
+                    "message {got_seq} arrived where message {seq} was due (replayed or out of order)"
+                ),
+            });
+        }
+        if len > MAX_FRAME || (payload.len() + len) as u64 > MAX_MESSAGE {
+            return Err(TransportError::Malformed {
+                peer: peer.into(),
+                what: format!(
+                    "frame of {len} bytes exceeds {MAX_FRAME} or the message exceeds {MAX_MESSAGE}"
+                ),
+            });
+        }
+        payload.reserve(len.min(1 << 20));
+        let before = payload.len();
+        let got = r
+            .take(len as u64)
+            .read_to_end(&mut payload)
+            .map_err(|e| io_err(peer, during.clone(), e, timeout))?;
+        if got < len {
+            return Err(TransportError::Closed {
+                peer: peer.into(),
+                during: format!("{during} ({} of {} bytes)", payload.len(), before + len),
+            });
+        }
+        if len < MAX_FRAME {
+            return Ok(payload);
+        }
     }
-    if len > MAX_FRAME {
-        return Err(TransportError::Malformed {
-            peer: peer.into(),
-            what: format!("frame of {len} bytes exceeds {MAX_FRAME}"),
-        });
-    }
-    // Grow with what actually arrives: a header announcing a huge frame costs nothing until
-    // its bytes come.
-    let mut payload = Vec::with_capacity(len.min(1 << 20));
-    let got = r
-        .take(len as u64)
-        .read_to_end(&mut payload)
-        .map_err(|e| io_err(peer, during.clone(), e, timeout))?;
-    if got < len {
-        return Err(TransportError::Closed {
-            peer: peer.into(),
-            during: format!("{during} ({got} of {len} bytes)"),
-        });
-    }
-    Ok(payload)
 }
 
 /// A frame queued for the writer thread: sequence number and payload.
