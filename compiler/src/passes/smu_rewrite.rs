@@ -13,7 +13,7 @@
 //! operator they replace (`gelu`, `softmax`).
 
 use super::Pass;
-use crate::ir::{Graph, Node, Op, Value};
+use crate::ir::{Graph, Node, Op, Tensor, Value};
 
 /// The pass, with SMU-1's parameters.
 pub struct SmuRewrite {
@@ -40,7 +40,19 @@ impl Pass for SmuRewrite {
                 }
                 Op::Softmax { axis } => Some(insert_before(g, n, |g| {
                     let at = |k: &str| format!("{}::softmax/{k}", nd.name);
-                    let y = g.add_node(&at("smu1"), smu.clone(), &nd.args, &at("smu1"))?;
+                    let y = match masked_scores(g, nd.args[0]) {
+                        // Masked entries must weigh exactly 0: SMU-1 of a large negative
+                        // number is small but not 0 (μ²/4|x|), so the mask becomes a product.
+                        Some((scores, finite, keep)) => {
+                            let fin = g.add_const(&at("mask_finite"), finite);
+                            let keep = g.add_const(&at("mask_keep"), keep);
+                            let x =
+                                g.add_node(&at("masked"), Op::Add, &[scores, fin], &at("masked"))?;
+                            let y = g.add_node(&at("smu1"), smu.clone(), &[x], &at("smu1"))?;
+                            g.add_node(&at("keep"), Op::Mul, &[y, keep], &at("keep"))?
+                        }
+                        None => g.add_node(&at("smu1"), smu.clone(), &nd.args, &at("smu1"))?,
+                    };
                     let sum = Op::ReduceSum { axes: vec![*axis], keepdims: true };
                     let s = g.add_node(&at("sum"), sum, &[y], &at("sum"))?;
                     let r = g.add_node(&at("recip"), Op::Reciprocal, &[s], &at("recip"))?;
@@ -65,6 +77,27 @@ impl Pass for SmuRewrite {
         }
         count
     }
+}
+
+/// `x = scores + mask` with a constant mask holding huge negative entries (≤ −1e9, a causal or
+/// padding mask): the scores, the mask with those entries 0, and the 0/1 keep pattern.
+fn masked_scores(g: &Graph, x: Value) -> Option<(Value, Tensor, Tensor)> {
+    let nd = &g.nodes[g.producer(x)?];
+    if !matches!(nd.op, Op::Add) {
+        return None;
+    }
+    let (scores, mask) = match (g.const_data(nd.args[0]), g.const_data(nd.args[1])) {
+        (None, Some(m)) => (nd.args[0], m),
+        (Some(m), None) => (nd.args[1], m),
+        _ => return None,
+    };
+    let v: Vec<f64> = (0..mask.numel()).map(|i| mask.get_f64(i)).collect();
+    if !v.iter().any(|&x| x <= -1e9) {
+        return None;
+    }
+    let finite = v.iter().map(|&x| if x <= -1e9 { 0.0 } else { x as f32 }).collect();
+    let keep = v.iter().map(|&x| if x <= -1e9 { 0.0 } else { 1.0 }).collect();
+    Some((scores, Tensor::f32(mask.shape.clone(), finite), Tensor::f32(mask.shape.clone(), keep)))
 }
 
 /// Runs `build` (which appends nodes) and moves the new nodes to just before `n`.
