@@ -11,6 +11,7 @@ pub mod fixed;
 pub mod frontend;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod generate;
 pub mod ir;
 pub mod npy;
 pub mod passes;

@@ -95,6 +95,8 @@ struct Lowerer<'g> {
     server_feeds: Vec<(String, Value)>,
     const_bufs: HashMap<(Value, u8, usize), Buf>,
     bit_src: HashMap<Buf, (Value, f64)>,
+    /// Openings of the blocks of a concatenated matmul operand (a KV cache), each made once.
+    block_open: HashMap<(Value, bool), (Masked, u8)>,
     node: Node,
 }
 
@@ -111,6 +113,7 @@ pub fn lower(g: &Graph, part: &Partition, opts: &LowerOptions) -> Result<Lowered
         server_feeds: Vec::new(),
         const_bufs: HashMap::new(),
         bit_src: HashMap::new(),
+        block_open: HashMap::new(),
         node: Node::from_u32(0),
     };
     l.b.meta("model", &g.name);
@@ -148,6 +151,16 @@ pub fn lower(g: &Graph, part: &Partition, opts: &LowerOptions) -> Result<Lowered
 /// Cost-report tag of a node: its layer (from names like `layer.3`, `h.3`, `layers.3`) and the
 /// operation kind (the part of the name an expansion appended after `::`, else the op).
 pub fn tag_of(name: &str, op: &Op) -> (String, String) {
+    // Generation programs prefix every node with its step (`prefill/`, `tok3/`): the tag's
+    // layer becomes `prefill:layer0`, so costs add up per generated token and per layer.
+    if let Some((step, rest)) = name.split_once('/') {
+        let is_step = step == "prefill"
+            || step.strip_prefix("tok").is_some_and(|n| !n.is_empty() && n.parse::<u32>().is_ok());
+        if is_step {
+            let (layer, op_name) = tag_of(rest, op);
+            return (format!("{step}:{layer}"), op_name);
+        }
+    }
     let mut layer = "model".to_string();
     let norm = name.replace(['/', '_'], ".");
     let parts: Vec<&str> = norm.split('.').collect();
@@ -398,8 +411,15 @@ impl<'g> Lowerer<'g> {
                     });
                 }
                 let scale = vals.iter().map(|v| v.scale).max().unwrap_or(f);
-                let parts: Vec<(Buf, Vec<u32>)> =
+                // A client-computed block (a public layer's prefill keys) next to shared ones.
+                let mixed = vals.iter().any(|v| self.b.kind(v.buf) != self.b.kind(vals[0].buf));
+                let mut parts: Vec<(Buf, Vec<u32>)> =
                     vals.iter().map(|v| (self.rescale_up(v, scale).buf, u32s(&v.shape))).collect();
+                if mixed {
+                    for p in &mut parts {
+                        p.0 = self.b.as_share(p.0);
+                    }
+                }
                 let buf = self.b.concat(&parts, *axis);
                 Operand::Val(LVal { buf, scale, shape: out_shape })
             }
@@ -420,6 +440,19 @@ impl<'g> Lowerer<'g> {
                 let (buf, rows, len) = self.move_axes_last(&x, axes);
                 let m = self.b.max_rows(buf, rows, len);
                 Operand::Val(LVal { buf: m, scale: x.scale, shape: out_shape })
+            }
+            (Op::ArgMax { axis }, [_]) => {
+                let x = self.operand_val(args[0])?;
+                let (buf, rows, len) = self.move_axes_last(&x, &[*axis]);
+                // Exact to 2^-16 of the logit scale for differences below 2^11: near-ties then
+                // resolve as the fixed-point values do, and the left (lower) index wins ties.
+                let params = veil_isa::builder::CompareParams {
+                    bits: (x.scale + 12).min(62),
+                    ignore: x.scale.saturating_sub(16),
+                    digit: 5,
+                };
+                let idx = self.b.argmax_rows(buf, rows, len, params);
+                Operand::Val(LVal { buf: idx, scale: 0, shape: out_shape })
             }
             (Op::Max | Op::Min, [a, b]) => Operand::Val(self.max_min(&op, (args[0], a.clone()), (args[1], b.clone()), &out_shape)?),
             (Op::Relu, [_]) => {
@@ -652,6 +685,17 @@ impl<'g> Lowerer<'g> {
             return Err(self.err("matmul batch dimensions must be equal or 1"));
         }
         let batch = batch_a.max(batch_b);
+        let rb = sb.len();
+        if batch_a == batch_b {
+            // Blocks of a concatenated right operand (a KV cache) are opened once each; a plain
+            // operand is one block, so the prefill's keys and values open once for every step.
+            let (parts, along_n) = [(rb - 1, true), (rb - 2, false)]
+                .into_iter()
+                .find_map(|(axis, n)| self.concat_parts(vb, axis).map(|p| (p, n)))
+                .unwrap_or((vec![vb], true));
+            let dims = (batch as u32, m as u32, k as u32, n as u32);
+            return self.matmul_blocks(x, &parts, along_n, dims, out);
+        }
         // Both secret: openings without truncation; keep the product below 3f fractional bits.
         let mut x = x;
         let mut y = y;
@@ -669,6 +713,116 @@ impl<'g> Lowerer<'g> {
         let my = self.b.masked_open(y.buf, 0);
         let buf = self.b.matmul_masked(&mx, &my, batch as u32, m as u32, k as u32, n as u32);
         Ok(LVal { buf, scale: x.scale + y.scale, shape: out.to_vec() })
+    }
+
+    /// The blocks of a secret value built by concatenations along `axis` (a KV cache: the
+    /// prefill's keys, then one row per generated token), in order.
+    fn concat_parts(&self, v: Value, axis: usize) -> Option<Vec<Value>> {
+        let nd = &self.g.nodes[self.g.producer(v)?];
+        match nd.op {
+            Op::Concat { axis: a }
+                if a == axis && self.part.vis[v] == Vis::Shared && nd.args.len() > 1 =>
+            {
+                let mut out = Vec::new();
+                for &arg in &nd.args {
+                    match self.concat_parts(arg, axis) {
+                        Some(p) => out.extend(p),
+                        None => out.push(arg),
+                    }
+                }
+                Some(out)
+            }
+            _ => None,
+        }
+    }
+
+    /// `x · concat(parts)` block by block, each block of the right operand opened once for
+    /// every product it takes part in: a decode step opens only its own key and value rows,
+    /// not the whole cache again (as weights are masked once). Along `n` the products of the
+    /// blocks are concatenated; along `k` the left operand is opened per block (the same bytes
+    /// as opening it whole) and the products summed.
+    fn matmul_blocks(
+        &mut self,
+        x: LVal,
+        parts: &[Value],
+        along_n: bool,
+        (batch, m, k, n): (u32, u32, u32, u32),
+        out: &[usize],
+    ) -> Result<LVal, LowerError> {
+        let f = self.f;
+        // The scale rule of a product of two secrets: keep it below 3f fractional bits,
+        // truncating the operand with more (the blocks share one scale).
+        let ys = match self.block_open.get(&(parts[0], false)) {
+            Some((_, s)) => *s,
+            None => self.operand_val(parts[0])?.scale,
+        };
+        let mut x = x;
+        if x.scale + ys > 3 * f && x.scale >= ys {
+            x = self.at_f(&x);
+        }
+        let trunc_y = x.scale + ys > 3 * f;
+        // Truncate every fresh block first, then open: the order of the plain product.
+        let mut fresh: Vec<Option<LVal>> = Vec::new();
+        for &pv in parts {
+            fresh.push(match self.block_open.contains_key(&(pv, trunc_y)) {
+                true => None,
+                false => {
+                    let y = self.operand_val(pv)?;
+                    Some(if trunc_y { self.at_f(&y) } else { y })
+                }
+            });
+        }
+        let mx = along_n.then(|| self.b.masked_open(x.buf, 0));
+        let mut blocks: Vec<(Buf, u8, u32)> = Vec::new();
+        let mut off = 0u32;
+        for (&pv, y) in parts.iter().zip(fresh) {
+            let (my, ys) = match y {
+                Some(y) => {
+                    let o = (self.b.masked_open(y.buf, 0), y.scale);
+                    self.block_open.insert((pv, trunc_y), o.clone());
+                    o
+                }
+                None => self.block_open[&(pv, trunc_y)].clone(),
+            };
+            let ps = self.shape(pv);
+            let w = if along_n { ps[ps.len() - 1] } else { ps[ps.len() - 2] } as u32;
+            let prod = match &mx {
+                Some(mx) => self.b.matmul_masked(mx, &my, batch, m, k, w),
+                None => {
+                    let xs = self.b.slice(
+                        x.buf,
+                        &[batch, m, k],
+                        &[0, 0, off],
+                        &[1, 1, 1],
+                        &[batch, m, w],
+                    );
+                    let mxs = self.b.masked_open(xs, 0);
+                    self.b.matmul_masked(&mxs, &my, batch, m, w, n)
+                }
+            };
+            blocks.push((prod, x.scale + ys, w));
+            off += w;
+        }
+        if let [(buf, scale, _)] = blocks[..] {
+            return Ok(LVal { buf, scale, shape: out.to_vec() });
+        }
+        let scale = blocks.iter().map(|b| b.1).max().unwrap_or(f);
+        let mut bufs = Vec::new();
+        for (buf, s, w) in blocks {
+            let shape = if along_n { vec![batch * m, w] } else { vec![batch * m, n] };
+            let l = LVal { buf, scale: s, shape: vec![] };
+            bufs.push((self.rescale_up(&l, scale).buf, shape));
+        }
+        let buf = if along_n {
+            self.b.concat(&bufs, 1)
+        } else {
+            let mut acc = bufs[0].0;
+            for (b, _) in &bufs[1..] {
+                acc = self.b.add(acc, *b);
+            }
+            acc
+        };
+        Ok(LVal { buf, scale, shape: out.to_vec() })
     }
 
     /// Transposes so `axes` come last; returns the buffer and the `rows × len` view.
@@ -835,6 +989,31 @@ impl<'g> Lowerer<'g> {
                     );
                 }
                 Ok(LVal { buf: d, scale: t.scale, shape: out.to_vec() })
+            }
+            (Vis::Shared, Some(Operand::Val(ix))) => {
+                // A secret index (a generated token): its one-hot encoding, computed on shares,
+                // times the table; nothing about the index is opened.
+                if ix.scale != 0 {
+                    return Err(self.err("secret gather indices must be integers"));
+                }
+                let oh = self.b.one_hot_secret(ix.buf, depth as u32);
+                let rows = numel(&ix.shape);
+                if let Operand::Const(c) = self.operand(vt)? {
+                    // A public table (an open base model's embeddings): a local product.
+                    let cb = self.const_buf(vt, &c, self.f);
+                    let (r, d, w) = (rows as u32, depth as u32, row as u32);
+                    let buf = self.b.matmul_local(oh, cb, 1, r, d, w);
+                    return Ok(LVal { buf, scale: self.f, shape: out.to_vec() });
+                }
+                let t = self.operand_val(vt)?;
+                let buf = if self.is_weight(&t) {
+                    self.b.matmul_priv(oh, t.buf, 1, rows as u32, depth as u32, row as u32)
+                } else {
+                    let mo = self.b.masked_open(oh, 0);
+                    let mt = self.b.masked_open(t.buf, 0);
+                    self.b.matmul_masked(&mo, &mt, 1, rows as u32, depth as u32, row as u32)
+                };
+                Ok(LVal { buf, scale: t.scale, shape: out.to_vec() })
             }
             _ => Err(self.err(
                 "gather by secret indices is not supported (only client-known or public indices)",

@@ -67,12 +67,15 @@ impl Default for NonlinearOptions {
 impl NonlinearOptions {
     /// The widened calibrated range of `node`, or why there is none.
     fn range(&self, node: &str, what: &str) -> Result<(f64, f64), String> {
-        let &(lo, hi) = self.ranges.get(node).ok_or_else(|| {
-            format!(
-                "{what} `{node}` has no calibrated range: --nonlinear smu needs one for every \
+        // A generation program's windows (`prefill/…`, `tok3/…`) share the model's ranges.
+        let unstepped = node.split_once('/').map(|(_, rest)| rest).unwrap_or(node);
+        let &(lo, hi) =
+            self.ranges.get(node).or_else(|| self.ranges.get(unstepped)).ok_or_else(|| {
+                format!(
+                    "{what} `{node}` has no calibrated range: --nonlinear smu needs one for every \
                  inverse square root (run `veil calibrate` with the same model and flags)"
-            )
-        })?;
+                )
+            })?;
         Ok((lo / self.margin, hi * self.margin))
     }
 

@@ -8,7 +8,9 @@ use crate::ir::{Graph, Op, Value, ValueDef};
 use cranelift_entity::SecondaryMap;
 
 fn layer_of_name(name: &str) -> Option<u32> {
-    tag_of(name, &Op::Add).0.strip_prefix("layer").and_then(|n| n.parse().ok())
+    let layer = tag_of(name, &Op::Add).0;
+    let layer = layer.rsplit(':').next().unwrap_or_default();
+    layer.strip_prefix("layer").and_then(|n| n.parse().ok())
 }
 
 /// Prefixes node names with their layer where the name does not say it.

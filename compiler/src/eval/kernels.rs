@@ -89,6 +89,7 @@ pub fn eval_op(op: &Op, a: &[&Tensor], ty: &TensorType) -> R {
             reduce(op, a[0], axes, ty)
         }
         Op::Softmax { axis } => softmax(a[0], *axis, ty),
+        Op::ArgMax { axis } => arg_max(a[0], *axis, ty),
         Op::LayerNorm { axis, eps } => layer_norm(a[0], a[1], a.get(2).copied(), *axis, *eps, ty),
         Op::Reshape { .. } => {
             Ok(Tensor { dtype: a[0].dtype, shape: out.clone(), data: a[0].data.clone() })
@@ -506,6 +507,27 @@ fn softmax(a: &Tensor, axis: usize, ty: &TensorType) -> R {
         }
     }
     Ok(from_f64s(ty.dtype, ty.shape.clone(), out))
+}
+
+/// First index of the maximum along `axis` (NaN never wins).
+fn arg_max(a: &Tensor, axis: usize, ty: &TensorType) -> R {
+    let outer: usize = a.shape[..axis].iter().product();
+    let mid = a.shape[axis];
+    let inner: usize = a.shape[axis + 1..].iter().product();
+    let v = f64s(a);
+    let mut out = vec![0i64; outer * inner];
+    for o in 0..outer {
+        for i in 0..inner {
+            let mut best = 0;
+            for j in 1..mid {
+                if v[(o * mid + j) * inner + i] > v[(o * mid + best) * inner + i] {
+                    best = j;
+                }
+            }
+            out[o * inner + i] = best as i64;
+        }
+    }
+    Ok(Tensor::i64(ty.shape.clone(), out))
 }
 
 fn layer_norm(

@@ -114,6 +114,11 @@ pub enum Op {
         /// Keep reduced axes as size 1.
         keepdims: bool,
     },
+    /// Index of the first maximum along one axis (ONNX `ArgMax`, keepdims, first index), i64.
+    ArgMax {
+        /// The searched axis.
+        axis: usize,
+    },
     /// Softmax along one axis.
     Softmax {
         /// The normalised axis.
@@ -220,6 +225,7 @@ impl Op {
             Op::ReduceSum { .. } => "reduce_sum",
             Op::ReduceMean { .. } => "reduce_mean",
             Op::ReduceMax { .. } => "reduce_max",
+            Op::ArgMax { .. } => "arg_max",
             Op::Softmax { .. } => "softmax",
             Op::LayerNorm { .. } => "layer_norm",
             Op::Gelu { .. } => "gelu",
@@ -325,9 +331,10 @@ impl Op {
             | Op::ReduceMax { axes, keepdims } => {
                 write!(s, "{{axes=[{}], keepdims={keepdims}}}", list(axes)).unwrap()
             }
-            Op::Softmax { axis } | Op::Concat { axis } | Op::Gather { axis } => {
-                write!(s, "{{axis={axis}}}").unwrap()
-            }
+            Op::Softmax { axis }
+            | Op::Concat { axis }
+            | Op::Gather { axis }
+            | Op::ArgMax { axis } => write!(s, "{{axis={axis}}}").unwrap(),
             Op::LayerNorm { axis, eps } => {
                 write!(s, "{{axis={axis}, eps={}}}", fmt_f64(*eps as f64)).unwrap()
             }

@@ -165,6 +165,13 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
             }
             Ok(TensorType::new(args[0].dtype, shape))
         }
+        Op::ArgMax { axis } => {
+            arity(op, args, 1, 1)?;
+            check_axes(op, &[*axis], args[0].rank())?;
+            let mut shape = args[0].shape.clone();
+            shape[*axis] = 1;
+            Ok(TensorType::new(DType::I64, shape))
+        }
         Op::LayerNorm { axis, .. } => {
             arity(op, args, 2, 3)?;
             let x = args[0];

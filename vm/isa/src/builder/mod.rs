@@ -13,6 +13,7 @@
 //! values are dead, keyed by kind and length, so a 12-layer model does not hold every
 //! intermediate at once.
 
+mod argmax;
 mod arith;
 mod compare;
 mod masked;

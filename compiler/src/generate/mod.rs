@@ -1,0 +1,241 @@
+//! Private text generation: one program that runs the prefill of a `P`-token prompt and `N - 1`
+//! one-token decode steps of a causal decoder, with the KV cache kept secret-shared between
+//! steps and each next token chosen by a secure argmax.
+//!
+//! Supported exports: decoders exported *without* a KV cache (GPT-2 family `GPT2LMHeadModel`,
+//! static `[1, S]` ids, logits `[1, S, V]`, causal mask in the graph) and the same written in
+//! the DSL. The decode step is derived from that graph ([`roles`]): every token row is computed
+//! alone except inside attention, where the keys and values of earlier rows come from the cache
+//! ([`window`]). A step's cost is therefore one token's, not the whole prefix's.
+//!
+//! What is revealed: the `N` token ids, to the client only (program outputs). The server sees
+//! nothing; the next token's embedding is `one_hot(token) · table` computed on shares, so the
+//! server learns neither the prompt nor the continuation, and the cache is never opened.
+
+pub mod roles;
+pub mod window;
+
+use crate::ir::{Graph, Op, TensorType, Value};
+
+/// What to generate.
+#[derive(Clone, Copy, Debug)]
+pub struct GenerateOptions {
+    /// Prompt length in tokens (the prefill's rows).
+    pub prompt_len: usize,
+    /// Tokens to generate.
+    pub max_new: usize,
+    /// Sample instead of taking the argmax: the client feeds `sample_noise` `[N, V]`, added to
+    /// each token's logits before the argmax (Gumbel noise times the temperature: the Gumbel-max
+    /// trick draws from `softmax(logits / T)`).
+    pub sample: bool,
+}
+
+/// Name of the client input holding the sampling noise.
+pub const NOISE_INPUT: &str = "sample_noise";
+
+/// Gumbel noise `T·(−ln(−ln u))` for `n` tokens over a vocabulary of `v`, from `seed`: what
+/// the client feeds as [`NOISE_INPUT`] to sample at temperature `T` (0 = greedy).
+pub fn gumbel_noise(n: usize, v: usize, temperature: f64, seed: u64) -> Vec<f32> {
+    // SplitMix64: a fixed, documented stream, so a seed reproduces a sample anywhere.
+    let mut rng = crate::weights::SplitMix(seed);
+    (0..n * v)
+        .map(|_| {
+            let u = ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            (temperature * -(-u.ln()).ln()) as f32
+        })
+        .collect()
+}
+
+/// Name of the program output holding generated token `t`.
+pub fn token_output(t: usize) -> String {
+    format!("token.{t}")
+}
+
+/// The generation graph of decoder `src`: input = the prompt ids `[1, P]`, outputs = the `N`
+/// greedy tokens `token.0 … token.{N-1}` (each `[1, 1]` i64).
+pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, String> {
+    // Layer names first, so that every window's nodes keep their layer in the cost report.
+    let mut named = src.clone();
+    crate::compile::layers::assign_layers(&mut named);
+    let src = &named;
+    let roles = roles::analyze(src)?;
+    let (p, n, s) = (opts.prompt_len, opts.max_new, roles.seq);
+    if p == 0 || n == 0 {
+        return Err(
+            "generation needs a prompt of at least one token and at least one new token".into()
+        );
+    }
+    if p + n - 1 > s {
+        return Err(format!(
+            "model `{}` was exported for {s} positions: a {p}-token prompt leaves room for at most {} new tokens, {n} asked",
+            src.name,
+            s + 1 - p
+        ));
+    }
+    let logits = match src.outputs.as_slice() {
+        [o] => *o,
+        _ => {
+            return Err(format!(
+                "model `{}`: generation needs exactly one output, the logits",
+                src.name
+            ))
+        }
+    };
+    let lr = src.values[logits].ty.shape.len();
+    let qa = (0..lr).find(|&a| roles.get(logits, a) == roles::Role::Query);
+    let Some(qa) = qa.filter(|_| lr >= 2 && roles.get(logits, lr - 1) == roles::Role::None) else {
+        return Err(format!(
+            "model `{}`: output `{}` {} is not per-token logits ([…, S, V])",
+            src.name, src.values[logits].name, src.values[logits].ty
+        ));
+    };
+    let ids_ty = src.values[roles.ids].ty.clone();
+    let ids_axis = ids_ty.shape.len() - 1;
+    let with_len = |len: usize| {
+        let mut s = ids_ty.shape.clone();
+        s[ids_axis] = len;
+        TensorType::new(ids_ty.dtype, s)
+    };
+    let mut e = window::Emitter::new(src, &roles, &format!("{}.generate", src.name));
+    let ids = e.dst.add_input(&src.values[roles.ids].name, with_len(p));
+    let vocab = src.values[logits].ty.shape[lr - 1];
+    let noise = if opts.sample {
+        let ty = TensorType::new(crate::ir::DType::F32, vec![n, vocab]);
+        Some(e.dst.add_input(NOISE_INPUT, ty))
+    } else {
+        None
+    };
+    let mut env = e.window(ids, 0, p, "prefill")?;
+    let mut outputs: Vec<Value> = Vec::new();
+    for t in 0..n {
+        let step = if t == 0 { "prefill".to_string() } else { format!("tok{t}") };
+        let l = env[&logits];
+        let shape = e.dst.values[l].ty.shape.clone();
+        let mut start = vec![0; lr];
+        start[qa] = shape[qa] - 1;
+        let mut len = shape.clone();
+        len[qa] = 1;
+        let err = |m: String| format!("token {t}: {m}");
+        let row = e
+            .dst
+            .add_node(
+                &format!("{step}/next"),
+                Op::Slice { start, step: vec![1; lr], len },
+                &[l],
+                &format!("{step}/last_logits"),
+            )
+            .map_err(err)?;
+        let row = match noise {
+            Some(z) => {
+                let zt = e
+                    .dst
+                    .add_node(
+                        &format!("{step}/noise"),
+                        Op::Slice { start: vec![t, 0], step: vec![1, 1], len: vec![1, vocab] },
+                        &[z],
+                        &format!("{step}/noise"),
+                    )
+                    .map_err(err)?;
+                let shape = e.dst.values[row].ty.shape.clone();
+                let zt = e
+                    .dst
+                    .add_node(
+                        &format!("{step}/noise"),
+                        Op::Reshape { shape },
+                        &[zt],
+                        &format!("{step}/noise_row"),
+                    )
+                    .map_err(err)?;
+                e.dst
+                    .add_node(
+                        &format!("{step}/next::sample"),
+                        Op::Add,
+                        &[row, zt],
+                        &format!("{step}/noisy_logits"),
+                    )
+                    .map_err(err)?
+            }
+            None => row,
+        };
+        let tok = e
+            .dst
+            .add_node(
+                &format!("{step}/next::argmax"),
+                Op::ArgMax { axis: lr - 1 },
+                &[row],
+                &format!("{step}/argmax"),
+            )
+            .map_err(err)?;
+        let tok = e
+            .dst
+            .add_node(
+                &format!("{step}/next"),
+                Op::Reshape { shape: with_len(1).shape },
+                &[tok],
+                &token_output(t),
+            )
+            .map_err(err)?;
+        outputs.push(tok);
+        if t + 1 < n {
+            env = e.window(tok, p + t, p + t + 1, &format!("tok{}", t + 1))?;
+        }
+    }
+    let mut g = e.dst;
+    g.outputs = outputs;
+    g.remove_dead_nodes();
+    Ok(g.compact())
+}
+
+/// Plaintext generation with the *original* graph (no cache: the whole padded sequence is
+/// recomputed per token and the row of the last real token read), greedy or with `noise`
+/// (`[N·V]`, as fed to [`NOISE_INPUT`]) added to the logits: the reference that the two-party
+/// generation must equal. Also returns, per token, the gap between the best and the second
+/// best score (how much fixed-point error the choice tolerates).
+pub fn reference_generation(
+    src: &Graph,
+    prompt: &[i64],
+    max_new: usize,
+    noise: Option<&[f32]>,
+) -> Result<(Vec<i64>, Vec<f64>), String> {
+    let roles = roles::analyze(src)?;
+    let ty = src.values[roles.ids].ty.clone();
+    let logits = *src.outputs.first().ok_or("the model has no output")?;
+    let s = roles.seq;
+    if noise.is_some_and(|z| {
+        z.len() != max_new * src.values[logits].ty.shape.last().copied().unwrap_or(0)
+    }) {
+        return Err(format!("the sampling noise must hold {max_new} × vocabulary values"));
+    }
+    if prompt.is_empty() || max_new == 0 || prompt.len() + max_new - 1 > s {
+        return Err(format!(
+            "a {}-token prompt and {max_new} new tokens do not fit {s} positions",
+            prompt.len()
+        ));
+    }
+    let mut ids = prompt.to_vec();
+    let mut out = Vec::new();
+    let mut gaps = Vec::new();
+    for step in 0..max_new {
+        let mut padded = ids.clone();
+        padded.resize(s, 0);
+        let t = crate::ir::Tensor::i64(ty.shape.clone(), padded);
+        let inputs = std::collections::HashMap::from([(src.values[roles.ids].name.clone(), t)]);
+        let res = crate::eval::run_values(src, &inputs, &[logits]).map_err(|e| e.to_string())?;
+        let l = &res[0];
+        let v = *l.shape.last().unwrap_or(&1);
+        let row = ids.len() - 1;
+        let score =
+            |j: usize| l.get_f64(row * v + j) + noise.map_or(0.0, |z| z[step * v + j] as f64);
+        let mut best = 0;
+        for j in 1..v {
+            if score(j) > score(best) {
+                best = j;
+            }
+        }
+        let second = (0..v).filter(|&j| j != best).map(score).fold(f64::NEG_INFINITY, f64::max);
+        gaps.push(score(best) - second);
+        out.push(best as i64);
+        ids.push(best as i64);
+    }
+    Ok((out, gaps))
+}
