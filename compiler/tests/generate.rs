@@ -233,3 +233,19 @@ fn smu_rewritten_decoder_generates_two_party() {
     let (_, outs) = common::run_compiled(&c, &inputs, false).unwrap();
     assert_eq!(tokens(&outs, 8), want, "two-party");
 }
+
+#[test]
+fn gpt2_small_lm_example_is_a_decoder() {
+    // The benchmark's model: 12 layers, so each decode step extends 24 caches.
+    let mut l = veil_compiler::dsl::stdlib_loader();
+    let path = common::repo().join("examples/models/gpt2-small-lm.veil");
+    l.load_path(&path.display().to_string()).unwrap();
+    let mut w = veil_compiler::weights::RandomSource::new(1);
+    let g = veil_compiler::dsl::lower::lower_model(&l, "gpt2_small_lm", &mut w).unwrap().graph;
+    let gen = generation_graph(&g, GenerateOptions { prompt_len: 128, ..greedy(3) }).unwrap();
+    assert_eq!(gen.outputs.len(), 3);
+    let concats = gen.order.iter().filter(|&&n| gen.nodes[n].name.ends_with("::kv_cache")).count();
+    assert_eq!(concats, 2 * 24);
+    let e = generation_graph(&g, GenerateOptions { prompt_len: 128, ..greedy(18) }).unwrap_err();
+    assert!(e.contains("at most 17 new tokens"), "{e}");
+}

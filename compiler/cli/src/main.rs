@@ -29,6 +29,8 @@ enum Command {
     Compile(commands::compile::Args),
     /// Measure the value ranges of a model's nonlinear layers on sample inputs (for --nonlinear smu).
     Calibrate(commands::calibrate::Args),
+    /// Private text generation from a decoder (GPT-2 family): compile, run two-party, tokens and cost per token.
+    Generate(commands::generate::Args),
     /// Predicted bytes, rounds and network time of a compiled program, by layer and op kind.
     Cost(commands::cost::Args),
     /// Run a compiled program on this machine: dealer, server and client, then error and cost report.
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => commands::demo::run(a),
         Command::Compile(a) => commands::compile::run(a),
         Command::Calibrate(a) => commands::calibrate::run(a),
+        Command::Generate(a) => commands::generate::run(a),
         Command::Cost(a) => commands::cost::run(a),
         Command::Run(a) => commands::run::run(a),
         Command::Serve(a) => commands::serve::run(a),

@@ -60,9 +60,29 @@ pub fn reference(
     let mut m = crate::model::load(&path, &margs)?;
     // A program compiled with a function-changing rewrite is compared with the rewritten model.
     crate::nonlinear::NonlinearArgs::of_program(p)?.apply(&mut m.graph)?;
+    if let Some(go) = generate_of_program(p)? {
+        m.graph = veil_compiler::generate::generation_graph(&m.graph, go)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
     let outs = veil_compiler::eval::run(&m.graph, inputs)
         .with_context(|| format!("the plaintext reference ({})", path.display()))?;
     Ok(Some(outs))
+}
+
+/// The generation options a program was compiled with (`generate` meta), if any.
+pub fn generate_of_program(
+    p: &Program,
+) -> Result<Option<veil_compiler::generate::GenerateOptions>> {
+    let Some(m) = p.meta("generate") else { return Ok(None) };
+    let f: Vec<&str> = m.split(' ').collect();
+    match f.as_slice() {
+        [pl, n, s] => Ok(Some(veil_compiler::generate::GenerateOptions {
+            prompt_len: pl.parse()?,
+            max_new: n.parse()?,
+            sample: s.parse()?,
+        })),
+        _ => anyhow::bail!("the program's `generate` entry `{m}` is malformed"),
+    }
 }
 
 /// Prints outputs, errors and writes `.npy` files to `out_dir`.

@@ -29,6 +29,41 @@ pub struct Args {
     pub public: PublicArgs,
     #[command(flatten)]
     pub lowering: LoweringArgs,
+    #[command(flatten)]
+    pub generate: GenerateArgs,
+}
+
+/// A generation program instead of one forward pass (causal decoders).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct GenerateArgs {
+    /// Compile a generation program for N new tokens: the prefill of a --prompt-len prompt and
+    /// N-1 one-token decode steps, the KV cache kept secret-shared between steps, each next
+    /// token chosen by a secure argmax; outputs token.0 … token.{N-1}, revealed to the client
+    /// only. `veil generate` compiles and runs one in a single command.
+    #[arg(long, value_name = "N")]
+    pub generate: Option<usize>,
+    /// With --generate: the prompt length in tokens (the input_ids are [1, P]).
+    #[arg(long, value_name = "P", requires = "generate")]
+    pub prompt_len: Option<usize>,
+    /// With --generate: sample instead of greedy; the client feeds `sample_noise` [N, V]
+    /// (Gumbel noise times the temperature, added to the logits before the argmax).
+    #[arg(long, requires = "generate")]
+    pub sample: bool,
+}
+
+impl GenerateArgs {
+    /// The generation options, when --generate is given.
+    pub fn options(&self) -> Result<Option<veil_compiler::generate::GenerateOptions>> {
+        let Some(max_new) = self.generate else { return Ok(None) };
+        let Some(prompt_len) = self.prompt_len else {
+            anyhow::bail!("--generate needs --prompt-len P (the number of prompt tokens)");
+        };
+        Ok(Some(veil_compiler::generate::GenerateOptions {
+            prompt_len,
+            max_new,
+            sample: self.sample,
+        }))
+    }
 }
 
 /// How nonlinear layers are lowered.
@@ -44,6 +79,9 @@ pub struct LoweringArgs {
     /// beyond the widened range make the Newton iteration diverge.
     #[arg(long, default_value_t = 1.5, value_name = "M")]
     pub calibration_margin: f64,
+    /// Compile a generation program (set from `--generate` or by `veil generate`).
+    #[arg(skip)]
+    pub generate: Option<veil_compiler::generate::GenerateOptions>,
 }
 
 impl Default for LoweringArgs {
@@ -52,6 +90,7 @@ impl Default for LoweringArgs {
             nonlinear: NonlinearArgs::default(),
             calibration: None,
             calibration_margin: 1.5,
+            generate: None,
         }
     }
 }
@@ -224,7 +263,15 @@ pub fn compile_file_with(
     // The model as given, every weight private: the baseline of the saving.
     let original = m.graph.clone();
     let (public, split) = public_set(&mut m, margs, pa)?;
-    let private_graph = if public.is_empty() { None } else { Some(original) };
+    let mut private_graph = if public.is_empty() { None } else { Some(original) };
+    if let Some(go) = la.generate {
+        let gen = |g: &veil_compiler::ir::Graph| {
+            veil_compiler::generate::generation_graph(g, go)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+        };
+        m.graph = gen(&m.graph)?;
+        private_graph = private_graph.as_ref().map(gen).transpose()?;
+    }
     let partition = lowering + &split + &partition_lines(&m.graph, &public);
     let mut meta = vec![
         ("source".to_string(), std::fs::canonicalize(file)?.display().to_string()),
@@ -248,6 +295,9 @@ pub fn compile_file_with(
     }
     if la.nonlinear.nonlinear != Nonlinear::Exact {
         meta.push(("nonlinear".into(), la.nonlinear.label()));
+    }
+    if let Some(go) = la.generate {
+        meta.push(("generate".into(), format!("{} {} {}", go.prompt_len, go.max_new, go.sample)));
     }
     let opts = CompileOptions { frac_bits, meta, nonlinear };
     let vis = |n: &str| if public.contains_key(n) { Vis::Public } else { Vis::Server };
@@ -364,8 +414,10 @@ pub fn run(a: Args) -> Result<()> {
         PathBuf::from(a.file.file_stem().unwrap_or_default()).with_extension("vbc")
     });
     let t0 = std::time::Instant::now();
+    let mut la = a.lowering.clone();
+    la.generate = a.generate.options()?;
     let (c, p, partition) =
-        compile_file_with(&a.file, &a.model, &a.public, &a.lowering, a.frac_bits, &out)?;
+        compile_file_with(&a.file, &a.model, &a.public, &la, a.frac_bits, &out)?;
     eprintln!("compiled in {:.2} s", t0.elapsed().as_secs_f64());
     print!("{partition}");
     print!("{}", summary(&c));

@@ -9,6 +9,7 @@ pub mod dealer;
 pub mod demo;
 pub mod eval;
 pub mod export;
+pub mod generate;
 pub mod inspect;
 pub mod keygen;
 pub mod run;
