@@ -44,7 +44,7 @@ fn tokens(outs: &[(String, Tensor)], n: usize) -> Vec<i64> {
 }
 
 fn greedy(n: usize) -> GenerateOptions {
-    GenerateOptions { prompt_len: 8, max_new: n, sample: false }
+    GenerateOptions { prompt_len: 8, max_new: n, sample: false, top_k: None }
 }
 
 /// The generation graph evaluated in plaintext (f64), with its inputs.
@@ -61,7 +61,7 @@ fn plaintext_generation_graph_equals_no_cache_generation() {
     // the prompt), and sampled at temperature 1 (tokens vary).
     for off in [0usize, 10, 40] {
         let p = ids[off..off + 8].to_vec();
-        let (want, _) = reference_generation(&g, &p, 16, None).unwrap();
+        let (want, _) = reference_generation(&g, &p, 16, None, None).unwrap();
         let gen = generation_graph(&g, greedy(16)).unwrap();
         assert_eq!(gen.outputs.len(), 16);
         let inputs = HashMap::from([("input_ids".to_string(), Tensor::i64([1, 8], p))]);
@@ -69,7 +69,7 @@ fn plaintext_generation_graph_equals_no_cache_generation() {
     }
     let noise = gumbel_noise(16, 1024, 1.0, 7);
     let p = ids[..8].to_vec();
-    let (want, _) = reference_generation(&g, &p, 16, Some(&noise)).unwrap();
+    let (want, _) = reference_generation(&g, &p, 16, Some(&noise), None).unwrap();
     let distinct: std::collections::HashSet<_> = want.iter().collect();
     assert!(distinct.len() > 8, "sampling should vary the tokens: {want:?}");
     let gen = generation_graph(&g, GenerateOptions { sample: true, ..greedy(16) }).unwrap();
@@ -85,7 +85,7 @@ fn two_party_sampled_generation_equals_plaintext() {
     let g = gpt2();
     let p = prompt(8);
     let noise = gumbel_noise(16, 1024, 1.0, 7);
-    let (want, gaps) = reference_generation(&g, &p, 16, Some(&noise)).unwrap();
+    let (want, gaps) = reference_generation(&g, &p, 16, Some(&noise), None).unwrap();
     // Fixed-point logits are within ~1e-2 of the f64 ones: choices closer than that could flip.
     let min_gap = gaps.iter().fold(f64::INFINITY, |m, &x| m.min(x));
     assert!(min_gap > 2e-2, "seed 7 gives a near-tie ({min_gap}); pick another seed");
@@ -103,7 +103,7 @@ fn two_party_sampled_generation_equals_plaintext() {
 fn two_party_greedy_generation_of_16_tokens_equals_plaintext() {
     let g = gpt2();
     let p = prompt(8);
-    let (want, _) = reference_generation(&g, &p, 16, None).unwrap();
+    let (want, _) = reference_generation(&g, &p, 16, None, None).unwrap();
     let gen = generation_graph(&g, greedy(16)).unwrap();
     let c = compile(gen, &|_| Vis::Server, &CompileOptions::default()).unwrap();
     // Only the token ids are revealed, and only to the client.
@@ -155,9 +155,9 @@ fn dsl_decoder_generates_like_its_no_cache_graph() {
     let g = veil_compiler::dsl::lower::lower_model(&l, "gpt2_tiny", &mut w).unwrap().graph;
     let p = prompt(5);
     let noise = gumbel_noise(12, 1024, 0.5, 11);
-    let (want, _) = reference_generation(&g, &p, 12, Some(&noise)).unwrap();
-    let gen =
-        generation_graph(&g, GenerateOptions { prompt_len: 5, max_new: 12, sample: true }).unwrap();
+    let (want, _) = reference_generation(&g, &p, 12, Some(&noise), None).unwrap();
+    let gen = generation_graph(&g, GenerateOptions { prompt_len: 5, sample: true, ..greedy(12) })
+        .unwrap();
     let inputs = HashMap::from([
         ("input_ids".to_string(), Tensor::i64([1, 5], p)),
         (NOISE_INPUT.to_string(), Tensor::f32([12, 1024], noise)),
@@ -218,7 +218,7 @@ fn smu_rewritten_decoder_generates_two_party() {
     let cal = veil_compiler::compile::calibrate::calibrate(&g, None, &[full], "smu").unwrap();
     let ids = prompt(8);
     let noise = gumbel_noise(8, 1024, 1.0, 3);
-    let (want, gaps) = reference_generation(&g, &ids, 8, Some(&noise)).unwrap();
+    let (want, gaps) = reference_generation(&g, &ids, 8, Some(&noise), None).unwrap();
     assert!(gaps.iter().all(|&x| x > 2e-2), "near-tie in the reference: {gaps:?}");
     let gen = generation_graph(&g, GenerateOptions { sample: true, ..greedy(8) }).unwrap();
     let inputs = HashMap::from([
@@ -248,4 +248,27 @@ fn gpt2_small_lm_example_is_a_decoder() {
     assert_eq!(concats, 2 * 24);
     let e = generation_graph(&g, GenerateOptions { prompt_len: 128, ..greedy(18) }).unwrap_err();
     assert!(e.contains("at most 17 new tokens"), "{e}");
+}
+
+#[test]
+fn top_k_sampling_two_party_equals_plaintext() {
+    let g = gpt2();
+    let p = prompt(8);
+    let noise = gumbel_noise(6, 1024, 3.0, 5);
+    let (free, _) = reference_generation(&g, &p, 6, Some(&noise), None).unwrap();
+    let (want, gaps) = reference_generation(&g, &p, 6, Some(&noise), Some(4)).unwrap();
+    assert_ne!(free, want, "at temperature 3 the filter must matter: {free:?}");
+    assert!(gaps.iter().all(|&x| x > 2e-2), "near-tie in the reference: {gaps:?}");
+    let opts = GenerateOptions { sample: true, top_k: Some(4), ..greedy(6) };
+    let gen = generation_graph(&g, opts).unwrap();
+    let inputs = HashMap::from([
+        ("input_ids".to_string(), Tensor::i64([1, 8], p)),
+        (NOISE_INPUT.to_string(), Tensor::f32([6, 1024], noise)),
+    ]);
+    assert_eq!(eval_gen(&gen, &inputs), want, "plaintext windows");
+    let c = compile(gen, &|_| Vis::Server, &CompileOptions::default()).unwrap();
+    let (_, outs) = common::run_compiled(&c, &inputs, false).unwrap();
+    assert_eq!(tokens(&outs, 6), want, "two-party top-k");
+    let e = generation_graph(&g, GenerateOptions { top_k: Some(4), ..greedy(2) }).unwrap_err();
+    assert!(e.contains("top-k filtering needs sampling"), "{e}");
 }

@@ -76,10 +76,11 @@ pub fn generate_of_program(
     let Some(m) = p.meta("generate") else { return Ok(None) };
     let f: Vec<&str> = m.split(' ').collect();
     match f.as_slice() {
-        [pl, n, s] => Ok(Some(veil_compiler::generate::GenerateOptions {
+        [pl, n, s, k] => Ok(Some(veil_compiler::generate::GenerateOptions {
             prompt_len: pl.parse()?,
             max_new: n.parse()?,
             sample: s.parse()?,
+            top_k: Some(k.parse()?).filter(|&k: &usize| k > 0),
         })),
         _ => anyhow::bail!("the program's `generate` entry `{m}` is malformed"),
     }

@@ -22,6 +22,8 @@ fn generate_runs_two_party_and_matches_plaintext() {
         "4",
         "--temperature",
         "1",
+        "--top-k",
+        "50",
         "--seed",
         "7",
         "--in-process",
@@ -83,6 +85,10 @@ fn bad_generation_inputs_are_refused() {
     fails_with(
         &veil(&["generate", GPT2, "--prompt-ids", PROMPT, "--temperature=-1"]),
         "--temperature must be 0",
+    );
+    fails_with(
+        &veil(&["generate", GPT2, "--prompt-ids", PROMPT, "--top-k", "5"]),
+        "--top-k samples among the K most likely tokens: it needs --temperature above 0",
     );
     assert!(!dir.join("x.vbc").exists(), "nothing written for a refused compile");
 }

@@ -451,8 +451,25 @@ impl<'g> Lowerer<'g> {
                     ignore: x.scale.saturating_sub(16),
                     digit: 5,
                 };
-                let idx = self.b.argmax_rows(buf, rows, len, params);
+                let (_, idx) = self.b.argmax_rows(buf, rows, len, params);
                 Operand::Val(LVal { buf: idx, scale: 0, shape: out_shape })
+            }
+            (Op::KeepTopK { axis, k }, [_]) => {
+                let x = self.operand_val(args[0])?;
+                if *axis + 1 != x.shape.len() {
+                    return Err(self.err("top-k filtering is supported along the last axis only"));
+                }
+                let len = x.shape[*axis];
+                let rows = numel(&x.shape) / len.max(1);
+                let params = veil_isa::builder::CompareParams {
+                    bits: (x.scale + 12).min(62),
+                    ignore: x.scale.saturating_sub(16),
+                    digit: 5,
+                };
+                let big = encode(crate::ir::TOP_K_DROP, x.scale);
+                let buf =
+                    self.b.keep_top_k(x.buf, rows as u32, len as u32, *k as u32, params, big);
+                Operand::Val(LVal { buf, scale: x.scale, shape: out_shape })
             }
             (Op::Max | Op::Min, [a, b]) => Operand::Val(self.max_min(&op, (args[0], a.clone()), (args[1], b.clone()), &out_shape)?),
             (Op::Relu, [_]) => {

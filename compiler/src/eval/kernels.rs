@@ -90,6 +90,7 @@ pub fn eval_op(op: &Op, a: &[&Tensor], ty: &TensorType) -> R {
         }
         Op::Softmax { axis } => softmax(a[0], *axis, ty),
         Op::ArgMax { axis } => arg_max(a[0], *axis, ty),
+        Op::KeepTopK { axis, k } => keep_top_k(a[0], *axis, *k, ty),
         Op::LayerNorm { axis, eps } => layer_norm(a[0], a[1], a.get(2).copied(), *axis, *eps, ty),
         Op::Reshape { .. } => {
             Ok(Tensor { dtype: a[0].dtype, shape: out.clone(), data: a[0].data.clone() })
@@ -528,6 +529,28 @@ fn arg_max(a: &Tensor, axis: usize, ty: &TensorType) -> R {
         }
     }
     Ok(Tensor::i64(ty.shape.clone(), out))
+}
+
+/// Entries below the `k`-th largest along `axis` lowered by [`crate::ir::TOP_K_DROP`].
+fn keep_top_k(a: &Tensor, axis: usize, k: usize, ty: &TensorType) -> R {
+    let outer: usize = a.shape[..axis].iter().product();
+    let mid = a.shape[axis];
+    let inner: usize = a.shape[axis + 1..].iter().product();
+    let mut v = f64s(a);
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |j: usize| (o * mid + j) * inner + i;
+            let mut row: Vec<f64> = (0..mid).map(|j| v[at(j)]).collect();
+            row.sort_by(|x, y| y.total_cmp(x));
+            let t = row[k.min(mid) - 1];
+            for j in 0..mid {
+                if v[at(j)] < t {
+                    v[at(j)] -= crate::ir::TOP_K_DROP;
+                }
+            }
+        }
+    }
+    Ok(from_f64s(ty.dtype, ty.shape.clone(), v))
 }
 
 fn layer_norm(

@@ -28,6 +28,9 @@ pub struct GenerateOptions {
     /// each token's logits before the argmax (Gumbel noise times the temperature: the Gumbel-max
     /// trick draws from `softmax(logits / T)`).
     pub sample: bool,
+    /// With `sample`: only the `k` most likely tokens can be drawn (top-k filtering on shares,
+    /// before the noise is added).
+    pub top_k: Option<usize>,
 }
 
 /// Name of the client input holding the sampling noise.
@@ -60,6 +63,9 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
     let src = &named;
     let roles = roles::analyze(src)?;
     let (p, n, s) = (opts.prompt_len, opts.max_new, roles.seq);
+    if opts.top_k.is_some_and(|k| k == 0 || !opts.sample) {
+        return Err("top-k filtering needs sampling (a temperature above 0) and k >= 1".into());
+    }
     if p == 0 || n == 0 {
         return Err(
             "generation needs a prompt of at least one token and at least one new token".into()
@@ -125,6 +131,18 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
                 &format!("{step}/last_logits"),
             )
             .map_err(err)?;
+        let row = match opts.top_k {
+            Some(k) => e
+                .dst
+                .add_node(
+                    &format!("{step}/next::top_k"),
+                    Op::KeepTopK { axis: lr - 1, k },
+                    &[row],
+                    &format!("{step}/top_k"),
+                )
+                .map_err(err)?,
+            None => row,
+        };
         let row = match noise {
             Some(z) => {
                 let zt = e
@@ -196,6 +214,7 @@ pub fn reference_generation(
     prompt: &[i64],
     max_new: usize,
     noise: Option<&[f32]>,
+    top_k: Option<usize>,
 ) -> Result<(Vec<i64>, Vec<f64>), String> {
     let roles = roles::analyze(src)?;
     let ty = src.values[roles.ids].ty.clone();
@@ -224,8 +243,18 @@ pub fn reference_generation(
         let l = &res[0];
         let v = *l.shape.last().unwrap_or(&1);
         let row = ids.len() - 1;
-        let score =
-            |j: usize| l.get_f64(row * v + j) + noise.map_or(0.0, |z| z[step * v + j] as f64);
+        let logit = |j: usize| l.get_f64(row * v + j);
+        // Top-k as the program does it: below the k-th largest, lowered by TOP_K_DROP.
+        let kth = top_k.map(|k| {
+            let mut r: Vec<f64> = (0..v).map(logit).collect();
+            r.sort_by(|a, b| b.total_cmp(a));
+            r[k.clamp(1, v) - 1]
+        });
+        let drop = |j: usize| match kth {
+            Some(t) if logit(j) < t => crate::ir::TOP_K_DROP,
+            _ => 0.0,
+        };
+        let score = |j: usize| logit(j) - drop(j) + noise.map_or(0.0, |z| z[step * v + j] as f64);
         let mut best = 0;
         for j in 1..v {
             if score(j) > score(best) {

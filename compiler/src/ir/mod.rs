@@ -12,6 +12,6 @@ pub mod verify;
 
 pub use dtype::{DType, TensorType};
 pub use graph::{Graph, Node, NodeData, Pattern, PatternKind, Value, ValueData, ValueDef};
-pub use op::{GeluApprox, Op};
+pub use op::{GeluApprox, Op, TOP_K_DROP};
 pub use tensor::{Data, Tensor};
 pub use verify::{verify, VerifyErrors};

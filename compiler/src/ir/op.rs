@@ -119,6 +119,15 @@ pub enum Op {
         /// The searched axis.
         axis: usize,
     },
+    /// Top-k filtering along one axis: entries below the `k`-th largest are lowered by
+    /// [`TOP_K_DROP`] (entries equal to it are kept), so an argmax, even after adding sampling
+    /// noise smaller than that, picks among the `k` largest.
+    KeepTopK {
+        /// The filtered axis.
+        axis: usize,
+        /// How many to keep.
+        k: usize,
+    },
     /// Softmax along one axis.
     Softmax {
         /// The normalised axis.
@@ -187,6 +196,9 @@ pub enum Op {
     Drelu,
 }
 
+/// How much [`Op::KeepTopK`] lowers the entries it drops (logit units).
+pub const TOP_K_DROP: f64 = 1024.0;
+
 impl Op {
     /// The operator's name as printed in dumps (snake_case).
     pub fn name(&self) -> &'static str {
@@ -226,6 +238,7 @@ impl Op {
             Op::ReduceMean { .. } => "reduce_mean",
             Op::ReduceMax { .. } => "reduce_max",
             Op::ArgMax { .. } => "arg_max",
+            Op::KeepTopK { .. } => "keep_top_k",
             Op::Softmax { .. } => "softmax",
             Op::LayerNorm { .. } => "layer_norm",
             Op::Gelu { .. } => "gelu",
@@ -335,6 +348,7 @@ impl Op {
             | Op::Concat { axis }
             | Op::Gather { axis }
             | Op::ArgMax { axis } => write!(s, "{{axis={axis}}}").unwrap(),
+            Op::KeepTopK { axis, k } => write!(s, "{{axis={axis}, k={k}}}").unwrap(),
             Op::LayerNorm { axis, eps } => {
                 write!(s, "{{axis={axis}, eps={}}}", fmt_f64(*eps as f64)).unwrap()
             }

@@ -172,6 +172,14 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
             shape[*axis] = 1;
             Ok(TensorType::new(DType::I64, shape))
         }
+        Op::KeepTopK { axis, k } => {
+            arity(op, args, 1, 1)?;
+            check_axes(op, &[*axis], args[0].rank())?;
+            if *k == 0 {
+                return Err("keep_top_k needs k >= 1".into());
+            }
+            Ok(args[0].clone())
+        }
         Op::LayerNorm { axis, .. } => {
             arity(op, args, 2, 3)?;
             let x = args[0];

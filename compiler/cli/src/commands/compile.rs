@@ -49,6 +49,9 @@ pub struct GenerateArgs {
     /// (Gumbel noise times the temperature, added to the logits before the argmax).
     #[arg(long, requires = "generate")]
     pub sample: bool,
+    /// With --sample: only the K most likely tokens can be drawn (top-k filtering on shares).
+    #[arg(long, value_name = "K", requires = "sample")]
+    pub top_k: Option<usize>,
 }
 
 impl GenerateArgs {
@@ -62,6 +65,7 @@ impl GenerateArgs {
             prompt_len,
             max_new,
             sample: self.sample,
+            top_k: self.top_k,
         }))
     }
 }
@@ -297,7 +301,11 @@ pub fn compile_file_with(
         meta.push(("nonlinear".into(), la.nonlinear.label()));
     }
     if let Some(go) = la.generate {
-        meta.push(("generate".into(), format!("{} {} {}", go.prompt_len, go.max_new, go.sample)));
+        let k = go.top_k.unwrap_or(0);
+        meta.push((
+            "generate".into(),
+            format!("{} {} {} {k}", go.prompt_len, go.max_new, go.sample),
+        ));
     }
     let opts = CompileOptions { frac_bits, meta, nonlinear };
     let vis = |n: &str| if public.contains_key(n) { Vis::Public } else { Vis::Server };

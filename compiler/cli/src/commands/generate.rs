@@ -31,6 +31,11 @@ pub struct Args {
     /// softmax(logits / T)); the noise never leaves the client in the clear.
     #[arg(long, default_value_t = 0.0, value_name = "T")]
     pub temperature: f64,
+    /// With --temperature: draw only among the K most likely tokens (top-k filtering on shares:
+    /// K - 1 secure argmax rounds over the vocabulary per token, so it costs about K times the
+    /// greedy choice).
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
     /// Seed of the client's sampling noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -99,7 +104,11 @@ pub fn run(a: Args) -> Result<()> {
         bail!("--temperature must be 0 (greedy) or positive, got {}", a.temperature);
     }
     let sample = a.temperature > 0.0;
-    let go = GenerateOptions { prompt_len: prompt.len(), max_new: a.max_new, sample };
+    if a.top_k.is_some() && !sample {
+        bail!("--top-k samples among the K most likely tokens: it needs --temperature above 0");
+    }
+    let go =
+        GenerateOptions { prompt_len: prompt.len(), max_new: a.max_new, sample, top_k: a.top_k };
     let mut la = a.lowering.clone();
     la.generate = Some(go);
     let (_tmp, vbc) = match &a.program {
@@ -166,8 +175,9 @@ pub fn run(a: Args) -> Result<()> {
     if !a.no_reference {
         let mut mdl = crate::model::load(&a.file, &a.model)?;
         la.nonlinear.apply(&mut mdl.graph)?;
-        let (want, gaps) = reference_generation(&mdl.graph, &prompt, a.max_new, noise.as_deref())
-            .map_err(|e| anyhow::anyhow!("the plaintext reference: {e}"))?;
+        let (want, gaps) =
+            reference_generation(&mdl.graph, &prompt, a.max_new, noise.as_deref(), a.top_k)
+                .map_err(|e| anyhow::anyhow!("the plaintext reference: {e}"))?;
         match tokens.iter().zip(&want).position(|(x, y)| x != y) {
             None => println!("plaintext reference (no cache, f64): identical ({} tokens)", want.len()),
             Some(i) => println!(

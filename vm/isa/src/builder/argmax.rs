@@ -10,15 +10,22 @@ fn index_width(len: u32) -> u8 {
 }
 
 impl ProgramBuilder {
-    /// The index of the first maximum of each row of a `rows × len` share, as a share (an
-    /// integer, scale 0), by a tournament that carries each candidate's index with its value.
+    /// The maximum of each row of a `rows × len` share and the index of its first occurrence
+    /// (a share of an integer, scale 0), by a tournament that carries each candidate's index
+    /// with its value.
     ///
     /// Each of the `ceil(log2 len)` levels compares disjoint pairs (left = lower indices, which
     /// wins ties) with `params` and selects value and index by the same comparison bit; the
     /// index difference is opened narrowly (a few bits) in the same round as the value
     /// difference. Rounds per level: 1 opening + DReLU + 1 (both selects). Sends per pair: the
     /// value opening (8 bytes), the index opening (`index_width` bits), DReLU, 2 select bits.
-    pub fn argmax_rows(&mut self, x: Buf, rows: u32, len: u32, params: CompareParams) -> Buf {
+    pub fn argmax_rows(
+        &mut self,
+        x: Buf,
+        rows: u32,
+        len: u32,
+        params: CompareParams,
+    ) -> (Buf, Buf) {
         let saved = std::mem::replace(&mut self.compare, params);
         let positions: Vec<u64> = (0..rows).flat_map(|_| 0..len as u64).collect();
         let pub_idx = self.constant(positions);
@@ -56,7 +63,42 @@ impl ProgramBuilder {
             idx = ix;
         }
         self.compare = saved;
-        idx
+        (cur, idx)
+    }
+
+    /// Each row of a `rows × len` share with every entry below the row's `k`-th largest
+    /// lowered by `big` (ring units of `x`; entries equal to it are kept): top-k filtering
+    /// before sampling. `k - 1` rounds of argmax remove the largest entries (each lowered by
+    /// `big` through its one-hot), a last tournament gives the `k`-th largest `t`, and one
+    /// comparison `[x ≥ t]` per entry decides. Needs the row's range below `big` and
+    /// `|x| < 2^(params.bits - 2)`.
+    pub fn keep_top_k(
+        &mut self,
+        x: Buf,
+        rows: u32,
+        len: u32,
+        k: u32,
+        params: CompareParams,
+        big: u64,
+    ) -> Buf {
+        let x = self.as_share(x);
+        let mut cur = x;
+        for _ in 1..k.min(len) {
+            let (_, idx) = self.argmax_rows(cur, rows, len, params);
+            let oh = self.one_hot_secret(idx, len);
+            let drop = self.mul_imm(oh, big);
+            cur = self.sub(cur, drop);
+        }
+        let (t, _) = self.argmax_rows(cur, rows, len, params);
+        let diff = self.sub_b(x, t, len);
+        let m = self.masked_open(diff, 0);
+        let saved = std::mem::replace(&mut self.compare, params);
+        let keep = self.drelu(&m, 0);
+        self.compare = saved;
+        let keep = self.b2a(keep);
+        let lift = self.mul_imm(keep, big);
+        let lowered = self.add_imm(x, big.wrapping_neg());
+        self.add(lowered, lift)
     }
 
     /// Shares of `one_hot(idx, depth)` (`n × depth`, 0/1 at scale 0) for a secret integer index
