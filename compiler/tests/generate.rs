@@ -272,3 +272,45 @@ fn top_k_sampling_two_party_equals_plaintext() {
     let e = generation_graph(&g, GenerateOptions { top_k: Some(4), ..greedy(2) }).unwrap_err();
     assert!(e.contains("top-k filtering needs sampling"), "{e}");
 }
+
+#[test]
+fn public_layers_generate_two_party() {
+    // A public embedding and block 0: the prefill's keys of that block come from the client
+    // at scale f, the decode rows as shares at 2f; attention must weigh both right (it did
+    // not: token 4 differed). Attention weights scaled up so that attention matters.
+    let mut l = veil_compiler::dsl::stdlib_loader();
+    l.load_path(&common::repo().join("examples/models/gpt2-tiny.veil").display().to_string())
+        .unwrap();
+    let mut w = veil_compiler::weights::RandomSource::new(3);
+    let mut g = veil_compiler::dsl::lower::lower_model(&l, "gpt2_tiny", &mut w).unwrap().graph;
+    for (_, d) in g.values.iter_mut() {
+        let ValueDef::Weight(t) = &d.def else { continue };
+        let factor = if d.name.contains("c_attn") {
+            8.0
+        } else if d.name.contains("lm_head") {
+            5.0
+        } else {
+            1.0
+        };
+        let v: Vec<f32> = t.to_f64_vec().iter().map(|&x| (x * factor) as f32).collect();
+        d.def = ValueDef::Weight(std::sync::Arc::new(Tensor::f32(t.shape.clone(), v)));
+    }
+    let p = prompt(8);
+    let noise = gumbel_noise(6, 1024, 3.0, 1);
+    let (want, gaps) = reference_generation(&g, &p, 6, Some(&noise), None).unwrap();
+    assert!(gaps.iter().all(|&x| x > 2e-2), "near-tie in the reference: {gaps:?}");
+    let gen = generation_graph(&g, GenerateOptions { sample: true, ..greedy(6) }).unwrap();
+    let public = |n: &str| {
+        n == "m.lm_head.weight"
+            || n == "m.transformer.wpe.weight"
+            || n.starts_with("m.transformer.h.0.")
+    };
+    let vis = |n: &str| if public(n) { Vis::Public } else { Vis::Server };
+    let c = compile(gen, &vis, &CompileOptions::default()).unwrap();
+    let inputs = HashMap::from([
+        ("input_ids".to_string(), Tensor::i64([1, 8], p)),
+        (NOISE_INPUT.to_string(), Tensor::f32([6, 1024], noise)),
+    ]);
+    let (_, outs) = common::run_compiled(&c, &inputs, false).unwrap();
+    assert_eq!(tokens(&outs, 6), want, "two-party with a public block");
+}

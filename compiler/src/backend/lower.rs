@@ -444,10 +444,11 @@ impl<'g> Lowerer<'g> {
             (Op::ArgMax { axis }, [_]) => {
                 let x = self.operand_val(args[0])?;
                 let (buf, rows, len) = self.move_axes_last(&x, &[*axis]);
-                // Exact to 2^-16 of the logit scale for differences below 2^11: near-ties then
-                // resolve as the fixed-point values do, and the left (lower) index wins ties.
+                // Exact to 2^-16 of the logit scale for differences below 2^13 (logits, top-k's
+                // 1024 and sampling noise): near-ties resolve as the fixed-point values do, and
+                // the left (lower) index wins ties.
                 let params = veil_isa::builder::CompareParams {
-                    bits: (x.scale + 12).min(62),
+                    bits: (x.scale + ARGMAX_RANGE_BITS).min(62),
                     ignore: x.scale.saturating_sub(16),
                     digit: 5,
                 };
@@ -462,7 +463,7 @@ impl<'g> Lowerer<'g> {
                 let len = x.shape[*axis];
                 let rows = numel(&x.shape) / len.max(1);
                 let params = veil_isa::builder::CompareParams {
-                    bits: (x.scale + 12).min(62),
+                    bits: (x.scale + ARGMAX_RANGE_BITS).min(62),
                     ignore: x.scale.saturating_sub(16),
                     digit: 5,
                 };
@@ -768,38 +769,41 @@ impl<'g> Lowerer<'g> {
     ) -> Result<LVal, LowerError> {
         let f = self.f;
         // The scale rule of a product of two secrets: keep it below 3f fractional bits,
-        // truncating the operand with more (the blocks share one scale).
-        let ys = match self.block_open.get(&(parts[0], false)) {
-            Some((_, s)) => *s,
-            None => self.operand_val(parts[0])?.scale,
-        };
+        // truncating the operand with more. Blocks may differ (a public layer's prefill keys
+        // come from the client at f, the decode rows at 2f): x follows the widest block, and
+        // each block is truncated as it needs.
+        let mut raw = Vec::with_capacity(parts.len());
+        for &pv in parts {
+            raw.push(self.operand_val(pv)?.scale);
+        }
+        let ymax = raw.iter().copied().max().unwrap_or(f);
         let mut x = x;
-        if x.scale + ys > 3 * f && x.scale >= ys {
+        if x.scale + ymax > 3 * f && x.scale >= ymax {
             x = self.at_f(&x);
         }
-        let trunc_y = x.scale + ys > 3 * f;
+        let trunc: Vec<bool> = raw.iter().map(|&s| x.scale + s > 3 * f).collect();
         // Truncate every fresh block first, then open: the order of the plain product.
         let mut fresh: Vec<Option<LVal>> = Vec::new();
-        for &pv in parts {
-            fresh.push(match self.block_open.contains_key(&(pv, trunc_y)) {
+        for (&pv, &t) in parts.iter().zip(&trunc) {
+            fresh.push(match self.block_open.contains_key(&(pv, t)) {
                 true => None,
                 false => {
                     let y = self.operand_val(pv)?;
-                    Some(if trunc_y { self.at_f(&y) } else { y })
+                    Some(if t { self.at_f(&y) } else { y })
                 }
             });
         }
         let mx = along_n.then(|| self.b.masked_open(x.buf, 0));
         let mut blocks: Vec<(Buf, u8, u32)> = Vec::new();
         let mut off = 0u32;
-        for (&pv, y) in parts.iter().zip(fresh) {
+        for ((&pv, y), t) in parts.iter().zip(fresh).zip(trunc) {
             let (my, ys) = match y {
                 Some(y) => {
                     let o = (self.b.masked_open(y.buf, 0), y.scale);
-                    self.block_open.insert((pv, trunc_y), o.clone());
+                    self.block_open.insert((pv, t), o.clone());
                     o
                 }
-                None => self.block_open[&(pv, trunc_y)].clone(),
+                None => self.block_open[&(pv, t)].clone(),
             };
             let ps = self.shape(pv);
             let w = if along_n { ps[ps.len() - 1] } else { ps[ps.len() - 2] } as u32;
@@ -1038,6 +1042,10 @@ impl<'g> Lowerer<'g> {
         }
     }
 }
+
+/// Argmax and top-k compare differences below 2^(this - 1) logit units (8192): logits, the
+/// 1024 top-k lowers by, and the client's sampling noise (`veil generate` bounds T).
+pub const ARGMAX_RANGE_BITS: u8 = 14;
 
 /// Encodes a real at `scale` fractional bits in Z_2^64.
 pub fn encode(x: f64, scale: u8) -> u64 {

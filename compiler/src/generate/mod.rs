@@ -95,6 +95,24 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
             src.name, src.values[logits].name, src.values[logits].ty
         ));
     };
+    // A generated token indexes the embedding table: the vocabulary must be its rows.
+    let vocab_out = src.values[logits].ty.shape[lr - 1];
+    let mut from_ids = std::collections::HashSet::from([roles.ids]);
+    for &n in &src.order {
+        let nd = &src.nodes[n];
+        if nd.args.iter().any(|a| from_ids.contains(a)) {
+            from_ids.insert(nd.result);
+            if let Op::Gather { axis } = nd.op {
+                let rows = src.values[nd.args[0]].ty.shape[axis];
+                if from_ids.contains(&nd.args[1]) && rows != vocab_out {
+                    return Err(format!(
+                        "model `{}`: the token table `{}` has {rows} rows but the logits {vocab_out} entries: a generated token could fall outside the table",
+                        src.name, src.values[nd.args[0]].name
+                    ));
+                }
+            }
+        }
+    }
     let ids_ty = src.values[roles.ids].ty.clone();
     let ids_axis = ids_ty.shape.len() - 1;
     let with_len = |len: usize| {

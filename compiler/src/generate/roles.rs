@@ -362,53 +362,70 @@ fn check(g: &Graph, r: &Roles) -> Result<(), String> {
             }
         }
     }
-    // Causality: a constant with a query and a key axis must hide every later key, additively
-    // (≤ −1e9), multiplicatively (0, the SMU form's keep pattern) or as a false condition.
-    // Others (the finite part of a mask, a position bias) may exist beside it.
-    let mut hiding = 0;
-    let mut first_open: Option<String> = None;
+    // Causality: every normalisation over key positions (a softmax, or the sum of the SMU
+    // form) must see, through elementwise operators, a constant with a query and a key axis
+    // that hides every later key: additively (≤ −1e9), as a 0 factor, or as a false condition.
+    let mut normalisations = 0;
     for &n in &g.order {
         let nd = &g.nodes[n];
-        for &v in &nd.args {
-            let ValueDef::Const(t) = &g.values[v].def else { continue };
-            let (Some(qa), Some(ka)) = (
-                (0..t.shape.len()).find(|&a| r.get(v, a) == Role::Query),
-                (0..t.shape.len()).find(|&a| r.get(v, a) == Role::Key),
-            ) else {
-                continue;
-            };
-            let st: Vec<usize> =
-                (0..t.shape.len()).map(|i| t.shape[i + 1..].iter().product()).collect();
-            let hides = |x: f64| match (&nd.op, t.dtype) {
-                (_, crate::ir::DType::Bool) => x == 0.0,
-                (Op::Mul, _) => x == 0.0,
-                _ => x <= -1e9,
-            };
-            let mut open = None;
-            for i in 0..t.numel() {
-                let (qi, ki) = ((i / st[qa]) % t.shape[qa], (i / st[ka]) % t.shape[ka]);
-                if ki > qi && !hides(t.get_f64(i)) {
-                    open = Some((qi, ki));
-                    break;
-                }
-            }
-            match open {
-                None => hiding += 1,
-                Some((qi, ki)) => {
-                    first_open.get_or_insert(format!(
-                        "the attention mask `{}` lets position {qi} see the later position {ki}",
-                        g.values[v].name
-                    ));
-                }
-            }
+        let over_keys = match &nd.op {
+            Op::Softmax { axis } => r.get(nd.args[0], *axis) == Role::Key,
+            Op::ReduceSum { axes, .. }
+            | Op::ReduceMean { axes, .. }
+            | Op::ReduceMax { axes, .. } => axes.iter().any(|&a| r.get(nd.args[0], a) == Role::Key),
+            _ => false,
+        };
+        if !over_keys {
+            continue;
+        }
+        normalisations += 1;
+        if !masked_path(g, r, nd.args[0], 8) {
+            return Err(format!(
+                "model `{}`, node `{}`: attention is not hidden from later positions (no causal mask before it): not a causal decoder",
+                g.name, nd.name
+            ));
         }
     }
-    if hiding == 0 && !r.caches.is_empty() {
-        let why = first_open.unwrap_or_else(|| "attention has no causal mask".into());
+    if normalisations == 0 && !r.caches.is_empty() {
         return Err(format!(
-            "model `{}`: {why}: not a causal decoder (no constant hides later positions)",
+            "model `{}`: attention has no normalisation over key positions",
             g.name
         ));
     }
     Ok(())
+}
+
+/// True when `c`, a constant with a query and a key axis used by `op`, hides every key after
+/// its query.
+fn hides_later(g: &Graph, r: &Roles, c: Value, op: &Op) -> bool {
+    let ValueDef::Const(t) = &g.values[c].def else { return false };
+    let (Some(qa), Some(ka)) = (
+        (0..t.shape.len()).find(|&a| r.get(c, a) == Role::Query),
+        (0..t.shape.len()).find(|&a| r.get(c, a) == Role::Key),
+    ) else {
+        return false;
+    };
+    let st: Vec<usize> = (0..t.shape.len()).map(|i| t.shape[i + 1..].iter().product()).collect();
+    let hidden = |x: f64| match (op, t.dtype) {
+        (_, crate::ir::DType::Bool) | (Op::Mul, _) => x == 0.0,
+        _ => x <= -1e9,
+    };
+    (0..t.numel()).all(|i| {
+        let (qi, ki) = ((i / st[qa]) % t.shape[qa], (i / st[ka]) % t.shape[ka]);
+        ki <= qi || hidden(t.get_f64(i))
+    })
+}
+
+/// True when `v` is computed, through at most `depth` elementwise operators, with a constant
+/// that hides later positions.
+fn masked_path(g: &Graph, r: &Roles, v: Value, depth: usize) -> bool {
+    let Some(p) = g.producer(v).filter(|_| depth > 0) else { return false };
+    let nd = &g.nodes[p];
+    if nd.args.iter().any(|&a| hides_later(g, r, a, &nd.op)) {
+        return true;
+    }
+    let elementwise = nd.op.is_binary_elementwise()
+        || nd.op.is_unary_elementwise()
+        || matches!(nd.op, Op::Where | Op::Smu1 { .. } | Op::Cast { .. });
+    elementwise && nd.args.iter().any(|&a| masked_path(g, r, a, depth - 1))
 }

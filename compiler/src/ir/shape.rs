@@ -168,6 +168,9 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
         Op::ArgMax { axis } => {
             arity(op, args, 1, 1)?;
             check_axes(op, &[*axis], args[0].rank())?;
+            if args[0].shape[*axis] == 0 {
+                return Err("arg_max over an empty axis".into());
+            }
             let mut shape = args[0].shape.clone();
             shape[*axis] = 1;
             Ok(TensorType::new(DType::I64, shape))
@@ -175,8 +178,8 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
         Op::KeepTopK { axis, k } => {
             arity(op, args, 1, 1)?;
             check_axes(op, &[*axis], args[0].rank())?;
-            if *k == 0 {
-                return Err("keep_top_k needs k >= 1".into());
+            if *k == 0 || args[0].shape[*axis] == 0 {
+                return Err("keep_top_k needs k >= 1 and a non-empty axis".into());
             }
             Ok(args[0].clone())
         }
