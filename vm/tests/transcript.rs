@@ -161,3 +161,46 @@ fn the_test_detects_an_unmasked_opening() {
     let s = (0..sa.len()).map(|r| chi2(&sa[r], &sb[r])).fold(0.0, f64::max);
     assert!(s > CRIT, "an unmasked opening must be detected, chi2 {s}");
 }
+
+/// Greedy decoding's protocols: a secure argmax with index tracking over rows of a secret, then
+/// the one-hot of the secret index (what the next token's embedding is gathered with).
+fn argmax_program() -> Program {
+    let (rows, len) = (64, 64);
+    let mut b = ProgramBuilder::new(F);
+    let x = b.input("x", Party::Client, &[rows * len], F);
+    let w = b.weight("w", Party::Server, false, &[rows * len], F);
+    let xw = b.mul_priv(x, w, 1);
+    let params = veil_isa::builder::CompareParams { bits: 2 * F + 14, ignore: F, digit: 5 };
+    let (_, idx) = b.argmax_rows(xw, rows, len, params);
+    let oh = b.one_hot_secret(idx, len);
+    b.output("oh", oh, Party::Client, &[rows * len], 0);
+    b.finish()
+}
+
+#[test]
+fn argmax_and_secret_one_hot_views_are_independent() {
+    let prog = argmax_program();
+    let n = 4096;
+    let mut rng = Rng(21);
+    // A: the maximum of every row at its start; B: anywhere.
+    let xa: Vec<f64> = (0..n).map(|i| if i % 64 == 0 { 20.0 } else { -5.0 }).collect();
+    let xb: Vec<f64> = rng.vec(n, -30.0, 30.0);
+    let (ca, sa) = transcripts(&prog, xa, vec![1.0; n]);
+    let (cb, sb) = transcripts(&prog, xb, rng.vec(n, 0.5, 2.0));
+    assert_eq!(sa.len(), sb.len());
+    let rounds = sa.len();
+    let mut tested = 0;
+    for r in 0..rounds {
+        if sa[r].len() >= 512 {
+            let s = chi2(&sa[r], &sb[r]);
+            assert!(s < CRIT, "server's view of round {r} depends on the argmax: chi2 {s}");
+            tested += 1;
+        }
+        if r + 1 < rounds && ca[r].len() >= 512 {
+            let s = chi2(&ca[r], &cb[r]);
+            assert!(s < CRIT, "client's view of round {r} depends on the weights: chi2 {s}");
+            tested += 1;
+        }
+    }
+    assert!(tested > 10, "only {tested} rounds large enough to test");
+}
