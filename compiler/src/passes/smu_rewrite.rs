@@ -40,7 +40,7 @@ impl Pass for SmuRewrite {
                 }
                 Op::Softmax { axis } => Some(insert_before(g, n, |g| {
                     let at = |k: &str| format!("{}::softmax/{k}", nd.name);
-                    let y = match masked_scores(g, nd.args[0]) {
+                    let y = match masked_scores(g, nd.args[0], *axis) {
                         // Masked entries must weigh exactly 0: SMU-1 of a large negative
                         // number is small but not 0 (μ²/4|x|), so the mask becomes a product.
                         Some((scores, finite, keep)) => {
@@ -81,7 +81,9 @@ impl Pass for SmuRewrite {
 
 /// `x = scores + mask` with a constant mask holding huge negative entries (≤ −1e9, a causal or
 /// padding mask): the scores, the mask with those entries 0, and the 0/1 keep pattern.
-fn masked_scores(g: &Graph, x: Value) -> Option<(Value, Tensor, Tensor)> {
+/// A row (along the softmax `axis`) masked entirely is left to the additive form: its SMU sum
+/// would be 0, and the calibrated range then refuses the compile, naming the node.
+fn masked_scores(g: &Graph, x: Value, axis: usize) -> Option<(Value, Tensor, Tensor)> {
     let nd = &g.nodes[g.producer(x)?];
     if !matches!(nd.op, Op::Add) {
         return None;
@@ -93,6 +95,16 @@ fn masked_scores(g: &Graph, x: Value) -> Option<(Value, Tensor, Tensor)> {
     };
     let v: Vec<f64> = (0..mask.numel()).map(|i| mask.get_f64(i)).collect();
     if !v.iter().any(|&x| x <= -1e9) {
+        return None;
+    }
+    let rank = g.values[x].ty.shape.len();
+    let ma = (axis + mask.shape.len()).checked_sub(rank)?;
+    let (len, inner) = (mask.shape[ma], mask.shape[ma + 1..].iter().product::<usize>());
+    let full_row = (0..v.len() / len.max(1)).any(|r| {
+        let (o, i) = (r / inner, r % inner);
+        (0..len).all(|j| v[(o * len + j) * inner + i] <= -1e9)
+    });
+    if full_row {
         return None;
     }
     let finite = v.iter().map(|&x| if x <= -1e9 { 0.0 } else { x as f32 }).collect();
@@ -112,4 +124,33 @@ fn insert_before(
     let pos = g.order.iter().position(|&m| m == n).expect("the node is in the order");
     g.order.splice(pos..pos, new);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{DType, TensorType};
+
+    fn rewritten(mask: Vec<f32>) -> Graph {
+        let mut g = Graph::new("t");
+        let x = g.add_input("x", TensorType::new(DType::F32, vec![2, 3]));
+        let m = g.add_const("m", Tensor::f32([2, 3], mask));
+        let s = g.add_node("s", Op::Add, &[x, m], "s").unwrap();
+        let p = g.add_node("p", Op::Softmax { axis: 1 }, &[s], "p").unwrap();
+        g.outputs = vec![p];
+        SmuRewrite { alpha: 0.0, mu: 1.0 }.run(&mut g);
+        g
+    }
+
+    fn has_keep(g: &Graph) -> bool {
+        g.values.iter().any(|(_, d)| d.name.ends_with("mask_keep"))
+    }
+
+    #[test]
+    fn a_causal_mask_becomes_a_product_but_a_fully_masked_row_does_not() {
+        let inf = -3.4e38;
+        assert!(has_keep(&rewritten(vec![0.0, inf, inf, 0.0, 0.0, inf])));
+        assert!(!has_keep(&rewritten(vec![0.0, inf, inf, inf, inf, inf])));
+        assert!(!has_keep(&rewritten(vec![0.0, -5.0, 0.0, 0.0, 0.0, 0.0])));
+    }
 }
