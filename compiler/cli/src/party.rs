@@ -75,7 +75,8 @@ pub fn assemble(
 }
 
 /// A progress bar over the client's body instructions naming the current layer; hidden when
-/// stderr is not a terminal.
+/// stderr is not a terminal, where a generation program instead prints a line per step
+/// (`prefill`, `tok3`, from the `step:layer` tags).
 pub fn progress(p: &Program) -> (indicatif::ProgressBar, impl FnMut(usize, usize) + Send + '_) {
     let bar = indicatif::ProgressBar::new(p.body.len() as u64);
     bar.set_style(
@@ -87,6 +88,17 @@ pub fn progress(p: &Program) -> (indicatif::ProgressBar, impl FnMut(usize, usize
     );
     let b = bar.clone();
     let mut last = usize::MAX;
+    // Steps of a generation program in the order their last instruction runs (instructions of
+    // different steps interleave where they do not depend on each other).
+    let mut ends: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for (i, &t) in p.body_tags.iter().enumerate() {
+        if let Some((s, _)) = p.tags.get(t as usize).and_then(|t| t.layer.split_once(':')) {
+            ends.insert(s, i);
+        }
+    }
+    let mut ends: Vec<(usize, &str)> = ends.into_iter().map(|(s, i)| (i, s)).collect();
+    ends.sort();
+    let mut next = 0;
     let cb = move |done: usize, _total: usize| {
         let tag = p.body_tags.get(done.saturating_sub(1)).copied().unwrap_or(0) as usize;
         if tag != last {
@@ -94,6 +106,10 @@ pub fn progress(p: &Program) -> (indicatif::ProgressBar, impl FnMut(usize, usize
             if let Some(t) = p.tags.get(tag) {
                 b.set_message(t.layer.clone());
             }
+        }
+        while b.is_hidden() && next < ends.len() && ends[next].0 < done {
+            eprintln!("client: {} done", ends[next].1);
+            next += 1;
         }
         b.set_position(done as u64);
     };

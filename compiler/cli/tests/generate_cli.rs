@@ -92,3 +92,12 @@ fn bad_generation_inputs_are_refused() {
     );
     assert!(!dir.join("x.vbc").exists(), "nothing written for a refused compile");
 }
+
+#[test]
+fn generate_over_tls_processes_reports_each_step() {
+    let out = veil(&["generate", GPT2, "--prompt-ids", PROMPT, "--max-new", "2"]);
+    let s = ok(&out);
+    assert!(s.contains("identical (2 tokens)"), "{s}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("client: prefill done") && err.contains("client: tok1 done"), "{err}");
+}
