@@ -4,7 +4,7 @@
 //! the prefill and of every generated token.
 
 use crate::commands::compile::{compile_file_with, LoweringArgs, PublicArgs};
-use crate::commands::run::Local;
+use crate::commands::run::{RolesArgs, TempDir};
 use crate::model::ModelArgs;
 use crate::report::{bytes, Net};
 use anyhow::{bail, Context, Result};
@@ -49,18 +49,8 @@ pub struct Args {
     /// Skip the plaintext check (N runs of the whole model without a cache).
     #[arg(long)]
     pub no_reference: bool,
-    /// Run the three roles as threads over in-memory channels instead of processes over TCP.
-    #[arg(long)]
-    pub in_process: bool,
-    /// Seconds any role waits for a peer message.
-    #[arg(long, default_value_t = 120)]
-    pub timeout: u64,
-    /// Interpret local kernels instead of compiling them with the JIT (same results).
-    #[arg(long)]
-    pub no_jit: bool,
-    /// Plain TCP between the processes instead of TLS with throwaway certificates.
-    #[arg(long)]
-    pub insecure: bool,
+    #[command(flatten)]
+    pub roles: RolesArgs,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -88,15 +78,6 @@ fn read_prompt(path: &Path) -> Result<Vec<i64>> {
     Ok(ids)
 }
 
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Compiles, runs and reports.
 pub fn run(a: Args) -> Result<()> {
     let prompt = read_prompt(&a.prompt_ids)?;
@@ -116,10 +97,9 @@ pub fn run(a: Args) -> Result<()> {
     let (_tmp, vbc) = match &a.program {
         Some(p) => (None, p.clone()),
         None => {
-            let dir = std::env::temp_dir().join(format!("veil-generate-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let p = dir.join("generate.vbc");
-            (Some(TempDir(dir)), p)
+            let dir = TempDir::new("veil-generate")?;
+            let p = dir.0.join("generate.vbc");
+            (Some(dir), p)
         }
     };
     let t0 = std::time::Instant::now();
@@ -149,16 +129,7 @@ pub fn run(a: Args) -> Result<()> {
         inputs.insert(NOISE_INPUT.to_string(), Tensor::f32([a.max_new, vocab], z.clone()));
     }
     let p = &c.program;
-    let local = Local {
-        path: &vbc,
-        program: p,
-        client: &c.client,
-        inputs: &inputs,
-        timeout: a.timeout,
-        jit: !a.no_jit,
-        insecure: a.insecure,
-    };
-    let (outs, m) = local.run(a.in_process)?;
+    let (outs, m) = a.roles.run(&vbc, p, &c.client, &inputs)?;
     let mut tokens = Vec::new();
     for t in 0..a.max_new {
         let (_, v) = outs

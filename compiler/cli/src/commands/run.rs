@@ -29,9 +29,6 @@ pub struct Args {
     /// Write each output to DIR/<output name>.npy.
     #[arg(long, value_name = "DIR")]
     pub output: Option<PathBuf>,
-    /// Run the three roles as threads over in-memory channels instead of processes over TCP.
-    #[arg(long)]
-    pub in_process: bool,
     /// The plaintext model to compare with (default: the file the program was compiled from,
     /// when it is still there).
     #[arg(long, value_name = "MODEL.onnx")]
@@ -39,6 +36,16 @@ pub struct Args {
     /// Network for the time estimate (default: both).
     #[arg(long, value_enum)]
     pub net: Option<Net>,
+    #[command(flatten)]
+    pub roles: RolesArgs,
+}
+
+/// How the three roles run on this machine (`veil run`, `veil generate`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct RolesArgs {
+    /// Run the three roles as threads over in-memory channels instead of processes over TCP.
+    #[arg(long)]
+    pub in_process: bool,
     /// Seconds any role waits for a peer message.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
@@ -50,6 +57,28 @@ pub struct Args {
     pub insecure: bool,
 }
 
+impl RolesArgs {
+    /// Runs `program` (its server weights next to `path`) with the client's `inputs`.
+    pub fn run(
+        &self,
+        path: &Path,
+        program: &veil_isa::Program,
+        client: &veil_compiler::compile::ClientPart,
+        inputs: &std::collections::HashMap<String, veil_compiler::ir::Tensor>,
+    ) -> Result<Outcome> {
+        let local = Local {
+            path,
+            program,
+            client,
+            inputs,
+            timeout: self.timeout,
+            jit: !self.no_jit,
+            insecure: self.insecure,
+        };
+        local.run(self.in_process)
+    }
+}
+
 /// Runs and reports.
 pub fn run(a: Args) -> Result<()> {
     let nets = Net::chosen(a.net);
@@ -59,16 +88,7 @@ pub fn run(a: Args) -> Result<()> {
         Some(seed) => random_inputs(&c, seed)?,
         None => model_inputs(&c, &a.inputs)?,
     };
-    let local = Local {
-        path: &a.program,
-        program: &p,
-        client: &c,
-        inputs: &inputs,
-        timeout: a.timeout,
-        jit: !a.no_jit,
-        insecure: a.insecure,
-    };
-    let (outs, m) = local.run(a.in_process)?;
+    let (outs, m) = a.roles.run(&a.program, &p, &c, &inputs)?;
     let r = reference(&p, a.reference.as_deref(), &inputs)?;
     if r.is_none() {
         println!("(no plaintext reference: the source model is not here; pass --reference)");
@@ -194,7 +214,7 @@ fn processes(s: &Local) -> Result<Outcome> {
     server_weights(path, None, p)?;
     // TLS as in a deployment, with certificates made for this run and removed after it.
     let keys = if insecure { None } else { Some(Throwaway::new()?) };
-    let tls_flags = crate::tls::TlsArgs::child_flags(keys.as_ref().map(|k| k.dir.as_path()));
+    let tls_flags = crate::tls::TlsArgs::child_flags(keys.as_ref().map(|k| k.dir.0.as_path()));
     let client_tls = match &keys {
         Some(k) => Some(k.set.config("client").context("the throwaway client certificate")?),
         None => None,
@@ -273,9 +293,31 @@ fn processes(s: &Local) -> Result<Outcome> {
     Ok((outs, m))
 }
 
+/// A fresh temporary directory, removed (with what is in it) on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates `<tmp>/<prefix>-<pid>-<nanos>`.
+    pub fn new(prefix: &str) -> Result<TempDir> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Certificates for one local run, in a private temporary directory removed on drop.
 struct Throwaway {
-    dir: PathBuf,
+    dir: TempDir,
     set: veil_vm::net::keygen::KeySet,
 }
 
@@ -283,24 +325,12 @@ impl Throwaway {
     fn new() -> Result<Throwaway> {
         let set = veil_vm::net::keygen::generate(&["127.0.0.1".to_string()])
             .map_err(anyhow::Error::msg)?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!("veil-run-{}-{nanos}", std::process::id()));
-        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let t = Throwaway { dir, set };
-        std::fs::write(t.dir.join("ca.pem"), &t.set.ca_cert)?;
+        let t = Throwaway { dir: TempDir::new("veil-run")?, set };
+        std::fs::write(t.dir.0.join("ca.pem"), &t.set.ca_cert)?;
         for (role, cert, key) in &t.set.roles {
-            std::fs::write(t.dir.join(format!("{role}.pem")), cert)?;
-            std::fs::write(t.dir.join(format!("{role}.key")), key)?;
+            std::fs::write(t.dir.0.join(format!("{role}.pem")), cert)?;
+            std::fs::write(t.dir.0.join(format!("{role}.key")), key)?;
         }
         Ok(t)
-    }
-}
-
-impl Drop for Throwaway {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
