@@ -447,11 +447,7 @@ impl<'g> Lowerer<'g> {
                 // Exact to 2^-16 of the logit scale for differences below 2^13 (logits, top-k's
                 // 1024 and sampling noise): near-ties resolve as the fixed-point values do, and
                 // the left (lower) index wins ties.
-                let params = veil_isa::builder::CompareParams {
-                    bits: (x.scale + ARGMAX_RANGE_BITS).min(62),
-                    ignore: x.scale.saturating_sub(16),
-                    digit: 5,
-                };
+                let params = argmax_params(x.scale);
                 let (_, idx) = self.b.argmax_rows(buf, rows, len, params);
                 Operand::Val(LVal { buf: idx, scale: 0, shape: out_shape })
             }
@@ -462,11 +458,7 @@ impl<'g> Lowerer<'g> {
                 }
                 let len = x.shape[*axis];
                 let rows = numel(&x.shape) / len.max(1);
-                let params = veil_isa::builder::CompareParams {
-                    bits: (x.scale + ARGMAX_RANGE_BITS).min(62),
-                    ignore: x.scale.saturating_sub(16),
-                    digit: 5,
-                };
+                let params = argmax_params(x.scale);
                 let big = encode(crate::ir::TOP_K_DROP, x.scale);
                 let buf =
                     self.b.keep_top_k(x.buf, rows as u32, len as u32, *k as u32, params, big);
@@ -704,33 +696,16 @@ impl<'g> Lowerer<'g> {
         }
         let batch = batch_a.max(batch_b);
         let rb = sb.len();
-        if batch_a == batch_b {
-            // Blocks of a concatenated right operand (a KV cache) are opened once each; a plain
-            // operand is one block, so the prefill's keys and values open once for every step.
-            let (parts, along_n) = [(rb - 1, true), (rb - 2, false)]
-                .into_iter()
-                .find_map(|(axis, n)| self.concat_parts(vb, axis).map(|p| (p, n)))
-                .unwrap_or((vec![vb], true));
-            let dims = (batch as u32, m as u32, k as u32, n as u32);
-            return self.matmul_blocks(x, &parts, along_n, dims, out);
-        }
-        // Both secret: openings without truncation; keep the product below 3f fractional bits.
-        let mut x = x;
-        let mut y = y;
-        if x.scale + y.scale > 3 * f {
-            if x.scale >= y.scale {
-                x = self.at_f(&x);
-            } else {
-                y = self.at_f(&y);
-            }
-        }
-        if x.scale + y.scale > 3 * f {
-            y = self.at_f(&y);
-        }
-        let mx = self.b.masked_open(x.buf, 0);
-        let my = self.b.masked_open(y.buf, 0);
-        let buf = self.b.matmul_masked(&mx, &my, batch as u32, m as u32, k as u32, n as u32);
-        Ok(LVal { buf, scale: x.scale + y.scale, shape: out.to_vec() })
+        // Blocks of a concatenated right operand (a KV cache) are opened once each; a plain
+        // operand (also one shared across the batch) is one block, so the prefill's keys and
+        // values open once for every step.
+        let cache = [(rb - 1, true), (rb - 2, false)]
+            .into_iter()
+            .filter(|_| batch_a == batch_b)
+            .find_map(|(axis, n)| self.concat_parts(vb, axis).map(|p| (p, n)));
+        let (parts, along_n) = cache.unwrap_or((vec![vb], true));
+        let dims = (batch as u32, m as u32, k as u32, n as u32);
+        self.matmul_blocks(x, &parts, along_n, dims, out)
     }
 
     /// The blocks of a secret value built by concatenations along `axis` (a KV cache: the
@@ -1046,6 +1021,15 @@ impl<'g> Lowerer<'g> {
 /// Argmax and top-k compare differences below 2^(this - 1) logit units (8192): logits, the
 /// 1024 top-k lowers by, and the client's sampling noise (`veil generate` bounds T).
 pub const ARGMAX_RANGE_BITS: u8 = 14;
+
+/// Comparisons of argmax and top-k on values at `scale`: exact to 2^-16 of a logit.
+fn argmax_params(scale: u8) -> veil_isa::builder::CompareParams {
+    veil_isa::builder::CompareParams {
+        bits: (scale + ARGMAX_RANGE_BITS).min(62),
+        ignore: scale.saturating_sub(16),
+        digit: 5,
+    }
+}
 
 /// Encodes a real at `scale` fractional bits in Z_2^64.
 pub fn encode(x: f64, scale: u8) -> u64 {

@@ -286,34 +286,27 @@ pub fn analyze(g: &Graph) -> Result<Roles, String> {
 /// Refuses every node that mixes token rows outside attention, and a model without a causal
 /// mask.
 fn check(g: &Graph, r: &Roles) -> Result<(), String> {
-    let has = |v: Value, axes: &mut dyn Iterator<Item = usize>, role: Role| {
-        let mut found = false;
-        for a in axes {
-            found |= r.get(v, a) == role;
-        }
-        found
-    };
+    let query_in = |v: Value, axes: &[usize]| axes.iter().any(|&a| r.get(v, a) == Role::Query);
     for &n in &g.order {
         let nd = &g.nodes[n];
         let x = nd.args.first().copied();
         let rank = |v: Value| shape(g, v).len();
         let bad = match &nd.op {
             Op::Softmax { axis } | Op::ArgMax { axis } => {
-                has(x.unwrap(), &mut std::iter::once(*axis), Role::Query)
-                    .then_some("normalises over token positions")
+                query_in(x.unwrap(), &[*axis]).then_some("normalises over token positions")
             }
             Op::LayerNorm { axis, .. } => {
-                has(x.unwrap(), &mut (*axis..rank(x.unwrap())), Role::Query)
+                query_in(x.unwrap(), &(*axis..rank(x.unwrap())).collect::<Vec<_>>())
                     .then_some("normalises over token positions")
             }
             Op::ReduceSum { axes, .. }
             | Op::ReduceMean { axes, .. }
-            | Op::ReduceMax { axes, .. } => has(x.unwrap(), &mut axes.iter().copied(), Role::Query)
-                .then_some("reduces over token positions"),
+            | Op::ReduceMax { axes, .. } => {
+                query_in(x.unwrap(), axes).then_some("reduces over token positions")
+            }
             Op::MatMul => {
                 let a = nd.args[0];
-                has(a, &mut std::iter::once(rank(a) - 1), Role::Query)
-                    .then_some("contracts over token positions")
+                query_in(a, &[rank(a) - 1]).then_some("contracts over token positions")
             }
             Op::Concat { axis } => nd
                 .args
