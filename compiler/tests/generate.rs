@@ -23,6 +23,24 @@ fn load(model: &str, file: &str) -> Graph {
     g
 }
 
+/// Model `model` of `examples/models/<file>` with random weights from `seed`.
+fn dsl_example(file: &str, model: &str, seed: u64) -> Graph {
+    let mut l = veil_compiler::dsl::stdlib_loader();
+    let path = common::repo().join("examples/models").join(file);
+    l.load_path(&path.display().to_string()).unwrap();
+    let mut w = veil_compiler::weights::RandomSource::new(seed);
+    veil_compiler::dsl::lower::lower_model(&l, model, &mut w).unwrap().graph
+}
+
+/// The prompt ids and the sampling noise (vocabulary 1024), as the generation graph takes them.
+fn sampled_inputs(ids: Vec<i64>, noise: Vec<f32>) -> HashMap<String, Tensor> {
+    let (p, n) = (ids.len(), noise.len() / 1024);
+    HashMap::from([
+        ("input_ids".to_string(), Tensor::i64([1, p], ids)),
+        (NOISE_INPUT.to_string(), Tensor::f32([n, 1024], noise)),
+    ])
+}
+
 fn gpt2() -> Graph {
     load("gpt2-tiny-random", "model.dynamo_opset18.onnx")
 }
@@ -73,10 +91,7 @@ fn plaintext_generation_graph_equals_no_cache_generation() {
     let distinct: std::collections::HashSet<_> = want.iter().collect();
     assert!(distinct.len() > 8, "sampling should vary the tokens: {want:?}");
     let gen = generation_graph(&g, GenerateOptions { sample: true, ..greedy(16) }).unwrap();
-    let inputs = HashMap::from([
-        ("input_ids".to_string(), Tensor::i64([1, 8], p)),
-        (NOISE_INPUT.to_string(), Tensor::f32([16, 1024], noise)),
-    ]);
+    let inputs = sampled_inputs(p, noise);
     assert_eq!(eval_gen(&gen, &inputs), want, "sampled");
 }
 
@@ -91,10 +106,7 @@ fn two_party_sampled_generation_equals_plaintext() {
     assert!(min_gap > 2e-2, "seed 7 gives a near-tie ({min_gap}); pick another seed");
     let gen = generation_graph(&g, GenerateOptions { sample: true, ..greedy(16) }).unwrap();
     let c = compile(gen, &|_| Vis::Server, &CompileOptions::default()).unwrap();
-    let inputs = HashMap::from([
-        ("input_ids".to_string(), Tensor::i64([1, 8], p)),
-        (NOISE_INPUT.to_string(), Tensor::f32([16, 1024], noise)),
-    ]);
+    let inputs = sampled_inputs(p, noise);
     let (_, outs) = common::run_compiled(&c, &inputs, false).unwrap();
     assert_eq!(tokens(&outs, 16), want, "two-party vs plaintext sampled generation");
 }
@@ -148,20 +160,13 @@ fn encoders_and_non_causal_masks_are_refused() {
 fn dsl_decoder_generates_like_its_no_cache_graph() {
     // The DSL writes GPT-2 differently (position table sliced by `slice`, ids reshaped to [S],
     // 3-d heads): the same derivation must hold.
-    let mut l = veil_compiler::dsl::stdlib_loader();
-    l.load_path(&common::repo().join("examples/models/gpt2-tiny.veil").display().to_string())
-        .unwrap();
-    let mut w = veil_compiler::weights::RandomSource::new(3);
-    let g = veil_compiler::dsl::lower::lower_model(&l, "gpt2_tiny", &mut w).unwrap().graph;
+    let g = dsl_example("gpt2-tiny.veil", "gpt2_tiny", 3);
     let p = prompt(5);
     let noise = gumbel_noise(12, 1024, 0.5, 11);
     let (want, _) = reference_generation(&g, &p, 12, Some(&noise), None).unwrap();
     let gen = generation_graph(&g, GenerateOptions { prompt_len: 5, sample: true, ..greedy(12) })
         .unwrap();
-    let inputs = HashMap::from([
-        ("input_ids".to_string(), Tensor::i64([1, 5], p)),
-        (NOISE_INPUT.to_string(), Tensor::f32([12, 1024], noise)),
-    ]);
+    let inputs = sampled_inputs(p, noise);
     assert_eq!(eval_gen(&gen, &inputs), want);
 }
 
@@ -221,10 +226,7 @@ fn smu_rewritten_decoder_generates_two_party() {
     let (want, gaps) = reference_generation(&g, &ids, 8, Some(&noise), None).unwrap();
     assert!(gaps.iter().all(|&x| x > 2e-2), "near-tie in the reference: {gaps:?}");
     let gen = generation_graph(&g, GenerateOptions { sample: true, ..greedy(8) }).unwrap();
-    let inputs = HashMap::from([
-        ("input_ids".to_string(), Tensor::i64([1, 8], ids)),
-        (NOISE_INPUT.to_string(), Tensor::f32([8, 1024], noise)),
-    ]);
+    let inputs = sampled_inputs(ids, noise);
     assert_eq!(eval_gen(&gen, &inputs), want, "plaintext windows");
     let nonlinear =
         NonlinearOptions { mode: Mode::Smu, ranges: cal.ranges(), ..NonlinearOptions::default() };
@@ -237,11 +239,7 @@ fn smu_rewritten_decoder_generates_two_party() {
 #[test]
 fn gpt2_small_lm_example_is_a_decoder() {
     // The benchmark's model: 12 layers, so each decode step extends 24 caches.
-    let mut l = veil_compiler::dsl::stdlib_loader();
-    let path = common::repo().join("examples/models/gpt2-small-lm.veil");
-    l.load_path(&path.display().to_string()).unwrap();
-    let mut w = veil_compiler::weights::RandomSource::new(1);
-    let g = veil_compiler::dsl::lower::lower_model(&l, "gpt2_small_lm", &mut w).unwrap().graph;
+    let g = dsl_example("gpt2-small-lm.veil", "gpt2_small_lm", 1);
     let gen = generation_graph(&g, GenerateOptions { prompt_len: 128, ..greedy(3) }).unwrap();
     assert_eq!(gen.outputs.len(), 3);
     let concats = gen.order.iter().filter(|&&n| gen.nodes[n].name.ends_with("::kv_cache")).count();
@@ -261,10 +259,7 @@ fn top_k_sampling_two_party_equals_plaintext() {
     assert!(gaps.iter().all(|&x| x > 2e-2), "near-tie in the reference: {gaps:?}");
     let opts = GenerateOptions { sample: true, top_k: Some(4), ..greedy(6) };
     let gen = generation_graph(&g, opts).unwrap();
-    let inputs = HashMap::from([
-        ("input_ids".to_string(), Tensor::i64([1, 8], p)),
-        (NOISE_INPUT.to_string(), Tensor::f32([6, 1024], noise)),
-    ]);
+    let inputs = sampled_inputs(p, noise);
     assert_eq!(eval_gen(&gen, &inputs), want, "plaintext windows");
     let c = compile(gen, &|_| Vis::Server, &CompileOptions::default()).unwrap();
     let (_, outs) = common::run_compiled(&c, &inputs, false).unwrap();
@@ -278,11 +273,7 @@ fn public_layers_generate_two_party() {
     // A public embedding and block 0: the prefill's keys of that block come from the client
     // at scale f, the decode rows as shares at 2f; attention must weigh both right (it did
     // not: token 4 differed). Attention weights scaled up so that attention matters.
-    let mut l = veil_compiler::dsl::stdlib_loader();
-    l.load_path(&common::repo().join("examples/models/gpt2-tiny.veil").display().to_string())
-        .unwrap();
-    let mut w = veil_compiler::weights::RandomSource::new(3);
-    let mut g = veil_compiler::dsl::lower::lower_model(&l, "gpt2_tiny", &mut w).unwrap().graph;
+    let mut g = dsl_example("gpt2-tiny.veil", "gpt2_tiny", 3);
     for (_, d) in g.values.iter_mut() {
         let ValueDef::Weight(t) = &d.def else { continue };
         let factor = if d.name.contains("c_attn") {
@@ -307,10 +298,7 @@ fn public_layers_generate_two_party() {
     };
     let vis = |n: &str| if public(n) { Vis::Public } else { Vis::Server };
     let c = compile(gen, &vis, &CompileOptions::default()).unwrap();
-    let inputs = HashMap::from([
-        ("input_ids".to_string(), Tensor::i64([1, 8], p)),
-        (NOISE_INPUT.to_string(), Tensor::f32([6, 1024], noise)),
-    ]);
+    let inputs = sampled_inputs(p, noise);
     let (_, outs) = common::run_compiled(&c, &inputs, false).unwrap();
     assert_eq!(tokens(&outs, 6), want, "two-party with a public block");
 }

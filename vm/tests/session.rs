@@ -21,6 +21,28 @@ fn program(n: u32, scale: u64) -> Program {
     b.finish()
 }
 
+/// The inputs every well-behaved client sends (64 values in [-4, 4)).
+fn good_inputs() -> Vec<(String, Values)> {
+    let xs: Vec<f64> = (0..64).map(|i| i as f64 / 8.0 - 4.0).collect();
+    vec![("x".into(), Values::F64(xs))]
+}
+
+/// Runs a well-behaved client and checks its output, relu(-2x), against the plaintext.
+fn good_client(
+    prog: &Program,
+    saddr: std::net::SocketAddr,
+    daddr: &str,
+    opts: &NetOptions,
+) -> veil_vm::session::SessionReport {
+    let inputs = good_inputs();
+    let (out, rep) = run_client(prog, &inputs, saddr, daddr, opts, None).unwrap();
+    let Values::F64(xs) = &inputs[0].1 else { unreachable!() };
+    for (i, &x) in xs.iter().enumerate() {
+        assert!((out[0].data[i] - (-2.0 * x).max(0.0)).abs() < 1e-3);
+    }
+    rep
+}
+
 #[test]
 fn client_server_and_dealer_over_tcp() {
     let prog = Arc::new(program(64, 1));
@@ -55,19 +77,7 @@ fn client_server_and_dealer_over_tcp() {
         None,
     );
     assert!(bad.unwrap_err().to_string().contains("has 3 elements"));
-    let xs: Vec<f64> = (0..64).map(|i| i as f64 / 8.0 - 4.0).collect();
-    let (out, rep) = run_client(
-        &prog,
-        &[("x".into(), Values::F64(xs.clone()))],
-        saddr,
-        daddr.as_str(),
-        &opts,
-        None,
-    )
-    .unwrap();
-    for (i, &x) in xs.iter().enumerate() {
-        assert!((out[0].data[i] - (-2.0 * x).max(0.0)).abs() < 1e-3);
-    }
+    let rep = good_client(&prog, saddr, &daddr, &opts);
     assert!(rep.report.body.rounds > 0);
     server.join().unwrap();
     dealer.join().unwrap().unwrap();
@@ -164,19 +174,7 @@ fn bad_frames_end_only_their_session_and_the_server_serves_the_next_client() {
     misbehaving_client(&prog, 2, saddr, &daddr, &frame(16, 7, &[0; 16]));
     // Truncated: 10 of the 1000 bytes announced, then the connection closes.
     misbehaving_client(&prog, 3, saddr, &daddr, &frame(1000, 0, &[0; 10]));
-    let xs: Vec<f64> = (0..64).map(|i| i as f64 / 8.0 - 4.0).collect();
-    let (out, _) = run_client(
-        &prog,
-        &[("x".into(), Values::F64(xs.clone()))],
-        saddr,
-        daddr.as_str(),
-        &opts,
-        None,
-    )
-    .unwrap();
-    for (i, &x) in xs.iter().enumerate() {
-        assert!((out[0].data[i] - (-2.0 * x).max(0.0)).abs() < 1e-3);
-    }
+    good_client(&prog, saddr, &daddr, &opts);
     server.join().unwrap();
     dealer.join().unwrap().unwrap();
     let served = served.lock().unwrap();
@@ -219,8 +217,7 @@ fn over_tls_with_mutual_authentication_and_strangers_refused() {
             .unwrap()
         }
     });
-    let xs: Vec<f64> = (0..64).map(|i| i as f64 / 8.0 - 4.0).collect();
-    let inputs = [("x".to_string(), Values::F64(xs.clone()))];
+    let inputs = good_inputs();
     // A client whose certificate another CA signed, and one without TLS: both refused.
     let e = run_client(&prog, &inputs, saddr, daddr.as_str(), &with("client", &other), None)
         .unwrap_err()
@@ -228,11 +225,7 @@ fn over_tls_with_mutual_authentication_and_strangers_refused() {
     assert!(e.contains("certificate"), "{e}");
     let plain = NetOptions { timeout: Duration::from_secs(5), ..NetOptions::default() };
     assert!(run_client(&prog, &inputs, saddr, daddr.as_str(), &plain, None).is_err());
-    let (out, _) =
-        run_client(&prog, &inputs, saddr, daddr.as_str(), &with("client", &keys), None).unwrap();
-    for (i, &x) in xs.iter().enumerate() {
-        assert!((out[0].data[i] - (-2.0 * x).max(0.0)).abs() < 1e-3);
-    }
+    good_client(&prog, saddr, &daddr, &with("client", &keys));
     server.join().unwrap();
     dealer.join().unwrap().unwrap();
     let served = served.lock().unwrap();
@@ -263,22 +256,13 @@ fn a_party_stalling_at_the_dealer_delays_no_other_session() {
     // Connects to the dealer and says nothing.
     let stalled = std::net::TcpStream::connect(&daddr).unwrap();
     let t0 = std::time::Instant::now();
-    let xs: Vec<f64> = (0..64).map(|i| i as f64 / 8.0 - 4.0).collect();
-    let (out, _) = run_client(
-        &prog,
-        &[("x".into(), Values::F64(xs.clone()))],
-        saddr,
-        daddr.as_str(),
-        &opts,
-        None,
-    )
-    .unwrap();
+    // relu(-2x) at x = -4 is 8 (among the checked outputs).
+    good_client(&prog, saddr, &daddr, &opts);
     assert!(
         t0.elapsed() < Duration::from_secs(10),
         "waited {:?} behind the stalled party",
         t0.elapsed()
     );
-    assert!((out[0].data[0] - 8.0).abs() < 1e-3);
     drop(stalled);
     server.join().unwrap();
     dealer.join().unwrap().unwrap();

@@ -140,6 +140,15 @@ fn files_of_another_compile_are_refused() {
     fails_with(&veil(&["cost", &bad.display().to_string()]), "bad.vbc");
 }
 
+/// `veil connect` to `server` and `dealer` over plain TCP with BERT-tiny's inputs.
+fn plain_connect(program: String, server: String, dealer: String, timeout: &str) -> Vec<String> {
+    let mut args = vec!["connect".to_string(), program, "--server".into(), server];
+    args.extend(["--dealer".into(), dealer, "--timeout".into(), timeout.into()]);
+    args.push("--insecure".into());
+    args.extend(common::bert_input_flags());
+    args
+}
+
 fn spawn(args: &[String]) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut c = Command::new(env!("CARGO_BIN_EXE_veil"))
@@ -268,18 +277,7 @@ fn missing_dealer_ends_every_side_with_an_error() {
         "3".into(),
         "--insecure".into(),
     ]);
-    let mut args = vec![
-        "connect".to_string(),
-        b,
-        "--server".into(),
-        saddr,
-        "--dealer".into(),
-        daddr,
-        "--timeout".into(),
-        "3".into(),
-        "--insecure".into(),
-    ];
-    args.extend(common::bert_input_flags());
+    let args = plain_connect(b, saddr, daddr, "3");
     let t0 = Instant::now();
     let o = veil(&args);
     assert_eq!(o.status.code(), Some(1));
@@ -313,18 +311,7 @@ fn a_stalled_then_killed_server_process_ends_the_client_with_an_error() {
     // The server process stops answering (SIGSTOP): the client gives up after its timeout.
     let pid = server.id().to_string();
     assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
-    let mut args = vec![
-        "connect".to_string(),
-        b,
-        "--server".into(),
-        saddr,
-        "--dealer".into(),
-        daddr,
-        "--timeout".into(),
-        "2".into(),
-        "--insecure".into(),
-    ];
-    args.extend(common::bert_input_flags());
+    let args = plain_connect(b, saddr, daddr, "2");
     let t0 = Instant::now();
     fails_with(&veil(&args), "no message from the server within 2 s");
     assert!(t0.elapsed() < Duration::from_secs(20), "no hang");
