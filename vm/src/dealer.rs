@@ -9,7 +9,9 @@ use crate::bits;
 use crate::error::VmError;
 use crate::kernels;
 use crate::net::FrameSink;
+use crate::net::FrameSource;
 use crate::prg::{Prg, Seed};
+use std::sync::Arc;
 use veil_isa::validate::is_dealer_instr;
 use veil_isa::{Buf, Instr, Kind, Party, Program};
 
@@ -19,6 +21,8 @@ pub struct Dealer<'p> {
     prg: [Prg; 2],
     known: Vec<Option<Vec<u64>>>,
     sink: Box<dyn FrameSink>,
+    /// The client's stream of the lengths a dynamic program sets.
+    lengths: Option<Box<dyn FrameSource>>,
 }
 
 impl<'p> Dealer<'p> {
@@ -30,7 +34,13 @@ impl<'p> Dealer<'p> {
             prg: [Prg::new(seeds[0]), Prg::new(seeds[1])],
             known: vec![None; prog.buffers.len()],
             sink,
+            lengths: None,
         }
+    }
+
+    /// Where the client reports each sequence length a dynamic program sets.
+    pub fn set_lengths(&mut self, src: Box<dyn FrameSource>) {
+        self.lengths = Some(src);
     }
 
     /// Bytes sent to the server so far.
@@ -40,18 +50,58 @@ impl<'p> Dealer<'p> {
 
     /// Generates the material of the setup section.
     pub fn deal_setup(&mut self) -> Result<(), VmError> {
-        self.deal(&self.prog.setup, "setup")
+        let p = self.prog;
+        self.deal(p, &p.setup, 0, "setup").map(|_| ())
     }
 
-    /// Generates the material of one run of the body.
+    /// Generates the material of one run of the body. At each `setlen` of a dynamic program
+    /// it waits for the length from the client and goes on with the program at that length.
     pub fn deal_body(&mut self) -> Result<(), VmError> {
-        self.deal(&self.prog.body, "body")
+        let p = self.prog;
+        let mut inst: Option<Arc<Program>> = None;
+        let mut from = 0;
+        let mut now = p.dynamic.as_ref().map_or(0, |d| d.max_len);
+        loop {
+            let cur = inst.clone();
+            let prog = cur.as_deref().unwrap_or(p);
+            let Some(index) = self.deal(prog, &prog.body, from, "body")? else { return Ok(()) };
+            let err = |msg: String| VmError::Dealer { section: "body", index, name: "setlen", msg };
+            let d = p.dynamic.as_ref().ok_or_else(|| err("no dynamic section".into()))?;
+            // The server needs everything dealt so far to reach the point that reveals the
+            // length: push it out before waiting.
+            self.sink.flush()?;
+            let src = self
+                .lengths
+                .as_mut()
+                .ok_or_else(|| err("no length stream from the client".into()))?;
+            let f = src.recv_frame()?;
+            let n = <[u8; 8]>::try_from(f.as_slice())
+                .map(u64::from_le_bytes)
+                .map_err(|_| err(format!("length frame of {} bytes", f.len())))?;
+            if n == 0 || n > now as u64 {
+                return Err(err(format!("length {n} outside 1..={now}")));
+            }
+            now = n as u32;
+            let q = d.instantiate(p, now).map_err(err)?;
+            veil_isa::validate_instance(&q)?;
+            for (k, b) in q.buffers.iter().enumerate() {
+                if let Some(v) = self.known[k].as_mut() {
+                    v.truncate(b.kind.words(b.len));
+                }
+            }
+            inst = Some(Arc::new(q));
+            from = index + 1;
+        }
     }
 
     /// Sends the end-of-stream marker.
     pub fn finish(&mut self) -> Result<(), VmError> {
-        self.sink.send_frame(Vec::new())?;
-        Ok(())
+        match self.sink.send_frame(Vec::new()) {
+            // Only a server that prefetches waits for the marker; one that streamed its
+            // material (a dynamic program) may already have finished and gone.
+            Err(crate::net::TransportError::Closed { .. }) if self.prog.dynamic.is_some() => Ok(()),
+            r => Ok(r?),
+        }
     }
 
     fn val(
@@ -96,9 +146,19 @@ impl<'p> Dealer<'p> {
         Ok(())
     }
 
-    fn deal(&mut self, code: &'p [Instr], section: &'static str) -> Result<(), VmError> {
-        let p = self.prog;
-        for (index, ins) in code.iter().enumerate() {
+    /// Deals `code` (a section of `p`) from instruction `from`; stops at a `setlen` and
+    /// returns its index.
+    fn deal(
+        &mut self,
+        p: &Program,
+        code: &[Instr],
+        from: usize,
+        section: &'static str,
+    ) -> Result<Option<usize>, VmError> {
+        for (index, ins) in code.iter().enumerate().skip(from) {
+            if let Instr::SetLen { .. } = ins {
+                return Ok(Some(index));
+            }
             if !is_dealer_instr(ins) {
                 for (b, w) in ins.buffers() {
                     if w {
@@ -203,7 +263,7 @@ impl<'p> Dealer<'p> {
                 _ => unreachable!("checked by is_dealer_instr"),
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 

@@ -11,9 +11,27 @@ use crate::material::{At, Material};
 use crate::net::{CommStats, Transport};
 use crate::ring;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use veil_isa::validate::is_dealer_instr;
 use veil_isa::{Buf, Instr, Kind, Party, Program, Tag};
+
+/// The code a section runs: the loaded program, or an instance at a pruned length.
+#[derive(Clone)]
+enum Code<'p> {
+    Loaded(&'p Program),
+    Instance(Arc<Program>),
+}
+
+impl std::ops::Deref for Code<'_> {
+    type Target = Program;
+    fn deref(&self) -> &Program {
+        match self {
+            Code::Loaded(p) => p,
+            Code::Instance(p) => p,
+        }
+    }
+}
 
 /// Tensor data handed to or returned by the VM.
 #[derive(Clone, Debug, PartialEq)]
@@ -76,6 +94,8 @@ pub struct PartyReport {
     pub jit_compile_time: Duration,
     /// Fused kernels in the program (zero without the JIT).
     pub jit_kernels: usize,
+    /// Sequence lengths set by the body's `setlen`s, in order (token pruning).
+    pub lengths: Vec<u32>,
     /// Time and count per instruction name during the body (exchanges and dealer draws
     /// included); fused kernels are counted under [`FUSED`].
     pub time_by_op: BTreeMap<&'static str, (Duration, u64)>,
@@ -112,6 +132,13 @@ pub struct PartyVm<'p> {
     jit_on: bool,
     #[cfg(feature = "jit")]
     jit: Option<crate::jit::Jit>,
+    /// The body instance at the current pruned length (None: the loaded program).
+    live: Option<Arc<Program>>,
+    /// Where the client tells the dealer each length it sets.
+    len_sink: Option<Box<dyn crate::net::FrameSink>>,
+    /// What `setlen` cut off each buffer, in order: weights and setup results regain it for
+    /// the next run.
+    tails: Vec<(usize, Vec<u64>)>,
 }
 
 /// What one step of a section runs.
@@ -158,6 +185,9 @@ impl<'p> PartyVm<'p> {
             jit_on: cfg!(feature = "jit"),
             #[cfg(feature = "jit")]
             jit: None,
+            live: None,
+            len_sink: None,
+            tails: Vec::new(),
         };
         for c in &prog.consts {
             vm.bufs[c.buf.0 as usize].copy_from_slice(&c.data);
@@ -185,6 +215,64 @@ impl<'p> PartyVm<'p> {
                 Err(_) => self.jit_on = false,
             }
         }
+    }
+
+    /// Sends each sequence length the body sets to the dealer (the client's side of a dynamic
+    /// program: the dealer needs the length to size the rest of the material).
+    pub fn set_len_sink(&mut self, sink: Box<dyn crate::net::FrameSink>) {
+        self.len_sink = Some(sink);
+    }
+
+    /// The program the current instructions come from.
+    fn cur(&self) -> &Program {
+        self.live.as_deref().unwrap_or(self.prog)
+    }
+
+    /// Back to the loaded program's sizes (before a body run): buffers regain their length
+    /// and constants their data.
+    fn reset_len(&mut self) {
+        if self.live.take().is_none() {
+            return;
+        }
+        while let Some((i, tail)) = self.tails.pop() {
+            self.bufs[i].extend_from_slice(&tail);
+        }
+    }
+
+    /// Continues at sequence length `n` (a `setlen` at body instruction `index`).
+    fn set_len(&mut self, n: u32, index: usize) -> Result<(), VmError> {
+        let err = |msg: String| VmError::Protocol { section: "body", index, msg };
+        let d = self.prog.dynamic.as_ref().ok_or_else(|| err("no dynamic section".into()))?;
+        let now = self.cur_len();
+        if n == 0 || n > now {
+            return Err(err(format!("revealed length {n} outside 1..={now}")));
+        }
+        let inst = d.instantiate(self.prog, n).map_err(err)?;
+        veil_isa::validate_instance(&inst)?;
+        for (i, b) in inst.buffers.iter().enumerate() {
+            let w = b.kind.words(b.len);
+            if self.bufs[i].len() > w {
+                let tail = self.bufs[i].split_off(w);
+                self.tails.push((i, tail));
+            }
+        }
+        if let Some(s) = self.len_sink.as_mut() {
+            s.send_frame((n as u64).to_le_bytes().to_vec())?;
+            s.flush()?;
+        }
+        self.report.lengths.push(n);
+        self.live = Some(Arc::new(inst));
+        Ok(())
+    }
+
+    /// The current sequence length of a dynamic program.
+    fn cur_len(&self) -> u32 {
+        let max = self.prog.dynamic.as_ref().map_or(0, |d| d.max_len);
+        self.report_len().unwrap_or(max)
+    }
+
+    fn report_len(&self) -> Option<u32> {
+        self.live.as_ref().and(self.report.lengths.last().copied())
     }
 
     /// Calls `f(done, total)` as body instructions complete (for progress bars).
@@ -260,6 +348,7 @@ impl<'p> PartyVm<'p> {
 
     /// Loads this party's inputs for the next run.
     pub fn set_inputs(&mut self, inputs: &[(String, Values)]) -> Result<(), VmError> {
+        self.reset_len();
         let decls = self.prog.inputs.clone();
         self.load("input", &decls, inputs)
     }
@@ -268,7 +357,8 @@ impl<'p> PartyVm<'p> {
     pub fn run_setup(&mut self) -> Result<(), VmError> {
         self.prepare();
         let before = self.peer.stats();
-        self.run_code("setup", &self.prog.setup, &self.prog.setup_tags, false)?;
+        let code = Code::Loaded(self.prog);
+        self.run_code("setup", &code, 0, false)?;
         self.report.setup = sub_stats(self.peer.stats(), before);
         Ok(())
     }
@@ -278,7 +368,14 @@ impl<'p> PartyVm<'p> {
         self.prepare();
         let before = self.peer.stats();
         let t0 = Instant::now();
-        self.run_code("body", &self.prog.body, &self.prog.body_tags, true)?;
+        self.reset_len();
+        let mut code = Code::Loaded(self.prog);
+        let mut from = 0;
+        while let Some((index, n)) = self.run_code("body", &code, from, true)? {
+            self.set_len(n, index)?;
+            code = Code::Instance(self.live.clone().expect("set_len makes an instance"));
+            from = index + 1;
+        }
         self.report.body_time += t0.elapsed();
         let d = sub_stats(self.peer.stats(), before);
         self.report.body.rounds += d.rounds;
@@ -329,15 +426,23 @@ impl<'p> PartyVm<'p> {
         r
     }
 
+    /// Runs `section` of `prog` from instruction `from`; stops early at a `setlen` and returns
+    /// its index and the length it sets.
     fn run_code(
         &mut self,
         section: &'static str,
-        code: &'p [Instr],
-        tags: &'p [u32],
+        prog: &Code<'p>,
+        from: usize,
         timed: bool,
-    ) -> Result<(), VmError> {
+    ) -> Result<Option<(usize, u32)>, VmError> {
+        let (code, tags) = match section {
+            "setup" => (&prog.setup, &prog.setup_tags),
+            _ => (&prog.body, &prog.body_tags),
+        };
+        // The fused plan is for the loaded program; an instance runs interpreted.
+        let loaded = matches!(prog, Code::Loaded(_)) && from == 0;
         #[cfg(feature = "jit")]
-        let compiled = match (&self.jit, self.jit_on) {
+        let compiled = match (&self.jit, self.jit_on && loaded) {
             (Some(j), true) => {
                 Some(if section == "setup" { j.setup.clone() } else { j.body.clone() })
             }
@@ -354,12 +459,13 @@ impl<'p> PartyVm<'p> {
                     crate::jit::fuse::Step::Kernel(k) => Unit::Kernel(k),
                 })
                 .collect(),
-            None => (0..code.len()).map(Unit::Instr).collect(),
+            None => (from..code.len()).map(Unit::Instr).collect(),
         };
         #[cfg(not(feature = "jit"))]
-        let units: Vec<Unit> = (0..code.len()).map(Unit::Instr).collect();
+        let units: Vec<Unit> = (from..code.len()).map(Unit::Instr).collect();
+        let _ = loaded;
         let total = code.len();
-        let (mut done, mut reported) = (0usize, 0usize);
+        let (mut done, mut reported) = (from, from);
         let mut last = Instant::now();
         for (step, &unit) in units.iter().enumerate() {
             let (index, local, elementwise, op) = match unit {
@@ -369,8 +475,13 @@ impl<'p> PartyVm<'p> {
                     let at = At { section, index };
                     done += 1;
                     if is_dealer_instr(ins) {
-                        self.material.draw(ins, at, self.prog, &mut self.bufs)?;
+                        self.material.draw(ins, at, prog, &mut self.bufs)?;
                         (index, false, false, op)
+                    } else if let Instr::SetLen { a, frac } = ins {
+                        let v = self.bufs[a.0 as usize][0] as i64;
+                        let n = if *frac == 0 { v } else { (v + (1 << (frac - 1))) >> frac };
+                        let n = u32::try_from(n).unwrap_or(0);
+                        return Ok(Some((index, n)));
                     } else if let Instr::Exchange {} = ins {
                         let t = Instant::now();
                         self.exchange(at)?;
@@ -429,7 +540,7 @@ impl<'p> PartyVm<'p> {
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     fn exchange(&mut self, at: At) -> Result<(), VmError> {
@@ -632,6 +743,15 @@ impl<'p> PartyVm<'p> {
                 );
                 self.put(*d, dv);
             }
+            CumSum { d, a, outer, mid, inner } => {
+                if !self.computes(self.kind(*d)) {
+                    return;
+                }
+                let mut dv = self.take(*d);
+                let (o, m, i) = (*outer as usize, *mid as usize, *inner as usize);
+                kernels::cumsum(&mut dv, &self.bufs[a.0 as usize], o, m, i);
+                self.put(*d, dv);
+            }
             Copy { d, d_off, a, a_off, shape, d_strides, a_strides } => {
                 if !self.computes(self.kind(*d)) {
                     return;
@@ -703,7 +823,7 @@ impl<'p> PartyVm<'p> {
                 self.put(*d, dv);
             }
             NotB { d, a } => {
-                let n = self.prog.buffers[d.0 as usize].len as usize;
+                let n = self.cur().buffers[d.0 as usize].len as usize;
                 let flip = self.kind(*d) == Kind::PubBits || me == Party::Client;
                 let mut dv = self.take(*d);
                 let av = &self.bufs[a.0 as usize];
@@ -729,7 +849,7 @@ impl<'p> PartyVm<'p> {
                 self.pending.push(Pending::Open { d: *d, a: *a, bits: *nb });
             }
             OpenB { d, a } => {
-                let n = self.prog.buffers[a.0 as usize].len as usize;
+                let n = self.cur().buffers[a.0 as usize].len as usize;
                 for (i, w) in self.bufs[a.0 as usize].iter().enumerate() {
                     let bytes = w.to_le_bytes();
                     let take = (n.div_ceil(8) - i * 8).min(8);
@@ -738,7 +858,7 @@ impl<'p> PartyVm<'p> {
                 self.pending.push(Pending::OpenB { d: *d, a: *a, n });
             }
             Send { d, a, from } => {
-                let n = self.prog.buffers[a.0 as usize].len as usize;
+                let n = self.cur().buffers[a.0 as usize].len as usize;
                 if *from == me {
                     bits::pack(&self.bufs[a.0 as usize], 64, &mut self.out);
                 } else {
@@ -746,14 +866,14 @@ impl<'p> PartyVm<'p> {
                 }
             }
             Reveal { d, a, to } => {
-                let n = self.prog.buffers[a.0 as usize].len as usize;
+                let n = self.cur().buffers[a.0 as usize].len as usize;
                 if *to == me {
                     self.pending.push(Pending::Reveal { d: *d, a: *a, n });
                 } else {
                     bits::pack(&self.bufs[a.0 as usize], 64, &mut self.out);
                 }
             }
-            Exchange {} => unreachable!("handled by run_code"),
+            Exchange {} | SetLen { .. } => unreachable!("handled by run_code"),
             _ => unreachable!("dealer instructions are handled by run_code"),
         }
     }

@@ -215,6 +215,19 @@ pub fn sum(d: &mut [u64], a: &[u64], outer: usize, mid: usize, inner: usize) {
     }
 }
 
+/// Inclusive prefix sum along the middle axis of an `outer × mid × inner` view.
+pub fn cumsum(d: &mut [u64], a: &[u64], outer: usize, mid: usize, inner: usize) {
+    for o in 0..outer {
+        for j in 0..mid {
+            let at = (o * mid + j) * inner;
+            for i in 0..inner {
+                let prev = if j == 0 { 0 } else { d[at - inner + i] };
+                d[at + i] = prev.wrapping_add(a[at + i]);
+            }
+        }
+    }
+}
+
 /// Strided copy: for every index vector `x < shape`,
 /// `d[d_off + x·ds] = a[a_off + x·as_]`. Contiguous innermost runs become slice copies.
 pub fn copy(

@@ -8,7 +8,7 @@ use crate::interp::{Output, PartyReport, PartyVm, Values};
 use crate::material::Material;
 use crate::net::local::{dealer_channel, LocalTransport};
 use crate::net::tcp::{Hello, Role, TcpTransport};
-use crate::net::{FrameSource, Prefetched, Transport, DEFAULT_TIMEOUT};
+use crate::net::{FrameSink, FrameSource, Prefetched, Transport, DEFAULT_TIMEOUT, LENGTH_TIMEOUT};
 use crate::prg::Prg;
 use std::time::{Duration, Instant};
 use veil_isa::{validate, Party, Program};
@@ -72,6 +72,7 @@ pub struct PartyData {
     pub inputs: Vec<(String, Values)>,
 }
 
+#[allow(clippy::too_many_arguments)] // one role's whole wiring
 fn party(
     prog: &Program,
     me: Party,
@@ -80,9 +81,13 @@ fn party(
     peer: Box<dyn Transport>,
     data: &PartyData,
     opts: &RunOptions,
+    len_sink: Option<Box<dyn FrameSink>>,
 ) -> Result<(Vec<Output>, PartyReport), VmError> {
     let material = Material::new(me, seed, corrections);
     let mut vm = PartyVm::new(prog, me, material, peer, opts.max_memory)?;
+    if let Some(s) = len_sink {
+        vm.set_len_sink(s);
+    }
     vm.set_jit(opts.jit);
     vm.load_weights(&data.weights)?;
     vm.set_inputs(&data.inputs)?;
@@ -101,20 +106,30 @@ pub fn run_session(
     validate(prog)?;
     let seeds = opts.seeds.unwrap_or_else(|| [Prg::random_seed(), Prg::random_seed()]);
     let (sink, mut source) = dealer_channel();
+    // A dynamic program's dealer learns each pruned length from the client.
+    let dynamic = prog.dynamic.is_some();
+    let (len_sink, len_source) = dealer_channel();
+    let len_source = len_source.with_timeout(LENGTH_TIMEOUT);
     let t0 = Instant::now();
     let dealer_thread = {
         let prog = prog.clone();
         std::thread::spawn(move || -> Result<u64, VmError> {
             let mut d = Dealer::new(&prog, seeds, Box::new(sink));
+            if dynamic {
+                d.set_lengths(Box::new(len_source));
+            }
             d.deal_setup()?;
             d.deal_body()?;
             d.finish()?;
             Ok(d.bytes())
         })
     };
+    // The material after a pruning point depends on the length revealed there: a dynamic
+    // program streams it.
+    let prefetch = opts.prefetch && !dynamic;
     let corrections: Box<dyn FrameSource> =
-        if opts.prefetch { Box::new(Prefetched::drain(&mut source)?) } else { Box::new(source) };
-    let offline_time = if opts.prefetch { t0.elapsed() } else { Duration::ZERO };
+        if prefetch { Box::new(Prefetched::drain(&mut source)?) } else { Box::new(source) };
+    let offline_time = if prefetch { t0.elapsed() } else { Duration::ZERO };
     let t1 = Instant::now();
     let (ct, st): (Box<dyn Transport>, Box<dyn Transport>) = if opts.tcp {
         let (c, s) = tcp_pair(prog, opts.timeout)?;
@@ -124,9 +139,12 @@ pub fn run_session(
         (Box::new(c.with_timeout(opts.timeout)), Box::new(s.with_timeout(opts.timeout)))
     };
     let (client_res, server_res) = std::thread::scope(|sc| {
-        let h =
-            sc.spawn(|| party(prog, Party::Server, seeds[1], Some(corrections), st, server, opts));
-        let c = party(prog, Party::Client, seeds[0], None, ct, client, opts);
+        let h = sc.spawn(|| {
+            party(prog, Party::Server, seeds[1], Some(corrections), st, server, opts, None)
+        });
+        let len_sink: Option<Box<dyn FrameSink>> =
+            if dynamic { Some(Box::new(len_sink)) } else { None };
+        let c = party(prog, Party::Client, seeds[0], None, ct, client, opts, len_sink);
         (c, h.join().expect("server thread does not panic"))
     });
     let online_time = t1.elapsed();

@@ -113,6 +113,9 @@ pub fn run_client(
         Box::new(peer),
         opts.max_memory,
     )?;
+    if prog.dynamic.is_some() {
+        vm.set_len_sink(Box::new(src.into_sink("dealer")));
+    }
     vm.set_jit(opts.jit);
     if let Some(p) = progress {
         vm.on_progress(p);
@@ -216,8 +219,13 @@ fn serve_stream(
     let mut src = dealer_link(dealer, Hello { session, ..hello }, opts.timeout, tls)?;
     let seed = receive_seed(&mut src)?;
     let t0 = Instant::now();
-    let corrections: Box<dyn FrameSource> =
-        if opts.prefetch { Box::new(Prefetched::drain(&mut src)?) } else { Box::new(src) };
+    // The material after a pruning point depends on the length revealed there: a dynamic
+    // program streams it.
+    let corrections: Box<dyn FrameSource> = if opts.prefetch && prog.dynamic.is_none() {
+        Box::new(Prefetched::drain(&mut src)?)
+    } else {
+        Box::new(src)
+    };
     let offline_time = t0.elapsed();
     let mut vm = PartyVm::new(
         prog,
@@ -336,6 +344,13 @@ fn deal_session(
     let mut to_server = TcpSink::new(server, "server");
     to_server.send_frame(seeds[1].to_vec())?;
     let mut d = Dealer::new(prog, seeds, Box::new(to_server));
+    // A dynamic program's client reports each pruned length on its dealer link.
+    let _keep;
+    if prog.dynamic.is_some() {
+        d.set_lengths(Box::new(to_client.into_source(crate::net::LENGTH_TIMEOUT)?));
+    } else {
+        _keep = to_client;
+    }
     d.deal_setup()?;
     d.deal_body()?;
     d.finish()?;

@@ -204,3 +204,69 @@ fn argmax_and_secret_one_hot_views_are_independent() {
     }
     assert!(tested > 10, "only {tested} rounds large enough to test");
 }
+
+/// Token pruning's protocols: scores from both parties (`x · w`), the keep comparison against a
+/// threshold, the oblivious compaction of the rows of a secret, and the kept count opened.
+fn compaction_program() -> Program {
+    let (n, row) = (64, 16);
+    let mut b = ProgramBuilder::new(F);
+    let x = b.input("x", Party::Client, &[n], F);
+    let w = b.weight("w", Party::Server, false, &[n], F);
+    let s = b.mul_priv(x, w, 1);
+    let s = b.trunc(s, F);
+    let total = b.sum(s, 1, n, 1);
+    let theta = (1u64 << veil_isa::builder::THETA_BITS) / n as u64;
+    let keep = b.prune_keep(s, total, theta, 1);
+    let c = b.compaction(keep);
+    let rows = b.mul_imm(x, 1);
+    let rows = b.broadcast(rows, &[n, 1], &[n, row]);
+    let moved = b.compact_rows(&c, rows, row);
+    let d = b.buf(Kind::Public, 1);
+    b.emit(Instr::Open { d, a: c.count, bits: 64 });
+    b.output("rows", moved, Party::Client, &[n * row], F);
+    b.output("count", d, Party::Client, &[1], 0);
+    b.finish()
+}
+
+#[test]
+fn compaction_views_do_not_depend_on_which_tokens_are_kept() {
+    let prog = compaction_program();
+    let n = 64;
+    // Sixteen tokens far above the mean score: the first sixteen, or a scattered sixteen.
+    let first: Vec<f64> = (0..n).map(|j| if j < 16 { 3.0 } else { 0.25 }).collect();
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = Rng(33);
+    for i in (1..n).rev() {
+        order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+    }
+    let mut scattered = vec![0.25; n];
+    // Token 0 is protected: keep the count equal by making it one of the sixteen in both.
+    scattered[0] = 3.0;
+    for &j in order.iter().filter(|&&j| j != 0).take(15) {
+        scattered[j] = 3.0;
+    }
+    let ones = vec![1.0; n];
+    let mut tested = 0;
+    // The server's view when the client's scores pick the tokens; the client's view when the
+    // server's weights do.
+    for (xa, xb, wa, wb) in [
+        (first.clone(), scattered.clone(), ones.clone(), ones.clone()),
+        (ones.clone(), ones.clone(), first.clone(), scattered.clone()),
+    ] {
+        let client_picks = xa != xb;
+        let (ca, sa) = transcripts(&prog, xa, wa);
+        let (cb, sb) = transcripts(&prog, xb, wb);
+        assert_eq!(sa.len(), sb.len());
+        let rounds = sa.len();
+        for r in 0..rounds {
+            let (a, b) = if client_picks { (&sa[r], &sb[r]) } else { (&ca[r], &cb[r]) };
+            // The client's last rounds reveal the count and the rows to it.
+            if a.len() >= 512 && (client_picks || r + 2 < rounds) {
+                let s = chi2(a, b);
+                assert!(s < CRIT, "round {r} depends on which tokens are kept: chi2 {s}");
+                tested += 1;
+            }
+        }
+    }
+    assert!(tested >= 4, "only {tested} rounds large enough to test");
+}

@@ -72,7 +72,9 @@ pub fn correction_words(ins: &Instr, p: &Program) -> u64 {
         | OpenB { .. }
         | Send { .. }
         | Reveal { .. }
-        | Exchange {} => 0,
+        | Exchange {}
+        | CumSum { .. }
+        | SetLen { .. } => 0,
     }
 }
 
@@ -117,14 +119,45 @@ pub struct ProgramCost {
     pub by_tag: BTreeMap<Tag, Cost>,
 }
 
-/// Sums [`instr_cost`] over a program.
+/// Sums [`instr_cost`] over a program (a dynamic program at its maximum length throughout).
 pub fn program_cost(p: &Program) -> ProgramCost {
     let mut pc = ProgramCost::default();
     for ins in &p.setup {
         pc.setup += instr_cost(ins, p);
     }
-    for (ins, &t) in p.body.iter().zip(&p.body_tags) {
-        let c = instr_cost(ins, p);
+    body_cost(p, p, 0, p.body.len(), &mut pc);
+    pc
+}
+
+/// The cost of a dynamic program whose `setlen`s set `lengths` in turn (a length repeated
+/// past the list's end): what a pruned run measures.
+pub fn program_cost_at(p: &Program, lengths: &[u32]) -> Result<ProgramCost, String> {
+    let mut pc = ProgramCost::default();
+    for ins in &p.setup {
+        pc.setup += instr_cost(ins, p);
+    }
+    let Some(d) = &p.dynamic else {
+        body_cost(p, p, 0, p.body.len(), &mut pc);
+        return Ok(pc);
+    };
+    let mut cur: Option<Program> = None;
+    let mut from = 0;
+    let mut k = 0;
+    loop {
+        let q = cur.as_ref().unwrap_or(p);
+        let stop = (from..q.body.len()).find(|&i| matches!(q.body[i], Instr::SetLen { .. }));
+        body_cost(p, q, from, stop.unwrap_or(q.body.len()), &mut pc);
+        let Some(i) = stop else { return Ok(pc) };
+        let n = lengths.get(k).or(lengths.last()).copied().unwrap_or(d.max_len);
+        cur = Some(d.instantiate(p, n)?);
+        from = i + 1;
+        k += 1;
+    }
+}
+
+fn body_cost(p: &Program, q: &Program, from: usize, to: usize, pc: &mut ProgramCost) {
+    for (ins, &t) in q.body[from..to].iter().zip(&q.body_tags[from..to]) {
+        let c = instr_cost(ins, q);
         pc.body += c;
         if c != Cost::default() {
             let tag = p
@@ -135,5 +168,4 @@ pub fn program_cost(p: &Program) -> ProgramCost {
             *pc.by_tag.entry(tag).or_default() += c;
         }
     }
-    pc
 }

@@ -12,15 +12,18 @@
 pub mod builder;
 pub mod cost;
 pub mod disas;
+pub mod dynamic;
 pub mod operand;
 pub mod ops;
 pub mod program;
+pub mod template;
 pub mod validate;
 
-pub use operand::{Buf, Dims, Party, Strides};
+pub use dynamic::{DynField, Dynamic, Poly};
+pub use operand::{Buf, Dims, Party, SlotMut, Strides};
 pub use ops::Instr;
 pub use program::{BufDecl, ConstInit, IoDecl, Kind, Program, Tag};
-pub use validate::{validate, ValidateError};
+pub use validate::{validate, validate_instance, ValidateError};
 
 /// Why a program file could not be decoded. Always the file's fault, never a VM bug.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

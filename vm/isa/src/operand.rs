@@ -211,6 +211,27 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// One size field of an instruction, writable (see [`crate::Instr::slots_mut`]).
+pub enum SlotMut<'a> {
+    /// A `u32` field or `Dims` entry.
+    U32(&'a mut u32),
+    /// A `Strides` entry.
+    I64(&'a mut i64),
+}
+
+impl SlotMut<'_> {
+    /// Stores `v`, failing when it does not fit the field.
+    pub fn set(self, v: i64) -> Result<(), String> {
+        match self {
+            SlotMut::U32(x) => {
+                *x = u32::try_from(v).map_err(|_| format!("{v} does not fit an unsigned size"))?
+            }
+            SlotMut::I64(x) => *x = v,
+        }
+        Ok(())
+    }
+}
+
 /// An instruction field: encodes, decodes and prints itself.
 pub trait Operand: Sized {
     /// Appends the encoding.
@@ -219,6 +240,10 @@ pub trait Operand: Sized {
     fn decode(r: &mut Reader) -> Result<Self, DecodeError>;
     /// Disassembly text.
     fn disas(&self) -> String;
+    /// Appends the field's size values (none for buffers, bit counts and immediates).
+    fn slots(&self, _out: &mut Vec<i64>) {}
+    /// Appends writable references to the values [`Operand::slots`] lists.
+    fn slots_mut<'a>(&'a mut self, _out: &mut Vec<SlotMut<'a>>) {}
 }
 
 impl Operand for Buf {
@@ -234,6 +259,12 @@ impl Operand for Buf {
 }
 
 impl Operand for u32 {
+    fn slots(&self, out: &mut Vec<i64>) {
+        out.push(*self as i64)
+    }
+    fn slots_mut<'a>(&'a mut self, out: &mut Vec<SlotMut<'a>>) {
+        out.push(SlotMut::U32(self))
+    }
     fn encode(&self, w: &mut Writer) {
         w.uvar(*self as u64)
     }
@@ -294,6 +325,12 @@ impl Operand for Party {
 }
 
 impl Operand for Dims {
+    fn slots(&self, out: &mut Vec<i64>) {
+        out.extend(self.0.iter().map(|&d| d as i64))
+    }
+    fn slots_mut<'a>(&'a mut self, out: &mut Vec<SlotMut<'a>>) {
+        out.extend(self.0.iter_mut().map(SlotMut::U32))
+    }
     fn encode(&self, w: &mut Writer) {
         w.uvar(self.0.len() as u64);
         for &d in &self.0 {
@@ -310,6 +347,12 @@ impl Operand for Dims {
 }
 
 impl Operand for Strides {
+    fn slots(&self, out: &mut Vec<i64>) {
+        out.extend(self.0.iter().copied())
+    }
+    fn slots_mut<'a>(&'a mut self, out: &mut Vec<SlotMut<'a>>) {
+        out.extend(self.0.iter_mut().map(SlotMut::I64))
+    }
     fn encode(&self, w: &mut Writer) {
         w.uvar(self.0.len() as u64);
         for &d in &self.0 {

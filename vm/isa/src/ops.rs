@@ -109,6 +109,14 @@ macro_rules! for_each_op {
             dbit = DBit { d: Buf, a: Buf, bit: u8 };
             /// `d` = arithmetic shares (0 or 1 in Z_2^64) of the dealer-known bits `a`.
             dbit2a = DBit2A { d: Buf, a: Buf };
+            /// Inclusive prefix sum along the middle axis of an `outer × mid × inner` view:
+            /// `d[o, j, i] = Σ_{j' ≤ j} a[o, j', i]`. Local.
+            cumsum = CumSum { d: Buf, a: Buf, outer: u32, mid: u32, inner: u32 };
+            /// Sets the live sequence length of a program with a dynamic section (see
+            /// [`crate::program::Dynamic`]) to the public count `n = a[0] >> frac`,
+            /// `1 ≤ n ≤` the current length: every later body instruction and every buffer then
+            /// takes its size at `n`. Local; the dealer learns `n` from the client.
+            setlen = SetLen { a: Buf, frac: u8 };
         }
     };
 }
@@ -176,6 +184,25 @@ macro_rules! define_instr {
                 }
             }
 
+            /// The instruction's size fields (every `u32` field, every entry of `Dims` and
+            /// `Strides`), in field order: what a dynamic program's polynomials patch.
+            pub fn slots(&self) -> Vec<i64> {
+                let mut v = Vec::new();
+                match self {
+                    $( Instr::$Camel { $($field),* } => { $( Operand::slots($field, &mut v); )* } )*
+                }
+                v
+            }
+
+            /// Mutable access to [`Instr::slots`], in the same order.
+            pub fn slots_mut(&mut self) -> Vec<SlotMut<'_>> {
+                let mut v = Vec::new();
+                match self {
+                    $( Instr::$Camel { $($field),* } => { $( Operand::slots_mut($field, &mut v); )* } )*
+                }
+                v
+            }
+
             /// Buffers the instruction reads and writes, as `(buffer, written)` pairs.
             pub fn buffers(&self) -> Vec<(Buf, bool)> {
                 let mut v = Vec::new();
@@ -208,7 +235,7 @@ fn collect_buf<T: MaybeBuf>(name: &str, f: &T, out: &mut Vec<(Buf, bool)>) {
     }
 }
 
-use crate::operand::{Buf, Dims, Operand, Party, Reader, Strides, Writer};
+use crate::operand::{Buf, Dims, Operand, Party, Reader, SlotMut, Strides, Writer};
 use crate::DecodeError;
 for_each_op!(define_instr);
 
@@ -268,6 +295,8 @@ mod tests {
             Instr::DTable { lt: b(0), eq: b(1), a: b(2), shift: 8, width: 4 },
             Instr::DBit { d: b(0), a: b(1), bit: 63 },
             Instr::DBit2A { d: b(0), a: b(1) },
+            Instr::CumSum { d: b(0), a: b(1), outer: 2, mid: 3, inner: 4 },
+            Instr::SetLen { a: b(0), frac: 0 },
         ]
     }
 
@@ -296,5 +325,26 @@ mod tests {
         assert_eq!(ins.disas(), "open d=b3 a=b4 bits=64");
         assert_eq!(Instr::Exchange {}.disas(), "exchange");
         assert_eq!(ins.buffers(), vec![(Buf(3), true), (Buf(4), false)]);
+    }
+
+    #[test]
+    fn slots_list_sizes_in_field_order_and_patch_in_place() {
+        let mut ins = Instr::Copy {
+            d: Buf(0),
+            d_off: 1,
+            a: Buf(1),
+            a_off: 2,
+            shape: Dims(vec![3, 4]),
+            d_strides: Strides(vec![4, 1]),
+            a_strides: Strides(vec![-5, 1]),
+        };
+        assert_eq!(ins.slots(), vec![1, 2, 3, 4, 4, 1, -5, 1]);
+        for (i, s) in ins.slots_mut().into_iter().enumerate() {
+            s.set(10 + i as i64).unwrap();
+        }
+        assert_eq!(ins.slots(), (10..18).collect::<Vec<i64>>());
+        let mut m = Instr::MatMul { d: Buf(0), a: Buf(1), b: Buf(2), batch: 1, m: 2, k: 3, n: 4 };
+        assert!(m.slots_mut().remove(0).set(-1).is_err(), "a u32 slot refuses negatives");
+        assert_eq!(Instr::Exchange {}.slots(), Vec::<i64>::new());
     }
 }

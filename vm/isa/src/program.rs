@@ -163,6 +163,8 @@ pub struct Program {
     pub body: Vec<Instr>,
     /// Tag of each body instruction.
     pub body_tags: Vec<u32>,
+    /// Sizes that depend on a sequence length chosen at run time (token pruning).
+    pub dynamic: Option<crate::dynamic::Dynamic>,
 }
 
 impl Program {
@@ -237,6 +239,10 @@ impl Program {
                 i.encode(&mut w);
                 w.uvar(*t as u64);
             }
+        }
+        // Optional trailing section: a static program's encoding is unchanged by its existence.
+        if let Some(d) = &self.dynamic {
+            d.encode(&mut w);
         }
         w.bytes
     }
@@ -345,6 +351,9 @@ impl Program {
                 p.body = code;
                 p.body_tags = tags;
             }
+        }
+        if !r.at_end() {
+            p.dynamic = Some(crate::dynamic::Dynamic::decode(r)?);
         }
         Ok(p)
     }

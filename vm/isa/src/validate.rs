@@ -53,6 +53,8 @@ struct Checker<'a> {
     section: &'static str,
     index: usize,
     name: &'static str,
+    /// Checking an instance of a dynamic program at a shorter length.
+    instance: bool,
 }
 
 impl Checker<'_> {
@@ -227,6 +229,26 @@ impl Checker<'_> {
                 }
                 let k = self.kind(*a);
                 self.result_kind(*d, k);
+            }
+            CumSum { d, a, outer, mid, inner } => {
+                self.ring(*a);
+                self.same_len(&[*d, *a]);
+                let (o, m, i) = (*outer as u64, *mid as u64, *inner as u64);
+                if self.len(*a) != o * m * i {
+                    self.err(format_args!("{outer}×{mid}×{inner} view does not fit {a}"));
+                }
+                let k = self.kind(*a);
+                self.result_kind(*d, k);
+            }
+            SetLen { a, frac } => {
+                let k = self.kind(*a);
+                self.want(*a, k == Kind::Public && self.len(*a) >= 1, "a public count");
+                if *frac > 62 {
+                    self.err("at most 62 fractional bits");
+                }
+                if self.section != "body" || !(self.instance || self.p.dynamic.is_some()) {
+                    self.err("only the body of a program with a dynamic section sets a length");
+                }
             }
             Copy { d, d_off, a, a_off, shape, d_strides, a_strides } => {
                 self.ring(*a);
@@ -473,6 +495,17 @@ pub fn is_comm_instr(ins: &Instr) -> bool {
 
 /// Checks the whole program. On success the VM may run it without bounds checks on buffer ids.
 pub fn validate(p: &Program) -> Result<(), ValidateError> {
+    check_program(p, false)
+}
+
+/// Checks an instance of a dynamic program ([`crate::Dynamic::instantiate`]): as [`validate`],
+/// except that inputs and weights (loaded at the maximum length) may be longer than their
+/// buffers now are.
+pub fn validate_instance(p: &Program) -> Result<(), ValidateError> {
+    check_program(p, true)
+}
+
+fn check_program(p: &Program, instance: bool) -> Result<(), ValidateError> {
     let mut c = Checker {
         p,
         errs: Vec::new(),
@@ -482,6 +515,7 @@ pub fn validate(p: &Program) -> Result<(), ValidateError> {
         section: "header",
         index: 0,
         name: "",
+        instance,
     };
     if !(1..=30).contains(&p.frac_bits) {
         c.errs.push(format!("fixed-point fractional bits {} outside 1..=30", p.frac_bits));
@@ -513,7 +547,8 @@ pub fn validate(p: &Program) -> Result<(), ValidateError> {
                 Some(d) => {
                     let kind_ok = d.kind == Kind::Private(io.party)
                         || (what == "weight" && d.kind == Kind::Public);
-                    if !kind_ok || d.len as u64 != numel {
+                    let shrunk = instance && what != "output" && (d.len as u64) < numel;
+                    if !kind_ok || (d.len as u64 != numel && !shrunk) {
                         c.errs.push(format!(
                             "{what} `{}` of shape {:?} for the {} does not fit {} ({}[{}])",
                             io.name, io.shape, io.party, io.buf, d.kind, d.len
@@ -528,6 +563,9 @@ pub fn validate(p: &Program) -> Result<(), ValidateError> {
                 ));
             }
         }
+    }
+    if let (Some(d), false) = (&p.dynamic, instance) {
+        d.check(p, &mut c.errs);
     }
     for (sec, code, tags) in [("setup", &p.setup, &p.setup_tags), ("body", &p.body, &p.body_tags)] {
         if code.len() != tags.len() {

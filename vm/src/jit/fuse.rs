@@ -398,7 +398,8 @@ pub fn plan(prog: &Program, code: &[Instr], me: Party) -> Plan {
                 g.add(pos, l, ins);
             }
             Lower::Interp => {
-                let conflict = matches!(ins, Instr::Exchange {})
+                // A `setlen` ends the loaded program's sizes: no kernel spans it.
+                let conflict = matches!(ins, Instr::Exchange {} | Instr::SetLen { .. })
                     || ins.buffers().iter().any(|(b, _)| g.touched.contains(b));
                 if conflict {
                     flush(&mut g, &mut plan);

@@ -99,6 +99,14 @@ pub struct LocalSource {
     timeout: Duration,
 }
 
+impl LocalSource {
+    /// The same source waiting at most `t` for each frame.
+    pub fn with_timeout(mut self, t: Duration) -> LocalSource {
+        self.timeout = t;
+        self
+    }
+}
+
 impl FrameSource for LocalSource {
     fn recv_frame(&mut self) -> Result<Vec<u8>, TransportError> {
         let f = match self.rx.recv_timeout(self.timeout) {

@@ -101,10 +101,18 @@ pub trait Transport: Send {
     fn stats(&self) -> CommStats;
 }
 
+/// How long the dealer waits for the client to report a pruned sequence length: the first
+/// comes after the layers before the first pruning point, which may take long at 512 tokens.
+pub const LENGTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The dealer's side of its one-way stream of correction frames to a party.
 pub trait FrameSink: Send {
     /// Sends one frame.
     fn send_frame(&mut self, payload: Vec<u8>) -> Result<(), TransportError>;
+    /// Pushes buffered frames onto the wire (streams that buffer override it).
+    fn flush(&mut self) -> Result<(), TransportError> {
+        Ok(())
+    }
     /// Bytes sent so far, frame headers included.
     fn bytes(&self) -> u64;
 }

@@ -514,6 +514,19 @@ impl TcpSink {
     }
 }
 
+impl TcpSink {
+    /// The same stream read the other way (the dealer reading the client's pruned lengths),
+    /// after flushing what was dealt.
+    pub fn into_source(self, timeout: Duration) -> Result<TcpSource, TransportError> {
+        let peer = self.peer;
+        let link = self
+            .w
+            .into_inner()
+            .map_err(|e| io_err(peer, String::new(), e.into_error(), timeout))?;
+        TcpSource::new(link, timeout)
+    }
+}
+
 impl FrameSink for TcpSink {
     /// Frames are buffered (the stream has no round structure); the end-of-stream frame, which
     /// is empty, flushes.
@@ -527,6 +540,9 @@ impl FrameSink for TcpSink {
     }
     fn bytes(&self) -> u64 {
         self.bytes
+    }
+    fn flush(&mut self) -> Result<(), TransportError> {
+        self.w.flush().map_err(|e| io_err(self.peer, String::new(), e, Duration::ZERO))
     }
 }
 
@@ -545,6 +561,14 @@ impl TcpSource {
             .set_read_timeout(Some(timeout))
             .map_err(|e| io_err("dealer", String::new(), e, timeout))?;
         Ok(TcpSource { r: BufReader::with_capacity(1 << 20, stream), seq: 0, bytes: 0, timeout })
+    }
+}
+
+impl TcpSource {
+    /// The same stream written the other way (the client reporting pruned lengths to the
+    /// dealer). Frames the dealer sent that were not read are dropped.
+    pub fn into_sink(self, peer: &'static str) -> TcpSink {
+        TcpSink::new(self.r.into_inner(), peer)
     }
 }
 

@@ -17,9 +17,11 @@ mod argmax;
 mod arith;
 mod compare;
 mod masked;
+mod prune;
 mod weights;
 
 pub use masked::Masked;
+pub use prune::{Compaction, THETA_BITS};
 
 use crate::operand::{Buf, Party};
 use crate::ops::Instr;
@@ -89,6 +91,8 @@ pub struct ProgramBuilder {
     /// for (softmax is shift-invariant), so it skips more low bits and uses wider digits,
     /// which saves an AND round per level.
     pub max_compare: CompareParams,
+    /// No body instruction is scheduled before this phase (set by `setlen`).
+    floor: u32,
 }
 
 impl ProgramBuilder {
@@ -117,6 +121,7 @@ impl ProgramBuilder {
             activation_cache: HashMap::new(),
             compare: CompareParams::default(),
             max_compare: CompareParams { bits: 32, ignore: 12, digit: 5 },
+            floor: 0,
         };
         b.set_tag("model", "other");
         b
@@ -255,6 +260,8 @@ impl ProgramBuilder {
         }
         if dealer {
             phase = 0;
+        } else if self.section == Section::Body {
+            phase = phase.max(self.floor);
         }
         let done = if comm { phase + 1 } else { phase };
         for &(b, written) in &bufs {
@@ -278,67 +285,104 @@ impl ProgramBuilder {
     }
 
     /// Schedules, allocates physical buffers and returns the program.
-    pub fn finish(mut self) -> Program {
+    pub fn finish(self) -> Program {
+        allocate(self.finish_ssa(), None)
+    }
+
+    /// The scheduled program before physical buffers are shared: every SSA buffer is its own
+    /// buffer. [`allocate`] turns it into what [`ProgramBuilder::finish`] returns. Compiling
+    /// for several sequence lengths compares these, whose buffer ids do not depend on sizes.
+    pub fn finish_ssa(mut self) -> Program {
         let nbufs = self.bufs.len();
         let setup = schedule(std::mem::take(&mut self.setup), nbufs);
         let body = schedule(std::mem::take(&mut self.body), nbufs);
-        let mut pinned = vec![false; nbufs];
-        for io in self.inputs.iter().chain(&self.weights).chain(&self.outputs) {
-            pinned[io.buf.0 as usize] = true;
-        }
-        for c in &self.consts {
-            pinned[c.buf.0 as usize] = true;
-        }
-        // Values written in setup and read in the body live across the whole body.
-        let mut written_in_setup = vec![false; nbufs];
-        for it in &setup {
-            for (b, w) in it.instr.buffers() {
-                if w {
-                    written_in_setup[b.0 as usize] = true;
-                }
-            }
-        }
-        for it in &body {
-            for (b, w) in it.instr.buffers() {
-                if !w && written_in_setup[b.0 as usize] {
-                    pinned[b.0 as usize] = true;
-                }
-            }
-        }
-        let mut alloc = Allocator::new(&self.bufs, &pinned);
-        let setup = alloc.run(setup);
-        let body = alloc.run(body);
-        let map = |b: Buf, alloc: &Allocator| {
-            alloc.fixed[b.0 as usize].expect("pinned buffers are mapped")
-        };
-        let consts = self
-            .consts
-            .iter()
-            .map(|c| ConstInit { buf: map(c.buf, &alloc), data: c.data.clone() })
-            .collect();
-        let remap_io = |l: &[IoDecl], alloc: &Allocator| {
-            l.iter().map(|io| IoDecl { buf: map(io.buf, alloc), ..io.clone() }).collect::<Vec<_>>()
-        };
-        let (inputs, weights, outputs) = (
-            remap_io(&self.inputs, &alloc),
-            remap_io(&self.weights, &alloc),
-            remap_io(&self.outputs, &alloc),
-        );
         Program {
             frac_bits: self.frac_bits,
             meta: self.meta,
-            buffers: alloc.physical,
-            consts,
-            inputs,
-            weights,
-            outputs,
+            buffers: self.bufs,
+            consts: self.consts,
+            inputs: self.inputs,
+            weights: self.weights,
+            outputs: self.outputs,
             tags: self.tags,
             setup_tags: setup.iter().map(|i| i.tag).collect(),
             setup: setup.into_iter().map(|i| i.instr).collect(),
             body_tags: body.iter().map(|i| i.tag).collect(),
             body: body.into_iter().map(|i| i.instr).collect(),
+            dynamic: None,
         }
     }
+}
+
+/// Maps the SSA buffers of `p` (from [`ProgramBuilder::finish_ssa`]) to physical buffers,
+/// reusing one whose value is dead for a later value of the same kind and length class:
+/// `class[i]` when given (buffers whose lengths vary alike with the sequence length), else the
+/// length. Returns the program and, per SSA buffer, its physical buffer.
+pub fn allocate_mapped(p: Program, class: Option<&[u64]>) -> (Program, Vec<Option<Buf>>) {
+    let nbufs = p.buffers.len();
+    let mut pinned = vec![false; nbufs];
+    for io in p.inputs.iter().chain(&p.weights).chain(&p.outputs) {
+        pinned[io.buf.0 as usize] = true;
+    }
+    for c in &p.consts {
+        pinned[c.buf.0 as usize] = true;
+    }
+    // Values written in setup and read in the body live across the whole body.
+    let mut written_in_setup = vec![false; nbufs];
+    for ins in &p.setup {
+        for (b, w) in ins.buffers() {
+            if w {
+                written_in_setup[b.0 as usize] = true;
+            }
+        }
+    }
+    for ins in &p.body {
+        for (b, w) in ins.buffers() {
+            if !w && written_in_setup[b.0 as usize] {
+                pinned[b.0 as usize] = true;
+            }
+        }
+    }
+    let keys: Vec<u64> = match class {
+        Some(c) => c.to_vec(),
+        None => p.buffers.iter().map(|b| b.len as u64).collect(),
+    };
+    let mut alloc = Allocator::new(&p.buffers, &pinned, keys);
+    let setup = alloc.run(p.setup);
+    let body = alloc.run(p.body);
+    let map =
+        |b: Buf, alloc: &Allocator| alloc.fixed[b.0 as usize].expect("pinned buffers are mapped");
+    let consts = p
+        .consts
+        .iter()
+        .map(|c| ConstInit { buf: map(c.buf, &alloc), data: c.data.clone() })
+        .collect();
+    let remap_io = |l: &[IoDecl], alloc: &Allocator| {
+        l.iter().map(|io| IoDecl { buf: map(io.buf, alloc), ..io.clone() }).collect::<Vec<_>>()
+    };
+    let (inputs, weights, outputs) =
+        (remap_io(&p.inputs, &alloc), remap_io(&p.weights, &alloc), remap_io(&p.outputs, &alloc));
+    let prog = Program {
+        frac_bits: p.frac_bits,
+        meta: p.meta,
+        buffers: alloc.physical,
+        consts,
+        inputs,
+        weights,
+        outputs,
+        tags: p.tags,
+        setup_tags: p.setup_tags,
+        setup,
+        body_tags: p.body_tags,
+        body,
+        dynamic: None,
+    };
+    (prog, alloc.fixed)
+}
+
+/// [`allocate_mapped`] without the map.
+pub fn allocate(p: Program, class: Option<&[u64]>) -> Program {
+    allocate_mapped(p, class).0
 }
 
 /// Orders one section by phase, places dealer instructions just in time, and inserts one
@@ -389,16 +433,18 @@ struct Allocator {
     pinned: Vec<bool>,
     fixed: Vec<Option<Buf>>,
     physical: Vec<BufDecl>,
-    free: HashMap<(Kind, u32), Vec<Buf>>,
+    keys: Vec<u64>,
+    free: HashMap<(Kind, u64), Vec<Buf>>,
 }
 
 impl Allocator {
-    fn new(decls: &[BufDecl], pinned: &[bool]) -> Allocator {
+    fn new(decls: &[BufDecl], pinned: &[bool], keys: Vec<u64>) -> Allocator {
         let mut a = Allocator {
             decls: decls.to_vec(),
             pinned: pinned.to_vec(),
             fixed: vec![None; decls.len()],
             physical: Vec::new(),
+            keys,
             free: HashMap::new(),
         };
         for (i, &p) in pinned.iter().enumerate() {
@@ -415,10 +461,10 @@ impl Allocator {
         b
     }
 
-    fn run(&mut self, items: Vec<Item>) -> Vec<Item> {
+    fn run(&mut self, items: Vec<Instr>) -> Vec<Instr> {
         let mut last_use = vec![usize::MAX; self.decls.len()];
         for (i, it) in items.iter().enumerate() {
-            for (b, _) in it.instr.buffers() {
+            for (b, _) in it.buffers() {
                 last_use[b.0 as usize] = i;
             }
         }
@@ -426,11 +472,11 @@ impl Allocator {
         // exchange: keep both alive until then.
         let mut next_exchange = items.len();
         for i in (0..items.len()).rev() {
-            if matches!(items[i].instr, Instr::Exchange {}) {
+            if matches!(items[i], Instr::Exchange {}) {
                 next_exchange = i;
             }
-            if is_comm_instr(&items[i].instr) {
-                for (b, _) in items[i].instr.buffers() {
+            if is_comm_instr(&items[i]) {
+                for (b, _) in items[i].buffers() {
                     let l = &mut last_use[b.0 as usize];
                     *l = (*l).max(next_exchange);
                 }
@@ -438,11 +484,11 @@ impl Allocator {
         }
         let mut out = Vec::with_capacity(items.len());
         for (i, mut it) in items.into_iter().enumerate() {
-            let bufs = it.instr.buffers();
+            let bufs = it.buffers();
             for &(b, _) in &bufs {
                 let l = b.0 as usize;
                 if self.fixed[l].is_none() {
-                    let key = (self.decls[l].kind, self.decls[l].len);
+                    let key = (self.decls[l].kind, self.keys[l]);
                     let phys = match self.free.get_mut(&key).and_then(|v| v.pop()) {
                         Some(p) => p,
                         None => self.new_physical(l),
@@ -450,13 +496,13 @@ impl Allocator {
                     self.fixed[l] = Some(phys);
                 }
             }
-            remap(&mut it.instr, &self.fixed);
+            remap(&mut it, &self.fixed);
             out.push(it);
             for &(b, _) in &bufs {
                 let l = b.0 as usize;
                 if last_use[l] == i && !self.pinned[l] {
                     if let Some(p) = self.fixed[l] {
-                        let key = (self.decls[l].kind, self.decls[l].len);
+                        let key = (self.decls[l].kind, self.keys[l]);
                         let list = self.free.entry(key).or_default();
                         if !list.contains(&p) {
                             list.push(p);
@@ -503,6 +549,7 @@ fn remap(ins: &mut Instr, map: &[Option<Buf>]) {
         | Send { d, a, .. }
         | Reveal { d, a, .. }
         | DBit { d, a, .. }
+        | CumSum { d, a, .. }
         | DBit2A { d, a } => {
             m(d);
             m(a);
@@ -537,6 +584,7 @@ fn remap(ins: &mut Instr, map: &[Option<Buf>]) {
             m(a);
         }
         DMask { d } | DPriv { d } | DBits { d } => m(d),
+        SetLen { a, .. } => m(a),
         Exchange {} => {}
     }
 }

@@ -1,0 +1,167 @@
+//! Token pruning in the VM: a program compiled at several lengths becomes one dynamic program;
+//! the pruned run keeps exactly the tokens the plaintext rule keeps, the dealer follows the
+//! revealed lengths, and the measured cost is the prediction at those lengths.
+
+mod common;
+use common::*;
+use veil_isa::builder::THETA_BITS;
+use veil_isa::cost::program_cost_at;
+use veil_isa::template::from_probes;
+use veil_isa::{Party, Program};
+
+const R: u32 = 3;
+
+/// Scores `s` pick tokens (mean score ≥ θ, the first always kept); the kept rows of `x` are
+/// compacted; after `setlen` the program sums the squares of the kept rows per column and
+/// counts rows by summing a column of ones computed at the new length.
+fn toy(n: u32, theta: f64) -> Program {
+    let mut b = builder();
+    let x = b.input("x", Party::Client, &[n, R], F);
+    let s = b.input("s", Party::Client, &[n], F);
+    let total = b.sum(s, 1, n, 1);
+    let theta_g = (theta * (1u64 << THETA_BITS) as f64).round() as u64;
+    let keep = b.prune_keep(s, total, theta_g, 1);
+    let c = b.compaction(keep);
+    let xc = b.compact_rows(&c, x, R);
+    b.set_len(c.count, 0);
+    let sq = b.mul(xc, 0, xc, 0, 1);
+    let sq = b.trunc(sq, F);
+    let y = b.sum(sq, 1, n, R);
+    b.output("y", y, Party::Client, &[R], F);
+    b.finish_ssa()
+}
+
+fn dynamic(max: u32, theta: f64) -> Program {
+    let probes = [max, max - 1, max - 2, max - 3, 2].map(|n| (n, toy(n, theta)));
+    let p = from_probes(probes.to_vec(), max).expect("the toy is polynomial in n");
+    veil_isa::validate(&p).expect("valid");
+    p
+}
+
+#[test]
+fn pruned_run_keeps_what_the_rule_keeps_in_memory_and_over_tcp() {
+    let n = 12u32;
+    let theta = 1.0 / n as f64;
+    let p = dynamic(n, theta);
+    let mut rng = Rng(7);
+    let xs = rng.vec((n * R) as usize, -3.0, 3.0);
+    // Scores well away from the threshold: 0.5/n or 1.5/n of a unit total.
+    let picks: Vec<bool> = (0..n).map(|j| j % 3 != 1).collect();
+    let raw: Vec<f64> = picks.iter().map(|&k| if k { 1.5 } else { 0.5 }).collect();
+    let sum: f64 = raw.iter().sum();
+    let ss: Vec<f64> = raw.iter().map(|v| v / sum * 4.0).collect();
+    let keep: Vec<bool> =
+        (0..n as usize).map(|j| j == 0 || ss[j] / ss.iter().sum::<f64>() >= theta).collect();
+    assert_ne!(keep, picks.iter().map(|_| true).collect::<Vec<_>>());
+    let kept = keep.iter().filter(|&&k| k).count() as u32;
+    for tcp in [false, true] {
+        let r = run_at(&p, vec![("x", xs.clone()), ("s", ss.clone())], tcp, &[kept]);
+        assert_eq!(r.client.lengths, vec![kept]);
+        assert_eq!(r.server.lengths, vec![kept]);
+        let y = out(&r, "y");
+        for col in 0..R as usize {
+            let want: f64 = (0..n as usize)
+                .filter(|&j| keep[j])
+                .map(|j| xs[j * R as usize + col].powi(2))
+                .sum();
+            assert!((y[col] - want).abs() < 1e-2, "column {col}: {} vs {want}", y[col]);
+        }
+    }
+}
+
+#[test]
+fn keeping_everything_and_keeping_one_both_run() {
+    let n = 9u32;
+    let p = dynamic(n, 0.05);
+    let xs: Vec<f64> = (0..n * R).map(|i| (i % 5) as f64 * 0.5).collect();
+    // All equal: every mean is 1/9 ≥ 0.05: nothing pruned.
+    let r = run_at(&p, vec![("x", xs.clone()), ("s", vec![1.0; n as usize])], false, &[n]);
+    assert_eq!(r.client.lengths, vec![n]);
+    // One huge score: only the protected first token (and that one) stay.
+    let mut s = vec![0.01; n as usize];
+    s[4] = 50.0;
+    let r = run_at(&p, vec![("x", xs.clone()), ("s", s)], false, &[2]);
+    assert_eq!(r.client.lengths, vec![2]);
+    let y = out(&r, "y");
+    for col in 0..R as usize {
+        let want = xs[col].powi(2) + xs[4 * R as usize + col].powi(2);
+        assert!((y[col] - want).abs() < 1e-2);
+    }
+}
+
+#[test]
+fn a_size_that_is_not_polynomial_is_refused_by_name() {
+    let halves = |n: u32| {
+        let mut b = builder();
+        let x = b.input("x", Party::Client, &[n], F);
+        let y = b.sum(x, 1, n.div_ceil(2), 2.min(n));
+        let _ = y;
+        b.output("x", x, Party::Client, &[n], F);
+        b.finish_ssa()
+    };
+    let probes = [16, 15, 14, 13].map(|n| (n, halves(n)));
+    let e = from_probes(probes.to_vec(), 16).unwrap_err();
+    assert!(e.contains("not a polynomial") || e.contains("changes shape"), "{e}");
+}
+
+/// Runs and checks the measured cost against the prediction at `lengths`.
+fn run_at(
+    p: &Program,
+    client: Vec<(&str, Vec<f64>)>,
+    tcp: bool,
+    lengths: &[u32],
+) -> veil_vm::RunResult {
+    use veil_vm::{run_session, PartyData, RunOptions, Values};
+    let c = PartyData {
+        inputs: client.into_iter().map(|(n, v)| (n.to_string(), Values::F64(v))).collect(),
+        weights: vec![],
+    };
+    let opts = RunOptions { tcp, ..RunOptions::default() };
+    let r = run_session(p, &c, &PartyData::default(), &opts).expect("session runs");
+    let pc = program_cost_at(p, lengths).expect("instantiates");
+    assert_eq!(r.client.body.rounds, pc.body.rounds, "rounds");
+    assert_eq!(r.client.body.sent, pc.body.sent[0], "client bytes");
+    assert_eq!(r.server.body.sent, pc.body.sent[1], "server bytes");
+    assert_eq!(r.dealer_bytes, pc.setup.dealer + pc.body.dealer + DEALER_OVERHEAD, "dealer bytes");
+    r
+}
+
+#[test]
+fn three_roles_over_tcp_follow_the_revealed_length() {
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+    use veil_vm::session::{deal, run_client, serve, NetOptions};
+    use veil_vm::Values;
+    let n = 10u32;
+    let prog = Arc::new(dynamic(n, 1.0 / n as f64));
+    let opts = NetOptions { timeout: std::time::Duration::from_secs(30), ..NetOptions::default() };
+    let dl = TcpListener::bind("127.0.0.1:0").unwrap();
+    let sl = TcpListener::bind("127.0.0.1:0").unwrap();
+    let daddr = dl.local_addr().unwrap().to_string();
+    let saddr = sl.local_addr().unwrap();
+    let dealt = Arc::new(Mutex::new(Vec::new()));
+    let d2 = dealt.clone();
+    let (p1, o1) = (prog.clone(), opts.clone());
+    let dealer = std::thread::spawn(move || {
+        deal(&dl, p1, &o1, Some(1), move |r| d2.lock().unwrap().push(r.map(|d| d.bytes)))
+    });
+    let (p2, o2, da) = (prog.clone(), opts.clone(), daddr.clone());
+    let server = std::thread::spawn(move || {
+        serve(&sl, &p2, &[], &da, &o2, Some(1), |r| assert!(r.is_ok(), "{:?}", r.err())).unwrap()
+    });
+    let mut s = vec![0.1; n as usize];
+    s[3] = 5.0;
+    s[7] = 5.0;
+    let xs: Vec<f64> = (0..n * R).map(|i| (i % 7) as f64 * 0.25).collect();
+    let inputs =
+        vec![("x".to_string(), Values::F64(xs.clone())), ("s".to_string(), Values::F64(s))];
+    let (out, rep) = run_client(&prog, &inputs, saddr, daddr.as_str(), &opts, None).unwrap();
+    server.join().unwrap();
+    dealer.join().unwrap().unwrap();
+    assert!(dealt.lock().unwrap()[0].is_ok(), "{:?}", dealt.lock().unwrap()[0]);
+    assert_eq!(rep.report.lengths, vec![3]);
+    for col in 0..R as usize {
+        let want: f64 = [0usize, 3, 7].iter().map(|&j| xs[j * R as usize + col].powi(2)).sum();
+        assert!((out[0].data[col] - want).abs() < 1e-2);
+    }
+}
