@@ -15,6 +15,7 @@ pub mod generate;
 pub mod ir;
 pub mod npy;
 pub mod passes;
+pub mod prune;
 pub mod rsqrt_fit;
 pub mod stdlib_table;
 pub mod weights;

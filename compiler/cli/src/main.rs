@@ -5,6 +5,7 @@ mod model;
 mod nonlinear;
 mod outcome;
 mod party;
+mod prune;
 mod report;
 mod svg;
 mod tls;

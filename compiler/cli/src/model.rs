@@ -10,13 +10,14 @@ use veil_compiler::ir::{Graph, Tensor, TensorType};
 /// Options shared by every command that reads a model.
 #[derive(Args, Clone, Debug, Default)]
 pub struct ModelArgs {
-    /// Binds every symbolic dimension whose name contains "seq" (ONNX inputs).
+    /// The sequence length: binds every symbolic dimension whose name contains "seq" (ONNX
+    /// inputs), or sets the constant `S` of a DSL model.
     #[arg(long, value_name = "N")]
     pub seq: Option<usize>,
     /// Binds every symbolic dimension whose name contains "batch" (default 1).
     #[arg(long, value_name = "N")]
     pub batch: Option<usize>,
-    /// Binds a symbolic dimension by name; repeatable.
+    /// Binds a symbolic dimension (ONNX) or sets a constant (DSL) by name; repeatable.
     #[arg(long = "dim", value_name = "NAME=VALUE", value_parser = parse_dim)]
     pub dims: Vec<(String, usize)>,
     /// The model to use from a DSL file that defines several.
@@ -43,6 +44,9 @@ pub struct Loaded {
     pub graph: Graph,
     /// Parameters a DSL model declared `public`.
     pub public_params: Vec<String>,
+    /// The sequence length, when the model has one that can be chosen: `--seq` (ONNX), or the
+    /// DSL constant `S`.
+    pub seq: Option<usize>,
 }
 
 /// Reads `path` as ONNX (`.onnx`) or DSL (`.veil`).
@@ -58,7 +62,7 @@ pub fn load(path: &Path, args: &ModelArgs) -> Result<Loaded> {
             };
             let mut graph = import_file(path, &opts)?;
             veil_compiler::passes::run(&mut graph, &mut veil_compiler::passes::import_pipeline())?;
-            Ok(Loaded { graph, public_params: Vec::new() })
+            Ok(Loaded { graph, public_params: Vec::new(), seq: args.seq })
         }
         Some(ext) => {
             bail!("{}: unknown model format `.{ext}` (expected .onnx or .veil)", path.display())
@@ -68,7 +72,30 @@ pub fn load(path: &Path, args: &ModelArgs) -> Result<Loaded> {
 
 fn load_dsl(path: &Path, args: &ModelArgs) -> Result<Loaded> {
     let mut loader = stdlib_loader();
+    for (n, v) in &args.dims {
+        loader.override_const(n, *v as f64);
+    }
+    if let Some(n) = args.seq {
+        loader.override_const("S", n as f64);
+    }
     loader.load_path(&path.display().to_string())?;
+    if let Some(c) = loader.unused_overrides().first() {
+        let flag = if c == "S" && args.seq.is_some() {
+            "--seq".to_string()
+        } else {
+            format!("--dim {c}=…")
+        };
+        bail!(
+            "{}: {flag} names the constant `{c}`, which the file does not define",
+            path.display()
+        );
+    }
+    let seq = match loader.constant("S") {
+        Some(veil_compiler::dsl::lower::Val::Num(x)) if *x >= 1.0 && x.fract() == 0.0 => {
+            Some(*x as usize)
+        }
+        _ => None,
+    };
     let names = loader.model_names();
     let name = match (&args.model, names.as_slice()) {
         (Some(n), _) => n.clone(),
@@ -82,14 +109,39 @@ fn load_dsl(path: &Path, args: &ModelArgs) -> Result<Loaded> {
     };
     let mut source: Box<dyn WeightSource> = match (&args.weights, args.random_weights) {
         (Some(f), None) => Box::new(veil_compiler::weights::SafetensorsSource::open(f)?),
-        (None, Some(seed)) => Box::new(veil_compiler::weights::RandomSource::new(seed)),
+        (None, Some(seed)) => Box::new(CachedRandom(seed, veil_compiler::weights::RandomSource::new(seed))),
         (None, None) => bail!("a DSL model needs its parameters: pass --weights FILE.safetensors or --random-weights SEED"),
         (Some(_), Some(_)) => bail!("--weights and --random-weights exclude each other"),
     };
     let m = lower_model(&loader, &name, source.as_mut())?;
     let mut graph = m.graph;
     veil_compiler::passes::run(&mut graph, &mut veil_compiler::passes::import_pipeline())?;
-    Ok(Loaded { graph, public_params: m.public_params })
+    Ok(Loaded { graph, public_params: m.public_params, seq })
+}
+
+/// Seeded random weights, drawn once per process: token pruning loads the same model at many
+/// sequence lengths, and drawing BERT-base's 85 M weights takes seconds each time.
+struct CachedRandom(u64, veil_compiler::weights::RandomSource);
+
+type WeightCache = std::sync::Mutex<std::collections::HashMap<(u64, String), Tensor>>;
+
+fn random_cache() -> &'static WeightCache {
+    static CACHE: std::sync::OnceLock<WeightCache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+impl veil_compiler::dsl::WeightSource for CachedRandom {
+    fn get(&mut self, key: &str, ty: &TensorType) -> std::result::Result<Tensor, String> {
+        let k = (self.0, key.to_string());
+        if let Some(t) = random_cache().lock().expect("not poisoned").get(&k) {
+            if t.ty() == *ty {
+                return Ok(t.clone());
+            }
+        }
+        let t = self.1.get(key, ty)?;
+        random_cache().lock().expect("not poisoned").insert(k, t.clone());
+        Ok(t)
+    }
 }
 
 /// The type a graph input needs, for messages.

@@ -57,6 +57,9 @@ pub fn reference(
         weights: p.meta("weights").map(PathBuf::from),
         ..Default::default()
     };
+    if let Some(run) = pruned_reference(p, &path, &margs, inputs)? {
+        return Ok(Some(run.outputs));
+    }
     let mut m = crate::model::load(&path, &margs)?;
     // A program compiled with a function-changing rewrite is compared with the rewritten model.
     crate::nonlinear::NonlinearArgs::of_program(p)?.apply(&mut m.graph)?;
@@ -67,6 +70,32 @@ pub fn reference(
     let outs = veil_compiler::eval::run(&m.graph, inputs)
         .with_context(|| format!("the plaintext reference ({})", path.display()))?;
     Ok(Some(outs))
+}
+
+/// The plaintext pruned run of a program compiled with `--prune` (None for other programs):
+/// the model from `path` at every length the pruning rule reaches.
+pub fn pruned_reference(
+    p: &Program,
+    path: &Path,
+    margs: &crate::model::ModelArgs,
+    inputs: &HashMap<String, Tensor>,
+) -> Result<Option<veil_compiler::prune::reference::PrunedRun>> {
+    let Some(json) = p.meta("prune") else { return Ok(None) };
+    let cfg = veil_compiler::prune::PruneConfig::from_json(json).map_err(anyhow::Error::msg)?;
+    let n = margs.seq.context("a pruned program records its sequence length")?;
+    let na = crate::nonlinear::NonlinearArgs::of_program(p)?;
+    let graph_at = crate::prune::graph_at(path, margs, &na);
+    let cuts =
+        veil_compiler::compile::pruned::cuts(&graph_at, n, &cfg).map_err(anyhow::Error::msg)?;
+    let run = veil_compiler::prune::reference::run(&graph_at, n, &cuts, &cfg, inputs)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("the plaintext pruned run ({})", path.display()))?;
+    println!(
+        "plaintext pruned run: tokens {n} → {} (closest score to its threshold: {:.2e} away)",
+        run.lengths.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" → "),
+        run.margin
+    );
+    Ok(Some(run))
 }
 
 /// The generation options a program was compiled with (`generate` meta), if any.
@@ -150,6 +179,29 @@ pub fn print_cost(p: &Program, m: &Measured, nets: &[Net]) {
         m.online.as_secs_f64(),
         bytes(m.client_rss)
     );
+    if p.dynamic.is_some() {
+        println!(
+            "  pruned: tokens {} → {} (the count after each pruning point, revealed to both parties)",
+            p.dynamic.as_ref().map_or(0, |d| d.max_len),
+            c.lengths.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" → ")
+        );
+        match crate::prune::report(p, &c.lengths) {
+            Ok(r) => print!("{}", r.text()),
+            Err(e) => println!("  (no per-layer pruning table: {e:#})"),
+        }
+        let pc = veil_isa::cost::program_cost_at(p, &c.lengths).unwrap_or_default();
+        let compute = (c.body_time.saturating_sub(c.wait_time)).as_secs_f64();
+        for &n in nets {
+            println!(
+                "estimate on {:?}: {:.2} s per inference ({:.2} s network + {:.2} s measured compute)",
+                n,
+                n.seconds(&pc.body) + compute,
+                n.seconds(&pc.body),
+                compute
+            );
+        }
+        return;
+    }
     print!("{}", cost_report(p, Some(&c.time_by_tag), &[]));
     let pc = veil_isa::cost::program_cost(p);
     let compute = (c.body_time.saturating_sub(c.wait_time)).as_secs_f64();

@@ -76,11 +76,15 @@ pub struct Lowered {
 pub struct LowerOptions {
     /// Fixed-point fractional bits.
     pub frac_bits: u8,
+    /// `(n, max)` when lowering the model at length `n` for a program pruned from `max`
+    /// tokens: maxima over `n` keys pad their rows to `max`, so the comparison tournament has
+    /// the same shape at every length.
+    pub token_len: Option<(usize, usize)>,
 }
 
 impl Default for LowerOptions {
     fn default() -> Self {
-        LowerOptions { frac_bits: 16 }
+        LowerOptions { frac_bits: 16, token_len: None }
     }
 }
 
@@ -98,6 +102,10 @@ struct Lowerer<'g> {
     /// Openings of the blocks of a concatenated matmul operand (a KV cache), each made once.
     block_open: HashMap<(Value, bool), (Masked, u8)>,
     node: Node,
+    /// Token pruning: the compaction planned for each `keep` value, and whether its length
+    /// was set yet.
+    compactions: HashMap<Value, (veil_isa::builder::Compaction, bool)>,
+    token_len: Option<(usize, usize)>,
 }
 
 /// Lowers the shared part of `g` (visibility from `part`).
@@ -115,6 +123,8 @@ pub fn lower(g: &Graph, part: &Partition, opts: &LowerOptions) -> Result<Lowered
         bit_src: HashMap::new(),
         block_open: HashMap::new(),
         node: Node::from_u32(0),
+        compactions: HashMap::new(),
+        token_len: opts.token_len,
     };
     l.b.meta("model", &g.name);
     for &n in &g.order {
@@ -433,11 +443,70 @@ impl<'g> Lowerer<'g> {
                 }
                 Operand::Val(v)
             }
+            (Op::PruneKeep { axis, theta, protect }, [_]) => {
+                let x = self.operand_val(args[0])?;
+                let x = if x.scale > f { self.at_f(&x) } else { x };
+                let (buf, rows, n) = self.move_axes_last(&x, &[*axis]);
+                let s = self.b.sum(buf, 1, rows, n);
+                let total = self.b.sum(s, 1, n, 1);
+                let theta_g = (theta * (1u64 << veil_isa::builder::THETA_BITS) as f64).round() as u64;
+                let keep = self.b.prune_keep(s, total, theta_g, *protect as u32);
+                Operand::Val(LVal { buf: keep, scale: 0, shape: out_shape })
+            }
+            (Op::Compact { axis }, [x, _]) => {
+                let x = match x.clone() {
+                    Operand::Const(t) => {
+                        let buf = self.const_buf(args[0], &t, f);
+                        LVal { buf, scale: f, shape: t.shape.clone() }
+                    }
+                    o => self.as_val(args[0], o)?,
+                };
+                if x.shape[..*axis].iter().any(|&d| d != 1) {
+                    return Err(self.err("compaction needs the token axis outermost"));
+                }
+                let rows = x.shape[*axis] as u32;
+                let row = (numel(&x.shape) as u32) / rows.max(1);
+                let keep = args[1];
+                if !self.compactions.contains_key(&keep) {
+                    let k = self.operand_val(keep)?;
+                    let c = self.b.compaction(k.buf);
+                    self.compactions.insert(keep, (c, false));
+                }
+                let c = &self.compactions[&keep].0;
+                let buf = self.b.compact_rows(c, x.buf, row);
+                Operand::Val(LVal { buf, shape: out_shape, ..x })
+            }
+            (Op::Shrink, [x, _]) => {
+                let x = self.as_val(args[0], x.clone())?;
+                match self.compactions.get_mut(&args[1]) {
+                    Some((c, done)) => {
+                        if !*done {
+                            *done = true;
+                            let count = c.count;
+                            self.b.set_len(count, 0);
+                        }
+                    }
+                    None => return Err(self.err("shrink without a compaction by the same keep")),
+                }
+                Operand::Val(x)
+            }
             (Op::ReduceMax { axes, .. }, [_]) => {
                 // Comparisons need values at scale f (|x| < 2^(bits-1) ring units).
                 let x = self.operand_val(args[0])?;
                 let x = if x.scale > f { self.at_f(&x) } else { x };
                 let (buf, rows, len) = self.move_axes_last(&x, axes);
+                let (buf, len) = match self.token_len {
+                    // A row over the keys of a prunable model: padded to the unpruned length
+                    // with copies of its first entry (the maximum is unchanged).
+                    Some((n, max)) if len as usize == n => {
+                        let max = max as u32;
+                        let pad = self.b.buf(self.b.kind(buf), rows * max);
+                        self.b.copy_into(pad, 0, buf, 0, &[rows, len], &[max as i64, 1], &[len as i64, 1]);
+                        self.b.copy_into(pad, len, buf, 0, &[rows, max - len], &[max as i64, 1], &[len as i64, 0]);
+                        (pad, max)
+                    }
+                    _ => (buf, len),
+                };
                 let m = self.b.max_rows(buf, rows, len);
                 Operand::Val(LVal { buf: m, scale: x.scale, shape: out_shape })
             }

@@ -49,6 +49,9 @@ pub struct NonlinearOptions {
     pub margin: f64,
     /// Worst relative error of each comparison-free inverse square root.
     pub rel: f64,
+    /// `(n, max)` for a prunable model at length `n`: a softmax over `n` keys keeps the
+    /// reciprocal's range of `max` keys, so its code is the same at every length.
+    pub key_len: Option<(usize, usize)>,
 }
 
 impl Default for NonlinearOptions {
@@ -60,6 +63,7 @@ impl Default for NonlinearOptions {
             ranges: BTreeMap::new(),
             margin: 1.5,
             rel: 1.0 / 1024.0,
+            key_len: None,
         }
     }
 }
@@ -140,12 +144,15 @@ pub fn lower_nonlinear(
                 ))
             }
             Op::Softmax { axis } => {
-                let rank = g.ty(nd.args[0]).rank();
-                (
-                    "softmax_max",
-                    vec![nd.args[0]],
-                    vec![("axis", Val::Num(*axis as f64 - rank as f64))],
-                )
+                let ty = g.ty(nd.args[0]);
+                let rank = ty.rank();
+                let mut named = vec![("axis", Val::Num(*axis as f64 - rank as f64))];
+                if let Some((n, max)) = opts.key_len {
+                    if ty.shape[*axis] == n {
+                        named.push(("pad", Val::Num((max - n) as f64)));
+                    }
+                }
+                ("softmax_max", vec![nd.args[0]], named)
             }
             Op::LayerNorm { axis, eps } => {
                 let args = layer_norm_args(g, &nd, *axis)?;

@@ -12,6 +12,7 @@ mod fold;
 pub mod layers;
 pub mod leakage;
 pub mod low_rank;
+pub mod pruned;
 pub mod public;
 
 use crate::backend::client::client_graph;
@@ -86,11 +87,18 @@ pub struct CompileOptions {
     pub nonlinear: NonlinearOptions,
     /// Free-form metadata written into the program (source path, sequence length, ...).
     pub meta: Vec<(String, String)>,
+    /// `(n, max)` while compiling a prunable model at length `n` (see [`pruned`]).
+    pub token_len: Option<(usize, usize)>,
 }
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { frac_bits: 16, nonlinear: NonlinearOptions::default(), meta: Vec::new() }
+        CompileOptions {
+            frac_bits: 16,
+            nonlinear: NonlinearOptions::default(),
+            meta: Vec::new(),
+            token_len: None,
+        }
     }
 }
 
@@ -137,28 +145,68 @@ pub struct Compiled {
 
 /// Compiles `g`: `weight_vis` says who may see each weight (by name).
 pub fn compile(
-    mut g: Graph,
+    g: Graph,
     weight_vis: &dyn Fn(&str) -> Vis,
     opts: &CompileOptions,
 ) -> Result<Compiled, CompileError> {
+    let mut p = prepare(g, weight_vis, opts)?;
+    let program =
+        std::mem::replace(&mut p.lowered.builder, veil_isa::builder::ProgramBuilder::new(16))
+            .finish();
+    assemble(p, program)
+}
+
+/// A graph lowered to bytecode, before the program is finished.
+pub(crate) struct Prepared {
+    g: Graph,
+    part: Partition,
+    pub(crate) lowered: crate::backend::lower::Lowered,
+    approximations: Vec<Approximation>,
+    clamped: Vec<String>,
+    mask_value: f32,
+}
+
+/// Partition, nonlinear lowering, folding and bytecode lowering of `g`.
+pub(crate) fn prepare(
+    mut g: Graph,
+    weight_vis: &dyn Fn(&str) -> Vis,
+    opts: &CompileOptions,
+) -> Result<Prepared, CompileError> {
     let model = g.name.clone();
     layers::assign_layers(&mut g);
     let part = analyze(&g, weight_vis);
     fold::divisions_to_products(&mut g, &part)
         .map_err(|msg| CompileError::Nonlinear { model: model.clone(), msg })?;
     let part = analyze(&g, weight_vis);
-    let (approximations, clamped) = lower_nonlinear(&mut g, &part, &opts.nonlinear)
+    let mut nl = opts.nonlinear.clone();
+    nl.key_len = opts.token_len;
+    let (approximations, clamped) = lower_nonlinear(&mut g, &part, &nl)
         .map_err(|msg| CompileError::Nonlinear { model: model.clone(), msg })?;
     let part = analyze(&g, weight_vis);
     fold::fold_public(&mut g, &part)
         .map_err(|msg| CompileError::Nonlinear { model: model.clone(), msg })?;
     let part = analyze(&g, weight_vis);
-    let mut lowered = lower(&g, &part, &LowerOptions { frac_bits: opts.frac_bits })
+    let lo = LowerOptions { frac_bits: opts.frac_bits, token_len: opts.token_len };
+    let mut lowered = lower(&g, &part, &lo)
         .map_err(|source| CompileError::Lower { model: model.clone(), source })?;
     for (k, v) in &opts.meta {
         lowered.builder.meta(k, v);
     }
-    let program = lowered.builder.finish();
+    Ok(Prepared {
+        g,
+        part,
+        lowered,
+        approximations,
+        clamped,
+        mask_value: opts.nonlinear.mask_value,
+    })
+}
+
+/// The artifacts around a finished `program`: validation, the server's weights, the client's
+/// part, the leakage checks.
+pub(crate) fn assemble(p: Prepared, program: Program) -> Result<Compiled, CompileError> {
+    let Prepared { g, part, lowered, approximations, clamped, mask_value } = p;
+    let model = g.name.clone();
     veil_isa::validate(&program)
         .map_err(|source| CompileError::Invalid { model: model.clone(), source })?;
 
@@ -186,7 +234,7 @@ pub fn compile(
         graph: cg,
         feeds: lowered.client_feeds.iter().map(|(n, _)| n.clone()).collect(),
         outputs,
-        mask_value: opts.nonlinear.mask_value,
+        mask_value,
     };
     let mut visibility = [0; 4];
     for (v, _) in g.values.iter() {

@@ -18,6 +18,7 @@ pub struct Loader {
     consts: HashMap<String, Val>,
     loaded: HashMap<String, usize>,
     importable: Modules,
+    overrides: HashMap<String, f64>,
 }
 
 impl Loader {
@@ -31,7 +32,22 @@ impl Loader {
             consts: HashMap::new(),
             loaded: HashMap::new(),
             importable: modules,
+            overrides: HashMap::new(),
         }
+    }
+
+    /// Gives the constant `name` the value `v` in files loaded afterwards, whatever they define
+    /// it as (`--dim S=512` runs a model written for 128 tokens on 512).
+    pub fn override_const(&mut self, name: &str, v: f64) {
+        self.overrides.insert(name.to_string(), v);
+    }
+
+    /// Overridden constants that no loaded file defines (a misspelt `--dim`).
+    pub fn unused_overrides(&self) -> Vec<String> {
+        let mut v: Vec<String> =
+            self.overrides.keys().filter(|k| !self.consts.contains_key(*k)).cloned().collect();
+        v.sort();
+        v
     }
 
     /// Loads a file from disk.
@@ -72,7 +88,10 @@ impl Loader {
                         return Err(self
                             .err(name.span, format!("constant `{}` is defined twice", name.name)));
                     }
-                    let v = self.const_eval(e)?;
+                    let v = match self.overrides.get(&name.name) {
+                        Some(&x) => Val::Num(x),
+                        None => self.const_eval(e)?,
+                    };
                     self.consts.insert(name.name.clone(), v);
                 }
             }

@@ -91,6 +91,15 @@ pub fn eval_op(op: &Op, a: &[&Tensor], ty: &TensorType) -> R {
         Op::Softmax { axis } => softmax(a[0], *axis, ty),
         Op::ArgMax { axis } => arg_max(a[0], *axis, ty),
         Op::KeepTopK { axis, k } => keep_top_k(a[0], *axis, *k, ty),
+        Op::PruneKeep { axis, theta, protect } => {
+            let keep = crate::prune::rule(&f64s(a[0]), &a[0].shape, *axis, *theta, *protect);
+            Ok(Tensor::f32(vec![keep.len()], keep.iter().map(|&k| k as u8 as f32).collect()))
+        }
+        Op::Compact { axis } => {
+            let keep: Vec<bool> = f64s(a[1]).iter().map(|&k| k != 0.0).collect();
+            Ok(crate::prune::compact(a[0], *axis, &keep, true))
+        }
+        Op::Shrink => Ok(a[0].clone()),
         Op::LayerNorm { axis, eps } => layer_norm(a[0], a[1], a.get(2).copied(), *axis, *eps, ty),
         Op::Reshape { .. } => {
             Ok(Tensor { dtype: a[0].dtype, shape: out.clone(), data: a[0].data.clone() })

@@ -5,7 +5,7 @@
 //! to their type's width; f16/bf16 results round to their format. This is the ground truth
 //! every two-party result is compared with, and the constant folder of the ONNX importer.
 
-mod elementwise;
+pub mod elementwise;
 mod fast;
 mod kernels;
 

@@ -128,6 +128,26 @@ pub enum Op {
         /// How many to keep.
         k: usize,
     },
+    /// Token pruning's rule, on attention probabilities (arg `probs`, keys along `axis`): `1`
+    /// for each key token whose mean attention received (averaged over every other axis) is
+    /// at least `theta`, and for the first `protect` tokens; else `0`. f32, shape `[n]`.
+    PruneKeep {
+        /// The key axis of `probs`.
+        axis: usize,
+        /// The threshold on the mean attention received.
+        theta: f64,
+        /// Leading tokens never pruned (CLS).
+        protect: usize,
+    },
+    /// Args `x, keep`: the slices of `x` along `axis` whose `keep` is 1 moved to the front in
+    /// their order, zeros after.
+    Compact {
+        /// The token axis of `x`.
+        axis: usize,
+    },
+    /// Args `x, keep`: `x`, after which the model continues on the `Σ keep` first tokens (the
+    /// count is revealed; the nodes after run at that sequence length).
+    Shrink,
     /// Softmax along one axis.
     Softmax {
         /// The normalised axis.
@@ -239,6 +259,9 @@ impl Op {
             Op::ReduceMax { .. } => "reduce_max",
             Op::ArgMax { .. } => "arg_max",
             Op::KeepTopK { .. } => "keep_top_k",
+            Op::PruneKeep { .. } => "prune_keep",
+            Op::Compact { .. } => "compact",
+            Op::Shrink => "shrink",
             Op::Softmax { .. } => "softmax",
             Op::LayerNorm { .. } => "layer_norm",
             Op::Gelu { .. } => "gelu",
@@ -347,7 +370,11 @@ impl Op {
             Op::Softmax { axis }
             | Op::Concat { axis }
             | Op::Gather { axis }
+            | Op::Compact { axis }
             | Op::ArgMax { axis } => write!(s, "{{axis={axis}}}").unwrap(),
+            Op::PruneKeep { axis, theta, protect } => {
+                write!(s, "{{axis={axis}, theta={}, protect={protect}}}", fmt_f64(*theta)).unwrap()
+            }
             Op::KeepTopK { axis, k } => write!(s, "{{axis={axis}, k={k}}}").unwrap(),
             Op::LayerNorm { axis, eps } => {
                 write!(s, "{{axis={axis}, eps={}}}", fmt_f64(*eps as f64)).unwrap()

@@ -175,6 +175,26 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
             shape[*axis] = 1;
             Ok(TensorType::new(DType::I64, shape))
         }
+        Op::PruneKeep { axis, .. } => {
+            arity(op, args, 1, 1)?;
+            check_axes(op, &[*axis], args[0].rank())?;
+            Ok(TensorType::new(DType::F32, vec![args[0].shape[*axis]]))
+        }
+        Op::Compact { axis } => {
+            arity(op, args, 2, 2)?;
+            check_axes(op, &[*axis], args[0].rank())?;
+            if args[1].shape != [args[0].shape[*axis]] {
+                return Err(format!(
+                    "keep {:?} does not match axis {axis} of {}",
+                    args[1].shape, args[0]
+                ));
+            }
+            Ok(args[0].clone())
+        }
+        Op::Shrink => {
+            arity(op, args, 2, 2)?;
+            Ok(args[0].clone())
+        }
         Op::KeepTopK { axis, k } => {
             arity(op, args, 1, 1)?;
             check_axes(op, &[*axis], args[0].rank())?;

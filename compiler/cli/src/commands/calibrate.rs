@@ -33,6 +33,15 @@ pub struct Args {
     pub model: ModelArgs,
     #[command(flatten)]
     pub nonlinear: NonlinearArgs,
+    /// Write token-pruning thresholds (for `veil compile --prune`) instead of value ranges:
+    /// after each attention layer keep this fraction of the tokens that reach it (one value for
+    /// every layer, or one per layer separated by commas; 1 = no pruning there), chosen in
+    /// plaintext on the samples.
+    #[arg(long, value_name = "F[,F...]", value_delimiter = ',')]
+    pub prune_keep: Vec<f64>,
+    /// With --prune-keep: leading tokens never pruned (the CLS token of a classifier).
+    #[arg(long, default_value_t = 1, requires = "prune_keep")]
+    pub protect: usize,
 }
 
 /// One sample from a directory of `<name>.npy` files.
@@ -85,9 +94,73 @@ pub fn run(a: Args) -> Result<()> {
         (None, None) => bail!("give sample inputs with --inputs DIR or --random-inputs SEED"),
     };
     let t0 = std::time::Instant::now();
+    if !a.prune_keep.is_empty() {
+        return prune_thresholds(&a, samples, t0);
+    }
     let c = calibrate_file(&a.file, &a.model, &a.nonlinear, samples, &a.output)?;
     eprintln!("calibrated on {} sample(s) in {:.2} s", c.samples, t0.elapsed().as_secs_f64());
     print!("{}", describe(&c));
+    println!("wrote {}", a.output.display());
+    Ok(())
+}
+
+/// `--prune-keep`: thresholds per attention layer, written as a `--prune` file.
+fn prune_thresholds(
+    a: &Args,
+    samples: impl FnOnce(&Graph) -> Result<Vec<HashMap<String, Tensor>>>,
+    t0: std::time::Instant,
+) -> Result<()> {
+    if a.protect == 0 {
+        bail!("--protect must be at least 1, so that a pruned sequence is never empty");
+    }
+    let n = crate::prune::max_len(&a.file, &a.model)?;
+    let graph_at = crate::prune::graph_at(&a.file, &a.model, &a.nonlinear);
+    let g = graph_at(n).map_err(anyhow::Error::msg)?;
+    let samples = samples(&g)?;
+    let cuts = veil_compiler::compile::pruned::every_cut(&graph_at, n)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("{}", a.file.display()))?;
+    if a.prune_keep.len() > 1 && a.prune_keep.len() != cuts.len() {
+        bail!(
+            "--prune-keep lists {} fractions, the model has {} attention layers (give one, or one per layer)",
+            a.prune_keep.len(),
+            cuts.len()
+        );
+    }
+    let cfg = veil_compiler::prune::calibrate::thresholds(
+        &graph_at,
+        n,
+        &cuts,
+        &a.prune_keep,
+        a.protect,
+        &samples,
+    )
+    .map_err(anyhow::Error::msg)?;
+    // Layers keeping everything need no pruning point.
+    let mut cfg = cfg;
+    for (i, f) in (0..cuts.len()).map(|i| (i, a.prune_keep.get(i).or(a.prune_keep.last()))) {
+        if f.is_some_and(|&f| f >= 1.0) {
+            cfg.theta[i] = None;
+        }
+    }
+    let mut lengths = Vec::new();
+    for s in &samples {
+        let kept: Vec<_> = cuts.iter().filter(|c| cfg.theta(c.layer).is_some()).cloned().collect();
+        let r = veil_compiler::prune::reference::run(&graph_at, n, &kept, &cfg, s)
+            .map_err(anyhow::Error::msg)?;
+        lengths.push(r.lengths);
+    }
+    let text = serde_json::to_string_pretty(&cfg)?;
+    let tmp = a.output.with_extension("json.partial");
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &a.output).with_context(|| format!("writing {}", a.output.display()))?;
+    eprintln!("calibrated on {} sample(s) in {:.2} s", samples.len(), t0.elapsed().as_secs_f64());
+    for (i, l) in lengths.iter().enumerate() {
+        println!(
+            "sample {i}: tokens {n} → {}",
+            l.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" → ")
+        );
+    }
     println!("wrote {}", a.output.display());
     Ok(())
 }

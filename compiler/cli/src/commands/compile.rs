@@ -86,6 +86,13 @@ pub struct LoweringArgs {
     /// Compile a generation program (set from `--generate` or by `veil generate`).
     #[arg(skip)]
     pub generate: Option<veil_compiler::generate::GenerateOptions>,
+    /// Encrypted token pruning with the thresholds in FILE (from `veil calibrate --prune-keep`;
+    /// format in the README): after each listed attention layer, tokens that receive little
+    /// attention are dropped under MPC and the rest of the model runs on fewer tokens. Only the
+    /// number kept is revealed (to both parties and the dealer). Needs a model whose sequence
+    /// length can be chosen and whose outputs have no token axis (a CLS row or a pooled vector).
+    #[arg(long, value_name = "FILE.json")]
+    pub prune: Option<PathBuf>,
 }
 
 impl Default for LoweringArgs {
@@ -95,6 +102,7 @@ impl Default for LoweringArgs {
             calibration: None,
             calibration_margin: 1.5,
             generate: None,
+            prune: None,
         }
     }
 }
@@ -307,9 +315,36 @@ pub fn compile_file_with(
             format!("{} {} {} {k}", go.prompt_len, go.max_new, go.sample),
         ));
     }
-    let opts = CompileOptions { frac_bits, meta, nonlinear };
+    let mut opts = CompileOptions { frac_bits, meta, nonlinear, token_len: None };
     let vis = |n: &str| if public.contains_key(n) { Vis::Public } else { Vis::Server };
-    let c = compile(m.graph, &vis, &opts).with_context(|| file.display().to_string())?;
+    let c = match &la.prune {
+        None => compile(m.graph, &vis, &opts).with_context(|| file.display().to_string())?,
+        Some(path) => {
+            if la.generate.is_some() || pa.lora_rank.is_some() {
+                anyhow::bail!("--prune does not combine with --generate or --lora-rank");
+            }
+            let cfg = crate::prune::read_config(path)?;
+            let n = crate::prune::max_len(file, margs)?;
+            opts.meta.retain(|(k, _)| k != "seq");
+            opts.meta.push(("seq".into(), n.to_string()));
+            let graph_at = crate::prune::graph_at(file, margs, &la.nonlinear);
+            let probes = veil_compiler::compile::pruned::probe_lengths(n);
+            let mut done = 0;
+            let mut progress = |len: usize| {
+                done += 1;
+                eprintln!("  compiling at {len} tokens ({done}/{})", probes.len());
+            };
+            veil_compiler::compile::pruned::compile_pruned(
+                &graph_at,
+                n,
+                &cfg,
+                &vis,
+                &opts,
+                &mut progress,
+            )
+            .with_context(|| format!("{} with --prune {}", file.display(), path.display()))?
+        }
+    };
     let p = artifacts::write(&c, out)?;
     let mut summary = partition;
     if !public.is_empty() {
@@ -319,7 +354,7 @@ pub fn compile_file_with(
             macs as f64 / 1e9
         ));
     }
-    if let Some(g) = private_graph {
+    if let Some(g) = private_graph.filter(|_| la.prune.is_none()) {
         // The same model with every weight private, for the saving.
         let all = compile(g, &|_| Vis::Server, &opts)?;
         let (a, b) = (

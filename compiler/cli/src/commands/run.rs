@@ -36,6 +36,10 @@ pub struct Args {
     /// Network for the time estimate (default: both).
     #[arg(long, value_enum)]
     pub net: Option<Net>,
+    /// For a program compiled with --prune: write the per-layer bytes, unpruned and pruned, as
+    /// an SVG bar chart.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
     #[command(flatten)]
     pub roles: RolesArgs,
 }
@@ -95,6 +99,14 @@ pub fn run(a: Args) -> Result<()> {
     }
     print_outputs(&outs, r.as_deref(), a.output.as_deref())?;
     print_cost(&p, &m, &nets);
+    if let Some(path) = &a.plot {
+        if p.dynamic.is_none() {
+            bail!("--plot draws the per-layer pruning chart: the program was not compiled with --prune");
+        }
+        let svg = crate::prune::report(&p, &m.client.lengths)?.svg();
+        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
     Ok(())
 }
 

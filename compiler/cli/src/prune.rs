@@ -1,0 +1,180 @@
+//! Token pruning at the command line: the model at any sequence length, the thresholds file,
+//! and the per-layer report (CipherPrune's table: tokens, softmax and GELU bytes per layer,
+//! with and without pruning) with its plot.
+
+use crate::model::{load, ModelArgs};
+use crate::nonlinear::NonlinearArgs;
+use crate::report::bytes;
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+use veil_compiler::ir::Graph;
+use veil_compiler::prune::PruneConfig;
+use veil_isa::cost::{program_cost, program_cost_at, Cost};
+use veil_isa::Program;
+
+/// The model of `file` at sequence length `n` (rewritten as `na` says), for every length the
+/// pruned compile and reference need. Each length is loaded once (weights are shared).
+pub fn graph_at<'a>(
+    file: &'a Path,
+    margs: &'a ModelArgs,
+    na: &'a NonlinearArgs,
+) -> impl Fn(usize) -> std::result::Result<Graph, String> + 'a {
+    let cache: std::sync::Mutex<std::collections::HashMap<usize, Graph>> = Default::default();
+    move |n| {
+        if let Some(g) = cache.lock().expect("not poisoned").get(&n) {
+            return Ok(g.clone());
+        }
+        let m = ModelArgs { seq: Some(n), ..margs.clone() };
+        let mut g = load(file, &m).map_err(|e| format!("{e:#}"))?.graph;
+        na.apply(&mut g).map_err(|e| format!("{e:#}"))?;
+        cache.lock().expect("not poisoned").insert(n, g.clone());
+        Ok(g)
+    }
+}
+
+/// The model's sequence length, refusing a model whose length is fixed.
+pub fn max_len(file: &Path, margs: &ModelArgs) -> Result<usize> {
+    load(file, margs)?.seq.with_context(|| {
+        format!(
+            "{}: token pruning needs a model whose sequence length can be chosen: a DSL model with \
+             `const S = …`, or an ONNX export with a dynamic sequence axis and --seq N",
+            file.display()
+        )
+    })
+}
+
+/// Reads a thresholds file.
+pub fn read_config(path: &Path) -> Result<PruneConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    PruneConfig::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The pruning points' layers, tokens and per-layer bytes of a run that set `lengths`.
+pub struct Report {
+    rows: Vec<Row>,
+    /// Online bytes and rounds of the whole body, unpruned and pruned.
+    totals: (Cost, Cost),
+}
+
+struct Row {
+    layer: String,
+    tokens: Option<usize>,
+    softmax: (u64, u64),
+    gelu: (u64, u64),
+    all: (u64, u64),
+}
+
+/// Per layer: tokens entering it, softmax/GELU/all bytes without and with pruning.
+pub fn report(p: &Program, lengths: &[u32]) -> Result<Report> {
+    let full = program_cost(p);
+    let pruned = program_cost_at(p, lengths).map_err(anyhow::Error::msg)?;
+    let cfg: PruneConfig = p
+        .meta("prune")
+        .map(PruneConfig::from_json)
+        .transpose()
+        .map_err(anyhow::Error::msg)?
+        .context("the program has no pruning points")?;
+    let max = p.dynamic.as_ref().map_or(0, |d| d.max_len) as usize;
+    let mut by: BTreeMap<(u32, String), Row> = BTreeMap::new();
+    for (which, pc) in [(0, &full), (1, &pruned)] {
+        for (tag, c) in &pc.by_tag {
+            let n = tag.layer.strip_prefix("layer").and_then(|d| d.parse::<u32>().ok());
+            let key = (n.map_or(u32::MAX, |x| x), tag.layer.clone());
+            let row = by.entry(key).or_insert_with(|| Row {
+                layer: tag.layer.clone(),
+                tokens: None,
+                softmax: (0, 0),
+                gelu: (0, 0),
+                all: (0, 0),
+            });
+            let set = |t: &mut (u64, u64)| {
+                if which == 0 {
+                    t.0 += c.online()
+                } else {
+                    t.1 += c.online()
+                }
+            };
+            match tag.op.as_str() {
+                "softmax" => set(&mut row.softmax),
+                "gelu" => set(&mut row.gelu),
+                _ => {}
+            }
+            set(&mut row.all);
+        }
+    }
+    // Tokens entering layer i: the length set by the last point of an earlier layer.
+    let points: Vec<usize> = (0..cfg.theta.len()).filter(|&i| cfg.theta[i].is_some()).collect();
+    for ((n, _), row) in by.iter_mut() {
+        if *n == u32::MAX {
+            continue;
+        }
+        let done = points.iter().filter(|&&l| l < *n as usize).count();
+        row.tokens =
+            Some(if done == 0 { max } else { lengths[(done - 1).min(lengths.len() - 1)] as usize });
+    }
+    Ok(Report { rows: by.into_values().collect(), totals: (full.body, pruned.body) })
+}
+
+impl Report {
+    /// The table.
+    pub fn text(&self) -> String {
+        let mut s = String::from(
+            "token pruning, per layer (bytes online, both directions; unpruned → pruned):\n",
+        );
+        s.push_str(&format!(
+            "  {:<8} {:>6}  {:>21}  {:>21}  {:>21}\n",
+            "layer", "tokens", "softmax", "GELU", "all"
+        ));
+        let pair = |(a, b): (u64, u64)| format!("{} → {}", bytes(a), bytes(b));
+        for r in &self.rows {
+            let t = r.tokens.map_or("-".to_string(), |t| t.to_string());
+            s.push_str(&format!(
+                "  {:<8} {:>6}  {:>21}  {:>21}  {:>21}\n",
+                r.layer,
+                t,
+                pair(r.softmax),
+                pair(r.gelu),
+                pair(r.all)
+            ));
+        }
+        let (a, b) = self.totals;
+        s.push_str(&format!(
+            "  whole model: {} → {} ({:.2}× fewer bytes), rounds {} → {}\n",
+            bytes(a.online()),
+            bytes(b.online()),
+            a.online() as f64 / b.online().max(1) as f64,
+            a.rounds,
+            b.rounds
+        ));
+        s
+    }
+
+    /// The plot: per layer, softmax, GELU and the rest, unpruned and pruned.
+    pub fn svg(&self) -> String {
+        let keys = vec!["softmax".to_string(), "GELU".to_string(), "other".to_string()];
+        let mut rows = Vec::new();
+        for r in &self.rows {
+            for (label, pick) in [("", 0), (" pruned", 1)] {
+                let get = |t: (u64, u64)| if pick == 0 { t.0 } else { t.1 } as f64;
+                let (sm, ge, all) = (get(r.softmax), get(r.gelu), get(r.all));
+                let tokens = match (pick, r.tokens) {
+                    (1, Some(t)) => format!(" ({t} tokens)"),
+                    _ => String::new(),
+                };
+                rows.push((
+                    format!("{}{label}{tokens}", r.layer),
+                    vec![sm, ge, (all - sm - ge).max(0.0)],
+                ));
+            }
+        }
+        crate::svg::stacked_bars(
+            "online bytes per layer, unpruned and pruned",
+            &keys,
+            &rows,
+            1e6,
+            "MB",
+        )
+    }
+}

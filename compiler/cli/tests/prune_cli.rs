@@ -1,0 +1,183 @@
+//! `veil calibrate --prune-keep`, `veil compile --prune` and `veil run` on the pruned program:
+//! the two-party run keeps the plaintext run's token counts, reports per layer, draws the
+//! chart; every bad input ends in a clear message.
+
+mod common;
+
+use common::{fails_with, ok, tmp, veil};
+use std::path::{Path, PathBuf};
+use veil_compiler::ir::Tensor;
+
+const CLS: &str = "examples/models/bert-tiny-cls.veil";
+const N: usize = 16;
+
+/// Writes a sample of BERT's three id inputs (N tokens) into `dir`.
+fn sample(dir: &Path, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut r = veil_compiler::weights::SplitMix(seed);
+    let ids: Vec<i64> = (0..N).map(|_| (r.next_u64() % 1024) as i64).collect();
+    let write = |name: &str, v: Vec<i64>| {
+        veil_compiler::npy::write(&dir.join(format!("{name}.npy")), &Tensor::i64([1, N], v))
+            .unwrap()
+    };
+    write("input_ids", ids);
+    write("attention_mask", vec![1; N]);
+    write("token_type_ids", vec![0; N]);
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Calibrated thresholds for the example (keep half after each layer) and their samples.
+fn thresholds(dir: &Path) -> (PathBuf, PathBuf) {
+    let samples = dir.join("samples");
+    sample(&samples.join("a"), 1);
+    sample(&samples.join("b"), 2);
+    let thr = dir.join("thr.json");
+    let out = veil(&[
+        "calibrate",
+        CLS,
+        "--random-weights",
+        "3",
+        "--seq",
+        "16",
+        "--inputs",
+        &s(&samples),
+        "--prune-keep",
+        "0.5",
+        "-o",
+        &s(&thr),
+    ]);
+    let so = ok(&out);
+    assert!(so.contains("sample 0: tokens 16 → "), "{so}");
+    (thr, samples)
+}
+
+#[test]
+fn pruned_two_party_run_keeps_the_plaintext_counts() {
+    let dir = tmp("prune-run");
+    let (thr, samples) = thresholds(&dir);
+    let prog = dir.join("p.vbc");
+    let out = veil(&[
+        "compile",
+        CLS,
+        "--random-weights",
+        "3",
+        "--seq",
+        "16",
+        "--prune",
+        &s(&thr),
+        "-o",
+        &s(&prog),
+    ]);
+    let so = ok(&out);
+    assert!(so.contains("prune"), "{so}");
+    let a = samples.join("a");
+    let inputs: Vec<String> = ["input_ids", "attention_mask", "token_type_ids"]
+        .iter()
+        .flat_map(|n| ["--input".to_string(), format!("{n}={}", s(&a.join(format!("{n}.npy"))))])
+        .collect();
+    let svg = dir.join("layers.svg");
+    let mut args =
+        vec!["run".to_string(), s(&prog), "--in-process".into(), "--plot".into(), s(&svg)];
+    args.extend(inputs);
+    let so = ok(&veil(&args));
+    let plain = so.lines().find(|l| l.starts_with("plaintext pruned run: tokens")).expect(&so);
+    let measured = so.lines().find(|l| l.trim_start().starts_with("pruned: tokens")).expect(&so);
+    let counts =
+        |l: &str| l.split("tokens ").nth(1).unwrap().split(" (").next().unwrap().to_string();
+    assert_eq!(counts(plain), counts(measured), "{so}");
+    assert!(counts(plain).starts_with("16 → "), "{so}");
+    assert!(so.contains("token pruning, per layer"), "{so}");
+    assert!(so.contains("fewer bytes"), "{so}");
+    let err: f64 = so
+        .lines()
+        .find_map(|l| l.split("max abs error ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|x| x.parse().ok())
+        .expect(&so);
+    assert!(err < 0.05, "{so}");
+    assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+}
+
+#[test]
+fn bad_pruning_inputs_end_in_clear_messages() {
+    let dir = tmp("prune-bad");
+    let write = |name: &str, text: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        s(&p)
+    };
+    let compile = |extra: &[&str]| {
+        let mut a = vec!["compile", CLS, "--random-weights", "3", "--seq", "16"];
+        a.extend_from_slice(extra);
+        let o = dir.join("x.vbc");
+        let o = s(&o);
+        let mut a: Vec<String> = a.iter().map(|x| x.to_string()).collect();
+        a.extend(["-o".to_string(), o]);
+        veil(&a)
+    };
+    fails_with(&compile(&["--prune", "/nonexistent/thr.json"]), "reading /nonexistent/thr.json");
+    let bad = write("bad.json", "{\"theta\": 3}");
+    fails_with(&compile(&["--prune", &bad]), "expected {\"theta\"");
+    let big = write("big.json", "{\"theta\": [2.0, null]}");
+    fails_with(&compile(&["--prune", &big]), "theta[0] = 2");
+    let none = write("none.json", "{\"theta\": [null, null]}");
+    fails_with(&compile(&["--prune", &none]), "every entry of `theta` is null");
+    let unprotected = write("p0.json", "{\"theta\": [0.05], \"protect\": 0}");
+    fails_with(&compile(&["--prune", &unprotected]), "`protect` must be at least 1");
+    let many = write("many.json", "{\"theta\": [0.05, 0.05, 0.05]}");
+    fails_with(&compile(&["--prune", &many]), "has 2 attention softmaxes");
+    let good = write("good.json", "{\"theta\": [0.05, null]}");
+    // An output over tokens cannot survive pruning.
+    let full = veil(&[
+        "compile",
+        "examples/models/bert-tiny.veil",
+        "--random-weights",
+        "3",
+        "--seq",
+        "16",
+        "--prune",
+        &good,
+        "-o",
+        &s(&dir.join("y.vbc")),
+    ]);
+    fails_with(&full, "output `last_hidden_state` has a token axis");
+    // A fixed-length export.
+    let fixed = veil(&["compile", common::BERT, "--prune", &good, "-o", &s(&dir.join("z.vbc"))]);
+    fails_with(&fixed, "sequence length can be chosen");
+    fails_with(&compile(&["--dim", "SS=3"]), "the constant `SS`, which the file does not define");
+    let cal = veil(&[
+        "calibrate",
+        CLS,
+        "--random-weights",
+        "3",
+        "--seq",
+        "16",
+        "--random-inputs",
+        "1",
+        "--prune-keep",
+        "0.5",
+        "-o",
+        &s(&dir.join("t.json")),
+    ]);
+    fails_with(&cal, "draws reals only");
+    sample(&dir.join("one"), 5);
+    let cal = veil(&[
+        "calibrate",
+        CLS,
+        "--random-weights",
+        "3",
+        "--seq",
+        "16",
+        "--inputs",
+        &s(&dir.join("one")),
+        "--prune-keep",
+        "1.5",
+        "-o",
+        &s(&dir.join("t.json")),
+    ]);
+    fails_with(&cal, "keep fraction 1.5 outside [0, 1]");
+    assert!(!dir.join("t.json").exists(), "nothing half-written");
+}

@@ -1,0 +1,79 @@
+//! Compiling a model with pruning points into one program whose sequence length is chosen at
+//! run time.
+//!
+//! The model is imported at its maximum length `n` and at a few shorter ones; pruning points
+//! are inserted at the same places in each; each is lowered to SSA bytecode with the
+//! length-dependent parts kept in the same shape (padded maxima, the softmax reciprocal's range
+//! at `n`); [`veil_isa::template::from_probes`] then checks that the programs differ only in sizes,
+//! fits each size as a polynomial of the length, and returns the program at `n` with those
+//! polynomials. A model whose lowering depends on the length otherwise is refused, naming the
+//! instruction.
+
+use super::{assemble, prepare, CompileError, CompileOptions, Compiled};
+use crate::backend::partition::Vis;
+use crate::prune::cuts::{find, Cut};
+use crate::prune::insert::insert;
+use crate::prune::reference::GraphAt;
+use crate::prune::PruneConfig;
+
+/// The lengths compiled besides `n`: three fit each size, the others check the fit.
+pub fn probe_lengths(n: usize) -> Vec<usize> {
+    let mut v = vec![n, n - 1, n - 2, n - 3, (n / 2).max(2)];
+    v.dedup();
+    v
+}
+
+/// The pruning points of the model at length `n` for the layers `cfg` has thresholds for.
+pub fn cuts(graph_at: &GraphAt<'_>, n: usize, cfg: &PruneConfig) -> Result<Vec<Cut>, String> {
+    if n < 8 {
+        return Err(format!("pruning needs at least 8 tokens, the model has {n}"));
+    }
+    let layers: Vec<usize> =
+        cfg.theta.iter().enumerate().filter(|(_, t)| t.is_some()).map(|(i, _)| i).collect();
+    find(&graph_at(n)?, &graph_at(n - 1)?, n, Some(&layers))
+}
+
+/// A pruning point after every attention layer of the model at length `n`.
+pub fn every_cut(graph_at: &GraphAt<'_>, n: usize) -> Result<Vec<Cut>, String> {
+    if n < 8 {
+        return Err(format!("pruning needs at least 8 tokens, the model has {n}"));
+    }
+    find(&graph_at(n)?, &graph_at(n - 1)?, n, None)
+}
+
+/// Compiles the model at length `n` with the pruning points of `cfg`; `on_probe` is told each
+/// length as it is compiled (for progress).
+pub fn compile_pruned(
+    graph_at: &GraphAt<'_>,
+    n: usize,
+    cfg: &PruneConfig,
+    weight_vis: &dyn Fn(&str) -> Vis,
+    opts: &CompileOptions,
+    on_probe: &mut dyn FnMut(usize),
+) -> Result<Compiled, CompileError> {
+    let fail = |msg: String| CompileError::Nonlinear { model: "pruned".into(), msg };
+    let cuts = cuts(graph_at, n, cfg).map_err(fail)?;
+    let mut main = None;
+    let mut probes = Vec::new();
+    for len in probe_lengths(n) {
+        on_probe(len);
+        let mut g = graph_at(len).map_err(fail)?;
+        insert(&mut g, &cuts, cfg).map_err(fail)?;
+        let mut o = opts.clone();
+        o.token_len = Some((len, n));
+        if len == n {
+            let json = serde_json::to_string(cfg).expect("the config serialises");
+            o.meta.push(("prune".into(), json));
+        }
+        let mut p = prepare(g, weight_vis, &o)?;
+        let b =
+            std::mem::replace(&mut p.lowered.builder, veil_isa::builder::ProgramBuilder::new(16));
+        probes.push((len as u32, b.finish_ssa()));
+        if len == n {
+            main = Some(p);
+        }
+    }
+    let program = veil_isa::template::from_probes(probes, n as u32)
+        .map_err(|e| fail(format!("the program is not the same at every sequence length: {e}")))?;
+    assemble(main.expect("the first probe is n"), program)
+}

@@ -1,0 +1,168 @@
+//! Where the pruning points go. Token axes are the axes whose size follows the sequence
+//! length: the model is imported at two lengths and compared value by value.
+
+use crate::ir::{Graph, Op, Value, ValueDef};
+use std::collections::HashMap;
+
+/// One pruning point.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cut {
+    /// Which attention layer (index among the attention softmaxes).
+    pub layer: usize,
+    /// The attention probabilities (the softmax's result).
+    pub probs: Value,
+    /// Their key axis.
+    pub key_axis: usize,
+    /// The position in `order` of the first node after the point.
+    pub at: usize,
+    /// Values defined before the point and used after it that carry the token axis, with it.
+    pub crossing: Vec<(Value, usize)>,
+}
+
+/// A possible point: its crossing elements, position and crossing values.
+type Candidate = (usize, usize, Vec<(Value, usize)>);
+
+/// Token axes of every value: where `a` (at length `n`) and `b` (at `n − 1`) differ.
+fn token_axes(a: &Graph, b: &Graph, n: usize) -> Result<HashMap<Value, Vec<usize>>, String> {
+    let mut out = HashMap::new();
+    for (v, va) in a.values.iter() {
+        let vb = &b.values[v];
+        let (sa, sb) = (&va.ty.shape, &vb.ty.shape);
+        if sa.len() != sb.len() {
+            return Err(format!("`{}` changes rank with the sequence length", va.name));
+        }
+        let axes: Vec<usize> = (0..sa.len()).filter(|&i| sa[i] != sb[i]).collect();
+        if axes.iter().any(|&i| sa[i] != n || sb[i] + 1 != n) {
+            out.insert(v, vec![usize::MAX]);
+        } else if !axes.is_empty() {
+            out.insert(v, axes);
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that `b` is `a` up to the sequence length: same nodes, operators and arguments.
+pub fn same_structure(a: &Graph, b: &Graph) -> Result<(), String> {
+    if a.order.len() != b.order.len() || a.values.len() != b.values.len() {
+        return Err(format!(
+            "the model has {} nodes at one length and {} at another: its structure depends on \
+             the sequence length",
+            a.order.len(),
+            b.order.len()
+        ));
+    }
+    for (&na, &nb) in a.order.iter().zip(&b.order) {
+        let (x, y) = (&a.nodes[na], &b.nodes[nb]);
+        if na != nb || x.op.name() != y.op.name() || x.args != y.args || x.result != y.result {
+            return Err(format!("node `{}` differs between sequence lengths", x.name));
+        }
+    }
+    Ok(())
+}
+
+/// The pruning points of `g` (at length `n`; `shorter` is the same model at `n − 1`) for the
+/// layers `wanted` (indices among the attention softmaxes; None: every one).
+pub fn find(
+    g: &Graph,
+    shorter: &Graph,
+    n: usize,
+    wanted: Option<&[usize]>,
+) -> Result<Vec<Cut>, String> {
+    same_structure(g, shorter)?;
+    let axes = token_axes(g, shorter, n)?;
+    for &o in &g.outputs {
+        if axes.contains_key(&o) {
+            return Err(format!(
+                "output `{}` has a token axis: pruned tokens would be missing from it (prune a \
+                 model that outputs a pooled or CLS row)",
+                g.values[o].name
+            ));
+        }
+    }
+    // Attention softmaxes: over a token axis, of a value with two.
+    let mut attn = Vec::new();
+    for (pos, &nd) in g.order.iter().enumerate() {
+        let node = &g.nodes[nd];
+        if let Op::Softmax { axis } = node.op {
+            let ax = axes.get(&node.result).cloned().unwrap_or_default();
+            if ax.len() == 2 && ax.contains(&axis) {
+                attn.push((pos, node.result, axis));
+            }
+        }
+    }
+    if attn.is_empty() {
+        return Err(
+            "the model has no attention softmax (over keys of a token × token score)".into()
+        );
+    }
+    let every: Vec<usize> = (0..attn.len()).collect();
+    let wanted = wanted.unwrap_or(&every);
+    if let Some(&bad) = wanted.iter().find(|&&l| l >= attn.len()) {
+        return Err(format!(
+            "threshold for attention layer {bad}, but the model has {} attention softmaxes",
+            attn.len()
+        ));
+    }
+    // Last use of every value, by position.
+    let mut last: HashMap<Value, usize> = HashMap::new();
+    for (pos, &nd) in g.order.iter().enumerate() {
+        for &a in &g.nodes[nd].args {
+            last.insert(a, pos);
+        }
+    }
+    let defined_at = |v: Value| -> Option<usize> {
+        match g.values[v].def {
+            ValueDef::Result(nd) => g.order.iter().position(|&m| m == nd),
+            ValueDef::Input => Some(0),
+            _ => None,
+        }
+    };
+    let mut def_pos: HashMap<Value, usize> = HashMap::new();
+    for (v, _) in g.values.iter() {
+        if let Some(p) = defined_at(v) {
+            def_pos.insert(v, p);
+        }
+    }
+    let mut cuts = Vec::new();
+    for &layer in wanted {
+        let (spos, probs, key_axis) = attn[layer];
+        let end = attn.get(layer + 1).map_or(g.order.len(), |a| a.0);
+        // (crossing elements, position, crossing values)
+        let mut best: Option<Candidate> = None;
+        let mut why = String::from("no position after the attention");
+        for at in spos + 1..=end {
+            let mut crossing = Vec::new();
+            let mut size = 0usize;
+            let mut ok = true;
+            for (&v, &dp) in &def_pos {
+                let input = matches!(g.values[v].def, ValueDef::Input);
+                let before = if input { true } else { dp < at };
+                if !before || last.get(&v).is_none_or(|&l| l < at) {
+                    continue;
+                }
+                let Some(ax) = axes.get(&v) else { continue };
+                let ty = g.ty(v);
+                if ax.len() != 1 || ax[0] == usize::MAX || ty.shape[..ax[0]].iter().any(|&d| d != 1)
+                {
+                    ok = false;
+                    why = format!(
+                        "`{}` ({}) is live there and its token axis is not its outermost",
+                        g.values[v].name, ty
+                    );
+                    break;
+                }
+                size += ty.numel();
+                crossing.push((v, ax[0]));
+            }
+            if ok && !crossing.is_empty() && best.as_ref().is_none_or(|b| size < b.0) {
+                crossing.sort();
+                best = Some((size, at, crossing));
+            }
+        }
+        let Some((_, at, crossing)) = best else {
+            return Err(format!("no pruning point after attention layer {layer}: {why}"));
+        };
+        cuts.push(Cut { layer, probs, key_axis, at, crossing });
+    }
+    Ok(cuts)
+}

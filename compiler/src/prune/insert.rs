@@ -1,0 +1,63 @@
+//! Inserts the pruning points: per cut, `keep = prune_keep(probs)`, each crossing value
+//! compacted by `keep`, then `shrink`, whose results replace the crossing values after the
+//! point. The nodes go right before the point's first node, so the order stays valid.
+
+use super::cuts::Cut;
+use super::PruneConfig;
+use crate::ir::{Graph, Op, Value};
+
+/// Inserts every cut of `cuts` (positions in `g.order` as [`super::cuts::find`] gave them).
+pub fn insert(g: &mut Graph, cuts: &[Cut], cfg: &PruneConfig) -> Result<(), String> {
+    // Anchors by node, so earlier insertions do not move later points.
+    let anchors: Vec<Option<crate::ir::Node>> =
+        cuts.iter().map(|c| g.order.get(c.at).copied()).collect();
+    for (c, anchor) in cuts.iter().zip(anchors) {
+        let theta = cfg.theta(c.layer).ok_or("a cut without a threshold")?;
+        let before = g.order.len();
+        let name = format!("layer.{}.prune", c.layer);
+        let keep = g.add_node(
+            &format!("{name}::prune/keep"),
+            Op::PruneKeep { axis: c.key_axis, theta, protect: cfg.protect },
+            &[c.probs],
+            &format!("{name}.keep"),
+        )?;
+        let mut compacted = Vec::new();
+        for &(v, axis) in &c.crossing {
+            let vn = g.values[v].name.clone();
+            let x = g.add_node(
+                &format!("{name}::prune/compact"),
+                Op::Compact { axis },
+                &[v, keep],
+                &format!("{vn}.compact"),
+            )?;
+            compacted.push(x);
+        }
+        let mut shrunk: Vec<(Value, Value)> = Vec::new();
+        for (&(v, _), &x) in c.crossing.iter().zip(&compacted) {
+            let vn = g.values[v].name.clone();
+            let s = g.add_node(
+                &format!("{name}::prune/shrink"),
+                Op::Shrink,
+                &[x, keep],
+                &format!("{vn}.kept"),
+            )?;
+            shrunk.push((v, s));
+        }
+        let new: Vec<_> = g.order.drain(before..).collect();
+        let pos = match anchor {
+            Some(a) => g.order.iter().position(|&m| m == a).ok_or("anchor vanished")?,
+            None => g.order.len(),
+        };
+        // Uses after the point read the kept tokens.
+        let after: Vec<_> = g.order[pos..].to_vec();
+        for nd in after {
+            for a in g.nodes[nd].args.iter_mut() {
+                if let Some(&(_, s)) = shrunk.iter().find(|(v, _)| v == a) {
+                    *a = s;
+                }
+            }
+        }
+        g.order.splice(pos..pos, new);
+    }
+    Ok(())
+}

@@ -1,0 +1,72 @@
+//! Encrypted token pruning end to end: thresholds calibrated in plaintext, the model compiled
+//! at several lengths into one dynamic program, and the two-party pruned run keeping the tokens
+//! the plaintext pruned run keeps (same count after every point) with outputs within tolerance.
+
+mod common;
+
+use std::collections::HashMap;
+use veil_compiler::backend::partition::Vis;
+use veil_compiler::compile::pruned::{compile_pruned, cuts};
+use veil_compiler::compile::CompileOptions;
+use veil_compiler::ir::{Graph, Tensor};
+use veil_compiler::prune::{calibrate, reference, PruneConfig};
+
+/// `bert_tiny_cls` at `n` tokens with seeded random weights.
+fn bert_tiny_cls(n: usize) -> Result<Graph, String> {
+    let mut l = veil_compiler::dsl::stdlib_loader();
+    l.override_const("S", n as f64);
+    let path = common::repo().join("examples/models/bert-tiny-cls.veil");
+    l.load_path(&path.display().to_string()).map_err(|e| e.to_string())?;
+    let mut w = veil_compiler::weights::RandomSource::new(3);
+    let mut g = veil_compiler::dsl::lower::lower_model(&l, "bert_tiny_cls", &mut w)
+        .map_err(|e| e.to_string())?
+        .graph;
+    veil_compiler::passes::run(&mut g, &mut veil_compiler::passes::import_pipeline())
+        .map_err(|e| e.to_string())?;
+    Ok(g)
+}
+
+fn inputs(n: usize, seed: u64) -> HashMap<String, Tensor> {
+    let mut r = veil_compiler::weights::SplitMix(seed);
+    let ids: Vec<i64> = (0..n).map(|_| (r.next_u64() % 1024) as i64).collect();
+    HashMap::from([
+        ("input_ids".to_string(), Tensor::i64([1, n], ids)),
+        ("attention_mask".to_string(), Tensor::i64([1, n], vec![1; n])),
+        ("token_type_ids".to_string(), Tensor::i64([1, n], vec![0; n])),
+    ])
+}
+
+#[test]
+fn two_party_pruned_run_keeps_the_plaintext_tokens() {
+    let n = 24;
+    let graph_at = |k: usize| bert_tiny_cls(k);
+    let all = PruneConfig { theta: vec![Some(0.0), Some(0.0)], protect: 1 };
+    let points = cuts(&graph_at, n, &all).unwrap();
+    assert_eq!(points.len(), 2, "one point after each attention layer");
+    let samples: Vec<_> = (0..3).map(|s| inputs(n, 10 + s)).collect();
+    let cfg = calibrate::thresholds(&graph_at, n, &points, &[0.5, 0.6], 1, &samples).unwrap();
+    let compiled = compile_pruned(
+        &graph_at,
+        n,
+        &cfg,
+        &|_: &str| Vis::Server,
+        &CompileOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(compiled.program.dynamic.is_some());
+    for (s, x) in samples.iter().enumerate() {
+        let want = reference::run(&graph_at, n, &points, &cfg, x).unwrap();
+        assert!(want.lengths[0] < n && want.lengths[1] <= want.lengths[0], "{:?}", want.lengths);
+        let (r, outs) = common::run_compiled(&compiled, x, s == 0).unwrap();
+        let got: Vec<u32> = r.client.lengths.clone();
+        let exp: Vec<u32> = want.lengths.iter().map(|&k| k as u32).collect();
+        assert_eq!(got, exp, "sample {s}: kept counts (margin {:.2e})", want.margin);
+        let out = outs[0].1.to_f64_vec();
+        let err = common::max_abs_diff(&out, &want.outputs[0].to_f64_vec());
+        assert!(err < 0.05, "sample {s}: max error {err}");
+        // The pruned run is cheaper than the same program at full length.
+        let full = veil_isa::cost::program_cost(&compiled.program);
+        assert!(r.client.body.sent < full.body.sent[0]);
+    }
+}
