@@ -148,6 +148,10 @@ fn bad_pruning_inputs_end_in_clear_messages() {
     let fixed = veil(&["compile", common::BERT, "--prune", &good, "-o", &s(&dir.join("z.vbc"))]);
     fails_with(&fixed, "sequence length can be chosen");
     fails_with(&compile(&["--dim", "SS=3"]), "the constant `SS`, which the file does not define");
+    let public = compile(&["--prune", &good, "--public", "m.encoder.layer.0.*"]);
+    fails_with(&public, "--prune with public weights is not supported yet");
+    let smu = compile(&["--prune", &good, "--nonlinear", "smu"]);
+    fails_with(&smu, "--prune with --nonlinear smu is not supported yet");
     let cal = veil(&[
         "calibrate",
         CLS,

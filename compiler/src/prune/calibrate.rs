@@ -1,6 +1,7 @@
 //! Thresholds from sample inputs (`veil calibrate --prune-keep F`): at each pruning point, in
 //! model order, the threshold that keeps the fraction `F` of the non-protected tokens reaching
-//! it, pooled over the samples, halfway between the last kept and the first dropped score.
+//! it, pooled over the samples (within 2% of the count, where neighbouring scores are furthest
+//! apart), halfway between the last kept and the first dropped score.
 
 use super::cuts::Cut;
 use super::reference::{GraphAt, Stepper};
@@ -40,7 +41,20 @@ pub fn thresholds(
             (_, 0) => 0.0,
             (0, _) => quantize(pool[0] * 1.5 + 1e-6),
             (k, len) if k == len => quantize(pool[len - 1] * 0.5),
-            (k, _) => quantize((pool[k - 1] + pool[k]) / 2.0),
+            (k, len) => {
+                // Within 2% of the target count, split where neighbouring scores are furthest
+                // apart: the two-party run's fixed-point error cannot move a token across.
+                let slack = (len / 50).max(1);
+                let lo = k.saturating_sub(slack).max(1);
+                let hi = (k + slack).min(len - 1);
+                let best = (lo..=hi)
+                    .max_by(|&a, &b| {
+                        let gap = |i: usize| (pool[i - 1] - pool[i]) / pool[i - 1].max(1e-12);
+                        gap(a).total_cmp(&gap(b)).then(b.abs_diff(k).cmp(&a.abs_diff(k)))
+                    })
+                    .unwrap_or(k);
+                quantize((pool[best - 1] + pool[best]) / 2.0)
+            }
         };
         theta[c.layer] = Some(t);
         for s in steppers.iter_mut() {

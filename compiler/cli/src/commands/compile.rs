@@ -269,6 +269,13 @@ pub fn compile_file_with(
     frac_bits: u8,
     out: &Path,
 ) -> Result<(Compiled, artifacts::Paths, String)> {
+    if la.prune.is_some() && la.nonlinear.nonlinear != Nonlinear::Exact {
+        anyhow::bail!(
+            "--prune with --nonlinear smu is not supported yet: the rewritten attention has no \
+             softmax to read the scores from, and its calibrated row-sum ranges hold at the full \
+             length only"
+        );
+    }
     let mut m = load(file, margs)?;
     let rewritten = la.nonlinear.apply(&mut m.graph)?;
     let (nonlinear, lowering) = lowering_options(la, &m.graph, rewritten)?;
@@ -323,6 +330,13 @@ pub fn compile_file_with(
             if la.generate.is_some() || pa.lora_rank.is_some() {
                 anyhow::bail!("--prune does not combine with --generate or --lora-rank");
             }
+            if !public.is_empty() {
+                anyhow::bail!(
+                    "--prune with public weights is not supported yet: a pruning point in layers \
+                     the client runs in the clear would change the length of the program's input"
+                );
+            }
+
             let cfg = crate::prune::read_config(path)?;
             let n = crate::prune::max_len(file, margs)?;
             opts.meta.retain(|(k, _)| k != "seq");
