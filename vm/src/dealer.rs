@@ -55,7 +55,8 @@ impl<'p> Dealer<'p> {
     }
 
     /// Generates the material of one run of the body. At each `setlen` of a dynamic program
-    /// it waits for the length from the client and goes on with the program at that length.
+    /// it waits for the length from the client and goes on with the program at that length
+    /// (a dynamic program's dealer deals one run: lengths only shrink).
     pub fn deal_body(&mut self) -> Result<(), VmError> {
         let p = self.prog;
         let mut inst: Option<Arc<Program>> = None;
@@ -84,6 +85,12 @@ impl<'p> Dealer<'p> {
             now = n as u32;
             let q = d.instantiate(p, now).map_err(err)?;
             veil_isa::validate_instance(&q)?;
+            let before = inst.as_deref().unwrap_or(p);
+            if let Some((i, b)) =
+                q.buffers.iter().enumerate().find(|(i, b)| b.len > before.buffers[*i].len)
+            {
+                return Err(err(format!("b{i} would grow to {} elements at length {n}", b.len)));
+            }
             for (k, b) in q.buffers.iter().enumerate() {
                 if let Some(v) = self.known[k].as_mut() {
                     v.truncate(b.kind.words(b.len));

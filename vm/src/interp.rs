@@ -228,15 +228,39 @@ impl<'p> PartyVm<'p> {
         self.live.as_deref().unwrap_or(self.prog)
     }
 
-    /// Back to the loaded program's sizes (before a body run): buffers regain their length
-    /// and constants their data.
+    /// Back to the loaded program's sizes (before loading or a run): buffers regain their
+    /// length, and those that hold data across runs (weights, constants, setup results) their
+    /// data.
     fn reset_len(&mut self) {
-        if self.live.take().is_none() {
-            return;
-        }
+        self.live = None;
         while let Some((i, tail)) = self.tails.pop() {
             self.bufs[i].extend_from_slice(&tail);
         }
+        for (i, b) in self.prog.buffers.iter().enumerate() {
+            let w = b.kind.words(b.len);
+            if self.bufs[i].len() < w {
+                self.bufs[i].resize(w, 0);
+            }
+        }
+    }
+
+    /// Buffers whose contents must survive a run: weights, constants, and setup results.
+    fn persistent(&self) -> Vec<bool> {
+        let mut keep = vec![false; self.prog.buffers.len()];
+        for io in &self.prog.weights {
+            keep[io.buf.0 as usize] = true;
+        }
+        for c in &self.prog.consts {
+            keep[c.buf.0 as usize] = true;
+        }
+        for ins in &self.prog.setup {
+            for (b, w) in ins.buffers() {
+                if w {
+                    keep[b.0 as usize] = true;
+                }
+            }
+        }
+        keep
     }
 
     /// Continues at sequence length `n` (a `setlen` at body instruction `index`).
@@ -249,16 +273,34 @@ impl<'p> PartyVm<'p> {
         }
         let inst = d.instantiate(self.prog, n).map_err(err)?;
         veil_isa::validate_instance(&inst)?;
-        for (i, b) in inst.buffers.iter().enumerate() {
-            let w = b.kind.words(b.len);
-            if self.bufs[i].len() > w {
-                let tail = self.bufs[i].split_off(w);
-                self.tails.push((i, tail));
-            }
+        let cur = self.cur();
+        if let Some((i, b)) =
+            inst.buffers.iter().enumerate().find(|(i, b)| b.len > cur.buffers[*i].len)
+        {
+            return Err(err(format!(
+                "b{i} would grow from {} to {} elements at length {n}",
+                cur.buffers[i].len, b.len
+            )));
         }
         if let Some(s) = self.len_sink.as_mut() {
             s.send_frame((n as u64).to_le_bytes().to_vec())?;
             s.flush()?;
+        }
+        let keep = self.persistent();
+        for (i, b) in inst.buffers.iter().enumerate() {
+            let w = b.kind.words(b.len);
+            if self.bufs[i].len() > w {
+                if keep[i] {
+                    let tail = self.bufs[i].split_off(w);
+                    self.tails.push((i, tail));
+                } else {
+                    self.bufs[i].truncate(w);
+                }
+            }
+            if b.kind.is_bits() {
+                // Bits past the new length stay out of any opening.
+                crate::bits::clear_tail(&mut self.bufs[i], b.len as usize);
+            }
         }
         self.report.lengths.push(n);
         self.live = Some(Arc::new(inst));
@@ -342,6 +384,7 @@ impl<'p> PartyVm<'p> {
 
     /// Loads this party's weights (and every public weight).
     pub fn load_weights(&mut self, weights: &[(String, Values)]) -> Result<(), VmError> {
+        self.reset_len();
         let decls = self.prog.weights.clone();
         self.load("weight", &decls, weights)
     }
@@ -355,6 +398,7 @@ impl<'p> PartyVm<'p> {
 
     /// Runs the setup section (once per program load).
     pub fn run_setup(&mut self) -> Result<(), VmError> {
+        self.reset_len();
         self.prepare();
         let before = self.peer.stats();
         let code = Code::Loaded(self.prog);
@@ -479,7 +523,8 @@ impl<'p> PartyVm<'p> {
                         (index, false, false, op)
                     } else if let Instr::SetLen { a, frac } = ins {
                         let v = self.bufs[a.0 as usize][0] as i64;
-                        let n = if *frac == 0 { v } else { (v + (1 << (frac - 1))) >> frac };
+                        let half = if *frac == 0 { 0 } else { 1i64 << (frac - 1) };
+                        let n = v.checked_add(half).map_or(0, |x| x >> frac);
                         let n = u32::try_from(n).unwrap_or(0);
                         return Ok(Some((index, n)));
                     } else if let Instr::Exchange {} = ins {

@@ -165,3 +165,27 @@ fn three_roles_over_tcp_follow_the_revealed_length() {
         assert!((out[0].data[col] - want).abs() < 1e-2);
     }
 }
+
+#[test]
+fn a_revealed_length_beyond_the_current_one_is_an_error_not_a_panic() {
+    let bad = |n: u32| {
+        let mut b = builder();
+        let x = b.input("x", Party::Client, &[n, R], F);
+        let zero = b.mul_imm(x, 0);
+        let big = b.sum(zero, 1, n * R, 1);
+        let big = b.add_imm(big, 1000);
+        b.set_len(big, 0);
+        let y = b.sum(x, 1, n, R);
+        b.output("y", y, Party::Client, &[R], F);
+        b.finish_ssa()
+    };
+    let probes = [8, 7, 6, 5, 4].map(|n| (n, bad(n)));
+    let p = from_probes(probes.to_vec(), 8).unwrap();
+    use veil_vm::{run_session, PartyData, RunOptions, Values};
+    let c = PartyData {
+        inputs: vec![("x".into(), Values::F64(vec![1.0; (8 * R) as usize]))],
+        weights: vec![],
+    };
+    let e = run_session(&p, &c, &PartyData::default(), &RunOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("revealed length 1000 outside 1..=8"), "{e}");
+}

@@ -20,15 +20,29 @@ pub fn graph_at<'a>(
     margs: &'a ModelArgs,
     na: &'a NonlinearArgs,
 ) -> impl Fn(usize) -> std::result::Result<Graph, String> + 'a {
-    let cache: std::sync::Mutex<std::collections::HashMap<usize, Graph>> = Default::default();
+    type Weights = std::collections::HashMap<String, std::sync::Arc<veil_compiler::ir::Tensor>>;
+    let cache: std::sync::Mutex<(std::collections::HashMap<usize, Graph>, Weights)> =
+        Default::default();
     move |n| {
-        if let Some(g) = cache.lock().expect("not poisoned").get(&n) {
+        if let Some(g) = cache.lock().expect("not poisoned").0.get(&n) {
             return Ok(g.clone());
         }
         let m = ModelArgs { seq: Some(n), ..margs.clone() };
         let mut g = load(file, &m).map_err(|e| format!("{e:#}"))?.graph;
         na.apply(&mut g).map_err(|e| format!("{e:#}"))?;
-        cache.lock().expect("not poisoned").insert(n, g.clone());
+        let mut c = cache.lock().expect("not poisoned");
+        // Every length holds the same weights once.
+        for (_, vd) in g.values.iter_mut() {
+            if let veil_compiler::ir::ValueDef::Weight(t) = &mut vd.def {
+                match c.1.get(&vd.name) {
+                    Some(shared) if shared.ty() == t.ty() => *t = shared.clone(),
+                    _ => {
+                        c.1.insert(vd.name.clone(), t.clone());
+                    }
+                }
+            }
+        }
+        c.0.insert(n, g.clone());
         Ok(g)
     }
 }
@@ -64,6 +78,7 @@ struct Row {
     softmax: (u64, u64),
     gelu: (u64, u64),
     all: (u64, u64),
+    rounds: u64,
 }
 
 /// Per layer: tokens entering it, softmax/GELU/all bytes without and with pruning.
@@ -88,6 +103,7 @@ pub fn report(p: &Program, lengths: &[u32]) -> Result<Report> {
                 softmax: (0, 0),
                 gelu: (0, 0),
                 all: (0, 0),
+                rounds: 0,
             });
             let set = |t: &mut (u64, u64)| {
                 if which == 0 {
@@ -102,6 +118,9 @@ pub fn report(p: &Program, lengths: &[u32]) -> Result<Report> {
                 _ => {}
             }
             set(&mut row.all);
+            if which == 1 {
+                row.rounds += c.rounds;
+            }
         }
     }
     // Tokens entering layer i: the length set by the last point of an earlier layer.
@@ -111,8 +130,10 @@ pub fn report(p: &Program, lengths: &[u32]) -> Result<Report> {
             continue;
         }
         let done = points.iter().filter(|&&l| l < *n as usize).count();
-        row.tokens =
-            Some(if done == 0 { max } else { lengths[(done - 1).min(lengths.len() - 1)] as usize });
+        row.tokens = Some(match (done, lengths.last()) {
+            (0, _) | (_, None) => max,
+            (d, Some(_)) => lengths[(d - 1).min(lengths.len() - 1)] as usize,
+        });
     }
     Ok(Report { rows: by.into_values().collect(), totals: (full.body, pruned.body) })
 }
@@ -121,22 +142,23 @@ impl Report {
     /// The table.
     pub fn text(&self) -> String {
         let mut s = String::from(
-            "token pruning, per layer (bytes online, both directions; unpruned → pruned):\n",
+            "token pruning, per layer (bytes online, both directions, unpruned → pruned; rounds, the same either way):\n",
         );
         s.push_str(&format!(
-            "  {:<8} {:>6}  {:>21}  {:>21}  {:>21}\n",
-            "layer", "tokens", "softmax", "GELU", "all"
+            "  {:<8} {:>6}  {:>21}  {:>21}  {:>21}  {:>6}\n",
+            "layer", "tokens", "softmax", "GELU", "all", "rounds"
         ));
         let pair = |(a, b): (u64, u64)| format!("{} → {}", bytes(a), bytes(b));
         for r in &self.rows {
             let t = r.tokens.map_or("-".to_string(), |t| t.to_string());
             s.push_str(&format!(
-                "  {:<8} {:>6}  {:>21}  {:>21}  {:>21}\n",
+                "  {:<8} {:>6}  {:>21}  {:>21}  {:>21}  {:>6}\n",
                 r.layer,
                 t,
                 pair(r.softmax),
                 pair(r.gelu),
-                pair(r.all)
+                pair(r.all),
+                r.rounds
             ));
         }
         let (a, b) = self.totals;

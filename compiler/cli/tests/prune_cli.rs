@@ -148,8 +148,15 @@ fn bad_pruning_inputs_end_in_clear_messages() {
     let fixed = veil(&["compile", common::BERT, "--prune", &good, "-o", &s(&dir.join("z.vbc"))]);
     fails_with(&fixed, "sequence length can be chosen");
     fails_with(&compile(&["--dim", "SS=3"]), "the constant `SS`, which the file does not define");
-    let public = compile(&["--prune", &good, "--public", "m.encoder.layer.0.*"]);
-    fails_with(&public, "--prune with public weights is not supported yet");
+    let public = compile(&[
+        "--prune",
+        &good,
+        "--public",
+        "m.embeddings.*",
+        "--public",
+        "m.encoder.layer.0.*",
+    ]);
+    fails_with(&public, "falls in layers the client runs in the clear");
     let smu = compile(&["--prune", &good, "--nonlinear", "smu"]);
     fails_with(&smu, "--prune with --nonlinear smu is not supported yet");
     let cal = veil(&[
@@ -183,5 +190,25 @@ fn bad_pruning_inputs_end_in_clear_messages() {
         &s(&dir.join("t.json")),
     ]);
     fails_with(&cal, "keep fraction 1.5 outside [0, 1]");
+    let cal = veil(&[
+        "calibrate",
+        CLS,
+        "--random-weights",
+        "3",
+        "--seq",
+        "16",
+        "--inputs",
+        &s(&dir.join("one")),
+        "--prune-keep",
+        "1",
+        "-o",
+        &s(&dir.join("t.json")),
+    ]);
+    fails_with(&cal, "there is no pruning point to write");
+    // --plot needs a pruned program, and says so before running anything.
+    let plain = dir.join("plain.vbc");
+    ok(&veil(&["compile", CLS, "--random-weights", "3", "--seq", "16", "-o", &s(&plain)]));
+    let run = veil(&["run", &s(&plain), "--random-inputs", "1", "--plot", &s(&dir.join("x.svg"))]);
+    fails_with(&run, "the program was not compiled with --prune");
     assert!(!dir.join("t.json").exists(), "nothing half-written");
 }

@@ -447,10 +447,19 @@ impl<'g> Lowerer<'g> {
                 let x = self.operand_val(args[0])?;
                 let x = if x.scale > f { self.at_f(&x) } else { x };
                 let (buf, rows, n) = self.move_axes_last(&x, &[*axis]);
+                // S_j ≤ rows·2^f must stay below 2^33 for the 2^24-scaled comparison, and
+                // positions below 2^14 for the compaction's narrow comparisons.
+                if (rows as u64) << f >= 1u64 << 33 || n >= 1 << 14 {
+                    return Err(self.err(format!(
+                        "pruning supports up to 16383 tokens and 2^{} rows of attention per key \
+                         ({rows} rows, {n} tokens)",
+                        33 - f as u32
+                    )));
+                }
                 let s = self.b.sum(buf, 1, rows, n);
                 let total = self.b.sum(s, 1, n, 1);
                 let theta_g = (theta * (1u64 << veil_isa::builder::THETA_BITS) as f64).round() as u64;
-                let keep = self.b.prune_keep(s, total, theta_g, *protect as u32);
+                let keep = self.b.prune_keep(s, total, theta_g, (*protect).min(n as usize) as u32);
                 Operand::Val(LVal { buf: keep, scale: 0, shape: out_shape })
             }
             (Op::Compact { axis }, [x, _]) => {

@@ -18,6 +18,7 @@ use crate::prune::PruneConfig;
 
 /// The lengths compiled besides `n`: three fit each size, the others check the fit.
 pub fn probe_lengths(n: usize) -> Vec<usize> {
+    let n = n.max(4);
     let mut v = vec![n, n - 1, n - 2, n - 3, (n / 2).max(2)];
     v.dedup();
     v
@@ -58,6 +59,9 @@ pub fn compile_pruned(
     for len in probe_lengths(n) {
         on_probe(len);
         let mut g = graph_at(len).map_err(fail)?;
+        if len != n {
+            crate::prune::cuts::same_structure(&graph_at(n).map_err(fail)?, &g).map_err(fail)?;
+        }
         insert(&mut g, &cuts, cfg).map_err(fail)?;
         let mut o = opts.clone();
         o.token_len = Some((len, n));
@@ -66,6 +70,20 @@ pub fn compile_pruned(
             o.meta.push(("prune".into(), json));
         }
         let mut p = prepare(g, weight_vis, &o)?;
+        // A point in layers the client runs in the clear (public weights) would change the
+        // length of the program's input: only points under MPC.
+        for &nd in &p.g.order {
+            let node = &p.g.nodes[nd];
+            if matches!(node.op, crate::ir::Op::PruneKeep { .. })
+                && p.part.vis[node.result] != Vis::Shared
+            {
+                return Err(fail(format!(
+                    "the pruning point `{}` falls in layers the client runs in the clear (their \
+                     weights are public): give those layers no threshold (null)",
+                    node.name
+                )));
+            }
+        }
         let b =
             std::mem::replace(&mut p.lowered.builder, veil_isa::builder::ProgramBuilder::new(16));
         probes.push((len as u32, b.finish_ssa()));
@@ -75,5 +93,13 @@ pub fn compile_pruned(
     }
     let program = veil_isa::template::from_probes(probes, n as u32)
         .map_err(|e| fail(format!("the program is not the same at every sequence length: {e}")))?;
+    // The fit was checked at the probe lengths; the runs go down to a single token.
+    let d = program.dynamic.as_ref().expect("a template has a dynamic section");
+    for m in [1, 2, 3, n / 4] {
+        let m = (m as u32).clamp(1, n as u32);
+        let inst = d.instantiate(&program, m).map_err(|e| fail(format!("at {m} tokens: {e}")))?;
+        veil_isa::validate_instance(&inst)
+            .map_err(|e| fail(format!("the program at {m} tokens is invalid: {e}")))?;
+    }
     assemble(main.expect("the first probe is n"), program)
 }

@@ -39,7 +39,7 @@ pub fn thresholds(
         let kc = ((f * pool.len() as f64).round() as usize).min(pool.len());
         let t = match (kc, pool.len()) {
             (_, 0) => 0.0,
-            (0, _) => quantize(pool[0] * 1.5 + 1e-6),
+            (0, _) => quantize((pool[0] * 1.5 + 1e-6).min(1.0)),
             (k, len) if k == len => quantize(pool[len - 1] * 0.5),
             (k, len) => {
                 // Within 2% of the target count, split where neighbouring scores are furthest

@@ -75,6 +75,36 @@ pub fn from_probes(probes: Vec<(u32, Program)>, max_len: u32) -> Result<Program,
             }
         }
     }
+    // Data computed before a `setlen` and read after it is read as a prefix: only an
+    // `m × row` layout (token axis outermost) stays right when the length shrinks.
+    let mut written_at = vec![usize::MAX; base.buffers.len()];
+    for (k, ins) in base.body.iter().enumerate() {
+        for (b, w) in ins.buffers() {
+            if w && written_at[b.0 as usize] == usize::MAX {
+                written_at[b.0 as usize] = k;
+            }
+        }
+    }
+    let setlens: Vec<usize> = (0..base.body.len())
+        .filter(|&k| matches!(base.body[k], crate::Instr::SetLen { .. }))
+        .collect();
+    for (k, ins) in base.body.iter().enumerate() {
+        for (b, w) in ins.buffers() {
+            let (at, poly) = (written_at[b.0 as usize], buf_poly[b.0 as usize]);
+            let crosses = !w && at != usize::MAX && setlens.iter().any(|&s| at < s && s < k);
+            if let (true, Some(p)) = (crosses, poly) {
+                if p.0[0] != 0 || p.0[2] != 0 {
+                    return Err(format!(
+                        "b{} (length {:?} in the sequence length) is computed before a setlen \
+                         and read after it by body #{k} `{}`, but is not laid out token-first",
+                        b.0,
+                        p.0,
+                        ins.name()
+                    ));
+                }
+            }
+        }
+    }
     for io in &base.outputs {
         if buf_poly[io.buf.0 as usize].is_some() {
             return Err(format!(

@@ -249,6 +249,9 @@ impl Checker<'_> {
                 if self.section != "body" || !(self.instance || self.p.dynamic.is_some()) {
                     self.err("only the body of a program with a dynamic section sets a length");
                 }
+                if self.any_pending {
+                    self.err("sets a length while an opening awaits its exchange");
+                }
             }
             Copy { d, d_off, a, a_off, shape, d_strides, a_strides } => {
                 self.ring(*a);

@@ -143,6 +143,9 @@ fn prune_thresholds(
             cfg.theta[i] = None;
         }
     }
+    if cfg.theta.iter().all(|t| t.is_none()) {
+        bail!("--prune-keep keeps every token at every layer: there is no pruning point to write");
+    }
     let mut lengths = Vec::new();
     for s in &samples {
         let kept: Vec<_> = cuts.iter().filter(|c| cfg.theta(c.layer).is_some()).cloned().collect();
@@ -152,8 +155,16 @@ fn prune_thresholds(
     }
     let text = serde_json::to_string_pretty(&cfg)?;
     let tmp = a.output.with_extension("json.partial");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &a.output).with_context(|| format!("writing {}", a.output.display()))?;
+    let written = std::fs::write(&tmp, text)
+        .with_context(|| format!("writing {}", tmp.display()))
+        .and_then(|_| {
+            std::fs::rename(&tmp, &a.output)
+                .with_context(|| format!("writing {}", a.output.display()))
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
     eprintln!("calibrated on {} sample(s) in {:.2} s", samples.len(), t0.elapsed().as_secs_f64());
     for (i, l) in lengths.iter().enumerate() {
         println!(

@@ -330,12 +330,6 @@ pub fn compile_file_with(
             if la.generate.is_some() || pa.lora_rank.is_some() {
                 anyhow::bail!("--prune does not combine with --generate or --lora-rank");
             }
-            if !public.is_empty() {
-                anyhow::bail!(
-                    "--prune with public weights is not supported yet: a pruning point in layers \
-                     the client runs in the clear would change the length of the program's input"
-                );
-            }
 
             let cfg = crate::prune::read_config(path)?;
             let n = crate::prune::max_len(file, margs)?;

@@ -87,6 +87,11 @@ impl RolesArgs {
 pub fn run(a: Args) -> Result<()> {
     let nets = Net::chosen(a.net);
     let p = program(&a.program)?;
+    if a.plot.is_some() && p.dynamic.is_none() {
+        bail!(
+            "--plot draws the per-layer pruning chart: the program was not compiled with --prune"
+        );
+    }
     let c = client_part(&a.program, None, &p)?;
     let inputs = match a.random_inputs {
         Some(seed) => random_inputs(&c, seed)?,
@@ -100,9 +105,6 @@ pub fn run(a: Args) -> Result<()> {
     print_outputs(&outs, r.as_deref(), a.output.as_deref())?;
     print_cost(&p, &m, &nets);
     if let Some(path) = &a.plot {
-        if p.dynamic.is_none() {
-            bail!("--plot draws the per-layer pruning chart: the program was not compiled with --prune");
-        }
         let svg = crate::prune::report(&p, &m.client.lengths)?.svg();
         std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
