@@ -179,7 +179,7 @@ pub fn print_cost(p: &Program, m: &Measured, nets: &[Net]) {
         m.online.as_secs_f64(),
         bytes(m.client_rss)
     );
-    if p.dynamic.is_some() {
+    let pc = if p.dynamic.is_some() {
         println!(
             "  pruned: tokens {} → {} (the count after each pruning point, revealed to both parties)",
             p.dynamic.as_ref().map_or(0, |d| d.max_len),
@@ -189,21 +189,11 @@ pub fn print_cost(p: &Program, m: &Measured, nets: &[Net]) {
             Ok(r) => print!("{}", r.text()),
             Err(e) => println!("  (no per-layer pruning table: {e:#})"),
         }
-        let pc = veil_isa::cost::program_cost_at(p, &c.lengths).unwrap_or_default();
-        let compute = (c.body_time.saturating_sub(c.wait_time)).as_secs_f64();
-        for &n in nets {
-            println!(
-                "estimate on {:?}: {:.2} s per inference ({:.2} s network + {:.2} s measured compute)",
-                n,
-                n.seconds(&pc.body) + compute,
-                n.seconds(&pc.body),
-                compute
-            );
-        }
-        return;
-    }
-    print!("{}", cost_report(p, Some(&c.time_by_tag), &[]));
-    let pc = veil_isa::cost::program_cost(p);
+        veil_isa::cost::program_cost_at(p, &c.lengths).unwrap_or_default()
+    } else {
+        print!("{}", cost_report(p, Some(&c.time_by_tag), &[]));
+        veil_isa::cost::program_cost(p)
+    };
     let compute = (c.body_time.saturating_sub(c.wait_time)).as_secs_f64();
     for &n in nets {
         println!(

@@ -159,52 +159,20 @@ fn bad_pruning_inputs_end_in_clear_messages() {
     fails_with(&public, "falls in layers the client runs in the clear");
     let smu = compile(&["--prune", &good, "--nonlinear", "smu"]);
     fails_with(&smu, "--prune with --nonlinear smu is not supported yet");
-    let cal = veil(&[
-        "calibrate",
-        CLS,
-        "--random-weights",
-        "3",
-        "--seq",
-        "16",
-        "--random-inputs",
-        "1",
-        "--prune-keep",
-        "0.5",
-        "-o",
-        &s(&dir.join("t.json")),
-    ]);
-    fails_with(&cal, "draws reals only");
+    // `veil calibrate` of the example at 16 tokens with `extra`, writing t.json.
+    let calibrate = |extra: &[&str]| {
+        let t = s(&dir.join("t.json"));
+        let mut a = vec!["calibrate", CLS, "--random-weights", "3", "--seq", "16"];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&["-o", &t]);
+        veil(&a)
+    };
+    fails_with(&calibrate(&["--random-inputs", "1", "--prune-keep", "0.5"]), "draws reals only");
     sample(&dir.join("one"), 5);
-    let cal = veil(&[
-        "calibrate",
-        CLS,
-        "--random-weights",
-        "3",
-        "--seq",
-        "16",
-        "--inputs",
-        &s(&dir.join("one")),
-        "--prune-keep",
-        "1.5",
-        "-o",
-        &s(&dir.join("t.json")),
-    ]);
-    fails_with(&cal, "keep fraction 1.5 outside [0, 1]");
-    let cal = veil(&[
-        "calibrate",
-        CLS,
-        "--random-weights",
-        "3",
-        "--seq",
-        "16",
-        "--inputs",
-        &s(&dir.join("one")),
-        "--prune-keep",
-        "1",
-        "-o",
-        &s(&dir.join("t.json")),
-    ]);
-    fails_with(&cal, "there is no pruning point to write");
+    let one = s(&dir.join("one"));
+    let keep = |f: &'static str| calibrate(&["--inputs", &one, "--prune-keep", f]);
+    fails_with(&keep("1.5"), "keep fraction 1.5 outside [0, 1]");
+    fails_with(&keep("1"), "there is no pruning point to write");
     // --plot needs a pruned program, and says so before running anything.
     let plain = dir.join("plain.vbc");
     ok(&veil(&["compile", CLS, "--random-weights", "3", "--seq", "16", "-o", &s(&plain)]));
