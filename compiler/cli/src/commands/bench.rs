@@ -11,7 +11,6 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use veil_isa::cost::program_cost;
 
 /// Arguments of `veil bench`.
 #[derive(clap::Args)]
@@ -36,6 +35,8 @@ struct Config {
     model: &'static str,
     public: Vec<String>,
     smu: bool,
+    /// Token pruning: `--prune-keep` fractions per layer (thresholds calibrated on the input).
+    prune: Option<&'static str>,
 }
 
 /// What was measured for one configuration.
@@ -57,8 +58,26 @@ struct Row {
 
 fn configs() -> Vec<Config> {
     let half = |prefix: &str| (0..6).map(|l| format!("{prefix}.{l}.*")).collect::<Vec<_>>();
-    let c =
-        |family, name, file, model, public, smu| Config { family, name, file, model, public, smu };
+    let c = |family, name, file, model, public, smu| Config {
+        family,
+        name,
+        file,
+        model,
+        public,
+        smu,
+        prune: None,
+    };
+    // CipherPrune's BERT-base schedule (128-55-54-52-49-45-24-14-5-2-1-1) as fractions.
+    let schedule = "0.43,0.98,0.963,0.942,0.918,0.533,0.583,0.357,0.4,0.5,1,1";
+    let pruned = |name, public, keep| Config {
+        family: "BERT-base",
+        name,
+        file: "examples/models/bert-base.veil",
+        model: "bert_base_cls",
+        public,
+        smu: false,
+        prune: Some(keep),
+    };
     vec![
         c("BERT-base", "all private", "examples/models/bert-base.veil", "bert_base", vec![], false),
         c(
@@ -92,6 +111,12 @@ fn configs() -> Vec<Config> {
             "bert_base",
             vec![],
             true,
+        ),
+        pruned("token pruning (CipherPrune's schedule; CLS output)", vec![], schedule),
+        pruned(
+            "layers 0-5 public + token pruning after 6-9 (CLS output)",
+            half("layer"),
+            "1,1,1,1,1,1,0.111,0.357,0.4,0.5,1,1",
         ),
         c(
             "GPT-2 small",
@@ -146,10 +171,21 @@ fn measure(c: &Config, out: &Path, run: bool) -> Result<Row> {
     let programs = out.join("programs");
     std::fs::create_dir_all(&programs)
         .with_context(|| format!("creating {}", programs.display()))?;
+    // Pruned: thresholds calibrated on the benchmark's own input, and the cost at the lengths
+    // the plaintext pruned run reaches (the two-party run reaches the same).
+    let mut margs = margs;
+    let mut lengths = Vec::new();
+    if let Some(keep) = c.prune {
+        margs.seq = Some(128);
+        let thr = programs.join(format!("{stem}.thresholds.json"));
+        lengths = prune_thresholds(file, &margs, keep, &thr)?;
+        la.prune = Some(thr);
+    }
     let vbc = programs.join(format!("{stem}.vbc"));
     let (compiled, paths, _) = compile_file_with(file, &margs, &pa, &la, 16, &vbc)
         .with_context(|| format!("{} / {}", c.family, c.name))?;
-    let pc = program_cost(&compiled.program);
+    let pc =
+        veil_isa::cost::program_cost_at(&compiled.program, &lengths).map_err(anyhow::Error::msg)?;
     let mut by_op: BTreeMap<String, u64> = BTreeMap::new();
     let mut by_layer: BTreeMap<String, u64> = BTreeMap::new();
     for (tag, cost) in &pc.by_tag {
@@ -191,6 +227,40 @@ fn measure(c: &Config, out: &Path, run: bool) -> Result<Row> {
         client_seconds,
         max_rel_error,
     })
+}
+
+/// Writes thresholds keeping the fractions `keep` on input 1 (what the run feeds) and returns
+/// the lengths the plaintext pruned run reaches.
+fn prune_thresholds(file: &Path, margs: &ModelArgs, keep: &str, out: &Path) -> Result<Vec<u32>> {
+    let na = NonlinearArgs::default();
+    let n = crate::prune::max_len(file, margs)?;
+    let graph_at = crate::prune::graph_at(file, margs, &na);
+    let g = graph_at(n).map_err(anyhow::Error::msg)?;
+    let sample = crate::model::random_reals(&g, 1, "--inputs DIR")?;
+    let cuts =
+        veil_compiler::compile::pruned::every_cut(&graph_at, n).map_err(anyhow::Error::msg)?;
+    let keep: Vec<f64> = keep.split(',').map(|f| f.parse()).collect::<Result<_, _>>()?;
+    let mut cfg = veil_compiler::prune::calibrate::thresholds(
+        &graph_at,
+        n,
+        &cuts,
+        &keep,
+        1,
+        std::slice::from_ref(&sample),
+    )
+    .map_err(anyhow::Error::msg)?;
+    for (i, f) in keep.iter().enumerate() {
+        if *f >= 1.0 {
+            if let Some(t) = cfg.theta.get_mut(i) {
+                *t = None;
+            }
+        }
+    }
+    let kept: Vec<_> = cuts.into_iter().filter(|c| cfg.theta(c.layer).is_some()).collect();
+    let run = veil_compiler::prune::reference::run(&graph_at, n, &kept, &cfg, &sample)
+        .map_err(anyhow::Error::msg)?;
+    std::fs::write(out, serde_json::to_string_pretty(&cfg)?)?;
+    Ok(run.lengths.iter().map(|&k| k as u32).collect())
 }
 
 fn report(rows: &[Row], run: bool) -> String {
@@ -247,6 +317,14 @@ fn report(rows: &[Row], run: bool) -> String {
                 CRYPTEN_ROUNDS / base.rounds as f64,
                 base.client_seconds.map(|t| format!(", {:.1}× less time", CRYPTEN_SECONDS / t)).unwrap_or_default()
             ));
+            if fam.iter().any(|r| r.name.contains("pruning")) {
+                s.push_str(
+                    "Token-pruning rows: `bert_base_cls` (the CLS row as output), thresholds from \
+                     `veil calibrate --prune-keep` on the benchmark's input, bytes and rounds at \
+                     the token counts its pruned run reaches (512-token figures and per-layer \
+                     tables: pruning.md).\n",
+                );
+            }
         }
         let ops: Vec<String> = {
             let mut o: Vec<String> = fam.iter().flat_map(|r| r.by_op.keys().cloned()).collect();
