@@ -115,6 +115,14 @@ pub fn cost_report(p: &Program, times: Option<&Times>, nets: &[Net]) -> String {
         by_op.into_iter().map(|(k, (c, t))| (k, c, t)).collect();
     let timed = times.is_some();
     let mut s = String::new();
+    if let Some(d) = &p.dynamic {
+        let _ = writeln!(
+            s,
+            "token pruning: the cost at the full {} tokens; a run costs what the tokens kept at each \
+             pruning point make it (veil run reports it per layer)",
+            d.max_len
+        );
+    }
     let _ = writeln!(
         s,
         "per inference: online {} ({} client→server, {} server→client), {} rounds; dealer {}",

@@ -93,6 +93,16 @@ fn header(p: &Program) -> String {
         write!(s, ", {n} {k} ({total} elements)").unwrap();
     }
     s.push('\n');
+    if let Some(d) = &p.dynamic {
+        writeln!(
+            s,
+            "; dynamic: sequence length {} at most; {} buffer lengths and {} size fields follow the length set by `setlen` (token pruning); the cost below is at the full length",
+            d.max_len,
+            d.buffers.len(),
+            d.fields.len()
+        )
+        .unwrap();
+    }
     let cost = program_cost(p);
     writeln!(
         s,
