@@ -79,18 +79,10 @@ impl<'p> Dealer<'p> {
             let n = <[u8; 8]>::try_from(f.as_slice())
                 .map(u64::from_le_bytes)
                 .map_err(|_| err(format!("length frame of {} bytes", f.len())))?;
-            if n == 0 || n > now as u64 {
-                return Err(err(format!("length {n} outside 1..={now}")));
-            }
-            now = n as u32;
-            let q = d.instantiate(p, now).map_err(err)?;
-            veil_isa::validate_instance(&q)?;
             let before = inst.as_deref().unwrap_or(p);
-            if let Some((i, b)) =
-                q.buffers.iter().enumerate().find(|(i, b)| b.len > before.buffers[*i].len)
-            {
-                return Err(err(format!("b{i} would grow to {} elements at length {n}", b.len)));
-            }
+            let n = u32::try_from(n).unwrap_or(u32::MAX);
+            let q = d.shrink(p, before, now, n).map_err(err)?;
+            now = n;
             for (k, b) in q.buffers.iter().enumerate() {
                 if let Some(v) = self.known[k].as_mut() {
                     v.truncate(b.kind.words(b.len));

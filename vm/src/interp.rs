@@ -139,6 +139,29 @@ pub struct PartyVm<'p> {
     /// What `setlen` cut off each buffer, in order: weights and setup results regain it for
     /// the next run.
     tails: Vec<(usize, Vec<u64>)>,
+    /// Buffers whose contents must survive a run: weights, constants, setup results.
+    persistent: Vec<bool>,
+    /// The live sequence length of a dynamic program.
+    len: u32,
+}
+
+/// Buffers whose contents must survive a run: weights, constants, and setup results.
+fn persistent(p: &Program) -> Vec<bool> {
+    let mut keep = vec![false; p.buffers.len()];
+    for io in &p.weights {
+        keep[io.buf.0 as usize] = true;
+    }
+    for c in &p.consts {
+        keep[c.buf.0 as usize] = true;
+    }
+    for ins in &p.setup {
+        for (b, w) in ins.buffers() {
+            if w {
+                keep[b.0 as usize] = true;
+            }
+        }
+    }
+    keep
 }
 
 /// What one step of a section runs.
@@ -188,6 +211,8 @@ impl<'p> PartyVm<'p> {
             live: None,
             len_sink: None,
             tails: Vec::new(),
+            persistent: persistent(prog),
+            len: prog.dynamic.as_ref().map_or(0, |d| d.max_len),
         };
         for c in &prog.consts {
             vm.bufs[c.buf.0 as usize].copy_from_slice(&c.data);
@@ -233,6 +258,7 @@ impl<'p> PartyVm<'p> {
     /// data.
     fn reset_len(&mut self) {
         self.live = None;
+        self.len = self.prog.dynamic.as_ref().map_or(0, |d| d.max_len);
         while let Some((i, tail)) = self.tails.pop() {
             self.bufs[i].extend_from_slice(&tail);
         }
@@ -244,53 +270,19 @@ impl<'p> PartyVm<'p> {
         }
     }
 
-    /// Buffers whose contents must survive a run: weights, constants, and setup results.
-    fn persistent(&self) -> Vec<bool> {
-        let mut keep = vec![false; self.prog.buffers.len()];
-        for io in &self.prog.weights {
-            keep[io.buf.0 as usize] = true;
-        }
-        for c in &self.prog.consts {
-            keep[c.buf.0 as usize] = true;
-        }
-        for ins in &self.prog.setup {
-            for (b, w) in ins.buffers() {
-                if w {
-                    keep[b.0 as usize] = true;
-                }
-            }
-        }
-        keep
-    }
-
     /// Continues at sequence length `n` (a `setlen` at body instruction `index`).
     fn set_len(&mut self, n: u32, index: usize) -> Result<(), VmError> {
         let err = |msg: String| VmError::Protocol { section: "body", index, msg };
         let d = self.prog.dynamic.as_ref().ok_or_else(|| err("no dynamic section".into()))?;
-        let now = self.cur_len();
-        if n == 0 || n > now {
-            return Err(err(format!("revealed length {n} outside 1..={now}")));
-        }
-        let inst = d.instantiate(self.prog, n).map_err(err)?;
-        veil_isa::validate_instance(&inst)?;
-        let cur = self.cur();
-        if let Some((i, b)) =
-            inst.buffers.iter().enumerate().find(|(i, b)| b.len > cur.buffers[*i].len)
-        {
-            return Err(err(format!(
-                "b{i} would grow from {} to {} elements at length {n}",
-                cur.buffers[i].len, b.len
-            )));
-        }
+        let inst = d.shrink(self.prog, self.cur(), self.len, n).map_err(err)?;
         if let Some(s) = self.len_sink.as_mut() {
             s.send_frame((n as u64).to_le_bytes().to_vec())?;
             s.flush()?;
         }
-        let keep = self.persistent();
         for (i, b) in inst.buffers.iter().enumerate() {
             let w = b.kind.words(b.len);
             if self.bufs[i].len() > w {
-                if keep[i] {
+                if self.persistent[i] {
                     let tail = self.bufs[i].split_off(w);
                     self.tails.push((i, tail));
                 } else {
@@ -303,18 +295,9 @@ impl<'p> PartyVm<'p> {
             }
         }
         self.report.lengths.push(n);
+        self.len = n;
         self.live = Some(Arc::new(inst));
         Ok(())
-    }
-
-    /// The current sequence length of a dynamic program.
-    fn cur_len(&self) -> u32 {
-        let max = self.prog.dynamic.as_ref().map_or(0, |d| d.max_len);
-        self.report_len().unwrap_or(max)
-    }
-
-    fn report_len(&self) -> Option<u32> {
-        self.live.as_ref().and(self.report.lengths.last().copied())
     }
 
     /// Calls `f(done, total)` as body instructions complete (for progress bars).

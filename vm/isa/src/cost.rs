@@ -143,13 +143,15 @@ pub fn program_cost_at(p: &Program, lengths: &[u32]) -> Result<ProgramCost, Stri
     let mut cur: Option<Program> = None;
     let mut from = 0;
     let mut k = 0;
+    let mut now = d.max_len;
     loop {
         let q = cur.as_ref().unwrap_or(p);
         let stop = (from..q.body.len()).find(|&i| matches!(q.body[i], Instr::SetLen { .. }));
         body_cost(p, q, from, stop.unwrap_or(q.body.len()), &mut pc);
         let Some(i) = stop else { return Ok(pc) };
-        let n = lengths.get(k).or(lengths.last()).copied().unwrap_or(d.max_len);
-        cur = Some(d.instantiate(p, n)?);
+        let n = lengths.get(k).or(lengths.last()).copied().unwrap_or(now);
+        cur = Some(d.shrink(p, q, now, n)?);
+        now = n;
         from = i + 1;
         k += 1;
     }

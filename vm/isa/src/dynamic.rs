@@ -201,6 +201,35 @@ impl Dynamic {
     }
 }
 
+impl Dynamic {
+    /// The program going on at length `n` after running at `now` as `current` (the loaded
+    /// program or an earlier instance of it): what the VM and the dealer both switch to at a
+    /// `setlen`. Lengths only shrink, so no buffer may need more storage than in `current`;
+    /// the instance is validated.
+    pub fn shrink(
+        &self,
+        p: &Program,
+        current: &Program,
+        now: u32,
+        n: u32,
+    ) -> Result<Program, String> {
+        if n == 0 || n > now {
+            return Err(format!("revealed length {n} outside 1..={now}"));
+        }
+        let q = self.instantiate(p, n)?;
+        crate::validate::validate_instance(&q).map_err(|e| e.to_string())?;
+        if let Some((i, b)) =
+            q.buffers.iter().enumerate().find(|(i, b)| b.len > current.buffers[*i].len)
+        {
+            return Err(format!(
+                "b{i} would grow from {} to {} elements at length {n}",
+                current.buffers[i].len, b.len
+            ));
+        }
+        Ok(q)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,6 +101,25 @@ impl ProgramBuilder {
         self.add(lowered, lift)
     }
 
+    /// Shares of `[idx_i ≥ j]` for `j = 1 ..= t` (`n × t`, 0/1 at scale 0) for a share of
+    /// integers `idx`: one `w`-bit opening of `idx − j` per entry and an exact DReLU, valid for
+    /// `|idx − j| < 2^(w−2)`. The thresholds are one row (`−1 … −t`) broadcast over the rows,
+    /// so a shorter one is its prefix (what a pruned program's lengths need).
+    pub(super) fn at_least(&mut self, idx: Buf, t: u32, w: u8) -> Buf {
+        let n = self.len(idx);
+        let idx = self.as_share(idx);
+        let wide = self.broadcast(idx, &[n, 1], &[n, t]);
+        let row: Vec<u64> = (1..=t as u64).map(|j| j.wrapping_neg()).collect();
+        let row = self.constant(row);
+        let y = self.add_b(wide, row, 1);
+        let m = self.masked_open_w(y, 0, w);
+        let params = CompareParams { bits: w, ignore: 0, digit: 4 };
+        let saved = std::mem::replace(&mut self.compare, params);
+        let ge = self.drelu(&m, 0);
+        self.compare = saved;
+        self.b2a(ge)
+    }
+
     /// Shares of `one_hot(idx, depth)` (`n × depth`, 0/1 at scale 0) for a secret integer index
     /// share `idx` of `n` elements, assumed in `[0, depth)`.
     ///
@@ -119,18 +138,7 @@ impl ProgramBuilder {
             return one;
         }
         let t = depth - 1;
-        let wide = self.broadcast(idx, &[n, 1], &[n, t]);
-        let thresholds: Vec<u64> =
-            (0..n).flat_map(|_| (1..depth).map(|j| (j as u64).wrapping_neg())).collect();
-        let thr = self.constant(thresholds);
-        let y = self.add(wide, thr);
-        let w = index_width(depth);
-        let m = self.masked_open_w(y, 0, w);
-        let params = CompareParams { bits: w, ignore: 0, digit: 4 };
-        let saved = std::mem::replace(&mut self.compare, params);
-        let ge = self.drelu(&m, 0);
-        self.compare = saved;
-        let ge = self.b2a(ge);
+        let ge = self.at_least(idx, t, index_width(depth));
         let hi = self.concat(&[(one, vec![n, 1]), (ge, vec![n, t])], 1);
         let lo = self.concat(&[(ge, vec![n, t]), (zero, vec![n, 1])], 1);
         self.sub(hi, lo)

@@ -74,22 +74,12 @@ impl ProgramBuilder {
     /// `[idx_j == t]` for `t < depth` (`n × depth`, 0/1, scale 0) for shares of integers
     /// `0 ≤ idx < 2^15`; rows with `idx ≥ depth` are zero.
     ///
-    /// `[idx ≥ t]` for `t = 1 ..= depth` from one `POS_WIDTH`-bit opening per entry and an
-    /// exact DReLU, then differences of neighbours. The thresholds are one row (`-1 … -depth`)
-    /// broadcast over the rows, so its shorter versions are its prefixes.
+    /// `[idx ≥ t]` for `t = 1 ..= depth` (`at_least`, [`POS_WIDTH`]-bit openings), then
+    /// differences of neighbours.
     pub fn one_hot_bounded(&mut self, idx: Buf, depth: u32) -> Buf {
         let n = self.len(idx);
         let idx = self.as_share(idx);
-        let wide = self.broadcast(idx, &[n, 1], &[n, depth]);
-        let row: Vec<u64> = (1..=depth as u64).map(|t| t.wrapping_neg()).collect();
-        let row = self.constant(row);
-        let y = self.add_b(wide, row, 1);
-        let m = self.masked_open_w(y, 0, POS_WIDTH);
-        let params = CompareParams { bits: POS_WIDTH, ignore: 0, digit: 4 };
-        let saved = std::mem::replace(&mut self.compare, params);
-        let ge = self.drelu(&m, 0);
-        self.compare = saved;
-        let ge = self.b2a(ge);
+        let ge = self.at_least(idx, depth, POS_WIDTH);
         // hi = [1, ge_1 … ge_depth] cut to depth columns; one_hot_t = hi_t − ge_{t+1}.
         let zero = self.mul_imm(idx, 0);
         let one = self.add_imm(zero, 1);
