@@ -44,7 +44,8 @@ fn two_party_pruned_run_keeps_the_plaintext_tokens() {
     let points = cuts(&graph_at, n, &all).unwrap();
     assert_eq!(points.len(), 2, "one point after each attention layer");
     let samples: Vec<_> = (0..3).map(|s| inputs(n, 10 + s)).collect();
-    let cfg = calibrate::thresholds(&graph_at, n, &points, &[0.5, 0.6], 1, &samples).unwrap();
+    let cfg =
+        calibrate::thresholds(&graph_at, n, &points, &[0.5, 0.6], 1, &samples).unwrap().config;
     let compiled = compile_pruned(
         &graph_at,
         n,

@@ -5,10 +5,11 @@
 use crate::model::{load, ModelArgs};
 use crate::nonlinear::NonlinearArgs;
 use crate::report::bytes;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::Path;
-use veil_compiler::ir::Graph;
+use veil_compiler::ir::{Graph, Tensor};
 use veil_compiler::prune::PruneConfig;
 use veil_isa::cost::{program_cost, program_cost_at, Cost};
 use veil_isa::Program;
@@ -47,15 +48,51 @@ pub fn graph_at<'a>(
     }
 }
 
-/// The model's sequence length, refusing a model whose length is fixed.
-pub fn max_len(file: &Path, margs: &ModelArgs) -> Result<usize> {
-    load(file, margs)?.seq.with_context(|| {
+/// The sequence length of a loaded model, refusing a model whose length is fixed.
+pub fn max_len(file: &Path, m: &crate::model::Loaded) -> Result<usize> {
+    m.seq.with_context(|| {
         format!(
             "{}: token pruning needs a model whose sequence length can be chosen: a DSL model with \
              `const S = …`, or an ONNX export with a dynamic sequence axis and --seq N",
             file.display()
         )
     })
+}
+
+/// Thresholds keeping the fractions `keep` (one per attention layer, or one for all) of the
+/// tokens on the samples `samples` draws for the model, leading `protect` tokens kept; returns
+/// them with each sample's token counts after every pruning point.
+pub fn calibrate(
+    file: &Path,
+    margs: &ModelArgs,
+    na: &NonlinearArgs,
+    keep: &[f64],
+    protect: usize,
+    samples: impl FnOnce(&Graph) -> Result<Vec<HashMap<String, Tensor>>>,
+) -> Result<veil_compiler::prune::calibrate::Calibrated> {
+    if protect == 0 {
+        bail!("--protect must be at least 1, so that a pruned sequence is never empty");
+    }
+    let n = max_len(file, &load(file, margs)?)?;
+    let graph_at = graph_at(file, margs, na);
+    let samples = samples(&graph_at(n).map_err(anyhow::Error::msg)?)?;
+    let cuts = veil_compiler::compile::pruned::every_cut(&graph_at, n)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| file.display().to_string())?;
+    if keep.len() > 1 && keep.len() != cuts.len() {
+        bail!(
+            "--prune-keep lists {} fractions, the model has {} attention layers (give one, or one per layer)",
+            keep.len(),
+            cuts.len()
+        );
+    }
+    let c =
+        veil_compiler::prune::calibrate::thresholds(&graph_at, n, &cuts, keep, protect, &samples)
+            .map_err(anyhow::Error::msg)?;
+    if c.config.theta.iter().all(|t| t.is_none()) {
+        bail!("--prune-keep keeps every token at every layer: there is no pruning point to write");
+    }
+    Ok(c)
 }
 
 /// Reads a thresholds file.

@@ -29,26 +29,20 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// `veil CMD` on the example at 16 tokens with its seeded weights, then `extra`.
+fn cls(cmd: &str, extra: &[&str]) -> std::process::Output {
+    let mut a = vec![cmd, CLS, "--random-weights", "3", "--seq", "16"];
+    a.extend_from_slice(extra);
+    veil(&a)
+}
+
 /// Calibrated thresholds for the example (keep half after each layer) and their samples.
 fn thresholds(dir: &Path) -> (PathBuf, PathBuf) {
     let samples = dir.join("samples");
     sample(&samples.join("a"), 1);
     sample(&samples.join("b"), 2);
     let thr = dir.join("thr.json");
-    let out = veil(&[
-        "calibrate",
-        CLS,
-        "--random-weights",
-        "3",
-        "--seq",
-        "16",
-        "--inputs",
-        &s(&samples),
-        "--prune-keep",
-        "0.5",
-        "-o",
-        &s(&thr),
-    ]);
+    let out = cls("calibrate", &["--inputs", &s(&samples), "--prune-keep", "0.5", "-o", &s(&thr)]);
     let so = ok(&out);
     assert!(so.contains("sample 0: tokens 16 → "), "{so}");
     (thr, samples)
@@ -59,18 +53,7 @@ fn pruned_two_party_run_keeps_the_plaintext_counts() {
     let dir = tmp("prune-run");
     let (thr, samples) = thresholds(&dir);
     let prog = dir.join("p.vbc");
-    let out = veil(&[
-        "compile",
-        CLS,
-        "--random-weights",
-        "3",
-        "--seq",
-        "16",
-        "--prune",
-        &s(&thr),
-        "-o",
-        &s(&prog),
-    ]);
+    let out = cls("compile", &["--prune", &s(&thr), "-o", &s(&prog)]);
     let so = ok(&out);
     assert!(so.contains("prune"), "{so}");
     let a = samples.join("a");
@@ -109,14 +92,11 @@ fn bad_pruning_inputs_end_in_clear_messages() {
         std::fs::write(&p, text).unwrap();
         s(&p)
     };
+    let x = s(&dir.join("x.vbc"));
     let compile = |extra: &[&str]| {
-        let mut a = vec!["compile", CLS, "--random-weights", "3", "--seq", "16"];
-        a.extend_from_slice(extra);
-        let o = dir.join("x.vbc");
-        let o = s(&o);
-        let mut a: Vec<String> = a.iter().map(|x| x.to_string()).collect();
-        a.extend(["-o".to_string(), o]);
-        veil(&a)
+        let mut a = extra.to_vec();
+        a.extend_from_slice(&["-o", &x]);
+        cls("compile", &a)
     };
     fails_with(&compile(&["--prune", "/nonexistent/thr.json"]), "reading /nonexistent/thr.json");
     let bad = write("bad.json", "{\"theta\": 3}");
@@ -159,13 +139,12 @@ fn bad_pruning_inputs_end_in_clear_messages() {
     fails_with(&public, "falls in layers the client runs in the clear");
     let smu = compile(&["--prune", &good, "--nonlinear", "smu"]);
     fails_with(&smu, "--prune with --nonlinear smu is not supported yet");
-    // `veil calibrate` of the example at 16 tokens with `extra`, writing t.json.
+    // `veil calibrate` of the example with `extra`, writing t.json.
+    let t = s(&dir.join("t.json"));
     let calibrate = |extra: &[&str]| {
-        let t = s(&dir.join("t.json"));
-        let mut a = vec!["calibrate", CLS, "--random-weights", "3", "--seq", "16"];
-        a.extend_from_slice(extra);
+        let mut a = extra.to_vec();
         a.extend_from_slice(&["-o", &t]);
-        veil(&a)
+        cls("calibrate", &a)
     };
     fails_with(&calibrate(&["--random-inputs", "1", "--prune-keep", "0.5"]), "draws reals only");
     sample(&dir.join("one"), 5);
@@ -175,7 +154,7 @@ fn bad_pruning_inputs_end_in_clear_messages() {
     fails_with(&keep("1"), "there is no pruning point to write");
     // --plot needs a pruned program, and says so before running anything.
     let plain = dir.join("plain.vbc");
-    ok(&veil(&["compile", CLS, "--random-weights", "3", "--seq", "16", "-o", &s(&plain)]));
+    ok(&cls("compile", &["-o", &s(&plain)]));
     let run = veil(&["run", &s(&plain), "--random-inputs", "1", "--plot", &s(&dir.join("x.svg"))]);
     fails_with(&run, "the program was not compiled with --prune");
     assert!(!dir.join("t.json").exists(), "nothing half-written");

@@ -26,20 +26,21 @@ pub fn probe_lengths(n: usize) -> Vec<usize> {
 
 /// The pruning points of the model at length `n` for the layers `cfg` has thresholds for.
 pub fn cuts(graph_at: &GraphAt<'_>, n: usize, cfg: &PruneConfig) -> Result<Vec<Cut>, String> {
-    if n < 8 {
-        return Err(format!("pruning needs at least 8 tokens, the model has {n}"));
-    }
     let layers: Vec<usize> =
         cfg.theta.iter().enumerate().filter(|(_, t)| t.is_some()).map(|(i, _)| i).collect();
-    find(&graph_at(n)?, &graph_at(n - 1)?, n, Some(&layers))
+    points(graph_at, n, Some(&layers))
 }
 
 /// A pruning point after every attention layer of the model at length `n`.
 pub fn every_cut(graph_at: &GraphAt<'_>, n: usize) -> Result<Vec<Cut>, String> {
+    points(graph_at, n, None)
+}
+
+fn points(graph_at: &GraphAt<'_>, n: usize, layers: Option<&[usize]>) -> Result<Vec<Cut>, String> {
     if n < 8 {
         return Err(format!("pruning needs at least 8 tokens, the model has {n}"));
     }
-    find(&graph_at(n)?, &graph_at(n - 1)?, n, None)
+    find(&graph_at(n)?, &graph_at(n - 1)?, n, layers)
 }
 
 /// Compiles the model at length `n` with the pruning points of `cfg`; `on_probe` is told each
@@ -54,14 +55,13 @@ pub fn compile_pruned(
 ) -> Result<Compiled, CompileError> {
     let fail = |msg: String| CompileError::Nonlinear { model: "pruned".into(), msg };
     let cuts = cuts(graph_at, n, cfg).map_err(fail)?;
+    let full = graph_at(n).map_err(fail)?;
     let mut main = None;
     let mut probes = Vec::new();
     for len in probe_lengths(n) {
         on_probe(len);
-        let mut g = graph_at(len).map_err(fail)?;
-        if len != n {
-            crate::prune::cuts::same_structure(&graph_at(n).map_err(fail)?, &g).map_err(fail)?;
-        }
+        let mut g = if len == n { full.clone() } else { graph_at(len).map_err(fail)? };
+        crate::prune::cuts::same_structure(&full, &g).map_err(fail)?;
         insert(&mut g, &cuts, cfg).map_err(fail)?;
         let mut o = opts.clone();
         o.token_len = Some((len, n));

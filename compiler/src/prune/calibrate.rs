@@ -9,7 +9,18 @@ use super::{quantize, PruneConfig};
 use crate::ir::Tensor;
 use std::collections::HashMap;
 
-/// Thresholds for `cuts` keeping `keep[i]` (or the last entry) of the tokens at point `i`.
+/// Calibrated thresholds and what they do on the samples.
+pub struct Calibrated {
+    /// The thresholds (null where the fraction kept is 1: no pruning point there).
+    pub config: PruneConfig,
+    /// The length the samples start at.
+    pub n: usize,
+    /// Per sample, the token count after each pruning point of its pruned run.
+    pub lengths: Vec<Vec<usize>>,
+}
+
+/// Thresholds for `cuts` keeping `keep[i]` (or the last entry) of the tokens at point `i`; a
+/// fraction of 1 puts no point there.
 pub fn thresholds(
     graph_at: &GraphAt<'_>,
     n: usize,
@@ -17,7 +28,7 @@ pub fn thresholds(
     keep: &[f64],
     protect: usize,
     samples: &[HashMap<String, Tensor>],
-) -> Result<PruneConfig, String> {
+) -> Result<Calibrated, String> {
     if samples.is_empty() {
         return Err("no sample inputs".into());
     }
@@ -30,36 +41,63 @@ pub fn thresholds(
     let mut theta = vec![None; layers];
     for (i, c) in cuts.iter().enumerate() {
         let f = keep.get(i).or(keep.last()).copied().unwrap_or(1.0);
+        if f >= 1.0 {
+            continue;
+        }
         let mut pool = Vec::new();
         for s in steppers.iter_mut() {
             let sc = s.scores_at(c)?;
             pool.extend_from_slice(&sc[protect.min(sc.len())..]);
         }
         pool.sort_by(|a, b| b.total_cmp(a));
-        let kc = ((f * pool.len() as f64).round() as usize).min(pool.len());
-        let t = match (kc, pool.len()) {
-            (_, 0) => 0.0,
-            (0, _) => quantize((pool[0] * 1.5 + 1e-6).min(1.0)),
-            (k, len) if k == len => quantize(pool[len - 1] * 0.5),
-            (k, len) => {
-                // Within 2% of the target count, split where neighbouring scores are furthest
-                // apart: the two-party run's fixed-point error cannot move a token across.
-                let slack = (len / 50).max(1);
-                let lo = k.saturating_sub(slack).max(1);
-                let hi = (k + slack).min(len - 1);
-                let best = (lo..=hi)
-                    .max_by(|&a, &b| {
-                        let gap = |i: usize| (pool[i - 1] - pool[i]) / pool[i - 1].max(1e-12);
-                        gap(a).total_cmp(&gap(b)).then(b.abs_diff(k).cmp(&a.abs_diff(k)))
-                    })
-                    .unwrap_or(k);
-                quantize((pool[best - 1] + pool[best]) / 2.0)
-            }
-        };
+        let t = split(&pool, f);
         theta[c.layer] = Some(t);
         for s in steppers.iter_mut() {
             s.apply(c, t, protect)?;
         }
     }
-    Ok(PruneConfig { theta, protect })
+    let lengths = steppers.into_iter().map(|s| s.lengths).collect();
+    Ok(Calibrated { config: PruneConfig { theta, protect }, n, lengths })
+}
+
+/// The threshold keeping about the fraction `f` of the scores `pool` (sorted, largest first):
+/// within 2% of the target count, the split where neighbouring scores are furthest apart
+/// (relative gap), halfway between them, so a fixed-point error cannot move a token across.
+fn split(pool: &[f64], f: f64) -> f64 {
+    let kc = ((f * pool.len() as f64).round() as usize).min(pool.len());
+    match (kc, pool.len()) {
+        (_, 0) => 0.0,
+        (0, _) => quantize((pool[0] * 1.5 + 1e-6).min(1.0)),
+        (k, len) if k == len => quantize(pool[len - 1] * 0.5),
+        (k, len) => {
+            let slack = (len / 50).max(1);
+            let lo = k.saturating_sub(slack).max(1);
+            let hi = (k + slack).min(len - 1);
+            let best = (lo..=hi)
+                .max_by(|&a, &b| {
+                    let gap = |i: usize| (pool[i - 1] - pool[i]) / pool[i - 1].max(1e-12);
+                    gap(a).total_cmp(&gap(b)).then(b.abs_diff(k).cmp(&a.abs_diff(k)))
+                })
+                .unwrap_or(k);
+            quantize((pool[best - 1] + pool[best]) / 2.0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split;
+
+    #[test]
+    fn split_keeps_the_fraction_at_the_widest_nearby_gap() {
+        let pool = [0.5, 0.4, 0.39, 0.2, 0.19, 0.18];
+        // Half is 3; within one of it the widest relative gap is between 0.39 and 0.2.
+        let t = split(&pool, 0.5);
+        assert!(0.2 < t && t < 0.39, "{t}");
+        // Rounding up to every score, or down to none, or a single score.
+        assert!(split(&pool, 0.99) <= 0.18);
+        assert!(split(&pool, 0.0) > 0.5);
+        assert!(split(&[0.3], 0.5) <= 0.3);
+        assert_eq!(split(&[], 0.5), 0.0);
+    }
 }

@@ -232,35 +232,13 @@ fn measure(c: &Config, out: &Path, run: bool) -> Result<Row> {
 /// Writes thresholds keeping the fractions `keep` on input 1 (what the run feeds) and returns
 /// the lengths the plaintext pruned run reaches.
 fn prune_thresholds(file: &Path, margs: &ModelArgs, keep: &str, out: &Path) -> Result<Vec<u32>> {
-    let na = NonlinearArgs::default();
-    let n = crate::prune::max_len(file, margs)?;
-    let graph_at = crate::prune::graph_at(file, margs, &na);
-    let g = graph_at(n).map_err(anyhow::Error::msg)?;
-    let sample = crate::model::random_reals(&g, 1, "--inputs DIR")?;
-    let cuts =
-        veil_compiler::compile::pruned::every_cut(&graph_at, n).map_err(anyhow::Error::msg)?;
     let keep: Vec<f64> = keep.split(',').map(|f| f.parse()).collect::<Result<_, _>>()?;
-    let mut cfg = veil_compiler::prune::calibrate::thresholds(
-        &graph_at,
-        n,
-        &cuts,
-        &keep,
-        1,
-        std::slice::from_ref(&sample),
-    )
-    .map_err(anyhow::Error::msg)?;
-    for (i, f) in keep.iter().enumerate() {
-        if *f >= 1.0 {
-            if let Some(t) = cfg.theta.get_mut(i) {
-                *t = None;
-            }
-        }
-    }
-    let kept: Vec<_> = cuts.into_iter().filter(|c| cfg.theta(c.layer).is_some()).collect();
-    let run = veil_compiler::prune::reference::run(&graph_at, n, &kept, &cfg, &sample)
-        .map_err(anyhow::Error::msg)?;
-    std::fs::write(out, serde_json::to_string_pretty(&cfg)?)?;
-    Ok(run.lengths.iter().map(|&k| k as u32).collect())
+    let na = NonlinearArgs::default();
+    let sample =
+        |g: &veil_compiler::ir::Graph| Ok(vec![crate::model::random_reals(g, 1, "--inputs DIR")?]);
+    let c = crate::prune::calibrate(file, margs, &na, &keep, 1, sample)?;
+    crate::commands::calibrate::write_json(out, &c.config)?;
+    Ok(c.lengths[0].iter().map(|&k| k as u32).collect())
 }
 
 fn report(rows: &[Row], run: bool) -> String {

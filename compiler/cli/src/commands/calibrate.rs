@@ -110,65 +110,20 @@ fn prune_thresholds(
     samples: impl FnOnce(&Graph) -> Result<Vec<HashMap<String, Tensor>>>,
     t0: std::time::Instant,
 ) -> Result<()> {
-    if a.protect == 0 {
-        bail!("--protect must be at least 1, so that a pruned sequence is never empty");
-    }
-    let n = crate::prune::max_len(&a.file, &a.model)?;
-    let graph_at = crate::prune::graph_at(&a.file, &a.model, &a.nonlinear);
-    let g = graph_at(n).map_err(anyhow::Error::msg)?;
-    let samples = samples(&g)?;
-    let cuts = veil_compiler::compile::pruned::every_cut(&graph_at, n)
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("{}", a.file.display()))?;
-    if a.prune_keep.len() > 1 && a.prune_keep.len() != cuts.len() {
-        bail!(
-            "--prune-keep lists {} fractions, the model has {} attention layers (give one, or one per layer)",
-            a.prune_keep.len(),
-            cuts.len()
-        );
-    }
-    let cfg = veil_compiler::prune::calibrate::thresholds(
-        &graph_at,
-        n,
-        &cuts,
+    let c = crate::prune::calibrate(
+        &a.file,
+        &a.model,
+        &a.nonlinear,
         &a.prune_keep,
         a.protect,
-        &samples,
-    )
-    .map_err(anyhow::Error::msg)?;
-    // Layers keeping everything need no pruning point.
-    let mut cfg = cfg;
-    for (i, f) in (0..cuts.len()).map(|i| (i, a.prune_keep.get(i).or(a.prune_keep.last()))) {
-        if f.is_some_and(|&f| f >= 1.0) {
-            cfg.theta[i] = None;
-        }
-    }
-    if cfg.theta.iter().all(|t| t.is_none()) {
-        bail!("--prune-keep keeps every token at every layer: there is no pruning point to write");
-    }
-    let mut lengths = Vec::new();
-    for s in &samples {
-        let kept: Vec<_> = cuts.iter().filter(|c| cfg.theta(c.layer).is_some()).cloned().collect();
-        let r = veil_compiler::prune::reference::run(&graph_at, n, &kept, &cfg, s)
-            .map_err(anyhow::Error::msg)?;
-        lengths.push(r.lengths);
-    }
-    let text = serde_json::to_string_pretty(&cfg)?;
-    let tmp = a.output.with_extension("json.partial");
-    let written = std::fs::write(&tmp, text)
-        .with_context(|| format!("writing {}", tmp.display()))
-        .and_then(|_| {
-            std::fs::rename(&tmp, &a.output)
-                .with_context(|| format!("writing {}", a.output.display()))
-        });
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
-    eprintln!("calibrated on {} sample(s) in {:.2} s", samples.len(), t0.elapsed().as_secs_f64());
-    for (i, l) in lengths.iter().enumerate() {
+        samples,
+    )?;
+    write_json(&a.output, &c.config)?;
+    eprintln!("calibrated on {} sample(s) in {:.2} s", c.lengths.len(), t0.elapsed().as_secs_f64());
+    for (i, l) in c.lengths.iter().enumerate() {
         println!(
-            "sample {i}: tokens {n} → {}",
+            "sample {i}: tokens {} → {}",
+            c.n,
             l.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" → ")
         );
     }
@@ -209,12 +164,17 @@ pub fn calibrate_random(
 }
 
 /// Writes through a temporary file, so a failed write leaves nothing half-written.
-fn write_json(path: &Path, c: &Calibration) -> Result<()> {
+pub fn write_json(path: &Path, c: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(c)?;
     let tmp = path.with_extension("json.partial");
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    let written =
+        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display())).and_then(
+            |_| std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display())),
+        );
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Reads a calibration file written by `veil calibrate`.

@@ -330,9 +330,8 @@ pub fn compile_file_with(
             if la.generate.is_some() || pa.lora_rank.is_some() {
                 anyhow::bail!("--prune does not combine with --generate or --lora-rank");
             }
-
             let cfg = crate::prune::read_config(path)?;
-            let n = crate::prune::max_len(file, margs)?;
+            let n = crate::prune::max_len(file, &m)?;
             opts.meta.retain(|(k, _)| k != "seq");
             opts.meta.push(("seq".into(), n.to_string()));
             let graph_at = crate::prune::graph_at(file, margs, &la.nonlinear);
