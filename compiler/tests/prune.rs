@@ -70,4 +70,18 @@ fn two_party_pruned_run_keeps_the_plaintext_tokens() {
         let full = veil_isa::cost::program_cost(&compiled.program);
         assert!(r.client.body.sent < full.body.sent[0]);
     }
+    // The instances after each `setlen` run fused kernels: bit-identical to the interpreter.
+    let run = |jit: bool| {
+        let opts = veil_vm::RunOptions {
+            jit,
+            seeds: Some([[2; 16], [7; 16]]),
+            ..veil_vm::RunOptions::default()
+        };
+        common::run_compiled_with(&compiled, &samples[0], &opts).unwrap()
+    };
+    let ((with, a), (without, b)) = (run(true), run(false));
+    assert_eq!(with.client.lengths, without.client.lengths);
+    assert_eq!(with.outputs, without.outputs, "bit-identical with and without the JIT");
+    assert_eq!(a[0].1.to_f64_vec(), b[0].1.to_f64_vec());
+    assert!(with.client.jit_kernels > 0 && without.client.jit_kernels == 0);
 }

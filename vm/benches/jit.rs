@@ -260,6 +260,14 @@ fn program_bench(path: &str, reps: usize) {
         r(3),
         r(4)
     );
+    if let Some(r) = runs[1].first().filter(|r| !r.client.lengths.is_empty()) {
+        println!(
+            "Pruned lengths {:?}; with the JIT, the client's instances after each `setlen` took {} \
+             to plan and compile (median, inside its body time).\n",
+            r.client.lengths,
+            ms(median(runs[1].iter().map(|r| r.client.jit_instance_time).collect()))
+        );
+    }
     op_breakdown(&runs);
 }
 

@@ -92,6 +92,9 @@ pub struct PartyReport {
     pub elementwise_time: Duration,
     /// Time to fuse and compile the program's kernels (zero without the JIT).
     pub jit_compile_time: Duration,
+    /// Of the body's time, the part spent planning the kernels of pruned instances (after
+    /// each `setlen`) and compiling the signatures they add.
+    pub jit_instance_time: Duration,
     /// Fused kernels in the program (zero without the JIT).
     pub jit_kernels: usize,
     /// Sequence lengths set by the body's `setlen`s, in order (token pruning).
@@ -466,12 +469,19 @@ impl<'p> PartyVm<'p> {
             "setup" => (&prog.setup, &prog.setup_tags),
             _ => (&prog.body, &prog.body_tags),
         };
-        // The fused plan is for the loaded program; an instance runs interpreted.
+        // The loaded program's plan was made at load; an instance (after a `setlen`) is
+        // planned from where it starts to its next `setlen`, reusing compiled signatures.
         let loaded = matches!(prog, Code::Loaded(_)) && from == 0;
         #[cfg(feature = "jit")]
-        let compiled = match (&self.jit, self.jit_on && loaded) {
-            (Some(j), true) => {
+        let compiled = match (&mut self.jit, self.jit_on) {
+            (Some(j), true) if loaded => {
                 Some(if section == "setup" { j.setup.clone() } else { j.body.clone() })
+            }
+            (Some(j), true) if section == "body" => {
+                let (c, t) = j.segment(prog, from);
+                self.report.jit_instance_time += t;
+                self.report.jit_kernels = j.kernels;
+                c
             }
             _ => None,
         };

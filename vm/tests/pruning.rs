@@ -11,28 +11,32 @@ use veil_isa::{Party, Program};
 
 const R: u32 = 3;
 
-/// Scores `s` pick tokens (mean score ≥ θ, the first always kept); the kept rows of `x` are
-/// compacted; after `setlen` the program sums the squares of the kept rows per column and
-/// counts rows by summing a column of ones computed at the new length.
-fn toy(n: u32, theta: f64) -> Program {
+/// Scores `s` pick tokens (mean score ≥ θ, the first always kept); the kept rows of `x` (`n`
+/// rows of `cols`) are compacted; after `setlen` the program sums the squares of the kept
+/// rows per column.
+fn toy_cols(n: u32, theta: f64, cols: u32) -> Program {
     let mut b = builder();
-    let x = b.input("x", Party::Client, &[n, R], F);
+    let x = b.input("x", Party::Client, &[n, cols], F);
     let s = b.input("s", Party::Client, &[n], F);
     let total = b.sum(s, 1, n, 1);
     let theta_g = (theta * (1u64 << THETA_BITS) as f64).round() as u64;
     let keep = b.prune_keep(s, total, theta_g, 1);
     let c = b.compaction(keep);
-    let xc = b.compact_rows(&c, x, R);
+    let xc = b.compact_rows(&c, x, cols);
     b.set_len(c.count, 0);
     let sq = b.mul(xc, 0, xc, 0, 1);
     let sq = b.trunc(sq, F);
-    let y = b.sum(sq, 1, n, R);
-    b.output("y", y, Party::Client, &[R], F);
+    let y = b.sum(sq, 1, n, cols);
+    b.output("y", y, Party::Client, &[cols], F);
     b.finish_ssa()
 }
 
 fn dynamic(max: u32, theta: f64) -> Program {
-    let probes = [max, max - 1, max - 2, max - 3, 2].map(|n| (n, toy(n, theta)));
+    dynamic_cols(max, theta, R)
+}
+
+fn dynamic_cols(max: u32, theta: f64, cols: u32) -> Program {
+    let probes = [max, max - 1, max - 2, max - 3, 2].map(|n| (n, toy_cols(n, theta, cols)));
     let p = from_probes(probes.to_vec(), max).expect("the toy is polynomial in n");
     veil_isa::validate(&p).expect("valid");
     p
@@ -102,6 +106,38 @@ fn a_size_that_is_not_polynomial_is_refused_by_name() {
     let probes = [16, 15, 14, 13].map(|n| (n, halves(n)));
     let e = from_probes(probes.to_vec(), 16).unwrap_err();
     assert!(e.contains("not a polynomial") || e.contains("changes shape"), "{e}");
+}
+
+#[test]
+fn pruned_instances_run_fused_kernels_bit_identical_to_the_interpreter() {
+    use veil_vm::{run_session, PartyData, RunOptions, Values};
+    // Wide rows, so that the instance after the `setlen` is worth planning
+    // (`WORTH_PLANNING` elements per instruction); narrow ones stay interpreted.
+    let (n, cols) = (12u32, 512u32);
+    let p = dynamic_cols(n, 1.0 / n as f64, cols);
+    let mut rng = Rng(11);
+    let xs = rng.vec((n * cols) as usize, -3.0, 3.0);
+    let ss: Vec<f64> = (0..n).map(|j| if j % 3 == 1 { 0.02 } else { 0.3 }).collect();
+    let c = PartyData {
+        inputs: vec![("x".into(), Values::F64(xs)), ("s".into(), Values::F64(ss))],
+        weights: vec![],
+    };
+    let run = |jit: bool| {
+        let opts = RunOptions { jit, seeds: Some([[4; 16], [9; 16]]), ..RunOptions::default() };
+        run_session(&p, &c, &PartyData::default(), &opts).expect("session runs")
+    };
+    let (with, without) = (run(true), run(false));
+    assert_eq!(with.client.lengths, vec![8]);
+    assert_eq!(with.client.lengths, without.client.lengths);
+    assert_eq!(with.outputs, without.outputs, "bit-identical outputs");
+    assert_eq!(without.client.jit_kernels, 0);
+    #[cfg(feature = "jit")]
+    {
+        // The kernels after the `setlen` (the square's truncation and the sum's operands) are
+        // planned for the instance: more kernels than the loaded program's plan alone.
+        let loaded = veil_vm::jit::Jit::new(&p, Party::Client, true).expect("jit").kernels;
+        assert!(with.client.jit_kernels > loaded, "{} vs {loaded}", with.client.jit_kernels);
+    }
 }
 
 /// Runs and checks the measured cost against the prediction at `lengths`.
