@@ -11,7 +11,6 @@ use crate::kernels;
 use crate::net::FrameSink;
 use crate::net::FrameSource;
 use crate::prg::{Prg, Seed};
-use std::sync::Arc;
 use veil_isa::validate::is_dealer_instr;
 use veil_isa::{Buf, Instr, Kind, Party, Program};
 
@@ -59,12 +58,11 @@ impl<'p> Dealer<'p> {
     /// (a dynamic program's dealer deals one run: lengths only shrink).
     pub fn deal_body(&mut self) -> Result<(), VmError> {
         let p = self.prog;
-        let mut inst: Option<Arc<Program>> = None;
+        let mut inst: Option<Program> = None;
         let mut from = 0;
         let mut now = p.dynamic.as_ref().map_or(0, |d| d.max_len);
         loop {
-            let cur = inst.clone();
-            let prog = cur.as_deref().unwrap_or(p);
+            let prog = inst.as_ref().unwrap_or(p);
             let Some(index) = self.deal(prog, &prog.body, from, "body")? else { return Ok(()) };
             let err = |msg: String| VmError::Dealer { section: "body", index, name: "setlen", msg };
             let d = p.dynamic.as_ref().ok_or_else(|| err("no dynamic section".into()))?;
@@ -79,7 +77,7 @@ impl<'p> Dealer<'p> {
             let n = <[u8; 8]>::try_from(f.as_slice())
                 .map(u64::from_le_bytes)
                 .map_err(|_| err(format!("length frame of {} bytes", f.len())))?;
-            let before = inst.as_deref().unwrap_or(p);
+            let before = inst.as_ref().unwrap_or(p);
             let n = u32::try_from(n).unwrap_or(u32::MAX);
             let q = d.shrink(p, before, now, n).map_err(err)?;
             now = n;
@@ -88,7 +86,7 @@ impl<'p> Dealer<'p> {
                     v.truncate(b.kind.words(b.len));
                 }
             }
-            inst = Some(Arc::new(q));
+            inst = Some(q);
             from = index + 1;
         }
     }

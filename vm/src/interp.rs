@@ -95,7 +95,8 @@ pub struct PartyReport {
     /// Of the body's time, the part spent planning the kernels of pruned instances (after
     /// each `setlen`) and compiling the signatures they add.
     pub jit_instance_time: Duration,
-    /// Fused kernels in the program (zero without the JIT).
+    /// Fused kernels planned: the loaded program's, plus those of every pruned instance run so
+    /// far (zero without the JIT).
     pub jit_kernels: usize,
     /// Sequence lengths set by the body's `setlen`s, in order (token pruning).
     pub lengths: Vec<u32>,
@@ -480,7 +481,7 @@ impl<'p> PartyVm<'p> {
             (Some(j), true) if section == "body" => {
                 let (c, t) = j.segment(prog, from);
                 self.report.jit_instance_time += t;
-                self.report.jit_kernels = j.kernels;
+                self.report.jit_kernels += c.as_ref().map_or(0, |c| c.plan.kernels.len());
                 c
             }
             _ => None,
@@ -933,18 +934,19 @@ impl<'p> PartyVm<'p> {
 
 /// True for the local elementwise ring instructions (the ones the JIT fuses into kernels).
 pub(crate) fn is_elementwise(ins: &Instr) -> bool {
+    elementwise_dest(ins).is_some()
+}
+
+/// The buffer an elementwise instruction computes over (its destination, whose length is the
+/// loop's); `None` for every other instruction.
+pub(crate) fn elementwise_dest(ins: &Instr) -> Option<Buf> {
     use Instr::*;
-    matches!(
-        ins,
-        Add { .. }
-            | Sub { .. }
-            | Mul { .. }
-            | Neg { .. }
-            | AddImm { .. }
-            | MulImm { .. }
-            | Shl { .. }
-            | TruncPost { .. }
-    )
+    match ins {
+        Add { d, .. } | Sub { d, .. } | Mul { d, .. } => Some(*d),
+        Neg { d, .. } | AddImm { d, .. } | MulImm { d, .. } | Shl { d, .. } => Some(*d),
+        TruncPost { c2, .. } => Some(*c2),
+        _ => None,
+    }
 }
 
 fn sub_stats(a: CommStats, b: CommStats) -> CommStats {

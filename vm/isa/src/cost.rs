@@ -132,14 +132,11 @@ pub fn program_cost(p: &Program) -> ProgramCost {
 /// The cost of a dynamic program whose `setlen`s set `lengths` in turn (a length repeated
 /// past the list's end): what a pruned run measures.
 pub fn program_cost_at(p: &Program, lengths: &[u32]) -> Result<ProgramCost, String> {
+    let Some(d) = &p.dynamic else { return Ok(program_cost(p)) };
     let mut pc = ProgramCost::default();
     for ins in &p.setup {
         pc.setup += instr_cost(ins, p);
     }
-    let Some(d) = &p.dynamic else {
-        body_cost(p, p, 0, p.body.len(), &mut pc);
-        return Ok(pc);
-    };
     let mut cur: Option<Program> = None;
     let mut from = 0;
     let mut k = 0;

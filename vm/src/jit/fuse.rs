@@ -98,12 +98,7 @@ impl Ctx<'_> {
 
     fn lower(&self, ins: &Instr) -> Lower {
         use Instr::*;
-        let d = match ins {
-            Add { d, .. } | Sub { d, .. } | Mul { d, .. } => *d,
-            Neg { d, .. } | AddImm { d, .. } | MulImm { d, .. } | Shl { d, .. } => *d,
-            TruncPost { c2, .. } => *c2,
-            _ => return Lower::Interp,
-        };
+        let Some(d) = crate::interp::elementwise_dest(ins) else { return Lower::Interp };
         let n = self.len(d);
         if n == 0 {
             return Lower::Interp;
@@ -235,10 +230,10 @@ enum Use {
 struct Accesses(Vec<Vec<(usize, Use)>>);
 
 impl Accesses {
-    fn new(ctx: &Ctx, code: &[Instr]) -> Accesses {
+    fn new(ctx: &Ctx, code: &[Instr], base: usize) -> Accesses {
         use Instr::*;
         let mut acc = vec![Vec::new(); ctx.prog.buffers.len()];
-        for (pos, ins) in code.iter().enumerate() {
+        for (pos, ins) in (base..).zip(code) {
             // Writes that overwrite the whole destination: the elementwise instructions and
             // the two reductions.
             let full =
@@ -376,10 +371,11 @@ impl Group {
     }
 }
 
-/// Plans `code` (one section of `prog`, already validated) for party `me`.
-pub fn plan(prog: &Program, code: &[Instr], me: Party) -> Plan {
+/// Plans `code` (a run of one section of `prog`, already validated, starting at index `base`
+/// of that section) for party `me`; steps and kernel members are section indices.
+pub fn plan(prog: &Program, code: &[Instr], base: usize, me: Party) -> Plan {
     let ctx = Ctx { prog, me };
-    let acc = Accesses::new(&ctx, code);
+    let acc = Accesses::new(&ctx, code, base);
     let mut plan = Plan::default();
     let mut g = Group::default();
     let flush = |g: &mut Group, plan: &mut Plan| {
@@ -388,7 +384,7 @@ pub fn plan(prog: &Program, code: &[Instr], me: Party) -> Plan {
             plan.steps.push(Step::Kernel(plan.kernels.len() - 1));
         }
     };
-    for (pos, ins) in code.iter().enumerate() {
+    for (pos, ins) in (base..).zip(code) {
         match ctx.lower(ins) {
             Lower::NoOp => {}
             Lower::Fuse(l) => {

@@ -35,7 +35,7 @@ pub struct Jit {
     pub body: Arc<Compiled>,
     /// Time to plan and compile both sections.
     pub compile_time: Duration,
-    /// Kernel instances in both sections.
+    /// Kernel instances in both sections as loaded (instances add theirs to the report).
     pub kernels: usize,
     /// Distinct compiled signatures.
     pub distinct: usize,
@@ -47,17 +47,14 @@ pub struct Jit {
 }
 
 impl Jit {
-    /// Plans and compiles both sections of the validated `prog` for party `me`.
+    /// Plans and compiles both sections of the validated `prog` for party `me` (a pruned
+    /// program's body up to its first `setlen`: the rest runs in instances, see
+    /// [`Jit::segment`]).
     pub fn new(prog: &Program, me: Party, simd: bool) -> Result<Jit, JitError> {
         let t0 = Instant::now();
         let mut cache = KernelCache::new(simd)?;
-        let mut section = |code| {
-            let plan = fuse::plan(prog, code, me);
-            let fns = plan.kernels.iter().map(|k| cache.get(&k.sig)).collect();
-            Arc::new(Compiled { plan, fns })
-        };
-        let setup = section(&prog.setup);
-        let body = section(&prog.body);
+        let setup = plan_run(&mut cache, prog, &prog.setup, 0, me);
+        let body = plan_run(&mut cache, prog, &prog.body, 0, me);
         Ok(Jit {
             kernels: setup.plan.kernels.len() + body.plan.kernels.len(),
             distinct: cache.len(),
@@ -71,54 +68,51 @@ impl Jit {
     }
 
     /// Plans and compiles the body of `inst` (a program instantiated at a pruned length) from
-    /// instruction `from` up to the next `setlen`, which ends the instance's sizes; steps
-    /// keep their indices in the body. Signatures already compiled are reused (only kernels
-    /// that read a broadcast whose length changed compile anew). `None` when the segment's
-    /// elementwise work is too small to repay planning it (see [`WORTH_PLANNING`]). Returns
-    /// the plan and the time it took.
+    /// instruction `from` up to its next `setlen`. Signatures already compiled are reused
+    /// (only kernels that read a broadcast whose length changed compile anew). `None` when
+    /// the segment's elementwise work is too small to repay planning it (see
+    /// [`WORTH_PLANNING`]). Returns the plan and the time it took.
     pub fn segment(&mut self, inst: &Program, from: usize) -> (Option<Arc<Compiled>>, Duration) {
         let t0 = Instant::now();
-        let body = &inst.body[from.min(inst.body.len())..];
-        let end = body.iter().position(|i| matches!(i, Instr::SetLen { .. })).unwrap_or(body.len());
-        let elements: usize = body[..end]
+        let code = &inst.body[from..];
+        let len = code.iter().position(|i| matches!(i, Instr::SetLen { .. })).unwrap_or(code.len());
+        let elements: usize = code[..len]
             .iter()
-            .filter_map(|i| match i {
-                Instr::Add { d, .. } | Instr::Sub { d, .. } | Instr::Mul { d, .. } => Some(*d),
-                Instr::Neg { d, .. } | Instr::AddImm { d, .. } => Some(*d),
-                Instr::MulImm { d, .. } | Instr::Shl { d, .. } => Some(*d),
-                Instr::TruncPost { c2, .. } => Some(*c2),
-                _ => None,
-            })
+            .filter_map(crate::interp::elementwise_dest)
             .map(|d| inst.buffers.get(d.0 as usize).map_or(0, |b| b.len as usize))
             .sum();
-        if elements < WORTH_PLANNING * end {
+        if elements < WORTH_PLANNING * len {
             return (None, t0.elapsed());
         }
-        let mut plan = fuse::plan(inst, &body[..end], self.me);
-        for step in &mut plan.steps {
-            if let fuse::Step::Instr(i) = step {
-                *i += from;
-            }
-        }
-        for k in &mut plan.kernels {
-            for m in &mut k.members {
-                *m += from;
-            }
-        }
-        plan.steps.extend((from + end..from + body.len()).map(fuse::Step::Instr));
-        let fns = plan.kernels.iter().map(|k| self.cache.get(&k.sig)).collect();
-        self.kernels += plan.kernels.len();
+        let c = plan_run(&mut self.cache, inst, &inst.body, from, self.me);
         self.distinct = self.cache.len();
         self.failed = self.cache.failed();
-        (Some(Arc::new(Compiled { plan, fns })), t0.elapsed())
+        (Some(c), t0.elapsed())
     }
 }
 
-/// Planning a segment costs about as much per instruction as fusing saves on a few hundred
-/// elements (measured on BERT-base, 2-core EPYC: ~0.4 µs per instruction to plan against
-/// ~1.5 ns saved per element of an elementwise instruction), so a pruned instance is planned
-/// only when its elementwise instructions average this many elements; smaller ones run
-/// interpreted.
+/// Plans `section` of `prog` from instruction `from` through its next `setlen` (where the
+/// sizes the plan is made at end and the VM stops) or its end, and compiles the kernels.
+fn plan_run(
+    cache: &mut KernelCache,
+    prog: &Program,
+    section: &[Instr],
+    from: usize,
+    me: Party,
+) -> Arc<Compiled> {
+    let code = &section[from..];
+    let end =
+        code.iter().position(|i| matches!(i, Instr::SetLen { .. })).map_or(code.len(), |e| e + 1);
+    let plan = fuse::plan(prog, &code[..end], from, me);
+    let fns = plan.kernels.iter().map(|k| cache.get(&k.sig)).collect();
+    Arc::new(Compiled { plan, fns })
+}
+
+/// Planning costs about as much per instruction as fusing saves on a few hundred elements
+/// (measured on BERT-base, 2-core EPYC: ~0.4 µs per instruction of the segment, whatever its
+/// kind, against ~1.5 ns saved per element of an elementwise instruction), so a pruned
+/// instance is planned only when its elementwise instructions hold at least this many
+/// elements per instruction of the segment; smaller ones run interpreted.
 pub const WORTH_PLANNING: usize = 512;
 
 /// Runs kernel `k` with `f` over `bufs`; false (nothing done) when a buffer's length does not
