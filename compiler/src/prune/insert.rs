@@ -5,12 +5,17 @@
 use super::cuts::Cut;
 use super::PruneConfig;
 use crate::ir::{Graph, Op, Value};
+use std::collections::HashMap;
 
 /// Inserts every cut of `cuts` (positions in `g.order` as [`super::cuts::find`] gave them).
 pub fn insert(g: &mut Graph, cuts: &[Cut], cfg: &PruneConfig) -> Result<(), String> {
     // Anchors by node, so earlier insertions do not move later points.
     let anchors: Vec<Option<crate::ir::Node>> =
         cuts.iter().map(|c| g.order.get(c.at).copied()).collect();
+    // A value crossing several points (the attention mask crosses every one) is read after
+    // an earlier point as that point's kept rows: a later point compacts those, not the
+    // original, and rewires their uses.
+    let mut latest: HashMap<Value, Value> = HashMap::new();
     for (c, anchor) in cuts.iter().zip(anchors) {
         let theta = cfg.theta(c.layer).ok_or("a cut without a threshold")?;
         let before = g.order.len();
@@ -21,19 +26,25 @@ pub fn insert(g: &mut Graph, cuts: &[Cut], cfg: &PruneConfig) -> Result<(), Stri
             &[c.probs],
             &format!("{name}.keep"),
         )?;
+        let sources: Vec<(Value, Value, usize)> = c
+            .crossing
+            .iter()
+            .map(|&(v, axis)| (v, latest.get(&v).copied().unwrap_or(v), axis))
+            .collect();
         let mut compacted = Vec::new();
-        for &(v, axis) in &c.crossing {
-            let vn = g.values[v].name.clone();
+        for &(_, src, axis) in &sources {
+            let vn = g.values[src].name.clone();
             let x = g.add_node(
                 &format!("{name}::prune/compact"),
                 Op::Compact { axis },
-                &[v, keep],
+                &[src, keep],
                 &format!("{vn}.compact"),
             )?;
             compacted.push(x);
         }
+        // (what the uses after the point read now, what they read instead)
         let mut shrunk: Vec<(Value, Value)> = Vec::new();
-        for (&(v, _), &x) in c.crossing.iter().zip(&compacted) {
+        for (&(v, src, _), &x) in sources.iter().zip(&compacted) {
             let vn = g.values[v].name.clone();
             let s = g.add_node(
                 &format!("{name}::prune/shrink"),
@@ -41,7 +52,8 @@ pub fn insert(g: &mut Graph, cuts: &[Cut], cfg: &PruneConfig) -> Result<(), Stri
                 &[x, keep],
                 &format!("{vn}.kept"),
             )?;
-            shrunk.push((v, s));
+            shrunk.push((src, s));
+            latest.insert(v, s);
         }
         let new: Vec<_> = g.order.drain(before..).collect();
         let pos = match anchor {
