@@ -140,6 +140,28 @@ fn pruned_instances_run_fused_kernels_bit_identical_to_the_interpreter() {
     }
 }
 
+#[test]
+fn an_input_over_token_pairs_read_after_a_setlen_is_refused() {
+    // An `n × n` input read after the count is revealed would be read as a prefix of its
+    // full-length layout: wrong rows. The template refuses it (it is never written in the
+    // body, so it exists before the `setlen`).
+    let pairs = |n: u32| {
+        let mut b = builder();
+        let s = b.input("s", Party::Client, &[n], F);
+        let m = b.input("m", Party::Client, &[n, n], F);
+        let total = b.sum(s, 1, n, 1);
+        let keep = b.prune_keep(s, total, 1 << 20, 1);
+        let c = b.compaction(keep);
+        b.set_len(c.count, 0);
+        let y = b.sum(m, 1, n * n, 1);
+        b.output("y", y, Party::Client, &[1], F);
+        b.finish_ssa()
+    };
+    let probes = [12, 11, 10, 9, 2].map(|n| (n, pairs(n)));
+    let e = from_probes(probes.to_vec(), 12).unwrap_err();
+    assert!(e.contains("not laid out token-first") && e.contains("loaded before"), "{e}");
+}
+
 /// Runs and checks the measured cost against the prediction at `lengths`.
 fn run_at(
     p: &Program,

@@ -76,7 +76,8 @@ pub fn from_probes(probes: Vec<(u32, Program)>, max_len: u32) -> Result<Program,
         }
     }
     // Data computed before a `setlen` and read after it is read as a prefix: only an
-    // `m × row` layout (token axis outermost) stays right when the length shrinks.
+    // `m × row` layout (token axis outermost) stays right when the length shrinks. Inputs,
+    // weights and setup results (never written in the body) exist before every `setlen`.
     let mut written_at = vec![usize::MAX; base.buffers.len()];
     for (k, ins) in base.body.iter().enumerate() {
         for (b, w) in ins.buffers() {
@@ -91,12 +92,13 @@ pub fn from_probes(probes: Vec<(u32, Program)>, max_len: u32) -> Result<Program,
     for (k, ins) in base.body.iter().enumerate() {
         for (b, w) in ins.buffers() {
             let (at, poly) = (written_at[b.0 as usize], buf_poly[b.0 as usize]);
-            let crosses = !w && at != usize::MAX && setlens.iter().any(|&s| at < s && s < k);
+            let crosses = !w && setlens.iter().any(|&s| (at == usize::MAX || at < s) && s < k);
             if let (true, Some(p)) = (crosses, poly) {
                 if p.0[0] != 0 || p.0[2] != 0 {
                     return Err(format!(
-                        "b{} (length {:?} in the sequence length) is computed before a setlen \
-                         and read after it by body #{k} `{}`, but is not laid out token-first",
+                        "b{} (length {:?} in the sequence length) is computed or loaded before \
+                         a setlen and read after it by body #{k} `{}`, but is not laid out \
+                         token-first",
                         b.0,
                         p.0,
                         ins.name()
