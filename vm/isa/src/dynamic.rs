@@ -167,7 +167,8 @@ impl Dynamic {
         let mut q = p.clone();
         q.dynamic = None;
         for (b, poly) in &self.buffers {
-            let max = p.buffers[b.0 as usize].len as i64;
+            let decl = p.buffers.get(b.0 as usize).ok_or_else(|| format!("{b} is out of range"))?;
+            let max = decl.len as i64;
             let v = poly.at(n).filter(|&v| (1..=max.min(MAX_BUF_LEN as i64)).contains(&v));
             let v = v.ok_or_else(|| {
                 format!(
@@ -180,14 +181,20 @@ impl Dynamic {
         let mut i = 0;
         while i < self.fields.len() {
             let at = self.fields[i].instr as usize;
-            let ins = &mut q.body[at];
+            let ins = q.body.get_mut(at).ok_or_else(|| format!("body #{at} is out of range"))?;
             let name = ins.name();
             let mut slots = ins.slots_mut();
             let mut taken: Vec<Option<crate::operand::SlotMut<'_>>> =
                 slots.drain(..).map(Some).collect();
             while i < self.fields.len() && self.fields[i].instr as usize == at {
                 let f = &self.fields[i];
-                let slot = taken[f.slot as usize].take().ok_or("a field patched twice")?;
+                let slot =
+                    taken.get_mut(f.slot as usize).and_then(Option::take).ok_or_else(|| {
+                        format!(
+                            "body #{at} `{name}`: size field {} missing or patched twice",
+                            f.slot
+                        )
+                    })?;
                 let v = f.poly.at(n).ok_or("size overflows")?;
                 slot.set(v).map_err(|e| format!("body #{at} `{name}` at length {n}: {e}"))?;
                 i += 1;
@@ -233,6 +240,24 @@ impl Dynamic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_malformed_section_is_an_error_not_a_panic() {
+        // `program_cost_at` and the fuzzers reach `instantiate` without `validate`.
+        let mut p = Program::default();
+        p.body.push(crate::Instr::Sum { d: Buf(0), a: Buf(0), outer: 1, mid: 4, inner: 1 });
+        let poly = Poly([0, 1, 0]);
+        let bad_buf = Dynamic { max_len: 4, buffers: vec![(Buf(9), poly)], fields: vec![] };
+        assert!(bad_buf.instantiate(&p, 2).unwrap_err().contains("out of range"));
+        for (instr, slot) in [(5, 0), (0, 9)] {
+            let d = Dynamic {
+                max_len: 4,
+                buffers: vec![],
+                fields: vec![DynField { instr, slot, poly }],
+            };
+            assert!(d.instantiate(&p, 2).is_err());
+        }
+    }
 
     #[test]
     fn fit_recovers_integer_quadratics_and_refuses_the_rest() {
