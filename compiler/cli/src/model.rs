@@ -51,8 +51,14 @@ pub struct Loaded {
 
 /// Reads `path` as ONNX (`.onnx`) or DSL (`.veil`).
 pub fn load(path: &Path, args: &ModelArgs) -> Result<Loaded> {
+    load_with(path, args, None)
+}
+
+/// As [`load`], drawing `--random-weights` through `memo` (for loading one model at several
+/// sequence lengths).
+pub fn load_with(path: &Path, args: &ModelArgs, memo: Option<&RandomMemo>) -> Result<Loaded> {
     match path.extension().and_then(|e| e.to_str()) {
-        Some("veil") => load_dsl(path, args),
+        Some("veil") => load_dsl(path, args, memo),
         Some("onnx") | None => {
             let opts = ImportOptions {
                 seq: args.seq,
@@ -70,7 +76,7 @@ pub fn load(path: &Path, args: &ModelArgs) -> Result<Loaded> {
     }
 }
 
-fn load_dsl(path: &Path, args: &ModelArgs) -> Result<Loaded> {
+fn load_dsl(path: &Path, args: &ModelArgs, memo: Option<&RandomMemo>) -> Result<Loaded> {
     let mut loader = stdlib_loader();
     for (n, v) in &args.dims {
         loader.override_const(n, *v as f64);
@@ -107,9 +113,15 @@ fn load_dsl(path: &Path, args: &ModelArgs) -> Result<Loaded> {
             many.join(", ")
         ),
     };
-    let mut source: Box<dyn WeightSource> = match (&args.weights, args.random_weights) {
+    let mut source: Box<dyn WeightSource + '_> = match (&args.weights, args.random_weights) {
         (Some(f), None) => Box::new(veil_compiler::weights::SafetensorsSource::open(f)?),
-        (None, Some(seed)) => Box::new(CachedRandom(seed, veil_compiler::weights::RandomSource::new(seed))),
+        (None, Some(seed)) => {
+            let random = veil_compiler::weights::RandomSource::new(seed);
+            match memo {
+                Some(memo) => Box::new(Memoized { random, memo }),
+                None => Box::new(random),
+            }
+        }
         (None, None) => bail!("a DSL model needs its parameters: pass --weights FILE.safetensors or --random-weights SEED"),
         (Some(_), Some(_)) => bail!("--weights and --random-weights exclude each other"),
     };
@@ -119,27 +131,27 @@ fn load_dsl(path: &Path, args: &ModelArgs) -> Result<Loaded> {
     Ok(Loaded { graph, public_params: m.public_params, seq })
 }
 
-/// Seeded random weights, drawn once per process: token pruning loads the same model at many
-/// sequence lengths, and drawing BERT-base's 85 M weights takes seconds each time.
-struct CachedRandom(u64, veil_compiler::weights::RandomSource);
+/// Seeded random weights by key, drawn once: token pruning loads the same model at many
+/// sequence lengths, and drawing BERT-base's 85 M weights takes seconds each time. Owned by
+/// whoever loads at several lengths ([`crate::prune::Lengths`]), so it lives as long as they do.
+#[derive(Default)]
+pub struct RandomMemo(std::sync::Mutex<std::collections::HashMap<String, Tensor>>);
 
-type WeightCache = std::sync::Mutex<std::collections::HashMap<(u64, String), Tensor>>;
-
-fn random_cache() -> &'static WeightCache {
-    static CACHE: std::sync::OnceLock<WeightCache> = std::sync::OnceLock::new();
-    CACHE.get_or_init(Default::default)
+/// A random source that looks in a [`RandomMemo`] first.
+struct Memoized<'a> {
+    random: veil_compiler::weights::RandomSource,
+    memo: &'a RandomMemo,
 }
 
-impl veil_compiler::dsl::WeightSource for CachedRandom {
+impl WeightSource for Memoized<'_> {
     fn get(&mut self, key: &str, ty: &TensorType) -> std::result::Result<Tensor, String> {
-        let k = (self.0, key.to_string());
-        if let Some(t) = random_cache().lock().expect("not poisoned").get(&k) {
+        if let Some(t) = self.memo.0.lock().expect("not poisoned").get(key) {
             if t.ty() == *ty {
                 return Ok(t.clone());
             }
         }
-        let t = self.1.get(key, ty)?;
-        random_cache().lock().expect("not poisoned").insert(k, t.clone());
+        let t = self.random.get(key, ty)?;
+        self.memo.0.lock().expect("not poisoned").insert(key.to_string(), t.clone());
         Ok(t)
     }
 }

@@ -84,7 +84,8 @@ pub fn pruned_reference(
     let cfg = veil_compiler::prune::PruneConfig::from_json(json).map_err(anyhow::Error::msg)?;
     let n = margs.seq.context("a pruned program records its sequence length")?;
     let na = crate::nonlinear::NonlinearArgs::of_program(p)?;
-    let graph_at = crate::prune::graph_at(path, margs, &na);
+    let lengths = crate::prune::Lengths::new(path, margs, &na);
+    let graph_at = |k: usize| lengths.at(k);
     let cuts =
         veil_compiler::compile::pruned::cuts(&graph_at, n, &cfg).map_err(anyhow::Error::msg)?;
     let run = veil_compiler::prune::reference::run(&graph_at, n, &cuts, &cfg, inputs)

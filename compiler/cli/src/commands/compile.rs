@@ -276,11 +276,20 @@ pub fn compile_file_with(
              length only"
         );
     }
-    let mut m = load(file, margs)?;
+    if la.prune.is_some() && (la.generate.is_some() || pa.lora_rank.is_some()) {
+        anyhow::bail!("--prune does not combine with --generate or --lora-rank");
+    }
+    // A pruned compile loads the model at several lengths: through one memo of the weights.
+    let lengths = la.prune.as_ref().map(|_| crate::prune::Lengths::new(file, margs, &la.nonlinear));
+    let mut m = match &lengths {
+        Some(l) => l.load()?,
+        None => load(file, margs)?,
+    };
     let rewritten = la.nonlinear.apply(&mut m.graph)?;
     let (nonlinear, lowering) = lowering_options(la, &m.graph, rewritten)?;
     // The model as given, every weight private: the baseline of the saving.
     let original = m.graph.clone();
+    let mut original_at_n = la.prune.as_ref().map(|_| original.clone());
     let (public, split) = public_set(&mut m, margs, pa)?;
     let mut private_graph = if public.is_empty() { None } else { Some(original) };
     if let Some(go) = la.generate {
@@ -327,14 +336,14 @@ pub fn compile_file_with(
     let c = match &la.prune {
         None => compile(m.graph, &vis, &opts).with_context(|| file.display().to_string())?,
         Some(path) => {
-            if la.generate.is_some() || pa.lora_rank.is_some() {
-                anyhow::bail!("--prune does not combine with --generate or --lora-rank");
-            }
             let cfg = crate::prune::read_config(path)?;
             let n = crate::prune::max_len(file, &m)?;
             opts.meta.retain(|(k, _)| k != "seq");
             opts.meta.push(("seq".into(), n.to_string()));
-            let graph_at = crate::prune::graph_at(file, margs, &la.nonlinear);
+            let lengths = lengths.as_ref().expect("made for --prune");
+            // The model just loaded (every weight private, rewritten) is the one at `n`.
+            lengths.keep(n, original_at_n.take().expect("kept for --prune"));
+            let graph_at = |k: usize| lengths.at(k);
             let probes = veil_compiler::compile::pruned::probe_lengths(n);
             let mut done = 0;
             let mut progress = |len: usize| {
