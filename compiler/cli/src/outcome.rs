@@ -146,8 +146,9 @@ pub fn print_outputs(
     Ok(())
 }
 
-/// Prints the measured cost report.
-pub fn print_cost(p: &Program, m: &Measured, nets: &[Net]) {
+/// Prints the measured cost report; for a pruned program, returns its per-layer report (for
+/// `--plot`), or the reason there is none.
+pub fn print_cost(p: &Program, m: &Measured, nets: &[Net]) -> Option<Result<crate::prune::Report>> {
     let c = &m.client;
     println!("measured:");
     println!(
@@ -180,29 +181,39 @@ pub fn print_cost(p: &Program, m: &Measured, nets: &[Net]) {
         m.online.as_secs_f64(),
         bytes(m.client_rss)
     );
-    let pc = if p.dynamic.is_some() {
+    let (body, report) = if p.dynamic.is_some() {
         println!(
             "  pruned: tokens {} → {} (the count after each pruning point, revealed to both parties)",
             p.dynamic.as_ref().map_or(0, |d| d.max_len),
             c.lengths.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" → ")
         );
-        match crate::prune::report(p, &c.lengths) {
-            Ok(r) => print!("{}", r.text()),
-            Err(e) => println!("  (no per-layer pruning table: {e:#})"),
-        }
-        veil_isa::cost::program_cost_at(p, &c.lengths).unwrap_or_default()
+        let report = crate::prune::report(p, &c.lengths);
+        let body = match &report {
+            Ok(r) => {
+                print!("{}", r.text());
+                Some(*r.pruned_body())
+            }
+            Err(e) => {
+                println!("  (no per-layer pruning table: {e:#})");
+                None
+            }
+        };
+        (body, Some(report))
     } else {
         print!("{}", cost_report(p, Some(&c.time_by_tag), &[]));
-        veil_isa::cost::program_cost(p)
+        (Some(veil_isa::cost::program_cost(p).body), None)
     };
     let compute = (c.body_time.saturating_sub(c.wait_time)).as_secs_f64();
+    // Without the pruned run's cost (the reason is printed above) there is no estimate.
+    let Some(body) = body else { return report };
     for &n in nets {
         println!(
             "estimate on {:?}: {:.2} s per inference ({:.2} s network + {:.2} s measured compute)",
             n,
-            n.seconds(&pc.body) + compute,
-            n.seconds(&pc.body),
+            n.seconds(&body) + compute,
+            n.seconds(&body),
             compute
         );
     }
+    report
 }

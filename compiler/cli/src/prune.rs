@@ -208,6 +208,11 @@ pub fn report(p: &Program, lengths: &[u32]) -> Result<Report> {
 }
 
 impl Report {
+    /// Online bytes and rounds of the pruned run's body.
+    pub fn pruned_body(&self) -> &Cost {
+        &self.totals.1
+    }
+
     /// The table.
     pub fn text(&self) -> String {
         let mut s = String::from(

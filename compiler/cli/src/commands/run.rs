@@ -103,9 +103,10 @@ pub fn run(a: Args) -> Result<()> {
         println!("(no plaintext reference: the source model is not here; pass --reference)");
     }
     print_outputs(&outs, r.as_deref(), a.output.as_deref())?;
-    print_cost(&p, &m, &nets);
+    let report = print_cost(&p, &m, &nets);
     if let Some(path) = &a.plot {
-        let svg = crate::prune::report(&p, &m.client.lengths)?.svg();
+        let report = report.context("a pruned program has a per-layer report")?;
+        let svg = report?.svg();
         std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
     }
