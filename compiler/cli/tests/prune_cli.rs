@@ -127,6 +127,10 @@ fn bad_pruning_inputs_end_in_clear_messages() {
     // A fixed-length export.
     let fixed = veil(&["compile", common::BERT, "--prune", &good, "-o", &s(&dir.join("z.vbc"))]);
     fails_with(&fixed, "sequence length can be chosen");
+    // The same with --seq: its shapes do not follow the length (said so, not "no attention").
+    let z = s(&dir.join("z.vbc"));
+    let fixed = veil(&["compile", common::BERT, "--seq", "16", "--prune", &good, "-o", &z]);
+    fails_with(&fixed, "sequence length is fixed");
     fails_with(&compile(&["--dim", "SS=3"]), "the constant `SS`, which the file does not define");
     let public = compile(&[
         "--prune",

@@ -26,6 +26,14 @@ use veil_isa::Program;
 /// Why a compile failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
+    /// Token pruning could not place or compile its points (names the node or value).
+    #[error("model `{model}`, token pruning: {msg}")]
+    Pruning {
+        /// Model name.
+        model: String,
+        /// What failed.
+        msg: String,
+    },
     /// Nonlinear lowering failed (names the node).
     #[error("model `{model}`: {msg}")]
     Nonlinear {

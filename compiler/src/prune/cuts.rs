@@ -70,6 +70,12 @@ pub fn find(
 ) -> Result<Vec<Cut>, String> {
     same_structure(g, shorter)?;
     let axes = token_axes(g, shorter, n)?;
+    if axes.is_empty() {
+        return Err(format!(
+            "no shape changes between {n} and {} tokens: the model's sequence length is fixed              (an ONNX export with a fixed sequence axis? export it with a dynamic one)",
+            n - 1
+        ));
+    }
     for &o in &g.outputs {
         if axes.contains_key(&o) {
             return Err(format!(
