@@ -53,8 +53,8 @@ pub fn compile_pruned(
     opts: &CompileOptions,
     on_probe: &mut dyn FnMut(usize),
 ) -> Result<Compiled, CompileError> {
-    let full = graph_at(n)
-        .map_err(|msg| CompileError::Pruning { model: "(not loaded)".into(), msg })?;
+    let full =
+        graph_at(n).map_err(|msg| CompileError::Pruning { model: "(not loaded)".into(), msg })?;
     let fail = |msg: String| CompileError::Pruning { model: full.name.clone(), msg };
     let cuts = cuts(graph_at, n, cfg).map_err(fail)?;
     let mut main = None;

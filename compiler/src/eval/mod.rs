@@ -5,7 +5,7 @@
 //! to their type's width; f16/bf16 results round to their format. This is the ground truth
 //! every two-party result is compared with, and the constant folder of the ONNX importer.
 
-pub mod elementwise;
+mod elementwise;
 mod fast;
 mod kernels;
 
@@ -73,7 +73,28 @@ fn evaluate(
     wanted: &[Value],
     fast: bool,
 ) -> Result<Vec<Tensor>, EvalError> {
-    let mut env: HashMap<Value, Tensor> = HashMap::new();
+    let mut env = input_env(g, inputs)?;
+    let last_use = last_uses(g);
+    for i in 0..g.order.len() {
+        step(g, &mut env, i, &last_use, wanted, fast)?;
+    }
+    wanted
+        .iter()
+        .map(|&v| {
+            arg(g, &env, v).cloned().ok_or_else(|| EvalError {
+                node: g.values[v].name.clone(),
+                msg: "not computed".into(),
+            })
+        })
+        .collect()
+}
+
+/// The graph's inputs from `inputs` (by name), checked against their declared types.
+pub(crate) fn input_env(
+    g: &Graph,
+    inputs: &HashMap<String, Tensor>,
+) -> Result<HashMap<Value, Tensor>, EvalError> {
+    let mut env = HashMap::new();
     for &i in &g.inputs {
         let vd = &g.values[i];
         let t = inputs
@@ -87,52 +108,68 @@ fn evaluate(
         }
         env.insert(i, t.clone());
     }
-    // Free each intermediate after its last use.
-    let mut last_use: HashMap<Value, usize> = HashMap::new();
+    Ok(env)
+}
+
+/// The position in `g.order` of each value's last use as an argument (so an evaluation can
+/// free it there); depends only on the graph's structure.
+pub(crate) fn last_uses(g: &Graph) -> HashMap<Value, usize> {
+    let mut last_use = HashMap::new();
     for (i, &n) in g.order.iter().enumerate() {
         for &a in &g.nodes[n].args {
             last_use.insert(a, i);
         }
     }
-    for (i, &n) in g.order.iter().enumerate() {
-        let nd = &g.nodes[n];
-        let out = {
-            let mut args = Vec::with_capacity(nd.args.len());
-            for &a in &nd.args {
-                args.push(match &g.values[a].def {
-                    ValueDef::Const(t) | ValueDef::Weight(t) => t.as_ref(),
-                    _ => env.get(&a).ok_or_else(|| EvalError {
-                        node: nd.name.clone(),
-                        msg: format!("argument `{}` is not available", g.values[a].name),
-                    })?,
-                });
-            }
-            let ty = &g.values[nd.result].ty;
-            let quick = match nd.op {
-                Op::MatMul if fast => fast::matmul_f32(args[0], args[1], ty),
-                _ => None,
-            };
-            match quick {
-                Some(t) => t,
-                None => eval_op(&nd.op, &args, ty)
-                    .map_err(|msg| EvalError { node: nd.name.clone(), msg })?,
-            }
-        };
-        env.insert(nd.result, out);
+    last_use
+}
+
+/// Value `v`: a constant or weight of `g`, or what `env` holds.
+pub(crate) fn arg<'a>(
+    g: &'a Graph,
+    env: &'a HashMap<Value, Tensor>,
+    v: Value,
+) -> Option<&'a Tensor> {
+    match &g.values[v].def {
+        ValueDef::Const(t) | ValueDef::Weight(t) => Some(t.as_ref()),
+        _ => env.get(&v),
+    }
+}
+
+/// Evaluates the node at position `i` of `g.order` into `env`, then frees the arguments
+/// used there for the last time, except those in `keep`. `fast`: f32 matrix products.
+pub(crate) fn step(
+    g: &Graph,
+    env: &mut HashMap<Value, Tensor>,
+    i: usize,
+    last_use: &HashMap<Value, usize>,
+    keep: &[Value],
+    fast: bool,
+) -> Result<(), EvalError> {
+    let nd = &g.nodes[g.order[i]];
+    let out = {
+        let mut args = Vec::with_capacity(nd.args.len());
         for &a in &nd.args {
-            if last_use.get(&a) == Some(&i) && !wanted.contains(&a) {
-                env.remove(&a);
-            }
+            args.push(arg(g, env, a).ok_or_else(|| EvalError {
+                node: nd.name.clone(),
+                msg: format!("argument `{}` is not available", g.values[a].name),
+            })?);
+        }
+        let ty = &g.values[nd.result].ty;
+        let quick = match nd.op {
+            Op::MatMul if fast => fast::matmul_f32(args[0], args[1], ty),
+            _ => None,
+        };
+        match quick {
+            Some(t) => t,
+            None => eval_op(&nd.op, &args, ty)
+                .map_err(|msg| EvalError { node: nd.name.clone(), msg })?,
+        }
+    };
+    env.insert(nd.result, out);
+    for &a in &nd.args {
+        if last_use.get(&a) == Some(&i) && !keep.contains(&a) {
+            env.remove(&a);
         }
     }
-    wanted
-        .iter()
-        .map(|&v| match &g.values[v].def {
-            ValueDef::Const(t) | ValueDef::Weight(t) => Ok((**t).clone()),
-            _ => env.get(&v).cloned().ok_or_else(|| EvalError {
-                node: g.values[v].name.clone(),
-                msg: "not computed".into(),
-            }),
-        })
-        .collect()
+    Ok(())
 }

@@ -35,8 +35,10 @@ pub fn thresholds(
     if let Some(f) = keep.iter().find(|f| !(0.0..=1.0).contains(*f)) {
         return Err(format!("keep fraction {f} outside [0, 1]"));
     }
-    let mut steppers =
-        samples.iter().map(|s| Stepper::new(graph_at, n, s)).collect::<Result<Vec<_>, _>>()?;
+    let mut steppers = samples
+        .iter()
+        .map(|s| Stepper::new(graph_at, n, cuts, s))
+        .collect::<Result<Vec<_>, _>>()?;
     let layers = cuts.iter().map(|c| c.layer + 1).max().unwrap_or(0);
     let mut theta = vec![None; layers];
     for (i, c) in cuts.iter().enumerate() {

@@ -18,7 +18,7 @@ pub mod cuts;
 pub mod insert;
 pub mod reference;
 
-use crate::ir::{Tensor, TensorType};
+use crate::ir::{Data, Tensor, TensorType};
 use serde::{Deserialize, Serialize};
 
 /// Fractional bits of a threshold as the program compares it (see the VM builder).
@@ -95,30 +95,47 @@ pub fn scores(probs: &[f64], shape: &[usize], axis: usize) -> Vec<f64> {
 
 /// Which keys stay: mean attention ≥ θ, or among the first `protect`.
 pub fn rule(probs: &[f64], shape: &[usize], axis: usize, theta: f64, protect: usize) -> Vec<bool> {
-    scores(probs, shape, axis).iter().enumerate().map(|(j, &m)| j < protect || m >= theta).collect()
+    keep_of(&scores(probs, shape, axis), theta, protect)
+}
+
+/// [`rule`] on the mean attentions `scores`.
+pub fn keep_of(scores: &[f64], theta: f64, protect: usize) -> Vec<bool> {
+    scores.iter().enumerate().map(|(j, &m)| j < protect || m >= theta).collect()
 }
 
 /// `x` with the slices along `axis` whose `keep` is set moved to the front in order; the rest
-/// zero (`pad`, same shape) or dropped.
+/// zero (`pad`, same shape) or dropped. Exact for every element type.
 pub fn compact(x: &Tensor, axis: usize, keep: &[bool], pad: bool) -> Tensor {
-    let shape = &x.shape;
-    let n = shape[axis];
-    let inner: usize = shape[axis + 1..].iter().product();
-    let outer: usize = shape[..axis].iter().product();
+    let n = x.shape[axis];
+    let inner: usize = x.shape[axis + 1..].iter().product();
+    let outer: usize = x.shape[..axis].iter().product();
     let kept: Vec<usize> = (0..n).filter(|&j| keep[j]).collect();
     let rows = if pad { n } else { kept.len() };
-    let src = crate::eval::elementwise::f64s(x);
-    let mut out = vec![0.0; outer * rows * inner];
-    for o in 0..outer {
-        for (t, &j) in kept.iter().enumerate() {
-            let d = (o * rows + t) * inner;
-            let s = (o * n + j) * inner;
-            out[d..d + inner].copy_from_slice(&src[s..s + inner]);
+    fn moved<T: Copy + Default>(
+        src: &[T],
+        g: (usize, usize, usize, usize),
+        kept: &[usize],
+    ) -> Vec<T> {
+        let (outer, n, rows, inner) = g;
+        let mut out = vec![T::default(); outer * rows * inner];
+        for o in 0..outer {
+            for (t, &j) in kept.iter().enumerate() {
+                let (d, s) = ((o * rows + t) * inner, (o * n + j) * inner);
+                out[d..d + inner].copy_from_slice(&src[s..s + inner]);
+            }
         }
+        out
     }
-    let mut shape = shape.clone();
+    let g = (outer, n, rows, inner);
+    let data = match &x.data {
+        Data::F32(v) => Data::F32(moved(v, g, &kept)),
+        Data::F64(v) => Data::F64(moved(v, g, &kept)),
+        Data::I64(v) => Data::I64(moved(v, g, &kept)),
+        Data::Bool(v) => Data::Bool(moved(v, g, &kept)),
+    };
+    let mut shape = x.shape.clone();
     shape[axis] = rows;
-    crate::eval::elementwise::from_f64s(x.dtype, shape, out)
+    Tensor { dtype: x.dtype, shape, data }
 }
 
 /// The type of `t` with `axis` resized to `n`.

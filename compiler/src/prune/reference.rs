@@ -3,20 +3,26 @@
 //! imported at the new length. This is what the two-party run must reproduce.
 
 use super::cuts::Cut;
-use crate::eval::eval_op;
-use crate::ir::{Graph, Tensor, Value, ValueDef};
+use crate::eval;
+use crate::ir::{Graph, Tensor, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 /// The model at a sequence length (imported or instantiated again).
 pub type GraphAt<'a> = dyn Fn(usize) -> Result<Graph, String> + 'a;
 
-/// One evaluation in progress.
+/// One evaluation in progress: the reference evaluator's steps ([`crate::eval`]), stopped at
+/// the pruning points, where the crossing values keep the chosen rows and the evaluation goes
+/// on with the model at the new length (same structure, so the same values and last uses).
 pub struct Stepper<'a> {
     graph_at: &'a GraphAt<'a>,
     graphs: HashMap<usize, Arc<Graph>>,
     g: Arc<Graph>,
     env: HashMap<Value, Tensor>,
+    last_use: HashMap<Value, usize>,
+    /// Read after their last use as an argument: the points' attention probabilities and the
+    /// outputs.
+    keep: Vec<Value>,
     pos: usize,
     /// Sequence length after each pruning point applied so far.
     pub lengths: Vec<usize>,
@@ -25,41 +31,41 @@ pub struct Stepper<'a> {
 }
 
 impl<'a> Stepper<'a> {
-    /// Starts at length `n` with the model's inputs (by name).
+    /// Starts at length `n` with the model's inputs (by name), to stop at `cuts`.
     pub fn new(
         graph_at: &'a GraphAt<'a>,
         n: usize,
+        cuts: &[Cut],
         inputs: &HashMap<String, Tensor>,
     ) -> Result<Stepper<'a>, String> {
         let g = Arc::new(graph_at(n)?);
-        let mut env = HashMap::new();
-        for &i in &g.inputs {
-            let name = &g.values[i].name;
-            let t = inputs.get(name).ok_or_else(|| format!("input `{name}` not supplied"))?;
-            env.insert(i, t.clone());
-        }
+        let env = eval::input_env(&g, inputs).map_err(|e| e.to_string())?;
+        let last_use = eval::last_uses(&g);
+        let keep = cuts.iter().map(|c| c.probs).chain(g.outputs.iter().copied()).collect();
         let graphs = HashMap::from([(n, g.clone())]);
-        Ok(Stepper { graph_at, graphs, g, env, pos: 0, lengths: Vec::new(), scores: Vec::new() })
+        Ok(Stepper {
+            graph_at,
+            graphs,
+            g,
+            env,
+            last_use,
+            keep,
+            pos: 0,
+            lengths: Vec::new(),
+            scores: Vec::new(),
+        })
     }
 
     fn arg(&self, v: Value) -> Result<&Tensor, String> {
-        match &self.g.values[v].def {
-            ValueDef::Const(t) | ValueDef::Weight(t) => Ok(t.as_ref()),
-            _ => self
-                .env
-                .get(&v)
-                .ok_or_else(|| format!("`{}` is not available", self.g.values[v].name)),
-        }
+        eval::arg(&self.g, &self.env, v)
+            .ok_or_else(|| format!("`{}` is not available", self.g.values[v].name))
     }
 
     /// Evaluates the nodes before position `at`.
     pub fn advance_to(&mut self, at: usize) -> Result<(), String> {
         while self.pos < at.min(self.g.order.len()) {
-            let nd = &self.g.nodes[self.g.order[self.pos]];
-            let args = nd.args.iter().map(|&a| self.arg(a)).collect::<Result<Vec<_>, _>>()?;
-            let out = eval_op(&nd.op, &args, &self.g.values[nd.result].ty)
-                .map_err(|e| format!("{}: {e}", nd.name))?;
-            self.env.insert(nd.result, out);
+            eval::step(&self.g, &mut self.env, self.pos, &self.last_use, &self.keep, false)
+                .map_err(|e| e.to_string())?;
             self.pos += 1;
         }
         Ok(())
@@ -69,18 +75,21 @@ impl<'a> Stepper<'a> {
     pub fn scores_at(&mut self, cut: &Cut) -> Result<Vec<f64>, String> {
         self.advance_to(cut.at)?;
         let p = self.arg(cut.probs)?;
-        Ok(super::scores(&crate::eval::elementwise::f64s(p), &p.shape, cut.key_axis))
+        Ok(super::scores(&p.to_f64_vec(), &p.shape, cut.key_axis))
     }
 
     /// Applies the pruning point with threshold `theta`: returns which tokens stay.
     pub fn apply(&mut self, cut: &Cut, theta: f64, protect: usize) -> Result<Vec<bool>, String> {
         let s = self.scores_at(cut)?;
-        let keep: Vec<bool> =
-            s.iter().enumerate().map(|(j, &m)| j < protect || m >= theta).collect();
+        let keep = super::keep_of(&s, theta, protect);
         let k = keep.iter().filter(|&&x| x).count();
         for &(v, axis) in &cut.crossing {
             let t = super::compact(self.arg(v)?, axis, &keep, false);
             self.env.insert(v, t);
+        }
+        // The probabilities were kept for this point only (unless they cross it themselves).
+        if cut.crossing.iter().all(|&(v, _)| v != cut.probs) {
+            self.env.remove(&cut.probs);
         }
         if !self.graphs.contains_key(&k) {
             let g = Arc::new((self.graph_at)(k)?);
@@ -120,7 +129,7 @@ pub fn run(
     cfg: &super::PruneConfig,
     inputs: &HashMap<String, Tensor>,
 ) -> Result<PrunedRun, String> {
-    let mut s = Stepper::new(graph_at, n, inputs)?;
+    let mut s = Stepper::new(graph_at, n, cuts, inputs)?;
     let mut margin = f64::INFINITY;
     for c in cuts {
         let theta = cfg.theta(c.layer).ok_or("a cut without a threshold")?;
