@@ -158,9 +158,7 @@ pub fn compile(
     opts: &CompileOptions,
 ) -> Result<Compiled, CompileError> {
     let mut p = prepare(g, weight_vis, opts)?;
-    let program =
-        std::mem::replace(&mut p.lowered.builder, veil_isa::builder::ProgramBuilder::new(16))
-            .finish();
+    let program = p.take_builder().finish();
     assemble(p, program)
 }
 
@@ -168,10 +166,17 @@ pub fn compile(
 pub(crate) struct Prepared {
     g: Graph,
     part: Partition,
-    pub(crate) lowered: crate::backend::lower::Lowered,
+    lowered: crate::backend::lower::Lowered,
     approximations: Vec<Approximation>,
     clamped: Vec<String>,
     mask_value: f32,
+}
+
+impl Prepared {
+    /// The program builder, to finish (static or SSA for a template) before [`assemble`].
+    pub(crate) fn take_builder(&mut self) -> veil_isa::builder::ProgramBuilder {
+        std::mem::replace(&mut self.lowered.builder, veil_isa::builder::ProgramBuilder::new(16))
+    }
 }
 
 /// Partition, nonlinear lowering, folding and bytecode lowering of `g`.

@@ -85,9 +85,7 @@ pub fn compile_pruned(
                 )));
             }
         }
-        let b =
-            std::mem::replace(&mut p.lowered.builder, veil_isa::builder::ProgramBuilder::new(16));
-        probes.push((len as u32, b.finish_ssa()));
+        probes.push((len as u32, p.take_builder().finish_ssa()));
         if len == n {
             main = Some(p);
         }

@@ -116,19 +116,18 @@ pub fn find(
             last.insert(a, pos);
         }
     }
-    let defined_at = |v: Value| -> Option<usize> {
-        match g.values[v].def {
-            ValueDef::Result(nd) => g.order.iter().position(|&m| m == nd),
-            ValueDef::Input => Some(0),
+    // Where each input (0) and result is defined; ordered, so that the first offending value
+    // an error names does not depend on hashing.
+    let pos_of: HashMap<_, usize> = g.order.iter().enumerate().map(|(i, &nd)| (nd, i)).collect();
+    let def_pos: std::collections::BTreeMap<Value, usize> = g
+        .values
+        .iter()
+        .filter_map(|(v, vd)| match vd.def {
+            ValueDef::Result(nd) => pos_of.get(&nd).map(|&p| (v, p)),
+            ValueDef::Input => Some((v, 0)),
             _ => None,
-        }
-    };
-    let mut def_pos: HashMap<Value, usize> = HashMap::new();
-    for (v, _) in g.values.iter() {
-        if let Some(p) = defined_at(v) {
-            def_pos.insert(v, p);
-        }
-    }
+        })
+        .collect();
     let mut cuts = Vec::new();
     for &layer in wanted {
         let (spos, probs, key_axis) = attn[layer];
@@ -141,9 +140,7 @@ pub fn find(
             let mut size = 0usize;
             let mut ok = true;
             for (&v, &dp) in &def_pos {
-                let input = matches!(g.values[v].def, ValueDef::Input);
-                let before = if input { true } else { dp < at };
-                if !before || last.get(&v).is_none_or(|&l| l < at) {
+                if dp >= at || last.get(&v).is_none_or(|&l| l < at) {
                     continue;
                 }
                 let Some(ax) = axes.get(&v) else { continue };
