@@ -28,10 +28,8 @@ pub fn from_probes(probes: Vec<(u32, Program)>, max_len: u32) -> Result<Program,
         let fit = vec![at, idx[0], idx[1]];
         (fit, idx[2..].to_vec())
     };
-    let solve = |vals: &dyn Fn(&Program) -> i64,
-                 what: &dyn Fn() -> String|
-     -> Result<Option<Poly>, String> {
-        let ys: Vec<i64> = probes.iter().map(|(_, p)| vals(p)).collect();
+    // `ys`: the size at each probe, in `probes` order.
+    let solve = |ys: Vec<i64>, what: &dyn Fn() -> String| -> Result<Option<Poly>, String> {
         if ys.iter().all(|&y| y == ys[at]) {
             return Ok(None);
         }
@@ -51,15 +49,15 @@ pub fn from_probes(probes: Vec<(u32, Program)>, max_len: u32) -> Result<Program,
     };
     let mut buf_poly: Vec<Option<Poly>> = Vec::with_capacity(base.buffers.len());
     for i in 0..base.buffers.len() {
-        buf_poly.push(solve(&|p: &Program| p.buffers[i].len as i64, &|| {
-            format!("the length of b{i}")
-        })?);
+        let ys = probes.iter().map(|(_, p)| p.buffers[i].len as i64).collect();
+        buf_poly.push(solve(ys, &|| format!("the length of b{i}"))?);
     }
     let mut fields = Vec::new();
     for (k, ins) in base.body.iter().enumerate() {
-        for s in 0..ins.slots().len() {
+        let slots: Vec<Vec<i64>> = probes.iter().map(|(_, p)| p.body[k].slots()).collect();
+        for s in 0..slots[at].len() {
             let what = || format!("size field {s} of body #{k} `{}`", ins.name());
-            if let Some(poly) = solve(&|p: &Program| p.body[k].slots()[s], &what)? {
+            if let Some(poly) = solve(slots.iter().map(|v| v[s]).collect(), &what)? {
                 fields.push(DynField { instr: k as u32, slot: s as u32, poly });
             }
         }
