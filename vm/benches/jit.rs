@@ -82,7 +82,7 @@ fn rust_loop(y: &mut [u64], c: &[u64], rhi: &[u64], m: &[u64], mask: &[u64]) {
 
 fn throughput(reps: usize) {
     let p = trunc_program();
-    let mut bufs: Vec<Vec<u64>> =
+    let bufs: Vec<Vec<u64>> =
         (0..p.buffers.len()).map(|i| xorshift_words(N as usize, i as u64 + 1)).collect();
     let gelem = |d: Duration| N as f64 / d.as_secs_f64() / 1e9;
     println!(
@@ -103,6 +103,7 @@ fn throughput(reps: usize) {
             .collect(),
     );
     let mut rows = vec![("hand-written Rust loop".to_string(), rust)];
+    let mut slots: Vec<veil_vm::Slot> = bufs.iter().cloned().map(veil_vm::Slot::Own).collect();
     for simd in [true, false] {
         let j = Jit::new(&p, Party::Client, simd).expect("jit");
         let k = &j.body.plan.kernels[0];
@@ -112,12 +113,12 @@ fn throughput(reps: usize) {
             (0..reps)
                 .map(|_| {
                     let t = Instant::now();
-                    assert!(jit::run(k, f, &mut bufs));
+                    assert!(jit::run(k, f, &mut slots));
                     t.elapsed()
                 })
                 .collect(),
         );
-        assert_eq!(bufs[8], y, "the kernel computes what the Rust loop computes");
+        assert_eq!(&slots[8][..], &y[..], "the kernel computes what the Rust loop computes");
         let name = if simd { "JIT kernel (i64x2)" } else { "JIT kernel (scalar)" };
         rows.push((name.to_string(), d));
     }

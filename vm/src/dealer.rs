@@ -4,6 +4,10 @@
 //! dealer-known buffer; for each correlated output it sends the server the correction that
 //! turns the client's PRG draw into a sharing of the right value. It never sees a message
 //! between the parties, inputs, weights or outputs.
+//!
+//! The setup (the masks of the server's weights) is dealt once per *epoch* from the server's
+//! epoch seed ([`Base`]); each inference's body is dealt from fresh seeds on top of it, so
+//! the material of many inferences can be made ahead of time, before any input exists.
 
 use crate::bits;
 use crate::error::VmError;
@@ -11,29 +15,144 @@ use crate::kernels;
 use crate::net::FrameSink;
 use crate::net::FrameSource;
 use crate::prg::{Prg, Seed};
+use std::sync::Arc;
 use veil_isa::validate::is_dealer_instr;
 use veil_isa::{Buf, Instr, Kind, Party, Program};
 
-/// The dealer's state for one session.
+/// Why a program's setup cannot be dealt once per epoch, if it cannot: it may only draw the
+/// server's private masks (what the compiler emits to mask the server's weights), so that it
+/// depends on nothing of a client's.
+pub fn epoch_setup_problem(p: &Program) -> Option<String> {
+    for (i, ins) in p.setup.iter().enumerate() {
+        let bad = match ins {
+            Instr::DPriv { d } => p.buffers[d.0 as usize].kind != Kind::Private(Party::Server),
+            Instr::Send { from, .. } => *from != Party::Server,
+            Instr::Open { .. } | Instr::OpenB { .. } | Instr::Reveal { .. } => true,
+            i => is_dealer_instr(i),
+        };
+        if bad {
+            return Some(format!(
+                "setup instruction #{i} `{}`: a setup may only mask the server's weights (its \
+                 material must not depend on a client)",
+                ins.disas()
+            ));
+        }
+    }
+    None
+}
+
+/// What an epoch's setup leaves the dealer: the values of the server's weight masks, which
+/// the material of every inference of the epoch is made against.
+pub struct Base {
+    known: Vec<Option<Vec<u64>>>,
+}
+
+impl Base {
+    /// Deals the setup of `prog` (see [`epoch_setup_problem`]) from the server's epoch seed
+    /// and keeps what the body's dealer instructions read.
+    pub fn new(prog: &Program, server_seed: Seed) -> Result<Base, VmError> {
+        if let Some(why) = epoch_setup_problem(prog) {
+            return Err(VmError::Dealer { section: "setup", index: 0, name: "setup", msg: why });
+        }
+        let mut prg = Prg::new(server_seed);
+        let mut known: Vec<Option<Vec<u64>>> = vec![None; prog.buffers.len()];
+        for ins in &prog.setup {
+            if let Instr::DPriv { d } = ins {
+                let n = prog.buffers[d.0 as usize].len as usize;
+                known[d.0 as usize] = Some(prg.words(n));
+            } else {
+                for (b, w) in ins.buffers() {
+                    if w {
+                        known[b.0 as usize] = None;
+                    }
+                }
+            }
+        }
+        // Keep only what a body dealer instruction reads before the body overwrites it.
+        let mut wanted = vec![false; prog.buffers.len()];
+        let mut overwritten = vec![false; prog.buffers.len()];
+        for ins in &prog.body {
+            for (b, w) in ins.buffers() {
+                let i = b.0 as usize;
+                if w {
+                    overwritten[i] = true;
+                } else if is_dealer_instr(ins) && !overwritten[i] {
+                    wanted[i] = true;
+                }
+            }
+        }
+        for (k, v) in known.iter_mut().enumerate() {
+            if !wanted[k] {
+                *v = None;
+            }
+        }
+        Ok(Base { known })
+    }
+
+    /// Bytes it holds.
+    pub fn bytes(&self) -> u64 {
+        self.known.iter().flatten().map(|v| 8 * v.len() as u64).sum()
+    }
+}
+
+/// The dealer's state for one inference.
 pub struct Dealer<'p> {
     prog: &'p Program,
     prg: [Prg; 2],
+    base: Arc<Base>,
     known: Vec<Option<Vec<u64>>>,
+    /// Buffers the body wrote since the setup: their base value is gone.
+    shadowed: Vec<bool>,
     sink: Box<dyn FrameSink>,
     /// The client's stream of the lengths a dynamic program sets.
     lengths: Option<Box<dyn FrameSource>>,
+    /// Per body instruction, the dealer-known values it reads for the last time.
+    last_reads: Vec<Vec<Buf>>,
+}
+
+/// For each instruction of `code`, the buffers a dealer instruction there reads for the last
+/// time before they are overwritten or the section ends.
+fn last_dealer_reads(code: &[Instr], n: usize) -> Vec<Vec<Buf>> {
+    let mut out = vec![Vec::new(); code.len()];
+    let mut live = vec![false; n];
+    for (i, ins) in code.iter().enumerate().rev() {
+        let bufs = ins.buffers();
+        for &(b, w) in &bufs {
+            if w {
+                live[b.0 as usize] = false;
+            }
+        }
+        if is_dealer_instr(ins) {
+            for &(b, w) in &bufs {
+                if !w && !live[b.0 as usize] {
+                    live[b.0 as usize] = true;
+                    out[i].push(b);
+                }
+            }
+        }
+    }
+    out
 }
 
 impl<'p> Dealer<'p> {
-    /// A dealer for `prog` whose parties were given `seeds` (client, server), streaming
-    /// corrections to the server through `sink`.
-    pub fn new(prog: &'p Program, seeds: [Seed; 2], sink: Box<dyn FrameSink>) -> Dealer<'p> {
+    /// A dealer for one inference of `prog` against the epoch's `base`, whose parties were
+    /// given `seeds` (client, server) for the body, streaming corrections to the server
+    /// through `sink`.
+    pub fn new(
+        prog: &'p Program,
+        base: Arc<Base>,
+        seeds: [Seed; 2],
+        sink: Box<dyn FrameSink>,
+    ) -> Dealer<'p> {
         Dealer {
             prog,
             prg: [Prg::new(seeds[0]), Prg::new(seeds[1])],
+            base,
             known: vec![None; prog.buffers.len()],
+            shadowed: vec![false; prog.buffers.len()],
             sink,
             lengths: None,
+            last_reads: last_dealer_reads(&prog.body, prog.buffers.len()),
         }
     }
 
@@ -47,15 +166,9 @@ impl<'p> Dealer<'p> {
         self.sink.bytes()
     }
 
-    /// Generates the material of the setup section.
-    pub fn deal_setup(&mut self) -> Result<(), VmError> {
-        let p = self.prog;
-        self.deal(p, &p.setup, 0, "setup").map(|_| ())
-    }
-
     /// Generates the material of one run of the body. At each `setlen` of a dynamic program
     /// it waits for the length from the client and goes on with the program at that length
-    /// (a dynamic program's dealer deals one run: lengths only shrink).
+    /// (lengths only shrink).
     pub fn deal_body(&mut self) -> Result<(), VmError> {
         let p = self.prog;
         let mut inst: Option<Program> = None;
@@ -73,10 +186,8 @@ impl<'p> Dealer<'p> {
                 .lengths
                 .as_mut()
                 .ok_or_else(|| err("no length stream from the client".into()))?;
-            let f = src.recv_frame()?;
-            let n = <[u8; 8]>::try_from(f.as_slice())
-                .map(u64::from_le_bytes)
-                .map_err(|_| err(format!("length frame of {} bytes", f.len())))?;
+            let f = src.recv_exact(8).map_err(|e| err(format!("the client's length: {e}")))?;
+            let n = u64::from_le_bytes(f.as_slice().try_into().expect("8 bytes"));
             let before = inst.as_ref().unwrap_or(p);
             let n = u32::try_from(n).unwrap_or(u32::MAX);
             let q = d.shrink(p, before, now, n).map_err(err)?;
@@ -108,7 +219,9 @@ impl<'p> Dealer<'p> {
         index: usize,
         name: &'static str,
     ) -> Result<&[u64], VmError> {
-        self.known[b.0 as usize].as_deref().ok_or(VmError::Dealer {
+        let i = b.0 as usize;
+        let base = if self.shadowed[i] { None } else { self.base.known[i].as_deref() };
+        self.known[i].as_deref().or(base).ok_or(VmError::Dealer {
             section,
             index,
             name,
@@ -160,10 +273,18 @@ impl<'p> Dealer<'p> {
                 for (b, w) in ins.buffers() {
                     if w {
                         self.known[b.0 as usize] = None;
+                        self.shadowed[b.0 as usize] = true;
                     }
                 }
                 continue;
             }
+            for (b, w) in ins.buffers() {
+                if w {
+                    self.shadowed[b.0 as usize] = true;
+                }
+            }
+            // A pruned instance keeps the loaded program's instruction indices.
+            let dead = self.last_reads.get(index).cloned().unwrap_or_default();
             let len = |b: Buf| p.buffers[b.0 as usize].len as usize;
             let name = ins.name();
             use Instr::*;
@@ -258,6 +379,9 @@ impl<'p> Dealer<'p> {
                     self.known[d.0 as usize] = Some(v);
                 }
                 _ => unreachable!("checked by is_dealer_instr"),
+            }
+            for b in dead {
+                self.known[b.0 as usize] = None;
             }
         }
         Ok(None)

@@ -37,6 +37,18 @@ pub enum VmError {
         /// What is wrong.
         msg: String,
     },
+    /// A session would hold more memory than its limit.
+    #[error(
+        "{what} needs {need} bytes of memory, more than the limit of {limit} (--session-memory)"
+    )]
+    Memory {
+        /// Bytes needed.
+        need: u64,
+        /// The limit.
+        limit: u64,
+        /// What needed it.
+        what: String,
+    },
     /// The peer's message does not fit the program (e.g. the wrong number of bytes).
     #[error("protocol violation in {section} round ending at instruction #{index}: {msg}")]
     Protocol {

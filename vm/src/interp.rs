@@ -1,18 +1,23 @@
 //! The party interpreter: runs a validated program's instructions over this party's arrays.
 //!
-//! Every buffer is one `Vec<u64>` (ring elements, or packed bits). A private buffer of the
-//! other party is never written here, so it stays all zeros, which makes it a valid sharing
-//! of the owner's value wherever it meets a share.
+//! Every buffer is a `Vec<u64>` (ring elements, or packed bits) in the party's [`Store`]. A
+//! private buffer of the other party is never written here: it is a view of zeros, which
+//! makes it a valid sharing of the owner's value wherever it meets a share. A value's array
+//! is taken when a step first writes it and given back after the step that last reads it
+//! ([`veil_isa::lifetime`]), so a session holds its live values and what it keeps for the
+//! whole session (weights, constants, setup results), not every buffer of the program.
 
 use crate::bits;
 use crate::error::VmError;
 use crate::kernels;
 use crate::material::{At, Material};
-use crate::net::{CommStats, Transport};
+use crate::net::{CommStats, Expect, Outgoing, Transport};
 use crate::ring;
+use crate::store::{Slot, Store};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use veil_isa::lifetime::{self, Deaths};
 use veil_isa::validate::is_dealer_instr;
 use veil_isa::{Buf, Instr, Kind, Party, Program, Tag};
 
@@ -98,11 +103,17 @@ pub struct PartyReport {
     /// Fused kernels planned: the loaded program's, plus those of every pruned instance run so
     /// far (zero without the JIT).
     pub jit_kernels: usize,
+    /// Kernels run compiled, and kernels that had to run interpreted because their code did
+    /// not compile, over all runs.
+    pub jit_runs: (u64, u64),
     /// Sequence lengths set by the body's `setlen`s, in order (token pruning).
     pub lengths: Vec<u32>,
     /// Time and count per instruction name during the body (exchanges and dealer draws
     /// included); fused kernels are counted under [`FUSED`].
     pub time_by_op: BTreeMap<&'static str, (Duration, u64)>,
+    /// The most memory the party's buffers held at once (live values, kept data and the
+    /// pool of arrays for reuse; shared weights not included).
+    pub peak_memory: u64,
 }
 
 /// The [`PartyReport::time_by_op`] key of the JIT's fused kernels.
@@ -117,56 +128,64 @@ enum Pending {
     Reveal { d: Buf, a: Buf, n: usize },
 }
 
-/// Default limit on a party's buffer memory (16 GiB).
-pub const DEFAULT_MAX_MEMORY: u64 = 16 << 30;
-
-/// One party's VM for one session.
-pub struct PartyVm<'p> {
-    prog: &'p Program,
-    me: Party,
-    bufs: Vec<Vec<u64>>,
-    material: Material,
-    peer: Box<dyn Transport>,
-    out: Vec<u8>,
-    pending: Vec<Pending>,
-    report: PartyReport,
-    progress: Option<Box<dyn FnMut(usize, usize) + Send + 'p>>,
-    /// Body time per index into the program's tags (the last slot: untagged).
-    tag_time: Vec<Option<Duration>>,
-    jit_on: bool,
-    #[cfg(feature = "jit")]
-    jit: Option<crate::jit::Jit>,
-    /// The body instance at the current pruned length (None: the loaded program).
-    live: Option<Arc<Program>>,
-    /// Where the client tells the dealer each length it sets.
-    len_sink: Option<Box<dyn crate::net::FrameSink>>,
-    /// What `setlen` cut off each buffer, in order: weights and setup results regain it for
-    /// the next run.
-    tails: Vec<(usize, Vec<u64>)>,
-    /// Buffers whose contents must survive a run: weights, constants, setup results.
-    persistent: Vec<bool>,
-    /// The live sequence length of a dynamic program.
-    len: u32,
-}
-
-/// Buffers whose contents must survive a run: weights, constants, and setup results.
-fn persistent(p: &Program) -> Vec<bool> {
-    let mut keep = vec![false; p.buffers.len()];
-    for io in &p.weights {
-        keep[io.buf.0 as usize] = true;
+impl Pending {
+    /// Bytes of the peer's message this part takes.
+    fn need(&self, store: &Store) -> usize {
+        match *self {
+            Pending::Open { a, bits, .. } => bits::packed_len(store.bufs[a.0 as usize].len(), bits),
+            Pending::OpenB { n, .. } => n.div_ceil(8),
+            Pending::Recv { n, .. } | Pending::Reveal { n, .. } => 8 * n,
+        }
     }
-    for c in &p.consts {
-        keep[c.buf.0 as usize] = true;
-    }
-    for ins in &p.setup {
-        for (b, w) in ins.buffers() {
-            if w {
-                keep[b.0 as usize] = true;
+
+    /// Completes the part from its bytes of the peer's message.
+    fn complete(&self, part: &[u8], store: &mut Store) {
+        let take = |store: &mut Store, d: Buf| std::mem::take(&mut store.bufs[d.0 as usize]);
+        match *self {
+            Pending::Open { d, a, bits } => {
+                let n = store.bufs[a.0 as usize].len();
+                let mut dst = take(store, d).into_vec();
+                bits::unpack(part, n, bits, &mut dst);
+                let mask = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+                for (o, &m) in dst.iter_mut().zip(store.bufs[a.0 as usize].iter()) {
+                    *o = o.wrapping_add(m) & mask;
+                }
+                store.bufs[d.0 as usize] = Slot::Own(dst);
+            }
+            Pending::OpenB { d, a, n } => {
+                let mut dst = take(store, d).into_vec();
+                let mine = &store.bufs[a.0 as usize];
+                for (i, w) in dst.iter_mut().enumerate() {
+                    let mut x = 0u64;
+                    for (j, &byte) in part.iter().skip(i * 8).take(8).enumerate() {
+                        x |= (byte as u64) << (8 * j);
+                    }
+                    *w = x ^ mine[i];
+                }
+                bits::clear_tail(&mut dst, n);
+                store.bufs[d.0 as usize] = Slot::Own(dst);
+            }
+            Pending::Recv { d, n } => {
+                bits::unpack(part, n, 64, &mut store.bufs[d.0 as usize]);
+            }
+            Pending::Reveal { d, a, n } => {
+                let mut dst = take(store, d).into_vec();
+                bits::unpack(part, n, 64, &mut dst);
+                for (o, &m) in dst.iter_mut().zip(store.bufs[a.0 as usize].iter()) {
+                    *o = o.wrapping_add(m);
+                }
+                store.bufs[d.0 as usize] = Slot::Own(dst);
             }
         }
     }
-    keep
 }
+
+/// Default limit on a party's buffer memory (16 GiB).
+pub const DEFAULT_MAX_MEMORY: u64 = 16 << 30;
+
+/// Outgoing message bytes a party accumulates before handing them to a transport that
+/// takes a message in parts ([`Transport::send_part`]).
+const STREAM_OUT: usize = 64 << 20;
 
 /// What one step of a section runs.
 #[derive(Copy, Clone)]
@@ -178,10 +197,81 @@ enum Unit {
     Kernel(usize),
 }
 
+/// How a section runs for this party: its steps, the buffers each step writes (allocated
+/// before it runs, zeroed when written only in part) and the values that die after it.
+struct Steps {
+    units: Vec<Unit>,
+    writes_start: Vec<u32>,
+    writes: Vec<(Buf, bool)>,
+    deaths: Deaths,
+    #[cfg(feature = "jit")]
+    compiled: Option<Arc<crate::jit::Compiled>>,
+}
+
+impl Steps {
+    fn writes(&self, s: usize) -> &[(Buf, bool)] {
+        &self.writes[self.writes_start[s] as usize..self.writes_start[s + 1] as usize]
+    }
+}
+
+/// Data a server's sessions share: its weights, encoded once.
+pub type SharedWeights = Vec<(Buf, Arc<Vec<u64>>)>;
+
+/// One party's VM for one session.
+pub struct PartyVm<'p> {
+    prog: &'p Program,
+    me: Party,
+    store: Store,
+    /// Buffers of the other party's (views of zeros here).
+    foreign: Vec<bool>,
+    /// Buffers whose data lives for the whole session.
+    keep: Vec<bool>,
+    /// Keep every value after its last use (differential tests compare whole buffer tables).
+    keep_all: bool,
+    material: Material,
+    peer: Box<dyn Transport>,
+    out: Vec<u8>,
+    pending: Vec<Pending>,
+    report: PartyReport,
+    progress: Option<Box<dyn FnMut(usize, usize) + Send + 'p>>,
+    /// Body time per index into the program's tags (the last slot: untagged).
+    tag_time: Vec<Option<Duration>>,
+    jit_on: bool,
+    #[cfg(feature = "jit")]
+    jit: Option<crate::jit::Jit>,
+    /// The loaded program's steps of each section (made at the first run).
+    setup_steps: Option<Arc<Steps>>,
+    body_steps: Option<Arc<Steps>>,
+    /// The body instance at the current pruned length (None: the loaded program).
+    live: Option<Arc<Program>>,
+    /// Where the client tells the dealer each length it sets.
+    len_sink: Option<Box<dyn crate::net::FrameSink>>,
+    /// What `setlen` cut off each buffer, in order: weights and setup results regain it for
+    /// the next run.
+    tails: Vec<(usize, Vec<u64>)>,
+    /// The live sequence length of a dynamic program.
+    len: u32,
+}
+
+/// Zeros viewed by every buffer of the other party (never written here; untouched pages of
+/// a fresh allocation cost no memory).
+fn zeros_for(p: &Program, foreign: &[bool]) -> Arc<Vec<u64>> {
+    let n = p
+        .buffers
+        .iter()
+        .zip(foreign)
+        .filter(|(_, f)| **f)
+        .map(|(b, _)| b.kind.words(b.len))
+        .max()
+        .unwrap_or(0);
+    Arc::new(vec![0u64; n])
+}
+
 impl<'p> PartyVm<'p> {
     /// A VM for party `me` running the validated `prog`, talking to the other party through
-    /// `peer` and drawing dealer material from `material`. Fails when the program's buffers
-    /// would need more than `max_memory` bytes.
+    /// `peer` and drawing dealer material from `material`. Fails when a session of the
+    /// program would need more than `max_memory` bytes ([`lifetime::footprint`]); at run
+    /// time the buffers are held to that limit too.
     pub fn new(
         prog: &'p Program,
         me: Party,
@@ -189,19 +279,51 @@ impl<'p> PartyVm<'p> {
         peer: Box<dyn Transport>,
         max_memory: u64,
     ) -> Result<PartyVm<'p>, VmError> {
-        let need: u64 = prog.buffers.iter().map(|b| 8 * b.kind.words(b.len) as u64).sum();
-        if need > max_memory {
-            return Err(VmError::Tensor {
-                what: "program",
-                name: prog.meta("model").unwrap_or("?").to_string(),
-                msg: format!("needs {need} bytes of buffers, more than the limit of {max_memory}"),
+        let f = lifetime::footprint(prog, me);
+        if f.serving() > max_memory {
+            return Err(VmError::Memory {
+                need: f.serving(),
+                limit: max_memory,
+                what: format!(
+                    "a session of `{}` as the {me} (weights {}, kept data {}, live values {})",
+                    prog.meta("model").unwrap_or("?"),
+                    f.weights,
+                    f.kept,
+                    f.body_peak
+                ),
             });
         }
-        let bufs = prog.buffers.iter().map(|b| vec![0u64; b.kind.words(b.len)]).collect();
-        let mut vm = PartyVm {
+        let foreign: Vec<bool> =
+            prog.buffers.iter().map(|b| lifetime::foreign(b.kind, me)).collect();
+        let zeros = zeros_for(prog, &foreign);
+        let mut store = Store::new(prog.buffers.len(), max_memory);
+        for (i, b) in prog.buffers.iter().enumerate() {
+            if foreign[i] {
+                store.share(i, zeros.clone(), b.kind.words(b.len));
+            }
+        }
+        for c in &prog.consts {
+            store.put_new(c.buf.0 as usize, c.data.clone())?;
+        }
+        let keep = lifetime::persistent(prog, me);
+        // Kept buffers nothing loads start as zeros, as every buffer did before lifetimes:
+        // a program may read one before any write (zero pages cost nothing until written).
+        let mut loaded = vec![false; prog.buffers.len()];
+        for io in prog.weights.iter().chain(&prog.inputs) {
+            loaded[io.buf.0 as usize] = true;
+        }
+        for (i, b) in prog.buffers.iter().enumerate() {
+            if keep[i] && !loaded[i] && !foreign[i] {
+                store.ensure(i, b.kind.words(b.len), true)?;
+            }
+        }
+        Ok(PartyVm {
             prog,
             me,
-            bufs,
+            store,
+            keep,
+            foreign,
+            keep_all: false,
             material,
             peer,
             out: Vec::new(),
@@ -212,22 +334,42 @@ impl<'p> PartyVm<'p> {
             jit_on: cfg!(feature = "jit"),
             #[cfg(feature = "jit")]
             jit: None,
+            setup_steps: None,
+            body_steps: None,
             live: None,
             len_sink: None,
             tails: Vec::new(),
-            persistent: persistent(prog),
             len: prog.dynamic.as_ref().map_or(0, |d| d.max_len),
-        };
-        for c in &prog.consts {
-            vm.bufs[c.buf.0 as usize].copy_from_slice(&c.data);
-        }
-        Ok(vm)
+        })
     }
 
     /// Chooses the JIT (when compiled in; the default) or the interpreter for local kernels.
     /// Results are bit-identical either way. Takes effect at the next run.
     pub fn set_jit(&mut self, on: bool) {
-        self.jit_on = on && cfg!(feature = "jit");
+        let on = on && cfg!(feature = "jit");
+        if on != self.jit_on {
+            self.setup_steps = None;
+            self.body_steps = None;
+        }
+        self.jit_on = on;
+    }
+
+    /// Keeps every value after its last use (tests that compare whole buffer tables of two
+    /// executions; costs the memory of every buffer).
+    pub fn keep_values(&mut self, on: bool) {
+        self.keep_all = on;
+    }
+
+    /// Draws the dealer material of the next section from `m` (each inference of a session
+    /// uses fresh material).
+    pub fn set_material(&mut self, m: Material) {
+        self.material = m;
+    }
+
+    /// Plans (and with the JIT, compiles) both sections now rather than at the first run (a
+    /// server does it while its client still prepares).
+    pub fn prepare_now(&mut self) {
+        self.prepare()
     }
 
     /// Fuses and compiles the program's kernels once, before the first run. If the JIT is not
@@ -244,6 +386,92 @@ impl<'p> PartyVm<'p> {
                 Err(_) => self.jit_on = false,
             }
         }
+        if self.setup_steps.is_none() {
+            let code = Code::Loaded(self.prog);
+            self.setup_steps = Some(Arc::new(self.steps(&code, "setup", 0, None)));
+        }
+        if self.body_steps.is_none() {
+            let code = Code::Loaded(self.prog);
+            #[cfg(feature = "jit")]
+            let c = self.jit.as_ref().filter(|_| self.jit_on).map(|j| j.body.clone());
+            #[cfg(not(feature = "jit"))]
+            let c = None;
+            self.body_steps = Some(Arc::new(self.steps(&code, "body", 0, c)));
+        }
+    }
+
+    /// The steps of `section` of `prog` from instruction `from` to its next `setlen` (or
+    /// end), following the JIT's plan when given one.
+    #[cfg_attr(not(feature = "jit"), allow(unused_variables))]
+    fn steps(
+        &self,
+        prog: &Program,
+        section: &str,
+        from: usize,
+        #[cfg(feature = "jit")] compiled: Option<Arc<crate::jit::Compiled>>,
+        #[cfg(not(feature = "jit"))] compiled: Option<()>,
+    ) -> Steps {
+        let code = if section == "setup" { &prog.setup } else { &prog.body };
+        let end = code[from..]
+            .iter()
+            .position(|i| matches!(i, Instr::SetLen { .. }))
+            .map_or(code.len(), |e| from + e + 1);
+        #[cfg(feature = "jit")]
+        let (units, members): (Vec<Unit>, Vec<Vec<usize>>) = match &compiled {
+            Some(c) => c
+                .plan
+                .steps
+                .iter()
+                .map(|s| match *s {
+                    crate::jit::fuse::Step::Instr(i) => (Unit::Instr(i), vec![i]),
+                    crate::jit::fuse::Step::Kernel(k) => {
+                        (Unit::Kernel(k), c.plan.kernels[k].members.clone())
+                    }
+                })
+                .unzip(),
+            None => (from..end).map(|i| (Unit::Instr(i), vec![i])).unzip(),
+        };
+        #[cfg(not(feature = "jit"))]
+        let (units, members): (Vec<Unit>, Vec<Vec<usize>>) =
+            (from..end).map(|i| (Unit::Instr(i), vec![i])).unzip();
+        let refs: Vec<&[usize]> = members.iter().map(|m| &m[..]).collect();
+        let keep: Vec<bool> =
+            if self.keep_all { vec![true; self.keep.len()] } else { self.keep.clone() };
+        let deaths = lifetime::deaths(prog, code, &refs, end, self.me, &keep);
+        let mut writes_start = Vec::with_capacity(units.len() + 1);
+        let mut writes = Vec::new();
+        let mut w = Vec::new();
+        for (u, m) in units.iter().zip(&members) {
+            writes_start.push(writes.len() as u32);
+            match *u {
+                Unit::Instr(i) => {
+                    w.clear();
+                    lifetime::local_writes(prog, &code[i], self.me, &mut w);
+                    let partial = matches!(code[i], Instr::Copy { .. });
+                    writes.extend(w.iter().map(|&b| (b, partial)));
+                }
+                #[cfg_attr(not(feature = "jit"), allow(unused_variables))]
+                Unit::Kernel(k) => {
+                    #[cfg(feature = "jit")]
+                    {
+                        let c = compiled.as_ref().expect("kernels come from a plan");
+                        let kernel = &c.plan.kernels[k];
+                        let stored = &kernel.bufs[kernel.sig.inputs.len()..];
+                        writes.extend(stored.iter().map(|&b| (b, false)));
+                    }
+                    let _ = m;
+                }
+            }
+        }
+        writes_start.push(writes.len() as u32);
+        Steps {
+            units,
+            writes_start,
+            writes,
+            deaths,
+            #[cfg(feature = "jit")]
+            compiled,
+        }
     }
 
     /// Sends each sequence length the body sets to the dealer (the client's side of a dynamic
@@ -257,21 +485,36 @@ impl<'p> PartyVm<'p> {
         self.live.as_deref().unwrap_or(self.prog)
     }
 
-    /// Back to the loaded program's sizes (before loading or a run): buffers regain their
-    /// length, and those that hold data across runs (weights, constants, setup results) their
-    /// data.
+    /// Words buffer `b` has at the current length.
+    fn words(&self, b: usize) -> usize {
+        let d = &self.cur().buffers[b];
+        d.kind.words(d.len)
+    }
+
+    /// Back to the loaded program's sizes (before loading or a run): buffers that hold data
+    /// across runs (weights, constants, setup results) regain their length and data; the
+    /// values of a run that failed half-way go back to the pool.
     fn reset_len(&mut self) {
         self.live = None;
         self.len = self.prog.dynamic.as_ref().map_or(0, |d| d.max_len);
         while let Some((i, tail)) = self.tails.pop() {
-            self.bufs[i].extend_from_slice(&tail);
-        }
-        for (i, b) in self.prog.buffers.iter().enumerate() {
-            let w = b.kind.words(b.len);
-            if self.bufs[i].len() < w {
-                self.bufs[i].resize(w, 0);
+            if let Slot::Own(v) = &mut self.store.bufs[i] {
+                v.extend_from_slice(&tail);
             }
         }
+        for (i, b) in self.prog.buffers.iter().enumerate() {
+            if self.foreign[i] {
+                let w = b.kind.words(b.len);
+                if self.store.bufs[i].len() != w {
+                    let Slot::Shared(z, _) = &self.store.bufs[i] else { continue };
+                    let z = z.clone();
+                    self.store.share(i, z, w);
+                }
+            } else if !self.keep[i] && !self.keep_all {
+                self.store.free(i);
+            }
+        }
+        self.store.recount();
     }
 
     /// Continues at sequence length `n` (a `setlen` at body instruction `index`).
@@ -285,17 +528,19 @@ impl<'p> PartyVm<'p> {
         }
         for (i, b) in inst.buffers.iter().enumerate() {
             let w = b.kind.words(b.len);
-            if self.bufs[i].len() > w {
-                if self.persistent[i] {
-                    let tail = self.bufs[i].split_off(w);
-                    self.tails.push((i, tail));
-                } else {
-                    self.bufs[i].truncate(w);
+            let slot = &mut self.store.bufs[i];
+            if slot.len() > w {
+                match slot {
+                    Slot::Own(v) if self.keep[i] => {
+                        let tail = v.split_off(w);
+                        self.tails.push((i, tail));
+                    }
+                    s => s.truncate(w),
                 }
             }
-            if b.kind.is_bits() {
+            if b.kind.is_bits() && !self.foreign[i] && !self.store.bufs[i].is_empty() {
                 // Bits past the new length stay out of any opening.
-                crate::bits::clear_tail(&mut self.bufs[i], b.len as usize);
+                crate::bits::clear_tail(&mut self.store.bufs[i], b.len as usize);
             }
         }
         self.report.lengths.push(n);
@@ -328,43 +573,8 @@ impl<'p> PartyVm<'p> {
             let v = given.iter().find(|(n, _)| n == &io.name).map(|(_, v)| v).ok_or_else(|| {
                 err(format!("missing (the program needs it with shape {:?})", io.shape))
             })?;
-            let want: usize = io.shape.iter().map(|&d| d as usize).product();
-            if v.len() != want {
-                return Err(err(format!(
-                    "has {} elements, the program needs shape {:?} ({want})",
-                    v.len(),
-                    io.shape
-                )));
-            }
-            let f = io.frac_bits;
-            let dst = &mut self.bufs[io.buf.0 as usize];
-            match v {
-                Values::F32(x) => {
-                    for (d, &x) in dst.iter_mut().zip(x) {
-                        if !ring::fits(x as f64, f, 8) {
-                            return Err(err(format!(
-                                "value {x} does not fit fixed point with {f} fractional bits"
-                            )));
-                        }
-                        *d = ring::encode(x as f64, f);
-                    }
-                }
-                Values::F64(x) => {
-                    for (d, &x) in dst.iter_mut().zip(x) {
-                        if !ring::fits(x, f, 8) {
-                            return Err(err(format!(
-                                "value {x} does not fit fixed point with {f} fractional bits"
-                            )));
-                        }
-                        *d = ring::encode(x, f);
-                    }
-                }
-                Values::I64(x) => {
-                    for (d, &x) in dst.iter_mut().zip(x) {
-                        *d = (x as u64).wrapping_shl(f as u32);
-                    }
-                }
-            }
+            let dst = encode(io, v).map_err(err)?;
+            self.store.put_new(io.buf.0 as usize, dst)?;
         }
         Ok(())
     }
@@ -374,6 +584,16 @@ impl<'p> PartyVm<'p> {
         self.reset_len();
         let decls = self.prog.weights.clone();
         self.load("weight", &decls, weights)
+    }
+
+    /// Uses weights encoded once for several sessions ([`encode_weights`]): buffers view them
+    /// instead of holding a copy.
+    pub fn share_weights(&mut self, w: &SharedWeights) {
+        self.reset_len();
+        for (b, data) in w {
+            let n = data.len();
+            self.store.share(b.0 as usize, data.clone(), n);
+        }
     }
 
     /// Loads this party's inputs for the next run.
@@ -389,8 +609,10 @@ impl<'p> PartyVm<'p> {
         self.prepare();
         let before = self.peer.stats();
         let code = Code::Loaded(self.prog);
-        self.run_code("setup", &code, 0, false)?;
-        self.report.setup = sub_stats(self.peer.stats(), before);
+        let steps = self.setup_steps.clone().expect("prepared");
+        self.run_code("setup", &code, &steps, false)?;
+        self.report.setup = self.peer.stats().since(before);
+        self.report.peak_memory = self.report.peak_memory.max(self.store.peak());
         Ok(())
     }
 
@@ -401,18 +623,92 @@ impl<'p> PartyVm<'p> {
         let t0 = Instant::now();
         self.reset_len();
         let mut code = Code::Loaded(self.prog);
-        let mut from = 0;
-        while let Some((index, n)) = self.run_code("body", &code, from, true)? {
+        let mut steps = self.body_steps.clone().expect("prepared");
+        while let Some((index, n)) = self.run_code("body", &code, &steps, true)? {
             self.set_len(n, index)?;
-            code = Code::Instance(self.live.clone().expect("set_len makes an instance"));
-            from = index + 1;
+            let inst = self.live.clone().expect("set_len makes an instance");
+            code = Code::Instance(inst.clone());
+            steps = Arc::new(self.instance_steps(&inst, index + 1));
         }
         self.report.body_time += t0.elapsed();
-        let d = sub_stats(self.peer.stats(), before);
+        let d = self.peer.stats().since(before);
         self.report.body.rounds += d.rounds;
         self.report.body.sent += d.sent;
         self.report.body.received += d.received;
         self.report.dealer_bytes = self.material.dealer_bytes();
+        self.report.peak_memory = self.report.peak_memory.max(self.store.peak());
+        Ok(())
+    }
+
+    /// The steps of a pruned instance from instruction `from`: planned by the JIT when its
+    /// elementwise work repays planning (see `jit::WORTH_PLANNING`), else interpreted.
+    fn instance_steps(&mut self, inst: &Program, from: usize) -> Steps {
+        #[cfg(feature = "jit")]
+        {
+            let c = match (&mut self.jit, self.jit_on) {
+                (Some(j), true) => {
+                    let (c, t) = j.segment(inst, from);
+                    self.report.jit_instance_time += t;
+                    self.report.jit_kernels += c.as_ref().map_or(0, |c| c.plan.kernels.len());
+                    c
+                }
+                _ => None,
+            };
+            self.steps(inst, "body", from, c)
+        }
+        #[cfg(not(feature = "jit"))]
+        self.steps(inst, "body", from, None)
+    }
+
+    /// One round outside the program (a session's control messages between inferences): sends
+    /// `msg`, returns the peer's message of at most `max` bytes. Counted in neither the setup
+    /// nor the body.
+    pub fn control(&mut self, msg: Vec<u8>, max: u64) -> Result<Vec<u8>, VmError> {
+        let mut got = Vec::new();
+        self.peer.exchange_into(Outgoing::Bytes(msg), Expect::AtMost(max), &mut |p| {
+            got.extend_from_slice(p)
+        })?;
+        Ok(got)
+    }
+
+    /// The setup's round played from a recording (a server replaying the weights it masked
+    /// once for its epoch to a new client): sends `len` bytes of `file` as its message and
+    /// requires an empty one from the peer. Counted as the setup.
+    pub fn replay_setup(&mut self, file: std::fs::File, len: u64) -> Result<(), VmError> {
+        let before = self.peer.stats();
+        self.peer.exchange_into(Outgoing::File(file, len), Expect::Exactly(0), &mut |_| {})?;
+        self.report.setup = self.peer.stats().since(before);
+        Ok(())
+    }
+
+    /// The buffers this party keeps from the setup for the body (a client's masked weights),
+    /// with their data: what a returning client caches. Never print them.
+    pub fn setup_results(&self) -> Vec<(Buf, &[u64])> {
+        setup_results(self.prog, self.me)
+            .into_iter()
+            .map(|b| (b, &self.store.bufs[b.0 as usize][..]))
+            .collect()
+    }
+
+    /// Restores the setup's results from a cache instead of running the setup: `data` must
+    /// hold exactly [`Self::setup_results`]' buffers with their lengths.
+    pub fn restore_setup(&mut self, data: Vec<(Buf, Vec<u64>)>) -> Result<(), VmError> {
+        self.reset_len();
+        let want = setup_results(self.prog, self.me);
+        let bad = |msg: String| VmError::Tensor {
+            what: "cached setup",
+            name: "masked weights".into(),
+            msg,
+        };
+        if data.len() != want.len() {
+            return Err(bad(format!("{} buffers, the program keeps {}", data.len(), want.len())));
+        }
+        for ((b, v), w) in data.into_iter().zip(want) {
+            if b != w || v.len() != self.words(b.0 as usize) {
+                return Err(bad(format!("{b} of {} words does not fit the program", v.len())));
+            }
+            self.store.put_new(b.0 as usize, v)?;
+        }
         Ok(())
     }
 
@@ -425,7 +721,7 @@ impl<'p> PartyVm<'p> {
             .map(|o| Output {
                 name: o.name.clone(),
                 shape: o.shape.iter().map(|&d| d as usize).collect(),
-                data: self.bufs[o.buf.0 as usize]
+                data: self.store.bufs[o.buf.0 as usize]
                     .iter()
                     .map(|&v| ring::decode(v, o.frac_bits))
                     .collect(),
@@ -433,16 +729,18 @@ impl<'p> PartyVm<'p> {
             .collect()
     }
 
-    /// This party's own array of buffer `b` (for tests that compare executions). It holds
-    /// this party's share: never print it.
+    /// This party's own array of buffer `b` (for tests that compare executions; a value is
+    /// gone after its last use unless [`Self::keep_values`]). It holds this party's share:
+    /// never print it.
     pub fn raw_buffer(&self, b: Buf) -> Option<&[u64]> {
-        self.bufs.get(b.0 as usize).map(|v| v.as_slice())
+        self.store.bufs.get(b.0 as usize).map(|v| &v[..])
     }
 
     /// The measurements so far.
     pub fn report(&self) -> PartyReport {
         let mut r = self.report.clone();
         r.dealer_bytes = self.material.dealer_bytes();
+        r.peak_memory = r.peak_memory.max(self.store.peak());
         for (i, t) in self.tag_time.iter().enumerate() {
             if let Some(t) = t {
                 let tag = self
@@ -457,55 +755,40 @@ impl<'p> PartyVm<'p> {
         r
     }
 
-    /// Runs `section` of `prog` from instruction `from`; stops early at a `setlen` and returns
-    /// its index and the length it sets.
+    /// Gives buffer `b` an array before a step writes it.
+    fn ensure(&mut self, b: Buf, zero: bool) -> Result<(), VmError> {
+        let i = b.0 as usize;
+        if self.foreign[i] {
+            return Ok(());
+        }
+        let w = self.words(i);
+        self.store.ensure(i, w, zero)
+    }
+
+    /// Runs `section` of `prog` as `steps`; stops early at a `setlen` and returns its index
+    /// and the length it sets.
     fn run_code(
         &mut self,
         section: &'static str,
         prog: &Code<'p>,
-        from: usize,
+        steps: &Steps,
         timed: bool,
     ) -> Result<Option<(usize, u32)>, VmError> {
         let (code, tags) = match section {
             "setup" => (&prog.setup, &prog.setup_tags),
             _ => (&prog.body, &prog.body_tags),
         };
-        // The loaded program's plan was made at load; an instance (after a `setlen`) is
-        // planned from where it starts to its next `setlen`, reusing compiled signatures.
-        let loaded = matches!(prog, Code::Loaded(_)) && from == 0;
-        #[cfg(feature = "jit")]
-        let compiled = match (&mut self.jit, self.jit_on) {
-            (Some(j), true) if loaded => {
-                Some(if section == "setup" { j.setup.clone() } else { j.body.clone() })
-            }
-            (Some(j), true) if section == "body" => {
-                let (c, t) = j.segment(prog, from);
-                self.report.jit_instance_time += t;
-                self.report.jit_kernels += c.as_ref().map_or(0, |c| c.plan.kernels.len());
-                c
-            }
-            _ => None,
-        };
-        #[cfg(feature = "jit")]
-        let units: Vec<Unit> = match &compiled {
-            Some(c) => c
-                .plan
-                .steps
-                .iter()
-                .map(|s| match *s {
-                    crate::jit::fuse::Step::Instr(i) => Unit::Instr(i),
-                    crate::jit::fuse::Step::Kernel(k) => Unit::Kernel(k),
-                })
-                .collect(),
-            None => (from..code.len()).map(Unit::Instr).collect(),
-        };
-        #[cfg(not(feature = "jit"))]
-        let units: Vec<Unit> = (from..code.len()).map(Unit::Instr).collect();
-        let _ = loaded;
         let total = code.len();
+        let from = match steps.units.first() {
+            Some(Unit::Instr(i)) => *i,
+            _ => 0,
+        };
         let (mut done, mut reported) = (from, from);
         let mut last = Instant::now();
-        for (step, &unit) in units.iter().enumerate() {
+        for (step, &unit) in steps.units.iter().enumerate() {
+            for &(b, zero) in steps.writes(step) {
+                self.ensure(b, zero)?;
+            }
             let (index, local, elementwise, op) = match unit {
                 Unit::Instr(index) => {
                     let ins = &code[index];
@@ -513,13 +796,14 @@ impl<'p> PartyVm<'p> {
                     let at = At { section, index };
                     done += 1;
                     if is_dealer_instr(ins) {
-                        self.material.draw(ins, at, prog, &mut self.bufs)?;
+                        self.material.draw(ins, at, prog, &mut self.store.bufs)?;
                         (index, false, false, op)
                     } else if let Instr::SetLen { a, frac } = ins {
-                        let v = self.bufs[a.0 as usize][0] as i64;
+                        let v = self.store.bufs[a.0 as usize][0] as i64;
                         let half = if *frac == 0 { 0 } else { 1i64 << (frac - 1) };
                         let n = v.checked_add(half).map_or(0, |x| x >> frac);
                         let n = u32::try_from(n).unwrap_or(0);
+                        self.free_after(steps, step);
                         return Ok(Some((index, n)));
                     } else if let Instr::Exchange {} = ins {
                         let t = Instant::now();
@@ -530,6 +814,9 @@ impl<'p> PartyVm<'p> {
                         (index, false, false, op)
                     } else {
                         self.exec(ins);
+                        if self.out.len() >= STREAM_OUT && self.peer.send_part(&self.out)? {
+                            self.out.clear();
+                        }
                         (index, true, is_elementwise(ins), op)
                     }
                 }
@@ -537,12 +824,20 @@ impl<'p> PartyVm<'p> {
                 Unit::Kernel(k) => {
                     #[cfg(feature = "jit")]
                     {
-                        let c = compiled.as_ref().expect("kernels come from a plan");
+                        let c = steps.compiled.as_ref().expect("kernels come from a plan");
                         let kernel = &c.plan.kernels[k];
-                        let ran =
-                            c.fns[k].is_some_and(|f| crate::jit::run(kernel, f, &mut self.bufs));
-                        if !ran {
+                        let ran = c.fns[k]
+                            .is_some_and(|f| crate::jit::run(kernel, f, &mut self.store.bufs));
+                        if ran {
+                            self.report.jit_runs.0 += 1;
+                        } else {
+                            self.report.jit_runs.1 += 1;
                             for &i in &kernel.members {
+                                let mut w = Vec::new();
+                                lifetime::local_writes(prog, &code[i], self.me, &mut w);
+                                for b in w {
+                                    self.ensure(b, false)?;
+                                }
                                 self.exec(&code[i]);
                             }
                         }
@@ -553,6 +848,7 @@ impl<'p> PartyVm<'p> {
                     unreachable!("kernels exist only with the JIT")
                 }
             };
+            self.free_after(steps, step);
             if timed {
                 let now = Instant::now();
                 let dt = now - last;
@@ -570,7 +866,7 @@ impl<'p> PartyVm<'p> {
                     .min(self.prog.tags.len());
                 *self.tag_time[tag].get_or_insert(Duration::ZERO) += dt;
                 last = now;
-                let end = step + 1 == units.len();
+                let end = step + 1 == steps.units.len();
                 if done >= reported + 64 || end {
                     reported = done;
                     if let Some(p) = self.progress.as_mut() {
@@ -582,81 +878,55 @@ impl<'p> PartyVm<'p> {
         Ok(None)
     }
 
+    /// Returns the values that die after `step` to the pool.
+    fn free_after(&mut self, steps: &Steps, step: usize) {
+        if self.keep_all {
+            return;
+        }
+        for &b in steps.deaths.after(step) {
+            self.store.free(b.0 as usize);
+        }
+    }
+
+    /// Completes the round: sends the queued parts, and receives the peer's message straight
+    /// into the destinations, a part at a time (the message is never held whole).
     fn exchange(&mut self, at: At) -> Result<(), VmError> {
         let msg = std::mem::take(&mut self.out);
-        let got = self.peer.exchange(msg)?;
-        let mut pos = 0usize;
         let pending = std::mem::take(&mut self.pending);
-        let short = |need: usize, pos: usize, got: &[u8]| VmError::Protocol {
-            section: at.section,
-            index: at.index,
-            msg: format!(
-                "the peer's message has {} bytes, the program expects at least {}",
-                got.len(),
-                pos + need
-            ),
-        };
-        for p in pending {
-            match p {
-                Pending::Open { d, a, bits } => {
-                    let n = self.bufs[a.0 as usize].len();
-                    let need = bits::packed_len(n, bits);
-                    let part = got.get(pos..pos + need).ok_or_else(|| short(need, pos, &got))?;
-                    let mut dst = self.take(d);
-                    bits::unpack(part, n, bits, &mut dst);
-                    let mask = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
-                    for (o, &m) in dst.iter_mut().zip(&self.bufs[a.0 as usize]) {
-                        *o = o.wrapping_add(m) & mask;
-                    }
-                    self.put(d, dst);
-                    pos += need;
+        let needs: Vec<usize> = pending.iter().map(|p| p.need(&self.store)).collect();
+        let expect: u64 = needs.iter().map(|&n| n as u64).sum();
+        let store = &mut self.store;
+        let (mut k, mut staged) = (0usize, Vec::new());
+        let mut sink = |mut piece: &[u8]| {
+            while !piece.is_empty() || (k < needs.len() && needs[k] == 0) {
+                if k >= needs.len() {
+                    return;
                 }
-                Pending::OpenB { d, a, n } => {
-                    let need = n.div_ceil(8);
-                    let part = got.get(pos..pos + need).ok_or_else(|| short(need, pos, &got))?;
-                    let mut dst = self.take(d);
-                    let mine = &self.bufs[a.0 as usize];
-                    for (i, w) in dst.iter_mut().enumerate() {
-                        let mut x = 0u64;
-                        for (j, &byte) in part.iter().skip(i * 8).take(8).enumerate() {
-                            x |= (byte as u64) << (8 * j);
-                        }
-                        *w = x ^ mine[i];
-                    }
-                    bits::clear_tail(&mut dst, n);
-                    self.put(d, dst);
-                    pos += need;
+                let want = needs[k] - staged.len();
+                if staged.is_empty() && piece.len() >= want {
+                    pending[k].complete(&piece[..want], store);
+                    piece = &piece[want..];
+                    k += 1;
+                    continue;
                 }
-                Pending::Recv { d, n } => {
-                    let need = 8 * n;
-                    let part = got.get(pos..pos + need).ok_or_else(|| short(need, pos, &got))?;
-                    bits::unpack(part, n, 64, &mut self.bufs[d.0 as usize]);
-                    pos += need;
-                }
-                Pending::Reveal { d, a, n } => {
-                    let need = 8 * n;
-                    let part = got.get(pos..pos + need).ok_or_else(|| short(need, pos, &got))?;
-                    let mut dst = self.take(d);
-                    bits::unpack(part, n, 64, &mut dst);
-                    for (o, &m) in dst.iter_mut().zip(&self.bufs[a.0 as usize]) {
-                        *o = o.wrapping_add(m);
-                    }
-                    self.put(d, dst);
-                    pos += need;
+                let n = want.min(piece.len());
+                staged.extend_from_slice(&piece[..n]);
+                piece = &piece[n..];
+                if staged.len() == needs[k] {
+                    pending[k].complete(&staged, store);
+                    staged.clear();
+                    k += 1;
                 }
             }
-        }
-        if pos != got.len() {
-            return Err(VmError::Protocol {
-                section: at.section,
-                index: at.index,
-                msg: format!(
-                    "the peer's message has {} bytes, the program expects {pos}",
-                    got.len()
-                ),
-            });
-        }
-        Ok(())
+        };
+        let r = self.peer.exchange_into(Outgoing::Bytes(msg), Expect::Exactly(expect), &mut sink);
+        sink(&[]);
+        r.map_err(|e| match e {
+            crate::net::TransportError::Malformed { .. } => {
+                VmError::Protocol { section: at.section, index: at.index, msg: e.to_string() }
+            }
+            e => e.into(),
+        })
     }
 
     fn kind(&self, b: Buf) -> Kind {
@@ -680,11 +950,11 @@ impl<'p> PartyVm<'p> {
 
     /// Takes the destination out of the buffer table so sources can be borrowed alongside it.
     fn take(&mut self, d: Buf) -> Vec<u64> {
-        std::mem::take(&mut self.bufs[d.0 as usize])
+        std::mem::take(&mut self.store.bufs[d.0 as usize]).into_vec()
     }
 
     fn put(&mut self, d: Buf, v: Vec<u64>) {
-        self.bufs[d.0 as usize] = v;
+        self.store.bufs[d.0 as usize] = Slot::Own(v);
     }
 
     fn exec(&mut self, ins: &Instr) {
@@ -700,7 +970,7 @@ impl<'p> PartyVm<'p> {
                 let use_a = self.kind(*a) != Kind::Public || self.adds_public(dk);
                 let use_b = self.kind(*b) != Kind::Public || self.adds_public(dk);
                 let mut dv = self.take(*d);
-                let (av, bv) = (&self.bufs[a.0 as usize], &self.bufs[b.0 as usize]);
+                let (av, bv) = (&self.store.bufs[a.0 as usize], &self.store.bufs[b.0 as usize]);
                 let inner = *inner as usize;
                 match (use_a, use_b, sub) {
                     (true, true, false) => {
@@ -727,7 +997,7 @@ impl<'p> PartyVm<'p> {
                 if self.foreign(*a) || self.foreign(*b) {
                     dv.fill(0);
                 } else {
-                    let (av, bv) = (&self.bufs[a.0 as usize], &self.bufs[b.0 as usize]);
+                    let (av, bv) = (&self.store.bufs[a.0 as usize], &self.store.bufs[b.0 as usize]);
                     kernels::binary(&mut dv, av, bv, *inner as usize, |x, y| x.wrapping_mul(y));
                 }
                 self.put(*d, dv);
@@ -741,7 +1011,7 @@ impl<'p> PartyVm<'p> {
                 if self.foreign(*a) || self.foreign(*b) {
                     dv.fill(0);
                 } else {
-                    let (av, bv) = (&self.bufs[a.0 as usize], &self.bufs[b.0 as usize]);
+                    let (av, bv) = (&self.store.bufs[a.0 as usize], &self.store.bufs[b.0 as usize]);
                     kernels::matmul(
                         &mut dv,
                         av,
@@ -775,7 +1045,7 @@ impl<'p> PartyVm<'p> {
                 let mut dv = self.take(*d);
                 kernels::sum(
                     &mut dv,
-                    &self.bufs[a.0 as usize],
+                    &self.store.bufs[a.0 as usize],
                     *outer as usize,
                     *mid as usize,
                     *inner as usize,
@@ -788,7 +1058,7 @@ impl<'p> PartyVm<'p> {
                 }
                 let mut dv = self.take(*d);
                 let (o, m, i) = (*outer as usize, *mid as usize, *inner as usize);
-                kernels::cumsum(&mut dv, &self.bufs[a.0 as usize], o, m, i);
+                kernels::cumsum(&mut dv, &self.store.bufs[a.0 as usize], o, m, i);
                 self.put(*d, dv);
             }
             Copy { d, d_off, a, a_off, shape, d_strides, a_strides } => {
@@ -796,7 +1066,7 @@ impl<'p> PartyVm<'p> {
                     return;
                 }
                 let mut dv = self.take(*d);
-                let av = &self.bufs[a.0 as usize];
+                let av = &self.store.bufs[a.0 as usize];
                 kernels::copy(
                     &mut dv,
                     *d_off as usize,
@@ -815,9 +1085,9 @@ impl<'p> PartyVm<'p> {
                 let k = if w - t == 64 { 0 } else { 1u64 << (w - t) };
                 let (mut c2v, mut pkv, mut sv) = (self.take(*c2), self.take(*pk), self.take(*s));
                 let (cv, rv, mv) = (
-                    &self.bufs[c.0 as usize],
-                    &self.bufs[rhi.0 as usize],
-                    &self.bufs[m.0 as usize],
+                    &self.store.bufs[c.0 as usize],
+                    &self.store.bufs[rhi.0 as usize],
+                    &self.store.bufs[m.0 as usize],
                 );
                 for i in 0..cv.len() {
                     let cc = cv[i] & wmask;
@@ -835,8 +1105,11 @@ impl<'p> PartyVm<'p> {
                     return;
                 }
                 let mut dv = self.take(*d);
-                let (ev, av, bv) =
-                    (&self.bufs[e.0 as usize], &self.bufs[a.0 as usize], &self.bufs[b.0 as usize]);
+                let (ev, av, bv) = (
+                    &self.store.bufs[e.0 as usize],
+                    &self.store.bufs[a.0 as usize],
+                    &self.store.bufs[b.0 as usize],
+                );
                 kernels::sel(&mut dv, ev, av, bv);
                 self.put(*d, dv);
             }
@@ -847,7 +1120,7 @@ impl<'p> PartyVm<'p> {
                 let use_b =
                     self.kind(*b) == Kind::Bits || dk == Kind::PubBits || me == Party::Client;
                 let mut dv = self.take(*d);
-                let (av, bv) = (&self.bufs[a.0 as usize], &self.bufs[b.0 as usize]);
+                let (av, bv) = (&self.store.bufs[a.0 as usize], &self.store.bufs[b.0 as usize]);
                 for (i, o) in dv.iter_mut().enumerate() {
                     *o = (if use_a { av[i] } else { 0 }) ^ (if use_b { bv[i] } else { 0 });
                 }
@@ -855,7 +1128,7 @@ impl<'p> PartyVm<'p> {
             }
             AndB { d, a, b } => {
                 let mut dv = self.take(*d);
-                let (av, bv) = (&self.bufs[a.0 as usize], &self.bufs[b.0 as usize]);
+                let (av, bv) = (&self.store.bufs[a.0 as usize], &self.store.bufs[b.0 as usize]);
                 for (i, o) in dv.iter_mut().enumerate() {
                     *o = av[i] & bv[i];
                 }
@@ -865,7 +1138,7 @@ impl<'p> PartyVm<'p> {
                 let n = self.cur().buffers[d.0 as usize].len as usize;
                 let flip = self.kind(*d) == Kind::PubBits || me == Party::Client;
                 let mut dv = self.take(*d);
-                let av = &self.bufs[a.0 as usize];
+                let av = &self.store.bufs[a.0 as usize];
                 for (i, o) in dv.iter_mut().enumerate() {
                     *o = if flip { !av[i] } else { av[i] };
                 }
@@ -874,22 +1147,23 @@ impl<'p> PartyVm<'p> {
             }
             Lookup { d, table, idx, shift, width } => {
                 let mut dv = self.take(*d);
-                let (tv, iv) = (&self.bufs[table.0 as usize], &self.bufs[idx.0 as usize]);
+                let (tv, iv) =
+                    (&self.store.bufs[table.0 as usize], &self.store.bufs[idx.0 as usize]);
                 kernels::lookup(&mut dv, tv, iv, *shift as u32, *width as u32);
                 self.put(*d, dv);
             }
             BitOf { d, a, bit } => {
                 let mut dv = self.take(*d);
-                kernels::bit_of(&mut dv, &self.bufs[a.0 as usize], *bit as u32);
+                kernels::bit_of(&mut dv, &self.store.bufs[a.0 as usize], *bit as u32);
                 self.put(*d, dv);
             }
             Open { d, a, bits: nb } => {
-                bits::pack(&self.bufs[a.0 as usize], *nb, &mut self.out);
+                bits::pack(&self.store.bufs[a.0 as usize], *nb, &mut self.out);
                 self.pending.push(Pending::Open { d: *d, a: *a, bits: *nb });
             }
             OpenB { d, a } => {
                 let n = self.cur().buffers[a.0 as usize].len as usize;
-                for (i, w) in self.bufs[a.0 as usize].iter().enumerate() {
+                for (i, w) in self.store.bufs[a.0 as usize].iter().enumerate() {
                     let bytes = w.to_le_bytes();
                     let take = (n.div_ceil(8) - i * 8).min(8);
                     self.out.extend_from_slice(&bytes[..take]);
@@ -899,7 +1173,7 @@ impl<'p> PartyVm<'p> {
             Send { d, a, from } => {
                 let n = self.cur().buffers[a.0 as usize].len as usize;
                 if *from == me {
-                    bits::pack(&self.bufs[a.0 as usize], 64, &mut self.out);
+                    bits::pack(&self.store.bufs[a.0 as usize], 64, &mut self.out);
                 } else {
                     self.pending.push(Pending::Recv { d: *d, n });
                 }
@@ -909,7 +1183,7 @@ impl<'p> PartyVm<'p> {
                 if *to == me {
                     self.pending.push(Pending::Reveal { d: *d, a: *a, n });
                 } else {
-                    bits::pack(&self.bufs[a.0 as usize], 64, &mut self.out);
+                    bits::pack(&self.store.bufs[a.0 as usize], 64, &mut self.out);
                 }
             }
             Exchange {} | SetLen { .. } => unreachable!("handled by run_code"),
@@ -927,7 +1201,7 @@ impl<'p> PartyVm<'p> {
             return;
         }
         let mut dv = self.take(d);
-        kernels::unary(&mut dv, &self.bufs[a.0 as usize], f);
+        kernels::unary(&mut dv, &self.store.bufs[a.0 as usize], f);
         self.put(d, dv);
     }
 }
@@ -949,10 +1223,83 @@ pub(crate) fn elementwise_dest(ins: &Instr) -> Option<Buf> {
     }
 }
 
-fn sub_stats(a: CommStats, b: CommStats) -> CommStats {
-    CommStats {
-        rounds: a.rounds - b.rounds,
-        sent: a.sent - b.sent,
-        received: a.received - b.received,
+/// The buffers party `me` keeps from the setup for the body: what it computed or received
+/// there and reads later (a client's masked weights).
+pub fn setup_results(p: &Program, me: Party) -> Vec<Buf> {
+    let keep = lifetime::persistent(p, me);
+    let mut loaded = vec![false; p.buffers.len()];
+    for io in p.weights.iter().chain(&p.inputs).chain(&p.outputs) {
+        loaded[io.buf.0 as usize] = true;
     }
+    for c in &p.consts {
+        loaded[c.buf.0 as usize] = true;
+    }
+    let mut seen = vec![false; p.buffers.len()];
+    let mut out = Vec::new();
+    let mut w = Vec::new();
+    for ins in &p.setup {
+        w.clear();
+        lifetime::local_writes(p, ins, me, &mut w);
+        for &b in &w {
+            let i = b.0 as usize;
+            if keep[i] && !loaded[i] && !seen[i] {
+                seen[i] = true;
+                out.push(b);
+            }
+        }
+    }
+    out
+}
+
+/// A tensor encoded for its declaration: reals in fixed point with the declaration's
+/// fractional bits, integers exactly.
+pub fn encode(io: &veil_isa::IoDecl, v: &Values) -> Result<Vec<u64>, String> {
+    let want = io.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d as usize));
+    let want = want.ok_or_else(|| format!("shape {:?} overflows", io.shape))?;
+    if v.len() != want {
+        return Err(format!(
+            "has {} elements, the program needs shape {:?} ({want})",
+            v.len(),
+            io.shape
+        ));
+    }
+    let f = io.frac_bits;
+    let real = |x: f64| {
+        if ring::fits(x, f, 8) {
+            Ok(ring::encode(x, f))
+        } else {
+            Err(format!("value {x} does not fit fixed point with {f} fractional bits"))
+        }
+    };
+    match v {
+        Values::F32(x) => x.iter().map(|&x| real(x as f64)).collect(),
+        Values::F64(x) => x.iter().map(|&x| real(x)).collect(),
+        Values::I64(x) => Ok(x.iter().map(|&x| (x as u64).wrapping_shl(f as u32)).collect()),
+    }
+}
+
+/// A server's weights for `prog`, encoded once and shared by all its sessions
+/// ([`PartyVm::share_weights`]).
+pub fn encode_weights(
+    prog: &Program,
+    me: Party,
+    weights: &[(String, Values)],
+) -> Result<SharedWeights, VmError> {
+    let mut out = Vec::new();
+    for io in &prog.weights {
+        let holds = match prog.buffers[io.buf.0 as usize].kind {
+            Kind::Public => true,
+            Kind::Private(p) => p == me,
+            _ => false,
+        };
+        if !holds {
+            continue;
+        }
+        let err = |msg: String| VmError::Tensor { what: "weight", name: io.name.clone(), msg };
+        let v = weights.iter().find(|(n, _)| n == &io.name).map(|(_, v)| v).ok_or_else(|| {
+            err(format!("missing (the program needs it with shape {:?})", io.shape))
+        })?;
+        out.push((io.buf, Arc::new(encode(io, v).map_err(err)?)));
+    }
+    Ok(out)
 }

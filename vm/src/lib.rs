@@ -5,6 +5,7 @@
 //! - [`dealer`]: the dealer, which generates correlated randomness for a program.
 //! - [`material`]: the parties' side of the dealer material.
 //! - [`net`]: transports (in-memory, TCP) with byte and round counting.
+//! - [`store`]: a party's buffers, shared weights and the pool of arrays for reuse.
 //! - [`interp`]: the interpreter ([`interp::PartyVm`]).
 //! - `jit` (feature `jit`, on by default): fused local kernels compiled with Cranelift.
 //! - [`run`]: running a whole session (dealer, client, server) in one process.
@@ -27,9 +28,11 @@ pub mod prg;
 pub mod ring;
 pub mod run;
 pub mod session;
+pub mod store;
 #[doc(hidden)]
 pub mod testdata;
 
 pub use error::VmError;
 pub use interp::{Output, PartyReport, PartyVm, Values, FUSED};
 pub use run::{run_session, PartyData, RunOptions, RunResult};
+pub use store::Slot;

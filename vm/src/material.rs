@@ -6,6 +6,7 @@
 use crate::error::VmError;
 use crate::net::FrameSource;
 use crate::prg::Prg;
+use crate::store::Slot;
 use veil_isa::{Instr, Kind, Party, Program};
 
 /// A party's source of dealer material.
@@ -13,6 +14,8 @@ pub struct Material {
     me: Party,
     prg: Prg,
     corrections: Option<Box<dyn FrameSource>>,
+    /// No material was dealt for this section: any draw is an error.
+    none: bool,
 }
 
 /// Where an instruction sits, for error messages.
@@ -31,7 +34,13 @@ impl Material {
         seed: crate::prg::Seed,
         corrections: Option<Box<dyn FrameSource>>,
     ) -> Material {
-        Material { me, prg: Prg::new(seed), corrections }
+        Material { me, prg: Prg::new(seed), corrections, none: false }
+    }
+
+    /// No material: for a section that draws none on this party's side (a client's setup,
+    /// which only receives the server's masked weights). A draw is an error.
+    pub fn none(me: Party) -> Material {
+        Material { me, prg: Prg::new([0; 16]), corrections: None, none: true }
     }
 
     /// Dealer bytes received so far.
@@ -49,22 +58,20 @@ impl Material {
     }
 
     fn frame_bytes(&mut self, ins: &Instr, at: At, words: usize) -> Result<Vec<u8>, VmError> {
-        let src = self.corrections.as_mut().ok_or_else(|| VmError::Dealer {
+        let err = |msg: String| VmError::Dealer {
             section: at.section,
             index: at.index,
             name: ins.name(),
-            msg: "the server has no correction stream".into(),
-        })?;
-        let f = src.recv_frame()?;
-        if f.len() != words * 8 {
-            return Err(VmError::Dealer {
-                section: at.section,
-                index: at.index,
-                name: ins.name(),
-                msg: format!("frame of {} bytes, expected {}", f.len(), words * 8),
-            });
-        }
-        Ok(f)
+            msg,
+        };
+        let src = self
+            .corrections
+            .as_mut()
+            .ok_or_else(|| err("the server has no correction stream".into()))?;
+        src.recv_exact(words * 8).map_err(|e| match e {
+            crate::net::TransportError::Malformed { what, .. } => err(what),
+            e => e.into(),
+        })
     }
 
     /// Draws the material of dealer instruction `ins` into the party's buffers.
@@ -73,11 +80,21 @@ impl Material {
         ins: &Instr,
         at: At,
         p: &Program,
-        bufs: &mut [Vec<u64>],
+        bufs: &mut [Slot],
     ) -> Result<(), VmError> {
         let len = |b: veil_isa::Buf| p.buffers[b.0 as usize].len as usize;
         let client = self.me == Party::Client;
         use Instr::*;
+        let foreign_priv =
+            matches!(ins, DPriv { d } if p.buffers[d.0 as usize].kind != Kind::Private(self.me));
+        if self.none && !foreign_priv {
+            return Err(VmError::Dealer {
+                section: at.section,
+                index: at.index,
+                name: ins.name(),
+                msg: format!("the {} has no dealer material for this section", self.me),
+            });
+        }
         match ins {
             DMask { d } => self.prg.fill(&mut bufs[d.0 as usize]),
             DPriv { d } => {

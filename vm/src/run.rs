@@ -2,14 +2,16 @@
 //! `--in-process`) or over TCP on loopback. Separate machines use the same pieces
 //! (`PartyVm`, `Dealer`, the TCP transports) from the CLI.
 
-use crate::dealer::Dealer;
+use crate::dealer::{Base, Dealer};
 use crate::error::VmError;
 use crate::interp::{Output, PartyReport, PartyVm, Values};
 use crate::material::Material;
+use crate::net::hello::Hello;
 use crate::net::local::{dealer_channel, LocalTransport};
-use crate::net::tcp::{Hello, Role, TcpTransport};
+use crate::net::role::Role;
+use crate::net::tcp::TcpTransport;
 use crate::net::{FrameSink, FrameSource, Prefetched, Transport, DEFAULT_TIMEOUT, LENGTH_TIMEOUT};
-use crate::prg::Prg;
+use crate::prg::{Prg, Seed};
 use std::time::{Duration, Instant};
 use veil_isa::{validate, Party, Program};
 
@@ -29,8 +31,11 @@ pub struct RunOptions {
     /// than interpreted; results are bit-identical.
     pub jit: bool,
     /// Fixed PRG seeds of the client and the server instead of fresh random ones, so that two
-    /// runs draw the same masks (for tests comparing executions; never in deployment).
+    /// runs draw the same masks (for tests comparing executions; never in deployment). The
+    /// server's setup seed (its weight masks) is derived from its seed.
     pub seeds: Option<[crate::prg::Seed; 2]>,
+    /// Keep every value after its last use (tests that compare whole buffer tables).
+    pub keep_values: bool,
 }
 
 impl Default for RunOptions {
@@ -42,6 +47,7 @@ impl Default for RunOptions {
             max_memory: crate::interp::DEFAULT_MAX_MEMORY,
             jit: cfg!(feature = "jit"),
             seeds: None,
+            keep_values: false,
         }
     }
 }
@@ -72,26 +78,41 @@ pub struct PartyData {
     pub inputs: Vec<(String, Values)>,
 }
 
+/// The server's setup seed (its weight masks for the epoch) derived from its body seed, so
+/// fixed seeds fix both.
+pub fn setup_seed(server: Seed) -> Seed {
+    let w = Prg::new(server).words(3);
+    let mut s = [0u8; 16];
+    s[..8].copy_from_slice(&w[1].to_le_bytes());
+    s[8..].copy_from_slice(&w[2].to_le_bytes());
+    s
+}
+
 #[allow(clippy::too_many_arguments)] // one role's whole wiring
 fn party(
     prog: &Program,
     me: Party,
-    seed: crate::prg::Seed,
+    seed: Seed,
     corrections: Option<Box<dyn FrameSource>>,
     peer: Box<dyn Transport>,
     data: &PartyData,
     opts: &RunOptions,
     len_sink: Option<Box<dyn FrameSink>>,
 ) -> Result<(Vec<Output>, PartyReport), VmError> {
-    let material = Material::new(me, seed, corrections);
-    let mut vm = PartyVm::new(prog, me, material, peer, opts.max_memory)?;
+    let setup = match me {
+        Party::Server => Material::new(me, setup_seed(seed), None),
+        Party::Client => Material::none(me),
+    };
+    let mut vm = PartyVm::new(prog, me, setup, peer, opts.max_memory)?;
     if let Some(s) = len_sink {
         vm.set_len_sink(s);
     }
     vm.set_jit(opts.jit);
+    vm.keep_values(opts.keep_values);
     vm.load_weights(&data.weights)?;
-    vm.set_inputs(&data.inputs)?;
     vm.run_setup()?;
+    vm.set_material(Material::new(me, seed, corrections));
+    vm.set_inputs(&data.inputs)?;
     vm.run_body()?;
     Ok((vm.outputs(), vm.report()))
 }
@@ -114,11 +135,11 @@ pub fn run_session(
     let dealer_thread = {
         let prog = prog.clone();
         std::thread::spawn(move || -> Result<u64, VmError> {
-            let mut d = Dealer::new(&prog, seeds, Box::new(sink));
+            let base = std::sync::Arc::new(Base::new(&prog, setup_seed(seeds[1]))?);
+            let mut d = Dealer::new(&prog, base, seeds, Box::new(sink));
             if dynamic {
                 d.set_lengths(Box::new(len_source));
             }
-            d.deal_setup()?;
             d.deal_body()?;
             d.finish()?;
             Ok(d.bytes())
@@ -188,11 +209,13 @@ pub fn tcp_pair(
     prog: &Program,
     timeout: Duration,
 ) -> Result<(TcpTransport, TcpTransport), VmError> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| crate::net::TransportError::Io { peer: "loopback".into(), source: e })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| crate::net::TransportError::Io { peer: "loopback".into(), source: e })?;
+    let io = |e| crate::net::TransportError::Io {
+        peer: "loopback".into(),
+        during: String::new(),
+        source: e,
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
+    let addr = listener.local_addr().map_err(io)?.to_string();
     let hash = prog.hash();
     let session = Prg::random_seed();
     let server = std::thread::spawn(move || {
@@ -205,7 +228,7 @@ pub fn tcp_pair(
     });
     // Plain TCP: both ends are this process (networked roles use TLS, see `session`).
     let c = TcpTransport::connect(
-        addr,
+        &addr,
         Hello { role: Role::Client, session, program: hash },
         timeout,
         None,

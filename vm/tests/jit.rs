@@ -161,6 +161,8 @@ fn run(prog: &Program, me: Party, data: &[(String, Values)], jit: bool) -> Vec<V
     let material = Material::new(me, [7; 16], None);
     let mut vm = PartyVm::new(prog, me, material, Box::new(t), 1 << 30).expect("vm");
     vm.set_jit(jit);
+    // The whole buffer table is compared: no value may go back to the pool.
+    vm.keep_values(true);
     match me {
         Party::Client => vm.set_inputs(data).expect("inputs"),
         Party::Server => vm.load_weights(data).expect("weights"),
@@ -169,7 +171,10 @@ fn run(prog: &Program, me: Party, data: &[(String, Values)], jit: bool) -> Vec<V
     vm.run_body().expect("body");
     vm.run_body().expect("second body");
     if jit {
-        assert!(vm.report().jit_kernels > 0, "the generated programs always have kernels");
+        let r = vm.report();
+        assert!(r.jit_kernels > 0, "the generated programs always have kernels");
+        assert!(r.jit_runs.0 > 0, "kernels ran compiled");
+        assert_eq!(r.jit_runs.1, 0, "no kernel fell back to the interpreter");
     }
     (0..prog.buffers.len())
         .map(|i| vm.raw_buffer(veil_isa::Buf(i as u32)).expect("buffer").to_vec())
@@ -230,9 +235,11 @@ fn a_long_chain_fuses_into_one_kernel() {
         1 << 30,
     )
     .expect("vm");
+    vm.keep_values(true);
     vm.set_inputs(&data).expect("inputs");
     vm.run_body().expect("body");
     assert_eq!(vm.report().jit_kernels, 1);
+    assert_eq!(vm.report().jit_runs, (1, 0), "the kernel compiled and ran");
     let want: Vec<u64> = x
         .iter()
         .map(|&v| {

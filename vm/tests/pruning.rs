@@ -187,8 +187,9 @@ fn run_at(
 #[test]
 fn three_roles_over_tcp_follow_the_revealed_length() {
     use std::net::TcpListener;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
-    use veil_vm::session::{deal, run_client, serve, NetOptions};
+    use veil_vm::session::{deal, serve, ClientSession, DealerEvent, NetOptions, ServeControl};
     use veil_vm::Values;
     let n = 10u32;
     let prog = Arc::new(dynamic(n, 1.0 / n as f64));
@@ -196,16 +197,30 @@ fn three_roles_over_tcp_follow_the_revealed_length() {
     let dl = TcpListener::bind("127.0.0.1:0").unwrap();
     let sl = TcpListener::bind("127.0.0.1:0").unwrap();
     let daddr = dl.local_addr().unwrap().to_string();
-    let saddr = sl.local_addr().unwrap();
-    let dealt = Arc::new(Mutex::new(Vec::new()));
-    let d2 = dealt.clone();
-    let (p1, o1) = (prog.clone(), opts.clone());
-    let dealer = std::thread::spawn(move || {
-        deal(&dl, p1, &o1, Some(1), move |r| d2.lock().unwrap().push(r.map(|d| d.bytes)))
+    let saddr = sl.local_addr().unwrap().to_string();
+    let made = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let dealer = std::thread::spawn({
+        let (p, o, m, stop) = (prog.clone(), opts.clone(), made.clone(), stop.clone());
+        move || {
+            deal(&dl, p, &o, None, &stop, move |e| {
+                if let DealerEvent::Made { live, .. } = e {
+                    m.lock().unwrap().push(live)
+                }
+            })
+        }
     });
-    let (p2, o2, da) = (prog.clone(), opts.clone(), daddr.clone());
-    let server = std::thread::spawn(move || {
-        serve(&sl, &p2, &[], &da, &o2, Some(1), |r| assert!(r.is_ok(), "{:?}", r.err())).unwrap()
+    let control = Arc::new(ServeControl::default());
+    let server = std::thread::spawn({
+        let (p, o, da, ctl) = (prog.clone(), opts.clone(), daddr.clone(), control.clone());
+        move || {
+            serve(&sl, &p, vec![], &da, &o, Some(1), &ctl, |e| {
+                if let veil_vm::session::ServerEvent::Session(r) = e {
+                    assert!(r.is_ok(), "{:?}", r.err())
+                }
+            })
+            .unwrap()
+        }
     });
     let mut s = vec![0.1; n as usize];
     s[3] = 5.0;
@@ -213,15 +228,21 @@ fn three_roles_over_tcp_follow_the_revealed_length() {
     let xs: Vec<f64> = (0..n * R).map(|i| (i % 7) as f64 * 0.25).collect();
     let inputs =
         vec![("x".to_string(), Values::F64(xs.clone())), ("s".to_string(), Values::F64(s))];
-    let (out, rep) = run_client(&prog, &inputs, saddr, daddr.as_str(), &opts, None).unwrap();
-    server.join().unwrap();
-    dealer.join().unwrap().unwrap();
-    assert!(dealt.lock().unwrap()[0].is_ok(), "{:?}", dealt.lock().unwrap()[0]);
-    assert_eq!(rep.report.lengths, vec![3]);
-    for col in 0..R as usize {
-        let want: f64 = [0usize, 3, 7].iter().map(|&j| xs[j * R as usize + col].powi(2)).sum();
-        assert!((out[0].data[col] - want).abs() < 1e-2);
+    let mut c = ClientSession::connect(&prog, &saddr, &daddr, &opts).unwrap();
+    // Two inferences in one session: each pruned run gets its own live material.
+    for _ in 0..2 {
+        let (out, _) = c.infer(&inputs).unwrap();
+        for col in 0..R as usize {
+            let want: f64 = [0usize, 3, 7].iter().map(|&j| xs[j * R as usize + col].powi(2)).sum();
+            assert!((out[0].data[col] - want).abs() < 1e-2);
+        }
     }
+    let rep = c.close().unwrap();
+    server.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    dealer.join().unwrap().unwrap();
+    assert_eq!(*made.lock().unwrap(), vec![true, true]);
+    assert_eq!(rep.report.lengths, vec![3, 3]);
 }
 
 #[test]

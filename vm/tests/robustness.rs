@@ -5,8 +5,10 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 use veil_isa::{validate, Buf, DecodeError, Instr, Party, Program};
+use veil_vm::net::hello::Hello;
 use veil_vm::net::local::LocalTransport;
-use veil_vm::net::tcp::{Hello, Role, TcpTransport};
+use veil_vm::net::role::Role;
+use veil_vm::net::tcp::TcpTransport;
 use veil_vm::net::{CommStats, Transport, TransportError};
 use veil_vm::{run_session, PartyData, RunOptions, Values, VmError};
 
@@ -157,8 +159,9 @@ fn a_peer_that_disconnects_mid_run_ends_the_other_side_with_an_error() {
     let prog = small_program();
     let seeds = [Prg::random_seed(), Prg::random_seed()];
     let (sink, mut src) = dealer_channel();
-    let mut d = Dealer::new(&prog, seeds, Box::new(sink));
-    d.deal_setup().unwrap();
+    let setup_seed = veil_vm::run::setup_seed(seeds[1]);
+    let base = std::sync::Arc::new(veil_vm::dealer::Base::new(&prog, setup_seed).unwrap());
+    let mut d = Dealer::new(&prog, base, seeds, Box::new(sink));
     d.deal_body().unwrap();
     d.finish().unwrap();
     let pre = Prefetched::drain(&mut src).unwrap();
@@ -170,13 +173,14 @@ fn a_peer_that_disconnects_mid_run_ends_the_other_side_with_an_error() {
             let mut vm = PartyVm::new(
                 &prog,
                 Party::Server,
-                Material::new(Party::Server, seeds[1], Some(Box::new(pre))),
+                Material::new(Party::Server, setup_seed, None),
                 Box::new(s),
                 1 << 30,
             )
             .unwrap();
             vm.load_weights(&[("w".into(), Values::F64(vec![1.0; 8]))]).unwrap();
             vm.run_setup()?;
+            vm.set_material(Material::new(Party::Server, seeds[1], Some(Box::new(pre))));
             vm.run_body()
         }
     });
@@ -184,12 +188,13 @@ fn a_peer_that_disconnects_mid_run_ends_the_other_side_with_an_error() {
         let mut vm = PartyVm::new(
             &prog,
             Party::Client,
-            Material::new(Party::Client, seeds[0], None),
+            Material::none(Party::Client),
             Box::new(Dying { inner: c, after: 2 }),
             1 << 30,
         )
         .unwrap();
         vm.run_setup().unwrap();
+        vm.set_material(Material::new(Party::Client, seeds[0], None));
         vm.set_inputs(&[("x".into(), Values::F64(vec![1.0; 8]))]).unwrap();
         let e = vm.run_body().unwrap_err();
         assert!(matches!(e, VmError::Transport(TransportError::Closed { .. })), "{e}");
@@ -212,7 +217,7 @@ fn a_stalled_peer_times_out() {
 #[test]
 fn a_stalled_tcp_peer_times_out_and_a_dead_one_is_noticed() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
     let hello = |role| Hello { role, session: [1; 16], program: [2; 32] };
     let srv = std::thread::spawn(move || {
         let (t, _) =
@@ -221,8 +226,8 @@ fn a_stalled_tcp_peer_times_out_and_a_dead_one_is_noticed() {
         std::thread::sleep(Duration::from_millis(600));
         drop(t); // dies without ever answering
     });
-    let mut c =
-        TcpTransport::connect(addr, hello(Role::Client), Duration::from_millis(300), None).unwrap();
+    let mut c = TcpTransport::connect(&addr, hello(Role::Client), Duration::from_millis(300), None)
+        .unwrap();
     let e = c.exchange(vec![0; 100]).unwrap_err();
     assert!(matches!(e, TransportError::Timeout { .. }), "{e}");
     srv.join().unwrap();
@@ -231,7 +236,7 @@ fn a_stalled_tcp_peer_times_out_and_a_dead_one_is_noticed() {
 #[test]
 fn peers_running_different_programs_refuse_each_other() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
     let srv = std::thread::spawn(move || {
         TcpTransport::accept(
             &listener,
@@ -242,7 +247,7 @@ fn peers_running_different_programs_refuse_each_other() {
         .map(|_| ())
     });
     let e = TcpTransport::connect(
-        addr,
+        &addr,
         Hello { role: Role::Client, session: [1; 16], program: [8; 32] },
         Duration::from_secs(5),
         None,

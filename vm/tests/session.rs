@@ -1,15 +1,21 @@
-//! Networked sessions on loopback: dealer and server listening, client connecting; the server
-//! survives a client that fails and serves the next one.
+//! Networked sessions on loopback: a dealer and a server listening, clients connecting; many
+//! inferences per session, the pool, the epoch's masked weights cached by returning clients,
+//! and the failures that end one session while the server serves the next.
 
 mod common;
 use common::*;
 use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 use veil_isa::{Party, Program};
-use veil_vm::session::{deal, run_client, serve, NetOptions};
+use veil_vm::interp::encode_weights;
+use veil_vm::session::client::ClientEvent;
+use veil_vm::session::{deal, serve, ClientSession, NetOptions, ServeControl, ServerEvent};
 use veil_vm::Values;
 
+/// relu(scale · x · w) for a client input x and a server weight w of `n` elements.
 fn program(n: u32, scale: u64) -> Program {
     let mut b = builder();
     let x = b.input("x", Party::Client, &[n], F);
@@ -21,116 +27,269 @@ fn program(n: u32, scale: u64) -> Program {
     b.finish()
 }
 
-/// The inputs every well-behaved client sends (64 values in [-4, 4)).
-fn good_inputs() -> Vec<(String, Values)> {
-    let xs: Vec<f64> = (0..64).map(|i| i as f64 / 8.0 - 4.0).collect();
+/// A client's inputs: n values in [-4, 4), shifted by `k` so each query differs.
+fn inputs(n: usize, k: usize) -> Vec<(String, Values)> {
+    let xs: Vec<f64> = (0..n).map(|i| ((i + 3 * k) % 64) as f64 / 8.0 - 4.0).collect();
     vec![("x".into(), Values::F64(xs))]
 }
 
-/// Runs a well-behaved client and checks its output, relu(-2x), against the plaintext.
-fn good_client(
-    prog: &Program,
-    saddr: std::net::SocketAddr,
-    daddr: &str,
-    opts: &NetOptions,
-) -> veil_vm::session::SessionReport {
-    let inputs = good_inputs();
-    let (out, rep) = run_client(prog, &inputs, saddr, daddr, opts, None).unwrap();
+/// Checks relu(-2x) for the inputs.
+fn check(out: &[veil_vm::Output], inputs: &[(String, Values)]) {
     let Values::F64(xs) = &inputs[0].1 else { unreachable!() };
     for (i, &x) in xs.iter().enumerate() {
-        assert!((out[0].data[i] - (-2.0 * x).max(0.0)).abs() < 1e-3);
+        let want = (-2.0 * x).max(0.0);
+        assert!((out[0].data[i] - want).abs() < 1e-3, "element {i}: {} vs {want}", out[0].data[i]);
     }
-    rep
+}
+
+/// A dealer and a server on loopback, in threads, with what they reported.
+struct Deployment {
+    daddr: String,
+    saddr: String,
+    stop_dealer: Arc<AtomicBool>,
+    control: Arc<ServeControl>,
+    dealer: Option<JoinHandle<()>>,
+    server: Option<JoinHandle<()>>,
+    events: Arc<Mutex<Vec<String>>>,
+    sessions: Arc<Mutex<Vec<Result<veil_vm::session::SessionReport, String>>>>,
+}
+
+impl Deployment {
+    fn start(
+        prog: &Arc<Program>,
+        opts: &NetOptions,
+        server_opts: &NetOptions,
+        n: usize,
+    ) -> Deployment {
+        let dl = TcpListener::bind("127.0.0.1:0").unwrap();
+        let sl = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (daddr, saddr) =
+            (dl.local_addr().unwrap().to_string(), sl.local_addr().unwrap().to_string());
+        let stop_dealer = Arc::new(AtomicBool::new(false));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let dealer = std::thread::spawn({
+            let (p, o, stop, ev) =
+                (prog.clone(), opts.clone(), stop_dealer.clone(), events.clone());
+            move || {
+                deal(&dl, p, &o, None, &stop, move |e| {
+                    ev.lock().unwrap().push(format!("dealer {e:?}"))
+                })
+                .unwrap()
+            }
+        });
+        let control = Arc::new(ServeControl::default());
+        let sessions = Arc::new(Mutex::new(Vec::new()));
+        let server = std::thread::spawn({
+            let (p, o, da, ctl, ev, ss) = (
+                prog.clone(),
+                server_opts.clone(),
+                daddr.clone(),
+                control.clone(),
+                events.clone(),
+                sessions.clone(),
+            );
+            move || {
+                let w =
+                    encode_weights(&p, Party::Server, &[("w".into(), Values::F64(vec![-2.0; n]))])
+                        .unwrap();
+                serve(&sl, &p, w, &da, &o, None, &ctl, |e| match e {
+                    ServerEvent::Session(r) => {
+                        ss.lock().unwrap().push(r.map_err(|e| e.to_string()))
+                    }
+                    e => ev.lock().unwrap().push(format!("server {e:?}")),
+                })
+                .unwrap()
+            }
+        });
+        Deployment {
+            daddr,
+            saddr,
+            stop_dealer,
+            control,
+            dealer: Some(dealer),
+            server: Some(server),
+            events,
+            sessions,
+        }
+    }
+
+    fn saw(&self, what: &str) -> bool {
+        self.events.lock().unwrap().iter().any(|e| e.contains(what))
+    }
+
+    /// Waits until an event containing `what` was reported.
+    fn wait_for(&self, what: &str, limit: Duration) {
+        let t0 = Instant::now();
+        while !self.saw(what) {
+            assert!(
+                t0.elapsed() < limit,
+                "no `{what}` within {limit:?}: {:?}",
+                self.events.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(mut self) -> Vec<Result<veil_vm::session::SessionReport, String>> {
+        self.control.stop.store(true, Ordering::Relaxed);
+        self.server.take().unwrap().join().unwrap();
+        self.stop_dealer.store(true, Ordering::Relaxed);
+        self.dealer.take().unwrap().join().unwrap();
+        std::mem::take(&mut *self.sessions.lock().unwrap())
+    }
+}
+
+fn opts(timeout: u64) -> NetOptions {
+    NetOptions { timeout: Duration::from_secs(timeout), ..NetOptions::default() }
 }
 
 #[test]
-fn client_server_and_dealer_over_tcp() {
-    let prog = Arc::new(program(64, 1));
-    let opts = NetOptions { timeout: Duration::from_secs(20), ..NetOptions::default() };
-    let dl = TcpListener::bind("127.0.0.1:0").unwrap();
-    let sl = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (daddr, saddr) = (dl.local_addr().unwrap().to_string(), sl.local_addr().unwrap());
-    let dealt = Arc::new(Mutex::new(Vec::new()));
-    let d2 = dealt.clone();
-    let (p1, o1) = (prog.clone(), opts.clone());
-    let dealer = std::thread::spawn(move || {
-        deal(&dl, p1, &o1, Some(2), move |r| d2.lock().unwrap().push(r.map(|d| d.bytes)))
-    });
-    let served = Arc::new(Mutex::new(Vec::new()));
-    let s2 = served.clone();
-    let (p2, o2, da) = (prog.clone(), opts.clone(), daddr.clone());
-    let server = std::thread::spawn(move || {
-        let w = vec![("w".to_string(), Values::F64(vec![-2.0; 64]))];
-        serve(&sl, &p2, &w, &da, &o2, Some(2), |r| {
-            s2.lock().unwrap().push(r.map(|s| s.report.body.rounds))
-        })
-        .unwrap()
-    });
-    // First client: a wrong-shaped input fails on its side; the server reports that session as
-    // failed and serves the next client.
-    let bad = run_client(
-        &prog,
-        &[("x".into(), Values::F64(vec![1.0; 3]))],
-        saddr,
-        daddr.as_str(),
-        &opts,
-        None,
-    );
-    assert!(bad.unwrap_err().to_string().contains("has 3 elements"));
-    let rep = good_client(&prog, saddr, &daddr, &opts);
-    assert!(rep.report.body.rounds > 0);
-    server.join().unwrap();
-    dealer.join().unwrap().unwrap();
-    let served = served.lock().unwrap();
-    // Sessions run concurrently: they may end in either order.
-    assert_eq!(served.len(), 2, "{served:?}");
-    assert_eq!(served.iter().filter(|r| r.is_err()).count(), 1, "{served:?}");
+fn one_session_runs_many_inferences_and_a_returning_client_downloads_no_weights() {
+    let n = 64;
+    let prog = Arc::new(program(n as u32, 1));
+    let o = opts(20);
+    let d = Deployment::start(&prog, &o, &NetOptions { pool: 2, ..o.clone() }, n);
+    let cache = std::env::temp_dir().join(format!("veil-test-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let copts = NetOptions { cache: Some(cache.clone()), ..o.clone() };
+    let mut s = ClientSession::connect(&prog, &d.saddr, &d.daddr, &copts).unwrap();
+    assert_eq!(s.setup().rounds, 1, "a first client receives the masked weights");
+    assert_eq!(s.setup().received, 8 + 8 * n as u64);
+    for k in 0..4 {
+        let x = inputs(n, k);
+        let (out, q) = s.infer(&x).unwrap();
+        check(&out, &x);
+        assert_eq!(q.online.rounds, veil_isa::cost::program_cost(&prog).body.rounds);
+    }
+    let first = s.close().unwrap();
+    assert_eq!(first.queries.len(), 4);
+    // The same client again, in a new session: its cache holds the epoch's masked weights.
+    let mut s = ClientSession::connect(&prog, &d.saddr, &d.daddr, &copts).unwrap();
+    assert_eq!(s.setup().rounds, 0, "a returning client downloads nothing");
+    let x = inputs(n, 9);
+    check(&s.infer(&x).unwrap().0, &x);
+    s.close().unwrap();
+    // A damaged cache is a miss, not a wrong result.
+    for e in std::fs::read_dir(&cache).unwrap() {
+        let p = e.unwrap().path();
+        let mut b = std::fs::read(&p).unwrap();
+        b.truncate(b.len() - 3);
+        std::fs::write(&p, b).unwrap();
+    }
+    let mut s = ClientSession::connect(&prog, &d.saddr, &d.daddr, &copts).unwrap();
+    assert_eq!(s.setup().rounds, 1);
+    check(&s.infer(&x).unwrap().0, &x);
+    s.close().unwrap();
+    let sessions = d.stop();
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
+    let setup: Vec<u64> = sessions.iter().map(|r| r.as_ref().unwrap().setup.sent).collect();
+    assert_eq!(setup.iter().filter(|&&b| b == 0).count(), 1, "{setup:?}");
+    let _ = std::fs::remove_dir_all(&cache);
 }
 
 #[test]
-fn a_client_with_another_program_is_refused_by_the_server() {
-    let prog = program(8, 1);
-    let other = program(8, 3);
-    let opts = NetOptions { timeout: Duration::from_secs(10), ..NetOptions::default() };
-    let sl = TcpListener::bind("127.0.0.1:0").unwrap();
-    let saddr = sl.local_addr().unwrap();
-    let server = std::thread::spawn(move || {
-        let res = Mutex::new(None);
-        serve(&sl, &prog, &[], "127.0.0.1:1", &opts, Some(1), |r| *res.lock().unwrap() = Some(r))
-            .unwrap();
-        res.into_inner().unwrap().unwrap()
+fn a_dry_pool_makes_queries_wait_for_material_not_fail() {
+    let n = 64;
+    let prog = Arc::new(program(n as u32, 1));
+    let o = opts(20);
+    let d = Deployment::start(&prog, &o, &NetOptions { pool: 1, ..o.clone() }, n);
+    let waited = Arc::new(Mutex::new(0usize));
+    let w2 = waited.clone();
+    let ev: Box<dyn FnMut(ClientEvent) + Send> = Box::new(move |e| {
+        if matches!(e, ClientEvent::WaitingForMaterial) {
+            *w2.lock().unwrap() += 1;
+        }
     });
-    let e = run_client(
-        &other,
-        &[("x".into(), Values::F64(vec![1.0; 8]))],
-        saddr,
-        "127.0.0.1:1",
-        &NetOptions::default(),
-        None,
-    )
-    .unwrap_err();
-    assert!(e.to_string().contains("different program"), "{e}");
-    let e = server.join().unwrap().unwrap_err();
-    assert!(e.to_string().contains("different program"), "{e}");
+    let mut s = ClientSession::connect_with(&prog, &d.saddr, &d.daddr, &o, Some(ev)).unwrap();
+    // Queries back to back: the pool holds one entry, so most find it empty and wait for the
+    // dealer; none fails.
+    let mut waits = Vec::new();
+    for k in 0..5 {
+        let x = inputs(n, k);
+        let (out, q) = s.infer(&x).unwrap();
+        check(&out, &x);
+        waits.push(q.material_wait);
+    }
+    s.close().unwrap();
+    let sessions = d.stop();
+    assert!(sessions[0].is_ok(), "{sessions:?}");
+    assert_eq!(sessions[0].as_ref().unwrap().queries.len(), 5);
+    eprintln!("material waits {waits:?}, wait messages {}", waited.lock().unwrap());
 }
 
-/// Connects as a client of session `id` to the server and the dealer (so the server gets its
-/// material and starts), then sends `bytes` raw where the first message is due and hangs up.
-fn misbehaving_client(
-    prog: &Program,
-    id: u8,
-    saddr: std::net::SocketAddr,
-    daddr: &str,
-    bytes: &[u8],
-) {
-    use veil_vm::net::tcp::{handshake, Hello, Role};
+#[test]
+fn a_client_that_goes_away_between_queries_frees_its_slot() {
+    let n = 64;
+    let prog = Arc::new(program(n as u32, 1));
+    let o = opts(20);
+    let d = Deployment::start(&prog, &o, &NetOptions { concurrent: 1, ..o.clone() }, n);
+    {
+        let mut s = ClientSession::connect(&prog, &d.saddr, &d.daddr, &o).unwrap();
+        let x = inputs(n, 1);
+        check(&s.infer(&x).unwrap().0, &x);
+        // Dropped without a goodbye: the connection closes between queries.
+    }
+    // The only slot is free again: the next client is served at once.
+    let t0 = Instant::now();
+    let mut s = ClientSession::connect(&prog, &d.saddr, &d.daddr, &o).unwrap();
+    let x = inputs(n, 2);
+    check(&s.infer(&x).unwrap().0, &x);
+    s.close().unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    let sessions = d.stop();
+    let errors: Vec<&String> = sessions.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(errors.len(), 1, "{sessions:?}");
+    assert!(errors[0].contains("closed the connection"), "{errors:?}");
+}
+
+#[test]
+fn a_stopped_dealer_makes_the_server_refuse_new_sessions_cleanly() {
+    let n = 64;
+    let prog = Arc::new(program(n as u32, 1));
+    let o = opts(20);
+    let d = Deployment::start(&prog, &o, &NetOptions { pool: 2, ..o.clone() }, n);
+    d.wait_for("ready: 2", Duration::from_secs(20));
+    d.stop_dealer.store(true, Ordering::Relaxed);
+    d.wait_for("DealerDown", Duration::from_secs(20));
+    let e = match ClientSession::connect(&prog, &d.saddr, &d.daddr, &o) {
+        Ok(_) => panic!("a session started without a dealer"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("refused") && e.contains("dealer"), "{e}");
+    let sessions = d.stop();
+    assert!(sessions.iter().all(|r| r.is_err()), "{sessions:?}");
+}
+
+#[test]
+fn a_client_with_another_program_or_bad_inputs_fails_alone() {
+    let n = 64;
+    let prog = Arc::new(program(n as u32, 1));
+    let other = program(n as u32, 3);
+    let o = opts(20);
+    let d = Deployment::start(&prog, &o, &o, n);
+    let e = ClientSession::connect(&other, &d.saddr, &d.daddr, &o).err().unwrap().to_string();
+    assert!(e.contains("different program"), "{e}");
+    let mut s = ClientSession::connect(&prog, &d.saddr, &d.daddr, &o).unwrap();
+    let e = s.infer(&[("x".into(), Values::F64(vec![1.0; 3]))]).unwrap_err().to_string();
+    assert!(e.contains("has 3 elements"), "{e}");
+    // The session is still usable after a refused input.
+    let x = inputs(n, 0);
+    check(&s.infer(&x).unwrap().0, &x);
+    s.close().unwrap();
+    let sessions = d.stop();
+    assert_eq!(sessions.iter().filter(|r| r.is_ok()).count(), 1, "{sessions:?}");
+}
+
+/// Connects to the server as a client, handshakes, and writes `bytes` raw where the first
+/// message is due, then hangs up.
+fn misbehaving_client(prog: &Program, saddr: &str, bytes: &[u8]) {
+    use veil_vm::net::hello::{handshake, Hello};
+    use veil_vm::net::role::Role;
     use veil_vm::net::tls::Link;
     let t = Duration::from_secs(10);
-    let hello = Hello { role: Role::Client, session: [id; 16], program: prog.hash() };
+    let hello = Hello { role: Role::Client, session: [1; 16], program: prog.hash() };
     let mut s = Link::plain(std::net::TcpStream::connect(saddr).unwrap());
-    handshake(&mut s, hello, Role::Server, false, t).unwrap();
-    let mut d = Link::plain(std::net::TcpStream::connect(daddr).unwrap());
-    handshake(&mut d, hello, Role::Dealer, false, t).unwrap();
+    handshake(&mut s, hello, Role::Server, t).unwrap();
     std::io::Write::write_all(&mut s, bytes).unwrap();
     // Let the server read it before the connection goes.
     std::thread::sleep(Duration::from_millis(300));
@@ -145,125 +304,52 @@ fn frame(len: u32, seq: u32, payload: &[u8]) -> Vec<u8> {
 
 #[test]
 fn bad_frames_end_only_their_session_and_the_server_serves_the_next_client() {
-    let prog = Arc::new(program(64, 1));
-    let opts = NetOptions { timeout: Duration::from_secs(20), ..NetOptions::default() };
-    let dl = TcpListener::bind("127.0.0.1:0").unwrap();
-    let sl = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (daddr, saddr) = (dl.local_addr().unwrap().to_string(), sl.local_addr().unwrap());
-    let dealer = std::thread::spawn({
-        let (p, o) = (prog.clone(), opts.clone());
-        move || deal(&dl, p, &o, Some(4), |_| {})
-    });
-    let served = Arc::new(Mutex::new(Vec::new()));
-    let server = std::thread::spawn({
-        let (p, o, da, served) = (prog.clone(), opts.clone(), daddr.clone(), served.clone());
-        move || {
-            let w = vec![("w".to_string(), Values::F64(vec![-2.0; 64]))];
-            serve(&sl, &p, &w, &da, &o, Some(4), |r| {
-                served
-                    .lock()
-                    .unwrap()
-                    .push(r.map(|s| s.report.body.rounds).map_err(|e| e.to_string()))
-            })
-            .unwrap()
-        }
-    });
-    // Oversized: a header announcing more than any frame may hold.
-    misbehaving_client(&prog, 1, saddr, &daddr, &frame(u32::MAX, 0, &[]));
+    let n = 64;
+    let prog = Arc::new(program(n as u32, 1));
+    let o = opts(20);
+    let d = Deployment::start(&prog, &o, &o, n);
+    d.wait_for("Epoch", Duration::from_secs(20));
+    // Oversized: a header announcing a gigabyte where a control message is due.
+    misbehaving_client(&prog, &d.saddr, &frame(1 << 30, 0, &[]));
     // Replayed or out of order: message 7 where message 0 is due.
-    misbehaving_client(&prog, 2, saddr, &daddr, &frame(16, 7, &[0; 16]));
+    misbehaving_client(&prog, &d.saddr, &frame(0, 7, &[]));
     // Truncated: 10 of the 1000 bytes announced, then the connection closes.
-    misbehaving_client(&prog, 3, saddr, &daddr, &frame(1000, 0, &[0; 10]));
-    good_client(&prog, saddr, &daddr, &opts);
-    server.join().unwrap();
-    dealer.join().unwrap().unwrap();
-    let served = served.lock().unwrap();
-    let errors: Vec<&String> = served.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert_eq!(errors.len(), 3, "{served:?}");
+    misbehaving_client(&prog, &d.saddr, &frame(1000, 0, &[0; 10]));
+    let mut s = ClientSession::connect(&prog, &d.saddr, &d.daddr, &o).unwrap();
+    let x = inputs(n, 0);
+    check(&s.infer(&x).unwrap().0, &x);
+    s.close().unwrap();
+    let sessions = d.stop();
+    let errors: Vec<&String> = sessions.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(errors.len(), 3, "{sessions:?}");
     let all = format!("{errors:?}");
-    for want in ["exceeds", "replayed or out of order", "closed the connection during message 0"] {
+    for want in [
+        "announces 1073741824 bytes",
+        "replayed or out of order",
+        "closed the connection during message 0",
+    ] {
         assert!(all.contains(want), "no `{want}` in {all}");
     }
-    assert_eq!(served.iter().filter(|r| r.is_ok()).count(), 1);
-}
-
-#[test]
-fn over_tls_with_mutual_authentication_and_strangers_refused() {
-    use veil_vm::net::keygen::generate;
-    let keys = generate(&["127.0.0.1".to_string()]).unwrap();
-    let other = generate(&["127.0.0.1".to_string()]).unwrap();
-    let prog = Arc::new(program(64, 1));
-    let with = |role: &str, k: &veil_vm::net::keygen::KeySet| NetOptions {
-        timeout: Duration::from_secs(20),
-        tls: Some(k.config(role).unwrap()),
-        ..NetOptions::default()
-    };
-    let dl = TcpListener::bind("127.0.0.1:0").unwrap();
-    let sl = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (daddr, saddr) = (dl.local_addr().unwrap().to_string(), sl.local_addr().unwrap());
-    let dealer = std::thread::spawn({
-        let (p, o) = (prog.clone(), with("dealer", &keys));
-        move || deal(&dl, p, &o, Some(1), |_| {})
-    });
-    let served = Arc::new(Mutex::new(Vec::new()));
-    let server = std::thread::spawn({
-        let (p, o, da, served) =
-            (prog.clone(), with("server", &keys), daddr.clone(), served.clone());
-        move || {
-            let w = vec![("w".to_string(), Values::F64(vec![-2.0; 64]))];
-            serve(&sl, &p, &w, &da, &o, Some(3), |r| {
-                served.lock().unwrap().push(r.map(|_| ()).map_err(|e| e.to_string()))
-            })
-            .unwrap()
-        }
-    });
-    let inputs = good_inputs();
-    // A client whose certificate another CA signed, and one without TLS: both refused.
-    let e = run_client(&prog, &inputs, saddr, daddr.as_str(), &with("client", &other), None)
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("certificate"), "{e}");
-    let plain = NetOptions { timeout: Duration::from_secs(5), ..NetOptions::default() };
-    assert!(run_client(&prog, &inputs, saddr, daddr.as_str(), &plain, None).is_err());
-    good_client(&prog, saddr, &daddr, &with("client", &keys));
-    server.join().unwrap();
-    dealer.join().unwrap().unwrap();
-    let served = served.lock().unwrap();
-    let errors: Vec<&String> = served.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert_eq!(errors.len(), 2, "{served:?}");
-    eprintln!("{errors:?}");
-    assert!(errors.iter().all(|e| e.contains("TLS handshake")), "{errors:?}");
 }
 
 #[test]
 fn a_party_stalling_at_the_dealer_delays_no_other_session() {
-    let prog = Arc::new(program(64, 1));
-    let opts = NetOptions { timeout: Duration::from_secs(30), ..NetOptions::default() };
-    let dl = TcpListener::bind("127.0.0.1:0").unwrap();
-    let sl = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (daddr, saddr) = (dl.local_addr().unwrap().to_string(), sl.local_addr().unwrap());
-    let dealer = std::thread::spawn({
-        let (p, o) = (prog.clone(), opts.clone());
-        move || deal(&dl, p, &o, Some(1), |_| {})
-    });
-    let server = std::thread::spawn({
-        let (p, o, da) = (prog.clone(), opts.clone(), daddr.clone());
-        move || {
-            let w = vec![("w".to_string(), Values::F64(vec![-2.0; 64]))];
-            serve(&sl, &p, &w, &da, &o, Some(1), |r| assert!(r.is_ok())).unwrap()
-        }
-    });
+    let n = 64;
+    let prog = Arc::new(program(n as u32, 1));
+    let o = opts(30);
+    let d = Deployment::start(&prog, &o, &o, n);
     // Connects to the dealer and says nothing.
-    let stalled = std::net::TcpStream::connect(&daddr).unwrap();
-    let t0 = std::time::Instant::now();
-    // relu(-2x) at x = -4 is 8 (among the checked outputs).
-    good_client(&prog, saddr, &daddr, &opts);
+    let stalled = std::net::TcpStream::connect(&d.daddr).unwrap();
+    let t0 = Instant::now();
+    let mut s = ClientSession::connect(&prog, &d.saddr, &d.daddr, &o).unwrap();
+    let x = inputs(n, 0);
+    check(&s.infer(&x).unwrap().0, &x);
+    s.close().unwrap();
     assert!(
         t0.elapsed() < Duration::from_secs(10),
         "waited {:?} behind the stalled party",
         t0.elapsed()
     );
     drop(stalled);
-    server.join().unwrap();
-    dealer.join().unwrap().unwrap();
+    d.stop();
 }

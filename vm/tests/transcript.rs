@@ -36,8 +36,9 @@ impl Transport for Recording {
 fn transcripts(prog: &Program, x: Vec<f64>, w: Vec<f64>) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let seeds = [Prg::random_seed(), Prg::random_seed()];
     let (sink, mut src) = dealer_channel();
-    let mut d = Dealer::new(prog, seeds, Box::new(sink));
-    d.deal_setup().unwrap();
+    let setup_seed = veil_vm::run::setup_seed(seeds[1]);
+    let base = Arc::new(veil_vm::dealer::Base::new(prog, setup_seed).unwrap());
+    let mut d = Dealer::new(prog, base, seeds, Box::new(sink));
     d.deal_body().unwrap();
     d.finish().unwrap();
     let pre = Prefetched::drain(&mut src).unwrap();
@@ -49,24 +50,26 @@ fn transcripts(prog: &Program, x: Vec<f64>, w: Vec<f64>) -> (Vec<Vec<u8>>, Vec<V
             let mut vm = PartyVm::new(
                 prog,
                 Party::Server,
-                Material::new(Party::Server, seeds[1], Some(Box::new(pre))),
+                Material::new(Party::Server, setup_seed, None),
                 Box::new(Recording { inner: s, log: sl2 }),
                 1 << 30,
             )
             .unwrap();
             vm.load_weights(&[("w".into(), Values::F64(w))]).unwrap();
             vm.run_setup().unwrap();
+            vm.set_material(Material::new(Party::Server, seeds[1], Some(Box::new(pre))));
             vm.run_body().unwrap();
         });
         let mut vm = PartyVm::new(
             prog,
             Party::Client,
-            Material::new(Party::Client, seeds[0], None),
+            Material::none(Party::Client),
             Box::new(Recording { inner: c, log: cl2 }),
             1 << 30,
         )
         .unwrap();
         vm.run_setup().unwrap();
+        vm.set_material(Material::new(Party::Client, seeds[0], None));
         vm.set_inputs(&[("x".into(), Values::F64(x))]).unwrap();
         vm.run_body().unwrap();
     });

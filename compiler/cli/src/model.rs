@@ -238,3 +238,37 @@ pub fn random_reals(
     }
     Ok(out)
 }
+
+/// One sample from a directory of `<name>.npy` files.
+pub fn sample_from(g: &Graph, dir: &Path) -> Result<std::collections::HashMap<String, Tensor>> {
+    let mut out = std::collections::HashMap::new();
+    for &v in &g.inputs {
+        let name = &g.values[v].name;
+        let path = dir.join(format!("{}.npy", crate::commands::eval::file_name(name)));
+        if !path.exists() {
+            bail!("{}: no file for input `{name}` ({})", dir.display(), g.ty(v));
+        }
+        let t = veil_compiler::npy::read(&path)
+            .with_context(|| format!("reading input `{name}` from {}", path.display()))?;
+        check_input(name, &path, &t, g.ty(v))?;
+        out.insert(name.clone(), t);
+    }
+    Ok(out)
+}
+
+/// Every sample under `dir`: the directory itself, or each of its subdirectories in name order.
+pub fn samples_in(g: &Graph, dir: &Path) -> Result<Vec<std::collections::HashMap<String, Tensor>>> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+    let mut subdirs: Vec<std::path::PathBuf> = Vec::new();
+    for e in entries {
+        let p = e?.path();
+        if p.is_dir() {
+            subdirs.push(p);
+        }
+    }
+    subdirs.sort();
+    if subdirs.is_empty() {
+        return Ok(vec![sample_from(g, dir)?]);
+    }
+    subdirs.iter().map(|d| sample_from(g, d)).collect()
+}

@@ -21,8 +21,9 @@ pub struct Measured {
     pub dealer_bytes: u64,
     /// Offline time (dealer material), when known.
     pub offline: Duration,
-    /// Wall time of the online phase as the client saw it.
-    pub online: Duration,
+    /// Wall time of the client's whole session (connecting, the setup, waiting for material,
+    /// the online phase).
+    pub session: Duration,
     /// The client's plaintext part before the session (a public frozen prefix, one-hots).
     pub prefix: Duration,
     /// Peak RSS of the client process.
@@ -116,6 +117,16 @@ pub fn generate_of_program(
     }
 }
 
+/// Writes each output to `dir/<output name>.npy`.
+pub fn write_outputs(outs: &[(String, Tensor)], dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, t) in outs {
+        let path = dir.join(format!("{}.npy", crate::commands::eval::file_name(name)));
+        veil_compiler::npy::write(&path, t)?;
+    }
+    Ok(())
+}
+
 /// Prints outputs, errors and writes `.npy` files to `out_dir`.
 pub fn print_outputs(
     outs: &[(String, Tensor)],
@@ -175,10 +186,10 @@ pub fn print_cost(p: &Program, m: &Measured, nets: &[Net]) -> Option<Result<crat
         );
     }
     println!(
-        "  offline (dealer→server corrections): {} in {:.2} s; online phase {:.2} s; client peak RSS {}",
+        "  offline (dealer→server corrections, made before the query): {} in {:.2} s; client session {:.2} s in all; client peak RSS {}",
         bytes(m.dealer_bytes),
         m.offline.as_secs_f64(),
-        m.online.as_secs_f64(),
+        m.session.as_secs_f64(),
         bytes(m.client_rss)
     );
     let (body, report) = if p.dynamic.is_some() {

@@ -116,36 +116,63 @@ pub fn progress(p: &Program) -> (indicatif::ProgressBar, impl FnMut(usize, usize
     (bar, cb)
 }
 
-/// What the server reports to `veil run` (a JSON line on its stdout with `--report-json`).
+/// What the server reports of one session to `veil run` and `veil bench --serve` (a JSON
+/// line on its stdout with `--report-json`).
 #[derive(serde::Serialize, serde::Deserialize, Clone, Debug, Default)]
 pub struct ServerSummary {
-    /// Bytes the server sent in the body.
+    /// Bytes the server sent in the session's inferences.
     pub sent: u64,
-    /// Bytes it received in the body.
+    /// Bytes it received in them.
     pub received: u64,
-    /// Rounds of the body.
+    /// Rounds of the inferences.
     pub rounds: u64,
-    /// Dealer bytes received.
+    /// Bytes of the setup round (the masked weights; 0 for a client that had them).
+    pub setup_sent: u64,
+    /// Inferences run.
+    pub queries: u64,
+    /// Dealer bytes used.
     pub dealer_bytes: u64,
-    /// Body wall time, seconds.
+    /// Online wall time of the inferences, seconds.
     pub body_secs: f64,
-    /// Time to receive all dealer material, seconds.
+    /// Time the dealer took to make the last inference's material, seconds (offline).
     pub offline_secs: f64,
     /// Peak resident memory of the server process, bytes (Linux).
     pub peak_rss: u64,
+    /// The most the session's buffers held at once, bytes.
+    pub peak_memory: u64,
 }
 
 impl ServerSummary {
-    /// From the server's report.
+    /// From a session's report and the time the dealer took to make material.
+    pub fn from_session(s: &veil_vm::session::SessionReport, offline_secs: f64) -> ServerSummary {
+        let r = &s.report;
+        ServerSummary {
+            sent: r.body.sent,
+            received: r.body.received,
+            rounds: r.body.rounds,
+            setup_sent: s.setup.sent,
+            queries: s.queries.len() as u64,
+            dealer_bytes: r.dealer_bytes,
+            body_secs: r.body_time.as_secs_f64(),
+            offline_secs,
+            peak_rss: peak_rss(),
+            peak_memory: r.peak_memory,
+        }
+    }
+
+    /// From the in-process run's server report.
     pub fn from_report(r: &PartyReport, offline: Duration) -> ServerSummary {
         ServerSummary {
             sent: r.body.sent,
             received: r.body.received,
             rounds: r.body.rounds,
+            setup_sent: r.setup.sent,
+            queries: 1,
             dealer_bytes: r.dealer_bytes,
             body_secs: r.body_time.as_secs_f64(),
             offline_secs: offline.as_secs_f64(),
             peak_rss: peak_rss(),
+            peak_memory: r.peak_memory,
         }
     }
 }

@@ -4,6 +4,8 @@
 //! - [`program`]: the file container ([`Program`]) and its encoding.
 //! - [`validate`]: load-time checks that make a hostile program harmless to the VM.
 //! - [`cost`]: bytes, rounds and dealer material of every instruction.
+//! - [`lifetime`]: which buffers a party keeps, when each value dies, and the memory a
+//!   session needs.
 //! - [`disas`]: the stable text disassembly.
 //! - [`builder`]: [`builder::ProgramBuilder`], which expands protocols (Beaver products,
 //!   truncation, comparison, ...) into instructions and schedules communication into rounds.
@@ -13,6 +15,7 @@ pub mod builder;
 pub mod cost;
 pub mod disas;
 pub mod dynamic;
+pub mod lifetime;
 pub mod operand;
 pub mod ops;
 pub mod program;

@@ -11,6 +11,7 @@ pub mod codegen;
 pub mod fuse;
 pub mod kernel;
 
+use crate::store::Slot;
 use cache::KernelCache;
 use codegen::{JitError, KernelFn};
 use fuse::Plan;
@@ -117,11 +118,22 @@ pub const WORTH_PLANNING: usize = 512;
 
 /// Runs kernel `k` with `f` over `bufs`; false (nothing done) when a buffer's length does not
 /// match what the code indexes, so the caller interprets instead.
-pub fn run(k: &Kernel, f: KernelFn, bufs: &mut [Vec<u64>]) -> bool {
+pub fn run(k: &Kernel, f: KernelFn, bufs: &mut [Slot]) -> bool {
     let mut ptrs: Vec<*mut u64> = Vec::with_capacity(k.bufs.len());
+    let inputs = k.sig.inputs.len();
+    // Outputs become the VM's own arrays first (a write to shared data copies it), so no
+    // input pointer taken below can outlive its array.
+    for b in &k.bufs[inputs..] {
+        if let Some(v) = bufs.get_mut(b.0 as usize) {
+            let _ = &mut v[..];
+        }
+    }
     for (j, b) in k.bufs.iter().enumerate() {
         match bufs.get_mut(b.0 as usize) {
-            Some(v) if v.len() == k.required_len(j) => ptrs.push(v.as_mut_ptr()),
+            Some(v) if v.len() == k.required_len(j) => {
+                // Inputs are only read: a shared array (weights, zeros) stays shared.
+                ptrs.push(if j < inputs { v.as_ptr() as *mut u64 } else { v.as_mut_ptr() })
+            }
             _ => return false,
         }
     }

@@ -1,10 +1,12 @@
 //! `veil keygen`: a deployment's TLS material. One CA, and for each role (client, server,
 //! dealer) a certificate signed by it for the given host names and addresses, usable both to
-//! accept connections and to make them (server and client authentication).
+//! accept connections and to make them (server and client authentication), naming its role
+//! (`urn:veil:role:<role>`, see [`super::role`]) so that no role can act as another.
 
+use super::role::Role;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    KeyUsagePurpose, SanType,
 };
 
 /// The roles that get a certificate.
@@ -41,6 +43,8 @@ pub fn generate(names: &[String]) -> Result<KeySet, String> {
         let mut p = CertificateParams::new(names.to_vec())
             .map_err(|err| format!("`{}`: {err}", names.join(", ")))?;
         p.distinguished_name.push(DnType::CommonName, format!("veil {role}"));
+        let r = Role::from_name(role).expect("a role name");
+        p.subject_alt_names.push(SanType::URI(r.uri().try_into().map_err(e)?));
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages =
             vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
@@ -68,7 +72,8 @@ mod tests {
     fn every_role_gets_a_usable_identity_and_bad_pem_is_named() {
         let k = generate(&["127.0.0.1".into(), "veil.example".into()]).unwrap();
         for role in ROLES {
-            assert!(k.config(role).is_some(), "{role}");
+            let c = k.config(role).expect(role);
+            assert_eq!(c.role.name(), role);
         }
         let (_, cert, key) = &k.roles[0];
         let (_, _, other_key) = &k.roles[1];

@@ -58,7 +58,7 @@ impl Transport for LocalTransport {
                 return Err(TransportError::Closed { peer: self.peer.into(), during })
             }
         };
-        self.stats.record(sent, got.len());
+        self.stats.record(sent as u64, got.len() as u64);
         Ok(got)
     }
 

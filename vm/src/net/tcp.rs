@@ -1,291 +1,205 @@
-//! TCP transports: length-framed, buffered, `TCP_NODELAY`, with a handshake that checks the
-//! protocol version, the roles, the session and the program hash before any data moves.
+//! TCP connections: opened with TLS (role-checked) and the veil handshake, then used either as
+//! a party-to-party [`TcpTransport`] (rounds, both directions at once) or as a [`Conn`] (the
+//! dealer's links: request and answer, or a one-way stream of material frames).
 //!
 //! A party writes from a dedicated thread while it reads, so two parties can send large
-//! messages to each other at once without deadlocking on full socket buffers. Reads time out,
-//! so a stalled peer ends the run with an error instead of a hang.
+//! messages to each other at once without deadlocking on full socket buffers. Every read and
+//! write is bounded (see [`super::tls`]), and dropping a transport never waits on a write for
+//! longer than the write's own deadline.
 
+use super::frame::{io_err, read_message, read_vec, write_bytes, write_message};
+use super::hello::{answer, handshake, Hello};
+use super::role::Role;
 use super::tls::{Link, TlsConfig};
-use super::{CommStats, FrameSink, FrameSource, Transport, TransportError, MAX_FRAME, MAX_MESSAGE};
-use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use super::{
+    allowance, CommStats, Expect, FrameSink, FrameSource, Outgoing, Transport, TransportError,
+    MAX_MESSAGE,
+};
+use std::io::{BufReader, BufWriter, ErrorKind};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use veil_isa::cost::FRAME_HEADER;
 
-/// Version of the wire protocol (handshake and framing); both ends must agree.
-pub const PROTOCOL_VERSION: u32 = 1;
-const HELLO_MAGIC: &[u8; 8] = b"VEILNET\0";
-const HELLO_LEN: usize = 8 + 4 + 1 + 16 + 32;
+pub use super::hello::hex;
 
-/// Who is on the other end of a connection.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Role {
-    /// The party that owns the input.
-    Client,
-    /// The party that owns the weights.
-    Server,
-    /// The correlated-randomness dealer.
-    Dealer,
-}
-
-impl Role {
-    fn code(self) -> u8 {
-        match self {
-            Role::Client => 0,
-            Role::Server => 1,
-            Role::Dealer => 2,
-        }
-    }
-
-    fn from_code(c: u8) -> Option<Role> {
-        match c {
-            0 => Some(Role::Client),
-            1 => Some(Role::Server),
-            2 => Some(Role::Dealer),
-            _ => None,
-        }
-    }
-
-    /// Lowercase name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Client => "client",
-            Role::Server => "server",
-            Role::Dealer => "dealer",
-        }
-    }
-}
-
-/// What each end announces when a connection opens.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub struct Hello {
-    /// The sender's role.
-    pub role: Role,
-    /// The session (chosen by the client).
-    pub session: [u8; 16],
-    /// SHA-256 of the program the sender runs.
-    pub program: [u8; 32],
-}
-
-impl Hello {
-    fn encode(&self) -> [u8; HELLO_LEN] {
-        let mut b = [0u8; HELLO_LEN];
-        b[..8].copy_from_slice(HELLO_MAGIC);
-        b[8..12].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-        b[12] = self.role.code();
-        b[13..29].copy_from_slice(&self.session);
-        b[29..61].copy_from_slice(&self.program);
-        b
-    }
-
-    fn decode(b: &[u8; HELLO_LEN], peer: &str) -> Result<Hello, TransportError> {
-        let bad = |what: String| TransportError::Handshake { peer: peer.into(), what };
-        if &b[..8] != HELLO_MAGIC {
-            return Err(bad("the peer does not speak the veil protocol".into()));
-        }
-        let v = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
-        if v != PROTOCOL_VERSION {
-            return Err(bad(format!("protocol version {v}, this side speaks {PROTOCOL_VERSION}")));
-        }
-        let role =
-            Role::from_code(b[12]).ok_or_else(|| bad(format!("unknown role code {}", b[12])))?;
-        Ok(Hello {
-            role,
-            session: b[13..29].try_into().expect("16 bytes"),
-            program: b[29..61].try_into().expect("32 bytes"),
-        })
-    }
-}
-
-fn io_err(peer: &str, during: String, e: std::io::Error, timeout: Duration) -> TransportError {
-    match e.kind() {
-        ErrorKind::WouldBlock | ErrorKind::TimedOut => {
-            TransportError::Timeout { peer: peer.into(), secs: timeout.as_secs(), during }
-        }
-        ErrorKind::UnexpectedEof
-        | ErrorKind::ConnectionReset
-        | ErrorKind::ConnectionAborted
-        | ErrorKind::BrokenPipe
-        | ErrorKind::NotConnected => TransportError::Closed { peer: peer.into(), during },
-        _ => TransportError::Io { peer: peer.into(), source: e },
-    }
-}
-
-/// Exchanges hellos on a fresh connection and checks the peer's against what this side
-/// expects: the given role, the same program hash and (unless `adopt_session`) the same
-/// session. Returns the peer's hello.
-pub fn handshake(
-    stream: &mut Link,
-    mine: Hello,
-    expect_role: Role,
-    adopt_session: bool,
+/// The connecting side of a link to `peer`: TLS when configured (checking the peer's
+/// certificate against the configured name or else the address dialled, and its role), with
+/// both socket timeouts set.
+pub fn open(
+    s: TcpStream,
+    tls: Option<&TlsConfig>,
+    peer: Role,
     timeout: Duration,
-) -> Result<Hello, TransportError> {
-    let peer = expect_role.name();
-    stream.set_read_timeout(Some(timeout)).map_err(|e| io_err(peer, String::new(), e, timeout))?;
-    stream.socket().set_nodelay(true).map_err(|e| io_err(peer, String::new(), e, timeout))?;
-    stream
-        .write_all(&mine.encode())
-        .map_err(|e| io_err(peer, " during the handshake".into(), e, timeout))?;
-    let mut buf = [0u8; HELLO_LEN];
-    stream
-        .read_exact(&mut buf)
-        .map_err(|e| io_err(peer, " during the handshake".into(), e, timeout))?;
-    let theirs = Hello::decode(&buf, peer)?;
-    let bad = |what: String| TransportError::Handshake { peer: peer.into(), what };
-    if theirs.role != expect_role {
-        return Err(bad(format!("expected the {peer}, but a {} connected", theirs.role.name())));
-    }
-    if theirs.program != mine.program {
-        return Err(bad(format!(
-            "the {peer} runs a different program (hash {}…, this side {}…): both must load the same .vbc",
-            hex(&theirs.program[..6]),
-            hex(&mine.program[..6])
-        )));
-    }
-    if !adopt_session && theirs.session != mine.session {
-        return Err(bad("the session ids differ".into()));
-    }
-    Ok(theirs)
+) -> Result<Link, TransportError> {
+    establish(s, tls, &[peer], timeout, true)
 }
 
-/// Lowercase hex of bytes.
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Writes one message: a frame, or for a message of `MAX_FRAME` bytes or more, consecutive
-/// frames of `MAX_FRAME` bytes ending with a shorter one (possibly empty), all with `seq`.
-fn write_frame(w: &mut impl Write, seq: u32, payload: &[u8], flush: bool) -> std::io::Result<()> {
-    let mut rest = payload;
-    loop {
-        let n = rest.len().min(MAX_FRAME);
-        w.write_all(&(n as u32).to_le_bytes())?;
-        w.write_all(&seq.to_le_bytes())?;
-        w.write_all(&rest[..n])?;
-        rest = &rest[n..];
-        if n < MAX_FRAME {
-            break;
-        }
-    }
-    if flush {
-        w.flush()?;
-    }
-    Ok(())
-}
-
-/// Reads one message written by [`write_frame`]: at most `MAX_MESSAGE` bytes, grown as they
-/// arrive (a header announcing a huge frame costs nothing until its bytes come).
-fn read_frame(
-    r: &mut impl Read,
-    seq: u32,
-    peer: &str,
+/// The accepting side of a link from one of `peers`: TLS when configured, requiring a
+/// certificate that names one of their roles.
+pub fn admit(
+    s: TcpStream,
+    tls: Option<&TlsConfig>,
+    peers: &[Role],
     timeout: Duration,
-) -> Result<Vec<u8>, TransportError> {
-    let during = format!(" during message {seq}");
-    let mut payload = Vec::new();
-    loop {
-        let mut h = [0u8; 8];
-        r.read_exact(&mut h).map_err(|e| io_err(peer, during.clone(), e, timeout))?;
-        let len = u32::from_le_bytes(h[..4].try_into().expect("4 bytes")) as usize;
-        let got_seq = u32::from_le_bytes(h[4..].try_into().expect("4 bytes"));
-        if got_seq != seq {
-            return Err(TransportError::Malformed {
-                peer: peer.into(),
-                what: format!(
-                    "message {got_seq} arrived where message {seq} was due (replayed or out of order)"
-                ),
-            });
+) -> Result<Link, TransportError> {
+    establish(s, tls, peers, timeout, false)
+}
+
+fn establish(
+    s: TcpStream,
+    tls: Option<&TlsConfig>,
+    peers: &[Role],
+    timeout: Duration,
+    connecting: bool,
+) -> Result<Link, TransportError> {
+    let name = if peers.len() == 1 { peers[0].name() } else { "party" };
+    let e = |err: std::io::Error| {
+        let err = std::io::Error::new(err.kind(), format!("TLS handshake: {err}"));
+        match err.kind() {
+            ErrorKind::PermissionDenied | ErrorKind::InvalidData | ErrorKind::InvalidInput => {
+                TransportError::Handshake { peer: name.into(), what: err.to_string() }
+            }
+            _ => io_err(name, " during the TLS handshake", err, timeout),
         }
-        if len > MAX_FRAME || (payload.len() + len) as u64 > MAX_MESSAGE {
-            return Err(TransportError::Malformed {
-                peer: peer.into(),
-                what: format!(
-                    "frame of {len} bytes exceeds {MAX_FRAME} or the message exceeds {MAX_MESSAGE}"
-                ),
-            });
-        }
-        payload.reserve(len.min(1 << 20));
-        let before = payload.len();
-        let got = r
-            .take(len as u64)
-            .read_to_end(&mut payload)
-            .map_err(|e| io_err(peer, during.clone(), e, timeout))?;
-        if got < len {
-            return Err(TransportError::Closed {
-                peer: peer.into(),
-                during: format!("{during} ({} of {} bytes)", payload.len(), before + len),
-            });
-        }
-        if len < MAX_FRAME {
-            return Ok(payload);
-        }
+    };
+    s.set_nodelay(true).map_err(e)?;
+    s.set_read_timeout(Some(timeout)).map_err(e)?;
+    s.set_write_timeout(Some(timeout)).map_err(e)?;
+    let Some(cfg) = tls else { return Ok(Link::plain(s)) };
+    if connecting {
+        let host = s.peer_addr().map_err(e)?.ip().to_string();
+        Link::connect(s, cfg, &host, peers[0], timeout).map_err(e)
+    } else {
+        Link::accept(s, cfg, peers, timeout).map_err(e)
     }
 }
 
-/// A frame queued for the writer thread: sequence number and payload.
-type Frame = (u32, Vec<u8>);
+/// Connects to `role` at `addr`, retrying while nothing listens there (peers may start in any
+/// order) for up to `timeout` (at most 30 s); `waiting` is called once per second of
+/// retrying with the seconds waited, so the user sees why nothing happens.
+pub fn connect_retry(
+    addr: &str,
+    role: Role,
+    timeout: Duration,
+    waiting: &mut dyn FnMut(u64),
+) -> Result<TcpStream, TransportError> {
+    let fail = |during: String, e: std::io::Error| TransportError::Io {
+        peer: role.name().into(),
+        during,
+        source: e,
+    };
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| fail(format!(" at `{addr}` (not a usable address)"), e))?
+        .collect();
+    let t0 = Instant::now();
+    let deadline = t0 + timeout.min(Duration::from_secs(30));
+    let mut told = 0;
+    loop {
+        let mut last = None;
+        for a in &addrs {
+            match TcpStream::connect_timeout(a, Duration::from_secs(5)) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let e = last.unwrap_or_else(|| std::io::Error::new(ErrorKind::NotFound, "no address"));
+            let hint = match e.kind() {
+                ErrorKind::ConnectionRefused => format!(
+                    " at {addr}: nothing listens there (is `veil {}` running, and is this its --listen address?)",
+                    if role == Role::Dealer { "dealer" } else { "serve" }
+                ),
+                _ => format!(" at {addr}"),
+            };
+            return Err(fail(hint, e));
+        }
+        let waited = (now - t0).as_secs();
+        if waited > told {
+            told = waited;
+            waiting(waited);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A frame queued for the writer thread: sequence number and what to send.
+type Job = (u32, Outgoing);
 
 /// A party-to-party link over TCP.
 pub struct TcpTransport {
     reader: BufReader<Link>,
-    tx: Option<Sender<Frame>>,
+    sock: TcpStream,
+    tx: Option<Sender<Job>>,
     writer: Option<JoinHandle<()>>,
+    writer_done: Receiver<()>,
     write_error: Arc<Mutex<Option<std::io::Error>>>,
     stats: CommStats,
     seq: u32,
     peer: &'static str,
     timeout: Duration,
+    scratch: Vec<u8>,
 }
 
 impl TcpTransport {
-    /// Wraps a connected, handshaken stream.
+    /// Wraps a connected, handshaken link to `peer`.
     pub fn new(
         stream: Link,
         peer: &'static str,
         timeout: Duration,
     ) -> Result<TcpTransport, TransportError> {
-        let e = |err| io_err(peer, String::new(), err, timeout);
-        stream.socket().set_nodelay(true).map_err(e)?;
-        stream.set_read_timeout(Some(timeout)).map_err(e)?;
+        let e = |err| io_err(peer, "", err, timeout);
+        stream.set_timeouts(timeout).map_err(e)?;
+        let sock = stream.socket().try_clone().map_err(e)?;
         let (stream, wstream) = stream.split().map_err(e)?;
-        let (tx, rx): (Sender<Frame>, Receiver<Frame>) = channel();
+        let (tx, rx): (Sender<Job>, Receiver<Job>) = channel();
+        let (done_tx, writer_done) = channel();
         let write_error = Arc::new(Mutex::new(None));
         let slot = write_error.clone();
         let writer = std::thread::spawn(move || {
             let mut w = BufWriter::with_capacity(1 << 16, wstream);
-            for (seq, payload) in rx {
-                if let Err(e) = write_frame(&mut w, seq, &payload, true) {
+            for (seq, out) in rx {
+                let r = match out {
+                    Outgoing::Bytes(b) => write_bytes(&mut w, seq, &b, true, timeout),
+                    Outgoing::File(mut f, n) => write_message(&mut w, seq, n, &mut f, timeout),
+                };
+                if let Err(e) = r {
                     *slot.lock().expect("writer error slot") = Some(e);
-                    return;
+                    break;
                 }
             }
+            let _ = done_tx.send(());
         });
         Ok(TcpTransport {
             reader: BufReader::with_capacity(1 << 16, stream),
+            sock,
             tx: Some(tx),
             writer: Some(writer),
+            writer_done,
             write_error,
             stats: CommStats::default(),
             seq: 0,
             peer,
             timeout,
+            scratch: Vec::new(),
         })
     }
 
-    /// Connects to the server (over TLS when `tls` is given) and handshakes as the client.
+    /// Connects to the server at `addr` (over TLS when `tls` is given) and handshakes as the
+    /// client.
     pub fn connect(
-        addr: impl ToSocketAddrs,
+        addr: &str,
         hello: Hello,
         timeout: Duration,
         tls: Option<&TlsConfig>,
     ) -> Result<TcpTransport, TransportError> {
-        let s = connect_retry(addr, "server", timeout)?;
-        let mut link = open(s, tls, "server", timeout)?;
-        handshake(&mut link, hello, Role::Server, false, timeout)?;
+        let s = connect_retry(addr, Role::Server, timeout, &mut |_| {})?;
+        let mut link = open(s, tls, Role::Server, timeout)?;
+        handshake(&mut link, hello, Role::Server, timeout)?;
         TcpTransport::new(link, "server", timeout)
     }
 
@@ -293,12 +207,11 @@ impl TcpTransport {
     /// session id. Returns the transport and the client's hello.
     pub fn accept(
         listener: &TcpListener,
-        mut hello: Hello,
+        hello: Hello,
         timeout: Duration,
         tls: Option<&TlsConfig>,
     ) -> Result<(TcpTransport, Hello), TransportError> {
-        let (s, _) = listener.accept().map_err(|e| io_err("client", String::new(), e, timeout))?;
-        hello.session = [0; 16];
+        let (s, _) = listener.accept().map_err(|e| io_err("client", "", e, timeout))?;
         TcpTransport::accepted(s, hello, timeout, tls)
     }
 
@@ -310,179 +223,62 @@ impl TcpTransport {
         timeout: Duration,
         tls: Option<&TlsConfig>,
     ) -> Result<(TcpTransport, Hello), TransportError> {
-        let mut link = admit(s, tls, "client", timeout)?;
-        let theirs = handshake_adopt(&mut link, hello, Role::Client, timeout)?;
+        let mut link = admit(s, tls, &[Role::Client], timeout)?;
+        let theirs = answer(&mut link, hello, &[Role::Client], timeout)?;
         Ok((TcpTransport::new(link, "client", timeout)?, theirs))
     }
-}
 
-/// The connecting side of a link to `peer`: TLS when configured, checking the peer's
-/// certificate against the configured name or else the address dialled.
-pub fn open(
-    s: TcpStream,
-    tls: Option<&TlsConfig>,
-    peer: &str,
-    timeout: Duration,
-) -> Result<Link, TransportError> {
-    establish(s, tls, peer, timeout, true)
-}
-
-/// The accepting side of a link from `peer`: TLS when configured, requiring its certificate.
-pub fn admit(
-    s: TcpStream,
-    tls: Option<&TlsConfig>,
-    peer: &str,
-    timeout: Duration,
-) -> Result<Link, TransportError> {
-    establish(s, tls, peer, timeout, false)
-}
-
-fn establish(
-    s: TcpStream,
-    tls: Option<&TlsConfig>,
-    peer: &str,
-    timeout: Duration,
-    connecting: bool,
-) -> Result<Link, TransportError> {
-    let e = |err: std::io::Error| {
-        let err = std::io::Error::new(err.kind(), format!("TLS handshake: {err}"));
-        io_err(peer, " during the TLS handshake".into(), err, timeout)
-    };
-    s.set_read_timeout(Some(timeout)).map_err(e)?;
-    let Some(cfg) = tls else { return Ok(Link::plain(s)) };
-    if connecting {
-        let host = s.peer_addr().map_err(e)?.ip().to_string();
-        Link::connect(s, cfg, &host).map_err(e)
-    } else {
-        Link::accept(s, cfg).map_err(e)
+    fn take_write_error(&self, during: &str) -> Option<TransportError> {
+        let e = self.write_error.lock().expect("writer error slot").take()?;
+        Some(io_err(self.peer, during, e, self.timeout))
     }
-}
 
-/// Server side of a handshake: sends its hello only after reading the client's, so it can echo
-/// the client's session id.
-fn handshake_adopt(
-    s: &mut Link,
-    mut mine: Hello,
-    expect: Role,
-    timeout: Duration,
-) -> Result<Hello, TransportError> {
-    let peer = expect.name();
-    s.set_read_timeout(Some(timeout)).map_err(|e| io_err(peer, String::new(), e, timeout))?;
-    let mut buf = [0u8; HELLO_LEN];
-    s.read_exact(&mut buf).map_err(|e| io_err(peer, " during the handshake".into(), e, timeout))?;
-    let theirs = Hello::decode(&buf, peer)?;
-    mine.session = theirs.session;
-    s.write_all(&mine.encode())
-        .map_err(|e| io_err(peer, " during the handshake".into(), e, timeout))?;
-    let bad = |what: String| TransportError::Handshake { peer: peer.into(), what };
-    if theirs.role != expect {
-        return Err(bad(format!("expected the {peer}, but a {} connected", theirs.role.name())));
-    }
-    if theirs.program != mine.program {
-        return Err(bad(format!(
-            "the {peer} runs a different program (hash {}…, this side {}…): both must load the same .vbc",
-            hex(&theirs.program[..6]),
-            hex(&mine.program[..6])
-        )));
-    }
-    Ok(theirs)
-}
-
-/// Accepts one connection and handshakes, adopting the peer's session (used by the dealer,
-/// which learns the session from each party). Returns the stream and the peer's hello.
-pub fn accept_any(
-    listener: &TcpListener,
-    mine: Hello,
-    timeout: Duration,
-    tls: Option<&TlsConfig>,
-) -> Result<(Link, Hello), TransportError> {
-    let (s, _) = listener.accept().map_err(|e| io_err("party", String::new(), e, timeout))?;
-    greet_party(s, mine, timeout, tls)
-}
-
-/// The dealer's side of a party's connection already accepted: TLS (when configured) and the
-/// hello, adopting the party's session. Returns the link and the party's hello.
-pub fn greet_party(
-    s: TcpStream,
-    mine: Hello,
-    timeout: Duration,
-    tls: Option<&TlsConfig>,
-) -> Result<(Link, Hello), TransportError> {
-    let mut s = admit(s, tls, "party", timeout)?;
-    let mut buf = [0u8; HELLO_LEN];
-    s.read_exact(&mut buf)
-        .map_err(|e| io_err("party", " during the handshake".into(), e, timeout))?;
-    let theirs = Hello::decode(&buf, "party")?;
-    let reply = Hello { session: theirs.session, ..mine };
-    s.write_all(&reply.encode())
-        .map_err(|e| io_err("party", " during the handshake".into(), e, timeout))?;
-    if theirs.role == Role::Dealer {
-        return Err(TransportError::Handshake {
-            peer: "party".into(),
-            what: "a dealer connected to a dealer".into(),
-        });
-    }
-    if theirs.program != mine.program {
-        return Err(TransportError::Handshake {
-            peer: theirs.role.name().into(),
-            what: format!("the {} runs a different program than the dealer", theirs.role.name()),
-        });
-    }
-    s.socket().set_nodelay(true).map_err(|e| io_err("party", String::new(), e, timeout))?;
-    Ok((s, theirs))
-}
-
-/// Connects, retrying for a short while so peers may start in any order.
-pub fn connect_retry(
-    addr: impl ToSocketAddrs,
-    peer: &str,
-    timeout: Duration,
-) -> Result<TcpStream, TransportError> {
-    let addrs: Vec<_> = addr
-        .to_socket_addrs()
-        .map_err(|e| TransportError::Io { peer: peer.into(), source: e })?
-        .collect();
-    let deadline = std::time::Instant::now() + timeout.min(Duration::from_secs(30));
-    loop {
-        let mut last = None;
-        for a in &addrs {
-            match TcpStream::connect_timeout(a, Duration::from_secs(5)) {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(e),
-            }
-        }
-        if std::time::Instant::now() >= deadline {
-            let e = last.unwrap_or_else(|| std::io::Error::new(ErrorKind::NotFound, "no address"));
-            return Err(TransportError::Io { peer: peer.into(), source: e });
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    /// Ends the connection now: a writer still blocked on the peer fails at once.
+    pub fn abort(&mut self) {
+        let _ = self.sock.shutdown(Shutdown::Both);
     }
 }
 
 impl Transport for TcpTransport {
     fn exchange(&mut self, msg: Vec<u8>) -> Result<Vec<u8>, TransportError> {
+        let mut got = Vec::new();
+        self.exchange_into(Outgoing::Bytes(msg), Expect::AtMost(MAX_MESSAGE), &mut |p| {
+            got.extend_from_slice(p)
+        })?;
+        Ok(got)
+    }
+
+    fn exchange_into(
+        &mut self,
+        msg: Outgoing,
+        expect: Expect,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), TransportError> {
         let sent = msg.len();
         let during = format!(" during round {}", self.seq);
-        if let Some(e) = self.write_error.lock().expect("writer error slot").take() {
-            return Err(io_err(self.peer, during, e, self.timeout));
+        if let Some(e) = self.take_write_error(&during) {
+            return Err(e);
         }
         let tx = self.tx.as_ref().expect("transport is open");
         tx.send((self.seq, msg)).map_err(|_| TransportError::Closed {
             peer: self.peer.into(),
             during: during.clone(),
         })?;
-        let got = match read_frame(&mut self.reader, self.seq, self.peer, self.timeout) {
+        let got = match read_message(
+            &mut self.reader,
+            self.seq,
+            self.peer,
+            self.timeout,
+            expect,
+            sink,
+            &mut self.scratch,
+        ) {
             Ok(g) => g,
-            Err(e) => {
-                if let Some(we) = self.write_error.lock().expect("writer error slot").take() {
-                    return Err(io_err(self.peer, during, we, self.timeout));
-                }
-                return Err(e);
-            }
+            Err(e) => return Err(self.take_write_error(&during).unwrap_or(e)),
         };
         self.seq = self.seq.wrapping_add(1);
-        self.stats.record(sent, got.len());
-        Ok(got)
+        self.stats.record(sent, got);
+        Ok(())
     }
 
     fn stats(&self) -> CommStats {
@@ -493,93 +289,146 @@ impl Transport for TcpTransport {
 impl Drop for TcpTransport {
     fn drop(&mut self) {
         drop(self.tx.take());
+        // The writer finishes its last message within that message's deadline; wait no
+        // longer than the timeout for it, then cut the socket so a write stuck on a peer
+        // that stopped reading fails, and the thread ends.
+        if self.writer_done.recv_timeout(self.timeout).is_err() {
+            self.abort();
+        }
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
     }
 }
 
-/// The dealer's end of a correction stream over TCP.
-pub struct TcpSink {
-    w: BufWriter<Link>,
-    seq: u32,
-    bytes: u64,
-    peer: &'static str,
-}
-
-impl TcpSink {
-    /// Wraps a handshaken stream to `peer`.
-    pub fn new(stream: Link, peer: &'static str) -> TcpSink {
-        TcpSink { w: BufWriter::with_capacity(1 << 20, stream), seq: 0, bytes: 0, peer }
-    }
-}
-
-impl TcpSink {
-    /// The same stream read the other way (the dealer reading the client's pruned lengths),
-    /// after flushing what was dealt.
-    pub fn into_source(self, timeout: Duration) -> Result<TcpSource, TransportError> {
-        let peer = self.peer;
-        let link = self
-            .w
-            .into_inner()
-            .map_err(|e| io_err(peer, String::new(), e.into_error(), timeout))?;
-        TcpSource::new(link, timeout)
-    }
-}
-
-impl FrameSink for TcpSink {
-    /// Frames are buffered (the stream has no round structure); the end-of-stream frame, which
-    /// is empty, flushes.
-    fn send_frame(&mut self, payload: Vec<u8>) -> Result<(), TransportError> {
-        write_frame(&mut self.w, self.seq, &payload, payload.is_empty()).map_err(|e| {
-            io_err(self.peer, format!(" while dealing frame {}", self.seq), e, Duration::ZERO)
-        })?;
-        self.seq = self.seq.wrapping_add(1);
-        self.bytes += FRAME_HEADER + payload.len() as u64;
-        Ok(())
-    }
-    fn bytes(&self) -> u64 {
-        self.bytes
-    }
-    fn flush(&mut self) -> Result<(), TransportError> {
-        self.w.flush().map_err(|e| io_err(self.peer, String::new(), e, Duration::ZERO))
-    }
-}
-
-/// A party's end of the dealer's correction stream over TCP.
-pub struct TcpSource {
+/// A framed connection used from one thread: the dealer's links (a request and its answer,
+/// or a one-way stream of material frames, buffered). Each direction numbers its frames.
+pub struct Conn {
     r: BufReader<Link>,
-    seq: u32,
-    bytes: u64,
+    w: BufWriter<Link>,
+    sock: TcpStream,
+    send_seq: u32,
+    recv_seq: u32,
+    sent: u64,
+    received: u64,
+    peer: &'static str,
     timeout: Duration,
 }
 
-impl TcpSource {
-    /// Wraps a handshaken stream from the dealer.
-    pub fn new(stream: Link, timeout: Duration) -> Result<TcpSource, TransportError> {
-        stream
-            .set_read_timeout(Some(timeout))
-            .map_err(|e| io_err("dealer", String::new(), e, timeout))?;
-        Ok(TcpSource { r: BufReader::with_capacity(1 << 20, stream), seq: 0, bytes: 0, timeout })
+impl Conn {
+    /// Wraps a handshaken link to `peer`.
+    pub fn new(link: Link, peer: &'static str, timeout: Duration) -> Result<Conn, TransportError> {
+        let e = |err| io_err(peer, "", err, timeout);
+        link.set_timeouts(timeout).map_err(e)?;
+        let sock = link.socket().try_clone().map_err(e)?;
+        let (r, w) = link.split().map_err(e)?;
+        Ok(Conn {
+            r: BufReader::with_capacity(1 << 20, r),
+            w: BufWriter::with_capacity(1 << 20, w),
+            sock,
+            send_seq: 0,
+            recv_seq: 0,
+            sent: 0,
+            received: 0,
+            peer,
+            timeout,
+        })
     }
-}
 
-impl TcpSource {
-    /// The same stream written the other way (the client reporting pruned lengths to the
-    /// dealer). Frames the dealer sent that were not read are dropped.
-    pub fn into_sink(self, peer: &'static str) -> TcpSink {
-        TcpSink::new(self.r.into_inner(), peer)
+    /// Dials `role` at `addr`, opens TLS and handshakes with `hello`.
+    pub fn dial(
+        addr: &str,
+        role: Role,
+        hello: Hello,
+        timeout: Duration,
+        tls: Option<&TlsConfig>,
+        waiting: &mut dyn FnMut(u64),
+    ) -> Result<Conn, TransportError> {
+        let s = connect_retry(addr, role, timeout, waiting)?;
+        let mut link = open(s, tls, role, timeout)?;
+        handshake(&mut link, hello, role, timeout)?;
+        Conn::new(link, role.name(), timeout)
     }
-}
 
-impl FrameSource for TcpSource {
-    fn recv_frame(&mut self) -> Result<Vec<u8>, TransportError> {
-        let f = read_frame(&mut self.r, self.seq, "dealer", self.timeout)?;
-        self.seq = self.seq.wrapping_add(1);
-        self.bytes += FRAME_HEADER + f.len() as u64;
+    /// Sends one frame; `flush` pushes it (and everything buffered) out now.
+    pub fn send(&mut self, payload: &[u8], flush: bool) -> Result<(), TransportError> {
+        write_bytes(&mut self.w, self.send_seq, payload, flush, self.timeout).map_err(|e| {
+            io_err(self.peer, &format!(" while sending frame {}", self.send_seq), e, self.timeout)
+        })?;
+        self.send_seq = self.send_seq.wrapping_add(1);
+        self.sent += FRAME_HEADER + payload.len() as u64;
+        Ok(())
+    }
+
+    /// Receives one frame within `expect`.
+    pub fn recv(&mut self, expect: Expect) -> Result<Vec<u8>, TransportError> {
+        let f = read_vec(&mut self.r, self.recv_seq, self.peer, self.timeout, expect)?;
+        self.recv_seq = self.recv_seq.wrapping_add(1);
+        self.received += FRAME_HEADER + f.len() as u64;
         Ok(f)
     }
-    fn bytes(&self) -> u64 {
-        self.bytes
+
+    /// The same connection waiting up to `t` for each frame (the dealer waiting for a pruned
+    /// length, which comes after whole layers).
+    pub fn set_timeout(&mut self, t: Duration) -> Result<(), TransportError> {
+        self.timeout = t;
+        self.r.get_ref().set_timeouts(t).map_err(|e| io_err(self.peer, "", e, t))
     }
+
+    /// Bytes sent, frame headers included.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Ends the connection now (both directions).
+    pub fn shutdown(&self) {
+        let _ = self.sock.shutdown(Shutdown::Both);
+    }
+
+    /// Whether the peer has closed (a non-blocking peek sees the end of the stream).
+    pub fn peer_closed(&self) -> bool {
+        let _ = self.sock.set_nonblocking(true);
+        let mut b = [0u8; 1];
+        let closed = matches!(self.sock.peek(&mut b), Ok(0));
+        let _ = self.sock.set_nonblocking(false);
+        closed
+    }
+
+    /// How long a message of `bytes` may take.
+    pub fn allowance(&self, bytes: u64) -> Duration {
+        allowance(self.timeout, bytes)
+    }
+}
+
+impl FrameSink for Conn {
+    /// Frames are buffered (a material stream has no round structure); the end-of-stream
+    /// frame, which is empty, flushes.
+    fn send_frame(&mut self, payload: Vec<u8>) -> Result<(), TransportError> {
+        let flush = payload.is_empty();
+        self.send(&payload, flush)
+    }
+    fn bytes(&self) -> u64 {
+        self.sent
+    }
+    fn flush(&mut self) -> Result<(), TransportError> {
+        use std::io::Write;
+        self.w.flush().map_err(|e| io_err(self.peer, "", e, self.timeout))
+    }
+}
+
+impl FrameSource for Conn {
+    fn recv_frame(&mut self) -> Result<Vec<u8>, TransportError> {
+        self.recv(Expect::AtMost(MAX_MESSAGE))
+    }
+    fn recv_exact(&mut self, len: usize) -> Result<Vec<u8>, TransportError> {
+        self.recv(Expect::Exactly(len as u64))
+    }
+    fn bytes(&self) -> u64 {
+        self.received
+    }
+}
+
+/// A one-time pause until `d` or a message on `rx` (for loops that poll).
+pub fn wait_or(rx: &Receiver<()>, d: Duration) -> bool {
+    !matches!(rx.recv_timeout(d), Err(RecvTimeoutError::Timeout))
 }

@@ -1,8 +1,7 @@
 //! `veil calibrate`: the value ranges of a model's nonlinear sites on sample inputs, for the
 //! comparison-free inverse square roots of `veil compile --nonlinear smu --calibration FILE`.
 
-use crate::commands::eval::file_name;
-use crate::model::{check_input, load, random_reals, ModelArgs};
+use crate::model::{load, random_reals, samples_in, ModelArgs};
 use crate::nonlinear::{Nonlinear, NonlinearArgs};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -42,40 +41,6 @@ pub struct Args {
     /// With --prune-keep: leading tokens never pruned (the CLS token of a classifier).
     #[arg(long, default_value_t = 1, requires = "prune_keep")]
     pub protect: usize,
-}
-
-/// One sample from a directory of `<name>.npy` files.
-fn sample_from(g: &Graph, dir: &Path) -> Result<HashMap<String, Tensor>> {
-    let mut out = HashMap::new();
-    for &v in &g.inputs {
-        let name = &g.values[v].name;
-        let path = dir.join(format!("{}.npy", file_name(name)));
-        if !path.exists() {
-            bail!("{}: no file for input `{name}` ({})", dir.display(), g.ty(v));
-        }
-        let t = veil_compiler::npy::read(&path)
-            .with_context(|| format!("reading input `{name}` from {}", path.display()))?;
-        check_input(name, &path, &t, g.ty(v))?;
-        out.insert(name.clone(), t);
-    }
-    Ok(out)
-}
-
-/// Every sample under `dir`: the directory itself, or each of its subdirectories in name order.
-fn samples_in(g: &Graph, dir: &Path) -> Result<Vec<HashMap<String, Tensor>>> {
-    let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
-    let mut subdirs: Vec<PathBuf> = Vec::new();
-    for e in entries {
-        let p = e?.path();
-        if p.is_dir() {
-            subdirs.push(p);
-        }
-    }
-    subdirs.sort();
-    if subdirs.is_empty() {
-        return Ok(vec![sample_from(g, dir)?]);
-    }
-    subdirs.iter().map(|d| sample_from(g, d)).collect()
 }
 
 /// Random real samples (as `veil run --random-inputs`): sample k from seed + k.

@@ -171,7 +171,7 @@ fn in_process(s: &Local) -> Result<Outcome> {
         client: r.client,
         dealer_bytes: r.dealer_bytes,
         offline: r.offline_time,
-        online: r.online_time,
+        session: r.online_time,
         prefix,
         client_rss: crate::party::peak_rss(),
     };
@@ -243,8 +243,6 @@ fn processes(s: &Local) -> Result<Outcome> {
             prog.clone(),
             "--listen".into(),
             "127.0.0.1:0".into(),
-            "--sessions".into(),
-            "1".into(),
             "--timeout".into(),
             t.clone(),
         ]
@@ -262,6 +260,8 @@ fn processes(s: &Local) -> Result<Outcome> {
             "--dealer".into(),
             dealer_addr.clone(),
             "--sessions".into(),
+            "1".into(),
+            "--pool".into(),
             "1".into(),
             "--timeout".into(),
             t,
@@ -294,10 +294,10 @@ fn processes(s: &Local) -> Result<Outcome> {
     );
     let ok = r.is_ok();
     let server_out = server.finish(ok);
-    let dealer_out = dealer.finish(ok);
+    // The dealer serves until stopped: its work for this run is done once the server is.
+    let _ = dealer.finish(false);
     let (outs, mut m) = r?;
     let server_out = server_out?;
-    dealer_out?;
     let s: ServerSummary = server_out
         .lines()
         .find_map(|l| serde_json::from_str(l).ok())

@@ -15,13 +15,21 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The client cache the tests' `veil connect` uses (never the user's own).
+pub fn cache_home() -> PathBuf {
+    std::env::temp_dir().join(format!("veil-cli-{}-cache", std::process::id()))
+}
+
+/// `veil` in the repo root, with a cache directory of its own.
+pub fn command() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_veil"));
+    c.current_dir(root()).env("XDG_CACHE_HOME", cache_home());
+    c
+}
+
 /// Runs `veil ARGS` in the repo root.
 pub fn veil<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_veil"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("veil runs")
+    command().args(args).output().expect("veil runs")
 }
 
 /// A fresh scratch directory for one test.

@@ -1,0 +1,283 @@
+//! Epochs: the server's weights are masked once per epoch, not per session. The dealer keeps
+//! the epoch's seed; the server runs the setup once for it, records the message it sends
+//! (the masked weights, `F = W + B`) to a file and replays it to each client that does not
+//! hold it yet; a returning client keeps it in its cache, keyed by program and epoch, and
+//! skips the setup round.
+//!
+//! Why reuse is as safe as a fresh mask per session: `F` is uniformly random to anyone who
+//! does not know `B`, and only the dealer and the server know `B`. Every client of the epoch
+//! receives the same `F`, so clients together learn nothing one of them does not; each
+//! inference still masks the client's activation with fresh dealer randomness (`x − A`) and
+//! gets fresh shares of `A·B`, so nothing of one query is reused for another. What a rotation
+//! protects against: a later compromise of the dealer's state (its epoch seeds) — after a
+//! rotation the dealer forgets the old seed, so masked weights a client kept from an older
+//! epoch can no longer be unmasked with it.
+
+use super::wire::Id;
+use crate::error::VmError;
+use crate::interp::{PartyVm, SharedWeights};
+use crate::material::Material;
+use crate::net::{CommStats, Transport, TransportError};
+use crate::prg::Seed;
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use veil_isa::{Buf, Instr, Party, Program};
+
+/// Whether the setup has a round (a program whose weights are all public has none).
+pub fn setup_has_round(p: &Program) -> bool {
+    p.setup.iter().any(|i| matches!(i, Instr::Exchange {}))
+}
+
+/// A transport that records what the server sends in the setup to a file; the client's side
+/// of that round is empty.
+struct Recorder {
+    w: BufWriter<File>,
+    stats: CommStats,
+    rounds: u64,
+    written: u64,
+}
+
+impl Recorder {
+    fn io(e: std::io::Error) -> TransportError {
+        TransportError::Io {
+            peer: "recording".into(),
+            during: " writing the masked weights".into(),
+            source: e,
+        }
+    }
+}
+
+impl Transport for Recorder {
+    fn exchange(&mut self, msg: Vec<u8>) -> Result<Vec<u8>, TransportError> {
+        self.rounds += 1;
+        if self.rounds > 1 {
+            return Err(TransportError::Malformed {
+                peer: "setup".into(),
+                what: "a setup with more than one round cannot be recorded".into(),
+            });
+        }
+        self.w.write_all(&msg).map_err(Recorder::io)?;
+        self.written += msg.len() as u64;
+        self.stats.record(self.written, 0);
+        Ok(Vec::new())
+    }
+    fn stats(&self) -> CommStats {
+        self.stats
+    }
+    fn send_part(&mut self, part: &[u8]) -> Result<bool, TransportError> {
+        self.w.write_all(part).map_err(Recorder::io)?;
+        self.written += part.len() as u64;
+        Ok(true)
+    }
+}
+
+/// The server's side of an epoch.
+pub struct Epoch {
+    /// Its id (clients key their cache by it).
+    pub id: Id,
+    /// The recorded setup message and its length (none when the setup has no round).
+    pub setup: Option<(PathBuf, u64)>,
+    /// What the server keeps from the setup for the body (nothing for weight masks).
+    pub kept: Vec<(Buf, Vec<u64>)>,
+}
+
+impl Epoch {
+    /// Runs the setup once for epoch `id` with the server's epoch `seed` over the shared
+    /// `weights`, recording the message to `dir/epoch-<id>.setup`.
+    pub fn prepare(
+        prog: &Program,
+        weights: &SharedWeights,
+        id: Id,
+        seed: Seed,
+        dir: &Path,
+        max_memory: u64,
+    ) -> Result<Epoch, VmError> {
+        let path = dir.join(format!("epoch-{}.setup", crate::net::tcp::hex(&id[..8])));
+        let file = private_file(&path).map_err(|e| io_err(&path, e))?;
+        let rec = Recorder {
+            w: BufWriter::with_capacity(1 << 20, file),
+            stats: CommStats::default(),
+            rounds: 0,
+            written: 0,
+        };
+        let mut vm = PartyVm::new(
+            prog,
+            Party::Server,
+            Material::new(Party::Server, seed, None),
+            Box::new(rec),
+            max_memory,
+        )?;
+        vm.share_weights(weights);
+        let r = vm.run_setup();
+        let kept: Vec<(Buf, Vec<u64>)> =
+            vm.setup_results().into_iter().map(|(b, v)| (b, v.to_vec())).collect();
+        let len = vm.report().setup.sent.saturating_sub(veil_isa::cost::FRAME_HEADER);
+        drop(vm);
+        if let Err(e) = r {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        let setup = if setup_has_round(prog) {
+            Some((path, len))
+        } else {
+            let _ = std::fs::remove_file(&path);
+            None
+        };
+        Ok(Epoch { id, setup, kept })
+    }
+
+    /// The recorded message, opened for one replay.
+    pub fn replay(&self) -> Result<Option<(File, u64)>, VmError> {
+        match &self.setup {
+            None => Ok(None),
+            Some((p, n)) => Ok(Some((File::open(p).map_err(|e| io_err(p, e))?, *n))),
+        }
+    }
+}
+
+impl Drop for Epoch {
+    fn drop(&mut self) {
+        if let Some((p, _)) = &self.setup {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> VmError {
+    VmError::Transport(TransportError::Io {
+        peer: "local disk".into(),
+        during: format!(" at {}", path.display()),
+        source: e,
+    })
+}
+
+/// Creates `path` for writing, readable by this user only, failing if it exists.
+pub fn private_file(path: &Path) -> std::io::Result<File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path)
+}
+
+const CACHE_MAGIC: &[u8; 8] = b"VEILMSK1";
+
+/// The client's cache of masked weights: one file per program and epoch.
+pub struct Cache {
+    dir: PathBuf,
+}
+
+impl Cache {
+    /// The cache in `dir` (created when first written).
+    pub fn new(dir: impl Into<PathBuf>) -> Cache {
+        Cache { dir: dir.into() }
+    }
+
+    fn path(&self, prog: &Program, epoch: &Id) -> PathBuf {
+        let h = prog.hash();
+        self.dir.join(format!(
+            "{}-{}.masked",
+            crate::net::tcp::hex(&h[..16]),
+            crate::net::tcp::hex(&epoch[..8])
+        ))
+    }
+
+    /// The masked weights of `prog` for `epoch`, if held and whole (a damaged file is
+    /// removed and counts as a miss).
+    pub fn load(&self, prog: &Program, epoch: &Id) -> Option<Vec<(Buf, Vec<u64>)>> {
+        let path = self.path(prog, epoch);
+        let f = File::open(&path).ok()?;
+        match read_cache(f, prog, epoch) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Keeps `data` as the masked weights of `prog` for `epoch` (written to a temporary
+    /// file and renamed, so a reader never sees half a file), and drops the program's files
+    /// of other epochs, which no server uses any more.
+    pub fn store(&self, prog: &Program, epoch: &Id, data: &[(Buf, &[u64])]) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let path = self.path(prog, epoch);
+        let tmp = path.with_extension(format!("partial-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let r = (|| {
+            let mut w = BufWriter::with_capacity(1 << 20, private_file(&tmp)?);
+            w.write_all(CACHE_MAGIC)?;
+            w.write_all(&prog.hash())?;
+            w.write_all(epoch)?;
+            w.write_all(&(data.len() as u32).to_le_bytes())?;
+            for (b, v) in data {
+                w.write_all(&b.0.to_le_bytes())?;
+                w.write_all(&(v.len() as u64).to_le_bytes())?;
+                for x in v.iter() {
+                    w.write_all(&x.to_le_bytes())?;
+                }
+            }
+            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })();
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r?;
+        let prefix = crate::net::tcp::hex(&prog.hash()[..16]);
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                let p = e.path();
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) && name.ends_with(".masked") && p != path {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_cache(mut f: File, prog: &Program, epoch: &Id) -> std::io::Result<Vec<(Buf, Vec<u64>)>> {
+    let bad = |w: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, w.to_string());
+    let mut head = [0u8; 8 + 32 + 16 + 4];
+    f.read_exact(&mut head)?;
+    if &head[..8] != CACHE_MAGIC || head[8..40] != prog.hash() || &head[40..56] != epoch {
+        return Err(bad("another program or epoch"));
+    }
+    let n = u32::from_le_bytes(head[56..60].try_into().expect("4 bytes")) as usize;
+    if n > prog.buffers.len() {
+        return Err(bad("more buffers than the program has"));
+    }
+    let mut r = std::io::BufReader::with_capacity(1 << 20, f);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut h = [0u8; 12];
+        r.read_exact(&mut h)?;
+        let b = u32::from_le_bytes(h[..4].try_into().expect("4 bytes"));
+        let words = u64::from_le_bytes(h[4..].try_into().expect("8 bytes"));
+        let decl = prog.buffers.get(b as usize).ok_or_else(|| bad("no such buffer"))?;
+        if words != decl.kind.words(decl.len) as u64 {
+            return Err(bad("a buffer of another length"));
+        }
+        let mut v = vec![0u64; words as usize];
+        let mut chunk = vec![0u8; 1 << 16];
+        for part in v.chunks_mut(chunk.len() / 8) {
+            let bytes = &mut chunk[..8 * part.len()];
+            r.read_exact(bytes)?;
+            for (x, c) in part.iter_mut().zip(bytes.chunks_exact(8)) {
+                *x = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            }
+        }
+        out.push((Buf(b), v));
+    }
+    let mut rest = [0u8; 1];
+    if r.read(&mut rest)? != 0 {
+        return Err(bad("trailing bytes"));
+    }
+    Ok(out)
+}
