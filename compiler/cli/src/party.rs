@@ -21,6 +21,36 @@ pub fn to_values(t: &Tensor) -> Values {
     }
 }
 
+/// A tensor as the VM takes it, without a copy.
+pub fn into_values(t: Tensor) -> Values {
+    match t.data {
+        Data::F32(v) => Values::F32(v),
+        Data::I64(v) => Values::I64(v),
+        Data::F64(v) => Values::F64(v),
+        Data::Bool(v) => Values::I64(v.iter().map(|&b| b as i64).collect()),
+    }
+}
+
+/// The server's weights of `program_path` encoded once for all its sessions, each tensor
+/// dropped as soon as it is encoded (a server's peak memory is its encoded weights, not
+/// three copies of them).
+pub fn server_weights_encoded(
+    program_path: &Path,
+    given: Option<&Path>,
+    p: &Program,
+) -> Result<veil_vm::interp::SharedWeights> {
+    let path = given.map(Path::to_path_buf).unwrap_or_else(|| paths(program_path).server);
+    let w = read_server(&path, p, program_path)?;
+    let mut out = Vec::with_capacity(w.len());
+    for (name, t) in w {
+        let io = p.weights.iter().find(|io| io.name == name).expect("read by the program's names");
+        let data = veil_vm::interp::encode(io, &into_values(t))
+            .map_err(|m| anyhow::anyhow!("{}: weight `{name}`: {m}", path.display()))?;
+        out.push((io.buf, std::sync::Arc::new(data)));
+    }
+    Ok(out)
+}
+
 /// Reads and validates a program file.
 pub fn program(path: &Path) -> Result<Program> {
     let p = read_program(path)?;

@@ -2,7 +2,7 @@
 //! epoch's masked weights, a pool of material made while idle), listens for clients, and runs
 //! each client's session of one or more inferences.
 
-use crate::party::{program, server_weights, ServerSummary};
+use crate::party::{program, server_weights_encoded, ServerSummary};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, Write as _};
 use std::net::TcpListener;
@@ -68,12 +68,7 @@ pub struct Args {
 /// Serves.
 pub fn run(a: Args) -> Result<()> {
     let p = program(&a.program)?;
-    // Encoded once for every session; the file's own tensors are dropped at once.
-    let w = veil_vm::interp::encode_weights(
-        &p,
-        veil_isa::Party::Server,
-        &server_weights(&a.program, a.weights.as_deref(), &p)?,
-    )?;
+    let w = server_weights_encoded(&a.program, a.weights.as_deref(), &p)?;
     let tls = a.tls.config(Role::Server)?;
     if let Some(h) = a.rotate_every {
         if !(h > 0.0 && h.is_finite()) {

@@ -385,21 +385,36 @@ pub fn allocate(p: Program, class: Option<&[u64]>) -> Program {
     allocate_mapped(p, class).0
 }
 
-/// Orders one section by phase, places dealer instructions just in time, and inserts one
-/// `exchange` after each phase that communicates.
+/// Orders one section by phase, places dealer instructions and local computations just in
+/// time, and inserts one `exchange` after each phase that communicates.
+///
+/// Only messages fix a phase; everything else runs as late as its first reader allows (never
+/// across a `setlen`, after which sizes change): a value that waits for a later round is
+/// computed when it is needed, not held from the start (the client's products of its masks
+/// with the masked weights of every layer no longer live through the whole body).
 fn schedule(mut items: Vec<Item>, nbufs: usize) -> Vec<Item> {
-    // As late as possible for dealer instructions: the earliest phase among their readers.
+    let setlens: Vec<u32> =
+        items.iter().filter(|i| matches!(i.instr, Instr::SetLen { .. })).map(|i| i.phase).collect();
     let mut first_read = vec![u32::MAX; nbufs];
     for it in items.iter_mut().rev() {
         let bufs = it.instr.buffers();
-        if is_dealer_instr(&it.instr) {
+        let dealer = is_dealer_instr(&it.instr);
+        let movable =
+            dealer || !(is_comm_instr(&it.instr) || matches!(it.instr, Instr::SetLen { .. }));
+        if movable {
             let p = bufs
                 .iter()
                 .filter(|(_, w)| *w)
                 .map(|(b, _)| first_read[b.0 as usize])
                 .min()
                 .unwrap_or(u32::MAX);
-            it.phase = if p == u32::MAX { 0 } else { p };
+            if dealer {
+                it.phase = if p == u32::MAX { 0 } else { p };
+            } else if p != u32::MAX && p > it.phase {
+                // Not past the next `setlen`: the value must be computed at this length.
+                let barrier = setlens.iter().copied().filter(|&s| s > it.phase).min();
+                it.phase = barrier.map_or(p, |s| p.min(s - 1)).max(it.phase);
+            }
         }
         for (b, w) in bufs {
             if !w {
