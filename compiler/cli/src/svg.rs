@@ -85,6 +85,92 @@ pub fn stacked_bars(
     s
 }
 
+/// A line chart of `series` (name, points (x, y)), axes from zero, with a legend.
+pub fn lines(
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> String {
+    let (left, top, w, h) = (70.0, 48.0, 560.0, 300.0);
+    let pts = series.iter().flat_map(|(_, v)| v.iter());
+    let xmax = pts.clone().map(|p| p.0).fold(0.0, f64::max).max(1e-9);
+    let ymax = pts.map(|p| p.1).fold(0.0, f64::max).max(1e-9) * 1.1;
+    let x = |v: f64| left + w * v / xmax;
+    let y = |v: f64| top + h - h * v / ymax;
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<text x=\"10\" y=\"24\" font-size=\"15\" font-weight=\"bold\">{}</text>\n",
+        left + w + 180.0,
+        top + h + 60.0,
+        esc(title)
+    );
+    let _ = writeln!(
+        s,
+        "<line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/><line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>",
+        top + h,
+        left + w,
+        top + h,
+        top + h
+    );
+    for k in 0..=4 {
+        let v = ymax * k as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{v:.1}</text>",
+            left - 6.0,
+            y(v) + 4.0
+        );
+    }
+    let xs: std::collections::BTreeSet<u64> =
+        series.iter().flat_map(|(_, v)| v.iter().map(|p| p.0.to_bits())).collect();
+    for b in xs {
+        let v = f64::from_bits(b);
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{v}</text>",
+            x(v),
+            top + h + 16.0
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+        left + w / 2.0,
+        top + h + 36.0,
+        esc(xlabel)
+    );
+    let _ = writeln!(
+        s,
+        "<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">{}</text>",
+        top + h / 2.0,
+        top + h / 2.0,
+        esc(ylabel)
+    );
+    for (i, (name, v)) in series.iter().enumerate() {
+        let c = PALETTE[i % PALETTE.len()];
+        let path: Vec<String> = v.iter().map(|p| format!("{:.1},{:.1}", x(p.0), y(p.1))).collect();
+        let _ = writeln!(
+            s,
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{c}\" stroke-width=\"2\"/>",
+            path.join(" ")
+        );
+        for p in v {
+            let _ = writeln!(
+                s,
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{c}\"/>",
+                x(p.0),
+                y(p.1)
+            );
+        }
+        let ly = top + 20.0 * i as f64;
+        let _ = writeln!(s, "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{c}\"/><text x=\"{}\" y=\"{}\">{}</text>", left + w + 20.0, ly, left + w + 38.0, ly + 10.0, esc(name));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -1,7 +1,8 @@
 //! `veil bench`: the benchmark suite. Compiles BERT-base and GPT-2 small shapes (128 tokens,
 //! seeded random weights) with and without each optimization, takes the exact bytes and
 //! rounds from the cost model (the VM measures the same numbers), optionally runs each
-//! program for its time and error, and writes bench.json, report.md and SVG plots.
+//! program for its time and error, and writes bench.json, report.md and SVG plots. With
+//! `--serve PROGRAM` it runs the load benchmark instead ([`super::load`]).
 
 use crate::commands::compile::{compile_file_with, LoweringArgs, PublicArgs};
 use crate::model::ModelArgs;
@@ -25,6 +26,8 @@ pub struct Args {
     /// Only the configurations whose name contains this text.
     #[arg(long, value_name = "TEXT")]
     pub only: Option<String>,
+    #[command(flatten)]
+    pub load: crate::commands::load::LoadArgs,
 }
 
 /// One configuration: a model and the optimizations applied.
@@ -396,6 +399,9 @@ fn plots(rows: &[Row], dir: &Path) -> Result<()> {
 
 /// Runs the suite and writes the files.
 pub fn run(a: Args) -> Result<()> {
+    if let Some(p) = &a.load.serve {
+        return crate::commands::load::run(p, &a.load, &a.output);
+    }
     std::fs::create_dir_all(&a.output)
         .with_context(|| format!("creating {}", a.output.display()))?;
     let chosen: Vec<Config> = configs()

@@ -12,6 +12,7 @@ pub mod export;
 pub mod generate;
 pub mod inspect;
 pub mod keygen;
+pub mod load;
 pub mod run;
 pub mod serve;
 pub mod stdlib;

@@ -331,13 +331,16 @@ impl Drop for TempDir {
 }
 
 /// Certificates for one local run, in a private temporary directory removed on drop.
-struct Throwaway {
-    dir: TempDir,
-    set: veil_vm::net::keygen::KeySet,
+pub struct Throwaway {
+    /// Where ca.pem and ROLE.pem/.key are.
+    pub dir: TempDir,
+    /// The certificates.
+    pub set: veil_vm::net::keygen::KeySet,
 }
 
 impl Throwaway {
-    fn new() -> Result<Throwaway> {
+    /// A CA and role certificates for 127.0.0.1.
+    pub fn new() -> Result<Throwaway> {
         let set = veil_vm::net::keygen::generate(&["127.0.0.1".to_string()])
             .map_err(anyhow::Error::msg)?;
         let t = Throwaway { dir: TempDir::new("veil-run")?, set };
