@@ -147,6 +147,10 @@ pub fn to_bytes(t: &Tensor) -> Vec<u8> {
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
     match &t.data {
+        // f16 arrays are held as f32: written back in their own width, as the header says.
+        Data::F32(v) if t.dtype == DType::F16 => {
+            v.iter().for_each(|x| out.extend_from_slice(&half::f16::from_f32(*x).to_le_bytes()))
+        }
         Data::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         Data::F64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         Data::I64(v) => v.iter().for_each(|&x| match t.dtype.byte_size() {
@@ -179,6 +183,8 @@ mod tests {
             Tensor::f32(vec![2, 3], vec![1.0, -2.5, 3.0, 0.0, 5.5, 6.0]),
             Tensor::i64(vec![4], vec![1, -2, 3, i64::MAX]),
             Tensor::bool(vec![], vec![true]),
+            // float16 is held as f32 and written as 2 bytes per element.
+            Tensor { dtype: DType::F16, shape: vec![2], data: Data::F32(vec![1.5, -65504.0]) },
         ] {
             assert_eq!(parse(&to_bytes(&t), "x").unwrap(), t);
         }
