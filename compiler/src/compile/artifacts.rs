@@ -18,7 +18,8 @@ use veil_isa::Program;
 
 const CLIENT_MAGIC: &[u8; 8] = b"VEILCLT\0";
 const CLIENT_VERSION: u32 = 1;
-const HASH_KEY: &str = "veil_program_sha256";
+/// The safetensors metadata key of the server's file that holds the program's SHA-256 (hex).
+pub const HASH_KEY: &str = "veil_program_sha256";
 
 /// Why an artifact could not be written or read.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +121,24 @@ pub fn read_client(
     program_path: &Path,
 ) -> Result<ClientPart, ArtifactError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
+    parse_client(&bytes, path, program, program_path)
+}
+
+/// The client's part from the bytes of the file `path`, checked against `program`.
+pub fn parse_client(
+    bytes: &[u8],
+    path: &Path,
+    program: &Program,
+    program_path: &Path,
+) -> Result<ClientPart, ArtifactError> {
+    let c = decode_client(bytes, path)?;
+    check_client(&c, path, program, program_path)?;
+    Ok(c)
+}
+
+/// Decodes the bytes of the client file `path` (header and encoding) without checking the
+/// part against a program.
+pub fn decode_client(bytes: &[u8], path: &Path) -> Result<ClientPart, ArtifactError> {
     let fmt = |msg: String| ArtifactError::from(FileError::format(path, msg));
     if bytes.len() < 12 || &bytes[..8] != CLIENT_MAGIC {
         return Err(
@@ -132,8 +151,22 @@ pub fn read_client(
             "client file format version {version}, this veil reads {CLIENT_VERSION}"
         )));
     }
-    let c: ClientPart =
-        postcard::from_bytes(&bytes[12..]).map_err(|e| fmt(format!("damaged: {e}")))?;
+    let (c, rest): (ClientPart, _) =
+        postcard::take_from_bytes(&bytes[12..]).map_err(|e| fmt(format!("damaged: {e}")))?;
+    if !rest.is_empty() {
+        return Err(fmt(format!("damaged: the client part ends {} bytes early", rest.len())));
+    }
+    Ok(c)
+}
+
+/// Checks a decoded client part against `program`: the program hash it records, and its
+/// graph (the same verification as a graph the compiler built).
+pub fn check_client(
+    c: &ClientPart,
+    path: &Path,
+    program: &Program,
+    program_path: &Path,
+) -> Result<(), ArtifactError> {
     if c.program_hash != program.hash() {
         return Err(ArtifactError::Mismatch {
             path: path.display().to_string(),
@@ -142,8 +175,9 @@ pub fn read_client(
             got: hex(&c.program_hash),
         });
     }
-    crate::ir::verify::verify(&c.graph).map_err(|e| fmt(format!("invalid graph: {e:?}")))?;
-    Ok(c)
+    crate::ir::verify::verify(&c.graph)
+        .map_err(|e| FileError::format(path, format!("invalid graph: {e:?}")))?;
+    Ok(())
 }
 
 /// Reads the server's weights and checks that they belong to `program`.
@@ -152,8 +186,19 @@ pub fn read_server(
     program: &Program,
     program_path: &Path,
 ) -> Result<Vec<(String, Tensor)>, ArtifactError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    parse_server(bytes, path, program, program_path)
+}
+
+/// The server's weights from the bytes of the file `path`, checked against `program`.
+pub fn parse_server(
+    bytes: Vec<u8>,
+    path: &Path,
+    program: &Program,
+    program_path: &Path,
+) -> Result<Vec<(String, Tensor)>, ArtifactError> {
     let fmt = |msg: String| ArtifactError::from(FileError::format(path, msg));
-    let src = SafetensorsSource::open(path).map_err(|e| fmt(e.to_string()))?;
+    let src = SafetensorsSource::from_bytes(bytes, path.display().to_string())?;
     let got = src.metadata().get(HASH_KEY).cloned().unwrap_or_default();
     let want = hex(&program.hash());
     if got != want {
@@ -173,4 +218,52 @@ pub fn read_server(
         out.push((w.name.clone(), t));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Graph;
+
+    fn part(program: &Program) -> ClientPart {
+        ClientPart {
+            program_hash: program.hash(),
+            graph: Graph::new("client"),
+            feeds: vec![],
+            outputs: vec![],
+            mask_value: -64.0,
+        }
+    }
+
+    #[test]
+    fn a_client_file_is_decoded_checked_and_refused_when_longer_than_its_part() {
+        let p = Program { frac_bits: 16, ..Program::default() };
+        let (path, prog) = (Path::new("m.client"), Path::new("m.vbc"));
+        let mut bytes = client_bytes(&part(&p));
+        parse_client(&bytes, path, &p, prog).unwrap();
+        let other = Program { frac_bits: 12, ..Program::default() };
+        let e = parse_client(&bytes, path, &other, prog).unwrap_err();
+        assert!(matches!(e, ArtifactError::Mismatch { .. }), "{e}");
+        // Trailing bytes were ignored before.
+        bytes.push(0);
+        let e = parse_client(&bytes, path, &p, prog).unwrap_err().to_string();
+        assert_eq!(e, "m.client: damaged: the client part ends 1 bytes early");
+    }
+
+    #[test]
+    fn a_server_file_names_itself_once_in_errors() {
+        let p = Program { frac_bits: 16, ..Program::default() };
+        let e = parse_server(
+            b"junk".to_vec(),
+            Path::new("m.server.safetensors"),
+            &p,
+            Path::new("m.vbc"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("m.server.safetensors: ") && e.matches("m.server").count() == 1,
+            "{e}"
+        );
+    }
 }
