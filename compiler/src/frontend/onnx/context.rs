@@ -3,6 +3,7 @@
 use super::error::ImportError;
 use super::tensor::from_proto;
 use crate::eval;
+pub use crate::frontend::elements;
 use crate::ir::{Graph, Op, Tensor, Value, ValueDef};
 use std::collections::HashMap;
 use veil_onnx_proto::{attribute_proto::AttributeType, AttributeProto, NodeProto};
@@ -10,13 +11,6 @@ use veil_onnx_proto::{attribute_proto::AttributeType, AttributeProto, NodeProto}
 /// Limit on the elements of a constant folded at import (a shape computation, a folded weight
 /// transform): protects against absurd shapes, which would be evaluated at once.
 pub const MAX_CONST: usize = 1 << 28;
-
-/// The element count of `shape`, when every product of its non-zero dimensions fits a `usize`
-/// (so any sub-product taken later fits too).
-pub fn elements(shape: &[usize]) -> Option<usize> {
-    let nonzero = shape.iter().filter(|&&d| d != 0).try_fold(1usize, |a, &d| a.checked_mul(d))?;
-    Some(if shape.contains(&0) { 0 } else { nonzero })
-}
 
 /// Translation state.
 pub struct Cx<'a> {
