@@ -514,12 +514,7 @@ impl<'p> Verifier<'p> {
     /// length (None: unknown). Until copies have covered all of `d` at every checked length,
     /// its value also depends on what it held before (a reused buffer's stale elements): only
     /// a complete cover forgets the old value.
-    fn copy_into(
-        &mut self,
-        d: Buf,
-        v: Abs,
-        runs: Option<Vec<Coverage>>,
-    ) -> Result<(), String> {
+    fn copy_into(&mut self, d: Buf, v: Abs, runs: Option<Vec<Coverage>>) -> Result<(), String> {
         let i = d.0 as usize;
         let mut part = match self.partial[i].take() {
             Some(p) => p,

@@ -48,7 +48,8 @@ struct Item {
 /// Knobs for the comparison protocol.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct CompareParams {
-    /// Values compared must satisfy `|x| < 2^(bits-1)` in the ring (fixed-point encoded).
+    /// Values compared must satisfy `-2^(bits-1) ≤ x ≤ 2^(bits-1) - 2^ignore` in the ring
+    /// (fixed-point encoded): within `2^ignore` below the top, the ignored bits misread the sign.
     pub bits: u8,
     /// Low bits ignored: the sign is exact whenever `|x| ≥ 2^ignore` (ring units).
     pub ignore: u8,
