@@ -171,3 +171,17 @@ fn split_sizes_and_counts_from_the_file_are_checked() {
     let e = err(import(split(vec![], 1), Some(&[4]), vec![sizes]));
     assert!(e.contains("node `split` (Split)"), "{e}");
 }
+
+#[test]
+fn concatenated_dimensions_are_a_checked_sum() {
+    // Three empty [2^63 - 1, 0] constants: the axis summed past 2^64.
+    let empty = |name: &str| TensorProto {
+        name: Some(name.into()),
+        dims: vec![i64::MAX, 0],
+        data_type: Some(7),
+        ..Default::default()
+    };
+    let op = node("Concat", &["a", "b", "c"], vec![int_attr("axis", 0)]);
+    let e = err(import(op, None, vec![empty("a"), empty("b"), empty("c")]));
+    assert!(e.contains("node `concat` (Concat): concat on axis 0: the dimension overflows"), "{e}");
+}

@@ -175,6 +175,15 @@ pub fn check_client(
             got: hex(&c.program_hash),
         });
     }
+    // Verification multiplies the declared shapes: each must have a countable size first.
+    let huge = c.graph.values.values().find(|d| crate::frontend::elements(&d.ty.shape).is_none());
+    if let Some(d) = huge {
+        let msg = format!(
+            "invalid graph: value `{}` of shape {:?} has more elements than a tensor can hold",
+            d.name, d.ty.shape
+        );
+        return Err(FileError::format(path, msg).into());
+    }
     crate::ir::verify::verify(&c.graph)
         .map_err(|e| FileError::format(path, format!("invalid graph: {e:?}")))?;
     Ok(())
@@ -248,6 +257,71 @@ mod tests {
         bytes.push(0);
         let e = parse_client(&bytes, path, &p, prog).unwrap_err().to_string();
         assert_eq!(e, "m.client: damaged: the client part ends 1 bytes early");
+    }
+
+    /// The error of a client part whose graph has the inputs `inputs` and one node `op` on
+    /// them, its result declared `[1]`: `op` and the shapes come from the file, unchecked.
+    fn graph_error(inputs: &[(DType, Vec<usize>)], op: Op) -> String {
+        let p = Program { frac_bits: 16, ..Program::default() };
+        let mut c = part(&p);
+        let args: Vec<_> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, (dt, s))| {
+                c.graph.add_input(&format!("x{i}"), TensorType::new(*dt, s.clone()))
+            })
+            .collect();
+        let one = c.graph.add_input("one", TensorType::new(DType::F32, vec![1]));
+        let y = c.graph.add_node("n", Op::Reshape { shape: vec![1] }, &[one], "y").unwrap();
+        let n = c.graph.order[0];
+        c.graph.nodes[n].op = op;
+        c.graph.nodes[n].args = args;
+        c.graph.outputs.push(y);
+        check_client(&c, Path::new("m.client"), &p, Path::new("m.vbc")).unwrap_err().to_string()
+    }
+
+    use crate::ir::{DType, Op, TensorType};
+    const G32: usize = 1 << 32;
+
+    #[test]
+    fn a_client_value_whose_size_overflows_is_invalid() {
+        // 2^32 · 2^32 · 2 elements: verification multiplied them.
+        let e = graph_error(&[(DType::F32, vec![G32, G32, 2])], Op::Neg);
+        assert_eq!(
+            e,
+            "m.client: invalid graph: value `x0` of shape [4294967296, 4294967296, 2] has more \
+             elements than a tensor can hold"
+        );
+    }
+
+    #[test]
+    fn a_client_reshape_to_a_size_that_overflows_is_invalid() {
+        let e = graph_error(&[(DType::F32, vec![4])], Op::Reshape { shape: vec![G32, G32, 0] });
+        assert!(
+            e.contains("reshape to [4294967296,4294967296,0]: the element count overflows"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_client_slice_whose_step_wraps_is_invalid() {
+        let op = Op::Slice { start: vec![0], step: vec![i64::MAX], len: vec![3] };
+        let e = graph_error(&[(DType::F32, vec![4])], op);
+        assert!(e.contains("reads out of range"), "{e}");
+    }
+
+    #[test]
+    fn a_client_concat_whose_dimension_overflows_is_invalid() {
+        let big = (DType::F32, vec![usize::MAX - 1]);
+        let e = graph_error(&[big.clone(), big], Op::Concat { axis: 0 });
+        assert!(e.contains("concat on axis 0: the dimension overflows"), "{e}");
+    }
+
+    #[test]
+    fn a_client_gather_nd_whose_tuple_length_overflows_is_invalid() {
+        let (data, idx) = ((DType::F32, vec![0, 2]), (DType::I64, vec![0, usize::MAX]));
+        let e = graph_error(&[data, idx], Op::GatherND { batch_dims: 1 });
+        assert!(e.contains("gather_nd index tuples of length 18446744073709551615"), "{e}");
     }
 
     #[test]
