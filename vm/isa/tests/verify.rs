@@ -416,3 +416,52 @@ fn time_of_a_program_file() {
         t.elapsed() - tv
     );
 }
+
+/// Hostile programs: instructions with a byte of their encoding flipped, dropped or
+/// duplicated. The analysis (after validation) returns an answer, never panics.
+#[test]
+fn damaged_programs_get_an_answer_never_a_panic() {
+    use veil_isa::operand::{Reader, Writer};
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut accepted, mut refused) = (0, 0);
+    for base in [every_protocol(), pruned(false)] {
+        for _ in 0..1500 {
+            let mut p = base.clone();
+            for _ in 0..1 + next() % 3 {
+                let k = (next() % p.body.len() as u64) as usize;
+                match next() % 4 {
+                    0 => {
+                        p.body.remove(k);
+                        p.body_tags.remove(k);
+                    }
+                    1 => {
+                        let i = p.body[k].clone();
+                        p.body.insert(k, i);
+                        p.body_tags.insert(k, 0);
+                    }
+                    _ => {
+                        let mut w = Writer::default();
+                        p.body[k].encode(&mut w);
+                        let at = (next() % w.bytes.len() as u64) as usize;
+                        w.bytes[at] ^= 1 << (next() % 8);
+                        if let Ok(i) = Instr::decode(&mut Reader::new(&w.bytes)) {
+                            p.body[k] = i;
+                        }
+                    }
+                }
+            }
+            match verify(&p) {
+                Ok(_) => accepted += 1,
+                Err(_) => refused += 1,
+            }
+        }
+    }
+    eprintln!("{accepted} damaged programs accepted, {refused} refused");
+    assert!(refused > accepted, "most damage is caught by validation or the analysis");
+}
