@@ -74,17 +74,17 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<Tensor, NpyError> {
                 .map_err(|_| ferr(format!("bad dimension `{part}` in the shape")))?,
         );
     }
-    let n = shape
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| ferr("shape too large".into()))?;
-    let data = &bytes[start + hlen..];
     let es = dtype.byte_size();
-    if data.len() != n * es {
+    // The element count and its byte size are checked: 2^61 eight-byte elements wrapped to
+    // 0 bytes and matched an empty file.
+    let need = shape.iter().try_fold(es, |a, &d| a.checked_mul(d)).ok_or_else(|| {
+        ferr(format!("the shape {shape:?} of {descr} overflows the address space"))
+    })?;
+    let data = &bytes[start + hlen..];
+    if data.len() != need {
         return Err(ferr(format!(
-            "holds {} bytes of data, the shape {shape:?} of {descr} needs {}",
-            data.len(),
-            n * es
+            "holds {} bytes of data, the shape {shape:?} of {descr} needs {need}",
+            data.len()
         )));
     }
     let d = match dtype {
@@ -147,6 +147,10 @@ pub fn to_bytes(t: &Tensor) -> Vec<u8> {
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
     match &t.data {
+        // f16 arrays are held as f32: written back in their own width, as the header says.
+        Data::F32(v) if t.dtype == DType::F16 => {
+            v.iter().for_each(|x| out.extend_from_slice(&half::f16::from_f32(*x).to_le_bytes()))
+        }
         Data::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         Data::F64(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         Data::I64(v) => v.iter().for_each(|&x| match t.dtype.byte_size() {
@@ -179,6 +183,8 @@ mod tests {
             Tensor::f32(vec![2, 3], vec![1.0, -2.5, 3.0, 0.0, 5.5, 6.0]),
             Tensor::i64(vec![4], vec![1, -2, 3, i64::MAX]),
             Tensor::bool(vec![], vec![true]),
+            // float16 is held as f32 and written as 2 bytes per element.
+            Tensor { dtype: DType::F16, shape: vec![2], data: Data::F32(vec![1.5, -65504.0]) },
         ] {
             assert_eq!(parse(&to_bytes(&t), "x").unwrap(), t);
         }
@@ -190,5 +196,24 @@ mod tests {
         let mut b = to_bytes(&Tensor::f32(vec![4], vec![1.0; 4]));
         b.truncate(b.len() - 3);
         assert!(parse(&b, "x").unwrap_err().to_string().contains("holds 13 bytes"));
+    }
+
+    #[test]
+    fn an_element_count_that_wraps_is_an_error() {
+        let header = |shape: &str| {
+            let mut h = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}");
+            h.push('\n');
+            let mut b = b"\x93NUMPY\x01\x00".to_vec();
+            b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+            b.extend_from_slice(h.as_bytes());
+            b
+        };
+        // 2^61 elements of 8 bytes: 2^64 bytes, which wrapped to 0 and matched no data.
+        let e = parse(&header("(2305843009213693952,)"), "x.npy").unwrap_err().to_string();
+        assert_eq!(e, "x.npy: the shape [2305843009213693952] of <f8 overflows the address space");
+        let e = parse(&header("(4294967296, 4294967296)"), "x.npy").unwrap_err().to_string();
+        assert!(e.contains("overflows"), "{e}");
+        // Zero elements are fine however large the other dimensions.
+        assert_eq!(parse(&header("(0, 4294967296)"), "x.npy").unwrap().shape, vec![0, 1 << 32]);
     }
 }

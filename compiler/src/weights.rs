@@ -31,6 +31,10 @@ fn st_dtype(d: DType) -> safetensors::Dtype {
 pub struct SafetensorsSource {
     path: String,
     bytes: Vec<u8>,
+    /// The header, parsed and checked once (a model reads hundreds of tensors).
+    header: safetensors::tensor::Metadata,
+    /// Where the tensor data starts in `bytes`.
+    data_at: usize,
 }
 
 impl SafetensorsSource {
@@ -39,35 +43,37 @@ impl SafetensorsSource {
         let p = path.display().to_string();
         let bytes =
             std::fs::read(path).map_err(|e| WeightsError::Io { path: p.clone(), source: e })?;
-        safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| WeightsError::Format { path: p.clone(), msg: e.to_string() })?;
-        Ok(SafetensorsSource { path: p, bytes })
+        SafetensorsSource::from_bytes(bytes, p)
+    }
+
+    /// Checks the bytes of a safetensors file (`path` names it in messages).
+    pub fn from_bytes(bytes: Vec<u8>, path: String) -> Result<SafetensorsSource, WeightsError> {
+        let (n, header) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| WeightsError::Format { path: path.clone(), msg: e.to_string() })?;
+        // read_metadata checked that the header and every tensor's offsets fit the file.
+        Ok(SafetensorsSource { path, bytes, header, data_at: 8 + n })
     }
 
     /// The file's string metadata (empty when it has none).
     pub fn metadata(&self) -> std::collections::HashMap<String, String> {
-        safetensors::SafeTensors::read_metadata(&self.bytes)
-            .ok()
-            .and_then(|(_, m)| m.metadata().clone())
-            .unwrap_or_default()
+        self.header.metadata().clone().unwrap_or_default()
     }
 
     /// Every tensor name in the file, sorted.
     pub fn names(&self) -> Vec<String> {
-        let st = safetensors::SafeTensors::deserialize(&self.bytes).expect("checked when opened");
-        let mut v: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
+        let mut v: Vec<String> = self.header.tensors().into_keys().collect();
         v.sort();
         v
     }
 
     /// One tensor by name.
     pub fn tensor(&self, name: &str) -> Result<Tensor, String> {
-        let st = safetensors::SafeTensors::deserialize(&self.bytes).expect("checked when opened");
-        let view = st.tensor(name).map_err(|_| format!("not in {}", self.path))?;
-        let shape = view.shape().to_vec();
-        let data = view.data();
+        let info = self.header.info(name).ok_or_else(|| format!("not in {}", self.path))?;
+        let (start, end) = info.data_offsets;
+        let data = &self.bytes[self.data_at + start..self.data_at + end];
+        let shape = info.shape.clone();
         use safetensors::Dtype as S;
-        let d = match view.dtype() {
+        let d = match info.dtype {
             S::F32 => Data::F32(
                 data.chunks_exact(4)
                     .map(|c| f32::from_le_bytes(c.try_into().expect("4")))
@@ -101,7 +107,7 @@ impl SafetensorsSource {
             S::BOOL => Data::Bool(data.iter().map(|&b| b != 0).collect()),
             other => return Err(format!("has element type {other:?}, which veil does not read")),
         };
-        let dtype = match view.dtype() {
+        let dtype = match info.dtype {
             S::F32 => DType::F32,
             S::F16 => DType::F16,
             S::BF16 => DType::BF16,

@@ -40,13 +40,34 @@ fn compile_writes_three_files_and_nothing_private_for_the_client() {
     let client = std::fs::read(d.join("bert.client")).unwrap();
     let server = std::fs::read(d.join("bert.server.safetensors")).unwrap();
     assert!(server.len() > 2_000_000, "the server file holds the weights");
-    // No 16-byte window of any server weight appears in the client's files.
+    // No window of four values of any server weight appears in the client's files, in the
+    // encoding each uses: f32 in the client's part, fixed point in the program's constants.
     let st = safetensors_windows(&server);
+    assert!(st.len() > 100, "{} windows", st.len());
     let prog_bytes = std::fs::read(&prog).unwrap();
+    let frac = veil_isa::Program::from_bytes(&prog_bytes).unwrap().frac_bits;
     for w in &st {
         assert!(!contains(&client, w), "a server weight leaked into the client file");
-        assert!(!contains(&prog_bytes, w), "a server weight leaked into the program");
+        assert!(
+            !contains(&prog_bytes, &fixed_point(w, frac)),
+            "a server weight leaked into the program"
+        );
     }
+    // Negative control: layer 1's weights made public are in the program as constants, and the
+    // search finds them there (a search for their f32 bytes finds nothing: constants are stored
+    // in fixed point).
+    let public = d.join("bert-public.vbc");
+    compile(BERT, &public, &["--public", "*.layer.1.*"]);
+    let public_bytes = std::fs::read(&public).unwrap();
+    let found = st.iter().filter(|w| contains(&public_bytes, &fixed_point(w, frac))).count();
+    let as_f32 = st.iter().filter(|w| contains(&public_bytes, w)).count();
+    eprintln!("{found} of {} server windows found in fixed point, {as_f32} as f32", st.len());
+    assert!(
+        found >= 10,
+        "only {found} of {} windows found in the program with public weights",
+        st.len()
+    );
+    assert_eq!(as_f32, 0);
     assert!(!std::fs::read_dir(&d).unwrap().any(|e| e
         .unwrap()
         .file_name()
@@ -63,6 +84,16 @@ fn safetensors_windows(bytes: &[u8]) -> Vec<Vec<u8>> {
     data.chunks(4096)
         .filter(|c| c.len() >= 16 && c[..16].iter().any(|&b| b != 0))
         .map(|c| c[..16].to_vec())
+        .collect()
+}
+
+/// Four little-endian f32 values as a program's constants store them: 64-bit fixed point with
+/// `frac` fractional bits.
+fn fixed_point(window: &[u8], frac: u8) -> Vec<u8> {
+    window
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+        .flat_map(|x| veil_compiler::backend::lower::encode(x, frac).to_le_bytes())
         .collect()
 }
 

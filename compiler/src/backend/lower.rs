@@ -14,7 +14,7 @@ use cranelift_entity::SecondaryMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 use veil_isa::builder::{Masked, ProgramBuilder};
-use veil_isa::{Buf, Kind, Party};
+use veil_isa::{Buf, ConstOrigin, Kind, Party};
 
 /// Why lowering failed: always names the node.
 #[derive(Debug, thiserror::Error)]
@@ -80,11 +80,14 @@ pub struct LowerOptions {
     /// tokens: maxima over `n` keys pad their rows to `max`, so the comparison tournament has
     /// the same shape at every length.
     pub token_len: Option<(usize, usize)>,
+    /// The public weights each constant was computed from (by folding); recorded as the
+    /// constant's origin in the program.
+    pub weight_sources: HashMap<Value, Vec<String>>,
 }
 
 impl Default for LowerOptions {
     fn default() -> Self {
-        LowerOptions { frac_bits: 16, token_len: None }
+        LowerOptions { frac_bits: 16, token_len: None, weight_sources: HashMap::new() }
     }
 }
 
@@ -106,6 +109,7 @@ struct Lowerer<'g> {
     /// was set yet.
     compactions: HashMap<Value, (veil_isa::builder::Compaction, bool)>,
     token_len: Option<(usize, usize)>,
+    weight_sources: &'g HashMap<Value, Vec<String>>,
 }
 
 /// Lowers the shared part of `g` (visibility from `part`).
@@ -125,6 +129,7 @@ pub fn lower(g: &Graph, part: &Partition, opts: &LowerOptions) -> Result<Lowered
         node: Node::from_u32(0),
         compactions: HashMap::new(),
         token_len: opts.token_len,
+        weight_sources: &opts.weight_sources,
     };
     l.b.meta("model", &g.name);
     for &n in &g.order {
@@ -313,9 +318,17 @@ impl<'g> Lowerer<'g> {
             return b;
         }
         let data: Vec<u64> = (0..t.numel()).map(|i| encode(t.get_f64(i), scale)).collect();
-        let b = self.b.constant(data);
+        let b = self.b.constant_from(data, self.origin(v));
         self.const_bufs.insert(key, b);
         b
+    }
+
+    /// Where the constant `v` comes from: the public weights it was folded from, if any.
+    fn origin(&self, v: Value) -> ConstOrigin {
+        match self.weight_sources.get(&v) {
+            Some(names) => ConstOrigin::PublicWeights(names.clone()),
+            None => ConstOrigin::Program,
+        }
     }
 
     /// Brings a value to scale `target` (≥ its scale) by an exact left shift.
@@ -385,7 +398,7 @@ impl<'g> Lowerer<'g> {
             (Op::Mul, [a, b]) => self.mul((args[0], a.clone()), (args[1], b.clone()), &out_shape)?,
             (Op::Div, [_, Operand::Const(c)]) => {
                 let inv = Tensor::f32(c.shape.clone(), (0..c.numel()).map(|i| (1.0 / c.get_f64(i)) as f32).collect());
-                self.mul_const(args[0], &Arc::new(inv), &out_shape, Some(args[1]))?
+                self.mul_const(args[0], &Arc::new(inv), &out_shape, args[1])?
             }
             (Op::MatMul, [_, _]) => Operand::Val(self.matmul(args[0], args[1], &out_shape)?),
             (Op::Reshape { .. }, [_]) => {
@@ -655,7 +668,7 @@ impl<'g> Lowerer<'g> {
         vx: Value,
         c: &Arc<Tensor>,
         out: &[usize],
-        cv: Option<Value>,
+        cv: Value,
     ) -> Result<Operand, LowerError> {
         let x = self.operand_val(vx)?;
         if c.numel() == 1 {
@@ -667,10 +680,8 @@ impl<'g> Lowerer<'g> {
         let x = if x.scale > 2 * self.f { self.at_f(&x) } else { x };
         let integral = (0..c.numel()).all(|i| c.get_f64(i).fract() == 0.0);
         let cscale = if integral { 0 } else { self.f };
-        let key = cv.unwrap_or(vx);
         let data: Vec<u64> = (0..c.numel()).map(|i| encode(c.get_f64(i), cscale)).collect();
-        let _ = key;
-        let cb = self.b.constant(data);
+        let cb = self.b.constant_from(data, self.origin(cv));
         let xf = self.full(&x, out);
         let (cb, inner) = match inner_of(&c.shape, out) {
             Some(i) => (cb, i),
@@ -695,8 +706,8 @@ impl<'g> Lowerer<'g> {
     ) -> Result<Operand, LowerError> {
         let f = self.f;
         match (a, b) {
-            ((_, Operand::Const(c)), (vx, _)) | ((vx, _), (_, Operand::Const(c))) => {
-                self.mul_const(vx, &c, out, None)
+            ((vc, Operand::Const(c)), (vx, _)) | ((vx, _), (vc, Operand::Const(c))) => {
+                self.mul_const(vx, &c, out, vc)
             }
             ((_, Operand::Bits { bits, shape }), (vy, y))
             | ((vy, y), (_, Operand::Bits { bits, shape })) => {

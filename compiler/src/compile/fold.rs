@@ -2,20 +2,29 @@
 //! becomes a constant, so the lowering only ever sees constants, private values and shares.
 
 use crate::backend::partition::{Partition, Vis};
-use crate::ir::{Graph, ValueDef};
+use crate::ir::{Graph, Value, ValueDef};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Replaces every public weight and every public node result by a constant.
-pub fn fold_public(g: &mut Graph, part: &Partition) -> Result<(), String> {
+/// The public weights each folded constant was computed from (sorted names), for the
+/// constants' origin in the program ([`veil_isa::ConstOrigin`]); constants not listed depend
+/// on no weight.
+pub type WeightSources = HashMap<Value, Vec<String>>;
+
+/// Replaces every public weight and every public node result by a constant; returns the
+/// weights each constant was computed from.
+pub fn fold_public(g: &mut Graph, part: &Partition) -> Result<WeightSources, String> {
     let public_weights: Vec<_> = g
         .values
         .iter()
         .filter(|(v, d)| matches!(d.def, ValueDef::Weight(_)) && part.vis[*v] == Vis::Public)
         .map(|(v, _)| v)
         .collect();
+    let mut sources = WeightSources::new();
     for v in public_weights {
         if let ValueDef::Weight(t) = &g.values[v].def {
             g.values[v].def = ValueDef::Const(t.clone());
+            sources.insert(v, vec![g.values[v].name.clone()]);
         }
     }
     let order = g.order.clone();
@@ -43,10 +52,17 @@ pub fn fold_public(g: &mut Graph, part: &Partition) -> Result<(), String> {
         let t = crate::eval::eval_op(&nd.op, &refs, &ty)
             .map_err(|e| format!("folding public node `{}`: {e}", nd.name))?;
         let r = nd.result;
+        let mut from: Vec<String> =
+            nd.args.iter().filter_map(|a| sources.get(a)).flatten().cloned().collect();
+        from.sort();
+        from.dedup();
+        if !from.is_empty() {
+            sources.insert(r, from);
+        }
         g.values[r].def = ValueDef::Const(Arc::new(t));
     }
     g.order = keep;
-    Ok(())
+    Ok(sources)
 }
 
 /// `a / b` with `a` secret and `b` known to one party (or public): that party computes `1/b`

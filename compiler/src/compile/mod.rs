@@ -149,6 +149,8 @@ pub struct Compiled {
     pub clamped: Vec<String>,
     /// Visibility counts over the lowered graph's values: public, client, server, shared.
     pub visibility: [usize; 4],
+    /// What the program reveals, as the leakage analysis found (what `veil connect` prints).
+    pub reveals: veil_isa::Reveals,
 }
 
 /// Compiles `g`: `weight_vis` says who may see each weight (by name).
@@ -196,10 +198,10 @@ pub(crate) fn prepare(
     let (approximations, clamped) = lower_nonlinear(&mut g, &part, &nl)
         .map_err(|msg| CompileError::Nonlinear { model: model.clone(), msg })?;
     let part = analyze(&g, weight_vis);
-    fold::fold_public(&mut g, &part)
+    let weight_sources = fold::fold_public(&mut g, &part)
         .map_err(|msg| CompileError::Nonlinear { model: model.clone(), msg })?;
     let part = analyze(&g, weight_vis);
-    let lo = LowerOptions { frac_bits: opts.frac_bits, token_len: opts.token_len };
+    let lo = LowerOptions { frac_bits: opts.frac_bits, token_len: opts.token_len, weight_sources };
     let mut lowered = lower(&g, &part, &lo)
         .map_err(|source| CompileError::Lower { model: model.clone(), source })?;
     for (k, v) in &opts.meta {
@@ -231,7 +233,8 @@ pub(crate) fn assemble(p: Prepared, program: Program) -> Result<Compiled, Compil
     leakage::check_client_graph(&cg, &server_weights)
         .map_err(|msg| CompileError::Leak { model: model.clone(), msg })?;
     let names: Vec<String> = g.outputs.iter().map(|&o| g.values[o].name.clone()).collect();
-    leakage::check_program(&program, &names)
+    let reveals = leakage::check_program(&program, &names)
+        .and_then(|r| leakage::check_constants(&program, &server_weights).map(|()| r))
         .map_err(|msg| CompileError::Leak { model: model.clone(), msg })?;
     let mut outputs = Vec::new();
     for &o in &g.outputs {
@@ -253,7 +256,7 @@ pub(crate) fn assemble(p: Prepared, program: Program) -> Result<Compiled, Compil
     for (v, _) in g.values.iter() {
         visibility[part.vis[v] as usize] += 1;
     }
-    Ok(Compiled { program, client, server_weights, approximations, clamped, visibility })
+    Ok(Compiled { program, client, server_weights, approximations, clamped, visibility, reveals })
 }
 
 /// Computes the server's program weights: its own weights and what it derives from them with

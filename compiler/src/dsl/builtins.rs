@@ -265,9 +265,12 @@ pub(crate) fn call(
             let x = a.tensor(0)?;
             let dims = a.ints(1)?;
             let n = a.e.g.ty(x).numel();
-            let known: i64 = dims.iter().filter(|&&d| d != -1).product();
+            // Checked: the known dimensions' product overflowed i64 (wrapping to a divisor).
+            let known = dims.iter().filter(|&&d| d != -1).try_fold(1i64, |a, &d| a.checked_mul(d));
+            let known = known.unwrap_or(-1);
             let holes = dims.iter().filter(|&&d| d == -1).count();
-            let shape: Vec<usize> = if holes == 1 && known > 0 && n as i64 % known == 0 {
+            let valid = dims.iter().all(|&d| d >= -1);
+            let shape: Vec<usize> = if valid && holes == 1 && known > 0 && n as i64 % known == 0 {
                 dims.iter()
                     .map(|&d| if d == -1 { (n as i64 / known) as usize } else { d as usize })
                     .collect()

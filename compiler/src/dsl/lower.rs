@@ -332,6 +332,11 @@ impl<'a> Eval<'a> {
             }
             shape.push(x as usize);
         }
+        // `x as usize` saturates, so a dimension of 1e30 is usize::MAX: the product decides.
+        if crate::frontend::elements(&shape).is_none() {
+            let msg = format!("the shape {shape:?} has more elements than a tensor can hold");
+            return Err(self.err(t.span, msg));
+        }
         Ok(TensorType::new(dtype, shape))
     }
 
@@ -361,9 +366,21 @@ impl<'a> Eval<'a> {
         args: &[Value],
         name: Option<&str>,
     ) -> R<Val> {
+        if let Op::Reshape { shape } | Op::Expand { shape } = &op {
+            if crate::frontend::elements(shape).is_none() {
+                let msg = format!("the shape {shape:?} has more elements than a tensor can hold");
+                return Err(self.err(span, msg));
+            }
+        }
         let base = name.unwrap_or(op.name()).to_string();
         let nn = self.node_name(&base);
         let v = self.g.add_node(&nn, op, args, &nn).map_err(|m| self.err(span, m))?;
+        let shape = &self.g.ty(v).shape;
+        if crate::frontend::elements(shape).is_none() {
+            let msg =
+                format!("the result of shape {shape:?} has more elements than a tensor can hold");
+            return Err(self.err(span, msg));
+        }
         Ok(Val::Tensor(v))
     }
 

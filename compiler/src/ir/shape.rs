@@ -227,7 +227,13 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
         }
         Op::Reshape { shape } => {
             arity(op, args, 1, 1)?;
-            let n: usize = shape.iter().product();
+            let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            let Some(n) = n else {
+                return Err(format!(
+                    "reshape to {}: the element count overflows",
+                    shape_str(shape)
+                ));
+            };
             if n != args[0].numel() {
                 return Err(format!(
                     "cannot reshape {} ({} elements) to {} ({n} elements)",
@@ -265,8 +271,9 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
                 if len[d] == 0 {
                     continue;
                 }
-                let last = start[d] as i64 + (len[d] as i64 - 1) * step[d];
-                if step[d] == 0 || start[d] >= s[d] || last < 0 || last >= s[d] as i64 {
+                // In i128: a step or length from a file must not wrap the last index.
+                let last = start[d] as i128 + (len[d] as i128 - 1) * step[d] as i128;
+                if step[d] == 0 || start[d] >= s[d] || last < 0 || last >= s[d] as i128 {
                     return Err(format!(
                         "slice of dim {d} (size {}) with start {} step {} len {} reads out of range",
                         s[d], start[d], step[d], len[d]
@@ -299,7 +306,9 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
                         shape_str(&a.shape)
                     ));
                 }
-                shape[*axis] += a.shape[*axis];
+                shape[*axis] = shape[*axis]
+                    .checked_add(a.shape[*axis])
+                    .ok_or_else(|| format!("concat on axis {axis}: the dimension overflows"))?;
             }
             Ok(TensorType::new(first.dtype, shape))
         }
@@ -344,7 +353,7 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
                 ));
             }
             let k = idx.shape[q - 1];
-            if b + k > data.rank() {
+            if k > data.rank() - b {
                 return Err(format!(
                     "gather_nd index tuples of length {k} exceed data rank {} (batch_dims {b})",
                     data.rank()

@@ -2,7 +2,7 @@
 //! snapshots compare).
 
 use crate::cost::program_cost;
-use crate::program::{Kind, Program};
+use crate::program::{ConstOrigin, Kind, Program};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -10,14 +10,18 @@ use std::fmt::Write as _;
 /// instruction per line and its tag.
 pub fn disassemble(p: &Program) -> String {
     let mut s = header(p);
-    for c in &p.consts {
+    for (i, c) in p.consts.iter().enumerate() {
         let shown: Vec<String> = c.data.iter().take(4).map(|x| (*x as i64).to_string()).collect();
         let more = if c.data.len() > 4 {
             format!(", … ({} values)", c.data.len())
         } else {
             String::new()
         };
-        writeln!(s, "const  {} = [{}{more}]", c.buf, shown.join(", ")).unwrap();
+        let origin = match p.const_origin(i) {
+            ConstOrigin::Program => String::new(),
+            o => format!(" ; from {o}"),
+        };
+        writeln!(s, "const  {} = [{}{more}]{origin}", c.buf, shown.join(", ")).unwrap();
     }
     for (name, code, tags) in [("setup", &p.setup, &p.setup_tags), ("body", &p.body, &p.body_tags)]
     {

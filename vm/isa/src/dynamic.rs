@@ -40,14 +40,12 @@ impl Poly {
             return None;
         }
         let c2 = (s12 - s01) / h02;
-        // y = y0 + s01·(n - x0) + c2·(n - x0)(n - x1)
-        let c1 = s01 - c2 * (x0 + x1);
-        let c0 = y0 - s01 * x0 + c2 * x0 * x1;
-        let p = Poly([c0, c1, c2].map(|c| i64::try_from(c).ok()).map(|c| c.unwrap_or(i64::MAX)));
-        if p.0.contains(&i64::MAX) {
-            return None;
-        }
-        Some(p)
+        // y = y0 + s01·(n - x0) + c2·(n - x0)(n - x1). With sizes near 2^63 and lengths near
+        // 2^32, c2·x0·x1 exceeds even i128.
+        let c1 = s01.checked_sub(c2.checked_mul(x0 + x1)?)?;
+        let c0 = y0.checked_sub(s01.checked_mul(x0)?)?.checked_add(c2.checked_mul(x0 * x1)?)?;
+        let c = [c0, c1, c2].map(|c| i64::try_from(c).ok());
+        Some(Poly([c[0]?, c[1]?, c[2]?]))
     }
 
     fn encode(&self, w: &mut Writer) {
@@ -257,6 +255,20 @@ mod tests {
             };
             assert!(d.instantiate(&p, 2).is_err());
         }
+    }
+
+    #[test]
+    fn fit_refuses_coefficients_beyond_i128_instead_of_overflowing() {
+        // c2 = 2^64 - 1 and x0·x1 ≈ 2^64: their product is past i128.
+        let x = u32::MAX;
+        let pts = [(x, i64::MAX), (x - 1, i64::MIN), (x - 2, i64::MAX)];
+        assert_eq!(Poly::fit(pts), None);
+        // c0 = 2^63 does not fit a coefficient; i64::MAX does (it was a sentinel before).
+        assert_eq!(Poly::fit([(1, i64::MAX), (2, i64::MAX - 1), (3, i64::MAX - 2)]), None);
+        assert_eq!(
+            Poly::fit([(0, i64::MAX), (1, i64::MAX), (2, i64::MAX)]),
+            Some(Poly([i64::MAX, 0, 0]))
+        );
     }
 
     #[test]

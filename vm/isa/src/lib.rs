@@ -3,6 +3,8 @@
 //! - [`ops`]: the single instruction list (`for_each_op!`) and the generated [`Instr`].
 //! - [`program`]: the file container ([`Program`]) and its encoding.
 //! - [`validate`]: load-time checks that make a hostile program harmless to the VM.
+//! - [`verify`]: the leakage analysis: what a program reveals, and a refusal of one that
+//!   opens or sends a secret without a fresh mask.
 //! - [`cost`]: bytes, rounds and dealer material of every instruction.
 //! - [`lifetime`]: which buffers a party keeps, when each value dies, and the memory a
 //!   session needs.
@@ -21,12 +23,14 @@ pub mod ops;
 pub mod program;
 pub mod template;
 pub mod validate;
+pub mod verify;
 
 pub use dynamic::{DynField, Dynamic, Poly};
 pub use operand::{Buf, Dims, Party, SlotMut, Strides};
 pub use ops::Instr;
-pub use program::{BufDecl, ConstInit, IoDecl, Kind, Program, Tag};
+pub use program::{BufDecl, ConstInit, ConstOrigin, IoDecl, Kind, Program, Tag};
 pub use validate::{validate, validate_instance, ValidateError};
+pub use verify::{verify, Reveals, VerifyError};
 
 /// Why a program file could not be decoded. Always the file's fault, never a VM bug.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

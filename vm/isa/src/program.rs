@@ -14,7 +14,8 @@ use std::fmt;
 /// File magic.
 pub const MAGIC: &[u8; 8] = b"VEILVBC\0";
 /// Bytecode format version; bump on any change to the instruction list or the layout.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2: every constant carries its [`ConstOrigin`].
+pub const FORMAT_VERSION: u32 = 2;
 /// Largest buffer, in elements, a program may declare (2^31).
 pub const MAX_BUF_LEN: u32 = 1 << 31;
 
@@ -112,6 +113,80 @@ pub struct ConstInit {
     pub data: Vec<u64>,
 }
 
+/// Where a constant's values come from. Constants reach the client and the dealer in the
+/// clear, so the compiler records what each was computed from and the verifier
+/// ([`crate::verify`]) refuses one computed from a private weight.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum ConstOrigin {
+    /// Made by the compiler (thresholds, positions, approximation coefficients) or part of the
+    /// model's own public data (shapes, scales, masks): depends on no weight.
+    #[default]
+    Program,
+    /// Computed from these weights, which the compile declared public (sorted names).
+    PublicWeights(Vec<String>),
+    /// Computed from a weight private to `party`: a leak in any program.
+    PrivateWeight {
+        /// Who owns the weight.
+        party: Party,
+        /// The weight's name.
+        name: String,
+    },
+}
+
+impl ConstOrigin {
+    fn encode(&self, w: &mut Writer) {
+        match self {
+            ConstOrigin::Program => w.bytes.push(0),
+            ConstOrigin::PublicWeights(names) => {
+                w.bytes.push(1);
+                w.uvar(names.len() as u64);
+                for n in names {
+                    w.str(n);
+                }
+            }
+            ConstOrigin::PrivateWeight { party, name } => {
+                w.bytes.push(2);
+                party.encode(w);
+                w.str(name);
+            }
+        }
+    }
+
+    fn decode(r: &mut Reader) -> Result<ConstOrigin, DecodeError> {
+        let at = r.position();
+        Ok(match r.u8()? {
+            0 => ConstOrigin::Program,
+            1 => {
+                let n = r.count()?;
+                let mut names = Vec::with_capacity(n);
+                for _ in 0..n {
+                    names.push(r.str(1 << 16)?);
+                }
+                ConstOrigin::PublicWeights(names)
+            }
+            2 => ConstOrigin::PrivateWeight { party: Party::decode(r)?, name: r.str(1 << 16)? },
+            c => {
+                return Err(DecodeError::Malformed {
+                    at,
+                    what: format!("unknown constant origin {c}"),
+                })
+            }
+        })
+    }
+}
+
+impl fmt::Display for ConstOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConstOrigin::Program => f.write_str("program"),
+            ConstOrigin::PublicWeights(n) => write!(f, "public weights {}", n.join(", ")),
+            ConstOrigin::PrivateWeight { party, name } => {
+                write!(f, "the {party}'s private weight {name}")
+            }
+        }
+    }
+}
+
 /// A named tensor crossing the program boundary: an input, a weight or an output.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IoDecl {
@@ -147,6 +222,9 @@ pub struct Program {
     pub buffers: Vec<BufDecl>,
     /// Constant initialisers of public buffers.
     pub consts: Vec<ConstInit>,
+    /// The origin of `consts[i]`; a program built without origins (hand-written tests) has
+    /// fewer entries, and a missing entry is [`ConstOrigin::Program`].
+    pub const_origins: Vec<ConstOrigin>,
     /// Inputs, supplied by their party at each run.
     pub inputs: Vec<IoDecl>,
     /// Weights, supplied by their party at load time.
@@ -171,6 +249,12 @@ impl Program {
     /// The declaration of buffer `b`, if it exists.
     pub fn buf(&self, b: Buf) -> Option<&BufDecl> {
         self.buffers.get(b.0 as usize)
+    }
+
+    /// The origin of constant `i` (see [`Program::const_origins`]).
+    pub fn const_origin(&self, i: usize) -> &ConstOrigin {
+        const PROGRAM: ConstOrigin = ConstOrigin::Program;
+        self.const_origins.get(i).unwrap_or(&PROGRAM)
     }
 
     /// A metadata value by key.
@@ -208,12 +292,13 @@ impl Program {
             w.uvar(b.len as u64);
         }
         w.uvar(self.consts.len() as u64);
-        for c in &self.consts {
+        for (i, c) in self.consts.iter().enumerate() {
             c.buf.encode(&mut w);
             w.uvar(c.data.len() as u64);
             for &x in &c.data {
                 w.bytes.extend_from_slice(&x.to_le_bytes());
             }
+            self.const_origin(i).encode(&mut w);
         }
         for list in [&self.inputs, &self.weights, &self.outputs] {
             w.uvar(list.len() as u64);
@@ -312,6 +397,7 @@ impl Program {
                 .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
                 .collect();
             p.consts.push(ConstInit { buf, data });
+            p.const_origins.push(ConstOrigin::decode(r)?);
         }
         for which in 0..3 {
             let n = r.count()?;

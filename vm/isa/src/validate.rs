@@ -116,14 +116,35 @@ impl Checker<'_> {
         }
     }
 
+    /// The element count of a `what` view with dimensions `dims`, reporting an overflow. Every
+    /// product of the non-zero dimensions must stay within [`MAX_BUF_LEN`]: a view that fits no
+    /// buffer is wrong anyway, and a kernel never loops more often than a buffer is long, even
+    /// over an empty view.
+    fn extent(&mut self, what: &str, dims: &[u64]) -> Option<u64> {
+        let nonzero = dims
+            .iter()
+            .filter(|&&x| x != 0)
+            .try_fold(1u64, |acc, &x| acc.checked_mul(x).filter(|&p| p <= MAX_BUF_LEN as u64));
+        match nonzero {
+            Some(p) if !dims.contains(&0) => Some(p),
+            Some(_) => Some(0),
+            None => {
+                let ds: Vec<String> = dims.iter().map(u64::to_string).collect();
+                self.err(format_args!(
+                    "{what} = {} overflows the largest buffer (2^31 elements)",
+                    ds.join("×")
+                ));
+                None
+            }
+        }
+    }
+
     fn matmul_dims(&mut self, d: Buf, a: Buf, b: Buf, dims: [u32; 4]) {
         let [batch, m, k, n] = dims.map(|x| x as u64);
-        let ok = |len: u64, per: u64| len == per || len == batch * per;
-        if batch == 0
-            || !ok(self.len(a), m * k)
-            || !ok(self.len(b), k * n)
-            || self.len(d) != batch * m * n
-        {
+        let Some(bmn) = self.extent("batch·m·n", &[batch, m, n]) else { return };
+        // An operand shared by the whole batch may be far smaller than batch times its size.
+        let ok = |len: u64, per: u64| len == per || Some(len) == batch.checked_mul(per);
+        if batch == 0 || !ok(self.len(a), m * k) || !ok(self.len(b), k * n) || self.len(d) != bmn {
             self.err(format_args!(
                 "dims batch={batch} m={m} k={k} n={n} do not fit {a}[{}] · {b}[{}] -> {d}[{}]",
                 self.len(a),
@@ -224,8 +245,12 @@ impl Checker<'_> {
             Sum { d, a, outer, mid, inner } => {
                 self.ring(*a);
                 let (o, m, i) = (*outer as u64, *mid as u64, *inner as u64);
-                if self.len(*a) != o * m * i || self.len(*d) != o * i {
-                    self.err(format_args!("{outer}×{mid}×{inner} view does not fit {a} -> {d}"));
+                if let Some(n) = self.extent("outer·mid·inner", &[o, m, i]) {
+                    if self.len(*a) != n || self.len(*d) != o * i {
+                        self.err(format_args!(
+                            "{outer}×{mid}×{inner} view does not fit {a} -> {d}"
+                        ));
+                    }
                 }
                 let k = self.kind(*a);
                 self.result_kind(*d, k);
@@ -234,8 +259,10 @@ impl Checker<'_> {
                 self.ring(*a);
                 self.same_len(&[*d, *a]);
                 let (o, m, i) = (*outer as u64, *mid as u64, *inner as u64);
-                if self.len(*a) != o * m * i {
-                    self.err(format_args!("{outer}×{mid}×{inner} view does not fit {a}"));
+                if let Some(n) = self.extent("outer·mid·inner", &[o, m, i]) {
+                    if self.len(*a) != n {
+                        self.err(format_args!("{outer}×{mid}×{inner} view does not fit {a}"));
+                    }
                 }
                 let k = self.kind(*a);
                 self.result_kind(*d, k);
@@ -262,6 +289,17 @@ impl Checker<'_> {
                 if shape.0.len() > 8 {
                     self.err("rank above 8");
                     return;
+                }
+                let dims: Vec<u64> = shape.0.iter().map(|&x| x as u64).collect();
+                let Some(n) = self.extent("the copy's shape", &dims) else { return };
+                // A copy writes each element of `d` at most once; more elements than `d`
+                // holds is a hostile shape (and a near-endless loop over stride-0 axes).
+                if n > self.len(*d) {
+                    self.err(format_args!(
+                        "copies {n} elements ({:?}) into {d}[{}]",
+                        shape.0,
+                        self.len(*d)
+                    ));
                 }
                 self.copy_bounds(*d, *d_off, &shape.0, &d_strides.0);
                 self.copy_bounds(*a, *a_off, &shape.0, &a_strides.0);
@@ -544,10 +582,20 @@ fn check_program(p: &Program, instance: bool) -> Result<(), ValidateError> {
     let io_lists = [("input", &p.inputs), ("weight", &p.weights), ("output", &p.outputs)];
     for (what, list) in io_lists {
         for io in list.iter() {
-            let numel: u64 = io.shape.iter().map(|&d| d as u64).product();
-            match p.buf(io.buf) {
-                None => c.errs.push(format!("{what} `{}` uses missing buffer {}", io.name, io.buf)),
-                Some(d) => {
+            let numel = io
+                .shape
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+                .filter(|&n| n <= MAX_BUF_LEN as u64);
+            match (p.buf(io.buf), numel) {
+                (None, _) => {
+                    c.errs.push(format!("{what} `{}` uses missing buffer {}", io.name, io.buf))
+                }
+                (Some(_), None) => c.errs.push(format!(
+                    "{what} `{}` of shape {:?} has more elements than the largest buffer (2^31)",
+                    io.name, io.shape
+                )),
+                (Some(d), Some(numel)) => {
                     let kind_ok = d.kind == Kind::Private(io.party)
                         || (what == "weight" && d.kind == Kind::Public);
                     let shrunk = instance && what != "output" && (d.len as u64) < numel;
@@ -591,5 +639,133 @@ fn check_program(p: &Program, instance: bool) -> Result<(), ValidateError> {
         Ok(())
     } else {
         Err(ValidateError(c.errs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operand::{Dims, Strides};
+    use crate::program::{BufDecl, IoDecl, Tag};
+    use crate::Party;
+
+    /// A program of `bufs` (kind, length) running `setup`.
+    fn program(bufs: &[(Kind, u32)], setup: Vec<Instr>) -> Program {
+        Program {
+            frac_bits: 16,
+            buffers: bufs.iter().map(|&(kind, len)| BufDecl { kind, len }).collect(),
+            tags: vec![Tag { layer: "model".into(), op: "test".into() }],
+            setup_tags: vec![0; setup.len()],
+            setup,
+            ..Program::default()
+        }
+    }
+
+    fn first_error(p: &Program) -> String {
+        let e = validate(p).expect_err("the program must be refused");
+        e.0[0].clone()
+    }
+
+    #[test]
+    fn a_batch_of_2_31_by_2_17_by_2_16_does_not_wrap_to_zero() {
+        // batch·m·n = 2^64 wrapped to 0 and matched the empty result: the dealer then ran 2^31
+        // products and indexed past the end.
+        let (batch, m, k, n) = (1 << 31, 1 << 17, 0, 1 << 16);
+        let share = (Kind::Share, 0);
+        let p = program(
+            &[share, share, share],
+            vec![
+                Instr::DMask { d: Buf(0) },
+                Instr::DMask { d: Buf(1) },
+                Instr::DMatMul { d: Buf(2), a: Buf(0), b: Buf(1), batch, m, k, n },
+            ],
+        );
+        let e = first_error(&p);
+        assert!(
+            e.starts_with("setup #2 `dmatmul`: batch·m·n = 2147483648×131072×65536 overflows"),
+            "{e}"
+        );
+        let public = (Kind::Public, 0);
+        let p = program(
+            &[public, public, public],
+            vec![Instr::MatMul { d: Buf(2), a: Buf(0), b: Buf(1), batch, m, k, n }],
+        );
+        assert!(first_error(&p).contains("`matmul`: batch·m·n = 2147483648×131072×65536"));
+    }
+
+    #[test]
+    fn a_batched_product_that_fits_validates() {
+        let p = program(
+            &[(Kind::Public, 2 * 3 * 4), (Kind::Public, 4 * 5), (Kind::Public, 2 * 3 * 5)],
+            vec![Instr::MatMul { d: Buf(2), a: Buf(0), b: Buf(1), batch: 2, m: 3, k: 4, n: 5 }],
+        );
+        validate(&p).unwrap();
+        // Logits of 128 tokens against a shared 768×50257 matrix: batch·k·n is past 2^31, but
+        // only the result is materialised per batch.
+        let (batch, k, n) = (128, 768, 50257);
+        let p = program(
+            &[(Kind::Public, batch * k), (Kind::Public, k * n), (Kind::Public, batch * n)],
+            vec![Instr::MatMul { d: Buf(2), a: Buf(0), b: Buf(1), batch, m: 1, k, n }],
+        );
+        validate(&p).unwrap();
+    }
+
+    #[test]
+    fn sum_and_cumsum_views_are_checked_products() {
+        let empty = (Kind::Public, 0);
+        // 2^22·2^21·2^21 = 2^64 wrapped to 0 and fitted empty buffers.
+        let (outer, mid, inner) = (1 << 22, 1 << 21, 1 << 21);
+        let p = program(
+            &[empty, empty],
+            vec![Instr::CumSum { d: Buf(1), a: Buf(0), outer, mid, inner }],
+        );
+        assert!(first_error(&p)
+            .contains("`cumsum`: outer·mid·inner = 4194304×2097152×2097152 overflows"));
+        let p =
+            program(&[empty, empty], vec![Instr::Sum { d: Buf(1), a: Buf(0), outer, mid, inner }]);
+        assert!(first_error(&p).contains("`sum`: outer·mid·inner"));
+        // An empty view that would still loop 2^64 times over its outer axes.
+        let (outer, mid, inner) = (u32::MAX, u32::MAX, 0);
+        let p =
+            program(&[empty, empty], vec![Instr::Sum { d: Buf(1), a: Buf(0), outer, mid, inner }]);
+        assert!(first_error(&p).contains("4294967295×4294967295×0 overflows"));
+    }
+
+    #[test]
+    fn a_copy_never_writes_more_elements_than_its_destination_holds() {
+        let one = (Kind::Public, 1);
+        let copy = |shape: Vec<u32>| {
+            let r = shape.len();
+            Instr::Copy {
+                d: Buf(1),
+                d_off: 0,
+                a: Buf(0),
+                a_off: 0,
+                shape: Dims(shape),
+                d_strides: Strides(vec![0; r]),
+                a_strides: Strides(vec![0; r]),
+            }
+        };
+        // In bounds (every stride is 0), but 2^80 iterations overflow the kernel's count.
+        let p = program(&[one, one], vec![copy(vec![1 << 16; 5])]);
+        assert!(first_error(&p)
+            .contains("`copy`: the copy's shape = 65536×65536×65536×65536×65536 overflows"));
+        let p = program(&[one, one], vec![copy(vec![4])]);
+        assert!(first_error(&p).contains("copies 4 elements ([4]) into b1[1]"));
+        validate(&program(&[one, one], vec![copy(vec![1])])).unwrap();
+    }
+
+    #[test]
+    fn an_input_shape_whose_product_wraps_is_refused() {
+        let mut p = program(&[(Kind::Private(Party::Client), 0)], vec![]);
+        p.inputs.push(IoDecl {
+            name: "x".into(),
+            buf: Buf(0),
+            party: Party::Client,
+            frac_bits: 16,
+            shape: vec![1 << 16; 4],
+        });
+        let e = validate(&p).unwrap_err().to_string();
+        assert!(e.contains("input `x` of shape [65536, 65536, 65536, 65536] has more elements than the largest buffer"), "{e}");
     }
 }

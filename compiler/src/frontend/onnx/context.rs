@@ -3,9 +3,14 @@
 use super::error::ImportError;
 use super::tensor::from_proto;
 use crate::eval;
+pub use crate::frontend::elements;
 use crate::ir::{Graph, Op, Tensor, Value, ValueDef};
 use std::collections::HashMap;
 use veil_onnx_proto::{attribute_proto::AttributeType, AttributeProto, NodeProto};
+
+/// Limit on the elements of a constant folded at import (a shape computation, a folded weight
+/// transform): protects against absurd shapes, which would be evaluated at once.
+pub const MAX_CONST: usize = 1 << 28;
 
 /// Translation state.
 pub struct Cx<'a> {
@@ -158,13 +163,26 @@ impl<'a> Cx<'a> {
     /// Adds `op(args)` named `name`; when every argument is a public constant the result is
     /// evaluated now and becomes a constant (this is how shape computations fold away).
     pub fn wire(&mut self, op: Op, args: &[Value], name: &str) -> Result<Value, ImportError> {
+        // Shapes from the file: shape inference multiplies a target shape's dimensions.
+        if let Op::Reshape { shape } | Op::Expand { shape } = &op {
+            if elements(shape).is_none() {
+                return Err(self.err(format!(
+                    "the target shape {shape:?} has more elements than a tensor can hold"
+                )));
+            }
+        }
         let consts: Option<Vec<&Tensor>> = args.iter().map(|&a| self.g.const_data(a)).collect();
         if let Some(ts) = consts {
             let tys: Vec<_> = ts.iter().map(|t| t.ty()).collect();
             let tyrefs: Vec<_> = tys.iter().collect();
             let ty = crate::ir::shape::infer(&op, &tyrefs).map_err(|m| self.err(m))?;
-            // Large constant results (a folded weight transform) stay small enough: the inputs
-            // are constants already, so the result is bounded by what the file holds.
+            // Broadcasting or expanding constants can make a result far larger than the file.
+            if elements(&ty.shape).is_none_or(|n| n > MAX_CONST) {
+                return Err(self.err(format!(
+                    "folding it would make a constant of shape {:?}, more than 2^28 elements",
+                    ty.shape
+                )));
+            }
             let t = eval::eval_op(&op, &ts, &ty).map_err(|m| self.err(m))?;
             return Ok(self.g.add_const(name, t));
         }
@@ -173,7 +191,14 @@ impl<'a> Cx<'a> {
         } else {
             format!("{}.{}", self.node_name, name.rsplit('.').next().unwrap_or(name))
         };
-        self.g.add_node(&node_name, op, args, name).map_err(|m| self.err(m))
+        let v = self.g.add_node(&node_name, op, args, name).map_err(|m| self.err(m))?;
+        let shape = &self.g.ty(v).shape;
+        if elements(shape).is_none() {
+            return Err(self.err(format!(
+                "its result of shape {shape:?} has more elements than a tensor can hold"
+            )));
+        }
+        Ok(v)
     }
 
     /// A constant with a fresh name derived from the node.

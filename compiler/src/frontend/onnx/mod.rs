@@ -230,6 +230,11 @@ fn input_type(
             }
         }
     }
+    if context::elements(&shape).is_none() {
+        return Err(gerr(format!(
+            "input `{iname}` of shape {shape:?} has more elements than a tensor can hold"
+        )));
+    }
     Ok(TensorType::new(dtype, shape))
 }
 

@@ -10,7 +10,9 @@
 //! up its share at the public digit of `C` (local), and a log-depth tree of AND gates combines
 //! digits from the top. The lowest `ignore` bits are skipped: the result is exact whenever
 //! `|x| ≥ 2^ignore` ring units (for ReLU, max and thresholds a near-zero difference makes
-//! either answer correct to within that amount).
+//! either answer correct to within that amount) and `x ≤ 2^(n-1) - 2^ignore`: skipping them
+//! misreads the borrow when the low `n-1` bits of `u` are less than `2^ignore` below a
+//! multiple of `2^(n-1)`, which is `x` just below 0 and also `x` just below the top.
 //!
 //! Why not function secret sharing (a DCF key per comparison, as SIGMA)? On a CPU a DCF
 //! costs about `n` AES calls per party per comparison and ~0.5 KB of dealer key; the tables
@@ -260,7 +262,8 @@ impl ProgramBuilder {
     /// Maximum of each row of a `rows × len` share, as a tournament tree of `ceil(log2 len)`
     /// levels of [`Self::max_pair`], with the comparison parameters in
     /// [`ProgramBuilder::max_compare`]: the result is within `2^ignore` ring units of the true
-    /// maximum (one of the row's values) for rows whose differences are below `2^(bits-1)`.
+    /// maximum (one of the row's values) for rows whose differences are below
+    /// `2^(bits-1) - 2^ignore`.
     pub fn max_rows(&mut self, x: Buf, rows: u32, len: u32) -> Buf {
         let saved = std::mem::replace(&mut self.compare, self.max_compare);
         let r = self.max_rows_with_current(x, rows, len);

@@ -25,7 +25,7 @@ pub use prune::{Compaction, THETA_BITS};
 
 use crate::operand::{Buf, Party};
 use crate::ops::Instr;
-use crate::program::{BufDecl, ConstInit, IoDecl, Kind, Program, Tag};
+use crate::program::{BufDecl, ConstInit, ConstOrigin, IoDecl, Kind, Program, Tag};
 use crate::validate::{is_comm_instr, is_dealer_instr};
 use std::collections::HashMap;
 
@@ -48,7 +48,8 @@ struct Item {
 /// Knobs for the comparison protocol.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct CompareParams {
-    /// Values compared must satisfy `|x| < 2^(bits-1)` in the ring (fixed-point encoded).
+    /// Values compared must satisfy `-2^(bits-1) ≤ x ≤ 2^(bits-1) - 2^ignore` in the ring
+    /// (fixed-point encoded): within `2^ignore` below the top, the ignored bits misread the sign.
     pub bits: u8,
     /// Low bits ignored: the sign is exact whenever `|x| ≥ 2^ignore` (ring units).
     pub ignore: u8,
@@ -73,6 +74,7 @@ pub struct ProgramBuilder {
     body: Vec<Item>,
     section: Section,
     consts: Vec<ConstInit>,
+    const_origins: Vec<ConstOrigin>,
     inputs: Vec<IoDecl>,
     weights: Vec<IoDecl>,
     outputs: Vec<IoDecl>,
@@ -108,6 +110,7 @@ impl ProgramBuilder {
             body: Vec::new(),
             section: Section::Body,
             consts: Vec::new(),
+            const_origins: Vec::new(),
             inputs: Vec::new(),
             weights: Vec::new(),
             outputs: Vec::new(),
@@ -174,10 +177,16 @@ impl ProgramBuilder {
         self.bufs[b.0 as usize].len
     }
 
-    /// A public buffer holding constant ring elements.
+    /// A public buffer holding constant ring elements made by the compiler (no weight in them).
     pub fn constant(&mut self, data: Vec<u64>) -> Buf {
+        self.constant_from(data, ConstOrigin::Program)
+    }
+
+    /// A public buffer holding constant ring elements computed as `origin` says.
+    pub fn constant_from(&mut self, data: Vec<u64>, origin: ConstOrigin) -> Buf {
         let b = self.buf(Kind::Public, data.len() as u32);
         self.consts.push(ConstInit { buf: b, data });
+        self.const_origins.push(origin);
         b
     }
 
@@ -301,6 +310,7 @@ impl ProgramBuilder {
             meta: self.meta,
             buffers: self.bufs,
             consts: self.consts,
+            const_origins: self.const_origins,
             inputs: self.inputs,
             weights: self.weights,
             outputs: self.outputs,
@@ -367,6 +377,7 @@ pub fn allocate_mapped(p: Program, class: Option<&[u64]>) -> (Program, Vec<Optio
         meta: p.meta,
         buffers: alloc.physical,
         consts,
+        const_origins: p.const_origins,
         inputs,
         weights,
         outputs,

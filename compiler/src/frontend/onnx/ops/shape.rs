@@ -2,7 +2,7 @@
 //! transposes, slices, splits, concatenation, gathers.
 
 use super::OpBuilder;
-use crate::frontend::onnx::context::Cx;
+use crate::frontend::onnx::context::{elements, Cx, MAX_CONST};
 use crate::frontend::onnx::error::ImportError;
 use crate::ir::shape::broadcast;
 use crate::ir::{Op, Tensor, Value};
@@ -92,9 +92,6 @@ fn dims_of(cx: &Cx, v: &[i64], what: &str) -> Result<Vec<usize>, ImportError> {
         .collect()
 }
 
-/// Limit on elements of tensors built from shape inputs (protects against absurd shapes).
-const MAX_CONST: usize = 1 << 28;
-
 fn constant_of_shape(cx: &mut Cx, _: &NodeProto) -> R {
     let s = cx.input(0)?;
     let dims = cx.const_ints(s, "the shape")?;
@@ -159,7 +156,9 @@ fn reshape(cx: &mut Cx, _: &NodeProto) -> R {
     }
     let n: usize = inp.iter().product();
     if let Some(h) = hole {
-        let rest: usize = shape.iter().product();
+        let rest = elements(&shape).ok_or_else(|| {
+            cx.err(format!("the target shape {dims:?} has more elements than a tensor can hold"))
+        })?;
         if rest == 0 || !n.is_multiple_of(rest) {
             return Err(cx.err(format!("cannot reshape {inp:?} to {dims:?}")));
         }
@@ -225,11 +224,9 @@ fn slice(cx: &mut Cx, _: &NodeProto) -> R {
         } else {
             (norm(starts[i]).clamp(-1, dim - 1), norm(ends[i]).clamp(-1, dim - 1))
         };
-        let count = if s > 0 {
-            (e - b + s - 1).div_euclid(s).max(0)
-        } else {
-            (b - e + (-s) - 1).div_euclid(-s).max(0)
-        };
+        // `e - b + s - 1` overflowed for a step near i64::MAX, and `-s` for i64::MIN.
+        let span = if s > 0 { e - b } else { b - e };
+        let count = if span > 0 { ((span - 1) as u64 / s.unsigned_abs()) as i64 + 1 } else { 0 };
         start[ax] = if count > 0 { b as usize } else { 0 };
         step[ax] = s;
         len[ax] = count as usize;
@@ -270,7 +267,15 @@ fn split(cx: &mut Cx, _: &NodeProto) -> R {
                 dims_of(cx, &cx.attr_ints("split").unwrap_or_default(), "split")?
             }
             _ => {
-                let parts = cx.attr_int("num_outputs").map(|n| n as usize).unwrap_or(n_out);
+                let parts = match cx.attr_int("num_outputs") {
+                    None => n_out,
+                    Some(n) if usize::try_from(n) == Ok(n_out) => n_out,
+                    Some(n) => {
+                        return Err(
+                            cx.err(format!("num_outputs is {n} but the node has {n_out} outputs"))
+                        )
+                    }
+                };
                 if parts == 0 {
                     return Err(cx.err("cannot split into zero parts"));
                 }
@@ -278,7 +283,8 @@ fn split(cx: &mut Cx, _: &NodeProto) -> R {
                 (0..parts).map(|i| each.min(dim.saturating_sub(i * each))).collect()
             }
         };
-    if sizes.iter().sum::<usize>() != dim || sizes.len() != n_out {
+    if sizes.iter().try_fold(0usize, |a, &s| a.checked_add(s)) != Some(dim) || sizes.len() != n_out
+    {
         return Err(cx.err(format!("split sizes {sizes:?} do not cover dimension {axis} of size {dim} with {n_out} outputs")));
     }
     let mut outs = Vec::new();
@@ -374,9 +380,8 @@ fn expand(cx: &mut Cx, _: &NodeProto) -> R {
     let inp = cx.g.ty(x).shape.clone();
     let shape = broadcast(&inp, &target)
         .ok_or_else(|| cx.err(format!("cannot expand {inp:?} to {dims:?}")))?;
-    if shape.iter().product::<usize>() > MAX_CONST && cx.const_of(x).is_some() {
-        return Err(cx.err("the expanded constant is too large"));
-    }
+    // The product of the target's dimensions wrapped in release builds: 2^32 × 2^32 expanded a
+    // constant to zero elements. `wire` checks the result's size (and a folded constant's).
     let name = cx.output_name(0);
     Ok(vec![cx.wire(Op::Expand { shape }, &[x], &name)?])
 }
