@@ -603,7 +603,7 @@ impl<'p> PartyVm<'p> {
         self.load("input", &decls, inputs)
     }
 
-    /// Runs the setup section (once per program load).
+    /// Runs the setup section (once per session: the masked weights of the epoch).
     pub fn run_setup(&mut self) -> Result<(), VmError> {
         self.reset_len();
         self.prepare();

@@ -18,6 +18,8 @@
 pub mod bits;
 pub mod dealer;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod interp;
 #[cfg(feature = "jit")]
 pub mod jit;

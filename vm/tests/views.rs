@@ -34,8 +34,9 @@ fn run_views(prog: &Program, x: &[f64], w: &[f64], run: u64) -> [Vec<Vec<u64>>; 
     };
     let seeds = [seed(0), seed(1)];
     let (sink, mut src) = dealer_channel();
-    let mut d = Dealer::new(prog, seeds, Box::new(sink));
-    d.deal_setup().unwrap();
+    let setup_seed = veil_vm::run::setup_seed(seeds[1]);
+    let base = std::sync::Arc::new(veil_vm::dealer::Base::new(prog, setup_seed).unwrap());
+    let mut d = Dealer::new(prog, base, seeds, Box::new(sink));
     d.deal_body().unwrap();
     d.finish().unwrap();
     let pre = Prefetched::drain(&mut src).unwrap();
@@ -47,16 +48,21 @@ fn run_views(prog: &Program, x: &[f64], w: &[f64], run: u64) -> [Vec<Vec<u64>>; 
     };
     std::thread::scope(|sc| {
         let server = sc.spawn(|| {
-            let material = Material::new(Party::Server, seeds[1], Some(Box::new(pre)));
+            let material = Material::new(Party::Server, setup_seed, None);
             let mut vm = PartyVm::new(prog, Party::Server, material, Box::new(s), 1 << 30).unwrap();
+            // The view is every array the party held: none may go back to the pool.
+            vm.keep_values(true);
             vm.load_weights(&[("w".into(), Values::F64(w.to_vec()))]).unwrap();
             vm.run_setup().unwrap();
+            vm.set_material(Material::new(Party::Server, seeds[1], Some(Box::new(pre))));
             vm.run_body().unwrap();
             arrays(&vm)
         });
-        let material = Material::new(Party::Client, seeds[0], None);
+        let material = Material::none(Party::Client);
         let mut vm = PartyVm::new(prog, Party::Client, material, Box::new(c), 1 << 30).unwrap();
+        vm.keep_values(true);
         vm.run_setup().unwrap();
+        vm.set_material(Material::new(Party::Client, seeds[0], None));
         vm.set_inputs(&[("x".into(), Values::F64(x.to_vec()))]).unwrap();
         vm.run_body().unwrap();
         [arrays(&vm), server.join().unwrap()]

@@ -58,6 +58,21 @@ pub fn program(path: &Path) -> Result<Program> {
     Ok(p)
 }
 
+/// Reads a program a party is about to run and checks it with the leakage analysis every
+/// compile runs (it validates too): a program that opens or sends a secret without a fresh
+/// mask, or reveals anything but its declared outputs (and pruning counts), is refused with
+/// the instruction named. Returns what it reveals.
+pub fn verified_program(path: &Path) -> Result<(Program, veil_isa::Reveals)> {
+    let p = read_program(path)?;
+    let r = veil_isa::verify(&p).with_context(|| {
+        format!(
+            "{}: refusing to run this program (it did not pass the leakage check)",
+            path.display()
+        )
+    })?;
+    Ok((p, r))
+}
+
 /// The client's part of `program_path` (default: next to it) checked against the program.
 pub fn client_part(program_path: &Path, given: Option<&Path>, p: &Program) -> Result<ClientPart> {
     let path = given.map(Path::to_path_buf).unwrap_or_else(|| paths(program_path).client);

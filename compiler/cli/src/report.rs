@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 use veil_isa::cost::{program_cost, Cost};
+use veil_isa::lifetime::{dealer_footprint, footprint};
+use veil_isa::Party;
 use veil_isa::{Program, Tag};
 
 /// A network model for time estimates.
@@ -134,10 +136,21 @@ pub fn cost_report(p: &Program, times: Option<&Times>, nets: &[Net]) -> String {
     );
     let _ = writeln!(
         s,
-        "once per program load (weights masked): online {}, {} rounds; dealer {}",
+        "once per epoch and client (the masked weights, kept in a returning client's cache): online {}, {} rounds; dealer {}",
         bytes(pc.setup.online()),
         pc.setup.rounds,
         bytes(pc.setup.dealer)
+    );
+    let (fc, fs) = (footprint(p, Party::Client), footprint(p, Party::Server));
+    let (base, making) = dealer_footprint(p);
+    let _ = writeln!(
+        s,
+        "memory (buffers, exact for the instruction order): client {} per session; server {} per session plus its weights {} (shared by its sessions); dealer {} per epoch plus {} per inference being made",
+        bytes(fc.total()),
+        bytes(fs.serving()),
+        bytes(fs.weights),
+        bytes(base),
+        bytes(making)
     );
     let _ = writeln!(s, "by layer:");
     s.push_str(&table(&by_layer, "layer", timed));

@@ -227,18 +227,23 @@ pub struct Footprint {
     pub setup_peak: u64,
     /// The most one run of the body holds live at once besides the above.
     pub body_peak: u64,
+    /// Buffers of the connections: the largest part of a message staged on its way into
+    /// its buffer, and for the server the largest frame of dealer material, plus the two
+    /// streams' 1 MiB read buffers.
+    pub transport: u64,
 }
 
 impl Footprint {
-    /// The peak of a session: kept data plus the larger of the two sections' live sets.
+    /// The peak of a session: kept data plus the larger of the two sections' live sets,
+    /// and the connections' buffers.
     pub fn session(&self) -> u64 {
-        self.kept + self.setup_peak.max(self.body_peak)
+        self.kept + self.setup_peak.max(self.body_peak) + self.transport
     }
 
     /// The peak of a session that runs inferences only (a server's, whose setup ran once
-    /// for its epoch): kept data plus the body's live set.
+    /// for its epoch): kept data plus the body's live set and the connections' buffers.
     pub fn serving(&self) -> u64 {
-        self.kept + self.body_peak
+        self.kept + self.body_peak + self.transport
     }
 
     /// Weights plus one session.
@@ -302,7 +307,84 @@ pub fn footprint(p: &Program, me: Party) -> Footprint {
     }
     f.setup_peak = section_peak(p, &p.setup, me, &keep);
     f.body_peak = section_peak(p, &p.body, me, &keep);
+    let part = p
+        .setup
+        .iter()
+        .chain(&p.body)
+        .map(|i| match i {
+            Instr::Open { a, bits, .. } => (words_bytes(p, *a) * *bits as u64).div_ceil(64),
+            Instr::OpenB { a, .. } | Instr::Send { a, .. } | Instr::Reveal { a, .. } => {
+                words_bytes(p, *a)
+            }
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0);
+    let frame = match me {
+        Party::Server => {
+            p.body.iter().map(|i| 8 * crate::cost::correction_words(i, p)).max().unwrap_or(0)
+        }
+        Party::Client => 0,
+    };
+    f.transport = part + frame + (2 << 20);
     f
+}
+
+/// What the dealer holds for a program: the values of the server's weight masks, kept for
+/// the epoch (what the body's dealer instructions read of the setup), and the most it holds
+/// at once while making one inference's material.
+pub fn dealer_footprint(p: &Program) -> (u64, u64) {
+    let n = p.buffers.len();
+    let mut setup = vec![false; n];
+    for ins in &p.setup {
+        if is_dealer_instr(ins) {
+            for (b, w) in ins.buffers() {
+                if w {
+                    setup[b.0 as usize] = true;
+                }
+            }
+        }
+    }
+    // Last dealer read of each value, walking back.
+    let mut last = vec![usize::MAX; n];
+    let mut base = vec![false; n];
+    let mut written = vec![false; n];
+    for (i, ins) in p.body.iter().enumerate() {
+        for (b, w) in ins.buffers() {
+            let k = b.0 as usize;
+            if w {
+                written[k] = true;
+            } else if is_dealer_instr(ins) {
+                last[k] = i;
+                if setup[k] && !written[k] {
+                    base[k] = true;
+                }
+            }
+        }
+    }
+    let base_bytes = (0..n).filter(|&k| base[k]).map(|k| words_bytes(p, Buf(k as u32))).sum();
+    let (mut cur, mut peak) = (0u64, 0u64);
+    let mut held = vec![false; n];
+    for (i, ins) in p.body.iter().enumerate() {
+        if is_dealer_instr(ins) {
+            for (b, w) in ins.buffers() {
+                let k = b.0 as usize;
+                if w && !held[k] && last[k] != usize::MAX {
+                    held[k] = true;
+                    cur += words_bytes(p, b);
+                }
+            }
+        }
+        peak = peak.max(cur);
+        for (b, _) in ins.buffers() {
+            let k = b.0 as usize;
+            if held[k] && last[k] == i {
+                held[k] = false;
+                cur -= words_bytes(p, b);
+            }
+        }
+    }
+    (base_bytes, peak)
 }
 
 #[cfg(test)]

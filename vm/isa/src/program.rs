@@ -233,7 +233,7 @@ pub struct Program {
     pub outputs: Vec<IoDecl>,
     /// Cost-report labels; `setup_tags`/`body_tags` index into it.
     pub tags: Vec<Tag>,
-    /// Run once per program load (e.g. masking constant weights).
+    /// Run once per session, its material once per epoch (masking constant weights).
     pub setup: Vec<Instr>,
     /// Tag of each setup instruction.
     pub setup_tags: Vec<u32>,

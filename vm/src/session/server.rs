@@ -331,7 +331,7 @@ fn dealer_thread(
                     // A pruned program's material is made during its run (it depends on the lengths).
                     if s.prog.dynamic.is_none() && s.pool.wants() {
                         let t0 = Instant::now();
-                        let e = make_entry(s, ep.0)?;
+                        let e = make_entry(s, ep.0, finished)?;
                         let bytes = e.bytes;
                         s.pool.add(e);
                         on_event(ServerEvent::Material {
@@ -351,6 +351,9 @@ fn dealer_thread(
         })();
         conn.shutdown();
         if let Err(e) = r {
+            if finished.load(Ordering::Relaxed) {
+                break;
+            }
             let why = format!("its dealer at {} is unavailable ({e})", s.dealer);
             s.set_down(&why);
             s.pool.reset(None);
@@ -421,8 +424,9 @@ fn ask_material(
     }
 }
 
-/// Receives one inference of material into an unlinked file of the pool.
-fn make_entry(s: &Shared, epoch: Id) -> Result<Entry, VmError> {
+/// Receives one inference of material into an unlinked file of the pool (abandoned when the
+/// server finishes meanwhile).
+fn make_entry(s: &Shared, epoch: Id, finished: &AtomicBool) -> Result<Entry, VmError> {
     let t0 = Instant::now();
     let ticket = random_id();
     let (mut conn, seed) = ask_material(s, ticket, epoch, false)?;
@@ -434,6 +438,14 @@ fn make_entry(s: &Shared, epoch: Id) -> Result<Entry, VmError> {
     let mut seq = 0u32;
     let mut bytes = 0u64;
     loop {
+        if finished.load(Ordering::Relaxed) {
+            conn.shutdown();
+            return Err(TransportError::Closed {
+                peer: "dealer".into(),
+                during: " (the server stopped while material was being made)".into(),
+            }
+            .into());
+        }
         let f = conn.recv(Expect::AtMost(s.max_frame))?;
         write_bytes(&mut w, seq, &f, false, Duration::ZERO).map_err(|e| disk(&path, e))?;
         seq = seq.wrapping_add(1);

@@ -5,7 +5,7 @@
 
 use crate::model::{parse_assignment, random_reals, samples_in};
 use crate::outcome::{print_cost, print_outputs, Measured};
-use crate::party::{assemble, client_part, model_inputs, preprocess, program, progress};
+use crate::party::{assemble, client_part, model_inputs, preprocess, progress, verified_program};
 use crate::report::{bytes, Net};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -161,7 +161,10 @@ fn stdin_sample(c: &veil_compiler::compile::ClientPart, line: &str) -> Result<Sa
 
 /// Connects and runs the samples.
 pub fn run(a: Args) -> Result<()> {
-    let p = program(&a.program)?;
+    let (p, reveals) = verified_program(&a.program)?;
+    if !a.report_json {
+        eprintln!("{reveals}");
+    }
     let c = client_part(&a.program, a.client_part.as_deref(), &p)?;
     let tls = a.tls.config(Role::Client)?;
     let mut samples: Vec<Sample> = match (&a.samples, a.random_inputs, a.stdin) {

@@ -3,7 +3,7 @@
 //! client its seed for the inference the server gave it a ticket to; never sees inputs,
 //! weights or outputs.
 
-use crate::party::program;
+use crate::party::verified_program;
 use anyhow::{Context, Result};
 use std::io::Write as _;
 use std::net::TcpListener;
@@ -34,7 +34,9 @@ pub struct Args {
 
 /// Deals.
 pub fn run(a: Args) -> Result<()> {
-    let p = Arc::new(program(&a.program)?);
+    let (p, reveals) = verified_program(&a.program)?;
+    eprintln!("dealer: {reveals}");
+    let p = Arc::new(p);
     let tls = a.tls.config(Role::Dealer)?;
     let listener =
         TcpListener::bind(&a.listen).with_context(|| format!("listening on {}", a.listen))?;

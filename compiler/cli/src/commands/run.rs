@@ -5,7 +5,8 @@
 use crate::model::parse_assignment;
 use crate::outcome::{print_cost, print_outputs, reference, Measured};
 use crate::party::{
-    assemble, client_part, model_inputs, preprocess, program, server_weights, ServerSummary,
+    assemble, client_part, model_inputs, preprocess, server_weights, verified_program,
+    ServerSummary,
 };
 use crate::report::Net;
 use anyhow::{bail, Context, Result};
@@ -86,7 +87,7 @@ impl RolesArgs {
 /// Runs and reports.
 pub fn run(a: Args) -> Result<()> {
     let nets = Net::chosen(a.net);
-    let p = program(&a.program)?;
+    let (p, _) = verified_program(&a.program)?;
     if a.plot.is_some() && p.dynamic.is_none() {
         bail!(
             "--plot draws the per-layer pruning chart: the program was not compiled with --prune"

@@ -2,7 +2,7 @@
 //! epoch's masked weights, a pool of material made while idle), listens for clients, and runs
 //! each client's session of one or more inferences.
 
-use crate::party::{program, server_weights_encoded, ServerSummary};
+use crate::party::{server_weights_encoded, verified_program, ServerSummary};
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, Write as _};
 use std::net::TcpListener;
@@ -67,7 +67,7 @@ pub struct Args {
 
 /// Serves.
 pub fn run(a: Args) -> Result<()> {
-    let p = program(&a.program)?;
+    let (p, _) = verified_program(&a.program)?;
     let w = server_weights_encoded(&a.program, a.weights.as_deref(), &p)?;
     let tls = a.tls.config(Role::Server)?;
     if let Some(h) = a.rotate_every {

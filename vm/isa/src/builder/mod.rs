@@ -248,7 +248,7 @@ impl ProgramBuilder {
         d
     }
 
-    /// Runs `f` with instructions going to the setup section (once per program load).
+    /// Runs `f` with instructions going to the setup section (the weight masks of an epoch).
     pub fn in_setup<T>(&mut self, f: impl FnOnce(&mut ProgramBuilder) -> T) -> T {
         let prev = std::mem::replace(&mut self.section, Section::Setup);
         let r = f(self);

@@ -1,6 +1,6 @@
 //! Products with a constant operand held in the clear by one party (a private weight).
 //!
-//! The weight `W` of party `p` is masked once per program load: `p` sends `F = W + B` to the
+//! The weight `W` of party `p` is masked once per epoch: `p` sends `F = W + B` to the
 //! other party `q` (`B` known to `p` and the dealer only). Per inference `q` sends `E = x_q - A`
 //! (`A` known to `q` and the dealer), `p` computes `(x_p + E)·W`, `q` computes `A·F`, and the
 //! dealer supplies shares of `A·B`:
