@@ -114,6 +114,9 @@ pub struct PartyReport {
     /// The most memory the party's buffers held at once (live values, kept data and the
     /// pool of arrays for reuse; shared weights not included).
     pub peak_memory: u64,
+    /// What the lifetime analysis declared a session of this party holds in its own buffers
+    /// at most (kept data, including weights it loaded itself, and live values).
+    pub declared_memory: u64,
 }
 
 /// The [`PartyReport::time_by_op`] key of the JIT's fused kernels.
@@ -197,8 +200,9 @@ enum Unit {
     Kernel(usize),
 }
 
-/// How a section runs for this party: its steps, the buffers each step writes (allocated
-/// before it runs, zeroed when written only in part) and the values that die after it.
+/// How a section runs for this party: its steps, the buffers each step touches (allocated
+/// before it runs if they are not: zeroed when read or written only in part) and the values
+/// that die after it.
 struct Steps {
     units: Vec<Unit>,
     writes_start: Vec<u32>,
@@ -279,20 +283,7 @@ impl<'p> PartyVm<'p> {
         peer: Box<dyn Transport>,
         max_memory: u64,
     ) -> Result<PartyVm<'p>, VmError> {
-        let f = lifetime::footprint(prog, me);
-        if f.serving() > max_memory {
-            return Err(VmError::Memory {
-                need: f.serving(),
-                limit: max_memory,
-                what: format!(
-                    "a session of `{}` as the {me} (weights {}, kept data {}, live values {})",
-                    prog.meta("model").unwrap_or("?"),
-                    f.weights,
-                    f.kept,
-                    f.body_peak
-                ),
-            });
-        }
+        let keep = lifetime::persistent(prog, me);
         let foreign: Vec<bool> =
             prog.buffers.iter().map(|b| lifetime::foreign(b.kind, me)).collect();
         let zeros = zeros_for(prog, &foreign);
@@ -304,18 +295,6 @@ impl<'p> PartyVm<'p> {
         }
         for c in &prog.consts {
             store.put_new(c.buf.0 as usize, c.data.clone())?;
-        }
-        let keep = lifetime::persistent(prog, me);
-        // Kept buffers nothing loads start as zeros, as every buffer did before lifetimes:
-        // a program may read one before any write (zero pages cost nothing until written).
-        let mut loaded = vec![false; prog.buffers.len()];
-        for io in prog.weights.iter().chain(&prog.inputs) {
-            loaded[io.buf.0 as usize] = true;
-        }
-        for (i, b) in prog.buffers.iter().enumerate() {
-            if keep[i] && !loaded[i] && !foreign[i] {
-                store.ensure(i, b.kind.words(b.len), true)?;
-            }
         }
         Ok(PartyVm {
             prog,
@@ -368,13 +347,13 @@ impl<'p> PartyVm<'p> {
 
     /// Plans (and with the JIT, compiles) both sections now rather than at the first run (a
     /// server does it while its client still prepares).
-    pub fn prepare_now(&mut self) {
+    pub fn prepare_now(&mut self) -> Result<(), VmError> {
         self.prepare()
     }
 
     /// Fuses and compiles the program's kernels once, before the first run. If the JIT is not
     /// available on this host the VM interprets.
-    fn prepare(&mut self) {
+    fn prepare(&mut self) -> Result<(), VmError> {
         #[cfg(feature = "jit")]
         if self.jit_on && self.jit.is_none() {
             match crate::jit::Jit::new(self.prog, self.me, true) {
@@ -397,7 +376,58 @@ impl<'p> PartyVm<'p> {
             #[cfg(not(feature = "jit"))]
             let c = None;
             self.body_steps = Some(Arc::new(self.steps(&code, "body", 0, c)));
+            self.check_memory()?;
         }
+        Ok(())
+    }
+
+    /// Declares what a session holds at most (kept data plus the larger section's live
+    /// values, from the steps just planned) and refuses a program that needs more than the
+    /// limit before anything runs.
+    fn check_memory(&mut self) -> Result<(), VmError> {
+        let mut kept = 0u64;
+        for (i, b) in self.prog.buffers.iter().enumerate() {
+            if self.keep[i] && !self.foreign[i] {
+                kept += 8 * b.kind.words(b.len) as u64;
+            }
+        }
+        let peak = |st: &Steps| {
+            let mut held = std::collections::HashSet::new();
+            let (mut cur, mut max) = (0u64, 0u64);
+            for s in 0..st.units.len() {
+                for &(b, _) in st.writes(s) {
+                    if !self.keep[b.0 as usize] && held.insert(b) {
+                        cur += 8 * self.words(b.0 as usize) as u64;
+                    }
+                }
+                max = max.max(cur);
+                for b in st.deaths.after(s) {
+                    if held.remove(b) {
+                        cur -= 8 * self.words(b.0 as usize) as u64;
+                    }
+                }
+            }
+            max
+        };
+        let (setup, body) = (
+            self.setup_steps.as_deref().map_or(0, peak),
+            self.body_steps.as_deref().map_or(0, peak),
+        );
+        let need = kept + setup.max(body);
+        self.report.declared_memory = need;
+        if need > self.store.limit() {
+            return Err(VmError::Memory {
+                need,
+                limit: self.store.limit(),
+                what: format!(
+                    "a session of `{}` as the {} (kept data {kept}, live values {})",
+                    self.prog.meta("model").unwrap_or("?"),
+                    self.me,
+                    setup.max(body)
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The steps of `section` of `prog` from instruction `from` to its next `setlen` (or
@@ -445,6 +475,11 @@ impl<'p> PartyVm<'p> {
             writes_start.push(writes.len() as u32);
             match *u {
                 Unit::Instr(i) => {
+                    // A value read before anything wrote it in this session reads as zeros
+                    // (a hostile program's, or data the body keeps across runs).
+                    w.clear();
+                    lifetime::local_reads(prog, &code[i], self.me, &mut w);
+                    writes.extend(w.iter().map(|&b| (b, true)));
                     w.clear();
                     lifetime::local_writes(prog, &code[i], self.me, &mut w);
                     let partial = matches!(code[i], Instr::Copy { .. });
@@ -456,7 +491,8 @@ impl<'p> PartyVm<'p> {
                     {
                         let c = compiled.as_ref().expect("kernels come from a plan");
                         let kernel = &c.plan.kernels[k];
-                        let stored = &kernel.bufs[kernel.sig.inputs.len()..];
+                        let (read, stored) = kernel.bufs.split_at(kernel.sig.inputs.len());
+                        writes.extend(read.iter().map(|&b| (b, true)));
                         writes.extend(stored.iter().map(|&b| (b, false)));
                     }
                     let _ = m;
@@ -606,7 +642,7 @@ impl<'p> PartyVm<'p> {
     /// Runs the setup section (once per session: the masked weights of the epoch).
     pub fn run_setup(&mut self) -> Result<(), VmError> {
         self.reset_len();
-        self.prepare();
+        self.prepare()?;
         let before = self.peer.stats();
         let code = Code::Loaded(self.prog);
         let steps = self.setup_steps.clone().expect("prepared");
@@ -618,7 +654,7 @@ impl<'p> PartyVm<'p> {
 
     /// Runs the body (one inference).
     pub fn run_body(&mut self) -> Result<(), VmError> {
-        self.prepare();
+        self.prepare()?;
         let before = self.peer.stats();
         let t0 = Instant::now();
         self.reset_len();
@@ -708,6 +744,33 @@ impl<'p> PartyVm<'p> {
                 return Err(bad(format!("{b} of {} words does not fit the program", v.len())));
             }
             self.store.put_new(b.0 as usize, v)?;
+        }
+        Ok(())
+    }
+
+    /// Restores the setup's results as views of a mapped cache file: `bufs` gives each of
+    /// [`Self::setup_results`]' buffers its word offset and length in `map` (checked by the
+    /// reader to lie in it, 8-aligned).
+    pub fn restore_setup_mapped(
+        &mut self,
+        map: Arc<memmap2::Mmap>,
+        bufs: &[(Buf, usize, usize)],
+    ) -> Result<(), VmError> {
+        self.reset_len();
+        let want = setup_results(self.prog, self.me);
+        let bad = |msg: String| VmError::Tensor {
+            what: "cached setup",
+            name: "masked weights".into(),
+            msg,
+        };
+        if bufs.len() != want.len() {
+            return Err(bad(format!("{} buffers, the program keeps {}", bufs.len(), want.len())));
+        }
+        for (&(b, at, len), w) in bufs.iter().zip(want) {
+            if b != w || len != self.words(b.0 as usize) || 8 * (at + len) > map.len() {
+                return Err(bad(format!("{b} of {len} words does not fit the program")));
+            }
+            self.store.map(b.0 as usize, map.clone(), at, len);
         }
         Ok(())
     }

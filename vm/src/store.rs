@@ -17,6 +17,18 @@ pub enum Slot {
     Own(Vec<u64>),
     /// The first `len` words of a shared array (weights, or zeros); copied on first write.
     Shared(Arc<Vec<u64>>, usize),
+    /// `len` words at word `at` of a read-only file mapping (a client's cached masked
+    /// weights); copied on first write.
+    Mapped(Arc<memmap2::Mmap>, usize, usize),
+}
+
+/// The words of a mapping from word `at`, `len` of them (the caller checked the range).
+pub fn words_of(m: &memmap2::Mmap, at: usize, len: usize) -> &[u64] {
+    let bytes = &m[8 * at..8 * (at + len)];
+    // SAFETY: the cache reader checked the range lies in the mapping and starts 8-aligned
+    // (a mapping is page-aligned and the file keeps every array at a multiple of 8 bytes);
+    // any bytes are a valid u64 (little-endian hosts only: see the cache reader).
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const u64, len) }
 }
 
 impl Default for Slot {
@@ -31,18 +43,19 @@ impl Deref for Slot {
         match self {
             Slot::Own(v) => v,
             Slot::Shared(a, n) => &a[..*n],
+            Slot::Mapped(m, at, n) => words_of(m, *at, *n),
         }
     }
 }
 
 impl DerefMut for Slot {
     fn deref_mut(&mut self) -> &mut [u64] {
-        if let Slot::Shared(a, n) = self {
-            *self = Slot::Own(a[..*n].to_vec());
+        if !matches!(self, Slot::Own(_)) {
+            *self = Slot::Own(self.to_vec());
         }
         match self {
             Slot::Own(v) => v,
-            Slot::Shared(..) => unreachable!("made own above"),
+            _ => unreachable!("made own above"),
         }
     }
 }
@@ -52,7 +65,7 @@ impl Slot {
     pub fn into_vec(self) -> Vec<u64> {
         match self {
             Slot::Own(v) => v,
-            Slot::Shared(a, n) => a[..n].to_vec(),
+            other => other.to_vec(),
         }
     }
 
@@ -60,7 +73,7 @@ impl Slot {
     pub fn owned_bytes(&self) -> u64 {
         match self {
             Slot::Own(v) => 8 * v.capacity() as u64,
-            Slot::Shared(..) => 0,
+            Slot::Shared(..) | Slot::Mapped(..) => 0,
         }
     }
 
@@ -68,7 +81,7 @@ impl Slot {
     pub fn truncate(&mut self, words: usize) {
         match self {
             Slot::Own(v) => v.truncate(words),
-            Slot::Shared(_, n) => *n = (*n).min(words),
+            Slot::Shared(_, n) | Slot::Mapped(_, _, n) => *n = (*n).min(words),
         }
     }
 }
@@ -175,13 +188,16 @@ impl Store {
     pub fn free(&mut self, b: usize) {
         match std::mem::take(&mut self.bufs[b]) {
             Slot::Own(v) => self.pool.give(v),
-            Slot::Shared(..) => {}
+            Slot::Shared(..) | Slot::Mapped(..) => {}
         }
     }
 
-    /// Sets buffer `b` to `v` (loaded data), counting it.
+    /// Sets buffer `b` to `v` (loaded data), counting it; an array it replaces is dropped,
+    /// not pooled (loads happen once; the pool is for the run's values).
     pub fn put_new(&mut self, b: usize, v: Vec<u64>) -> Result<(), VmError> {
-        self.free(b);
+        if let Slot::Own(old) = std::mem::take(&mut self.bufs[b]) {
+            self.held -= 8 * old.capacity() as u64;
+        }
         self.charge(8 * v.capacity() as u64, "loaded data")?;
         self.bufs[b] = Slot::Own(v);
         Ok(())
@@ -191,6 +207,15 @@ impl Store {
     pub fn share(&mut self, b: usize, data: Arc<Vec<u64>>, len: usize) {
         self.free(b);
         self.bufs[b] = Slot::Shared(data, len);
+    }
+
+    /// Makes buffer `b` a view of `len` words at word `at` of a file mapping (the caller
+    /// checked the range).
+    pub fn map(&mut self, b: usize, m: Arc<memmap2::Mmap>, at: usize, len: usize) {
+        if let Slot::Own(old) = std::mem::take(&mut self.bufs[b]) {
+            self.held -= 8 * old.capacity() as u64;
+        }
+        self.bufs[b] = Slot::Mapped(m, at, len);
     }
 
     /// Accounts for an array grown or made outside the pool (a write that copied shared data,
@@ -204,6 +229,11 @@ impl Store {
     /// Bytes held now (live and pooled arrays).
     pub fn held(&self) -> u64 {
         self.held
+    }
+
+    /// The most it may hold.
+    pub fn limit(&self) -> u64 {
+        self.limit
     }
 
     /// The most held at once.

@@ -192,18 +192,15 @@ pub fn print_cost(p: &Program, m: &Measured, nets: &[Net]) -> Option<Result<crat
         m.session.as_secs_f64(),
         bytes(m.client_rss)
     );
-    let fc = veil_isa::lifetime::footprint(p, veil_isa::Party::Client);
-    let fs = veil_isa::lifetime::footprint(p, veil_isa::Party::Server);
     println!(
         "  memory: client buffers peaked at {} (declared {}){}",
         bytes(c.peak_memory),
-        bytes(fc.total()),
+        bytes(c.declared_memory),
         match &m.server {
             Some(s) => format!(
-                "; server session buffers at {} (declared {}, plus its weights {} shared by every session)",
+                "; server session buffers at {} (declared {} with its weights, which its sessions share)",
                 bytes(s.peak_memory),
-                bytes(fs.serving()),
-                bytes(fs.weights)
+                bytes(s.declared_memory),
             ),
             None => String::new(),
         }

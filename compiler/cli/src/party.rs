@@ -185,6 +185,9 @@ pub struct ServerSummary {
     pub peak_rss: u64,
     /// The most the session's buffers held at once, bytes.
     pub peak_memory: u64,
+    /// What the lifetime analysis declared a session needs (weights included), bytes.
+    #[serde(default)]
+    pub declared_memory: u64,
 }
 
 impl ServerSummary {
@@ -202,6 +205,7 @@ impl ServerSummary {
             offline_secs,
             peak_rss: peak_rss(),
             peak_memory: r.peak_memory,
+            declared_memory: r.declared_memory,
         }
     }
 
@@ -218,6 +222,7 @@ impl ServerSummary {
             offline_secs: offline.as_secs_f64(),
             peak_rss: peak_rss(),
             peak_memory: r.peak_memory,
+            declared_memory: r.declared_memory,
         }
     }
 }

@@ -141,17 +141,20 @@ pub fn cost_report(p: &Program, times: Option<&Times>, nets: &[Net]) -> String {
         pc.setup.rounds,
         bytes(pc.setup.dealer)
     );
-    let (fc, fs) = (footprint(p, Party::Client), footprint(p, Party::Server));
-    let (base, making) = dealer_footprint(p);
-    let _ = writeln!(
-        s,
-        "memory (buffers, exact for the instruction order): client {} per session; server {} per session plus its weights {} (shared by its sessions); dealer {} per epoch plus {} per inference being made",
-        bytes(fc.total()),
-        bytes(fs.serving()),
-        bytes(fs.weights),
-        bytes(base),
-        bytes(making)
-    );
+    if times.is_none() {
+        // What each role will need (a measured run reports what it held instead).
+        let (fc, fs) = (footprint(p, Party::Client), footprint(p, Party::Server));
+        let (base, making) = dealer_footprint(p);
+        let _ = writeln!(
+            s,
+            "memory (buffers, exact for the instruction order): client {} per session; server {} per session plus its weights {} (shared by its sessions); dealer {} per epoch plus {} per inference being made",
+            bytes(fc.total()),
+            bytes(fs.serving()),
+            bytes(fs.weights),
+            bytes(base),
+            bytes(making)
+        );
+    }
     let _ = writeln!(s, "by layer:");
     s.push_str(&table(&by_layer, "layer", timed));
     let _ = writeln!(s, "by op kind:");

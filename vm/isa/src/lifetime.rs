@@ -21,24 +21,24 @@ pub fn foreign(k: Kind, me: Party) -> bool {
 
 /// The buffers `ins` reads on `me`'s side, excluding the other party's private ones (always
 /// zeros here) and everything a dealer instruction names as input (the dealer's business).
-fn local_reads(p: &Program, ins: &Instr, me: Party, out: &mut Vec<Buf>) {
+pub fn local_reads(p: &Program, ins: &Instr, me: Party, out: &mut Vec<Buf>) {
     if is_dealer_instr(ins) {
         return;
     }
-    for (b, w) in ins.buffers() {
+    ins.each_buffer(|b, w| {
         if !w && !foreign(p.buffers[b.0 as usize].kind, me) {
             out.push(b);
         }
-    }
+    });
 }
 
 /// The buffers `ins` writes on `me`'s side.
 pub fn local_writes(p: &Program, ins: &Instr, me: Party, out: &mut Vec<Buf>) {
-    for (b, w) in ins.buffers() {
+    ins.each_buffer(|b, w| {
         if w && !foreign(p.buffers[b.0 as usize].kind, me) {
             out.push(b);
         }
-    }
+    });
 }
 
 /// Whether `ins` overwrites all of `b` (only a strided copy may write part of it).
@@ -136,33 +136,37 @@ pub fn deaths(
     me: Party,
     keep: &[bool],
 ) -> Deaths {
-    // Per step: what it reads (opens' sources again at the exchange) and writes.
-    let mut reads: Vec<Vec<Buf>> = Vec::with_capacity(steps.len());
-    let mut writes: Vec<Vec<(Buf, bool)>> = Vec::with_capacity(steps.len());
+    // Per step, flat: what it reads (opens' sources again at the exchange) and writes.
+    let mut read_at: Vec<u32> = Vec::with_capacity(steps.len() + 1);
+    let mut reads: Vec<Buf> = Vec::new();
+    let mut write_at: Vec<u32> = Vec::with_capacity(steps.len() + 1);
+    let mut writes: Vec<(Buf, bool)> = Vec::new();
     let mut queued: Vec<Buf> = Vec::new();
     let mut w = Vec::new();
     for members in steps {
-        let mut r = Vec::new();
-        let mut wr = Vec::new();
+        read_at.push(reads.len() as u32);
+        write_at.push(writes.len() as u32);
         for &i in members.iter() {
             let ins = &code[i];
-            local_reads(p, ins, me, &mut r);
+            local_reads(p, ins, me, &mut reads);
             w.clear();
             local_writes(p, ins, me, &mut w);
-            wr.extend(w.iter().map(|&b| (b, kills(ins, b))));
+            writes.extend(w.iter().map(|&b| (b, kills(ins, b))));
             match ins {
                 Instr::Open { a, .. } | Instr::OpenB { a, .. } | Instr::Reveal { a, .. }
                     if !foreign(p.buffers[a.0 as usize].kind, me) =>
                 {
                     queued.push(*a);
                 }
-                Instr::Exchange {} => r.append(&mut queued),
+                Instr::Exchange {} => reads.append(&mut queued),
                 _ => {}
             }
         }
-        reads.push(r);
-        writes.push(wr);
     }
+    read_at.push(reads.len() as u32);
+    write_at.push(writes.len() as u32);
+    let reads_of = |s: usize| &reads[read_at[s] as usize..read_at[s + 1] as usize];
+    let writes_of = |s: usize| &writes[write_at[s] as usize..write_at[s + 1] as usize];
     let n = p.buffers.len();
     let mut live = vec![false; n];
     let mut killed = vec![false; n];
@@ -183,29 +187,36 @@ pub fn deaths(
             }
         }
     }
-    let mut dead_after: Vec<Vec<Buf>> = vec![Vec::new(); steps.len()];
+    // Backwards: a value dies after the last step that touches it while it is not live.
+    let mut dead_after: Vec<Buf> = Vec::new();
+    let mut start_rev: Vec<u32> = Vec::with_capacity(steps.len() + 1);
     for s in (0..steps.len()).rev() {
-        let mut d = Vec::new();
-        for &b in reads[s].iter().chain(writes[s].iter().map(|(b, _)| b)) {
+        start_rev.push(dead_after.len() as u32);
+        let from = dead_after.len();
+        for &b in reads_of(s).iter().chain(writes_of(s).iter().map(|(b, _)| b)) {
             let i = b.0 as usize;
-            if !live[i] && !keep[i] && !d.contains(&b) {
-                d.push(b);
+            if !live[i] && !keep[i] && !dead_after[from..].contains(&b) {
+                dead_after.push(b);
             }
         }
-        for &(b, kill) in &writes[s] {
+        for &(b, kill) in writes_of(s) {
             if kill {
                 live[b.0 as usize] = false;
             }
         }
-        for b in &reads[s] {
+        for b in reads_of(s) {
             live[b.0 as usize] = true;
         }
-        dead_after[s] = d;
     }
-    let mut out = Deaths { start: Vec::with_capacity(steps.len() + 1), bufs: Vec::new() };
-    for d in dead_after {
+    start_rev.push(dead_after.len() as u32);
+    // Reverse into step order.
+    let mut out = Deaths {
+        start: Vec::with_capacity(steps.len() + 1),
+        bufs: Vec::with_capacity(dead_after.len()),
+    };
+    for k in (0..steps.len()).rev() {
         out.start.push(out.bufs.len() as u32);
-        out.bufs.extend(d);
+        out.bufs.extend_from_slice(&dead_after[start_rev[k] as usize..start_rev[k + 1] as usize]);
     }
     out.start.push(out.bufs.len() as u32);
     out
@@ -289,7 +300,11 @@ fn section_peak(p: &Program, code: &[Instr], me: Party, keep: &[bool]) -> u64 {
 
 /// What party `me` needs to run a session of `p` (a dynamic program at its full length).
 pub fn footprint(p: &Program, me: Party) -> Footprint {
-    let keep = persistent(p, me);
+    footprint_with(p, me, &persistent(p, me))
+}
+
+/// [`footprint`] for the buffers `keep` that `me` keeps ([`persistent`], computed once).
+pub fn footprint_with(p: &Program, me: Party, keep: &[bool]) -> Footprint {
     let mut f = Footprint::default();
     let mut is_weight = vec![false; p.buffers.len()];
     for io in &p.weights {
@@ -305,8 +320,8 @@ pub fn footprint(p: &Program, me: Party) -> Footprint {
             }
         }
     }
-    f.setup_peak = section_peak(p, &p.setup, me, &keep);
-    f.body_peak = section_peak(p, &p.body, me, &keep);
+    f.setup_peak = section_peak(p, &p.setup, me, keep);
+    f.body_peak = section_peak(p, &p.body, me, keep);
     let part = p
         .setup
         .iter()

@@ -206,10 +206,21 @@ macro_rules! define_instr {
             /// Buffers the instruction reads and writes, as `(buffer, written)` pairs.
             pub fn buffers(&self) -> Vec<(Buf, bool)> {
                 let mut v = Vec::new();
-                match self {
-                    $( Instr::$Camel { $($field),* } => { $( collect_buf(stringify!($field), $field, &mut v); )* } )*
-                }
+                self.each_buffer(|b, w| v.push((b, w)));
                 v
+            }
+
+            /// Calls `f(buffer, written)` for each buffer operand in field order, allocating
+            /// nothing (the lifetime analysis and the dealer walk every instruction).
+            #[inline]
+            pub fn each_buffer(&self, mut f: impl FnMut(Buf, bool)) {
+                match self {
+                    $( Instr::$Camel { $($field),* } => { $(
+                        if let Some(b) = MaybeBuf::as_buf($field) {
+                            f(b, const { is_written(stringify!($field)) });
+                        }
+                    )* } )*
+                }
             }
         }
     };
@@ -229,10 +240,23 @@ impl MaybeBuf for Buf {
 macro_rules! not_buf { ($($t:ty),*) => { $( impl MaybeBuf for $t { fn as_buf(&self) -> Option<Buf> { None } } )* } }
 not_buf!(u8, u32, u64, Party, Dims, Strides);
 
-fn collect_buf<T: MaybeBuf>(name: &str, f: &T, out: &mut Vec<(Buf, bool)>) {
-    if let Some(b) = f.as_buf() {
-        out.push((b, WRITTEN.contains(&name)));
+/// Whether an operand of this name is written ([`WRITTEN`]), at compile time.
+const fn is_written(name: &str) -> bool {
+    let mut i = 0;
+    while i < WRITTEN.len() {
+        let (a, b) = (WRITTEN[i].as_bytes(), name.as_bytes());
+        if a.len() == b.len() {
+            let mut j = 0;
+            while j < a.len() && a[j] == b[j] {
+                j += 1;
+            }
+            if j == a.len() {
+                return true;
+            }
+        }
+        i += 1;
     }
+    false
 }
 
 use crate::operand::{Buf, Dims, Operand, Party, Reader, SlotMut, Strides, Writer};

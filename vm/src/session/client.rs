@@ -55,6 +55,8 @@ pub struct ClientSession<'p> {
     progress: Option<Box<dyn FnMut(usize, usize) + Send + 'p>>,
     events: Option<Box<dyn FnMut(ClientEvent) + Send + 'p>>,
     reconnects: usize,
+    /// The cache the epoch's masked weights go to when the session closes.
+    to_cache: Option<Cache>,
 }
 
 impl<'p> ClientSession<'p> {
@@ -98,7 +100,6 @@ impl<'p> ClientSession<'p> {
             opts.max_memory,
         )?;
         vm.set_jit(opts.jit);
-        vm.prepare_now();
         let w = vm.control(ClientMsg::Empty.encode(), MAX_CONTROL)?;
         let epoch = match Welcome::decode(&w).map_err(malformed)? {
             Welcome::Ok { epoch } => epoch,
@@ -107,24 +108,31 @@ impl<'p> ClientSession<'p> {
             }
         };
         let mut setup = CommStats::default();
+        let mut to_cache = None;
+        let cache = opts.cache.as_ref().map(Cache::new);
+        // The cache is read while the VM plans (and compiles) its program.
+        let (prepared, held) = std::thread::scope(|sc| {
+            let load = sc.spawn(|| {
+                let c = cache.as_ref().filter(|_| setup_has_round(prog))?;
+                c.load(prog, &epoch)
+            });
+            let prepared = vm.prepare_now();
+            (prepared, load.join().unwrap_or(None))
+        });
+        prepared?;
         if setup_has_round(prog) {
-            let cache = opts.cache.as_ref().map(Cache::new);
-            let held = cache.as_ref().and_then(|c| c.load(prog, &epoch));
             let cached = held.is_some();
             if let Some(e) = events.as_mut() {
                 e(ClientEvent::Setup(!cached));
             }
             expect_server(&vm.control(ClientMsg::Setup { cached }.encode(), MAX_CONTROL)?)?;
             match held {
-                Some(data) => vm.restore_setup(data)?,
+                Some(c) => vm.restore_setup_mapped(c.map.clone(), &c.bufs)?,
                 None => {
                     vm.run_setup()?;
                     setup = vm.report().setup;
-                    if let Some(c) = &cache {
-                        // A cache that cannot be written costs the next session a download,
-                        // nothing else.
-                        let _ = c.store(prog, &epoch, &vm.setup_results());
-                    }
+                    // Written when the session closes: not against the first query's time.
+                    to_cache = cache;
                 }
             }
         } else {
@@ -143,6 +151,7 @@ impl<'p> ClientSession<'p> {
             progress: None,
             events,
             reconnects: 0,
+            to_cache,
         })
     }
 
@@ -273,9 +282,14 @@ impl<'p> ClientSession<'p> {
         Ok(Some((self.vm.outputs(), q)))
     }
 
-    /// Ends the session (tells the server) and returns what it measured.
+    /// Ends the session (tells the server), keeps the epoch's masked weights in the cache
+    /// when they were downloaded, and returns what the session measured.
     pub fn close(mut self) -> Result<SessionReport, VmError> {
         self.vm.control(ClientMsg::Bye.encode(), MAX_CONTROL)?;
+        if let Some(c) = self.to_cache.take() {
+            // A cache that cannot be written costs the next session a download, nothing else.
+            let _ = c.store(self.prog, &self.epoch, &self.vm.setup_results());
+        }
         Ok(self.report())
     }
 

@@ -20,7 +20,7 @@ use crate::material::Material;
 use crate::net::{CommStats, Transport, TransportError};
 use crate::prg::Seed;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use veil_isa::{Buf, Instr, Party, Program};
 
@@ -164,7 +164,16 @@ pub fn private_file(path: &Path) -> std::io::Result<File> {
     o.open(path)
 }
 
-const CACHE_MAGIC: &[u8; 8] = b"VEILMSK1";
+const CACHE_MAGIC: &[u8; 8] = b"VEILMSK2";
+
+/// A cache file's masked weights, mapped read-only: each buffer's words at a word offset of
+/// the mapping (nothing is copied; the pages come from the file as the body reads them).
+pub struct Cached {
+    /// The mapping.
+    pub map: std::sync::Arc<memmap2::Mmap>,
+    /// Buffer, word offset, words.
+    pub bufs: Vec<(Buf, usize, usize)>,
+}
 
 /// The client's cache of masked weights: one file per program and epoch.
 pub struct Cache {
@@ -188,10 +197,13 @@ impl Cache {
 
     /// The masked weights of `prog` for `epoch`, if held and whole (a damaged file is
     /// removed and counts as a miss).
-    pub fn load(&self, prog: &Program, epoch: &Id) -> Option<Vec<(Buf, Vec<u64>)>> {
+    pub fn load(&self, prog: &Program, epoch: &Id) -> Option<Cached> {
+        if cfg!(target_endian = "big") {
+            return None;
+        }
         let path = self.path(prog, epoch);
         let f = File::open(&path).ok()?;
-        match read_cache(f, prog, epoch) {
+        match map_cache(&f, prog, epoch) {
             Ok(v) => Some(v),
             Err(_) => {
                 let _ = std::fs::remove_file(&path);
@@ -201,8 +213,9 @@ impl Cache {
     }
 
     /// Keeps `data` as the masked weights of `prog` for `epoch` (written to a temporary
-    /// file and renamed, so a reader never sees half a file), and drops the program's files
-    /// of other epochs, which no server uses any more.
+    /// file and renamed, so a reader never sees half a file; a checksum catches a file the
+    /// disk lost part of), and drops the program's files of other epochs, which no server
+    /// uses any more.
     pub fn store(&self, prog: &Program, epoch: &Id, data: &[(Buf, &[u64])]) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
         let path = self.path(prog, epoch);
@@ -210,18 +223,22 @@ impl Cache {
         let _ = std::fs::remove_file(&tmp);
         let r = (|| {
             let mut w = BufWriter::with_capacity(1 << 20, private_file(&tmp)?);
+            // 64 bytes of header and 16 per buffer keep every array 8-aligned for mapping.
             w.write_all(CACHE_MAGIC)?;
             w.write_all(&prog.hash())?;
             w.write_all(epoch)?;
             w.write_all(&(data.len() as u32).to_le_bytes())?;
+            w.write_all(&[0; 4])?;
+            let mut sum = Checksum::default();
             for (b, v) in data {
                 w.write_all(&b.0.to_le_bytes())?;
+                w.write_all(&[0; 4])?;
                 w.write_all(&(v.len() as u64).to_le_bytes())?;
-                for x in v.iter() {
-                    w.write_all(&x.to_le_bytes())?;
-                }
+                write_words(&mut w, v)?;
+                sum.add(v);
             }
-            w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            w.write_all(&sum.value().to_le_bytes())?;
+            w.into_inner().map_err(|e| e.into_error())?;
             std::fs::rename(&tmp, &path)
         })();
         if r.is_err() {
@@ -242,42 +259,96 @@ impl Cache {
     }
 }
 
-fn read_cache(mut f: File, prog: &Program, epoch: &Id) -> std::io::Result<Vec<(Buf, Vec<u64>)>> {
+/// A 64-bit checksum of the cached words: a file damaged after it was written (a crash
+/// before the data reached the disk) is a miss, never wrong weights.
+/// Four independent lanes, so the mixing of one word does not wait for the previous one's.
+#[derive(Default)]
+struct Checksum([u64; 4]);
+
+impl Checksum {
+    fn add(&mut self, v: &[u64]) {
+        let mix = |h: u64, x: u64| (h.rotate_left(5) ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut chunks = v.chunks_exact(4);
+        for c in &mut chunks {
+            for (h, &x) in self.0.iter_mut().zip(c) {
+                *h = mix(*h, x);
+            }
+        }
+        for &x in chunks.remainder() {
+            self.0[0] = mix(self.0[0], x);
+        }
+    }
+
+    fn value(&self) -> u64 {
+        self.0.iter().fold(0, |a, &h| (a.rotate_left(17) ^ h).wrapping_mul(0xC2B2_AE3D_27D4_EB4F))
+    }
+}
+
+/// Writes words little-endian in one pass.
+fn write_words(w: &mut impl Write, v: &[u64]) -> std::io::Result<()> {
+    #[cfg(target_endian = "little")]
+    {
+        // SAFETY: the words' bytes, read only.
+        let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, 8 * v.len()) };
+        w.write_all(bytes)
+    }
+    #[cfg(not(target_endian = "little"))]
+    {
+        for x in v {
+            w.write_all(&x.to_le_bytes())?;
+        }
+        Ok(())
+    }
+}
+
+fn map_cache(f: &File, prog: &Program, epoch: &Id) -> std::io::Result<Cached> {
     let bad = |w: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, w.to_string());
-    let mut head = [0u8; 8 + 32 + 16 + 4];
-    f.read_exact(&mut head)?;
-    if &head[..8] != CACHE_MAGIC || head[8..40] != prog.hash() || &head[40..56] != epoch {
+    // SAFETY: the file is this user's, written once and renamed into place; a concurrent
+    // writer would rename a new file over it, leaving this mapping's inode unchanged.
+    let map = unsafe { memmap2::MmapOptions::new().populate().map(f)? };
+    let word = |at: usize| -> std::io::Result<u64> {
+        let b = map.get(at..at + 8).ok_or_else(|| bad("truncated"))?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    if map.len() < 64
+        || &map[..8] != CACHE_MAGIC
+        || map[8..40] != prog.hash()
+        || &map[40..56] != epoch
+    {
         return Err(bad("another program or epoch"));
     }
-    let n = u32::from_le_bytes(head[56..60].try_into().expect("4 bytes")) as usize;
+    let n = u32::from_le_bytes(map[56..60].try_into().expect("4 bytes")) as usize;
     if n > prog.buffers.len() {
         return Err(bad("more buffers than the program has"));
     }
-    let mut r = std::io::BufReader::with_capacity(1 << 20, f);
-    let mut out = Vec::with_capacity(n);
+    let mut at = 64usize;
+    let mut bufs = Vec::with_capacity(n);
     for _ in 0..n {
-        let mut h = [0u8; 12];
-        r.read_exact(&mut h)?;
-        let b = u32::from_le_bytes(h[..4].try_into().expect("4 bytes"));
-        let words = u64::from_le_bytes(h[4..].try_into().expect("8 bytes"));
-        let decl = prog.buffers.get(b as usize).ok_or_else(|| bad("no such buffer"))?;
-        if words != decl.kind.words(decl.len) as u64 {
+        let h = word(at)?;
+        let b = (h & 0xffff_ffff) as usize;
+        let words = word(at + 8)? as usize;
+        let decl = prog.buffers.get(b).ok_or_else(|| bad("no such buffer"))?;
+        if words != decl.kind.words(decl.len) {
             return Err(bad("a buffer of another length"));
         }
-        let mut v = vec![0u64; words as usize];
-        let mut chunk = vec![0u8; 1 << 16];
-        for part in v.chunks_mut(chunk.len() / 8) {
-            let bytes = &mut chunk[..8 * part.len()];
-            r.read_exact(bytes)?;
-            for (x, c) in part.iter_mut().zip(bytes.chunks_exact(8)) {
-                *x = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-            }
+        at += 16;
+        let end =
+            words.checked_mul(8).and_then(|x| x.checked_add(at)).ok_or_else(|| bad("size"))?;
+        if end + 8 > map.len() {
+            return Err(bad("truncated"));
         }
-        out.push((Buf(b), v));
+        bufs.push((Buf(b as u32), at / 8, words));
+        at = end;
     }
-    let mut rest = [0u8; 1];
-    if r.read(&mut rest)? != 0 {
+    if at + 8 != map.len() {
         return Err(bad("trailing bytes"));
     }
-    Ok(out)
+    let mut sum = Checksum::default();
+    for &(_, w, len) in &bufs {
+        sum.add(crate::store::words_of(&map, w, len));
+    }
+    if word(at)? != sum.value() {
+        return Err(bad("damaged (checksum)"));
+    }
+    Ok(Cached { map: std::sync::Arc::new(map), bufs })
 }

@@ -83,6 +83,8 @@ struct Shared<'a> {
     instance: Id,
     /// The most bytes one dealer frame of this program can have.
     max_frame: u64,
+    /// What one session needs ([`lifetime::footprint`], computed once).
+    footprint: lifetime::Footprint,
 }
 
 impl Shared<'_> {
@@ -162,6 +164,7 @@ pub fn serve(
         starting: AtomicBool::new(true),
         instance: random_id(),
         max_frame,
+        footprint: lifetime::footprint(prog, Party::Server),
     };
     let slots = Slots::new(opts.concurrent.max(1));
     let (shared, slots, on_event) = (&shared, &slots, &on_event);
@@ -480,7 +483,7 @@ fn serve_session(s: &Shared, stream: TcpStream) -> Result<SessionReport, VmError
         std::thread::sleep(Duration::from_millis(20));
     }
     let epoch = s.current();
-    let f = lifetime::footprint(s.prog, Party::Server);
+    let f = &s.footprint;
     let refusal = match (&epoch, s.is_down()) {
         (_, Some(why)) => Some(why),
         (None, None) => Some("the server has no epoch yet".into()),
@@ -520,11 +523,12 @@ fn serve_session(s: &Shared, stream: TcpStream) -> Result<SessionReport, VmError
     if !epoch.kept.is_empty() {
         vm.restore_setup(epoch.kept.clone())?;
     }
-    vm.prepare_now();
     expect_client(
         &vm.control(Welcome::Ok { epoch: epoch.id }.encode(), MAX_CONTROL)?,
         &[ClientMsg::Empty],
     )?;
+    // Planned while the client plans its own side.
+    vm.prepare_now()?;
     let mut setup = crate::net::CommStats::default();
     if setup_has_round(s.prog) {
         let m = expect_client(&vm.control(ServerMsg::Empty.encode(), MAX_CONTROL)?, &[])?;
