@@ -30,14 +30,62 @@ fn st_dtype(d: DType) -> safetensors::Dtype {
 /// Parameters read from a safetensors file.
 pub struct SafetensorsSource {
     path: String,
-    bytes: Vec<u8>,
+    bytes: Bytes,
     /// The header, parsed and checked once (a model reads hundreds of tensors).
     header: safetensors::tensor::Metadata,
     /// Where the tensor data starts in `bytes`.
     data_at: usize,
 }
 
+/// A file's bytes: read into memory, or mapped (a server's weights file: its pages come in
+/// as each tensor is read and go again after it, so loading never holds the file whole).
+enum Bytes {
+    Owned(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Owned(v) => v,
+            Bytes::Mapped(m) => m,
+        }
+    }
+}
+
 impl SafetensorsSource {
+    /// Opens and checks a safetensors file, mapped rather than read: a server reads its
+    /// tensors once each and [`Self::release`]s them.
+    pub fn open_mapped(path: &Path) -> Result<SafetensorsSource, WeightsError> {
+        let p = path.display().to_string();
+        let io = |e| WeightsError::Io { path: p.clone(), source: e };
+        let f = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: the mapping is read-only and private; a writer replacing the file renames
+        // a new one into place (veil writes files that way), leaving this inode as it was.
+        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
+        let (n, header) = safetensors::SafeTensors::read_metadata(&map)
+            .map_err(|e| WeightsError::Format { path: p.clone(), msg: e.to_string() })?;
+        Ok(SafetensorsSource { path: p, bytes: Bytes::Mapped(map), header, data_at: 8 + n })
+    }
+
+    /// Lets the operating system take back the pages of tensor `name` (a mapped file's; a
+    /// later read of it faults them in again).
+    pub fn release(&self, name: &str) {
+        if let (Bytes::Mapped(m), Some(info)) = (&self.bytes, self.header.info(name)) {
+            let (start, end) = info.data_offsets;
+            // SAFETY: a private read-only file mapping: dropped pages are read again from the
+            // file on the next access, so no reference into it sees different bytes.
+            let _ = unsafe {
+                m.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    self.data_at + start,
+                    end - start,
+                )
+            };
+        }
+    }
+
     /// Opens and checks a safetensors file.
     pub fn open(path: &Path) -> Result<SafetensorsSource, WeightsError> {
         let p = path.display().to_string();
@@ -51,7 +99,7 @@ impl SafetensorsSource {
         let (n, header) = safetensors::SafeTensors::read_metadata(&bytes)
             .map_err(|e| WeightsError::Format { path: path.clone(), msg: e.to_string() })?;
         // read_metadata checked that the header and every tensor's offsets fit the file.
-        Ok(SafetensorsSource { path, bytes, header, data_at: 8 + n })
+        Ok(SafetensorsSource { path, bytes: Bytes::Owned(bytes), header, data_at: 8 + n })
     }
 
     /// The file's string metadata (empty when it has none).

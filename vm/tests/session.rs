@@ -353,3 +353,55 @@ fn a_party_stalling_at_the_dealer_delays_no_other_session() {
     drop(stalled);
     d.stop();
 }
+
+#[test]
+fn each_inference_gets_fresh_independent_seeds_and_a_ticket_is_good_once() {
+    use veil_vm::net::hello::Hello;
+    use veil_vm::net::role::Role;
+    use veil_vm::net::tcp::Conn;
+    use veil_vm::net::Expect;
+    use veil_vm::session::wire::{FromDealer, ToDealer, MAX_CONTROL};
+    let prog = Arc::new(program(16, 1));
+    let o = opts(20);
+    let dl = TcpListener::bind("127.0.0.1:0").unwrap();
+    let daddr = dl.local_addr().unwrap().to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let dealer = std::thread::spawn({
+        let (p, o, stop) = (prog.clone(), o.clone(), stop.clone());
+        move || deal(&dl, p, &o, None, &stop, |_| {}).unwrap()
+    });
+    let dial = |role, session| {
+        let h = Hello { role, session, program: prog.hash() };
+        Conn::dial(&daddr, Role::Dealer, h, o.timeout, None, &mut |_| {}).unwrap()
+    };
+    let answer =
+        |c: &mut Conn| FromDealer::decode(&c.recv(Expect::AtMost(MAX_CONTROL)).unwrap()).unwrap();
+    let instance = [9; 16];
+    let mut control = dial(Role::Server, instance);
+    control.send(&ToDealer::Epoch { digest: [1; 32], rotate: false }.encode(), true).unwrap();
+    let FromDealer::Epoch { id, seed: epoch_seed } = answer(&mut control) else {
+        panic!("an epoch")
+    };
+    let mut seen = vec![epoch_seed];
+    for k in 0..3u8 {
+        let ticket = [k + 1; 16];
+        let mut m = dial(Role::Server, ticket);
+        m.send(&ToDealer::Material { epoch: id, live: false, instance }.encode(), true).unwrap();
+        let FromDealer::Seed(server) = answer(&mut m) else { panic!("the server's seed") };
+        while !m.recv(Expect::AtMost(1 << 30)).unwrap().is_empty() {}
+        let mut c = dial(Role::Client, ticket);
+        let FromDealer::Seed(client) = answer(&mut c) else { panic!("the client's seed") };
+        // The client's seed is not the server's (the server would unmask the client's
+        // activations), nor any seed of another inference or of the epoch.
+        for s in [server, client] {
+            assert!(!seen.contains(&s), "inference {k}: a seed was given out twice");
+            seen.push(s);
+        }
+        // Whoever asks again with the same ticket gets nothing.
+        let mut again = dial(Role::Client, ticket);
+        assert!(matches!(answer(&mut again), FromDealer::Refused(_)));
+    }
+    drop(control);
+    stop.store(true, Ordering::Relaxed);
+    dealer.join().unwrap();
+}

@@ -40,14 +40,13 @@ pub fn server_weights_encoded(
     p: &Program,
 ) -> Result<veil_vm::interp::SharedWeights> {
     let path = given.map(Path::to_path_buf).unwrap_or_else(|| paths(program_path).server);
-    let w = read_server(&path, p, program_path)?;
-    let mut out = Vec::with_capacity(w.len());
-    for (name, t) in w {
+    let mut out = Vec::with_capacity(p.weights.len());
+    veil_compiler::compile::artifacts::each_server_weight(&path, p, program_path, |name, t| {
         let io = p.weights.iter().find(|io| io.name == name).expect("read by the program's names");
-        let data = veil_vm::interp::encode(io, &into_values(t))
-            .map_err(|m| anyhow::anyhow!("{}: weight `{name}`: {m}", path.display()))?;
+        let data = veil_vm::interp::encode(io, &into_values(t))?;
         out.push((io.buf, std::sync::Arc::new(data)));
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 

@@ -199,6 +199,38 @@ pub fn read_server(
     parse_server(bytes, path, program, program_path)
 }
 
+/// The server's weights of `program` from the file `path` one at a time, each handed to `f`
+/// and its pages released before the next is read (a server loads its weights without
+/// holding the file or a second copy of them).
+pub fn each_server_weight(
+    path: &Path,
+    program: &Program,
+    program_path: &Path,
+    mut f: impl FnMut(&str, Tensor) -> Result<(), String>,
+) -> Result<(), ArtifactError> {
+    let fmt = |msg: String| ArtifactError::from(FileError::format(path, msg));
+    let src = SafetensorsSource::open_mapped(path)?;
+    let got = src.metadata().get(HASH_KEY).cloned().unwrap_or_default();
+    let want = hex(&program.hash());
+    if got != want {
+        return Err(ArtifactError::Mismatch {
+            path: path.display().to_string(),
+            program: program_path.display().to_string(),
+            want,
+            got: if got.is_empty() { "nothing".into() } else { got },
+        });
+    }
+    for w in &program.weights {
+        if w.party != veil_isa::Party::Server {
+            continue;
+        }
+        let t = src.tensor(&w.name).map_err(|m| fmt(format!("weight `{}`: {m}", w.name)))?;
+        src.release(&w.name);
+        f(&w.name, t).map_err(|m| fmt(format!("weight `{}`: {m}", w.name)))?;
+    }
+    Ok(())
+}
+
 /// The server's weights from the bytes of the file `path`, checked against `program`.
 pub fn parse_server(
     bytes: Vec<u8>,

@@ -87,7 +87,14 @@ struct State {
     waiting: usize,
     /// Queries running their online phase.
     running: usize,
+    /// When the last online phase ended.
+    last_end: Instant,
 }
+
+/// How long the server must have been idle before it asks for material it does not wait
+/// for: a client that runs queries back to back starts the next within milliseconds, and
+/// material made in that gap would run against the next query.
+pub const QUIET: Duration = Duration::from_secs(1);
 
 /// Entries ready for queries, refilled by the server's dealer thread.
 pub struct Pool {
@@ -107,6 +114,7 @@ impl Pool {
                 ready: VecDeque::new(),
                 waiting: 0,
                 running: 0,
+                last_end: Instant::now(),
             }),
             changed: Condvar::new(),
         }
@@ -139,14 +147,15 @@ impl Pool {
         self.state.lock().expect("pool").ready.len()
     }
 
-    /// Whether the dealer thread should make an entry now: the pool is short, and either no
-    /// query is running (material is made while idle, not against a query's time) or a
-    /// query waits for it.
+    /// Whether the dealer thread should make an entry now: the pool is short, and either the
+    /// server is idle (no query running, none for [`QUIET`]: material is made while idle, not
+    /// against a query's time) or a query waits for it.
     pub fn wants(&self) -> bool {
         let s = self.state.lock().expect("pool");
+        let idle = s.running == 0 && s.last_end.elapsed() >= QUIET;
         s.epoch.is_some()
             && (s.ready.len() < self.target || s.waiting > s.ready.len())
-            && (s.running == 0 || s.waiting > 0)
+            && (idle || s.waiting > 0)
     }
 
     /// Waits up to `d` for a change that may make [`Self::wants`] true.
@@ -194,6 +203,7 @@ impl Drop for Running<'_> {
     fn drop(&mut self) {
         let mut s = self.0.state.lock().expect("pool");
         s.running -= 1;
+        s.last_end = Instant::now();
         self.0.changed.notify_all();
     }
 }

@@ -49,8 +49,8 @@ pub struct Args {
     /// Run the samples this many times over (each run a fresh inference).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub repeat: u32,
-    /// Write each output to DIR/<output name>.npy (with several inferences,
-    /// DIR/<k>/<output name>.npy).
+    /// Write each output to DIR/<output name>.npy (with several inferences or
+    /// --report-json, DIR/<k>/<output name>.npy for inference k).
     #[arg(long, value_name = "DIR")]
     pub output: Option<PathBuf>,
     /// Where to keep the masked weights of each epoch (default: $XDG_CACHE_HOME/veil or
@@ -260,9 +260,9 @@ pub fn run(a: Args) -> Result<()> {
             );
         }
         if let Some(dir) = &a.output {
-            let d = if many { dir.join(k.to_string()) } else { dir.clone() };
+            // One inference without a report prints and writes its outputs below.
             if many || a.report_json {
-                crate::outcome::write_outputs(&outs, &d)?;
+                crate::outcome::write_outputs(&outs, &dir.join(k.to_string()))?;
             }
         }
         last = Some((outs, q, prefix));

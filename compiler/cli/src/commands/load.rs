@@ -284,7 +284,7 @@ pub fn run(prog_path: &Path, a: &LoadArgs, out: &Path) -> Result<()> {
             let Some(r) = reference(&p, None, &inputs)? else {
                 bail!("no plaintext reference for {} (pass --no-check)", prog_path.display());
             };
-            for (i, name) in c.graph.outputs.iter().map(|&v| &c.graph.values[v].name).enumerate() {
+            for (i, (name, _)) in c.outputs.iter().enumerate() {
                 let f = dir
                     .join(k.to_string())
                     .join(format!("{}.npy", crate::commands::eval::file_name(name)));

@@ -439,15 +439,79 @@ fn schedule(mut items: Vec<Item>, nbufs: usize) -> Vec<Item> {
         by_phase[it.phase as usize].push(it);
     }
     let mut out = Vec::new();
-    for (p, mut group) in by_phase.into_iter().enumerate() {
+    for (p, group) in by_phase.into_iter().enumerate() {
         let communicates = group.iter().any(|i| is_comm_instr(&i.instr));
-        // Within a phase: dealer draws first (stable), then the rest in program order.
-        group.sort_by_key(|i| !is_dealer_instr(&i.instr));
         let tag = group.iter().rev().find(|i| is_comm_instr(&i.instr)).map(|i| i.tag);
-        out.extend(group);
+        out.extend(draws_just_before_use(group, nbufs));
         if communicates {
             out.push(Item { instr: Instr::Exchange {}, phase: p as u32, tag: tag.unwrap_or(0) });
         }
+    }
+    out
+}
+
+/// Orders one phase: the rest in program order, each dealer draw just before the first
+/// instruction that reads what it draws (after the draws it reads itself, as the dealer
+/// walks the program in order), draws nothing in the phase reads first. A phase's masks are
+/// then not all live at once: the setup, one phase, held every weight's mask before.
+fn draws_just_before_use(group: Vec<Item>, nbufs: usize) -> Vec<Item> {
+    let mut producer: Vec<Option<usize>> = vec![None; nbufs];
+    let mut slots: Vec<Option<Item>> = Vec::with_capacity(group.len());
+    for (k, it) in group.into_iter().enumerate() {
+        if is_dealer_instr(&it.instr) {
+            it.instr.each_buffer(|b, w| {
+                if w {
+                    producer[b.0 as usize] = Some(k);
+                }
+            });
+        }
+        slots.push(Some(it));
+    }
+    let mut out = Vec::with_capacity(slots.len());
+    fn place(
+        k: usize,
+        slots: &mut [Option<Item>],
+        producer: &[Option<usize>],
+        out: &mut Vec<Item>,
+    ) {
+        let Some(it) = slots[k].take() else { return };
+        let mut inputs = Vec::new();
+        it.instr.each_buffer(|b, w| {
+            if !w {
+                if let Some(j) = producer[b.0 as usize] {
+                    inputs.push(j);
+                }
+            }
+        });
+        inputs.sort_unstable();
+        for j in inputs {
+            place(j, slots, producer, out);
+        }
+        out.push(it);
+    }
+    // Draws no instruction of the phase reads come first, as before.
+    let mut read = vec![false; slots.len()];
+    for it in slots.iter().flatten() {
+        it.instr.each_buffer(|b, w| {
+            if let (false, Some(j)) = (w, producer[b.0 as usize]) {
+                read[j] = true;
+            }
+        });
+    }
+    for k in 0..slots.len() {
+        let unread = slots[k].as_ref().is_some_and(|i| is_dealer_instr(&i.instr)) && !read[k];
+        if unread {
+            place(k, &mut slots, &producer, &mut out);
+        }
+    }
+    for k in 0..slots.len() {
+        if slots[k].as_ref().is_some_and(|i| !is_dealer_instr(&i.instr)) {
+            place(k, &mut slots, &producer, &mut out);
+        }
+    }
+    // Draws read only by draws placed already are placed; anything left keeps its order.
+    for k in 0..slots.len() {
+        place(k, &mut slots, &producer, &mut out);
     }
     out
 }
