@@ -158,6 +158,32 @@ fn client_part_corpus() {
     expect("client_part", &each("client_part", fuzzing::client_part), &want, 5);
 }
 
+/// Network frames: the committed seeds are the ones the VM writes today and each is accepted
+/// for as many messages as it holds (so mutations start past the hello and the framing);
+/// every file, whole and damaged, returns.
+#[test]
+fn network_frames_corpus() {
+    let files = files("network_frames");
+    assert!(files.len() >= 5, "network_frames: {} files", files.len());
+    for (name, bytes, messages) in veil_vm::fuzzing::network_seeds() {
+        let (_, have) = files
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("network_frames: seed {name} is missing"));
+        assert_eq!(have, &bytes, "network_frames/{name} is stale (see the module docs)");
+        assert_eq!(veil_vm::fuzzing::network_frames(&bytes), messages, "{name}");
+    }
+    for (_, bytes) in files {
+        veil_vm::fuzzing::network_frames(&bytes);
+        for cut in [0, 1, 60, 61, 69, bytes.len() / 2, bytes.len().saturating_sub(1)] {
+            veil_vm::fuzzing::network_frames(&bytes[..cut.min(bytes.len())]);
+        }
+    }
+    // Control: a hello cut short of its first frame header accepts nothing.
+    let (_, seed, _) = &veil_vm::fuzzing::network_seeds()[0];
+    assert_eq!(veil_vm::fuzzing::network_frames(&seed[..64]), 0);
+}
+
 #[test]
 fn a_damaged_seed_is_refused_not_accepted() {
     // Controls for the tallies above: a header that is not the format's stops at the first
@@ -386,7 +412,9 @@ mod seeds {
 
     pub fn write_all() {
         let corpus = repo().join("fuzz/corpus");
-        for t in ["bytecode_load", "client_part", "safetensors_weights", "npy_read"] {
+        for t in
+            ["bytecode_load", "client_part", "safetensors_weights", "npy_read", "network_frames"]
+        {
             let dir = corpus.join(t);
             std::fs::create_dir_all(&dir).unwrap();
             for e in std::fs::read_dir(&dir).unwrap() {
@@ -399,5 +427,8 @@ mod seeds {
         write_programs();
         write_safetensors_seeds();
         write_npy_seeds();
+        for (name, bytes, _) in veil_vm::fuzzing::network_seeds() {
+            std::fs::write(corpus.join("network_frames").join(name), bytes).unwrap();
+        }
     }
 }
