@@ -16,6 +16,7 @@ pub mod ir;
 pub mod npy;
 pub mod passes;
 pub mod prune;
+pub mod recipe;
 pub mod rsqrt_fit;
 pub mod stdlib_table;
 pub mod weights;

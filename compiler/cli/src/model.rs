@@ -1,11 +1,10 @@
-//! Loading a model from a file: ONNX (imported, patterns recognised) or DSL.
+//! The model flags every command shares, and reading its inputs from files.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::Path;
-use veil_compiler::dsl::{lower_model, stdlib_loader, WeightSource};
-use veil_compiler::frontend::onnx::{import_file, ImportOptions};
 use veil_compiler::ir::{Graph, Tensor, TensorType};
+use veil_compiler::recipe::{ModelSpec, WeightsSpec};
 
 /// Options shared by every command that reads a model.
 #[derive(Args, Clone, Debug, Default)]
@@ -38,122 +37,31 @@ fn parse_dim(s: &str) -> std::result::Result<(String, usize), String> {
     Ok((n.to_string(), v))
 }
 
-/// A model ready for the reference evaluator or the compiler.
-pub struct Loaded {
-    /// The graph.
-    pub graph: Graph,
-    /// Parameters a DSL model declared `public`.
-    pub public_params: Vec<String>,
-    /// The sequence length, when the model has one that can be chosen: `--seq` (ONNX), or the
-    /// DSL constant `S`.
-    pub seq: Option<usize>,
-}
+pub use veil_compiler::recipe::Loaded;
 
-/// Reads `path` as ONNX (`.onnx`) or DSL (`.veil`).
-pub fn load(path: &Path, args: &ModelArgs) -> Result<Loaded> {
-    load_with(path, args, None)
-}
-
-/// As [`load`], drawing `--random-weights` through `memo` (for loading one model at several
-/// sequence lengths).
-pub fn load_with(path: &Path, args: &ModelArgs, memo: Option<&RandomMemo>) -> Result<Loaded> {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("veil") => load_dsl(path, args, memo),
-        Some("onnx") | None => {
-            let opts = ImportOptions {
-                seq: args.seq,
-                batch: args.batch,
-                dims: args.dims.clone(),
-                ..ImportOptions::default()
-            };
-            let mut graph = import_file(path, &opts)?;
-            veil_compiler::passes::run(&mut graph, &mut veil_compiler::passes::import_pipeline())?;
-            Ok(Loaded { graph, public_params: Vec::new(), seq: args.seq })
-        }
-        Some(ext) => {
-            bail!("{}: unknown model format `.{ext}` (expected .onnx or .veil)", path.display())
-        }
-    }
-}
-
-fn load_dsl(path: &Path, args: &ModelArgs, memo: Option<&RandomMemo>) -> Result<Loaded> {
-    let mut loader = stdlib_loader();
-    for (n, v) in &args.dims {
-        loader.override_const(n, *v as f64);
-    }
-    if let Some(n) = args.seq {
-        loader.override_const("S", n as f64);
-    }
-    loader.load_path(&path.display().to_string())?;
-    if let Some(c) = loader.unused_overrides().first() {
-        let flag = if c == "S" && args.seq.is_some() {
-            "--seq".to_string()
-        } else {
-            format!("--dim {c}=…")
+impl ModelArgs {
+    /// The library's model spec for `file` under these flags.
+    pub fn spec(&self, file: &Path) -> Result<ModelSpec> {
+        let weights = match (&self.weights, self.random_weights) {
+            (Some(f), None) => WeightsSpec::File(f.clone()),
+            (None, Some(seed)) => WeightsSpec::Random(seed),
+            (None, None) => WeightsSpec::InModel,
+            (Some(_), Some(_)) => bail!("--weights and --random-weights exclude each other"),
         };
-        bail!(
-            "{}: {flag} names the constant `{c}`, which the file does not define",
-            path.display()
-        );
+        Ok(ModelSpec {
+            file: file.to_path_buf(),
+            dsl_model: self.model.clone(),
+            seq: self.seq,
+            batch: self.batch,
+            dims: self.dims.clone(),
+            weights,
+        })
     }
-    let seq = match loader.constant("S") {
-        Some(veil_compiler::dsl::lower::Val::Num(x)) if *x >= 1.0 && x.fract() == 0.0 => {
-            Some(*x as usize)
-        }
-        _ => None,
-    };
-    let names = loader.model_names();
-    let name = match (&args.model, names.as_slice()) {
-        (Some(n), _) => n.clone(),
-        (None, [only]) => only.clone(),
-        (None, []) => bail!("{}: defines no model", path.display()),
-        (None, many) => bail!(
-            "{}: defines several models ({}); choose one with --model",
-            path.display(),
-            many.join(", ")
-        ),
-    };
-    let mut source: Box<dyn WeightSource + '_> = match (&args.weights, args.random_weights) {
-        (Some(f), None) => Box::new(veil_compiler::weights::SafetensorsSource::open(f)?),
-        (None, Some(seed)) => {
-            let random = veil_compiler::weights::RandomSource::new(seed);
-            match memo {
-                Some(memo) => Box::new(Memoized { random, memo }),
-                None => Box::new(random),
-            }
-        }
-        (None, None) => bail!("a DSL model needs its parameters: pass --weights FILE.safetensors or --random-weights SEED"),
-        (Some(_), Some(_)) => bail!("--weights and --random-weights exclude each other"),
-    };
-    let m = lower_model(&loader, &name, source.as_mut())?;
-    let mut graph = m.graph;
-    veil_compiler::passes::run(&mut graph, &mut veil_compiler::passes::import_pipeline())?;
-    Ok(Loaded { graph, public_params: m.public_params, seq })
 }
 
-/// Seeded random weights by key, drawn once: token pruning loads the same model at many
-/// sequence lengths, and drawing BERT-base's 85 M weights takes seconds each time. Owned by
-/// whoever loads at several lengths ([`crate::prune::Lengths`]), so it lives as long as they do.
-#[derive(Default)]
-pub struct RandomMemo(std::sync::Mutex<std::collections::HashMap<String, Tensor>>);
-
-/// A random source that looks in a [`RandomMemo`] first.
-struct Memoized<'a> {
-    random: veil_compiler::weights::RandomSource,
-    memo: &'a RandomMemo,
-}
-
-impl WeightSource for Memoized<'_> {
-    fn get(&mut self, key: &str, ty: &TensorType) -> std::result::Result<Tensor, String> {
-        if let Some(t) = self.memo.0.lock().expect("not poisoned").get(key) {
-            if t.ty() == *ty {
-                return Ok(t.clone());
-            }
-        }
-        let t = self.random.get(key, ty)?;
-        self.memo.0.lock().expect("not poisoned").insert(key.to_string(), t.clone());
-        Ok(t)
-    }
+/// Reads `path` as ONNX (`.onnx`) or DSL (`.veil`), after the import passes.
+pub fn load(path: &Path, args: &ModelArgs) -> Result<Loaded> {
+    Ok(veil_compiler::recipe::load(&args.spec(path)?, None)?)
 }
 
 /// The type a graph input needs, for messages.

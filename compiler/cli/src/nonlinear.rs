@@ -1,9 +1,8 @@
 //! `--nonlinear`: how nonlinear layers are computed, shared by compile and calibrate (which
-//! must agree: calibration ranges are keyed by the rewritten graph's node names).
+//! must agree: calibration ranges are keyed by the rewritten graph's node names); the flags
+//! become the recipe's [`veil_compiler::recipe::Nonlinear`].
 
-use anyhow::Result;
-use veil_compiler::ir::Graph;
-use veil_isa::Program;
+use std::path::PathBuf;
 
 /// The lowering modes a user chooses from.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,55 +32,21 @@ pub struct NonlinearArgs {
 }
 
 impl NonlinearArgs {
-    /// The mode as recorded in programs and calibration files (`exact`, `smu 0 1`).
-    pub fn label(&self) -> String {
+    /// The recipe's nonlinear mode, with the calibration a compile lowers with (`None` to
+    /// evaluate or calibrate the rewritten model).
+    pub fn recipe(
+        &self,
+        calibration: Option<PathBuf>,
+        margin: f64,
+    ) -> veil_compiler::recipe::Nonlinear {
         match self.nonlinear {
-            Nonlinear::Exact => "exact".into(),
-            Nonlinear::Smu => format!("smu {} {}", self.smu_alpha, self.smu_mu),
+            Nonlinear::Exact => veil_compiler::recipe::Nonlinear::Exact,
+            Nonlinear::Smu => veil_compiler::recipe::Nonlinear::Smu {
+                alpha: self.smu_alpha,
+                mu: self.smu_mu,
+                calibration,
+                margin,
+            },
         }
-    }
-
-    /// Parses [`Self::label`] (a program's `nonlinear` metadata).
-    pub fn from_label(s: &str) -> Option<NonlinearArgs> {
-        let parts: Vec<&str> = s.split(' ').collect();
-        match parts.as_slice() {
-            ["exact"] => Some(NonlinearArgs::default()),
-            ["smu", a, m] => Some(NonlinearArgs {
-                nonlinear: Nonlinear::Smu,
-                smu_alpha: a.parse().ok()?,
-                smu_mu: m.parse().ok()?,
-            }),
-            _ => None,
-        }
-    }
-
-    /// The mode a program was compiled with (exact when it says nothing).
-    pub fn of_program(p: &Program) -> Result<NonlinearArgs> {
-        match p.meta("nonlinear") {
-            None => Ok(NonlinearArgs::default()),
-            Some(s) => NonlinearArgs::from_label(s).ok_or_else(|| {
-                anyhow::anyhow!("the program's `nonlinear` metadata `{s}` is not a known mode")
-            }),
-        }
-    }
-
-    /// Rewrites `g` for the mode (nothing for `exact`); returns how many operators changed.
-    pub fn apply(&self, g: &mut Graph) -> Result<usize> {
-        if self.nonlinear == Nonlinear::Exact {
-            return Ok(0);
-        }
-        if !(self.smu_mu.is_finite() && self.smu_mu > 0.0 && self.smu_alpha.is_finite()) {
-            anyhow::bail!(
-                "--smu-mu must be a positive number and --smu-alpha finite (got μ = {}, α = {})",
-                self.smu_mu,
-                self.smu_alpha
-            );
-        }
-        let mut pass = veil_compiler::passes::SmuRewrite { alpha: self.smu_alpha, mu: self.smu_mu };
-        let n = veil_compiler::passes::Pass::run(&mut pass, g);
-        g.remove_dead_nodes();
-        veil_compiler::ir::verify(g)
-            .map_err(|e| anyhow::anyhow!("the SMU rewrite produced an invalid graph:\n{e}"))?;
-        Ok(n)
     }
 }

@@ -5,9 +5,10 @@ use crate::party::ServerSummary;
 use crate::report::{bytes, cost_report, Net};
 use anyhow::{Context, Result};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 use veil_compiler::ir::Tensor;
+use veil_compiler::recipe::Recipe;
 use veil_isa::Program;
 use veil_vm::PartyReport;
 
@@ -38,83 +39,50 @@ pub fn max_err(got: &Tensor, want: &Tensor) -> (f64, f64) {
     (e, m)
 }
 
-/// The plaintext reference from the model the program was compiled from, when it is here.
+/// The plaintext reference from the model the program was compiled from, when it is here:
+/// the program's recipe carried out on the model file (or on `override_path`), so that it is
+/// the graph that was compiled, before lowering.
 pub fn reference(
     p: &Program,
     override_path: Option<&Path>,
     inputs: &HashMap<String, Tensor>,
 ) -> Result<Option<Vec<Tensor>>> {
-    let path = match override_path {
-        Some(p) => p.to_path_buf(),
-        None => match p.meta("source") {
-            Some(s) if Path::new(s).exists() => s.into(),
-            _ => return Ok(None),
-        },
-    };
-    let margs = crate::model::ModelArgs {
-        seq: p.meta("seq").and_then(|s| s.parse().ok()),
-        model: p.meta("dsl_model").map(String::from),
-        random_weights: p.meta("random_weights").and_then(|s| s.parse().ok()),
-        weights: p.meta("weights").map(PathBuf::from),
-        ..Default::default()
-    };
-    if let Some(run) = pruned_reference(p, &path, &margs, inputs)? {
+    let Some(mut recipe) = Recipe::of_program(p)? else { return Ok(None) };
+    match override_path {
+        Some(f) => recipe.model.file = f.to_path_buf(),
+        None if !recipe.model.file.exists() => return Ok(None),
+        None => {}
+    }
+    if let Some(run) = pruned_reference(&recipe, inputs)? {
         return Ok(Some(run.outputs));
     }
-    let mut m = crate::model::load(&path, &margs)?;
-    // A program compiled with a function-changing rewrite is compared with the rewritten model.
-    crate::nonlinear::NonlinearArgs::of_program(p)?.apply(&mut m.graph)?;
-    if let Some(go) = generate_of_program(p)? {
-        m.graph = veil_compiler::generate::generation_graph(&m.graph, go)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    }
-    let outs = veil_compiler::eval::run(&m.graph, inputs)
-        .with_context(|| format!("the plaintext reference ({})", path.display()))?;
+    let g = recipe.reference()?;
+    let outs = veil_compiler::eval::run(&g, inputs)
+        .with_context(|| format!("the plaintext reference ({})", recipe.model.file.display()))?;
     Ok(Some(outs))
 }
 
-/// The plaintext pruned run of a program compiled with `--prune` (None for other programs):
-/// the model from `path` at every length the pruning rule reaches.
+/// The plaintext pruned run of a recipe with `prune` (None for other recipes): the model at
+/// every length the pruning rule reaches.
 pub fn pruned_reference(
-    p: &Program,
-    path: &Path,
-    margs: &crate::model::ModelArgs,
+    recipe: &Recipe,
     inputs: &HashMap<String, Tensor>,
 ) -> Result<Option<veil_compiler::prune::reference::PrunedRun>> {
-    let Some(json) = p.meta("prune") else { return Ok(None) };
-    let cfg = veil_compiler::prune::PruneConfig::from_json(json).map_err(anyhow::Error::msg)?;
-    let n = margs.seq.context("a pruned program records its sequence length")?;
-    let na = crate::nonlinear::NonlinearArgs::of_program(p)?;
-    let lengths = crate::prune::Lengths::new(path, margs, &na);
+    let Some(cfg) = &recipe.prune else { return Ok(None) };
+    let n = recipe.model.seq.context("a pruned program records its sequence length")?;
+    let lengths = recipe.lengths();
     let graph_at = |k: usize| lengths.at(k);
     let cuts =
-        veil_compiler::compile::pruned::cuts(&graph_at, n, &cfg).map_err(anyhow::Error::msg)?;
-    let run = veil_compiler::prune::reference::run(&graph_at, n, &cuts, &cfg, inputs)
+        veil_compiler::compile::pruned::cuts(&graph_at, n, cfg).map_err(anyhow::Error::msg)?;
+    let run = veil_compiler::prune::reference::run(&graph_at, n, &cuts, cfg, inputs)
         .map_err(anyhow::Error::msg)
-        .with_context(|| format!("the plaintext pruned run ({})", path.display()))?;
+        .with_context(|| format!("the plaintext pruned run ({})", recipe.model.file.display()))?;
     println!(
         "plaintext pruned run: tokens {n} → {} (closest score to its threshold: {:.2e} away)",
         run.lengths.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" → "),
         run.margin
     );
     Ok(Some(run))
-}
-
-/// The generation options a program was compiled with (`generate` meta), if any.
-pub fn generate_of_program(
-    p: &Program,
-) -> Result<Option<veil_compiler::generate::GenerateOptions>> {
-    let Some(m) = p.meta("generate") else { return Ok(None) };
-    let f: Vec<&str> = m.split(' ').collect();
-    match f.as_slice() {
-        [pl, n, s, k] => Ok(Some(veil_compiler::generate::GenerateOptions {
-            prompt_len: pl.parse()?,
-            max_new: n.parse()?,
-            sample: s.parse()?,
-            top_k: Some(k.parse()?).filter(|&k: &usize| k > 0),
-        })),
-        _ => anyhow::bail!("the program's `generate` entry `{m}` is malformed"),
-    }
 }
 
 /// Writes each output to `dir/<output name>.npy`.

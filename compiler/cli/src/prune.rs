@@ -2,79 +2,17 @@
 //! and the per-layer report (CipherPrune's table: tokens, softmax and GELU bytes per layer,
 //! with and without pruning) with its plot.
 
-use crate::model::{load_with, Loaded, ModelArgs, RandomMemo};
-use crate::nonlinear::NonlinearArgs;
+use crate::model::Loaded;
 use crate::report::bytes;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use veil_compiler::ir::{Graph, Tensor, ValueDef};
+use veil_compiler::ir::{Graph, Tensor};
 use veil_compiler::prune::PruneConfig;
+use veil_compiler::recipe::Recipe;
 use veil_isa::cost::{program_cost, program_cost_at, Cost};
 use veil_isa::Program;
-
-/// The model of `file` (rewritten as `na` says) at every sequence length the pruned compile
-/// and reference need. Each length is loaded once, random weights are drawn once, and every
-/// length holds the same weight tensors.
-pub struct Lengths<'a> {
-    file: &'a Path,
-    margs: &'a ModelArgs,
-    na: &'a NonlinearArgs,
-    memo: RandomMemo,
-    cache: Mutex<Cache>,
-}
-
-/// Graphs by length, and the weight tensors they share by name.
-type Cache = (HashMap<usize, Graph>, HashMap<String, Arc<Tensor>>);
-
-impl<'a> Lengths<'a> {
-    /// Nothing loaded yet.
-    pub fn new(file: &'a Path, margs: &'a ModelArgs, na: &'a NonlinearArgs) -> Lengths<'a> {
-        Lengths { file, margs, na, memo: RandomMemo::default(), cache: Default::default() }
-    }
-
-    /// The model as `margs` gives it, not rewritten (its random weights go to the memo, so a
-    /// later length does not draw them again).
-    pub fn load(&self) -> Result<Loaded> {
-        load_with(self.file, self.margs, Some(&self.memo))
-    }
-
-    /// Records `g`, the model at length `n` rewritten as `na` says (e.g. [`Lengths::load`]'s
-    /// graph after the rewrite), so that [`Lengths::at`] does not load it again.
-    pub fn keep(&self, n: usize, g: Graph) {
-        self.share(n, g);
-    }
-
-    /// The model at length `n`.
-    pub fn at(&self, n: usize) -> std::result::Result<Graph, String> {
-        if let Some(g) = self.cache.lock().expect("not poisoned").0.get(&n) {
-            return Ok(g.clone());
-        }
-        let m = ModelArgs { seq: Some(n), ..self.margs.clone() };
-        let mut g = load_with(self.file, &m, Some(&self.memo)).map_err(|e| format!("{e:#}"))?.graph;
-        self.na.apply(&mut g).map_err(|e| format!("{e:#}"))?;
-        Ok(self.share(n, g))
-    }
-
-    /// Caches `g` as the graph at `n`, its weights replaced by the tensors already held.
-    fn share(&self, n: usize, mut g: Graph) -> Graph {
-        let mut c = self.cache.lock().expect("not poisoned");
-        for (_, vd) in g.values.iter_mut() {
-            if let ValueDef::Weight(t) = &mut vd.def {
-                match c.1.get(&vd.name) {
-                    Some(shared) if shared.ty() == t.ty() => *t = shared.clone(),
-                    _ => {
-                        c.1.insert(vd.name.clone(), t.clone());
-                    }
-                }
-            }
-        }
-        c.0.insert(n, g.clone());
-        g
-    }
-}
 
 /// The sequence length of a loaded model, refusing a model whose length is fixed.
 pub fn max_len(file: &Path, m: &Loaded) -> Result<usize> {
@@ -91,9 +29,7 @@ pub fn max_len(file: &Path, m: &Loaded) -> Result<usize> {
 /// tokens on the samples `samples` draws for the model, leading `protect` tokens kept; returns
 /// them with each sample's token counts after every pruning point.
 pub fn calibrate(
-    file: &Path,
-    margs: &ModelArgs,
-    na: &NonlinearArgs,
+    recipe: &Recipe,
     keep: &[f64],
     protect: usize,
     samples: impl FnOnce(&Graph) -> Result<Vec<HashMap<String, Tensor>>>,
@@ -101,10 +37,11 @@ pub fn calibrate(
     if protect == 0 {
         bail!("--protect must be at least 1, so that a pruned sequence is never empty");
     }
-    let lengths = Lengths::new(file, margs, na);
+    let file = &recipe.model.file;
+    let lengths = recipe.lengths();
     let mut m = lengths.load()?;
     let n = max_len(file, &m)?;
-    na.apply(&mut m.graph)?;
+    recipe.rewrite(&mut m.graph)?;
     let samples = samples(&m.graph)?;
     lengths.keep(n, m.graph);
     let graph_at = |k: usize| lengths.at(k);

@@ -288,3 +288,26 @@ fn calibrate_compile_smu_and_run_match_the_plaintext_model() {
     args.extend(base);
     fails_with(&veil(&args), "--smu-mu must be a positive number");
 }
+
+#[test]
+fn dump_after_a_stage_prints_its_ir_alone_on_stdout() {
+    let d = tmp("dump-after");
+    let out = d.join("m.vbc");
+    let listed = ok(&veil(&["compile", BERT, "--dump-after", "list"]));
+    for stage in ["import", "smu_rewrite", "generation", "lower_nonlinear", "fold_public"] {
+        assert!(listed.contains(stage), "{stage} missing from:\n{listed}");
+    }
+    let o = out.to_str().unwrap();
+    let before = ok(&veil(&["compile", BERT, "-o", o, "--dump-after", "divisions_to_products"]));
+    let after = ok(&veil(&["compile", BERT, "-o", o, "--dump-after", "lower_nonlinear"]));
+    // The dump is the IR and nothing else (the report went to stderr); the nonlinear
+    // lowering replaced GELU by its approximation.
+    assert!(!before.contains("wrote:") && !after.contains("wrote:"));
+    assert!(before.contains("gelu"), "{before}");
+    assert_ne!(before, after);
+    assert!(out.exists(), "the compile went on and wrote the program");
+    fails_with(
+        &veil(&["compile", BERT, "-o", o, "--dump-after", "lowering"]),
+        "--dump-after: no stage `lowering`",
+    );
+}

@@ -153,6 +153,22 @@ pub fn calibrate(
     })
 }
 
+/// Reads a calibration file written by `veil calibrate`.
+pub fn read(path: &std::path::Path) -> Result<Calibration, crate::file_error::FileError> {
+    use crate::file_error::FileError;
+    let text = std::fs::read_to_string(path).map_err(FileError::io(path))?;
+    let c: Calibration = serde_json::from_str(&text).map_err(|e| {
+        FileError::format(path, format!("not a calibration file written by `veil calibrate`: {e}"))
+    })?;
+    if c.version != VERSION {
+        return Err(FileError::format(
+            path,
+            format!("calibration format {} (this veil reads {VERSION})", c.version),
+        ));
+    }
+    Ok(c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

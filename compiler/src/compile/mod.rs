@@ -1,8 +1,11 @@
 //! The compile driver: a model graph in, a two-party program and each party's share of the
 //! artifacts out.
 //!
-//! partition → nonlinear lowering (stdlib approximations) → partition again → public folding
-//! → bytecode lowering → the client's plaintext graph and the server's derived weights.
+//! The back half of the pipeline is one list, [`pipeline::BACK`] (layers, divisions, nonlinear
+//! lowering to stdlib approximations, public folding), then bytecode lowering, then the
+//! client's plaintext graph and the server's derived weights ([`assemble`]). The front half
+//! (import passes, the nonlinear rewrite, public weights, generation) is
+//! [`crate::recipe::Recipe::front`]; ARCHITECTURE.md shows both as one list.
 //! [`artifacts`] writes and reads the three files a compile produces.
 
 pub mod artifacts;
@@ -12,13 +15,14 @@ mod fold;
 pub mod layers;
 pub mod leakage;
 pub mod low_rank;
+pub mod pipeline;
 pub mod pruned;
 pub mod public;
 
 use crate::backend::client::client_graph;
 use crate::backend::lower::{lower, ClientFeed, LowerOptions};
-use crate::backend::nonlinear::{lower_nonlinear, Approximation, NonlinearOptions};
-use crate::backend::partition::{analyze, Partition, Vis};
+use crate::backend::nonlinear::{Approximation, NonlinearOptions};
+use crate::backend::partition::{Partition, Vis};
 use crate::ir::{Graph, Tensor, Value};
 use serde::{Deserialize, Serialize};
 use veil_isa::Program;
@@ -97,6 +101,8 @@ pub struct CompileOptions {
     pub meta: Vec<(String, String)>,
     /// `(n, max)` while compiling a prunable model at length `n` (see [`pruned`]).
     pub token_len: Option<(usize, usize)>,
+    /// Who hears the graph after each stage of the pipeline (`--dump-after`).
+    pub observer: pipeline::Observer,
 }
 
 impl Default for CompileOptions {
@@ -106,6 +112,7 @@ impl Default for CompileOptions {
             nonlinear: NonlinearOptions::default(),
             meta: Vec::new(),
             token_len: None,
+            observer: pipeline::Observer::default(),
         }
     }
 }
@@ -181,26 +188,15 @@ impl Prepared {
     }
 }
 
-/// Partition, nonlinear lowering, folding and bytecode lowering of `g`.
+/// The back half ([`pipeline::BACK`]) and bytecode lowering of `g`.
 pub(crate) fn prepare(
     mut g: Graph,
     weight_vis: &dyn Fn(&str) -> Vis,
     opts: &CompileOptions,
 ) -> Result<Prepared, CompileError> {
     let model = g.name.clone();
-    layers::assign_layers(&mut g);
-    let part = analyze(&g, weight_vis);
-    fold::divisions_to_products(&mut g, &part)
-        .map_err(|msg| CompileError::Nonlinear { model: model.clone(), msg })?;
-    let part = analyze(&g, weight_vis);
-    let mut nl = opts.nonlinear.clone();
-    nl.key_len = opts.token_len;
-    let (approximations, clamped) = lower_nonlinear(&mut g, &part, &nl)
-        .map_err(|msg| CompileError::Nonlinear { model: model.clone(), msg })?;
-    let part = analyze(&g, weight_vis);
-    let weight_sources = fold::fold_public(&mut g, &part)
-        .map_err(|msg| CompileError::Nonlinear { model: model.clone(), msg })?;
-    let part = analyze(&g, weight_vis);
+    let (state, part) = pipeline::run_back(&mut g, weight_vis, opts)?;
+    let pipeline::State { approximations, clamped, weight_sources, .. } = state;
     let lo = LowerOptions { frac_bits: opts.frac_bits, token_len: opts.token_len, weight_sources };
     let mut lowered = lower(&g, &part, &lo)
         .map_err(|source| CompileError::Lower { model: model.clone(), source })?;

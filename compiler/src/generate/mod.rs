@@ -18,7 +18,7 @@ pub mod window;
 use crate::ir::{Graph, Op, TensorType, Value};
 
 /// What to generate.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GenerateOptions {
     /// Prompt length in tokens (the prefill's rows).
     pub prompt_len: usize,

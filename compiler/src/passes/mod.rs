@@ -1,5 +1,6 @@
-//! Graph passes. The pipeline is one list ([`import_pipeline`]); each pass is one file, one
-//! struct, one name (the name is what `veil inspect --after <pass>` prints).
+//! Graph passes run at import ([`import_pipeline`]: the `import` stage of the compile
+//! pipeline, see [`crate::recipe::stages`]) and the SMU rewrite; each pass is one file, one
+//! struct, one name.
 
 mod annotate_attention;
 mod fuse_gelu;

@@ -239,7 +239,8 @@ fn prune_thresholds(file: &Path, margs: &ModelArgs, keep: &str, out: &Path) -> R
     let na = NonlinearArgs::default();
     let sample =
         |g: &veil_compiler::ir::Graph| Ok(vec![crate::model::random_reals(g, 1, "--inputs DIR")?]);
-    let c = crate::prune::calibrate(file, margs, &na, &keep, 1, sample)?;
+    let recipe = crate::commands::calibrate::plain_recipe(file, margs, &na)?;
+    let c = crate::prune::calibrate(&recipe, &keep, 1, sample)?;
     crate::commands::calibrate::write_json(out, &c.config)?;
     Ok(c.lengths[0].iter().map(|&k| k as u32).collect())
 }

@@ -1,13 +1,14 @@
 //! `veil calibrate`: the value ranges of a model's nonlinear sites on sample inputs, for the
 //! comparison-free inverse square roots of `veil compile --nonlinear smu --calibration FILE`.
 
-use crate::model::{load, random_reals, samples_in, ModelArgs};
+use crate::model::{random_reals, samples_in, ModelArgs};
 use crate::nonlinear::{Nonlinear, NonlinearArgs};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use veil_compiler::compile::calibrate::{calibrate, Calibration};
 use veil_compiler::ir::{Graph, Tensor};
+use veil_compiler::recipe::Recipe;
 
 /// Arguments of `veil calibrate`.
 #[derive(clap::Args)]
@@ -75,14 +76,8 @@ fn prune_thresholds(
     samples: impl FnOnce(&Graph) -> Result<Vec<HashMap<String, Tensor>>>,
     t0: std::time::Instant,
 ) -> Result<()> {
-    let c = crate::prune::calibrate(
-        &a.file,
-        &a.model,
-        &a.nonlinear,
-        &a.prune_keep,
-        a.protect,
-        samples,
-    )?;
+    let recipe = plain_recipe(&a.file, &a.model, &a.nonlinear)?;
+    let c = crate::prune::calibrate(&recipe, &a.prune_keep, a.protect, samples)?;
     write_json(&a.output, &c.config)?;
     eprintln!("calibrated on {} sample(s) in {:.2} s", c.lengths.len(), t0.elapsed().as_secs_f64());
     for (i, l) in c.lengths.iter().enumerate() {
@@ -105,12 +100,13 @@ pub fn calibrate_file(
     samples: impl FnOnce(&Graph) -> Result<Vec<HashMap<String, Tensor>>>,
     out: &Path,
 ) -> Result<Calibration> {
-    let original = load(file, margs)?.graph;
+    let recipe = plain_recipe(file, margs, na)?;
+    let original = recipe.load()?.graph;
     let mut g = original.clone();
-    let changed = na.apply(&mut g)?;
+    let changed = recipe.rewrite(&mut g)?;
     let samples = samples(&g)?;
     let compare = (na.nonlinear == Nonlinear::Smu && changed > 0).then_some(&original);
-    let c = calibrate(&g, compare, &samples, &na.label())
+    let c = calibrate(&g, compare, &samples, &recipe.nonlinear.label())
         .with_context(|| format!("calibrating {}", file.display()))?;
     write_json(out, &c)?;
     Ok(c)
@@ -142,22 +138,10 @@ pub fn write_json(path: &Path, c: &impl serde::Serialize) -> Result<()> {
     written
 }
 
-/// Reads a calibration file written by `veil calibrate`.
-pub fn read(path: &Path) -> Result<Calibration> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let c: Calibration = serde_json::from_str(&text).with_context(|| {
-        format!("{}: not a calibration file written by `veil calibrate`", path.display())
-    })?;
-    if c.version != veil_compiler::compile::calibrate::VERSION {
-        bail!(
-            "{}: calibration format {} (this veil reads {})",
-            path.display(),
-            c.version,
-            veil_compiler::compile::calibrate::VERSION
-        );
-    }
-    Ok(c)
+/// The recipe of a plain forward pass of `file` rewritten as `na` says (what calibration
+/// measures).
+pub fn plain_recipe(file: &Path, margs: &ModelArgs, na: &NonlinearArgs) -> Result<Recipe> {
+    Ok(Recipe { nonlinear: na.recipe(None, 1.5), ..Recipe::new(margs.spec(file)?) })
 }
 
 /// Per-kind summary lines: how many sites, the widest range.

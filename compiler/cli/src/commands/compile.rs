@@ -1,14 +1,14 @@
 //! `veil compile`: a model to a two-party program, with the weights split by who may see them.
 
-use crate::model::{load, ModelArgs};
+use crate::model::ModelArgs;
 use crate::nonlinear::{Nonlinear, NonlinearArgs};
 use crate::report::{cost_report, reveals, Net};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use veil_compiler::backend::nonlinear::Mode;
-use veil_compiler::backend::partition::Vis;
-use veil_compiler::compile::{artifacts, compile, low_rank, public, CompileOptions, Compiled};
+use veil_compiler::compile::pipeline::Observer;
+use veil_compiler::compile::{artifacts, public, Compiled};
+use veil_compiler::recipe::{Built, Nonlinear as Nonlinear2, PublicSpec, Recipe};
 
 /// Arguments of `veil compile`.
 #[derive(clap::Args)]
@@ -31,6 +31,10 @@ pub struct Args {
     pub lowering: LoweringArgs,
     #[command(flatten)]
     pub generate: GenerateArgs,
+    /// Print the IR after this pipeline stage to stdout (the rest of the report goes to
+    /// stderr) and compile on; `--dump-after list` lists the stages in order.
+    #[arg(long, value_name = "STAGE")]
+    pub dump_after: Option<String>,
 }
 
 /// A generation program instead of one forward pass (causal decoders).
@@ -126,46 +130,76 @@ pub struct PublicArgs {
     pub lora_rank: Option<usize>,
 }
 
-/// The base checkpoint's tensors, when `--public-weights` names one.
-fn base_tensors(
+/// The recipe the flags describe.
+pub fn recipe(
+    file: &Path,
     margs: &ModelArgs,
     pa: &PublicArgs,
-) -> Result<Option<Vec<(String, veil_compiler::ir::Tensor)>>> {
-    let Some(f) = &pa.public_weights else { return Ok(None) };
-    Ok(Some(match f.extension().and_then(|e| e.to_str()) {
-        Some("onnx") => {
-            let g =
-                load(f, margs).with_context(|| format!("--public-weights {}", f.display()))?.graph;
-            veil_compiler::frontend::weight_names::exported_weights(&g)
-        }
-        _ => {
-            let src = veil_compiler::weights::SafetensorsSource::open(f)
-                .with_context(|| format!("--public-weights {}", f.display()))?;
-            let mut v = Vec::new();
-            for n in src.names() {
-                let t = src.tensor(&n).map_err(anyhow::Error::msg)?;
-                v.push((n, t));
-            }
-            v
-        }
-    }))
+    la: &LoweringArgs,
+    frac_bits: u8,
+) -> Result<Recipe> {
+    if la.nonlinear.nonlinear == Nonlinear::Exact && la.calibration.is_some() {
+        anyhow::bail!("--calibration is used by --nonlinear smu only");
+    }
+    let prune = la.prune.as_deref().map(crate::prune::read_config).transpose()?;
+    Ok(Recipe {
+        version: veil_compiler::recipe::VERSION,
+        model: margs.spec(file)?,
+        frac_bits,
+        nonlinear: la.nonlinear.recipe(la.calibration.clone(), la.calibration_margin),
+        public: PublicSpec {
+            globs: pa.globs.clone(),
+            base: pa.public_weights.clone(),
+            lora_rank: pa.lora_rank,
+        },
+        generate: la.generate,
+        prune,
+    })
 }
 
-/// The public weights of `m` (name → why) under `pa`, after splitting merged low-rank updates
-/// (`--lora-rank`) off their public base; returns the summary lines of the split.
-fn public_set(
-    m: &mut crate::model::Loaded,
+/// Compiles `file` and writes the artifacts; returns what was compiled and where it went.
+pub fn compile_file(
+    file: &Path,
     margs: &ModelArgs,
     pa: &PublicArgs,
-) -> Result<(BTreeMap<String, public::Reason>, String)> {
-    let base = base_tensors(margs, pa)?;
-    let mut public = public::public_weights(&m.graph, &m.public_params, &pa.globs, base.as_deref())
-        .map_err(anyhow::Error::msg)?;
-    let (Some(rank), Some(base)) = (pa.lora_rank, base.as_deref()) else {
-        return Ok((public, String::new()));
+    frac_bits: u8,
+    out: &Path,
+) -> Result<(Compiled, artifacts::Paths)> {
+    compile_file_with(file, margs, pa, &LoweringArgs::default(), frac_bits, out)
+        .map(|(c, p, _)| (c, p))
+}
+
+/// The summary lines of the SMU lowering (empty for the exact one).
+fn lowering_lines(b: &Built) -> String {
+    let Nonlinear2::Smu { alpha, mu, margin, .. } = &b.recipe.nonlinear else {
+        return String::new();
     };
-    let out = low_rank::split_low_rank(&mut m.graph, base, rank, &|n| public.contains_key(n))
-        .map_err(anyhow::Error::msg)?;
+    let Some(cal) = &b.lowering.calibration else { return String::new() };
+    let rewritten = b.front.rewritten;
+    let mut s = format!(
+        "--nonlinear smu (α = {alpha}, μ = {mu}): {rewritten} GELU, softmax or division operators rewritten; every square root, reciprocal and layer norm by a comparison-free inverse square root on ranges calibrated on {} sample(s) (widened ×{margin})\n",
+        cal.samples
+    );
+    match &cal.function_change {
+        // Only divisions were rewritten (a/b = a·(1/b)): the same function up to f32 rounding.
+        Some(f) if f.max_abs <= 1e-5 * f.max_ref.max(1.0) => s.push_str(&format!(
+            "  the model's function is unchanged (outputs within {:.1e} on the calibration inputs: it has no GELU or softmax to rewrite)\n",
+            f.max_abs
+        )),
+        Some(f) if rewritten > 0 => s.push_str(&format!(
+            "  this CHANGES the model's function: on the calibration inputs its outputs move by up to {:.3e} ({:.2e} of max |y| = {:.3}); the plaintext reference of `veil run` is the rewritten model\n",
+            f.max_abs,
+            f.max_abs / f.max_ref.max(1e-30),
+            f.max_ref
+        )),
+        _ => s.push_str("  the model's function is unchanged (it has no GELU or softmax to rewrite)\n"),
+    }
+    s
+}
+
+/// The summary lines of a `--lora-rank` split (empty without one).
+fn split_lines(b: &Built) -> String {
+    let Some((rank, out)) = &b.front.split else { return String::new() };
     let mut s = format!(
         "--lora-rank {rank}: {} matrices split into public base + private rank-r factors",
         out.split.len()
@@ -183,81 +217,7 @@ fn public_set(
     for (name, why) in &out.kept {
         s.push_str(&format!("  kept private whole: {name} ({why})\n"));
     }
-    for x in out.split {
-        public.insert(format!("{}.base", x.name), public::Reason::LowRankBase(x.base));
-    }
-    Ok((public, s))
-}
-
-/// Compiles `file` and writes the artifacts; returns what was compiled and where it went.
-pub fn compile_file(
-    file: &Path,
-    margs: &ModelArgs,
-    pa: &PublicArgs,
-    frac_bits: u8,
-    out: &Path,
-) -> Result<(Compiled, artifacts::Paths)> {
-    compile_file_with(file, margs, pa, &LoweringArgs::default(), frac_bits, out)
-        .map(|(c, p, _)| (c, p))
-}
-
-/// The nonlinear options for `la` on the (rewritten) graph `g`, and the summary lines.
-fn lowering_options(
-    la: &LoweringArgs,
-    g: &veil_compiler::ir::Graph,
-    rewritten: usize,
-) -> Result<(veil_compiler::backend::nonlinear::NonlinearOptions, String)> {
-    let mut o = veil_compiler::backend::nonlinear::NonlinearOptions::default();
-    let mut s = String::new();
-    if la.nonlinear.nonlinear == Nonlinear::Exact {
-        if la.calibration.is_some() {
-            anyhow::bail!("--calibration is used by --nonlinear smu only");
-        }
-        return Ok((o, s));
-    }
-    o.mode = Mode::Smu;
-    if !(la.calibration_margin.is_finite() && la.calibration_margin >= 1.0) {
-        anyhow::bail!("--calibration-margin must be at least 1 (got {})", la.calibration_margin);
-    }
-    o.margin = la.calibration_margin;
-    let Some(path) = &la.calibration else {
-        anyhow::bail!(
-            "--nonlinear smu needs --calibration FILE: its inverse square roots start from a guess \
-             fitted to each site's value range (run `veil calibrate MODEL --random-inputs 1 \
-             --nonlinear smu -o FILE` or with --inputs DIR)"
-        );
-    };
-    let cal = crate::commands::calibrate::read(path)?;
-    let label = la.nonlinear.label();
-    if cal.model != g.name || cal.nonlinear != label {
-        anyhow::bail!(
-            "{}: calibrated model `{}` with --nonlinear `{}`, but this is model `{}` with `{label}`",
-            path.display(),
-            cal.model,
-            cal.nonlinear,
-            g.name
-        );
-    }
-    o.ranges = cal.ranges();
-    s.push_str(&format!(
-        "--nonlinear smu (α = {}, μ = {}): {rewritten} GELU, softmax or division operators rewritten; every square root, reciprocal and layer norm by a comparison-free inverse square root on ranges calibrated on {} sample(s) (widened ×{})\n",
-        la.nonlinear.smu_alpha, la.nonlinear.smu_mu, cal.samples, la.calibration_margin
-    ));
-    match &cal.function_change {
-        // Only divisions were rewritten (a/b = a·(1/b)): the same function up to f32 rounding.
-        Some(f) if f.max_abs <= 1e-5 * f.max_ref.max(1.0) => s.push_str(&format!(
-            "  the model's function is unchanged (outputs within {:.1e} on the calibration inputs: it has no GELU or softmax to rewrite)\n",
-            f.max_abs
-        )),
-        Some(f) if rewritten > 0 => s.push_str(&format!(
-            "  this CHANGES the model's function: on the calibration inputs its outputs move by up to {:.3e} ({:.2e} of max |y| = {:.3}); the plaintext reference of `veil run` is the rewritten model\n",
-            f.max_abs,
-            f.max_abs / f.max_ref.max(1e-30),
-            f.max_ref
-        )),
-        _ => s.push_str("  the model's function is unchanged (it has no GELU or softmax to rewrite)\n"),
-    }
-    Ok((o, s))
+    s
 }
 
 /// As [`compile_file`], also returning the partition summary (empty when nothing is public).
@@ -269,114 +229,50 @@ pub fn compile_file_with(
     frac_bits: u8,
     out: &Path,
 ) -> Result<(Compiled, artifacts::Paths, String)> {
-    if la.prune.is_some() && la.nonlinear.nonlinear != Nonlinear::Exact {
-        anyhow::bail!(
-            "--prune with --nonlinear smu is not supported yet: the rewritten attention has no \
-             softmax to read the scores from, and its calibrated row-sum ranges hold at the full \
-             length only"
-        );
-    }
-    if la.prune.is_some() && (la.generate.is_some() || pa.lora_rank.is_some()) {
-        anyhow::bail!("--prune does not combine with --generate or --lora-rank");
-    }
-    // A pruned compile loads the model at several lengths: through one memo of the weights.
-    let lengths = la.prune.as_ref().map(|_| crate::prune::Lengths::new(file, margs, &la.nonlinear));
-    let mut m = match &lengths {
-        Some(l) => l.load()?,
-        None => load(file, margs)?,
-    };
-    let rewritten = la.nonlinear.apply(&mut m.graph)?;
-    let (nonlinear, lowering) = lowering_options(la, &m.graph, rewritten)?;
-    // The model as given, every weight private: the baseline of the saving.
-    let original = m.graph.clone();
-    let mut original_at_n = la.prune.as_ref().map(|_| original.clone());
-    let (public, split) = public_set(&mut m, margs, pa)?;
-    let mut private_graph = if public.is_empty() { None } else { Some(original) };
-    if let Some(go) = la.generate {
-        let gen = |g: &veil_compiler::ir::Graph| {
-            veil_compiler::generate::generation_graph(g, go)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
-        };
-        m.graph = gen(&m.graph)?;
-        private_graph = private_graph.as_ref().map(gen).transpose()?;
-    }
-    let partition = lowering + &split + &partition_lines(&m.graph, &public);
-    let mut meta = vec![
-        ("source".to_string(), std::fs::canonicalize(file)?.display().to_string()),
-        ("compiler".to_string(), format!("veil {}", env!("CARGO_PKG_VERSION"))),
-    ];
-    for (i, &v) in m.graph.inputs.iter().enumerate() {
-        meta.push((format!("input{i}"), format!("{}: {}", m.graph.values[v].name, m.graph.ty(v))));
-    }
-    if let Some(s) = margs.seq {
-        meta.push(("seq".into(), s.to_string()));
-    }
-    // What `veil run` needs to rebuild the plaintext reference of a DSL model.
-    if let Some(m) = &margs.model {
-        meta.push(("dsl_model".into(), m.clone()));
-    }
-    if let Some(seed) = margs.random_weights {
-        meta.push(("random_weights".into(), seed.to_string()));
-    }
-    if let Some(w) = &margs.weights {
-        meta.push(("weights".into(), std::fs::canonicalize(w)?.display().to_string()));
-    }
-    if la.nonlinear.nonlinear != Nonlinear::Exact {
-        meta.push(("nonlinear".into(), la.nonlinear.label()));
-    }
-    if let Some(go) = la.generate {
-        let k = go.top_k.unwrap_or(0);
-        meta.push((
-            "generate".into(),
-            format!("{} {} {} {k}", go.prompt_len, go.max_new, go.sample),
-        ));
-    }
-    let mut opts = CompileOptions { frac_bits, meta, nonlinear, token_len: None };
-    let vis = |n: &str| if public.contains_key(n) { Vis::Public } else { Vis::Server };
-    let c = match &la.prune {
-        None => compile(m.graph, &vis, &opts).with_context(|| file.display().to_string())?,
-        Some(path) => {
-            let cfg = crate::prune::read_config(path)?;
-            let n = crate::prune::max_len(file, &m)?;
-            opts.meta.retain(|(k, _)| k != "seq");
-            opts.meta.push(("seq".into(), n.to_string()));
-            let lengths = lengths.as_ref().expect("made for --prune");
-            // The model just loaded (every weight private, rewritten) is the one at `n`.
-            lengths.keep(n, original_at_n.take().expect("kept for --prune"));
-            let graph_at = |k: usize| lengths.at(k);
-            let probes = veil_compiler::compile::pruned::probe_lengths(n);
-            let mut done = 0;
-            let mut progress = |len: usize| {
-                done += 1;
-                eprintln!("  compiling at {len} tokens ({done}/{})", probes.len());
-            };
-            veil_compiler::compile::pruned::compile_pruned(
-                &graph_at,
-                n,
-                &cfg,
-                &vis,
-                &opts,
-                &mut progress,
-            )
-            .with_context(|| format!("{} with --prune {}", file.display(), path.display()))?
+    compile_observed(file, margs, pa, la, frac_bits, out, &Observer::default())
+}
+
+/// As [`compile_file_with`], telling `observer` the graph after each pipeline stage.
+pub fn compile_observed(
+    file: &Path,
+    margs: &ModelArgs,
+    pa: &PublicArgs,
+    la: &LoweringArgs,
+    frac_bits: u8,
+    out: &Path,
+    observer: &Observer,
+) -> Result<(Compiled, artifacts::Paths, String)> {
+    let recipe = recipe(file, margs, pa, la, frac_bits)?;
+    let mut done = 0;
+    let built = recipe.compile(
+        &mut |len, total| {
+            done += 1;
+            eprintln!("  compiling at {len} tokens ({done}/{total})");
+        },
+        observer,
+    );
+    let built = match (&la.prune, built) {
+        (Some(path), Err(e)) => {
+            return Err(anyhow::Error::new(e).context(format!("--prune {}", path.display())))
         }
+        (_, b) => b?,
     };
+    let mut summary = lowering_lines(&built)
+        + &split_lines(&built)
+        + &partition_lines(&built.front.graph, &built.front.public);
+    let c = built.compiled;
     let p = artifacts::write(&c, out)?;
-    let mut summary = partition;
-    if !public.is_empty() {
+    if !built.front.public.is_empty() {
         let (nodes, macs) = plaintext_work(&c.client.graph);
         summary.push_str(&format!(
             "in the clear at the client: {nodes} operations, {:.2} G multiply-adds of matrix products, 0 B online (f32, before the session)\n",
             macs as f64 / 1e9
         ));
     }
-    if let Some(g) = private_graph.filter(|_| la.prune.is_none()) {
+    if let Some(all) = &built.all_private {
         // The same model with every weight private, for the saving.
-        let all = compile(g, &|_| Vis::Server, &opts)?;
-        let (a, b) = (
-            veil_isa::cost::program_cost(&all.program).body,
-            veil_isa::cost::program_cost(&c.program).body,
-        );
+        let (a, b) =
+            (veil_isa::cost::program_cost(all).body, veil_isa::cost::program_cost(&c.program).body);
         let (ab, bb) = (a.sent[0] + a.sent[1], b.sent[0] + b.sent[1]);
         summary.push_str(&format!(
             "against every weight private: online {} → {} per inference ({:.2}× fewer bytes), rounds {} → {}\n",
@@ -472,19 +368,55 @@ pub fn run(a: Args) -> Result<()> {
     let out = a.output.clone().unwrap_or_else(|| {
         PathBuf::from(a.file.file_stem().unwrap_or_default()).with_extension("vbc")
     });
+    let stages = veil_compiler::recipe::stages();
+    let observer = match a.dump_after.as_deref() {
+        None => Observer::default(),
+        Some(name) if stages.iter().any(|(n, _)| *n == name) => dump_observer(name),
+        Some(name) => {
+            let list: Vec<String> =
+                stages.iter().map(|(n, about)| format!("  {n:<22} {about}")).collect();
+            let head = match name {
+                "list" => "the pipeline's stages, in order:".to_string(),
+                _ => format!("--dump-after: no stage `{name}`; the stages, in order:"),
+            };
+            if name == "list" {
+                println!("{head}\n{}", list.join("\n"));
+                return Ok(());
+            }
+            anyhow::bail!("{head}\n{}", list.join("\n"));
+        }
+    };
     let t0 = std::time::Instant::now();
     let mut la = a.lowering.clone();
     la.generate = a.generate.options()?;
     let (c, p, partition) =
-        compile_file_with(&a.file, &a.model, &a.public, &la, a.frac_bits, &out)?;
+        compile_observed(&a.file, &a.model, &a.public, &la, a.frac_bits, &out, &observer)?;
     eprintln!("compiled in {:.2} s", t0.elapsed().as_secs_f64());
-    print!("{partition}");
-    print!("{}", summary(&c));
-    println!("wrote:");
-    println!("  {}  (the program: client, server and dealer)", p.program.display());
-    println!("  {}  (the client's part: public data only)", p.client.display());
-    println!("  {}  (the server's weights: keep private)", p.server.display());
+    let report = format!(
+        "{partition}{}wrote:\n  {}  (the program: client, server and dealer)\n  {}  (the client's part: public data only)\n  {}  (the server's weights: keep private)\n",
+        summary(&c),
+        p.program.display(),
+        p.client.display(),
+        p.server.display()
+    );
+    // With a dump on stdout, the report goes to stderr so the dump can be piped alone.
+    match a.dump_after {
+        Some(_) => eprint!("{report}"),
+        None => print!("{report}"),
+    }
     Ok(())
+}
+
+/// Prints the graph after stage `name`, the first time it runs (a pruned compile runs the
+/// back half once per length; the first is the full length).
+fn dump_observer(name: &str) -> Observer {
+    let name = name.to_string();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    Observer::new(move |stage, g| {
+        if stage == name && !done.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            print!("{}", veil_compiler::ir::print::graph_text(g));
+        }
+    })
 }
 
 /// The compile summary: partition, approximations, reveals, predicted cost.

@@ -14,6 +14,7 @@ use veil_compiler::generate::{
     gumbel_noise, reference_generation, token_output, GenerateOptions, NOISE_INPUT,
 };
 use veil_compiler::ir::Tensor;
+use veil_compiler::recipe::Recipe;
 
 /// Arguments of `veil generate`.
 #[derive(clap::Args)]
@@ -146,8 +147,8 @@ pub fn run(a: Args) -> Result<()> {
     }
     println!("generated {tokens:?}");
     if !a.no_reference {
-        let mut mdl = crate::model::load(&a.file, &a.model)?;
-        la.nonlinear.apply(&mut mdl.graph)?;
+        let recipe = Recipe::of_program(&c.program)?.context("the program records its recipe")?;
+        let (mdl, _) = recipe.rewritten()?;
         let (want, gaps) =
             reference_generation(&mdl.graph, &prompt, a.max_new, noise.as_deref(), a.top_k)
                 .map_err(|e| anyhow::anyhow!("the plaintext reference: {e}"))?;
