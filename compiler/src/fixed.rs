@@ -3,15 +3,20 @@
 //!
 //! Secret data lives in Z_2^64 as `round(x·2^s)` and wraps like the VM's shares. The scale `s`
 //! and where it is truncated (floor here; the VM's probabilistic truncation is within one unit
-//! of it) come from the same [`Policy`] the bytecode lowering (`backend::lower`) uses.
+//! of it) come from the same [`Policy`] the bytecode lowering (`backend::lower`) uses, and a
+//! product with a server weight takes the constant-operand protocol's rule where the lowering
+//! would choose that protocol (weights being the server's, as `veil stdlib` compiles them).
 //! Comparisons are exact on the signed value (the VM's are exact beyond 2^-8 at f = 16). Which
-//! data is secret: the graph's float inputs and weights, and everything computed from them;
-//! float constants and values computed from constants alone stay in f32/f64 (the compiler
-//! folds those publicly) and are encoded where they meet secret data.
+//! data is secret: the graph's float inputs and weights, and everything computed from them
+//! (also what the compiled program leaves to one party in plaintext); float constants and
+//! values computed from constants alone stay in f32/f64 (the compiler folds those publicly)
+//! and are encoded where they meet secret data.
 //! Operators without a ring form (`exp`, `sqrt`, `softmax`, …) are errors: lower them to stdlib
 //! approximations first (`compile::lowered`).
 
-use crate::backend::scale::{Policy, ScalarProduct};
+use crate::backend::lower::inner_of;
+use crate::backend::partition::{analyze, Vis};
+use crate::backend::scale::{divisor_reciprocal, Policy, ScalarProduct};
 use crate::eval::{eval_op, EvalError};
 use crate::ir::{DType, Graph, Op, Tensor, TensorType, Value, ValueDef};
 use std::collections::HashMap;
@@ -124,6 +129,8 @@ pub fn simulate(
 ) -> Result<Vec<Tensor>, EvalError> {
     let cx = Ctx { f: opts.frac_bits, p: Policy { f: opts.frac_bits }, mask: opts.mask_value };
     let f = cx.p.boundary(true);
+    // The values the lowering takes as the server's weights (for the protocol of a product).
+    let part = analyze(g, &|_| Vis::Server);
     let mut env: HashMap<Value, Sim> = HashMap::new();
     let err = |node: &str, msg: String| EvalError { node: node.to_string(), msg };
     for &i in &g.inputs {
@@ -164,7 +171,9 @@ pub fn simulate(
             })?);
         }
         let same = nd.args.len() == 2 && nd.args[0] == nd.args[1];
-        let out = step(&cx, &nd.op, args, same, ty, &nd.name).map_err(|m| err(&nd.name, m))?;
+        let weight: Vec<bool> = nd.args.iter().map(|&a| part.vis[a] == Vis::Server).collect();
+        let out = step(&cx, &nd.op, args, Args { same, weight }, ty, &nd.name)
+            .map_err(|m| err(&nd.name, m))?;
         env.insert(nd.result, out);
     }
     g.outputs
@@ -187,12 +196,21 @@ fn secret(a: Sim) -> Option<(Tensor, u8)> {
     }
 }
 
+/// What the lowering sees of a node's arguments beyond their values.
+struct Args {
+    /// Both arguments are the same value (a square).
+    same: bool,
+    /// Per argument: a weight of the server (not shared), for which the lowering uses the
+    /// constant-operand protocol of products.
+    weight: Vec<bool>,
+}
+
 /// One node: plain when every argument is plain, otherwise in the ring.
 fn step(
     cx: &Ctx,
     op: &Op,
     mut args: Vec<Sim>,
-    same: bool,
+    Args { same, weight }: Args,
     ty: &TensorType,
     node: &str,
 ) -> Result<Sim, String> {
@@ -247,8 +265,9 @@ fn step(
                     }
                     let x = if matches!(a, Sim::Plain(_)) { b } else { a };
                     let c = if inverse {
-                        let v: Vec<f64> = c.to_f64_vec().iter().map(|v| 1.0 / v).collect();
-                        crate::eval::from_f64s(DType::F64, c.shape.clone(), v)
+                        let v: Vec<f32> =
+                            c.to_f64_vec().iter().map(|&v| divisor_reciprocal(v)).collect();
+                        Tensor::f32(c.shape.clone(), v)
                     } else {
                         c
                     };
@@ -267,10 +286,28 @@ fn step(
                     _ => {
                         let ((x, sx), (y, sy)) =
                             (secret(a).expect("secret"), secret(b).expect("secret"));
-                        let s = if same { p.product(sx, sx) } else { p.product(sx, sy) };
-                        let (x, _) = cx.opened(&x, sx);
-                        let (y, _) = if same { (x.clone(), 0) } else { cx.opened(&y, sy) };
-                        Sim::Ring(ev(&Op::Mul, &[&x, &y])?, s)
+                        let out = &ty.shape;
+                        let by_weight = |w: usize, s: &Tensor, wt: &Tensor| {
+                            weight[w]
+                                && !weight[1 - w]
+                                && &s.shape == out
+                                && inner_of(&wt.shape, out).is_some()
+                        };
+                        if by_weight(1, &x, &y) || by_weight(0, &y, &x) {
+                            // A share times a weight of the server: the constant-operand
+                            // protocol, whose share operand is at exactly the policy's scale.
+                            let ((x, sx), (y, sy)) = if weight[1] {
+                                (cx.rescaled((x, sx), |_| p.before_weight_product()), (y, sy))
+                            } else {
+                                ((x, sx), cx.rescaled((y, sy), |_| p.before_weight_product()))
+                            };
+                            Sim::Ring(ev(&Op::Mul, &[&x, &y])?, sx + sy)
+                        } else {
+                            let s = if same { p.product(sx, sx) } else { p.product(sx, sy) };
+                            let (x, _) = cx.opened(&x, sx);
+                            let (y, _) = if same { (x.clone(), 0) } else { cx.opened(&y, sy) };
+                            Sim::Ring(ev(&Op::Mul, &[&x, &y])?, s)
+                        }
                     }
                 },
             }
@@ -286,8 +323,16 @@ fn step(
                 }
                 other => {
                     let (y, sy) = secret(other).expect("secret");
-                    let (x, sx) = cx.rescaled((x, sx), |s| p.matmul_left(s, sy).unwrap_or(s));
-                    let (y, sy) = cx.rescaled((y, sy), |s| p.matmul_right(sx, s).unwrap_or(s));
+                    let batch_b: usize =
+                        y.shape[..y.shape.len().saturating_sub(2)].iter().product();
+                    let ((x, sx), (y, sy)) = if weight[1] && batch_b == 1 {
+                        // The constant-operand protocol, as the lowering chooses it.
+                        (cx.rescaled((x, sx), |_| p.before_weight_product()), (y, sy))
+                    } else {
+                        let x = cx.rescaled((x, sx), |s| p.matmul_left(s, sy).unwrap_or(s));
+                        let sx = x.1;
+                        (x, cx.rescaled((y, sy), |s| p.matmul_right(sx, s).unwrap_or(s)))
+                    };
                     Sim::Ring(ev(op, &[&x, &y])?, sx + sy)
                 }
             }
@@ -323,16 +368,20 @@ fn step(
                 _ => (a, None, Some(b)),
             };
             let (x, s) = secret(x).expect("secret");
-            let (x, s) = cx.opened(&x, s);
-            let y = match c {
-                Some(c) => cx.encode(&c, s, node)?,
-                None => {
-                    let (y, sy) = secret(other.expect("two secrets")).expect("secret");
-                    let (y, sy) = cx.opened(&y, sy);
-                    cx.moved(&y, sy, s.max(sy))
+            match c {
+                Some(c) => {
+                    // Against a constant: compared through a masked opening.
+                    let (x, s) = cx.opened(&x, s);
+                    Sim::Ring(ev(op, &[&x, &cx.encode(&c, s, node)?])?, s)
                 }
-            };
-            Sim::Ring(ev(op, &[&x, &y])?, s)
+                None => {
+                    let (x, sx) = cx.rescaled((x, s), |s| p.compared(s));
+                    let (y, sy) = secret(other.expect("two secrets")).expect("secret");
+                    let (y, sy) = cx.rescaled((y, sy), |s| p.compared(s));
+                    let s = p.aligned(sx, sy);
+                    Sim::Ring(ev(op, &[&cx.moved(&x, sx, s), &cx.moved(&y, sy, s)])?, s)
+                }
+            }
         }
         Op::Concat { .. } => {
             let parts: Vec<(Tensor, u8)> = args
