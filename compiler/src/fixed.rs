@@ -2,18 +2,21 @@
 //! error of an approximation (or of a whole lowered model) is measurable without any MPC.
 //!
 //! Secret data lives in Z_2^64 as `round(x·2^s)` and wraps like the VM's shares. The scale `s`
-//! follows the bytecode lowering (`backend::lower`), which truncates lazily: a product carries
-//! the sum of its operands' scales and is truncated (floor here; the VM's probabilistic
-//! truncation is within one unit of it) back to `f` bits only when it enters the next product
-//! or comparison; sums align scales by exact left shifts; a public factor ±2^-k only relabels
-//! the scale. Comparisons are exact on the signed value (the VM's are exact beyond 2^-8 at
-//! f = 16). Which data is secret: the graph's float inputs and weights, and everything
-//! computed from them; float constants and values computed from constants alone stay in
-//! f32/f64 (the compiler folds those publicly) and are encoded where they meet secret data.
+//! and where it is truncated (floor here; the VM's probabilistic truncation is within one unit
+//! of it) come from the same [`Policy`] the bytecode lowering (`backend::lower`) uses, and a
+//! product with a server weight takes the constant-operand protocol's rule where the lowering
+//! would choose that protocol (weights being the server's, as `veil stdlib` compiles them).
+//! Comparisons are exact on the signed value (the VM's are exact beyond 2^-8 at f = 16). Which
+//! data is secret: the graph's float inputs and weights, and everything computed from them
+//! (also what the compiled program leaves to one party in plaintext); float constants and
+//! values computed from constants alone stay in f32/f64 (the compiler folds those publicly)
+//! and are encoded where they meet secret data.
 //! Operators without a ring form (`exp`, `sqrt`, `softmax`, …) are errors: lower them to stdlib
 //! approximations first (`compile::lowered`).
 
-use crate::backend::scale::{scalar_product, ScalarProduct};
+use crate::backend::lower::inner_of;
+use crate::backend::partition::{analyze, Vis};
+use crate::backend::scale::{divisor_reciprocal, Policy, ScalarProduct};
 use crate::eval::{eval_op, EvalError};
 use crate::ir::{DType, Graph, Op, Tensor, TensorType, Value, ValueDef};
 use std::collections::HashMap;
@@ -45,6 +48,7 @@ enum Sim {
 
 struct Ctx {
     f: u8,
+    p: Policy,
     mask: Option<f32>,
 }
 
@@ -90,27 +94,26 @@ impl Ctx {
         crate::eval::from_f64s(ty.dtype, ty.shape.clone(), vals)
     }
 
-    /// The value at scale `f`: floor-truncated from above, shifted up from below.
-    fn at_f(&self, t: &Tensor, s: u8) -> Tensor {
-        let f = self.f;
-        if s > f {
-            map(t, |x| x >> (s - f))
+    /// The value moved from scale `from` to `to`: floor-truncated down, shifted up exactly.
+    fn moved(&self, t: &Tensor, from: u8, to: u8) -> Tensor {
+        if from > to {
+            map(t, |x| x >> (from - to))
+        } else if from < to {
+            map(t, |x| x.wrapping_shl((to - from) as u32))
         } else {
-            map(t, |x| x.wrapping_shl((f - s) as u32))
+            t.clone()
         }
     }
 
-    /// What a masked opening hands a product or comparison: at most `f` fractional bits.
+    /// `(t, s)` moved to the scale `scale_of(s)` the policy gives it.
+    fn rescaled(&self, (t, s): (Tensor, u8), scale_of: impl Fn(u8) -> u8) -> (Tensor, u8) {
+        let to = scale_of(s);
+        (self.moved(&t, s, to), to)
+    }
+
+    /// What a masked opening hands a product or comparison.
     fn opened(&self, t: &Tensor, s: u8) -> (Tensor, u8) {
-        if s >= self.f {
-            (self.at_f(t, s), self.f)
-        } else {
-            (t.clone(), s)
-        }
-    }
-
-    fn up(&self, t: &Tensor, from: u8, to: u8) -> Tensor {
-        map(t, |x| x.wrapping_shl((to - from) as u32))
+        self.rescaled((t.clone(), s), |s| self.p.opened(s))
     }
 }
 
@@ -124,8 +127,10 @@ pub fn simulate(
     inputs: &HashMap<String, Tensor>,
     opts: &SimOptions,
 ) -> Result<Vec<Tensor>, EvalError> {
-    let cx = Ctx { f: opts.frac_bits, mask: opts.mask_value };
-    let f = cx.f;
+    let cx = Ctx { f: opts.frac_bits, p: Policy { f: opts.frac_bits }, mask: opts.mask_value };
+    let f = cx.p.boundary(true);
+    // The values the lowering takes as the server's weights (for the protocol of a product).
+    let part = analyze(g, &|_| Vis::Server);
     let mut env: HashMap<Value, Sim> = HashMap::new();
     let err = |node: &str, msg: String| EvalError { node: node.to_string(), msg };
     for &i in &g.inputs {
@@ -166,7 +171,9 @@ pub fn simulate(
             })?);
         }
         let same = nd.args.len() == 2 && nd.args[0] == nd.args[1];
-        let out = step(&cx, &nd.op, args, same, ty, &nd.name).map_err(|m| err(&nd.name, m))?;
+        let weight: Vec<bool> = nd.args.iter().map(|&a| part.vis[a] == Vis::Server).collect();
+        let out = step(&cx, &nd.op, args, Args { same, weight }, ty, &nd.name)
+            .map_err(|m| err(&nd.name, m))?;
         env.insert(nd.result, out);
     }
     g.outputs
@@ -189,16 +196,25 @@ fn secret(a: Sim) -> Option<(Tensor, u8)> {
     }
 }
 
+/// What the lowering sees of a node's arguments beyond their values.
+struct Args {
+    /// Both arguments are the same value (a square).
+    same: bool,
+    /// Per argument: a weight of the server (not shared), for which the lowering uses the
+    /// constant-operand protocol of products.
+    weight: Vec<bool>,
+}
+
 /// One node: plain when every argument is plain, otherwise in the ring.
 fn step(
     cx: &Ctx,
     op: &Op,
     mut args: Vec<Sim>,
-    same: bool,
+    Args { same, weight }: Args,
     ty: &TensorType,
     node: &str,
 ) -> Result<Sim, String> {
-    let f = cx.f;
+    let (f, p) = (cx.f, cx.p);
     let plain = |a: &Sim| match a {
         Sim::Plain(t) => Some(t.clone()),
         _ => None,
@@ -230,8 +246,8 @@ fn step(
                 _ => {
                     let ((x, sx), (y, sy)) =
                         (secret(a).expect("secret"), secret(b).expect("secret"));
-                    let s = sx.max(sy);
-                    Sim::Ring(ev(op, &[&cx.up(&x, sx, s), &cx.up(&y, sy, s)])?, s)
+                    let s = p.aligned(sx, sy);
+                    Sim::Ring(ev(op, &[&cx.moved(&x, sx, s), &cx.moved(&y, sy, s)])?, s)
                 }
             }
         }
@@ -249,8 +265,9 @@ fn step(
                     }
                     let x = if matches!(a, Sim::Plain(_)) { b } else { a };
                     let c = if inverse {
-                        let v: Vec<f64> = c.to_f64_vec().iter().map(|v| 1.0 / v).collect();
-                        crate::eval::from_f64s(DType::F64, c.shape.clone(), v)
+                        let v: Vec<f32> =
+                            c.to_f64_vec().iter().map(|&v| divisor_reciprocal(v)).collect();
+                        Tensor::f32(c.shape.clone(), v)
                     } else {
                         c
                     };
@@ -269,9 +286,28 @@ fn step(
                     _ => {
                         let ((x, sx), (y, sy)) =
                             (secret(a).expect("secret"), secret(b).expect("secret"));
-                        let (x, sx) = cx.opened(&x, sx);
-                        let (y, sy) = if same { (x.clone(), sx) } else { cx.opened(&y, sy) };
-                        Sim::Ring(ev(&Op::Mul, &[&x, &y])?, sx + sy)
+                        let out = &ty.shape;
+                        let by_weight = |w: usize, s: &Tensor, wt: &Tensor| {
+                            weight[w]
+                                && !weight[1 - w]
+                                && &s.shape == out
+                                && inner_of(&wt.shape, out).is_some()
+                        };
+                        if by_weight(1, &x, &y) || by_weight(0, &y, &x) {
+                            // A share times a weight of the server: the constant-operand
+                            // protocol, whose share operand is at exactly the policy's scale.
+                            let ((x, sx), (y, sy)) = if weight[1] {
+                                (cx.rescaled((x, sx), |_| p.before_weight_product()), (y, sy))
+                            } else {
+                                ((x, sx), cx.rescaled((y, sy), |_| p.before_weight_product()))
+                            };
+                            Sim::Ring(ev(&Op::Mul, &[&x, &y])?, sx + sy)
+                        } else {
+                            let s = if same { p.product(sx, sx) } else { p.product(sx, sy) };
+                            let (x, _) = cx.opened(&x, sx);
+                            let (y, _) = if same { (x.clone(), 0) } else { cx.opened(&y, sy) };
+                            Sim::Ring(ev(&Op::Mul, &[&x, &y])?, s)
+                        }
                     }
                 },
             }
@@ -281,23 +317,22 @@ fn step(
             let (x, sx) = secret(a).ok_or("a constant left operand of matmul is not supported")?;
             match b {
                 Sim::Plain(c) => {
-                    let (x, sx) = if sx > 2 * f { (cx.at_f(&x, sx), f) } else { (x, sx) };
+                    let (x, sx) = cx.rescaled((x, sx), |s| p.before_public_product(s));
                     let c = cx.encode(&c, f, node)?;
                     Sim::Ring(ev(op, &[&x, &c])?, sx + f)
                 }
                 other => {
                     let (y, sy) = secret(other).expect("secret");
-                    let (mut x, mut sx, mut y, mut sy) = (x, sx, y, sy);
-                    if sx + sy > 3 * f {
-                        if sx >= sy {
-                            (x, sx) = (cx.at_f(&x, sx), f);
-                        } else {
-                            (y, sy) = (cx.at_f(&y, sy), f);
-                        }
-                    }
-                    if sx + sy > 3 * f {
-                        (y, sy) = (cx.at_f(&y, sy), f);
-                    }
+                    let batch_b: usize =
+                        y.shape[..y.shape.len().saturating_sub(2)].iter().product();
+                    let ((x, sx), (y, sy)) = if weight[1] && batch_b == 1 {
+                        // The constant-operand protocol, as the lowering chooses it.
+                        (cx.rescaled((x, sx), |_| p.before_weight_product()), (y, sy))
+                    } else {
+                        let x = cx.rescaled((x, sx), |s| p.matmul_left(s, sy).unwrap_or(s));
+                        let sx = x.1;
+                        (x, cx.rescaled((y, sy), |s| p.matmul_right(sx, s).unwrap_or(s)))
+                    };
                     Sim::Ring(ev(op, &[&x, &y])?, sx + sy)
                 }
             }
@@ -313,8 +348,7 @@ fn step(
             scale_by(cx, (sum, s), 1.0 / n as f64, node)?
         }
         Op::ReduceMax { .. } => {
-            let (x, s) = secret(args.remove(0)).expect("secret");
-            let (x, s) = if s > f { (cx.at_f(&x, s), f) } else { (x, s) };
+            let (x, s) = cx.rescaled(secret(args.remove(0)).expect("secret"), |s| p.compared(s));
             Sim::Ring(ev(op, &[&x])?, s)
         }
         Op::Relu => {
@@ -334,24 +368,28 @@ fn step(
                 _ => (a, None, Some(b)),
             };
             let (x, s) = secret(x).expect("secret");
-            let (x, s) = cx.opened(&x, s);
-            let y = match c {
-                Some(c) => cx.encode(&c, s, node)?,
-                None => {
-                    let (y, sy) = secret(other.expect("two secrets")).expect("secret");
-                    let (y, sy) = cx.opened(&y, sy);
-                    cx.up(&y, sy, s.max(sy))
+            match c {
+                Some(c) => {
+                    // Against a constant: compared through a masked opening.
+                    let (x, s) = cx.opened(&x, s);
+                    Sim::Ring(ev(op, &[&x, &cx.encode(&c, s, node)?])?, s)
                 }
-            };
-            Sim::Ring(ev(op, &[&x, &y])?, s)
+                None => {
+                    let (x, sx) = cx.rescaled((x, s), |s| p.compared(s));
+                    let (y, sy) = secret(other.expect("two secrets")).expect("secret");
+                    let (y, sy) = cx.rescaled((y, sy), |s| p.compared(s));
+                    let s = p.aligned(sx, sy);
+                    Sim::Ring(ev(op, &[&cx.moved(&x, sx, s), &cx.moved(&y, sy, s)])?, s)
+                }
+            }
         }
         Op::Concat { .. } => {
             let parts: Vec<(Tensor, u8)> = args
                 .into_iter()
                 .map(|a| secret(a).ok_or("concatenating a constant with secrets is not supported"))
                 .collect::<Result<_, _>>()?;
-            let s = parts.iter().map(|p| p.1).max().unwrap_or(f);
-            let up: Vec<Tensor> = parts.iter().map(|(t, ps)| cx.up(t, *ps, s)).collect();
+            let s = parts.iter().map(|q| q.1).reduce(|a, b| p.aligned(a, b)).unwrap_or(f);
+            let up: Vec<Tensor> = parts.iter().map(|(t, ps)| cx.moved(t, *ps, s)).collect();
             let refs: Vec<&Tensor> = up.iter().collect();
             Sim::Ring(ev(op, &refs)?, s)
         }
@@ -409,10 +447,9 @@ fn mul_const(
             r => r,
         });
     }
-    let f = cx.f;
-    let (x, s) = if s > 2 * f { (cx.at_f(&x, s), f) } else { (x, s) };
+    let (x, s) = cx.rescaled((x, s), |s| cx.p.before_public_product(s));
     let integral = c.to_f64_vec().iter().all(|v| v.fract() == 0.0);
-    let cs = if integral { 0 } else { f };
+    let cs = cx.p.public_factor(integral);
     let c = cx.encode(c, cs, node)?;
     Ok(Sim::Ring(eval_op(&Op::Mul, &[&x, &c], rty)?, s + cs))
 }
@@ -420,14 +457,14 @@ fn mul_const(
 /// A secret times a public scalar, by the lowering's rule.
 fn scale_by(cx: &Ctx, (x, s): (Tensor, u8), c: f64, node: &str) -> Result<Sim, String> {
     let f = cx.f;
-    Ok(match scalar_product(s, c, f) {
+    Ok(match cx.p.scalar_product(s, c) {
         ScalarProduct::Integer(i) => Sim::Ring(map(&x, |v| v.wrapping_mul(i)), s),
         ScalarProduct::Relabel { k, negate } => {
             let x = if negate { map(&x, i64::wrapping_neg) } else { x };
             Sim::Ring(x, s + k)
         }
         ScalarProduct::Encoded { truncate_first } => {
-            let (x, s) = if truncate_first { (cx.at_f(&x, s), f) } else { (x, s) };
+            let (x, s) = if truncate_first { (cx.moved(&x, s, f), f) } else { (x, s) };
             let e = cx.encode_f64(&[], &[c], f, node)?.as_i64().unwrap_or(&[0])[0];
             Sim::Ring(map(&x, |v| v.wrapping_mul(e)), s + f)
         }

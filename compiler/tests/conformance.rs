@@ -9,6 +9,11 @@
 //! A case is *unsupported* when veil rejects it on purpose (an operator, element type or
 //! feature it does not implement, each named); any other failure, and any wrong answer of a
 //! supported case, fails the test.
+//!
+//! Which cases pass and which are unsupported (with their reason) is pinned in `passing.txt` and
+//! `unsupported.txt` next to the cases, so a case that starts or stops passing, or is rejected
+//! for another reason, fails the test until the lists are rewritten on purpose
+//! (`VEIL_BLESS=1 cargo test -p veil-compiler --test conformance`, then review the diff).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -28,6 +33,13 @@ fn load_pb(path: &Path) -> Result<Tensor, String> {
     from_proto(&t)
 }
 
+/// `element type X` from a message naming an unsupported element type.
+fn element_type(msg: &str) -> Option<String> {
+    let i = msg.find("unsupported element type ")?;
+    let d = msg[i + 25..].split([' ', ',', ')']).next().unwrap_or("?");
+    Some(format!("element type {d}"))
+}
+
 fn unsupported_reason(e: &ImportError) -> Option<String> {
     match e {
         ImportError::Unsupported { nodes, .. } => Some(format!(
@@ -35,9 +47,8 @@ fn unsupported_reason(e: &ImportError) -> Option<String> {
             nodes.iter().map(|n| n.op_type.as_str()).collect::<Vec<_>>().join(", ")
         )),
         ImportError::Graph { msg, .. } | ImportError::Node { msg, .. } => {
-            if let Some(i) = msg.find("unsupported element type ") {
-                let d = msg[i + 25..].split([' ', ',', ')']).next().unwrap_or("?");
-                Some(format!("element type {d}"))
+            if let Some(r) = element_type(msg) {
+                Some(r)
             } else if msg.contains("is not a tensor") {
                 Some("sequence/optional type".into())
             } else if msg.contains("not supported") {
@@ -83,10 +94,9 @@ fn run_case(dir: &Path) -> Outcome {
         let t = match load_pb(&p) {
             Ok(t) => t,
             Err(e) => {
-                return if e.contains("unsupported element type") {
-                    Outcome::Unsupported(format!("element type in test data: {e}"))
-                } else {
-                    Outcome::Fail(e)
+                return match element_type(&e) {
+                    Some(r) => Outcome::Unsupported(format!("{r} in the test data")),
+                    None => Outcome::Fail(e),
                 }
             }
         };
@@ -113,10 +123,9 @@ fn run_case(dir: &Path) -> Outcome {
         let want = match load_pb(&data.join(format!("output_{i}.pb"))) {
             Ok(t) => t,
             Err(e) => {
-                return if e.contains("unsupported element type") {
-                    Outcome::Unsupported(format!("element type in test data: {e}"))
-                } else {
-                    Outcome::Fail(e)
+                return match element_type(&e) {
+                    Some(r) => Outcome::Unsupported(format!("{r} in the test data")),
+                    None => Outcome::Fail(e),
                 }
             }
         };
@@ -139,6 +148,66 @@ fn run_case(dir: &Path) -> Outcome {
     Outcome::Pass
 }
 
+const PASSING: &str = "passing.txt";
+const UNSUPPORTED: &str = "unsupported.txt";
+const BLESS: &str = "VEIL_BLESS=1 cargo test -p veil-compiler --test conformance";
+
+/// The case names of a pinned list, one per line (`name` or `name: reason`), without the
+/// `#` comments.
+fn read_list(path: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e} (write it with `{BLESS}`)", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| match l.split_once(": ") {
+            Some((name, reason)) => (name.to_string(), reason.to_string()),
+            None => (l.to_string(), String::new()),
+        })
+        .collect()
+}
+
+fn write_list(path: &Path, what: &str, entries: &BTreeMap<String, String>) {
+    let mut text = format!(
+        "# ONNX node tests {what} ({} cases), pinned by compiler/tests/conformance.rs.\n\
+         # Rewritten by `{BLESS}`: review the diff.\n",
+        entries.len()
+    );
+    for (name, reason) in entries {
+        text +=
+            &if reason.is_empty() { format!("{name}\n") } else { format!("{name}: {reason}\n") };
+    }
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// How the outcomes differ from the pinned lists, one line per moved case.
+fn moved(
+    pass: &BTreeMap<String, String>,
+    unsupported: &BTreeMap<String, String>,
+    pinned_pass: &BTreeMap<String, String>,
+    pinned_unsupported: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let pinned = |name: &str| match (pinned_pass.contains_key(name), pinned_unsupported.get(name)) {
+        (true, _) => "passing".to_string(),
+        (_, Some(r)) => format!("unsupported ({r})"),
+        _ => "not pinned".to_string(),
+    };
+    let mut out = Vec::new();
+    for name in pass.keys().filter(|n| !pinned_pass.contains_key(*n)) {
+        out.push(format!("{name}: passes now, pinned as {}", pinned(name)));
+    }
+    for (name, reason) in unsupported {
+        if pinned_unsupported.get(name) != Some(reason) {
+            out.push(format!("{name}: unsupported ({reason}) now, pinned as {}", pinned(name)));
+        }
+    }
+    for name in pinned_pass.keys().chain(pinned_unsupported.keys()) {
+        if !pass.contains_key(name) && !unsupported.contains_key(name) {
+            out.push(format!("{name}: pinned as {}, now failing or missing", pinned(name)));
+        }
+    }
+    out
+}
+
 #[test]
 fn onnx_node_conformance() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/onnx-node-tests");
@@ -148,27 +217,56 @@ fn onnx_node_conformance() {
         .filter(|p| p.is_dir())
         .collect();
     dirs.sort();
-    let (mut pass, mut fails) = (0, Vec::new());
-    let mut unsupported: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut pass = BTreeMap::new();
+    let mut unsupported = BTreeMap::new();
+    let mut fails = Vec::new();
     for d in &dirs {
         let name = d.file_name().unwrap().to_string_lossy().to_string();
         match run_case(d) {
-            Outcome::Pass => pass += 1,
-            Outcome::Unsupported(r) => unsupported.entry(r).or_default().push(name),
+            Outcome::Pass => {
+                pass.insert(name, String::new());
+            }
+            Outcome::Unsupported(r) => {
+                unsupported.insert(name, r);
+            }
             Outcome::Fail(m) => fails.push(format!("{name}: {m}")),
         }
     }
-    let nun: usize = unsupported.values().map(|v| v.len()).sum();
     eprintln!(
-        "ONNX node tests: {} cases, {pass} passed, {nun} unsupported, {} failed",
+        "ONNX node tests: {} cases, {} passed, {} unsupported, {} failed",
         dirs.len(),
+        pass.len(),
+        unsupported.len(),
         fails.len()
     );
-    for (reason, cases) in &unsupported {
+    let mut by_reason: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (name, reason) in &unsupported {
+        by_reason.entry(reason).or_default().push(name);
+    }
+    for (reason, cases) in &by_reason {
         eprintln!("  unsupported ({reason}): {}", cases.join(", "));
     }
     for f in &fails {
         eprintln!("  FAILED {f}");
     }
     assert!(fails.is_empty(), "{} conformance failures", fails.len());
+    if std::env::var_os("VEIL_BLESS").is_some() {
+        write_list(&root.join(PASSING), "that pass", &pass);
+        write_list(
+            &root.join(UNSUPPORTED),
+            "veil rejects on purpose, with the reason",
+            &unsupported,
+        );
+        return;
+    }
+    let (pinned_pass, pinned_unsupported) =
+        (read_list(&root.join(PASSING)), read_list(&root.join(UNSUPPORTED)));
+    let moved = moved(&pass, &unsupported, &pinned_pass, &pinned_unsupported);
+    assert!(
+        moved.is_empty(),
+        "{} ONNX node tests moved against tests/fixtures/onnx-node-tests/{{{PASSING},{UNSUPPORTED}}}:\n  {}\n\
+         if intended, rewrite the lists with `{BLESS}` and review the diff",
+        moved.len(),
+        moved.join("\n  ")
+    );
 }

@@ -116,3 +116,57 @@ fn what_has_no_ring_form_is_refused_by_name() {
     let e = simulate(&g, &inputs, &SimOptions::default()).unwrap_err().to_string();
     assert!(e.contains("does not fit fixed point"), "{e}");
 }
+
+/// `(x·x) @ w` on shares, `w` a `[2, 1]` matrix of ones held as the server's weight or as a
+/// public constant.
+fn square_times_ones(w_is_weight: bool) -> Graph {
+    let mut g = Graph::new("sq_w");
+    let ty = TensorType::new(DType::F32, vec![1, 2]);
+    let x = g.add_input("x", ty.clone());
+    let zero = g.add_weight("server_part", Tensor::zeros(&ty));
+    let x = g.add_node("shared_x", Op::Add, &[x, zero], "shared_x").unwrap();
+    let sq = g.add_node("sq", Op::Mul, &[x, x], "sq").unwrap();
+    let ones = Tensor::f32(vec![2, 1], vec![1.0; 2]);
+    let w = if w_is_weight { g.add_weight("w", ones) } else { g.add_const("w", ones) };
+    let y = g.add_node("y", Op::MatMul, &[sq, w], "y").unwrap();
+    g.outputs = vec![y];
+    g
+}
+
+#[test]
+fn a_product_with_a_server_weight_truncates_first_as_the_lowering_does() {
+    // x = 3 units: x² = 9·2^-32 at 2f bits. A product with a public matrix keeps those bits
+    // (the result has 3f); the protocol for a server weight takes its share operand at f, so
+    // x² floors to 0 first. The simulator once kept 2f in both cases.
+    let u = 2f64.powi(-16);
+    let x = Tensor::f32(vec![1, 2], vec![(3.0 * u) as f32; 2]);
+    let inputs = HashMap::from([("x".to_string(), x.clone())]);
+    for (w_is_weight, want) in [(true, 0.0), (false, 18.0 * u * u)] {
+        let g = square_times_ones(w_is_weight);
+        let sim = simulate(&g, &inputs, &SimOptions::default()).unwrap()[0].to_f64_vec();
+        assert_eq!(sim, vec![want], "weight {w_is_weight}: simulated");
+        // The VM's truncations are each within one unit above the floor.
+        let mpc = two_party(g, &x);
+        let slack = if w_is_weight { 2.0 * u } else { 0.0 };
+        assert!((mpc[0] - want).abs() <= slack, "weight {w_is_weight}: two-party {mpc:?}");
+    }
+}
+
+#[test]
+fn the_maximum_of_two_secrets_aligns_their_scales_as_the_lowering_does() {
+    // max([x ≥ 0], x): comparison bits are 0/1 at scale 0, x at f; both are brought to f.
+    // The simulator once compared them unaligned (1 against 2^14 units, read at scale 0).
+    let mut g = Graph::new("max_bits");
+    let ty = TensorType::new(DType::F32, vec![3]);
+    let x = g.add_input("x", ty.clone());
+    let zero = g.add_weight("server_part", Tensor::zeros(&ty));
+    let x = g.add_node("shared_x", Op::Add, &[x, zero], "shared_x").unwrap();
+    let b = g.add_node("b", Op::Drelu, &[x], "b").unwrap();
+    let y = g.add_node("y", Op::Max, &[b, x], "y").unwrap();
+    g.outputs = vec![y];
+    let x = Tensor::f32(vec![3], vec![-0.5, 0.25, 2.0]);
+    let inputs = HashMap::from([("x".to_string(), x.clone())]);
+    let sim = simulate(&g, &inputs, &SimOptions::default()).unwrap()[0].to_f64_vec();
+    assert_eq!(sim, vec![0.0, 1.0, 2.0]);
+    assert_eq!(two_party(g, &x), sim);
+}

@@ -26,8 +26,15 @@ fn jit_matches_interpreter(model: &str, file: &str, set: &str) {
         common::run_compiled_with(&c, &inputs, &opts).unwrap().0
     };
     let (with, without) = (run(true), run(false));
-    assert!(with.client.jit_kernels > 0 && with.server.jit_kernels > 0, "the JIT ran");
-    assert_eq!(without.client.jit_kernels, 0);
+    for (party, r) in [("client", &with.client), ("server", &with.server)] {
+        // Planned kernels alone would pass with every kernel falling back to the interpreter.
+        assert!(r.jit_kernels > 0, "{model}: no kernels planned for the {party}");
+        assert!(r.jit_runs.0 > 0, "{model}: no kernel of the {party} ran compiled");
+        assert_eq!(r.jit_runs.1, 0, "{model}: kernels of the {party} fell back to the interpreter");
+    }
+    for r in [&without.client, &without.server] {
+        assert_eq!((r.jit_kernels, r.jit_runs), (0, (0, 0)), "{model}: the JIT ran when off");
+    }
     assert_eq!(with.outputs.len(), without.outputs.len());
     for (a, b) in with.outputs.iter().zip(&without.outputs) {
         assert_eq!(a.name, b.name);

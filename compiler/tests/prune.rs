@@ -89,7 +89,11 @@ fn two_party_pruned_run_keeps_the_plaintext_tokens() {
     assert_eq!(with.client.lengths, without.client.lengths);
     assert_eq!(with.outputs, without.outputs, "bit-identical with and without the JIT");
     assert_eq!(a[0].1.to_f64_vec(), b[0].1.to_f64_vec());
-    assert!(with.client.jit_kernels > 0 && without.client.jit_kernels == 0);
+    for r in [&with.client, &with.server] {
+        assert!(r.jit_kernels > 0 && r.jit_runs.0 > 0, "kernels planned and run compiled");
+        assert_eq!(r.jit_runs.1, 0, "no kernel fell back to the interpreter");
+    }
+    assert_eq!((without.client.jit_kernels, without.client.jit_runs), (0, (0, 0)));
 }
 
 #[test]

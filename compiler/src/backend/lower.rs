@@ -2,13 +2,13 @@
 //!
 //! Walks the nodes whose result is `Shared` in execution order and asks the
 //! [`ProgramBuilder`] for the protocol each needs, tracking the fixed-point scale of every
-//! value: inputs and weights arrive at `f` fractional bits, a product of two values carries
-//! the sum of their scales, and a truncation is folded into the next masked opening whenever
-//! the consumer opens the value anyway (products, comparisons) or done explicitly when a
-//! consumer needs a plain share at scale `f` (matrix products, products by a weight).
+//! value by the [`Policy`] of `backend::scale` (which the fixed-point simulator follows too):
+//! a truncation is folded into the next masked opening whenever the consumer opens the value
+//! anyway (products, comparisons) or done explicitly when a consumer needs a plain share at a
+//! lower scale (matrix products, products by a weight).
 
 use crate::backend::partition::{Partition, Vis};
-use crate::backend::scale::{scalar_product, ScalarProduct};
+use crate::backend::scale::{divisor_reciprocal, Policy, ScalarProduct};
 use crate::ir::{Graph, Node, Op, Tensor, Value, ValueDef};
 use cranelift_entity::SecondaryMap;
 use std::collections::HashMap;
@@ -267,7 +267,7 @@ impl<'g> Lowerer<'g> {
                 (format!("{}.one_hot", vd.name), s, 0)
             }
             ClientFeed::Value(_) => {
-                let scale = if vd.ty.dtype.is_float() { self.f } else { 0 };
+                let scale = self.policy().boundary(vd.ty.dtype.is_float());
                 (vd.name.clone(), vd.ty.shape.clone(), scale)
             }
         };
@@ -283,7 +283,7 @@ impl<'g> Lowerer<'g> {
             return l.clone();
         }
         let vd = &self.g.values[v];
-        let scale = if vd.ty.dtype.is_float() { self.f } else { 0 };
+        let scale = self.policy().boundary(vd.ty.dtype.is_float());
         let buf = self.b.weight(&vd.name, Party::Server, false, &u32s(&vd.ty.shape), scale);
         self.server_feeds.push((vd.name.clone(), v));
         let l = LVal { buf, scale, shape: vd.ty.shape.clone() };
@@ -336,21 +336,27 @@ impl<'g> Lowerer<'g> {
         LVal { buf: self.b.shl(l.buf, target - l.scale), scale: target, shape: l.shape.clone() }
     }
 
-    /// A plain share at scale `f` (truncating when the value carries more fractional bits).
-    fn at_f(&mut self, l: &LVal) -> LVal {
-        if l.scale <= self.f {
-            return self.rescale_up(l, self.f);
-        }
-        LVal { buf: self.b.trunc(l.buf, l.scale - self.f), scale: self.f, shape: l.shape.clone() }
+    fn policy(&self) -> Policy {
+        Policy { f: self.f }
     }
 
-    /// Masked opening bringing the value to scale `f`.
-    fn masked(&mut self, l: &LVal) -> (Masked, u8) {
-        if l.scale >= self.f {
-            (self.b.masked_open(l.buf, l.scale - self.f), self.f)
-        } else {
-            (self.b.masked_open(l.buf, 0), l.scale)
+    /// A plain share at scale `target`: truncated from above, shifted up exactly from below.
+    fn rescaled(&mut self, l: &LVal, target: u8) -> LVal {
+        if l.scale <= target {
+            return self.rescale_up(l, target);
         }
+        LVal { buf: self.b.trunc(l.buf, l.scale - target), scale: target, shape: l.shape.clone() }
+    }
+
+    /// A plain share at scale `f`.
+    fn at_f(&mut self, l: &LVal) -> LVal {
+        self.rescaled(l, self.f)
+    }
+
+    /// Masked opening bringing the value to the scale a product or comparison takes.
+    fn masked(&mut self, l: &LVal) -> (Masked, u8) {
+        let s = self.policy().opened(l.scale);
+        (self.b.masked_open(l.buf, l.scale - s), s)
     }
 
     /// `x` broadcast to `shape`: returns the buffer and the `inner` to use as a `b` operand, or
@@ -397,7 +403,7 @@ impl<'g> Lowerer<'g> {
             }
             (Op::Mul, [a, b]) => self.mul((args[0], a.clone()), (args[1], b.clone()), &out_shape)?,
             (Op::Div, [_, Operand::Const(c)]) => {
-                let inv = Tensor::f32(c.shape.clone(), (0..c.numel()).map(|i| (1.0 / c.get_f64(i)) as f32).collect());
+                let inv = Tensor::f32(c.shape.clone(), (0..c.numel()).map(|i| divisor_reciprocal(c.get_f64(i))).collect());
                 self.mul_const(args[0], &Arc::new(inv), &out_shape, args[1])?
             }
             (Op::MatMul, [_, _]) => Operand::Val(self.matmul(args[0], args[1], &out_shape)?),
@@ -433,7 +439,8 @@ impl<'g> Lowerer<'g> {
                         o => self.as_val(a, o)?,
                     });
                 }
-                let scale = vals.iter().map(|v| v.scale).max().unwrap_or(f);
+                let p = self.policy();
+                let scale = vals.iter().map(|v| v.scale).reduce(|a, b| p.aligned(a, b)).unwrap_or(f);
                 // A client-computed block (a public layer's prefill keys) next to shared ones.
                 let mixed = vals.iter().any(|v| self.b.kind(v.buf) != self.b.kind(vals[0].buf));
                 let mut parts: Vec<(Buf, Vec<u32>)> =
@@ -458,7 +465,7 @@ impl<'g> Lowerer<'g> {
             }
             (Op::PruneKeep { axis, theta, protect }, [_]) => {
                 let x = self.operand_val(args[0])?;
-                let x = if x.scale > f { self.at_f(&x) } else { x };
+                let x = self.rescaled(&x, self.policy().compared(x.scale));
                 let (buf, rows, n) = self.move_axes_last(&x, &[*axis]);
                 // S_j ≤ rows·2^f must stay below 2^33 for the 2^24-scaled comparison, and
                 // positions below 2^14 for the compaction's narrow comparisons.
@@ -515,7 +522,7 @@ impl<'g> Lowerer<'g> {
             (Op::ReduceMax { axes, .. }, [_]) => {
                 // Comparisons need values at scale f (|x| < 2^(bits-1) ring units).
                 let x = self.operand_val(args[0])?;
-                let x = if x.scale > f { self.at_f(&x) } else { x };
+                let x = self.rescaled(&x, self.policy().compared(x.scale));
                 let (buf, rows, len) = self.move_axes_last(&x, axes);
                 let (buf, len) = match self.token_len {
                     // A row over the keys of a prunable model: padded to the unpruned length
@@ -623,7 +630,7 @@ impl<'g> Lowerer<'g> {
             }
             ((va, x), (vb, y)) => {
                 let (x, y) = (self.as_val(va, x)?, self.as_val(vb, y)?);
-                let s = x.scale.max(y.scale);
+                let s = self.policy().aligned(x.scale, y.scale);
                 let (x, y) = (self.rescale_up(&x, s), self.rescale_up(&y, s));
                 // The full-size operand goes first; the other broadcasts.
                 let (first, second, swapped) =
@@ -646,7 +653,7 @@ impl<'g> Lowerer<'g> {
     /// Multiplies by a public scalar (result carries `f` more fractional bits unless the scalar
     /// is an integer).
     fn scale_by(&mut self, x: &LVal, c: f64) -> LVal {
-        match scalar_product(x.scale, c, self.f) {
+        match self.policy().scalar_product(x.scale, c) {
             ScalarProduct::Integer(i) => LVal { buf: self.b.mul_imm(x.buf, i as u64), ..x.clone() },
             ScalarProduct::Relabel { k, negate } => {
                 let buf = if negate { self.b.neg(x.buf) } else { x.buf };
@@ -677,9 +684,10 @@ impl<'g> Lowerer<'g> {
                 ..self.scale_by(&x, c.get_f64(0))
             }));
         }
-        let x = if x.scale > 2 * self.f { self.at_f(&x) } else { x };
+        let p = self.policy();
+        let x = self.rescaled(&x, p.before_public_product(x.scale));
         let integral = (0..c.numel()).all(|i| c.get_f64(i).fract() == 0.0);
-        let cscale = if integral { 0 } else { self.f };
+        let cscale = p.public_factor(integral);
         let data: Vec<u64> = (0..c.numel()).map(|i| encode(c.get_f64(i), cscale)).collect();
         let cb = self.b.constant_from(data, self.origin(cv));
         let xf = self.full(&x, out);
@@ -704,7 +712,6 @@ impl<'g> Lowerer<'g> {
         b: (Value, Operand),
         out: &[usize],
     ) -> Result<Operand, LowerError> {
-        let f = self.f;
         match (a, b) {
             ((vc, Operand::Const(c)), (vx, _)) | ((vx, _), (vc, Operand::Const(c))) => {
                 self.mul_const(vx, &c, out, vc)
@@ -725,30 +732,32 @@ impl<'g> Lowerer<'g> {
                 for (w, s) in [(&y, &x), (&x, &y)] {
                     if self.is_weight(w) && !self.is_weight(s) && s.shape == out {
                         if let Some(inner) = inner_of(&w.shape, out) {
-                            let s = self.at_f(s);
+                            let s = self.rescaled(s, self.policy().before_weight_product());
                             let buf = self.b.mul_priv(s.buf, w.buf, inner);
                             return Ok(Operand::Val(LVal {
                                 buf,
-                                scale: f + w.scale,
+                                scale: s.scale + w.scale,
                                 shape: out.to_vec(),
                             }));
                         }
                     }
                 }
                 if va == vb {
-                    let (m, s) = self.masked(&x);
+                    let (m, _) = self.masked(&x);
                     let buf = self.b.square_masked(&m);
-                    return Ok(Operand::Val(LVal { buf, scale: 2 * s, shape: out.to_vec() }));
+                    let scale = self.policy().product(x.scale, x.scale);
+                    return Ok(Operand::Val(LVal { buf, scale, shape: out.to_vec() }));
                 }
                 let (first, second) = if x.shape == out { (x, y) } else { (y, x) };
                 let first_buf = self.full(&first, out);
                 let first = LVal { buf: first_buf, ..first };
                 let (sb, inner) = self.bcast(&second, out);
                 let second = LVal { buf: sb, ..second };
-                let (mx, sx) = self.masked(&first);
-                let (my, sy) = self.masked(&second);
+                let (mx, _) = self.masked(&first);
+                let (my, _) = self.masked(&second);
                 let buf = self.b.mul_masked(&mx, &my, inner);
-                Ok(Operand::Val(LVal { buf, scale: sx + sy, shape: out.to_vec() }))
+                let scale = self.policy().product(first.scale, second.scale);
+                Ok(Operand::Val(LVal { buf, scale, shape: out.to_vec() }))
             }
         }
     }
@@ -765,7 +774,7 @@ impl<'g> Lowerer<'g> {
         let (oa, ob) = (self.operand(va)?, self.operand(vb)?);
         if let Operand::Const(c) = &ob {
             let x = self.as_val(va, oa)?;
-            let x = if x.scale > 2 * f { self.at_f(&x) } else { x };
+            let x = self.rescaled(&x, self.policy().before_public_product(x.scale));
             if batch_b != 1 {
                 return Err(self.err("a batched constant right operand is not supported yet"));
             }
@@ -775,10 +784,10 @@ impl<'g> Lowerer<'g> {
         }
         let (x, y) = (self.as_val(va, oa)?, self.as_val(vb, ob)?);
         if self.is_weight(&y) && batch_b == 1 {
-            let xs = self.at_f(&x);
+            let xs = self.rescaled(&x, self.policy().before_weight_product());
             let buf =
                 self.b.matmul_priv(xs.buf, y.buf, 1, (batch_a * m) as u32, k as u32, n as u32);
-            return Ok(LVal { buf, scale: f + y.scale, shape: out.to_vec() });
+            return Ok(LVal { buf, scale: xs.scale + y.scale, shape: out.to_vec() });
         }
         if batch_a != batch_b && batch_a != 1 && batch_b != 1 {
             return Err(self.err("matmul batch dimensions must be equal or 1"));
@@ -832,20 +841,20 @@ impl<'g> Lowerer<'g> {
         out: &[usize],
     ) -> Result<LVal, LowerError> {
         let f = self.f;
-        // The scale rule of a product of two secrets: keep it below 3f fractional bits,
-        // truncating the operand with more. Blocks may differ (a public layer's prefill keys
-        // come from the client at f, the decode rows at 2f): x follows the widest block, and
-        // each block is truncated as it needs.
+        // Blocks may differ in scale (a public layer's prefill keys come from the client at f,
+        // the decode rows at 2f): x follows the widest block, and each block is truncated as
+        // it needs.
         let mut raw = Vec::with_capacity(parts.len());
         for &pv in parts {
             raw.push(self.operand_val(pv)?.scale);
         }
         let ymax = raw.iter().copied().max().unwrap_or(f);
+        let p = self.policy();
         let mut x = x;
-        if x.scale + ymax > 3 * f && x.scale >= ymax {
-            x = self.at_f(&x);
+        if let Some(t) = p.matmul_left(x.scale, ymax) {
+            x = self.rescaled(&x, t);
         }
-        let trunc: Vec<bool> = raw.iter().map(|&s| x.scale + s > 3 * f).collect();
+        let trunc: Vec<bool> = raw.iter().map(|&s| p.matmul_right(x.scale, s).is_some()).collect();
         // Truncate every fresh block first, then open: the order of the plain product.
         let mut fresh: Vec<Option<LVal>> = Vec::new();
         for (&pv, &t) in parts.iter().zip(&trunc) {
@@ -1006,9 +1015,10 @@ impl<'g> Lowerer<'g> {
                         self.err("elementwise max of secrets needs operands of the result's shape")
                     );
                 }
-                let x = if x.scale > self.f { self.at_f(&x) } else { x };
-                let y = if y.scale > self.f { self.at_f(&y) } else { y };
-                let s = x.scale.max(y.scale);
+                let p = self.policy();
+                let x = self.rescaled(&x, p.compared(x.scale));
+                let y = self.rescaled(&y, p.compared(y.scale));
+                let s = p.aligned(x.scale, y.scale);
                 let (x, y) = (self.rescale_up(&x, s), self.rescale_up(&y, s));
                 let (mx, _) = if is_min {
                     self.b.max_pair(y.buf, x.buf)

@@ -5,7 +5,7 @@
 //! - [`nonlinear`]: softmax, layer norm, GELU, SMU-1 on secret data → stdlib DSL functions.
 //! - [`lower`]: the shared nodes → `veil_isa` protocols via the program builder.
 //! - [`client`]: the client's plaintext preprocessing graph.
-//! - [`scale`]: the fixed-point scale rule shared with the simulator.
+//! - [`scale`]: the fixed-point scale policy, shared with the simulator.
 
 pub mod client;
 pub mod lower;
