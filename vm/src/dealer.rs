@@ -16,7 +16,6 @@ use crate::net::FrameSink;
 use crate::net::FrameSource;
 use crate::prg::{Prg, Seed};
 use std::sync::Arc;
-use veil_isa::validate::is_dealer_instr;
 use veil_isa::{Buf, Instr, Kind, Party, Program};
 
 /// Why a program's setup cannot be dealt once per epoch, if it cannot: it may only draw the
@@ -28,7 +27,7 @@ pub fn epoch_setup_problem(p: &Program) -> Option<String> {
             Instr::DPriv { d } => p.buffers[d.0 as usize].kind != Kind::Private(Party::Server),
             Instr::Send { from, .. } => *from != Party::Server,
             Instr::Open { .. } | Instr::OpenB { .. } | Instr::Reveal { .. } => true,
-            i => is_dealer_instr(i),
+            i => i.is_dealer(),
         };
         if bad {
             return Some(format!(
@@ -76,7 +75,7 @@ impl Base {
                 let i = b.0 as usize;
                 if w {
                     overwritten[i] = true;
-                } else if is_dealer_instr(ins) && !overwritten[i] {
+                } else if ins.is_dealer() && !overwritten[i] {
                     wanted[i] = true;
                 }
             }
@@ -122,7 +121,7 @@ fn last_dealer_reads(code: &[Instr], n: usize) -> Vec<Vec<Buf>> {
                 live[b.0 as usize] = false;
             }
         }
-        if is_dealer_instr(ins) {
+        if ins.is_dealer() {
             for &(b, w) in &bufs {
                 if !w && !live[b.0 as usize] {
                     live[b.0 as usize] = true;
@@ -269,7 +268,7 @@ impl<'p> Dealer<'p> {
             if let Instr::SetLen { .. } = ins {
                 return Ok(Some(index));
             }
-            if !is_dealer_instr(ins) {
+            if !ins.is_dealer() {
                 for (b, w) in ins.buffers() {
                     if w {
                         self.known[b.0 as usize] = None;
@@ -378,7 +377,7 @@ impl<'p> Dealer<'p> {
                     self.correct(&[(&v, None)])?;
                     self.known[d.0 as usize] = Some(v);
                 }
-                _ => unreachable!("checked by is_dealer_instr"),
+                _ => unreachable!("checked by is_dealer"),
             }
             for b in dead {
                 self.known[b.0 as usize] = None;

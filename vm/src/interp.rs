@@ -18,8 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use veil_isa::lifetime::{self, Deaths};
-use veil_isa::validate::is_dealer_instr;
-use veil_isa::{Buf, Instr, Kind, Party, Program, Tag};
+use veil_isa::{Buf, Class, Instr, Kind, Party, Program, Tag};
 
 /// The code a section runs: the loaded program, or an instance at a pruned length.
 #[derive(Clone)]
@@ -858,7 +857,7 @@ impl<'p> PartyVm<'p> {
                     let op = ins.name();
                     let at = At { section, index };
                     done += 1;
-                    if is_dealer_instr(ins) {
+                    if ins.is_dealer() {
                         self.material.draw(ins, at, prog, &mut self.store.bufs)?;
                         (index, false, false, op)
                     } else if let Instr::SetLen { a, frac } = ins {
@@ -880,7 +879,7 @@ impl<'p> PartyVm<'p> {
                         if self.out.len() >= STREAM_OUT && self.peer.send_part(&self.out)? {
                             self.out.clear();
                         }
-                        (index, true, is_elementwise(ins), op)
+                        (index, true, ins.class() == Class::Elementwise, op)
                     }
                 }
                 #[cfg_attr(not(feature = "jit"), allow(unused_variables))]
@@ -1266,23 +1265,6 @@ impl<'p> PartyVm<'p> {
         let mut dv = self.take(d);
         kernels::unary(&mut dv, &self.store.bufs[a.0 as usize], f);
         self.put(d, dv);
-    }
-}
-
-/// True for the local elementwise ring instructions (the ones the JIT fuses into kernels).
-pub(crate) fn is_elementwise(ins: &Instr) -> bool {
-    elementwise_dest(ins).is_some()
-}
-
-/// The buffer an elementwise instruction computes over (its destination, whose length is the
-/// loop's); `None` for every other instruction.
-pub(crate) fn elementwise_dest(ins: &Instr) -> Option<Buf> {
-    use Instr::*;
-    match ins {
-        Add { d, .. } | Sub { d, .. } | Mul { d, .. } => Some(*d),
-        Neg { d, .. } | AddImm { d, .. } | MulImm { d, .. } | Shl { d, .. } => Some(*d),
-        TruncPost { c2, .. } => Some(*c2),
-        _ => None,
     }
 }
 

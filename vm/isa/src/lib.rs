@@ -1,6 +1,7 @@
 //! veil bytecode, shared by the compiler (which emits it) and the VM (which runs it).
 //!
 //! - [`ops`]: the single instruction list (`for_each_op!`) and the generated [`Instr`].
+//! - [`class`]: each instruction's [`Class`] (local, comm, dealer, ...), declared in the list.
 //! - [`program`]: the file container ([`Program`]) and its encoding.
 //! - [`validate`]: load-time checks that make a hostile program harmless to the VM.
 //! - [`verify`]: the leakage analysis: what a program reveals, and a refusal of one that
@@ -14,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod builder;
+pub mod class;
 pub mod cost;
 pub mod disas;
 pub mod dynamic;
@@ -25,6 +27,7 @@ pub mod template;
 pub mod validate;
 pub mod verify;
 
+pub use class::Class;
 pub use dynamic::{DynField, Dynamic, Poly};
 pub use operand::{Buf, Dims, Party, SlotMut, Strides};
 pub use ops::Instr;

@@ -14,7 +14,7 @@
 
 use super::kernel::{Access, Kernel, Op, Sig, V};
 use std::collections::{HashMap, HashSet};
-use veil_isa::{Buf, Instr, Kind, Party, Program};
+use veil_isa::{Buf, Class, Instr, Kind, Party, Program};
 
 /// What runs next in a section.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -98,7 +98,7 @@ impl Ctx<'_> {
 
     fn lower(&self, ins: &Instr) -> Lower {
         use Instr::*;
-        let Some(d) = crate::interp::elementwise_dest(ins) else { return Lower::Interp };
+        let Some(d) = ins.elementwise_dest() else { return Lower::Interp };
         let n = self.len(d);
         if n == 0 {
             return Lower::Interp;
@@ -237,7 +237,7 @@ impl Accesses {
             // Writes that overwrite the whole destination: the elementwise instructions and
             // the two reductions.
             let full =
-                crate::interp::is_elementwise(ins) || matches!(ins, MatMul { .. } | Sum { .. });
+                ins.class() == Class::Elementwise || matches!(ins, MatMul { .. } | Sum { .. });
             let bufs = ins.buffers();
             for &(b, written) in &bufs {
                 let Some(list) = acc.get_mut(b.0 as usize) else { continue };
