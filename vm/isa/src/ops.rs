@@ -1,8 +1,31 @@
 //! The instruction list. Everything about an instruction's *form* and *class* is generated
 //! from this one list: the `Instr` enum, its name, opcode, encoder, decoder and disassembly,
-//! which operands it writes and its [`Class`](crate::class::Class). What it *costs*
-//! (`cost.rs`), what makes it legal (`validate.rs`) and what it does (the VM) are exhaustive
-//! matches elsewhere, so adding an instruction fails to compile until each says so.
+//! which operands it writes, its [`Class`](crate::class::Class) and the per-role visitors of
+//! [`crate::visit`]. What it *costs* (`cost.rs`), what makes it legal (`validate.rs`), what it
+//! reveals (`verify.rs`) and what it does (the VM and the dealer) are written elsewhere, as
+//! exhaustive matches or visitor implementations, so adding an instruction fails to compile
+//! until each says so.
+//!
+//! # Adding an instruction
+//! 1. Add a line to [`for_each_op!`] with its class and its operands, written ones before the
+//!    `;`: at the end, since the opcode is the position and the others keep theirs. Add a
+//!    sample to this module's tests, and check its class in `vm/isa/tests/classes.rs`.
+//! 2. Build. The errors lead to everything that must handle it: the checks in `validate.rs`,
+//!    the cost in `cost.rs`, the leakage analysis in `verify.rs`, the buffer renaming in
+//!    `builder/mod.rs`; by class, the interpreter (`PartyVisitor` in `vm/src/interp/exec.rs`:
+//!    every class but `dealer`), the dealer and the parties' draws (`DealerVisitor` in
+//!    `vm/src/dealer.rs` and `vm/src/material.rs`: `dealer` and `control`), and the JIT
+//!    (`ElementwiseVisitor` in `vm/src/jit/fuse.rs`: `elementwise`). None of them has a
+//!    wildcard arm to fall into: a visitor that misses a method does not compile.
+//!
+//! ```compile_fail,E0046
+//! // The dealer's visitor must name every dealer instruction.
+//! struct Nothing;
+//! impl veil_isa::visit::DealerVisitor for Nothing {
+//!     type Out = ();
+//!     fn online(&mut self, _: &veil_isa::Instr) {}
+//! }
+//! ```
 //!
 //! # Naming and conventions
 //! - Each line reads `name = Variant [class] { written operands ; read operands }`. A written
