@@ -16,19 +16,18 @@ use crate::net::FrameSink;
 use crate::net::FrameSource;
 use crate::prg::{Prg, Seed};
 use std::sync::Arc;
-use veil_isa::validate::is_dealer_instr;
-use veil_isa::{Buf, Instr, Kind, Party, Program};
+use veil_isa::{Buf, Class, DealerVisitor, Instr, Kind, Party, Program};
 
 /// Why a program's setup cannot be dealt once per epoch, if it cannot: it may only draw the
 /// server's private masks (what the compiler emits to mask the server's weights), so that it
 /// depends on nothing of a client's.
 pub fn epoch_setup_problem(p: &Program) -> Option<String> {
     for (i, ins) in p.setup.iter().enumerate() {
-        let bad = match ins {
-            Instr::DPriv { d } => p.buffers[d.0 as usize].kind != Kind::Private(Party::Server),
-            Instr::Send { from, .. } => *from != Party::Server,
-            Instr::Open { .. } | Instr::OpenB { .. } | Instr::Reveal { .. } => true,
-            i => is_dealer_instr(i),
+        let bad = match ins.class() {
+            Class::Dealer => !matches!(ins, Instr::DPriv { d }
+                if p.buffers[d.0 as usize].kind == Kind::Private(Party::Server)),
+            Class::Comm => !matches!(ins, Instr::Send { from: Party::Server, .. }),
+            Class::Local | Class::Elementwise | Class::Exchange | Class::Control => false,
         };
         if bad {
             return Some(format!(
@@ -76,7 +75,7 @@ impl Base {
                 let i = b.0 as usize;
                 if w {
                     overwritten[i] = true;
-                } else if is_dealer_instr(ins) && !overwritten[i] {
+                } else if ins.is_dealer() && !overwritten[i] {
                     wanted[i] = true;
                 }
             }
@@ -122,7 +121,7 @@ fn last_dealer_reads(code: &[Instr], n: usize) -> Vec<Vec<Buf>> {
                 live[b.0 as usize] = false;
             }
         }
-        if is_dealer_instr(ins) {
+        if ins.is_dealer() {
             for &(b, w) in &bufs {
                 if !w && !live[b.0 as usize] {
                     live[b.0 as usize] = true;
@@ -266,125 +265,171 @@ impl<'p> Dealer<'p> {
         section: &'static str,
     ) -> Result<Option<usize>, VmError> {
         for (index, ins) in code.iter().enumerate().skip(from) {
-            if let Instr::SetLen { .. } = ins {
-                return Ok(Some(index));
-            }
-            if !is_dealer_instr(ins) {
-                for (b, w) in ins.buffers() {
-                    if w {
-                        self.known[b.0 as usize] = None;
-                        self.shadowed[b.0 as usize] = true;
-                    }
-                }
-                continue;
-            }
-            for (b, w) in ins.buffers() {
+            // What it writes replaces whatever the setup left in those buffers.
+            ins.each_buffer(|b, w| {
                 if w {
                     self.shadowed[b.0 as usize] = true;
                 }
-            }
-            // A pruned instance keeps the loaded program's instruction indices.
-            let dead = self.last_reads.get(index).cloned().unwrap_or_default();
-            let len = |b: Buf| p.buffers[b.0 as usize].len as usize;
+            });
             let name = ins.name();
-            use Instr::*;
-            match ins {
-                DMask { d } => {
-                    let c = self.prg[0].words(len(*d));
-                    let s = self.prg[1].words(len(*d));
-                    self.known[d.0 as usize] =
-                        Some(c.iter().zip(&s).map(|(a, b)| a.wrapping_add(*b)).collect());
-                }
-                DPriv { d } => {
-                    let owner = match p.buffers[d.0 as usize].kind {
-                        Kind::Private(o) => o,
-                        _ => Party::Client,
-                    };
-                    self.known[d.0 as usize] = Some(self.prg[owner.index()].words(len(*d)));
-                }
-                DBits { d } => {
-                    let c = self.prg[0].bits(len(*d));
-                    let s = self.prg[1].bits(len(*d));
-                    self.known[d.0 as usize] = Some(c.iter().zip(&s).map(|(a, b)| a ^ b).collect());
-                }
-                DProd { d, a, b, inner } => {
-                    let mut v = vec![0u64; len(*d)];
-                    kernels::binary(
-                        &mut v,
-                        self.val(*a, section, index, name)?,
-                        self.val(*b, section, index, name)?,
-                        *inner as usize,
-                        |x, y| x.wrapping_mul(y),
-                    );
-                    self.correct(&[(&v, None)])?;
-                    self.known[d.0 as usize] = Some(v);
-                }
-                DMatMul { d, a, b, batch, m, k, n } => {
-                    let mut v = vec![0u64; len(*d)];
-                    let (av, bv) =
-                        (self.val(*a, section, index, name)?, self.val(*b, section, index, name)?);
-                    kernels::matmul(
-                        &mut v,
-                        av,
-                        bv,
-                        *batch as usize,
-                        *m as usize,
-                        *k as usize,
-                        *n as usize,
-                    );
-                    self.correct(&[(&v, None)])?;
-                    self.known[d.0 as usize] = Some(v);
-                }
-                DTrunc { hi, msb, a, t, w } => {
-                    let av = self.val(*a, section, index, name)?;
-                    let wmask = if *w == 64 { u64::MAX } else { (1u64 << w) - 1 };
-                    let h: Vec<u64> = av.iter().map(|x| (x & wmask) >> t).collect();
-                    let m: Vec<u64> = av.iter().map(|x| (x >> (w - 1)) & 1).collect();
-                    self.correct(&[(&h, None), (&m, None)])?;
-                    self.known[hi.0 as usize] = Some(h);
-                    self.known[msb.0 as usize] = Some(m);
-                }
-                DAnd { d, a, b } => {
-                    let v: Vec<u64> = self
-                        .val(*a, section, index, name)?
-                        .iter()
-                        .zip(self.val(*b, section, index, name)?)
-                        .map(|(x, y)| x & y)
-                        .collect();
-                    self.correct(&[(&v, Some(len(*d)))])?;
-                    self.known[d.0 as usize] = Some(v);
-                }
-                DBit { d, a, bit } => {
-                    let av = self.val(*a, section, index, name)?;
-                    let mut v = vec![0u64; av.len().div_ceil(64)];
-                    for (i, x) in av.iter().enumerate() {
-                        if (x >> bit) & 1 == 1 {
-                            bits::set(&mut v, i, true);
-                        }
+            match ins.visit_dealer(&mut Deal { dealer: self, p, section, index, name })? {
+                Dealt::Stop => return Ok(Some(index)),
+                Dealt::Online => {}
+                Dealt::Drawn => {
+                    // A pruned instance keeps the loaded program's instruction indices.
+                    for b in self.last_reads.get(index).into_iter().flatten() {
+                        self.known[b.0 as usize] = None;
                     }
-                    self.correct(&[(&v, Some(len(*d)))])?;
-                    self.known[d.0 as usize] = Some(v);
                 }
-                DTable { lt, eq, a, shift, width } => {
-                    let av = self.val(*a, section, index, name)?;
-                    let (lv, ev) = tables(av, *shift, *width);
-                    self.correct(&[(&lv, Some(len(*lt))), (&ev, Some(len(*eq)))])?;
-                    self.known[lt.0 as usize] = Some(lv);
-                    self.known[eq.0 as usize] = Some(ev);
-                }
-                DBit2A { d, a } => {
-                    let av = self.val(*a, section, index, name)?;
-                    let v: Vec<u64> = (0..len(*d)).map(|i| bits::get(av, i) as u64).collect();
-                    self.correct(&[(&v, None)])?;
-                    self.known[d.0 as usize] = Some(v);
-                }
-                _ => unreachable!("checked by is_dealer_instr"),
-            }
-            for b in dead {
-                self.known[b.0 as usize] = None;
             }
         }
         Ok(None)
+    }
+}
+
+/// What the dealer did with an instruction.
+enum Dealt {
+    /// A party's online instruction: what it writes is no longer known.
+    Online,
+    /// Made the instruction's material.
+    Drawn,
+    /// A `setlen`: the rest of the section waits for the length.
+    Stop,
+}
+
+/// The dealer at one instruction of a section of `p`.
+struct Deal<'a, 'p> {
+    dealer: &'a mut Dealer<'p>,
+    p: &'a Program,
+    section: &'static str,
+    index: usize,
+    name: &'static str,
+}
+
+impl Deal<'_, '_> {
+    fn len(&self, b: Buf) -> usize {
+        self.p.buffers[b.0 as usize].len as usize
+    }
+
+    fn val(&self, b: Buf) -> Result<&[u64], VmError> {
+        self.dealer.val(b, self.section, self.index, self.name)
+    }
+
+    /// Keeps the full value of a correlated output, after correcting the client's draw of it.
+    fn ring(&mut self, d: Buf, v: Vec<u64>) -> Result<Dealt, VmError> {
+        self.dealer.correct(&[(&v, None)])?;
+        self.dealer.known[d.0 as usize] = Some(v);
+        Ok(Dealt::Drawn)
+    }
+
+    /// As [`Deal::ring`], for packed bits.
+    fn bits(&mut self, d: Buf, v: Vec<u64>) -> Result<Dealt, VmError> {
+        self.dealer.correct(&[(&v, Some(self.len(d)))])?;
+        self.dealer.known[d.0 as usize] = Some(v);
+        Ok(Dealt::Drawn)
+    }
+}
+
+impl DealerVisitor for Deal<'_, '_> {
+    type Out = Result<Dealt, VmError>;
+
+    fn online(&mut self, ins: &Instr) -> Self::Out {
+        let d = &mut *self.dealer;
+        ins.each_buffer(|b, w| {
+            if w {
+                d.known[b.0 as usize] = None;
+            }
+        });
+        Ok(Dealt::Online)
+    }
+
+    fn setlen(&mut self, _: Buf, _: u8) -> Self::Out {
+        Ok(Dealt::Stop)
+    }
+
+    fn dmask(&mut self, d: Buf) -> Self::Out {
+        let n = self.len(d);
+        let prg = &mut self.dealer.prg;
+        let (c, s) = (prg[0].words(n), prg[1].words(n));
+        let v = c.iter().zip(&s).map(|(a, b)| a.wrapping_add(*b)).collect();
+        self.dealer.known[d.0 as usize] = Some(v);
+        Ok(Dealt::Drawn)
+    }
+
+    fn dpriv(&mut self, d: Buf) -> Self::Out {
+        let owner = match self.p.buffers[d.0 as usize].kind {
+            Kind::Private(o) => o,
+            _ => Party::Client,
+        };
+        let n = self.len(d);
+        self.dealer.known[d.0 as usize] = Some(self.dealer.prg[owner.index()].words(n));
+        Ok(Dealt::Drawn)
+    }
+
+    fn dbits(&mut self, d: Buf) -> Self::Out {
+        let n = self.len(d);
+        let prg = &mut self.dealer.prg;
+        let (c, s) = (prg[0].bits(n), prg[1].bits(n));
+        self.dealer.known[d.0 as usize] = Some(c.iter().zip(&s).map(|(a, b)| a ^ b).collect());
+        Ok(Dealt::Drawn)
+    }
+
+    fn dprod(&mut self, d: Buf, a: Buf, b: Buf, inner: u32) -> Self::Out {
+        let mut v = vec![0u64; self.len(d)];
+        let (av, bv) = (self.val(a)?, self.val(b)?);
+        kernels::binary(&mut v, av, bv, inner as usize, |x, y| x.wrapping_mul(y));
+        self.ring(d, v)
+    }
+
+    fn dmatmul(&mut self, d: Buf, a: Buf, b: Buf, batch: u32, m: u32, k: u32, n: u32) -> Self::Out {
+        let mut v = vec![0u64; self.len(d)];
+        let (av, bv) = (self.val(a)?, self.val(b)?);
+        let [batch, m, k, n] = [batch, m, k, n].map(|x| x as usize);
+        kernels::matmul(&mut v, av, bv, batch, m, k, n);
+        self.ring(d, v)
+    }
+
+    fn dtrunc(&mut self, hi: Buf, msb: Buf, a: Buf, t: u8, w: u8) -> Self::Out {
+        let av = self.val(a)?;
+        let wmask = if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
+        let h: Vec<u64> = av.iter().map(|x| (x & wmask) >> t).collect();
+        let m: Vec<u64> = av.iter().map(|x| (x >> (w - 1)) & 1).collect();
+        self.dealer.correct(&[(&h, None), (&m, None)])?;
+        self.dealer.known[hi.0 as usize] = Some(h);
+        self.dealer.known[msb.0 as usize] = Some(m);
+        Ok(Dealt::Drawn)
+    }
+
+    fn dand(&mut self, d: Buf, a: Buf, b: Buf) -> Self::Out {
+        let v = self.val(a)?.iter().zip(self.val(b)?).map(|(x, y)| x & y).collect();
+        self.bits(d, v)
+    }
+
+    fn dbit(&mut self, d: Buf, a: Buf, bit: u8) -> Self::Out {
+        let av = self.val(a)?;
+        let mut v = vec![0u64; av.len().div_ceil(64)];
+        for (i, x) in av.iter().enumerate() {
+            if (x >> bit) & 1 == 1 {
+                bits::set(&mut v, i, true);
+            }
+        }
+        self.bits(d, v)
+    }
+
+    fn dtable(&mut self, lt: Buf, eq: Buf, a: Buf, shift: u8, width: u8) -> Self::Out {
+        let av = self.val(a)?;
+        let (lv, ev) = tables(av, shift, width);
+        let (nl, ne) = (self.len(lt), self.len(eq));
+        self.dealer.correct(&[(&lv, Some(nl)), (&ev, Some(ne))])?;
+        self.dealer.known[lt.0 as usize] = Some(lv);
+        self.dealer.known[eq.0 as usize] = Some(ev);
+        Ok(Dealt::Drawn)
+    }
+
+    fn dbit2a(&mut self, d: Buf, a: Buf) -> Self::Out {
+        let av = self.val(a)?;
+        let v = (0..self.len(d)).map(|i| bits::get(av, i) as u64).collect();
+        self.ring(d, v)
     }
 }
 

@@ -7,7 +7,7 @@ use crate::error::VmError;
 use crate::net::FrameSource;
 use crate::prg::Prg;
 use crate::store::Slot;
-use veil_isa::{Instr, Kind, Party, Program};
+use veil_isa::{Buf, DealerVisitor, Instr, Kind, Party, Program};
 
 /// A party's source of dealer material.
 pub struct Material {
@@ -82,11 +82,9 @@ impl Material {
         p: &Program,
         bufs: &mut [Slot],
     ) -> Result<(), VmError> {
-        let len = |b: veil_isa::Buf| p.buffers[b.0 as usize].len as usize;
-        let client = self.me == Party::Client;
-        use Instr::*;
+        let mine = Kind::Private(self.me);
         let foreign_priv =
-            matches!(ins, DPriv { d } if p.buffers[d.0 as usize].kind != Kind::Private(self.me));
+            matches!(ins, Instr::DPriv { d } if p.buffers[d.0 as usize].kind != mine);
         if self.none && !foreign_priv {
             return Err(VmError::Dealer {
                 section: at.section,
@@ -95,61 +93,139 @@ impl Material {
                 msg: format!("the {} has no dealer material for this section", self.me),
             });
         }
-        match ins {
-            DMask { d } => self.prg.fill(&mut bufs[d.0 as usize]),
-            DPriv { d } => {
-                if p.buffers[d.0 as usize].kind == Kind::Private(self.me) {
-                    self.prg.fill(&mut bufs[d.0 as usize]);
-                }
+        ins.visit_dealer(&mut Draw { m: self, ins, at, p, bufs })
+    }
+}
+
+/// One dealer instruction's draw into a party's buffers.
+struct Draw<'a> {
+    m: &'a mut Material,
+    ins: &'a Instr,
+    at: At,
+    p: &'a Program,
+    bufs: &'a mut [Slot],
+}
+
+impl Draw<'_> {
+    fn len(&self, b: Buf) -> usize {
+        self.p.buffers[b.0 as usize].len as usize
+    }
+
+    fn client(&self) -> bool {
+        self.m.me == Party::Client
+    }
+
+    /// One correlated ring output: the client's from its PRG, the server's from a frame.
+    fn ring(&mut self, d: Buf) -> Result<(), VmError> {
+        if self.client() {
+            self.m.prg.fill(&mut self.bufs[d.0 as usize]);
+            Ok(())
+        } else {
+            self.m.frame_into(self.ins, self.at, &mut self.bufs[d.0 as usize])
+        }
+    }
+
+    /// One correlated bit output: the client's from its PRG, the server's from a frame.
+    fn bits(&mut self, d: Buf) -> Result<(), VmError> {
+        if self.client() {
+            let n = self.len(d);
+            self.m.prg.fill_bits(&mut self.bufs[d.0 as usize], n);
+            Ok(())
+        } else {
+            self.m.frame_into(self.ins, self.at, &mut self.bufs[d.0 as usize])
+        }
+    }
+
+    /// The server's two outputs of `words` words each, from one frame.
+    fn pair_frame(&mut self, x: Buf, y: Buf, words: usize) -> Result<(), VmError> {
+        let f = self.m.frame_bytes(self.ins, self.at, 2 * words)?;
+        let (fx, fy) = f.split_at(8 * words);
+        for (dst, src) in [(x, fx), (y, fy)] {
+            for (d, c) in self.bufs[dst.0 as usize].iter_mut().zip(src.chunks_exact(8)) {
+                *d = u64::from_le_bytes(c.try_into().expect("8 bytes"));
             }
-            DBits { d } => self.prg.fill_bits(&mut bufs[d.0 as usize], len(*d)),
-            DProd { d, .. } | DMatMul { d, .. } | DBit2A { d, .. } => {
-                if client {
-                    self.prg.fill(&mut bufs[d.0 as usize]);
-                } else {
-                    self.frame_into(ins, at, &mut bufs[d.0 as usize])?;
-                }
-            }
-            DTrunc { hi, msb, .. } => {
-                if client {
-                    self.prg.fill(&mut bufs[hi.0 as usize]);
-                    self.prg.fill(&mut bufs[msb.0 as usize]);
-                } else {
-                    let n = len(*hi);
-                    let f = self.frame_bytes(ins, at, 2 * n)?;
-                    let (fh, fm) = f.split_at(8 * n);
-                    for (dst, src) in [(hi, fh), (msb, fm)] {
-                        for (d, c) in bufs[dst.0 as usize].iter_mut().zip(src.chunks_exact(8)) {
-                            *d = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-                        }
-                    }
-                }
-            }
-            DAnd { d, .. } | DBit { d, .. } => {
-                if client {
-                    self.prg.fill_bits(&mut bufs[d.0 as usize], len(*d));
-                } else {
-                    self.frame_into(ins, at, &mut bufs[d.0 as usize])?;
-                }
-            }
-            DTable { lt, eq, .. } => {
-                let n = len(*lt);
-                if client {
-                    self.prg.fill_bits(&mut bufs[lt.0 as usize], n);
-                    self.prg.fill_bits(&mut bufs[eq.0 as usize], n);
-                } else {
-                    let w = n.div_ceil(64);
-                    let f = self.frame_bytes(ins, at, 2 * w)?;
-                    let (fl, fe) = f.split_at(8 * w);
-                    for (dst, src) in [(lt, fl), (eq, fe)] {
-                        for (d, c) in bufs[dst.0 as usize].iter_mut().zip(src.chunks_exact(8)) {
-                            *d = u64::from_le_bytes(c.try_into().expect("8 bytes"));
-                        }
-                    }
-                }
-            }
-            _ => unreachable!("not a dealer instruction: {}", ins.name()),
         }
         Ok(())
+    }
+
+    fn not_drawn(&self) -> Result<(), VmError> {
+        Err(VmError::Dealer {
+            section: self.at.section,
+            index: self.at.index,
+            name: self.ins.name(),
+            msg: "not a dealer instruction: there is no material to draw".into(),
+        })
+    }
+}
+
+impl DealerVisitor for Draw<'_> {
+    type Out = Result<(), VmError>;
+
+    fn online(&mut self, _: &Instr) -> Self::Out {
+        self.not_drawn()
+    }
+
+    fn setlen(&mut self, _: Buf, _: u8) -> Self::Out {
+        self.not_drawn()
+    }
+
+    fn dmask(&mut self, d: Buf) -> Self::Out {
+        self.m.prg.fill(&mut self.bufs[d.0 as usize]);
+        Ok(())
+    }
+
+    fn dpriv(&mut self, d: Buf) -> Self::Out {
+        if self.p.buffers[d.0 as usize].kind == Kind::Private(self.m.me) {
+            self.m.prg.fill(&mut self.bufs[d.0 as usize]);
+        }
+        Ok(())
+    }
+
+    fn dbits(&mut self, d: Buf) -> Self::Out {
+        let n = self.len(d);
+        self.m.prg.fill_bits(&mut self.bufs[d.0 as usize], n);
+        Ok(())
+    }
+
+    fn dprod(&mut self, d: Buf, _: Buf, _: Buf, _: u32) -> Self::Out {
+        self.ring(d)
+    }
+
+    fn dmatmul(&mut self, d: Buf, _: Buf, _: Buf, _: u32, _: u32, _: u32, _: u32) -> Self::Out {
+        self.ring(d)
+    }
+
+    fn dbit2a(&mut self, d: Buf, _: Buf) -> Self::Out {
+        self.ring(d)
+    }
+
+    fn dtrunc(&mut self, hi: Buf, msb: Buf, _: Buf, _: u8, _: u8) -> Self::Out {
+        if self.client() {
+            self.m.prg.fill(&mut self.bufs[hi.0 as usize]);
+            self.m.prg.fill(&mut self.bufs[msb.0 as usize]);
+            Ok(())
+        } else {
+            let n = self.len(hi);
+            self.pair_frame(hi, msb, n)
+        }
+    }
+
+    fn dand(&mut self, d: Buf, _: Buf, _: Buf) -> Self::Out {
+        self.bits(d)
+    }
+
+    fn dbit(&mut self, d: Buf, _: Buf, _: u8) -> Self::Out {
+        self.bits(d)
+    }
+
+    fn dtable(&mut self, lt: Buf, eq: Buf, _: Buf, _: u8, _: u8) -> Self::Out {
+        let n = self.len(lt);
+        if self.client() {
+            self.m.prg.fill_bits(&mut self.bufs[lt.0 as usize], n);
+            self.m.prg.fill_bits(&mut self.bufs[eq.0 as usize], n);
+            Ok(())
+        } else {
+            self.pair_frame(lt, eq, n.div_ceil(64))
+        }
     }
 }

@@ -83,27 +83,56 @@ pub fn correction_words(ins: &Instr, p: &Program) -> u64 {
 pub fn instr_cost(ins: &Instr, p: &Program) -> Cost {
     let len = |b: crate::Buf| p.buffers[b.0 as usize].len as u64;
     let mut c = Cost::default();
+    use Instr::*;
     match ins {
-        Instr::Open { a, bits, .. } => {
+        Open { a, bits, .. } => {
             let bytes = (len(*a) * *bits as u64).div_ceil(8);
             c.sent = [bytes, bytes];
         }
-        Instr::OpenB { a, .. } => {
+        OpenB { a, .. } => {
             let bytes = len(*a).div_ceil(8);
             c.sent = [bytes, bytes];
         }
-        Instr::Send { a, from, .. } => c.sent[from.index()] = 8 * len(*a),
-        Instr::Reveal { a, to, .. } => c.sent[to.other().index()] = 8 * len(*a),
-        Instr::Exchange {} => {
+        Send { a, from, .. } => c.sent[from.index()] = 8 * len(*a),
+        Reveal { a, to, .. } => c.sent[to.other().index()] = 8 * len(*a),
+        Exchange {} => {
             c.rounds = 1;
             c.sent = [FRAME_HEADER, FRAME_HEADER];
         }
-        _ => {
+        DMask { .. }
+        | DPriv { .. }
+        | DProd { .. }
+        | DMatMul { .. }
+        | DTrunc { .. }
+        | DBits { .. }
+        | DAnd { .. }
+        | DTable { .. }
+        | DBit { .. }
+        | DBit2A { .. } => {
             let w = correction_words(ins, p);
             if w > 0 {
                 c.dealer = 8 * w + FRAME_HEADER;
             }
         }
+        Add { .. }
+        | Sub { .. }
+        | Mul { .. }
+        | Neg { .. }
+        | AddImm { .. }
+        | MulImm { .. }
+        | Shl { .. }
+        | MatMul { .. }
+        | Sum { .. }
+        | Copy { .. }
+        | TruncPost { .. }
+        | Sel { .. }
+        | XorB { .. }
+        | AndB { .. }
+        | NotB { .. }
+        | Lookup { .. }
+        | BitOf { .. }
+        | CumSum { .. }
+        | SetLen { .. } => {}
     }
     c
 }

@@ -1,6 +1,9 @@
 //! veil bytecode, shared by the compiler (which emits it) and the VM (which runs it).
 //!
 //! - [`ops`]: the single instruction list (`for_each_op!`) and the generated [`Instr`].
+//! - [`class`]: each instruction's [`Class`] (local, comm, dealer, ...), declared in the list.
+//! - [`visit`]: per-role visitors generated from the list (the party's, the dealer's, the
+//!   JIT's), so that a new instruction does not compile until each role handles it.
 //! - [`program`]: the file container ([`Program`]) and its encoding.
 //! - [`validate`]: load-time checks that make a hostile program harmless to the VM.
 //! - [`verify`]: the leakage analysis: what a program reveals, and a refusal of one that
@@ -14,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod builder;
+pub mod class;
 pub mod cost;
 pub mod disas;
 pub mod dynamic;
@@ -24,13 +28,16 @@ pub mod program;
 pub mod template;
 pub mod validate;
 pub mod verify;
+pub mod visit;
 
+pub use class::Class;
 pub use dynamic::{DynField, Dynamic, Poly};
 pub use operand::{Buf, Dims, Party, SlotMut, Strides};
 pub use ops::Instr;
 pub use program::{BufDecl, ConstInit, ConstOrigin, IoDecl, Kind, Program, Tag};
 pub use validate::{validate, validate_instance, ValidateError};
 pub use verify::{verify, Reveals, VerifyError};
+pub use visit::{DealerVisitor, ElementwiseVisitor, PartyVisitor};
 
 /// Why a program file could not be decoded. Always the file's fault, never a VM bug.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

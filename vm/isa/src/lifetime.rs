@@ -10,7 +10,6 @@
 
 use crate::ops::Instr;
 use crate::program::{Kind, Program};
-use crate::validate::is_dealer_instr;
 use crate::{Buf, Party};
 
 /// True when party `me` holds no data of its own for a buffer of kind `k` (the other
@@ -22,7 +21,7 @@ pub fn foreign(k: Kind, me: Party) -> bool {
 /// The buffers `ins` reads on `me`'s side, excluding the other party's private ones (always
 /// zeros here) and everything a dealer instruction names as input (the dealer's business).
 pub fn local_reads(p: &Program, ins: &Instr, me: Party, out: &mut Vec<Buf>) {
-    if is_dealer_instr(ins) {
+    if ins.is_dealer() {
         return;
     }
     ins.each_buffer(|b, w| {
@@ -352,7 +351,7 @@ pub fn dealer_footprint(p: &Program) -> (u64, u64) {
     let n = p.buffers.len();
     let mut setup = vec![false; n];
     for ins in &p.setup {
-        if is_dealer_instr(ins) {
+        if ins.is_dealer() {
             for (b, w) in ins.buffers() {
                 if w {
                     setup[b.0 as usize] = true;
@@ -369,7 +368,7 @@ pub fn dealer_footprint(p: &Program) -> (u64, u64) {
             let k = b.0 as usize;
             if w {
                 written[k] = true;
-            } else if is_dealer_instr(ins) {
+            } else if ins.is_dealer() {
                 last[k] = i;
                 if setup[k] && !written[k] {
                     base[k] = true;
@@ -381,7 +380,7 @@ pub fn dealer_footprint(p: &Program) -> (u64, u64) {
     let (mut cur, mut peak) = (0u64, 0u64);
     let mut held = vec![false; n];
     for (i, ins) in p.body.iter().enumerate() {
-        if is_dealer_instr(ins) {
+        if ins.is_dealer() {
             for (b, w) in ins.buffers() {
                 let k = b.0 as usize;
                 if w && !held[k] && last[k] != usize::MAX {

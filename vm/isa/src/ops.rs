@@ -1,11 +1,40 @@
-//! The instruction list. Everything about an instruction's *form* is generated from this one
-//! list: the `Instr` enum, its name, opcode, encoder, decoder and disassembly. What it *costs*
-//! (`cost.rs`), what makes it legal (`validate.rs`) and what it does (the VM) are exhaustive
-//! matches elsewhere, so adding an instruction fails to compile until each says so.
+//! The instruction list. Everything about an instruction's *form* and *class* is generated
+//! from this one list: the `Instr` enum, its name, opcode, encoder, decoder and disassembly,
+//! which operands it writes, its [`Class`](crate::class::Class) and the per-role visitors of
+//! [`crate::visit`]. What it *costs* (`cost.rs`), what makes it legal (`validate.rs`), what it
+//! reveals (`verify.rs`) and what it does (the VM and the dealer) are written elsewhere, as
+//! exhaustive matches or visitor implementations, so adding an instruction fails to compile
+//! until each says so.
+//!
+//! # Adding an instruction
+//! 1. Add a line to [`for_each_op!`] with its class and its operands, written ones before the
+//!    `;`: at the end, since the opcode is the position and the others keep theirs. Add a
+//!    sample to this module's tests, and check its class in `vm/isa/tests/classes.rs`.
+//! 2. Build. The errors lead to everything that must handle it: the checks in `validate.rs`,
+//!    the cost in `cost.rs`, the leakage analysis in `verify.rs`, the buffer renaming in
+//!    `builder/mod.rs`; by class, the interpreter (`PartyVisitor` in `vm/src/interp/exec.rs`:
+//!    every class but `dealer`), the dealer and the parties' draws (`DealerVisitor` in
+//!    `vm/src/dealer.rs` and `vm/src/material.rs`: `dealer` and `control`), and the JIT
+//!    (`ElementwiseVisitor` in `vm/src/jit/fuse.rs`: `elementwise`). None of them has a
+//!    wildcard arm to fall into: a visitor that misses a method does not compile.
+//!
+//! ```compile_fail,E0046
+//! // The dealer's visitor must name every dealer instruction.
+//! struct Nothing;
+//! impl veil_isa::visit::DealerVisitor for Nothing {
+//!     type Out = ();
+//!     fn online(&mut self, _: &veil_isa::Instr) {}
+//! }
+//! ```
 //!
 //! # Naming and conventions
-//! - Operands named `d` (and `d2`, ...) are written; the others are read. A written buffer is
-//!   never also read by the same instruction.
+//! - Each line reads `name = Variant [class] { written operands ; read operands }`. A written
+//!   operand is a buffer, never also read by the same instruction. Written operands are named
+//!   `d` or after what they hold (`hi`, `msb`, `lt`, `eq`, ...).
+//! - The class says who runs the instruction and how (see [`Class`](crate::class::Class)):
+//!   `local` and `elementwise` (each party on its own arrays; the JIT fuses `elementwise` ring
+//!   arithmetic into kernels), `comm` (`open`, `open_b`, `send`, `reveal`), `exchange`,
+//!   `dealer` (every `d*` instruction) and `control` (`setlen`).
 //! - Buffers have a kind (see [`crate::Kind`]): `share` (each party holds an additive share in
 //!   Z_2^64), `public` (both hold the same value), `private(p)` (only party `p` holds it; the
 //!   other party's array is all zeros, so a private buffer is also a valid sharing), `bits`
@@ -29,105 +58,106 @@
 macro_rules! for_each_op {
     ($m:ident) => {
         $m! {
-            /// `d = a + b`. Local.
-            add = Add { d: Buf, a: Buf, b: Buf, inner: u32 };
-            /// `d = a - b`. Local.
-            sub = Sub { d: Buf, a: Buf, b: Buf, inner: u32 };
+            /// `d = a + b`.
+            add = Add [elementwise] { d: Buf; a: Buf, b: Buf, inner: u32 };
+            /// `d = a - b`.
+            sub = Sub [elementwise] { d: Buf; a: Buf, b: Buf, inner: u32 };
             /// `d = a · b`, each party on its own arrays; a sharing of the product when at most one
-            /// operand is share-like. Local.
-            mul = Mul { d: Buf, a: Buf, b: Buf, inner: u32 };
-            /// `d = -a`. Local.
-            neg = Neg { d: Buf, a: Buf };
-            /// `d = a + imm` (the client adds when `a` is share-like). Local.
-            add_imm = AddImm { d: Buf, a: Buf, imm: u64 };
-            /// `d = a · imm` (wrapping; a negative factor is its two's complement). Local.
-            mul_imm = MulImm { d: Buf, a: Buf, imm: u64 };
-            /// `d = a · 2^bits`. Local.
-            shl = Shl { d: Buf, a: Buf, bits: u8 };
+            /// operand is share-like.
+            mul = Mul [elementwise] { d: Buf; a: Buf, b: Buf, inner: u32 };
+            /// `d = -a`.
+            neg = Neg [elementwise] { d: Buf; a: Buf };
+            /// `d = a + imm` (the client adds when `a` is share-like).
+            add_imm = AddImm [elementwise] { d: Buf; a: Buf, imm: u64 };
+            /// `d = a · imm` (wrapping; a negative factor is its two's complement).
+            mul_imm = MulImm [elementwise] { d: Buf; a: Buf, imm: u64 };
+            /// `d = a · 2^bits`.
+            shl = Shl [elementwise] { d: Buf; a: Buf, bits: u8 };
             /// `d[b] = a[b] · x[b]` for `batch` products of `m×k` by `k×n` row-major matrices, each
-            /// party on its own arrays. Local.
-            matmul = MatMul { d: Buf, a: Buf, b: Buf, batch: u32, m: u32, k: u32, n: u32 };
-            /// `d[o, i] = Σ_j a[o, j, i]` over an `outer × mid × inner` view of `a`. Local.
-            sum = Sum { d: Buf, a: Buf, outer: u32, mid: u32, inner: u32 };
+            /// party on its own arrays.
+            matmul = MatMul [local] { d: Buf; a: Buf, b: Buf, batch: u32, m: u32, k: u32, n: u32 };
+            /// `d[o, i] = Σ_j a[o, j, i]` over an `outer × mid × inner` view of `a`.
+            sum = Sum [local] { d: Buf; a: Buf, outer: u32, mid: u32, inner: u32 };
             /// Strided copy: for every index vector `x < shape`,
             /// `d[d_off + x·d_strides] = a[a_off + x·a_strides]`. Covers transpose, slice, concat,
-            /// broadcast and gather by public indices. Local.
-            copy = Copy { d: Buf, d_off: u32, a: Buf, a_off: u32, shape: Dims, d_strides: Strides, a_strides: Strides };
+            /// broadcast and gather by public indices.
+            copy = Copy [local] { d: Buf; d_off: u32, a: Buf, a_off: u32, shape: Dims, d_strides: Strides, a_strides: Strides };
             /// Post-processing of a `w`-bit masked opening. From the opened
             /// `c = (x + 2^(w-2) + r) mod 2^w` and shares of `rhi = (r mod 2^w) >> t` and
             /// `m = bit w-1 of r`: `c2 = (c >> t) - 2^(w-2-t)` (public),
             /// `pk = (1 - bit w-1 of c) · 2^(w-t)` (public, the wrap of `x + r` modulo `2^w`) and
             /// `s = rhi - pk·m` (share), so that `c2 - s` is `x >> t` up to +1 ulp for
-            /// `|x| < 2^(w-2)`. Local.
-            trunc_post = TruncPost { c2: Buf, pk: Buf, s: Buf, c: Buf, rhi: Buf, m: Buf, t: u8, w: u8 };
-            /// Select by public bits: `d[i] = e[i] ? a[i] : b[i]`. Local.
-            sel = Sel { d: Buf, e: Buf, a: Buf, b: Buf };
-            /// `d = a ⊕ b` on bits (the client applies a public operand). Local.
-            xor_b = XorB { d: Buf, a: Buf, b: Buf };
-            /// `d = a ∧ b` on bits; at least one operand public. Local.
-            and_b = AndB { d: Buf, a: Buf, b: Buf };
-            /// `d = ¬a` on bits (the client flips a share). Local.
-            not_b = NotB { d: Buf, a: Buf };
+            /// `|x| < 2^(w-2)`.
+            trunc_post = TruncPost [elementwise] { c2: Buf, pk: Buf, s: Buf; c: Buf, rhi: Buf, m: Buf, t: u8, w: u8 };
+            /// Select by public bits: `d[i] = e[i] ? a[i] : b[i]`.
+            sel = Sel [local] { d: Buf; e: Buf, a: Buf, b: Buf };
+            /// `d = a ⊕ b` on bits (the client applies a public operand).
+            xor_b = XorB [local] { d: Buf; a: Buf, b: Buf };
+            /// `d = a ∧ b` on bits; at least one operand public.
+            and_b = AndB [local] { d: Buf; a: Buf, b: Buf };
+            /// `d = ¬a` on bits (the client flips a share).
+            not_b = NotB [local] { d: Buf; a: Buf };
             /// Table lookup: `d[i] = table[i·2^width + ((idx[i] >> shift) mod 2^width)]` with
-            /// public `idx`. Local.
-            lookup = Lookup { d: Buf, table: Buf, idx: Buf, shift: u8, width: u8 };
-            /// `d[i] = bit `bit` of the public `a[i]`. Local.
-            bit_of = BitOf { d: Buf, a: Buf, bit: u8 };
+            /// public `idx`.
+            lookup = Lookup [local] { d: Buf; table: Buf, idx: Buf, shift: u8, width: u8 };
+            /// `d[i] = bit `bit` of the public `a[i]`.
+            bit_of = BitOf [local] { d: Buf; a: Buf, bit: u8 };
             /// Opens the share `a` to both parties modulo `2^bits`: each sends the low `bits` bits
             /// of its share. Completes at the next `exchange`.
-            open = Open { d: Buf, a: Buf, bits: u8 };
+            open = Open [comm] { d: Buf; a: Buf, bits: u8 };
             /// Opens XOR-shared bits to both parties. Completes at the next `exchange`.
-            open_b = OpenB { d: Buf, a: Buf };
+            open_b = OpenB [comm] { d: Buf; a: Buf };
             /// Party `from` sends its array `a`; the other party stores it in `d`. Completes at the
             /// next `exchange`.
-            send = Send { d: Buf, a: Buf, from: Party };
+            send = Send [comm] { d: Buf; a: Buf, from: Party };
             /// Reveals the share `a` to party `to`: the other party sends its share and `to` stores
             /// the sum in `d`. Completes at the next `exchange`.
-            reveal = Reveal { d: Buf, a: Buf, to: Party };
+            reveal = Reveal [comm] { d: Buf; a: Buf, to: Party };
             /// Ends a round: each party sends one message with every queued part and receives the
             /// peer's.
-            exchange = Exchange {};
+            exchange = Exchange [exchange] { ; };
             /// `d` = shares of a fresh uniform value (both parties from their PRGs).
-            dmask = DMask { d: Buf };
+            dmask = DMask [dealer] { d: Buf; };
             /// `d` = a fresh uniform value known to the owner of the private buffer `d` and to the
             /// dealer.
-            dpriv = DPriv { d: Buf };
+            dpriv = DPriv [dealer] { d: Buf; };
             /// `d` = shares of `a · b` (broadcast as in `mul`) for dealer-known `a`, `b`.
-            dprod = DProd { d: Buf, a: Buf, b: Buf, inner: u32 };
+            dprod = DProd [dealer] { d: Buf; a: Buf, b: Buf, inner: u32 };
             /// `d` = shares of the batched matrix product of dealer-known `a` and `b`.
-            dmatmul = DMatMul { d: Buf, a: Buf, b: Buf, batch: u32, m: u32, k: u32, n: u32 };
+            dmatmul = DMatMul [dealer] { d: Buf; a: Buf, b: Buf, batch: u32, m: u32, k: u32, n: u32 };
             /// `hi` = shares of `(a mod 2^w) >> t`, `msb` = shares of bit `w-1` of `a`.
-            dtrunc = DTrunc { hi: Buf, msb: Buf, a: Buf, t: u8, w: u8 };
+            dtrunc = DTrunc [dealer] { hi: Buf, msb: Buf; a: Buf, t: u8, w: u8 };
             /// `d` = fresh uniform XOR-shared bits.
-            dbits = DBits { d: Buf };
+            dbits = DBits [dealer] { d: Buf; };
             /// `d` = XOR shares of `a ∧ b` for dealer-known bits.
-            dand = DAnd { d: Buf, a: Buf, b: Buf };
+            dand = DAnd [dealer] { d: Buf; a: Buf, b: Buf };
             /// Comparison tables for the digit `v = (a >> shift) mod 2^width` of each element of
             /// the dealer-known `a`: XOR shares of `lt[i·2^w + c] = [c < v]` and `eq[...] = [c = v]`.
-            dtable = DTable { lt: Buf, eq: Buf, a: Buf, shift: u8, width: u8 };
+            dtable = DTable [dealer] { lt: Buf, eq: Buf; a: Buf, shift: u8, width: u8 };
             /// `d` = XOR shares of bit `bit` of each element of the dealer-known `a`.
-            dbit = DBit { d: Buf, a: Buf, bit: u8 };
+            dbit = DBit [dealer] { d: Buf; a: Buf, bit: u8 };
             /// `d` = arithmetic shares (0 or 1 in Z_2^64) of the dealer-known bits `a`.
-            dbit2a = DBit2A { d: Buf, a: Buf };
+            dbit2a = DBit2A [dealer] { d: Buf; a: Buf };
             /// Inclusive prefix sum along the middle axis of an `outer × mid × inner` view:
-            /// `d[o, j, i] = Σ_{j' ≤ j} a[o, j', i]`. Local.
-            cumsum = CumSum { d: Buf, a: Buf, outer: u32, mid: u32, inner: u32 };
+            /// `d[o, j, i] = Σ_{j' ≤ j} a[o, j', i]`.
+            cumsum = CumSum [local] { d: Buf; a: Buf, outer: u32, mid: u32, inner: u32 };
             /// Sets the live sequence length of a program with a dynamic section (see
             /// [`crate::program::Dynamic`]) to the public count `n = a[0] >> frac`,
             /// `1 ≤ n ≤` the current length: every later body instruction and every buffer then
-            /// takes its size at `n`. Local; the dealer learns `n` from the client.
-            setlen = SetLen { a: Buf, frac: u8 };
+            /// takes its size at `n`. The dealer learns `n` from the client.
+            setlen = SetLen [control] { ; a: Buf, frac: u8 };
         }
     };
 }
 
 macro_rules! define_instr {
-    ($( $(#[$attr:meta])* $snake:ident = $Camel:ident { $($field:ident : $ty:ty),* } ;)*) => {
+    ($( $(#[$attr:meta])* $snake:ident = $Camel:ident [$class:ident]
+        { $($wr:ident : $wrt:ident),* ; $($rd:ident : $rdt:ident),* } ;)*) => {
         /// One bytecode instruction (see the module docs for conventions).
         #[derive(Clone, Debug, PartialEq, Eq)]
         #[allow(missing_docs)]
         pub enum Instr {
-            $( $(#[$attr])* $Camel { $($field: $ty),* }, )*
+            $( $(#[$attr])* $Camel { $($wr: $wrt,)* $($rd: $rdt),* }, )*
         }
 
         /// Every instruction name, indexed by opcode.
@@ -154,7 +184,9 @@ macro_rules! define_instr {
             pub fn encode(&self, w: &mut Writer) {
                 w.bytes.push(self.opcode());
                 match self {
-                    $( Instr::$Camel { $($field),* } => { $( Operand::encode($field, w); )* } )*
+                    $( Instr::$Camel { $($wr,)* $($rd),* } => {
+                        $( Operand::encode($wr, w); )* $( Operand::encode($rd, w); )*
+                    } )*
                 }
             }
 
@@ -166,7 +198,12 @@ macro_rules! define_instr {
                 let mut i = 0u8;
                 $(
                     if op == i {
-                        return Ok(Instr::$Camel { $($field: <$ty as Operand>::decode(r)?),* });
+                        // Fields decode in the order they are written: a struct expression
+                        // evaluates its fields in source order.
+                        return Ok(Instr::$Camel {
+                            $($wr: <$wrt as Operand>::decode(r)?,)*
+                            $($rd: <$rdt as Operand>::decode(r)?,)*
+                        });
                     }
                     i += 1;
                 )*
@@ -176,8 +213,11 @@ macro_rules! define_instr {
             /// Disassembly: the mnemonic and `field=value` pairs.
             pub fn disas(&self) -> String {
                 match self {
-                    $( Instr::$Camel { $($field),* } => {
-                        let parts: Vec<String> = vec![$(format!("{}={}", stringify!($field), Operand::disas($field))),*];
+                    $( Instr::$Camel { $($wr,)* $($rd),* } => {
+                        let parts: Vec<String> = vec![
+                            $(format!("{}={}", stringify!($wr), Operand::disas($wr)),)*
+                            $(format!("{}={}", stringify!($rd), Operand::disas($rd)),)*
+                        ];
                         if parts.is_empty() { stringify!($snake).to_string() }
                         else { format!("{} {}", stringify!($snake), parts.join(" ")) }
                     } )*
@@ -189,7 +229,9 @@ macro_rules! define_instr {
             pub fn slots(&self) -> Vec<i64> {
                 let mut v = Vec::new();
                 match self {
-                    $( Instr::$Camel { $($field),* } => { $( Operand::slots($field, &mut v); )* } )*
+                    $( Instr::$Camel { $($wr,)* $($rd),* } => {
+                        $( Operand::slots($wr, &mut v); )* $( Operand::slots($rd, &mut v); )*
+                    } )*
                 }
                 v
             }
@@ -198,7 +240,9 @@ macro_rules! define_instr {
             pub fn slots_mut(&mut self) -> Vec<SlotMut<'_>> {
                 let mut v = Vec::new();
                 match self {
-                    $( Instr::$Camel { $($field),* } => { $( Operand::slots_mut($field, &mut v); )* } )*
+                    $( Instr::$Camel { $($wr,)* $($rd),* } => {
+                        $( Operand::slots_mut($wr, &mut v); )* $( Operand::slots_mut($rd, &mut v); )*
+                    } )*
                 }
                 v
             }
@@ -215,20 +259,17 @@ macro_rules! define_instr {
             #[inline]
             pub fn each_buffer(&self, mut f: impl FnMut(Buf, bool)) {
                 match self {
-                    $( Instr::$Camel { $($field),* } => { $(
-                        if let Some(b) = MaybeBuf::as_buf($field) {
-                            f(b, const { is_written(stringify!($field)) });
-                        }
-                    )* } )*
+                    $( Instr::$Camel { $($wr,)* $($rd),* } => {
+                        $( f(*$wr, true); )*
+                        $( if let Some(b) = MaybeBuf::as_buf($rd) { f(b, false); } )*
+                    } )*
                 }
             }
         }
     };
 }
 
-/// Fields named `d`, `d2`, `c2`, `pk`, `s`, `hi`, `msb`, `lt`, `eq` are written (see the list).
-const WRITTEN: &[&str] = &["d", "c2", "pk", "s", "hi", "msb", "lt", "eq"];
-
+/// Which read operands are buffers (every written operand is one).
 trait MaybeBuf {
     fn as_buf(&self) -> Option<Buf>;
 }
@@ -239,25 +280,6 @@ impl MaybeBuf for Buf {
 }
 macro_rules! not_buf { ($($t:ty),*) => { $( impl MaybeBuf for $t { fn as_buf(&self) -> Option<Buf> { None } } )* } }
 not_buf!(u8, u32, u64, Party, Dims, Strides);
-
-/// Whether an operand of this name is written ([`WRITTEN`]), at compile time.
-const fn is_written(name: &str) -> bool {
-    let mut i = 0;
-    while i < WRITTEN.len() {
-        let (a, b) = (WRITTEN[i].as_bytes(), name.as_bytes());
-        if a.len() == b.len() {
-            let mut j = 0;
-            while j < a.len() && a[j] == b[j] {
-                j += 1;
-            }
-            if j == a.len() {
-                return true;
-            }
-        }
-        i += 1;
-    }
-    false
-}
 
 use crate::operand::{Buf, Dims, Operand, Party, Reader, SlotMut, Strides, Writer};
 use crate::DecodeError;

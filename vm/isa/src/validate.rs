@@ -2,6 +2,7 @@
 //! instruction, dealer instructions fed only dealer-known values, opens completed by an
 //! exchange before use. After validation the VM may index buffers without further checks.
 
+use crate::class::Class;
 use crate::operand::Buf;
 use crate::ops::Instr;
 use crate::program::{Kind, Program, MAX_BUF_LEN};
@@ -488,50 +489,29 @@ impl Checker<'_> {
             }
         }
         // State updates: dealer-known-ness and pending opens.
-        let is_dealer = is_dealer_instr(ins);
+        let class = ins.class();
         for &(b, written) in &bufs {
             if written {
-                self.dealer_known[b.0 as usize] = is_dealer;
+                self.dealer_known[b.0 as usize] = class == Class::Dealer;
             }
         }
-        match ins {
-            Open { d, .. } | OpenB { d, .. } | Send { d, .. } | Reveal { d, .. } => {
-                self.pending[d.0 as usize] = true;
-                self.any_pending = true;
+        match class {
+            // What a message part writes arrives at the exchange.
+            Class::Comm => {
+                for &(b, written) in &bufs {
+                    if written {
+                        self.pending[b.0 as usize] = true;
+                        self.any_pending = true;
+                    }
+                }
             }
-            Exchange {} => {
+            Class::Exchange => {
                 self.pending.iter_mut().for_each(|p| *p = false);
                 self.any_pending = false;
             }
-            _ => {}
+            Class::Local | Class::Elementwise | Class::Dealer | Class::Control => {}
         }
     }
-}
-
-/// True for instructions that draw dealer material.
-pub fn is_dealer_instr(ins: &Instr) -> bool {
-    use Instr::*;
-    matches!(
-        ins,
-        DMask { .. }
-            | DPriv { .. }
-            | DProd { .. }
-            | DMatMul { .. }
-            | DTrunc { .. }
-            | DBits { .. }
-            | DAnd { .. }
-            | DTable { .. }
-            | DBit { .. }
-            | DBit2A { .. }
-    )
-}
-
-/// True for instructions that put data on the wire (completed by the next `exchange`).
-pub fn is_comm_instr(ins: &Instr) -> bool {
-    matches!(
-        ins,
-        Instr::Open { .. } | Instr::OpenB { .. } | Instr::Send { .. } | Instr::Reveal { .. }
-    )
 }
 
 /// Checks the whole program. On success the VM may run it without bounds checks on buffer ids.

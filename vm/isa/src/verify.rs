@@ -758,7 +758,27 @@ impl<'p> Verifier<'p> {
                 }
                 self.reveals.counts.push(RevealedCount { open, setlen: self.index });
             }
-            _ => {
+            // Everything else computes what it writes from what it reads, and reveals nothing
+            // itself.
+            Mul { .. }
+            | MulImm { .. }
+            | Shl { .. }
+            | MatMul { .. }
+            | Sum { .. }
+            | CumSum { .. }
+            | Copy { .. }
+            | TruncPost { .. }
+            | Sel { .. }
+            | AndB { .. }
+            | Lookup { .. }
+            | BitOf { .. }
+            | DProd { .. }
+            | DMatMul { .. }
+            | DTrunc { .. }
+            | DAnd { .. }
+            | DTable { .. }
+            | DBit { .. }
+            | DBit2A { .. } => {
                 let reads: Vec<Abs> =
                     bufs.iter().filter(|(_, w)| !w).map(|&(b, _)| self.read(b)).collect();
                 let r = self.mix(&reads);

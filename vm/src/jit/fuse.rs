@@ -14,7 +14,7 @@
 
 use super::kernel::{Access, Kernel, Op, Sig, V};
 use std::collections::{HashMap, HashSet};
-use veil_isa::{Buf, Instr, Kind, Party, Program};
+use veil_isa::{Buf, Class, ElementwiseVisitor, Instr, Kind, Party, Program};
 
 /// What runs next in a section.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -69,7 +69,7 @@ impl Ctx<'_> {
         self.prog.buffers[b.0 as usize].len as usize
     }
 
-    /// The interpreter's rules (see `interp.rs`): whether this party writes a result of kind
+    /// The interpreter's rules (see `interp/exec.rs`): whether this party writes a result of kind
     /// `k`, whether it includes a public addend, whether a buffer is the peer's private one.
     fn computes(&self, k: Kind) -> bool {
         !matches!(k, Kind::Private(p) if p != self.me)
@@ -97,122 +97,177 @@ impl Ctx<'_> {
     }
 
     fn lower(&self, ins: &Instr) -> Lower {
-        use Instr::*;
-        let Some(d) = crate::interp::elementwise_dest(ins) else { return Lower::Interp };
+        let Some(d) = ins.elementwise_dest() else { return Lower::Interp };
         let n = self.len(d);
         if n == 0 {
             return Lower::Interp;
         }
         let dk = self.kind(d);
-        if !matches!(ins, TruncPost { .. }) && !self.computes(dk) {
+        if !matches!(ins, Instr::TruncPost { .. }) && !self.computes(dk) {
             return Lower::NoOp;
         }
-        let mut l = Lowered { n, srcs: Vec::new(), ops: Vec::new(), dsts: Vec::new() };
-        let src = |l: &mut Lowered, b: Buf, a: Access| -> V {
-            l.srcs.push((b, a));
-            l.ops.push(Op::Load(l.srcs.len() as u32 - 1));
-            l.ops.len() as u32 - 1
-        };
-        let push = |l: &mut Lowered, op: Op| -> V {
-            l.ops.push(op);
-            l.ops.len() as u32 - 1
-        };
-        match ins {
-            Add { a, b, inner, .. } | Sub { a, b, inner, .. } => {
-                let Some(acc) = self.access(*b, n, *inner) else { return Lower::Interp };
-                let sub = matches!(ins, Sub { .. });
-                let use_a = self.kind(*a) != Kind::Public || self.adds_public(dk);
-                let use_b = self.kind(*b) != Kind::Public || self.adds_public(dk);
-                let v = match (use_a, use_b) {
-                    (true, true) => {
-                        let x = src(&mut l, *a, Access::Elem);
-                        let y = src(&mut l, *b, acc);
-                        push(&mut l, if sub { Op::Sub(x, y) } else { Op::Add(x, y) })
-                    }
-                    (true, false) => src(&mut l, *a, Access::Elem),
-                    (false, true) => {
-                        let y = src(&mut l, *b, acc);
-                        if sub {
-                            push(&mut l, Op::Neg(y))
-                        } else {
-                            y
-                        }
-                    }
-                    (false, false) => push(&mut l, Op::Const(0)),
-                };
-                l.dsts.push((d, v));
-            }
-            Mul { a, b, inner, .. } => {
-                let Some(acc) = self.access(*b, n, *inner) else { return Lower::Interp };
-                let v = if self.foreign(*a) || self.foreign(*b) {
-                    push(&mut l, Op::Const(0))
-                } else {
-                    let x = src(&mut l, *a, Access::Elem);
-                    let y = src(&mut l, *b, acc);
-                    push(&mut l, Op::Mul(x, y))
-                };
-                l.dsts.push((d, v));
-            }
-            Neg { a, .. } => {
-                let x = src(&mut l, *a, Access::Elem);
-                let v = push(&mut l, Op::Neg(x));
-                l.dsts.push((d, v));
-            }
-            AddImm { a, imm, .. } => {
-                let x = src(&mut l, *a, Access::Elem);
-                let imm = if self.adds_public(dk) { *imm } else { 0 };
-                let k = push(&mut l, Op::Const(imm));
-                let v = push(&mut l, Op::Add(x, k));
-                l.dsts.push((d, v));
-            }
-            MulImm { a, imm, .. } => {
-                let x = src(&mut l, *a, Access::Elem);
-                let k = push(&mut l, Op::Const(*imm));
-                let v = push(&mut l, Op::Mul(x, k));
-                l.dsts.push((d, v));
-            }
-            Shl { a, bits, .. } => {
-                let x = src(&mut l, *a, Access::Elem);
-                let v = push(&mut l, Op::Shl(x, bits & 63));
-                l.dsts.push((d, v));
-            }
-            TruncPost { c2, pk, s, c, rhi, m, t, w } => {
-                let (t, w) = (*t as u32, *w as u32);
-                // The interpreter's constants; a program outside the validated ranges stays
-                // with the interpreter.
-                if !(3..=64).contains(&w) || t + 2 > w {
-                    return Lower::Interp;
-                }
-                let wmask = if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
-                let off = 1u64 << (w - 2 - t);
-                let k = if w - t == 64 { 0 } else { 1u64 << (w - t) };
-                for b in [*pk, *s, *c, *rhi, *m] {
-                    if self.len(b) != n {
-                        return Lower::Interp;
-                    }
-                }
-                let cv = src(&mut l, *c, Access::Elem);
-                let rv = src(&mut l, *rhi, Access::Elem);
-                let mv = src(&mut l, *m, Access::Elem);
-                let wm = push(&mut l, Op::Const(wmask));
-                let cc = push(&mut l, Op::And(cv, wm));
-                let hi = push(&mut l, Op::Ushr(cc, t as u8));
-                let offv = push(&mut l, Op::Const(off));
-                let c2v = push(&mut l, Op::Sub(hi, offv));
-                // p = k when bit w-1 of cc is 0, else 0: (bit - 1) & k.
-                let top = push(&mut l, Op::Ushr(cc, (w - 1) as u8));
-                let one = push(&mut l, Op::Const(1));
-                let bit = push(&mut l, Op::And(top, one));
-                let mask = push(&mut l, Op::Sub(bit, one));
-                let kv = push(&mut l, Op::Const(k));
-                let p = push(&mut l, Op::And(mask, kv));
-                let pm = push(&mut l, Op::Mul(p, mv));
-                let sv = push(&mut l, Op::Sub(rv, pm));
-                l.dsts.extend([(*c2, c2v), (*pk, p), (*s, sv)]);
-            }
-            _ => return Lower::Interp,
+        let l = Lowered { n, srcs: Vec::new(), ops: Vec::new(), dsts: Vec::new() };
+        let mut lowering = Lowering { ctx: self, dk, l };
+        match ins.visit_elementwise(&mut lowering) {
+            Some(()) => Lower::Fuse(lowering.l),
+            None => Lower::Interp,
         }
-        Lower::Fuse(l)
+    }
+}
+
+/// One elementwise instruction being lowered (every destination has length `l.n`, and this
+/// party computes its results of kind `dk`). A method returns `None` to leave the instruction
+/// to the interpreter.
+struct Lowering<'c, 'p> {
+    ctx: &'c Ctx<'p>,
+    dk: Kind,
+    l: Lowered,
+}
+
+impl Lowering<'_, '_> {
+    fn src(&mut self, b: Buf, a: Access) -> V {
+        self.l.srcs.push((b, a));
+        self.push(Op::Load(self.l.srcs.len() as u32 - 1))
+    }
+
+    fn push(&mut self, op: Op) -> V {
+        self.l.ops.push(op);
+        self.l.ops.len() as u32 - 1
+    }
+
+    fn access(&self, b: Buf, inner: u32) -> Option<Access> {
+        self.ctx.access(b, self.l.n, inner)
+    }
+
+    fn add_sub(&mut self, d: Buf, a: Buf, b: Buf, inner: u32, sub: bool) -> Option<()> {
+        let acc = self.access(b, inner)?;
+        let ctx = self.ctx;
+        let use_a = ctx.kind(a) != Kind::Public || ctx.adds_public(self.dk);
+        let use_b = ctx.kind(b) != Kind::Public || ctx.adds_public(self.dk);
+        let v = match (use_a, use_b) {
+            (true, true) => {
+                let x = self.src(a, Access::Elem);
+                let y = self.src(b, acc);
+                self.push(if sub { Op::Sub(x, y) } else { Op::Add(x, y) })
+            }
+            (true, false) => self.src(a, Access::Elem),
+            (false, true) => {
+                let y = self.src(b, acc);
+                if sub {
+                    self.push(Op::Neg(y))
+                } else {
+                    y
+                }
+            }
+            (false, false) => self.push(Op::Const(0)),
+        };
+        self.l.dsts.push((d, v));
+        Some(())
+    }
+
+    /// `d = op(a, imm)`.
+    fn with_const(&mut self, d: Buf, a: Buf, imm: u64, op: fn(V, V) -> Op) -> Option<()> {
+        let x = self.src(a, Access::Elem);
+        let k = self.push(Op::Const(imm));
+        let v = self.push(op(x, k));
+        self.l.dsts.push((d, v));
+        Some(())
+    }
+}
+
+impl ElementwiseVisitor for Lowering<'_, '_> {
+    type Out = Option<()>;
+
+    fn other(&mut self, _: &Instr) -> Option<()> {
+        None
+    }
+
+    fn add(&mut self, d: Buf, a: Buf, b: Buf, inner: u32) -> Option<()> {
+        self.add_sub(d, a, b, inner, false)
+    }
+
+    fn sub(&mut self, d: Buf, a: Buf, b: Buf, inner: u32) -> Option<()> {
+        self.add_sub(d, a, b, inner, true)
+    }
+
+    fn mul(&mut self, d: Buf, a: Buf, b: Buf, inner: u32) -> Option<()> {
+        let acc = self.access(b, inner)?;
+        let v = if self.ctx.foreign(a) || self.ctx.foreign(b) {
+            self.push(Op::Const(0))
+        } else {
+            let x = self.src(a, Access::Elem);
+            let y = self.src(b, acc);
+            self.push(Op::Mul(x, y))
+        };
+        self.l.dsts.push((d, v));
+        Some(())
+    }
+
+    fn neg(&mut self, d: Buf, a: Buf) -> Option<()> {
+        let x = self.src(a, Access::Elem);
+        let v = self.push(Op::Neg(x));
+        self.l.dsts.push((d, v));
+        Some(())
+    }
+
+    fn add_imm(&mut self, d: Buf, a: Buf, imm: u64) -> Option<()> {
+        let imm = if self.ctx.adds_public(self.dk) { imm } else { 0 };
+        self.with_const(d, a, imm, Op::Add)
+    }
+
+    fn mul_imm(&mut self, d: Buf, a: Buf, imm: u64) -> Option<()> {
+        self.with_const(d, a, imm, Op::Mul)
+    }
+
+    fn shl(&mut self, d: Buf, a: Buf, bits: u8) -> Option<()> {
+        let x = self.src(a, Access::Elem);
+        let v = self.push(Op::Shl(x, bits & 63));
+        self.l.dsts.push((d, v));
+        Some(())
+    }
+
+    fn trunc_post(
+        &mut self,
+        c2: Buf,
+        pk: Buf,
+        s: Buf,
+        c: Buf,
+        rhi: Buf,
+        m: Buf,
+        t: u8,
+        w: u8,
+    ) -> Option<()> {
+        let (t, w) = (t as u32, w as u32);
+        // The interpreter's constants; a program outside the validated ranges stays with the
+        // interpreter.
+        if !(3..=64).contains(&w) || t + 2 > w {
+            return None;
+        }
+        let wmask = if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
+        let off = 1u64 << (w - 2 - t);
+        let k = if w - t == 64 { 0 } else { 1u64 << (w - t) };
+        if [pk, s, c, rhi, m].iter().any(|&b| self.ctx.len(b) != self.l.n) {
+            return None;
+        }
+        let cv = self.src(c, Access::Elem);
+        let rv = self.src(rhi, Access::Elem);
+        let mv = self.src(m, Access::Elem);
+        let wm = self.push(Op::Const(wmask));
+        let cc = self.push(Op::And(cv, wm));
+        let hi = self.push(Op::Ushr(cc, t as u8));
+        let offv = self.push(Op::Const(off));
+        let c2v = self.push(Op::Sub(hi, offv));
+        // p = k when bit w-1 of cc is 0, else 0: (bit - 1) & k.
+        let top = self.push(Op::Ushr(cc, (w - 1) as u8));
+        let one = self.push(Op::Const(1));
+        let bit = self.push(Op::And(top, one));
+        let mask = self.push(Op::Sub(bit, one));
+        let kv = self.push(Op::Const(k));
+        let p = self.push(Op::And(mask, kv));
+        let pm = self.push(Op::Mul(p, mv));
+        let sv = self.push(Op::Sub(rv, pm));
+        self.l.dsts.extend([(c2, c2v), (pk, p), (s, sv)]);
+        Some(())
     }
 }
 
@@ -237,7 +292,7 @@ impl Accesses {
             // Writes that overwrite the whole destination: the elementwise instructions and
             // the two reductions.
             let full =
-                crate::interp::is_elementwise(ins) || matches!(ins, MatMul { .. } | Sum { .. });
+                ins.class() == Class::Elementwise || matches!(ins, MatMul { .. } | Sum { .. });
             let bufs = ins.buffers();
             for &(b, written) in &bufs {
                 let Some(list) = acc.get_mut(b.0 as usize) else { continue };

@@ -79,7 +79,7 @@ impl Jit {
         let len = code.iter().position(|i| matches!(i, Instr::SetLen { .. })).unwrap_or(code.len());
         let elements: usize = code[..len]
             .iter()
-            .filter_map(crate::interp::elementwise_dest)
+            .filter_map(Instr::elementwise_dest)
             .map(|d| inst.buffers.get(d.0 as usize).map_or(0, |b| b.len as usize))
             .sum();
         if elements < WORTH_PLANNING * len {

@@ -26,7 +26,6 @@ pub use prune::{Compaction, THETA_BITS};
 use crate::operand::{Buf, Party};
 use crate::ops::Instr;
 use crate::program::{BufDecl, ConstInit, ConstOrigin, IoDecl, Kind, Program, Tag};
-use crate::validate::{is_comm_instr, is_dealer_instr};
 use std::collections::HashMap;
 
 /// Which part of the program instructions go to.
@@ -259,8 +258,8 @@ impl ProgramBuilder {
     /// Appends an instruction to the current section and schedules it.
     pub fn emit(&mut self, instr: Instr) {
         let bufs = instr.buffers();
-        let dealer = is_dealer_instr(&instr);
-        let comm = is_comm_instr(&instr);
+        let dealer = instr.is_dealer();
+        let comm = instr.is_comm();
         let mut phase = 0;
         for &(b, written) in &bufs {
             if !written && self.defined_in[b.0 as usize] == self.section {
@@ -409,9 +408,8 @@ fn schedule(mut items: Vec<Item>, nbufs: usize) -> Vec<Item> {
     let mut first_read = vec![u32::MAX; nbufs];
     for it in items.iter_mut().rev() {
         let bufs = it.instr.buffers();
-        let dealer = is_dealer_instr(&it.instr);
-        let movable =
-            dealer || !(is_comm_instr(&it.instr) || matches!(it.instr, Instr::SetLen { .. }));
+        let dealer = it.instr.is_dealer();
+        let movable = dealer || !(it.instr.is_comm() || matches!(it.instr, Instr::SetLen { .. }));
         if movable {
             let p = bufs
                 .iter()
@@ -440,8 +438,8 @@ fn schedule(mut items: Vec<Item>, nbufs: usize) -> Vec<Item> {
     }
     let mut out = Vec::new();
     for (p, group) in by_phase.into_iter().enumerate() {
-        let communicates = group.iter().any(|i| is_comm_instr(&i.instr));
-        let tag = group.iter().rev().find(|i| is_comm_instr(&i.instr)).map(|i| i.tag);
+        let communicates = group.iter().any(|i| i.instr.is_comm());
+        let tag = group.iter().rev().find(|i| i.instr.is_comm()).map(|i| i.tag);
         out.extend(draws_just_before_use(group, nbufs));
         if communicates {
             out.push(Item { instr: Instr::Exchange {}, phase: p as u32, tag: tag.unwrap_or(0) });
@@ -458,7 +456,7 @@ fn draws_just_before_use(group: Vec<Item>, nbufs: usize) -> Vec<Item> {
     let mut producer: Vec<Option<usize>> = vec![None; nbufs];
     let mut slots: Vec<Option<Item>> = Vec::with_capacity(group.len());
     for (k, it) in group.into_iter().enumerate() {
-        if is_dealer_instr(&it.instr) {
+        if it.instr.is_dealer() {
             it.instr.each_buffer(|b, w| {
                 if w {
                     producer[b.0 as usize] = Some(k);
@@ -499,13 +497,13 @@ fn draws_just_before_use(group: Vec<Item>, nbufs: usize) -> Vec<Item> {
         });
     }
     for k in 0..slots.len() {
-        let unread = slots[k].as_ref().is_some_and(|i| is_dealer_instr(&i.instr)) && !read[k];
+        let unread = slots[k].as_ref().is_some_and(|i| i.instr.is_dealer()) && !read[k];
         if unread {
             place(k, &mut slots, &producer, &mut out);
         }
     }
     for k in 0..slots.len() {
-        if slots[k].as_ref().is_some_and(|i| !is_dealer_instr(&i.instr)) {
+        if slots[k].as_ref().is_some_and(|i| !i.instr.is_dealer()) {
             place(k, &mut slots, &producer, &mut out);
         }
     }
@@ -565,7 +563,7 @@ impl Allocator {
             if matches!(items[i], Instr::Exchange {}) {
                 next_exchange = i;
             }
-            if is_comm_instr(&items[i]) {
+            if items[i].is_comm() {
                 for (b, _) in items[i].buffers() {
                     let l = &mut last_use[b.0 as usize];
                     *l = (*l).max(next_exchange);

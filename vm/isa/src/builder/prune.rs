@@ -10,7 +10,6 @@ use super::{CompareParams, Item, ProgramBuilder, Section};
 use crate::operand::Buf;
 use crate::ops::Instr;
 use crate::program::Kind;
-use crate::validate::is_comm_instr;
 
 /// Fractional bits of a pruning threshold in [`ProgramBuilder::prune_keep`].
 pub const THETA_BITS: u8 = 24;
@@ -129,7 +128,7 @@ impl ProgramBuilder {
         assert_eq!(self.section, Section::Body, "setlen belongs to the body");
         let d = self.buf(Kind::Public, 1);
         self.emit(Instr::Open { d, a: count, bits: 64 });
-        let last = self.body.iter().map(|i| i.phase + is_comm_instr(&i.instr) as u32).max();
+        let last = self.body.iter().map(|i| i.phase + i.instr.is_comm() as u32).max();
         let phase = last.unwrap_or(0) + 1;
         self.body.push(Item { instr: Instr::SetLen { a: d, frac }, phase, tag: self.cur_tag });
         self.floor = phase + 1;

@@ -6,6 +6,11 @@
 //! is taken when a step first writes it and given back after the step that last reads it
 //! ([`veil_isa::lifetime`]), so a session holds its live values and what it keeps for the
 //! whole session (weights, constants, setup results), not every buffer of the program.
+//!
+//! What each instruction does is in `exec.rs`: one method per instruction
+//! ([`veil_isa::PartyVisitor`]), so that a new instruction does not compile until it is there.
+
+mod exec;
 
 use crate::bits;
 use crate::error::VmError;
@@ -14,12 +19,12 @@ use crate::material::{At, Material};
 use crate::net::{CommStats, Expect, Outgoing, Transport};
 use crate::ring;
 use crate::store::{Slot, Store};
+use exec::{Exec, Flow};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use veil_isa::lifetime::{self, Deaths};
-use veil_isa::validate::is_dealer_instr;
-use veil_isa::{Buf, Instr, Kind, Party, Program, Tag};
+use veil_isa::{Buf, Class, Instr, Kind, Party, Program, Tag};
 
 /// The code a section runs: the loaded program, or an instance at a pruned length.
 #[derive(Clone)]
@@ -855,33 +860,26 @@ impl<'p> PartyVm<'p> {
             let (index, local, elementwise, op) = match unit {
                 Unit::Instr(index) => {
                     let ins = &code[index];
-                    let op = ins.name();
                     let at = At { section, index };
                     done += 1;
-                    if is_dealer_instr(ins) {
-                        self.material.draw(ins, at, prog, &mut self.store.bufs)?;
-                        (index, false, false, op)
-                    } else if let Instr::SetLen { a, frac } = ins {
-                        let v = self.store.bufs[a.0 as usize][0] as i64;
-                        let half = if *frac == 0 { 0 } else { 1i64 << (frac - 1) };
-                        let n = v.checked_add(half).map_or(0, |x| x >> frac);
-                        let n = u32::try_from(n).unwrap_or(0);
-                        self.free_after(steps, step);
-                        return Ok(Some((index, n)));
-                    } else if let Instr::Exchange {} = ins {
-                        let t = Instant::now();
-                        self.exchange(at)?;
-                        if timed {
-                            self.report.wait_time += t.elapsed();
+                    match ins.visit_party(&mut Exec { vm: self, at, prog })? {
+                        Flow::Next => {}
+                        Flow::Waited(t) => {
+                            if timed {
+                                self.report.wait_time += t;
+                            }
                         }
-                        (index, false, false, op)
-                    } else {
-                        self.exec(ins);
-                        if self.out.len() >= STREAM_OUT && self.peer.send_part(&self.out)? {
-                            self.out.clear();
+                        Flow::SetLen(n) => {
+                            self.free_after(steps, step);
+                            return Ok(Some((index, n)));
                         }
-                        (index, true, is_elementwise(ins), op)
                     }
+                    let class = ins.class();
+                    let local = match class {
+                        Class::Local | Class::Elementwise | Class::Comm => true,
+                        Class::Exchange | Class::Dealer | Class::Control => false,
+                    };
+                    (index, local, class == Class::Elementwise, ins.name())
                 }
                 #[cfg_attr(not(feature = "jit"), allow(unused_variables))]
                 Unit::Kernel(k) => {
@@ -901,7 +899,8 @@ impl<'p> PartyVm<'p> {
                                 for b in w {
                                     self.ensure(b, false)?;
                                 }
-                                self.exec(&code[i]);
+                                let at = At { section, index: i };
+                                code[i].visit_party(&mut Exec { vm: self, at, prog })?;
                             }
                         }
                         done += kernel.members.len();
@@ -953,7 +952,7 @@ impl<'p> PartyVm<'p> {
 
     /// Completes the round: sends the queued parts, and receives the peer's message straight
     /// into the destinations, a part at a time (the message is never held whole).
-    fn exchange(&mut self, at: At) -> Result<(), VmError> {
+    fn round(&mut self, at: At) -> Result<(), VmError> {
         let msg = std::mem::take(&mut self.out);
         let pending = std::mem::take(&mut self.pending);
         let needs: Vec<usize> = pending.iter().map(|p| p.need(&self.store)).collect();
@@ -1020,240 +1019,6 @@ impl<'p> PartyVm<'p> {
         self.store.bufs[d.0 as usize] = Slot::Own(v);
     }
 
-    fn exec(&mut self, ins: &Instr) {
-        use Instr::*;
-        let me = self.me;
-        match ins {
-            Add { d, a, b, inner } | Sub { d, a, b, inner } => {
-                let dk = self.kind(*d);
-                if !self.computes(dk) {
-                    return;
-                }
-                let sub = matches!(ins, Sub { .. });
-                let use_a = self.kind(*a) != Kind::Public || self.adds_public(dk);
-                let use_b = self.kind(*b) != Kind::Public || self.adds_public(dk);
-                let mut dv = self.take(*d);
-                let (av, bv) = (&self.store.bufs[a.0 as usize], &self.store.bufs[b.0 as usize]);
-                let inner = *inner as usize;
-                match (use_a, use_b, sub) {
-                    (true, true, false) => {
-                        kernels::binary(&mut dv, av, bv, inner, |x, y| x.wrapping_add(y))
-                    }
-                    (true, true, true) => {
-                        kernels::binary(&mut dv, av, bv, inner, |x, y| x.wrapping_sub(y))
-                    }
-                    (true, false, _) => dv.copy_from_slice(av),
-                    (false, true, false) => kernels::binary(&mut dv, av, bv, inner, |_, y| y),
-                    (false, true, true) => {
-                        kernels::binary(&mut dv, av, bv, inner, |_, y| y.wrapping_neg())
-                    }
-                    (false, false, _) => dv.fill(0),
-                }
-                self.put(*d, dv);
-            }
-            Mul { d, a, b, inner } => {
-                let dk = self.kind(*d);
-                if !self.computes(dk) {
-                    return;
-                }
-                let mut dv = self.take(*d);
-                if self.foreign(*a) || self.foreign(*b) {
-                    dv.fill(0);
-                } else {
-                    let (av, bv) = (&self.store.bufs[a.0 as usize], &self.store.bufs[b.0 as usize]);
-                    kernels::binary(&mut dv, av, bv, *inner as usize, |x, y| x.wrapping_mul(y));
-                }
-                self.put(*d, dv);
-            }
-            MatMul { d, a, b, batch, m, k, n } => {
-                let dk = self.kind(*d);
-                if !self.computes(dk) {
-                    return;
-                }
-                let mut dv = self.take(*d);
-                if self.foreign(*a) || self.foreign(*b) {
-                    dv.fill(0);
-                } else {
-                    let (av, bv) = (&self.store.bufs[a.0 as usize], &self.store.bufs[b.0 as usize]);
-                    kernels::matmul(
-                        &mut dv,
-                        av,
-                        bv,
-                        *batch as usize,
-                        *m as usize,
-                        *k as usize,
-                        *n as usize,
-                    );
-                }
-                self.put(*d, dv);
-            }
-            Neg { d, a } => self.map(*d, *a, |x| x.wrapping_neg()),
-            MulImm { d, a, imm } => {
-                let imm = *imm;
-                self.map(*d, *a, move |x| x.wrapping_mul(imm))
-            }
-            Shl { d, a, bits } => {
-                let s = *bits as u32;
-                self.map(*d, *a, move |x| x.wrapping_shl(s))
-            }
-            AddImm { d, a, imm } => {
-                let dk = self.kind(*d);
-                let imm = if self.adds_public(dk) { *imm } else { 0 };
-                self.map(*d, *a, move |x| x.wrapping_add(imm))
-            }
-            Sum { d, a, outer, mid, inner } => {
-                if !self.computes(self.kind(*d)) {
-                    return;
-                }
-                let mut dv = self.take(*d);
-                kernels::sum(
-                    &mut dv,
-                    &self.store.bufs[a.0 as usize],
-                    *outer as usize,
-                    *mid as usize,
-                    *inner as usize,
-                );
-                self.put(*d, dv);
-            }
-            CumSum { d, a, outer, mid, inner } => {
-                if !self.computes(self.kind(*d)) {
-                    return;
-                }
-                let mut dv = self.take(*d);
-                let (o, m, i) = (*outer as usize, *mid as usize, *inner as usize);
-                kernels::cumsum(&mut dv, &self.store.bufs[a.0 as usize], o, m, i);
-                self.put(*d, dv);
-            }
-            Copy { d, d_off, a, a_off, shape, d_strides, a_strides } => {
-                if !self.computes(self.kind(*d)) {
-                    return;
-                }
-                let mut dv = self.take(*d);
-                let av = &self.store.bufs[a.0 as usize];
-                kernels::copy(
-                    &mut dv,
-                    *d_off as usize,
-                    av,
-                    *a_off as usize,
-                    &shape.0,
-                    &d_strides.0,
-                    &a_strides.0,
-                );
-                self.put(*d, dv);
-            }
-            TruncPost { c2, pk, s, c, rhi, m, t, w } => {
-                let (t, w) = (*t as u32, *w as u32);
-                let wmask = if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
-                let off = 1u64 << (w - 2 - t);
-                let k = if w - t == 64 { 0 } else { 1u64 << (w - t) };
-                let (mut c2v, mut pkv, mut sv) = (self.take(*c2), self.take(*pk), self.take(*s));
-                let (cv, rv, mv) = (
-                    &self.store.bufs[c.0 as usize],
-                    &self.store.bufs[rhi.0 as usize],
-                    &self.store.bufs[m.0 as usize],
-                );
-                for i in 0..cv.len() {
-                    let cc = cv[i] & wmask;
-                    c2v[i] = (cc >> t).wrapping_sub(off);
-                    let p = if (cc >> (w - 1)) & 1 == 0 { k } else { 0 };
-                    pkv[i] = p;
-                    sv[i] = rv[i].wrapping_sub(p.wrapping_mul(mv[i]));
-                }
-                self.put(*c2, c2v);
-                self.put(*pk, pkv);
-                self.put(*s, sv);
-            }
-            Sel { d, e, a, b } => {
-                if !self.computes(self.kind(*d)) {
-                    return;
-                }
-                let mut dv = self.take(*d);
-                let (ev, av, bv) = (
-                    &self.store.bufs[e.0 as usize],
-                    &self.store.bufs[a.0 as usize],
-                    &self.store.bufs[b.0 as usize],
-                );
-                kernels::sel(&mut dv, ev, av, bv);
-                self.put(*d, dv);
-            }
-            XorB { d, a, b } => {
-                let dk = self.kind(*d);
-                let use_a =
-                    self.kind(*a) == Kind::Bits || dk == Kind::PubBits || me == Party::Client;
-                let use_b =
-                    self.kind(*b) == Kind::Bits || dk == Kind::PubBits || me == Party::Client;
-                let mut dv = self.take(*d);
-                let (av, bv) = (&self.store.bufs[a.0 as usize], &self.store.bufs[b.0 as usize]);
-                for (i, o) in dv.iter_mut().enumerate() {
-                    *o = (if use_a { av[i] } else { 0 }) ^ (if use_b { bv[i] } else { 0 });
-                }
-                self.put(*d, dv);
-            }
-            AndB { d, a, b } => {
-                let mut dv = self.take(*d);
-                let (av, bv) = (&self.store.bufs[a.0 as usize], &self.store.bufs[b.0 as usize]);
-                for (i, o) in dv.iter_mut().enumerate() {
-                    *o = av[i] & bv[i];
-                }
-                self.put(*d, dv);
-            }
-            NotB { d, a } => {
-                let n = self.cur().buffers[d.0 as usize].len as usize;
-                let flip = self.kind(*d) == Kind::PubBits || me == Party::Client;
-                let mut dv = self.take(*d);
-                let av = &self.store.bufs[a.0 as usize];
-                for (i, o) in dv.iter_mut().enumerate() {
-                    *o = if flip { !av[i] } else { av[i] };
-                }
-                bits::clear_tail(&mut dv, n);
-                self.put(*d, dv);
-            }
-            Lookup { d, table, idx, shift, width } => {
-                let mut dv = self.take(*d);
-                let (tv, iv) =
-                    (&self.store.bufs[table.0 as usize], &self.store.bufs[idx.0 as usize]);
-                kernels::lookup(&mut dv, tv, iv, *shift as u32, *width as u32);
-                self.put(*d, dv);
-            }
-            BitOf { d, a, bit } => {
-                let mut dv = self.take(*d);
-                kernels::bit_of(&mut dv, &self.store.bufs[a.0 as usize], *bit as u32);
-                self.put(*d, dv);
-            }
-            Open { d, a, bits: nb } => {
-                bits::pack(&self.store.bufs[a.0 as usize], *nb, &mut self.out);
-                self.pending.push(Pending::Open { d: *d, a: *a, bits: *nb });
-            }
-            OpenB { d, a } => {
-                let n = self.cur().buffers[a.0 as usize].len as usize;
-                for (i, w) in self.store.bufs[a.0 as usize].iter().enumerate() {
-                    let bytes = w.to_le_bytes();
-                    let take = (n.div_ceil(8) - i * 8).min(8);
-                    self.out.extend_from_slice(&bytes[..take]);
-                }
-                self.pending.push(Pending::OpenB { d: *d, a: *a, n });
-            }
-            Send { d, a, from } => {
-                let n = self.cur().buffers[a.0 as usize].len as usize;
-                if *from == me {
-                    bits::pack(&self.store.bufs[a.0 as usize], 64, &mut self.out);
-                } else {
-                    self.pending.push(Pending::Recv { d: *d, n });
-                }
-            }
-            Reveal { d, a, to } => {
-                let n = self.cur().buffers[a.0 as usize].len as usize;
-                if *to == me {
-                    self.pending.push(Pending::Reveal { d: *d, a: *a, n });
-                } else {
-                    bits::pack(&self.store.bufs[a.0 as usize], 64, &mut self.out);
-                }
-            }
-            Exchange {} | SetLen { .. } => unreachable!("handled by run_code"),
-            _ => unreachable!("dealer instructions are handled by run_code"),
-        }
-    }
-
     /// True when `b` is the other party's private buffer (all zeros here).
     fn foreign(&self, b: Buf) -> bool {
         matches!(self.kind(b), Kind::Private(p) if p != self.me)
@@ -1266,23 +1031,6 @@ impl<'p> PartyVm<'p> {
         let mut dv = self.take(d);
         kernels::unary(&mut dv, &self.store.bufs[a.0 as usize], f);
         self.put(d, dv);
-    }
-}
-
-/// True for the local elementwise ring instructions (the ones the JIT fuses into kernels).
-pub(crate) fn is_elementwise(ins: &Instr) -> bool {
-    elementwise_dest(ins).is_some()
-}
-
-/// The buffer an elementwise instruction computes over (its destination, whose length is the
-/// loop's); `None` for every other instruction.
-pub(crate) fn elementwise_dest(ins: &Instr) -> Option<Buf> {
-    use Instr::*;
-    match ins {
-        Add { d, .. } | Sub { d, .. } | Mul { d, .. } => Some(*d),
-        Neg { d, .. } | AddImm { d, .. } | MulImm { d, .. } | Shl { d, .. } => Some(*d),
-        TruncPost { c2, .. } => Some(*c2),
-        _ => None,
     }
 }
 
