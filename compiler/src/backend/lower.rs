@@ -137,7 +137,7 @@ pub fn lower(g: &Graph, part: &Partition, opts: &LowerOptions) -> Result<Lowered
             continue;
         }
         l.node = n;
-        let (layer, op) = tag_of(&g.nodes[n].name, &g.nodes[n].op);
+        let (layer, op) = g.nodes[n].prov.tag(&g.nodes[n].op);
         l.b.set_tag(&layer, &op);
         let out = l.lower_node(n)?;
         l.vals[g.nodes[n].result] = Some(out);
@@ -161,44 +161,6 @@ pub fn lower(g: &Graph, part: &Partition, opts: &LowerOptions) -> Result<Lowered
         server_feeds: l.server_feeds,
         client_outputs,
     })
-}
-
-/// Cost-report tag of a node: its layer (from names like `layer.3`, `h.3`, `layers.3`) and the
-/// operation kind (the part of the name an expansion appended after `::`, else the op).
-pub fn tag_of(name: &str, op: &Op) -> (String, String) {
-    // Generation programs prefix every node with its step (`prefill/`, `tok3/`): the tag's
-    // layer becomes `prefill:layer0`, so costs add up per generated token and per layer.
-    if let Some((step, rest)) = name.split_once('/') {
-        let is_step = step == "prefill"
-            || step.strip_prefix("tok").is_some_and(|n| !n.is_empty() && n.parse::<u32>().is_ok());
-        if is_step {
-            let (layer, op_name) = tag_of(rest, op);
-            return (format!("{step}:{layer}"), op_name);
-        }
-    }
-    let mut layer = "model".to_string();
-    let norm = name.replace(['/', '_'], ".");
-    let parts: Vec<&str> = norm.split('.').collect();
-    for w in parts.windows(2) {
-        if matches!(w[0], "layer" | "layers" | "h" | "block" | "blocks")
-            && w[1].parse::<u32>().is_ok()
-        {
-            layer = format!("layer{}", w[1]);
-            break;
-        }
-    }
-    let op_name = match name.split("::").nth(1) {
-        Some(kind) => kind.split(['.', ':', '/']).next().unwrap_or(kind).to_string(),
-        None => match op {
-            Op::MatMul => "matmul".into(),
-            Op::Add | Op::Sub | Op::Neg => "add".into(),
-            Op::Mul | Op::Div => "mul".into(),
-            Op::Gather { .. } => "embedding".into(),
-            o if o.is_data_movement() => "reshape".into(),
-            o => o.name().into(),
-        },
-    };
-    (layer, op_name)
 }
 
 /// `Some(inner)` when `small` broadcast to `full` (numpy rules) is `b[(i / inner) % len]` over

@@ -69,17 +69,15 @@ impl Default for NonlinearOptions {
 }
 
 impl NonlinearOptions {
-    /// The widened calibrated range of `node`, or why there is none.
+    /// The widened calibrated range of the site keyed `node` ([`crate::ir::Provenance::key`]:
+    /// a generation program's windows share the model's ranges), or why there is none.
     fn range(&self, node: &str, what: &str) -> Result<(f64, f64), String> {
-        // A generation program's windows (`prefill/…`, `tok3/…`) share the model's ranges.
-        let unstepped = node.split_once('/').map(|(_, rest)| rest).unwrap_or(node);
-        let &(lo, hi) =
-            self.ranges.get(node).or_else(|| self.ranges.get(unstepped)).ok_or_else(|| {
-                format!(
-                    "{what} `{node}` has no calibrated range: --nonlinear smu needs one for every \
+        let &(lo, hi) = self.ranges.get(node).ok_or_else(|| {
+            format!(
+                "{what} `{node}` has no calibrated range: --nonlinear smu needs one for every \
                  inverse square root (run `veil calibrate` with the same model and flags)"
-                )
-            })?;
+            )
+        })?;
         Ok((lo / self.margin, hi * self.margin))
     }
 
@@ -131,6 +129,8 @@ pub fn lower_nonlinear(
         if vis_of(nd.result, g) != Vis::Shared {
             continue;
         }
+        // Nodes made for this one inherit its provenance; the expansion's own, its site.
+        g.cursor = nd.prov.clone();
         let smu = opts.mode == Mode::Smu;
         let (func, args, named): Call = match &nd.op {
             Op::LayerNorm { .. } | Op::Smu1 { .. } | Op::Reciprocal | Op::Sqrt if smu => {
@@ -178,6 +178,7 @@ pub fn lower_nonlinear(
         // Expanded nodes are named `<node>::<function>/...` so the cost report attributes
         // them to the operator they implement.
         let prefix = format!("{}::{}", nd.name, op_kind(&nd.op));
+        g.cursor = nd.prov.at_site(op_kind(&nd.op));
         let before = g.order.len();
         let out = instantiate(&lib, func, g, &args, &named, &prefix)
             .map_err(|e| format!("instantiating `{func}` for `{}`: {e}", nd.name))?;
@@ -196,6 +197,7 @@ pub fn lower_nonlinear(
             with: format!("stdlib {func}"),
         });
     }
+    g.cursor = Default::default();
     g.remove_dead_nodes();
     Ok((done, clamped))
 }
@@ -237,7 +239,7 @@ fn smu_site(
     Ok(match &nd.op {
         Op::LayerNorm { axis, eps } => {
             let args = layer_norm_args(g, nd, *axis)?;
-            let (lo, hi) = opts.positive(&nd.name, "layer norm")?;
+            let (lo, hi) = opts.positive(&nd.prov.key(&nd.name), "layer norm")?;
             (
                 "layernorm_fit",
                 args,
@@ -250,7 +252,7 @@ fn smu_site(
             )
         }
         Op::Smu1 { alpha, mu } => {
-            let (lo, hi) = opts.range(&nd.name, "SMU-1")?;
+            let (lo, hi) = opts.range(&nd.prov.key(&nd.name), "SMU-1")?;
             // |x| ≤ m, kept off 0 so that the rsqrt range [μ², ((1−α)m)² + μ²] is not empty.
             let m = (lo.abs().max(hi.abs())).max(1e-2 * (*mu as f64).abs().max(1e-3));
             (
@@ -265,11 +267,11 @@ fn smu_site(
             )
         }
         Op::Reciprocal => {
-            let (lo, hi) = opts.positive(&nd.name, "reciprocal")?;
+            let (lo, hi) = opts.positive(&nd.prov.key(&nd.name), "reciprocal")?;
             ("recip_fit", vec![nd.args[0]], vec![("lo", Val::Num(lo)), ("hi", Val::Num(hi)), rel])
         }
         Op::Sqrt => {
-            let (lo, hi) = opts.positive(&nd.name, "square root")?;
+            let (lo, hi) = opts.positive(&nd.prov.key(&nd.name), "square root")?;
             ("sqrt_fit", vec![nd.args[0]], vec![("lo", Val::Num(lo)), ("hi", Val::Num(hi)), rel])
         }
         _ => unreachable!("only called for the four site kinds"),

@@ -3,7 +3,7 @@
 //!
 //! A site is a node whose lowering needs a range: SMU-1 (its argument, for |x| ≤ m), a
 //! reciprocal or square root (its argument), a layer norm (each row's variance plus eps), and,
-//! for the record, GELU and softmax arguments. Ranges are keyed by node name, so calibrate
+//! for the record, GELU and softmax arguments. Ranges are keyed by node (name and layer), so calibrate
 //! and compile must see the same graph: the same model, the same `--nonlinear` flags.
 
 use crate::eval::{run_values, EvalError};
@@ -46,7 +46,7 @@ pub struct Calibration {
     pub nonlinear: String,
     /// Number of sample inputs.
     pub samples: usize,
-    /// Ranges by node name.
+    /// Ranges by site key ([`crate::ir::Provenance::key`]).
     pub sites: BTreeMap<String, Site>,
     /// With a rewrite that changes the function: how much, against the original model.
     pub function_change: Option<FunctionChange>,
@@ -93,7 +93,7 @@ pub fn calibrate(
     samples: &[HashMap<String, Tensor>],
     nonlinear: &str,
 ) -> Result<Calibration, EvalError> {
-    // Site names as the compiler will see them (it prefixes nodes with their layer first).
+    // Sites keyed as the compiler will look them up: by provenance key, once layers are known.
     let mut named = g.clone();
     crate::compile::layers::assign_layers(&mut named);
     let g = &named;
@@ -107,7 +107,7 @@ pub fn calibrate(
                 Op::LayerNorm { eps, .. } => Some(eps as f64),
                 _ => None,
             };
-            of.push((nd.name.clone(), kind, eps));
+            of.push((nd.prov.key(&nd.name), kind, eps));
         }
     }
     let outputs = g.outputs.len();

@@ -88,6 +88,7 @@ pub fn divisions_to_products(g: &mut Graph, part: &Partition) -> Result<usize, S
             },
         );
         let before = g.order.len();
+        g.cursor = nd.prov.clone();
         let r = g.add_node(
             &format!("{}.reciprocal", nd.name),
             crate::ir::Op::Div,
@@ -101,5 +102,6 @@ pub fn divisions_to_products(g: &mut Graph, part: &Partition) -> Result<usize, S
         g.nodes[n].args[1] = r;
         changed += 1;
     }
+    g.cursor = Default::default();
     Ok(changed)
 }

@@ -71,7 +71,7 @@ fn model_err(g: &Graph) -> impl Fn(String) -> CompileError + '_ {
 pub const BACK: &[Stage] = &[
     Stage {
         name: "assign_layers",
-        about: "prefix each node with its layer (cost reports and calibration keys)",
+        about: "each node's layer recorded in its provenance (cost reports, calibration keys)",
         run: |g, _| {
             layers::assign_layers(g);
             Ok(Changed::No)

@@ -15,7 +15,7 @@
 pub mod roles;
 pub mod window;
 
-use crate::ir::{Graph, Op, TensorType, Value};
+use crate::ir::{Graph, Op, Provenance, Step, TensorType, Value};
 
 /// What to generate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -140,6 +140,12 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
         let mut len = shape.clone();
         len[qa] = 1;
         let err = |m: String| format!("token {t}: {m}");
+        let at = |site: Option<&str>| Provenance {
+            step: Step::parse(&step),
+            site: site.map(String::from),
+            ..Provenance::default()
+        };
+        e.dst.cursor = at(None);
         let row = e
             .dst
             .add_node(
@@ -149,6 +155,7 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
                 &format!("{step}/last_logits"),
             )
             .map_err(err)?;
+        e.dst.cursor = at(Some("top_k"));
         let row = match opts.top_k {
             Some(k) => e
                 .dst
@@ -161,6 +168,7 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
                 .map_err(err)?,
             None => row,
         };
+        e.dst.cursor = at(None);
         let row = match noise {
             Some(z) => {
                 let zt = e
@@ -182,6 +190,7 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
                         &format!("{step}/noise_row"),
                     )
                     .map_err(err)?;
+                e.dst.cursor = at(Some("sample"));
                 e.dst
                     .add_node(
                         &format!("{step}/next::sample"),
@@ -193,6 +202,7 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
             }
             None => row,
         };
+        e.dst.cursor = at(Some("argmax"));
         let tok = e
             .dst
             .add_node(
@@ -202,6 +212,7 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
                 &format!("{step}/argmax"),
             )
             .map_err(err)?;
+        e.dst.cursor = at(None);
         let tok = e
             .dst
             .add_node(
@@ -217,6 +228,7 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
         }
     }
     let mut g = e.dst;
+    g.cursor = Provenance::default();
     g.outputs = outputs;
     g.remove_dead_nodes();
     Ok(g.compact())

@@ -4,7 +4,7 @@
 //! windows (one program weight each, masked once).
 
 use super::roles::{Role, Roles};
-use crate::ir::{Graph, Op, Tensor, TensorType, Value, ValueDef};
+use crate::ir::{Graph, Op, Provenance, Step, Tensor, TensorType, Value, ValueDef};
 use std::collections::HashMap;
 
 /// Builds a generation graph window by window.
@@ -154,6 +154,8 @@ impl<'a> Emitter<'a> {
         let mut full: HashMap<Value, Value> = HashMap::new();
         for &n in &src.order {
             let nd = &src.nodes[n];
+            // The window's copy keeps its source's layer and site, in this step.
+            let prov = Provenance { step: Step::parse(prefix), ..nd.prov.clone() };
             if let Some(&v) = self.fixed_done.get(&nd.result) {
                 env.insert(nd.result, v);
                 continue;
@@ -194,6 +196,7 @@ impl<'a> Emitter<'a> {
                     let v = match full.get(&cp.value) {
                         Some(&v) => v,
                         None => {
+                            self.dst.cursor = prov.at_site("kv_cache");
                             let v = match self.caches.get(&cp.value) {
                                 Some(&old) => self
                                     .dst
@@ -232,6 +235,7 @@ impl<'a> Emitter<'a> {
                     len[ax] = q1 - out_lo;
                 }
                 let op = Op::Slice { start, step: vec![1; shape.len()], len };
+                self.dst.cursor = prov.at_site("last_row");
                 args[i] = self
                     .dst
                     .add_node(
@@ -245,6 +249,7 @@ impl<'a> Emitter<'a> {
             let op = self
                 .adjust(&nd.op, &nd.args, nd.result, q0, q1)
                 .map_err(|e| format!("node `{}`: {e}", nd.name))?;
+            self.dst.cursor = prov;
             let r = self
                 .dst
                 .add_node(
@@ -259,6 +264,7 @@ impl<'a> Emitter<'a> {
                 self.fixed_done.insert(nd.result, r);
             }
         }
+        self.dst.cursor = Provenance::default();
         Ok(env)
     }
 }

@@ -2,10 +2,11 @@
 
 use super::dtype::TensorType;
 use super::op::{GeluApprox, Op};
+use super::provenance::Provenance;
 use super::shape;
 use super::tensor::Tensor;
 use cranelift_entity::{entity_impl, PrimaryMap, SecondaryMap};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 /// A tensor value in a [`Graph`].
@@ -58,6 +59,8 @@ pub struct NodeData {
     pub args: Vec<Value>,
     /// The defined value.
     pub result: Value,
+    /// Where the node comes from (layer, generation step, expansion site).
+    pub prov: Provenance,
 }
 
 /// A recognised multi-node structure, recorded for the dump and for later passes.
@@ -112,7 +115,11 @@ pub struct Graph {
     pub outputs: Vec<Value>,
     /// Recognised patterns.
     pub patterns: Vec<Pattern>,
-    names: HashSet<String>,
+    /// The provenance nodes added now get (an expansion sets it to the expanded node's).
+    #[serde(skip)]
+    pub cursor: Provenance,
+    // Ordered, so that a serialised graph (the client's part) is the same bytes every time.
+    names: BTreeSet<String>,
 }
 
 impl Graph {
@@ -171,8 +178,13 @@ impl Graph {
         let ty = shape::infer(&op, &tys)?;
         let node = self.nodes.next_key();
         let result = self.push_value(result_name, ty, ValueDef::Result(node));
-        let n =
-            self.nodes.push(NodeData { name: name.to_string(), op, args: args.to_vec(), result });
+        let n = self.nodes.push(NodeData {
+            name: name.to_string(),
+            op,
+            args: args.to_vec(),
+            result,
+            prov: self.cursor.clone(),
+        });
         self.order.push(n);
         Ok(result)
     }
@@ -287,7 +299,13 @@ impl Graph {
             let node = g.nodes.next_key();
             let result = copy(&mut g, &mut map, nd.result);
             g.values[result].def = ValueDef::Result(node);
-            g.nodes.push(NodeData { name: nd.name.clone(), op: nd.op.clone(), args, result });
+            g.nodes.push(NodeData {
+                name: nd.name.clone(),
+                op: nd.op.clone(),
+                args,
+                result,
+                prov: nd.prov.clone(),
+            });
             g.order.push(node);
         }
         for &o in &self.outputs {

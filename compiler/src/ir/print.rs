@@ -55,6 +55,9 @@ pub fn nodes_text(g: &Graph) -> String {
         if !nd.name.is_empty() {
             write!(s, "  # {}", nd.name).unwrap();
         }
+        if nd.prov != Default::default() {
+            write!(s, "  @{}", nd.prov).unwrap();
+        }
         s.push('\n');
     }
     s

@@ -4,7 +4,7 @@
 
 use super::cuts::Cut;
 use super::PruneConfig;
-use crate::ir::{Graph, Op, Value};
+use crate::ir::{Graph, Op, Provenance, Value};
 use std::collections::HashMap;
 
 /// Inserts every cut of `cuts` (positions in `g.order` as [`super::cuts::find`] gave them).
@@ -20,6 +20,7 @@ pub fn insert(g: &mut Graph, cuts: &[Cut], cfg: &PruneConfig) -> Result<(), Stri
         let theta = cfg.theta(c.layer).ok_or("a cut without a threshold")?;
         let before = g.order.len();
         let name = format!("layer.{}.prune", c.layer);
+        g.cursor = Provenance { site: Some("prune".into()), ..Provenance::default() };
         let keep = g.add_node(
             &format!("{name}::prune/keep"),
             Op::PruneKeep { axis: c.key_axis, theta, protect: cfg.protect },
@@ -71,5 +72,6 @@ pub fn insert(g: &mut Graph, cuts: &[Cut], cfg: &PruneConfig) -> Result<(), Stri
         }
         g.order.splice(pos..pos, new);
     }
+    g.cursor = Provenance::default();
     Ok(())
 }

@@ -315,7 +315,7 @@ fn partition_lines(
     for w in g.weights() {
         let vd = &g.values[w];
         let name = alias.get(&w).unwrap_or(&vd.name);
-        let layer = veil_compiler::backend::lower::tag_of(name, &veil_compiler::ir::Op::Add).0;
+        let layer = veil_compiler::ir::provenance::layer_label(name);
         let e = per_layer.entry(layer).or_default();
         e.0 += 1;
         p_all += vd.ty.numel();
