@@ -212,7 +212,7 @@ pub fn tcp_pair(
     let io = |e| crate::net::TransportError::Io {
         peer: "loopback".into(),
         during: String::new(),
-        source: e,
+        os: e,
     };
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(io)?;
     let addr = listener.local_addr().map_err(io)?.to_string();

@@ -71,7 +71,25 @@ pub fn describe(t: &TensorType) -> String {
 
 /// Checks a tensor read from a file against the input it is for.
 pub fn check_input(name: &str, file: &Path, t: &Tensor, want: &TensorType) -> Result<()> {
-    if t.ty() != *want {
+    let have = t.ty();
+    let differ: Vec<usize> = match have.dtype == want.dtype && have.shape.len() == want.shape.len()
+    {
+        true => (0..want.shape.len()).filter(|&i| have.shape[i] != want.shape[i]).collect(),
+        false => Vec::new(),
+    };
+    // One axis off with the right dtype: almost always another sequence length, which the
+    // program fixes when it is compiled.
+    if let [axis] = differ.as_slice() {
+        bail!(
+            "input `{name}`: {} holds {have}, the model needs {}: axis {axis} is {} here, {} in the model; for inputs of another length give --seq {} (to eval, calibrate and compile: a compiled program's length is fixed)",
+            file.display(),
+            describe(want),
+            have.shape[*axis],
+            want.shape[*axis],
+            have.shape[*axis]
+        );
+    }
+    if have != *want {
         bail!(
             "input `{name}`: {} holds {}, the model needs {} (convert with numpy: arr.astype(...).reshape(...))",
             file.display(),

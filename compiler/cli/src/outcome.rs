@@ -200,8 +200,8 @@ pub fn print_cost(p: &Program, m: &Measured, nets: &[Net]) -> Option<Result<crat
     let Some(body) = body else { return report };
     for &n in nets {
         println!(
-            "estimate on {:?}: {:.2} s per inference ({:.2} s network + {:.2} s measured compute)",
-            n,
+            "estimate on {}: {:.2} s per inference ({:.2} s network + {:.2} s measured compute)",
+            n.label(),
             n.seconds(&body) + compute,
             n.seconds(&body),
             compute

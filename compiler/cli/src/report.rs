@@ -31,6 +31,11 @@ impl Net {
         }
     }
 
+    /// The network as the reports name it (`LAN 1 Gbit/s, 0.5 ms RTT`).
+    pub fn label(self) -> &'static str {
+        self.params().2
+    }
+
     /// Seconds the network adds: the heavier direction's bytes at the bandwidth (links are
     /// full duplex and both parties send in every round) plus one round trip per round.
     pub fn seconds(self, c: &Cost) -> f64 {

@@ -70,7 +70,14 @@ fn an_input_of_the_wrong_shape() {
     veil_compiler::npy::write(&f, &Tensor::i64(vec![1, 64], vec![1; 64])).unwrap();
     let mut i = inputs();
     i[0] = format!("input_ids={}", f.display());
-    fails_with(&eval_with(&i), "holds i64[1,64], the model needs i64[1,128]");
+    let out = eval_with(&i);
+    fails_with(&out, "holds i64[1,64], the model needs i64[1,128]");
+    fails_with(&out, "axis 1 is 64 here, 128 in the model; for inputs of another length give --seq 64 (to eval, calibrate and compile");
+    // A shape off in more than one way gets the plain message.
+    veil_compiler::npy::write(&f, &Tensor::i64(vec![2, 64], vec![1; 128])).unwrap();
+    let out = eval_with(&i);
+    fails_with(&out, "holds i64[2,64], the model needs i64[1,128]");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("--seq"));
 }
 
 #[test]
@@ -310,4 +317,32 @@ fn dump_after_a_stage_prints_its_ir_alone_on_stdout() {
         &veil(&["compile", BERT, "-o", o, "--dump-after", "lowering"]),
         "--dump-after: no stage `lowering`",
     );
+}
+
+#[test]
+fn an_unknown_stdlib_function_lists_each_name_once() {
+    let out = veil(&["stdlib", "--function", "nope"]);
+    fails_with(&out, "no stdlib function `nope`; the stdlib has: ");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let list = err.split("the stdlib has: ").nth(1).unwrap().trim();
+    let names: Vec<&str> = list.split(", ").collect();
+    let unique: std::collections::BTreeSet<&str> = names.iter().copied().collect();
+    assert_eq!(names.len(), unique.len(), "{list}");
+    assert!(unique.contains("rsqrt_fit"));
+}
+
+#[test]
+fn inspect_shows_a_dsl_model_without_weights_and_the_names_globs_match() {
+    // A DSL model's dump needs shapes only.
+    let out = veil(&["inspect", "examples/models/bert-tiny.veil"]);
+    let dump = ok(&out);
+    assert!(
+        dump.contains("%m.encoder.layer.0.attention.self.query.weight: f32[128,128]"),
+        "{dump}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("drawn at random"));
+    // An export's anonymous weights are listed with the names `--public` globs match.
+    let dump = ok(&veil(&["inspect", BERT]));
+    let section = dump.split("names --public globs match").nth(1).expect("the section");
+    assert!(section.contains("→ m.encoder.layer.0."), "{section}");
 }

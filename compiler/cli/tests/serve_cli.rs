@@ -284,3 +284,31 @@ fn a_role_refuses_to_start_with_another_roles_certificate() {
     ]);
     fails_with(&o, "this is the server's certificate");
 }
+
+#[test]
+fn connecting_where_nothing_listens_says_where_and_why_once() {
+    // A port nobody listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let server = format!("127.0.0.1:{port}");
+    let prog = bert().display().to_string();
+    let out = veil(&[
+        "connect",
+        &prog,
+        "--server",
+        &server,
+        "--dealer",
+        &server,
+        "--insecure",
+        "--inputs",
+        &samples().join("sample0").display().to_string(),
+        "--timeout",
+        "2",
+    ]);
+    fails_with(&out, "nothing listens there (is `veil serve` running");
+    let err = String::from_utf8_lossy(&out.stderr);
+    // It retried visibly, and no part of the message is said twice.
+    assert!(err.contains("retrying"), "{err}");
+    let last = err.lines().last().unwrap();
+    assert_eq!(last.matches(&server).count(), 1, "{last}");
+    assert!(last.matches("os error").count() <= 1, "{last}");
+}

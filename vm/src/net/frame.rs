@@ -62,7 +62,7 @@ pub fn io_err(peer: &str, during: &str, e: std::io::Error, timeout: Duration) ->
         | ErrorKind::WriteZero => {
             TransportError::Closed { peer: peer.into(), during: during.to_string() }
         }
-        _ => TransportError::Io { peer: peer.into(), during: during.to_string(), source: e },
+        _ => TransportError::Io { peer: peer.into(), during: during.to_string(), os: e },
     }
 }
 

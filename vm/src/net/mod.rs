@@ -118,14 +118,16 @@ pub enum TransportError {
         why: String,
     },
     /// Any other I/O failure.
-    #[error("network error with the {peer}{during}: {source}")]
+    // The OS error is in the message and deliberately not a `source`: a chain printer
+    // (anyhow's `{:#}`) would print it twice.
+    #[error("network error with the {peer}{during}: {os}")]
     Io {
         /// The peer.
         peer: String,
         /// Context (e.g. " at 10.0.0.2:7700").
         during: String,
         /// The OS error.
-        source: std::io::Error,
+        os: std::io::Error,
     },
 }
 
@@ -236,7 +238,7 @@ pub trait Transport: Send {
         let msg = msg.into_bytes().map_err(|e| TransportError::Io {
             peer: "local file".into(),
             during: " reading a message to send".into(),
-            source: e,
+            os: e,
         })?;
         let got = self.exchange(msg)?;
         expect.check(got.len() as u64, "peer", rounds)?;

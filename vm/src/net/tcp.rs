@@ -89,7 +89,7 @@ pub fn connect_retry(
     let fail = |during: String, e: std::io::Error| TransportError::Io {
         peer: role.name().into(),
         during,
-        source: e,
+        os: e,
     };
     let addrs: Vec<SocketAddr> = addr
         .to_socket_addrs()

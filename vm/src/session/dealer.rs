@@ -191,7 +191,7 @@ pub fn deal(
 }
 
 fn io(what: &str, e: std::io::Error) -> VmError {
-    TransportError::Io { peer: "party".into(), during: format!(" {what}"), source: e }.into()
+    TransportError::Io { peer: "party".into(), during: format!(" {what}"), os: e }.into()
 }
 
 fn expire_live(state: &State, timeout: Duration) {

@@ -43,7 +43,7 @@ impl Recorder {
         TransportError::Io {
             peer: "recording".into(),
             during: " writing the masked weights".into(),
-            source: e,
+            os: e,
         }
     }
 }
@@ -148,7 +148,7 @@ fn io_err(path: &Path, e: std::io::Error) -> VmError {
     VmError::Transport(TransportError::Io {
         peer: "local disk".into(),
         during: format!(" at {}", path.display()),
-        source: e,
+        os: e,
     })
 }
 

@@ -191,7 +191,7 @@ pub fn serve(
                     on_event(ServerEvent::Session(Err(TransportError::Io {
                         peer: "client".into(),
                         during: " accepting".into(),
-                        source: e,
+                        os: e,
                     }
                     .into())));
                     continue;
@@ -224,7 +224,7 @@ fn disk(p: &Path, e: std::io::Error) -> VmError {
     VmError::Transport(TransportError::Io {
         peer: "local disk".into(),
         during: format!(" at {}", p.display()),
-        source: e,
+        os: e,
     })
 }
 

@@ -177,22 +177,22 @@ fn lowering_lines(b: &Built) -> String {
     let Some(cal) = &b.lowering.calibration else { return String::new() };
     let rewritten = b.front.rewritten;
     let mut s = format!(
-        "--nonlinear smu (α = {alpha}, μ = {mu}): {rewritten} GELU, softmax or division operators rewritten; every square root, reciprocal and layer norm by a comparison-free inverse square root on ranges calibrated on {} sample(s) (widened ×{margin})\n",
+        "--nonlinear smu (α = {alpha}, μ = {mu}): every square root, reciprocal and layer norm by a comparison-free inverse square root on ranges calibrated on {} sample(s) (widened ×{margin})\n",
         cal.samples
     );
     match &cal.function_change {
         // Only divisions were rewritten (a/b = a·(1/b)): the same function up to f32 rounding.
         Some(f) if f.max_abs <= 1e-5 * f.max_ref.max(1.0) => s.push_str(&format!(
-            "  the model's function is unchanged (outputs within {:.1e} on the calibration inputs: it has no GELU or softmax to rewrite)\n",
+            "  {rewritten} division(s) rewritten as products by a reciprocal; the model has no GELU or softmax, so its function is unchanged (outputs within {:.1e} on the calibration inputs)\n",
             f.max_abs
         )),
         Some(f) if rewritten > 0 => s.push_str(&format!(
-            "  this CHANGES the model's function: on the calibration inputs its outputs move by up to {:.3e} ({:.2e} of max |y| = {:.3}); the plaintext reference of `veil run` is the rewritten model\n",
+            "  {rewritten} GELU, softmax or division operator(s) rewritten: this CHANGES the model's function: on the calibration inputs its outputs move by up to {:.3e} ({:.2e} of max |y| = {:.3}); the plaintext reference of `veil run` is the rewritten model\n",
             f.max_abs,
             f.max_abs / f.max_ref.max(1e-30),
             f.max_ref
         )),
-        _ => s.push_str("  the model's function is unchanged (it has no GELU or softmax to rewrite)\n"),
+        _ => s.push_str("  nothing rewritten: the model has no GELU, softmax or division; its function is unchanged\n"),
     }
     s
 }

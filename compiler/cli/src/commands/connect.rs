@@ -199,7 +199,15 @@ pub fn run(a: Args) -> Result<()> {
         &opts,
         Some(events(a.server.clone(), a.dealer.clone())),
     )
-    .with_context(|| format!("opening a session with the server at {}", a.server))?;
+    .map_err(|e| {
+        // Name the address once: most transport errors already do.
+        let named = e.to_string().contains(&a.server);
+        let e = anyhow::Error::new(e);
+        match named {
+            true => e.context("opening a session"),
+            false => e.context(format!("opening a session with the server at {}", a.server)),
+        }
+    })?;
     let setup = s.setup();
     let connected = t0.elapsed();
     let mut lines = std::io::stdin().lock().lines();

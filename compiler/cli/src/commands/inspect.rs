@@ -29,8 +29,33 @@ pub fn run(a: Args) -> Result<()> {
         }
         return emit(&veil_isa::disas::disassemble(&p));
     }
-    let m = load(&a.file, &a.model)?;
-    emit(&veil_compiler::ir::print::graph_text(&m.graph))
+    let mut margs = a.model.clone();
+    let dsl = a.file.extension().and_then(|e| e.to_str()) == Some("veil");
+    if dsl && margs.weights.is_none() && margs.random_weights.is_none() {
+        // The dump shows shapes, not values: any parameters will do.
+        eprintln!(
+            "(no --weights: the parameters are drawn at random; the dump shows their shapes only)"
+        );
+        margs.random_weights = Some(0);
+    }
+    let m = load(&a.file, &margs)?;
+    let mut text = veil_compiler::ir::print::graph_text(&m.graph);
+    // Exporters' anonymous weights (`val_49`) are matched by `--public` globs under the name
+    // `veil export-weights` gives them: show both.
+    let alias = veil_compiler::frontend::weight_names::descriptive_names(&m.graph);
+    let mut renamed: Vec<(String, String)> = alias
+        .iter()
+        .map(|(&v, n)| (m.graph.values[v].name.clone(), n.clone()))
+        .filter(|(a, b)| a != b)
+        .collect();
+    if !renamed.is_empty() {
+        renamed.sort();
+        text.push_str("names --public globs match (exporter's name → name):\n");
+        for (from, to) in renamed {
+            text.push_str(&format!("  %{from} → {to}\n"));
+        }
+    }
+    emit(&text)
 }
 
 /// Writes a long dump to stdout; a reader that stops early (`| head`) is not an error.

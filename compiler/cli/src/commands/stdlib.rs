@@ -24,7 +24,9 @@ pub fn run(a: Args) -> Result<()> {
         .filter(|f| a.function.as_deref().is_none_or(|n| n == f.name))
         .collect();
     if fns.is_empty() {
-        let names: Vec<&str> = veil_stdlib::ALL.iter().map(|f| f.name).collect();
+        // A function measured at several ranges appears once in ALL per range: list it once.
+        let mut names: Vec<&str> = veil_stdlib::ALL.iter().map(|f| f.name).collect();
+        names.dedup();
         bail!(
             "no stdlib function `{}`; the stdlib has: {}",
             a.function.unwrap_or_default(),
