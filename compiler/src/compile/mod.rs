@@ -12,6 +12,7 @@ pub mod artifacts;
 pub mod calibrate;
 pub mod client_run;
 mod fold;
+pub mod guards;
 pub mod layers;
 pub mod leakage;
 pub mod low_rank;

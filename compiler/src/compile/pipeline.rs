@@ -78,6 +78,19 @@ pub const BACK: &[Stage] = &[
         },
     },
     Stage {
+        name: "fold_guards",
+        about: "IsNaN of secret data (never NaN in fixed point) to false, Where on a constant to its branch",
+        run: |g, s| {
+            let part = s.take_partition(g);
+            let n = super::guards::fold_guards(g, &part).map_err(model_err(g))?;
+            if n == 0 {
+                s.restore(part);
+                return Ok(Changed::No);
+            }
+            Ok(Changed::Yes)
+        },
+    },
+    Stage {
         name: "divisions_to_products",
         about: "a/b as a·(1/b) where b is secret",
         run: |g, s| {

@@ -1,0 +1,125 @@
+//! The NaN guard recent PyTorch exports put after an attention softmax
+//! (`Where(IsNaN(p), 0, p)`) compiles two-party: in fixed point the test is constant false, so
+//! the compile folds it away, and the output matches the float reference.
+
+mod common;
+
+use std::collections::HashMap;
+use veil_compiler::backend::partition::Vis;
+use veil_compiler::compile::{compile, CompileOptions};
+use veil_compiler::frontend::onnx::{import_bytes, ImportOptions};
+use veil_compiler::ir::Tensor;
+use veil_onnx_proto::*;
+
+fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
+    use tensor_shape_proto::{dimension::Value as D, Dimension};
+    let dim = dims
+        .iter()
+        .map(|&d| Dimension { value: Some(D::DimValue(d)), ..Default::default() })
+        .collect();
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(tensor_proto::DataType::Float as i32),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn f32_tensor(name: &str, dims: &[i64], data: Vec<f32>) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(tensor_proto::DataType::Float as i32),
+        float_data: data,
+        ..Default::default()
+    }
+}
+
+fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        name: Some(format!("node_{output}")),
+        op_type: Some(op.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+/// x [4, 8] (the client's) → x·W1 → softmax → Where(IsNaN(p), 0, p) → ·W2 → y.
+fn guarded_model() -> Vec<u8> {
+    let mut rng = veil_compiler::weights::SplitMix(7);
+    let mut w = |name: &str| {
+        f32_tensor(name, &[8, 8], (0..64).map(|_| rng.normal() as f32 * 0.5).collect())
+    };
+    let (w1, w2) = (w("w1"), w("w2"));
+    let zero = AttributeProto {
+        name: Some("value".into()),
+        r#type: Some(attribute_proto::AttributeType::Tensor as i32),
+        t: Some(f32_tensor("zero", &[], vec![0.0])),
+        ..Default::default()
+    };
+    let axis = AttributeProto {
+        name: Some("axis".into()),
+        r#type: Some(attribute_proto::AttributeType::Int as i32),
+        i: Some(-1),
+        ..Default::default()
+    };
+    let nodes = vec![
+        node("MatMul", &["x", "w1"], "h", vec![]),
+        node("Softmax", &["h"], "p", vec![axis]),
+        node("IsNaN", &["p"], "nan", vec![]),
+        node("Constant", &[], "zero", vec![zero]),
+        node("Where", &["nan", "zero", "p"], "q", vec![]),
+        node("MatMul", &["q", "w2"], "y", vec![]),
+    ];
+    ModelProto {
+        ir_version: Some(9),
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
+        graph: Some(GraphProto {
+            name: Some("guarded".into()),
+            node: nodes,
+            input: vec![value_info("x", &[4, 8])],
+            output: vec![value_info("y", &[4, 8])],
+            initializer: vec![w1, w2],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn a_nan_guard_after_softmax_compiles_and_matches_the_reference() {
+    let mut g = import_bytes(&guarded_model(), "guarded.onnx", &ImportOptions::default()).unwrap();
+    veil_compiler::passes::run(&mut g, &mut veil_compiler::passes::import_pipeline()).unwrap();
+    let mut rng = veil_compiler::weights::SplitMix(3);
+    let x = Tensor::f32([4, 8], (0..32).map(|_| rng.normal() as f32).collect());
+    let inputs = HashMap::from([("x".to_string(), x)]);
+    let want = veil_compiler::eval::run(&g, &inputs).unwrap();
+    let c = compile(g, &|_| Vis::Server, &CompileOptions::default()).unwrap();
+    assert!(
+        !veil_isa::disas::disassemble(&c.program).contains("is_nan"),
+        "the guard is folded, not lowered"
+    );
+    let (_, outs) = common::run_compiled(&c, &inputs, false).unwrap();
+    let (got, want) = (outs[0].1.to_f64_vec(), want[0].to_f64_vec());
+    let max = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let err = common::max_abs_diff(&got, &want);
+    assert!(err <= 1e-2 * max, "max error {err:.3e} of max |y| = {max:.3}");
+}
+
+#[test]
+fn a_nan_guard_on_public_data_is_left_to_the_reference() {
+    // With every weight public the client computes the guard in the clear, in float: the fold
+    // is only for fixed-point (secret) data.
+    let mut g = import_bytes(&guarded_model(), "guarded.onnx", &ImportOptions::default()).unwrap();
+    let part = veil_compiler::backend::partition::analyze(&g, &|_| Vis::Public);
+    let n = veil_compiler::compile::guards::fold_guards(&mut g, &part).unwrap();
+    assert_eq!(n, 0, "the client's plaintext computes IsNaN itself");
+}
