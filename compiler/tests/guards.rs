@@ -51,8 +51,12 @@ fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) -> 
     }
 }
 
-/// x [4, 8] (the client's) → x·W1 → softmax → Where(IsNaN(p), 0, p) → ·W2 → y.
+/// x [4, 8] (the client's) → x·W1 → softmax → Where(GUARD(p), 0, p) → ·W2 → y.
 fn guarded_model() -> Vec<u8> {
+    guarded_by(node("IsNaN", &["p"], "nan", vec![]))
+}
+
+fn guarded_by(guard: NodeProto) -> Vec<u8> {
     let mut rng = veil_compiler::weights::SplitMix(7);
     let mut w = |name: &str| {
         f32_tensor(name, &[8, 8], (0..64).map(|_| rng.normal() as f32 * 0.5).collect())
@@ -73,7 +77,7 @@ fn guarded_model() -> Vec<u8> {
     let nodes = vec![
         node("MatMul", &["x", "w1"], "h", vec![]),
         node("Softmax", &["h"], "p", vec![axis]),
-        node("IsNaN", &["p"], "nan", vec![]),
+        guard,
         node("Constant", &[], "zero", vec![zero]),
         node("Where", &["nan", "zero", "p"], "q", vec![]),
         node("MatMul", &["q", "w2"], "y", vec![]),
@@ -96,17 +100,54 @@ fn guarded_model() -> Vec<u8> {
 
 #[test]
 fn a_nan_guard_after_softmax_compiles_and_matches_the_reference() {
-    let mut g = import_bytes(&guarded_model(), "guarded.onnx", &ImportOptions::default()).unwrap();
+    compiles_and_matches(&guarded_model());
+}
+
+#[test]
+fn an_inf_guard_compiles_too() {
+    let positive_only = AttributeProto {
+        name: Some("detect_negative".into()),
+        r#type: Some(attribute_proto::AttributeType::Int as i32),
+        i: Some(0),
+        ..Default::default()
+    };
+    compiles_and_matches(&guarded_by(node("IsInf", &["p"], "nan", vec![positive_only])));
+}
+
+#[test]
+fn is_inf_in_the_reference_detects_the_signs_asked_for() {
+    let mut g = veil_compiler::ir::Graph::new("inf");
+    let ty = veil_compiler::ir::TensorType::new(veil_compiler::ir::DType::F32, vec![4]);
+    let x = g.add_input("x", ty);
+    for (negative, positive, want) in [
+        (true, true, [true, true, false, false]),
+        (false, true, [true, false, false, false]),
+        (true, false, [false, true, false, false]),
+    ] {
+        let y = g
+            .add_node("i", veil_compiler::ir::Op::IsInf { negative, positive }, &[x], "y")
+            .unwrap();
+        g.outputs = vec![y];
+        let xs = Tensor::f32([4], vec![f32::INFINITY, f32::NEG_INFINITY, 1.0, f32::NAN]);
+        let got = veil_compiler::eval::run(&g, &HashMap::from([("x".to_string(), xs)])).unwrap();
+        assert_eq!(
+            got[0],
+            Tensor::bool([4], want.to_vec()),
+            "negative {negative}, positive {positive}"
+        );
+    }
+}
+
+fn compiles_and_matches(model: &[u8]) {
+    let mut g = import_bytes(model, "guarded.onnx", &ImportOptions::default()).unwrap();
     veil_compiler::passes::run(&mut g, &mut veil_compiler::passes::import_pipeline()).unwrap();
     let mut rng = veil_compiler::weights::SplitMix(3);
     let x = Tensor::f32([4, 8], (0..32).map(|_| rng.normal() as f32).collect());
     let inputs = HashMap::from([("x".to_string(), x)]);
     let want = veil_compiler::eval::run(&g, &inputs).unwrap();
     let c = compile(g, &|_| Vis::Server, &CompileOptions::default()).unwrap();
-    assert!(
-        !veil_isa::disas::disassemble(&c.program).contains("is_nan"),
-        "the guard is folded, not lowered"
-    );
+    let dis = veil_isa::disas::disassemble(&c.program);
+    assert!(!dis.contains("is_nan") && !dis.contains("is_inf"), "the guard is folded, not lowered");
     let (_, outs) = common::run_compiled(&c, &inputs, false).unwrap();
     let (got, want) = (outs[0].1.to_f64_vec(), want[0].to_f64_vec());
     let max = want.iter().fold(0f64, |m, v| m.max(v.abs()));

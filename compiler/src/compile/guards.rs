@@ -7,7 +7,7 @@
 use crate::backend::partition::{Partition, Vis};
 use crate::ir::{Data, Graph, Op, Tensor, Value};
 
-/// Folds `IsNaN` of secret values to false and `Where` with a constant condition to the
+/// Folds `IsNaN` and `IsInf` of secret values to false and `Where` with a constant condition to the
 /// branch it selects; returns how many nodes were folded.
 pub fn fold_guards(g: &mut Graph, part: &Partition) -> Result<usize, String> {
     let mut folded = 0;
@@ -15,7 +15,7 @@ pub fn fold_guards(g: &mut Graph, part: &Partition) -> Result<usize, String> {
         let nd = g.nodes[n].clone();
         let secret = |v: Value| part.vis.get(v).is_some_and(|&s| s == Vis::Shared);
         match nd.op {
-            Op::IsNaN if secret(nd.args[0]) => {
+            Op::IsNaN | Op::IsInf { .. } if secret(nd.args[0]) => {
                 let shape = g.ty(nd.result).shape.clone();
                 let n_el = shape.iter().product();
                 let f = g.add_const(

@@ -54,6 +54,13 @@ pub fn eval_op(op: &Op, a: &[&Tensor], ty: &TensorType) -> R {
         Op::IsNaN => {
             Ok(Tensor::bool(out.clone(), f64s(a[0]).into_iter().map(f64::is_nan).collect()))
         }
+        Op::IsInf { negative, positive } => Ok(Tensor::bool(
+            out.clone(),
+            f64s(a[0])
+                .into_iter()
+                .map(|x| (x == f64::INFINITY && *positive) || (x == f64::NEG_INFINITY && *negative))
+                .collect(),
+        )),
         Op::Cast { to } => cast(a[0], *to),
         Op::Clip { min, max } => {
             if a[0].dtype.is_float() {

@@ -77,6 +77,13 @@ pub enum Op {
     Relu,
     /// True where x is NaN.
     IsNaN,
+    /// True where x is infinite (of the signs asked for: ONNX `IsInf`).
+    IsInf {
+        /// Detect −∞.
+        negative: bool,
+        /// Detect +∞.
+        positive: bool,
+    },
     /// Conversion to another element type (ONNX `Cast` semantics).
     Cast {
         /// Target element type.
@@ -250,6 +257,7 @@ impl Op {
             Op::Sigmoid => "sigmoid",
             Op::Relu => "relu",
             Op::IsNaN => "is_nan",
+            Op::IsInf { .. } => "is_inf",
             Op::Cast { .. } => "cast",
             Op::Clip { .. } => "clip",
             Op::Where => "where",
@@ -315,6 +323,7 @@ impl Op {
                 | Op::Sigmoid
                 | Op::Relu
                 | Op::IsNaN
+                | Op::IsInf { .. }
                 | Op::Cast { .. }
                 | Op::Clip { .. }
                 | Op::Gelu { .. }
@@ -337,6 +346,7 @@ impl Op {
                 | Op::Xor
                 | Op::Not
                 | Op::IsNaN
+                | Op::IsInf { .. }
         )
     }
 
@@ -359,6 +369,9 @@ impl Op {
         let ilist = |v: &[i64]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",");
         match self {
             Op::Cast { to } => write!(s, "{{to={to}}}").unwrap(),
+            Op::IsInf { negative, positive } => {
+                write!(s, "{{negative={negative}, positive={positive}}}").unwrap()
+            }
             Op::Clip { min, max } => {
                 write!(s, "{{min={}, max={}}}", fmt_f64(*min), fmt_f64(*max)).unwrap()
             }

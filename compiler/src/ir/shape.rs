@@ -117,7 +117,7 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
             }
             Ok(args[0].clone())
         }
-        Op::IsNaN => {
+        Op::IsNaN | Op::IsInf { .. } => {
             arity(op, args, 1, 1)?;
             Ok(TensorType::new(DType::Bool, args[0].shape.clone()))
         }

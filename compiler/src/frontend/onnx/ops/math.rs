@@ -38,6 +38,11 @@ pub fn register(r: &mut HashMap<&'static str, OpBuilder>) {
     r.insert("Sigmoid", |cx, _| unary(cx, Op::Sigmoid));
     r.insert("Relu", |cx, _| unary(cx, Op::Relu));
     r.insert("IsNaN", |cx, _| unary(cx, Op::IsNaN));
+    r.insert("IsInf", |cx, _| {
+        let negative = cx.attr_int("detect_negative").unwrap_or(1) != 0;
+        let positive = cx.attr_int("detect_positive").unwrap_or(1) != 0;
+        unary(cx, Op::IsInf { negative, positive })
+    });
     r.insert("Cast", cast);
     r.insert("CastLike", cast_like);
     r.insert("Clip", clip);
