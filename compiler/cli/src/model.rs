@@ -64,6 +64,45 @@ pub fn load(path: &Path, args: &ModelArgs) -> Result<Loaded> {
     Ok(veil_compiler::recipe::load(&args.spec(path)?, None)?)
 }
 
+/// `margs` with the symbolic dimensions of an ONNX model bound from the shapes of the input
+/// files given (as onnxruntime does), where no flag binds them already; a model whose inputs
+/// fix its sequence length needs no --seq.
+pub fn bind_from_inputs(
+    file: &Path,
+    margs: &ModelArgs,
+    given: &[(String, std::path::PathBuf)],
+) -> Result<ModelArgs> {
+    if given.is_empty() || file.extension().and_then(|e| e.to_str()) != Some("onnx") {
+        return Ok(margs.clone());
+    }
+    let symbolic = veil_compiler::frontend::onnx::symbolic_dims(file)?;
+    let mut shapes = Vec::new();
+    for (name, path) in given {
+        // Unknown names and unreadable files are reported by `read_inputs`, with the model.
+        if !symbolic.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        if let Ok(t) = veil_compiler::npy::read(path) {
+            shapes.push((name.clone(), t.shape.clone()));
+        }
+    }
+    let bound = veil_compiler::frontend::onnx::bind_from_shapes(&symbolic, &shapes)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let mut out = margs.clone();
+    let by_flag = |d: &str| {
+        let l = d.to_lowercase();
+        margs.dims.iter().any(|(n, _)| n == d)
+            || (l.contains("seq") && margs.seq.is_some())
+            || (l.contains("batch") && margs.batch.is_some())
+    };
+    for (d, v) in bound {
+        if !by_flag(&d) {
+            out.dims.push((d, v));
+        }
+    }
+    Ok(out)
+}
+
 /// The type a graph input needs, for messages.
 pub fn describe(t: &TensorType) -> String {
     t.to_string()

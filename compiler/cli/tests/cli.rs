@@ -346,3 +346,41 @@ fn inspect_shows_a_dsl_model_without_weights_and_the_names_globs_match() {
     let section = dump.split("names --public globs match").nth(1).expect("the section");
     assert!(section.contains("→ m.encoder.layer.0."), "{section}");
 }
+
+#[test]
+fn eval_binds_a_dynamic_axis_from_the_inputs_given() {
+    const DYN: &str =
+        "tests/fixtures/models/bert-tiny-random/model.torchscript_opset17_dynamic.onnx";
+    let d = tmp("dynamic");
+    // The full-length inputs: no --seq needed, and the output is onnxruntime's.
+    let mut args =
+        vec!["eval".to_string(), DYN.to_string(), "--output".into(), d.display().to_string()];
+    for i in inputs() {
+        args.push("--input".into());
+        args.push(i);
+    }
+    let out = ok(&veil(&args));
+    assert!(out.contains("[1,128,128]"), "{out}");
+    // Inputs of another length (the first 64 tokens): bound to 64.
+    let short = |i: usize| {
+        let t =
+            veil_compiler::npy::read(&root().join(DATA).join(format!("input_{i}.npy"))).unwrap();
+        let v = t.to_f64_vec().iter().take(64).map(|&x| x as i64).collect();
+        let f = d.join(format!("short_{i}.npy"));
+        veil_compiler::npy::write(&f, &Tensor::i64(vec![1, 64], v)).unwrap();
+        f
+    };
+    let names = ["input_ids", "attention_mask", "token_type_ids"];
+    let mut args = vec!["eval".to_string(), DYN.to_string()];
+    for (i, n) in names.iter().enumerate() {
+        args.push("--input".into());
+        args.push(format!("{n}={}", short(i).display()));
+    }
+    assert!(ok(&veil(&args)).contains("[1,64,128]"));
+    // Inputs that disagree with each other: named.
+    let mut args = vec!["eval".to_string(), DYN.to_string()];
+    let full = inputs();
+    args.extend(["--input".to_string(), format!("input_ids={}", short(0).display())]);
+    args.extend(["--input".to_string(), full[1].clone(), "--input".to_string(), full[2].clone()]);
+    fails_with(&veil(&args), "the inputs disagree on the dimension");
+}

@@ -28,7 +28,8 @@ pub fn file_name(name: &str) -> String {
 
 /// Evaluates and reports.
 pub fn run(a: Args) -> Result<()> {
-    let m = load(&a.file, &a.model)?;
+    let margs = crate::model::bind_from_inputs(&a.file, &a.model, &a.inputs)?;
+    let m = load(&a.file, &margs)?;
     let g = &m.graph;
     let inputs = read_inputs(g, &a.inputs)?;
     let t0 = std::time::Instant::now();

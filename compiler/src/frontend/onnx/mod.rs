@@ -296,3 +296,73 @@ fn check_declared(
     }
     Ok(())
 }
+
+/// A graph input's name and, per axis, its symbolic dimension's name (`None`: a fixed size).
+pub type SymbolicInput = (String, Vec<Option<String>>);
+
+/// The symbolic dimensions of an ONNX file's graph inputs (initializers excluded): per input,
+/// its name and per axis the symbolic dimension's name (`None` for a fixed size). What
+/// onnxruntime binds from the inputs it is given; veil binds them the same way
+/// ([`bind_from_shapes`]).
+pub fn symbolic_dims(path: &std::path::Path) -> Result<Vec<SymbolicInput>, ImportError> {
+    use veil_onnx_proto::tensor_shape_proto::dimension::Value as D;
+    let p = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| ImportError::Io { path: p.clone(), source: e })?;
+    let model = ModelProto::decode(bytes.as_slice())
+        .map_err(|e| ImportError::NotOnnx { path: p.clone(), reason: e.to_string() })?;
+    let Some(graph) = model.graph else { return Ok(Vec::new()) };
+    let inits: HashSet<&str> = graph.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
+    Ok(graph
+        .input
+        .iter()
+        .filter(|i| !inits.contains(i.name.as_deref().unwrap_or_default()))
+        .map(|i| {
+            let dims = match i.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+                Some(type_proto::Value::TensorType(t)) => t
+                    .shape
+                    .as_ref()
+                    .map(|s| {
+                        s.dim
+                            .iter()
+                            .map(|d| match &d.value {
+                                Some(D::DimParam(p)) => Some(p.clone()),
+                                _ => None,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            (i.name.clone().unwrap_or_default(), dims)
+        })
+        .collect())
+}
+
+/// Binds symbolic dimensions from the shapes of the inputs given (by input name), as
+/// onnxruntime does: each symbolic dimension takes the size the inputs have on its axes.
+/// Fails when two inputs disagree on one, naming both.
+pub fn bind_from_shapes(
+    symbolic: &[SymbolicInput],
+    shapes: &[(String, Vec<usize>)],
+) -> Result<Vec<(String, usize)>, String> {
+    let mut bound: Vec<(String, usize, String)> = Vec::new();
+    for (input, shape) in shapes {
+        let Some((_, dims)) = symbolic.iter().find(|(n, _)| n == input) else { continue };
+        if dims.len() != shape.len() {
+            continue;
+        }
+        for (d, &size) in dims.iter().zip(shape) {
+            let Some(d) = d else { continue };
+            match bound.iter().find(|(n, _, _)| n == d) {
+                Some((_, v, by)) if *v != size => {
+                    return Err(format!(
+                        "the inputs disagree on the dimension `{d}`: `{by}` has {v}, `{input}` has {size}"
+                    ))
+                }
+                Some(_) => {}
+                None => bound.push((d.clone(), size, input.clone())),
+            }
+        }
+    }
+    Ok(bound.into_iter().map(|(n, v, _)| (n, v)).collect())
+}
