@@ -59,7 +59,7 @@ impl SafetensorsSource {
     /// tensors once each and [`Self::release`]s them.
     pub fn open_mapped(path: &Path) -> Result<SafetensorsSource, WeightsError> {
         let p = path.display().to_string();
-        let io = |e| WeightsError::Io { path: p.clone(), source: e };
+        let io = |e| WeightsError::Io { path: p.clone(), error: e };
         let f = std::fs::File::open(path).map_err(io)?;
         // SAFETY: the mapping is read-only and private; a writer replacing the file renames
         // a new one into place (veil writes files that way), leaving this inode as it was.
@@ -90,7 +90,7 @@ impl SafetensorsSource {
     pub fn open(path: &Path) -> Result<SafetensorsSource, WeightsError> {
         let p = path.display().to_string();
         let bytes =
-            std::fs::read(path).map_err(|e| WeightsError::Io { path: p.clone(), source: e })?;
+            std::fs::read(path).map_err(|e| WeightsError::Io { path: p.clone(), error: e })?;
         SafetensorsSource::from_bytes(bytes, p)
     }
 
@@ -296,6 +296,6 @@ pub fn write_safetensors_with(
     let bytes = safetensors::tensor::serialize(views, metadata)
         .map_err(|e| WeightsError::Format { path: p.clone(), msg: e.to_string() })?;
     let tmp = path.with_extension("safetensors.partial");
-    std::fs::write(&tmp, bytes).map_err(|e| WeightsError::Io { path: p.clone(), source: e })?;
-    std::fs::rename(&tmp, path).map_err(|e| WeightsError::Io { path: p, source: e })
+    std::fs::write(&tmp, bytes).map_err(|e| WeightsError::Io { path: p.clone(), error: e })?;
+    std::fs::rename(&tmp, path).map_err(|e| WeightsError::Io { path: p, error: e })
 }

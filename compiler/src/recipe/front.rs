@@ -212,7 +212,7 @@ impl Recipe {
             std::fs::canonicalize(p).map_err(|e| {
                 RecipeError::Weights(crate::file_error::FileError::Io {
                     path: p.display().to_string(),
-                    source: e,
+                    error: e,
                 })
             })
         };

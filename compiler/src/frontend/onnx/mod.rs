@@ -36,7 +36,7 @@ pub struct ImportOptions {
 /// Reads and imports an ONNX file.
 pub fn import_file(path: &std::path::Path, opts: &ImportOptions) -> Result<Graph, ImportError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| ImportError::Io { path: p.clone(), source: e })?;
+    let bytes = std::fs::read(path).map_err(|e| ImportError::Io { path: p.clone(), error: e })?;
     import_bytes(&bytes, &p, opts)
 }
 
