@@ -6,13 +6,14 @@ use std::path::Path;
 /// Why a file could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    /// I/O failure.
-    #[error("{path}: {source}")]
+    /// I/O failure (the OS error is in the message, not a `source()`: a chain printed
+    /// with `{:#}` shows it once).
+    #[error("{path}: {error}")]
     Io {
         /// File.
         path: String,
         /// OS error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Not the expected kind of file, damaged, or holding something unsupported.
     #[error("{path}: {msg}")]
@@ -27,7 +28,7 @@ pub enum FileError {
 impl FileError {
     /// For `map_err`: an I/O error on `path`.
     pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
-        move |source| FileError::Io { path: path.display().to_string(), source }
+        move |error| FileError::Io { path: path.display().to_string(), error }
     }
 
     /// A format error on `path`.

@@ -17,7 +17,7 @@
 use crate::backend::lower::inner_of;
 use crate::backend::partition::{analyze, Vis};
 use crate::backend::scale::{divisor_reciprocal, Policy, ScalarProduct};
-use crate::eval::{eval_op, EvalError};
+use crate::eval::{eval_op, EvalError, EvalFailure};
 use crate::ir::{DType, Graph, Op, Tensor, TensorType, Value, ValueDef};
 use std::collections::HashMap;
 
@@ -58,7 +58,7 @@ fn map(t: &Tensor, g: impl Fn(i64) -> i64) -> Tensor {
 }
 
 impl Ctx {
-    fn encode(&self, t: &Tensor, scale: u8, what: &str) -> Result<Tensor, String> {
+    fn encode(&self, t: &Tensor, scale: u8, what: &str) -> Result<Tensor, EvalFailure> {
         self.encode_f64(&t.shape, &t.to_f64_vec(), scale, what)
     }
 
@@ -68,7 +68,7 @@ impl Ctx {
         vals: &[f64],
         scale: u8,
         what: &str,
-    ) -> Result<Tensor, String> {
+    ) -> Result<Tensor, EvalFailure> {
         let k = 2f64.powi(scale as i32);
         let limit = 2f64.powi(62);
         let mut out = Vec::with_capacity(vals.len());
@@ -79,9 +79,11 @@ impl Ctx {
             };
             let r = (v * k).round();
             if !r.is_finite() || r.abs() >= limit {
-                return Err(format!(
-                    "`{what}` holds {v}, which does not fit fixed point with {scale} fractional bits"
-                ));
+                return Err(EvalFailure::Overflow {
+                    value: what.to_string(),
+                    x: v,
+                    frac_bits: scale,
+                });
             }
             out.push(r as i64);
         }
@@ -132,15 +134,12 @@ pub fn simulate(
     // The values the lowering takes as the server's weights (for the protocol of a product).
     let part = analyze(g, &|_| Vis::Server);
     let mut env: HashMap<Value, Sim> = HashMap::new();
-    let err = |node: &str, msg: String| EvalError { node: node.to_string(), msg };
+    let err = |node: &str, kind: EvalFailure| EvalError::new(node, kind);
     for &i in &g.inputs {
         let vd = &g.values[i];
-        let t = inputs.get(&vd.name).ok_or_else(|| err(&vd.name, "input not supplied".into()))?;
+        let t = inputs.get(&vd.name).ok_or_else(|| err(&vd.name, EvalFailure::NotSupplied))?;
         if t.ty() != vd.ty {
-            return Err(err(
-                &vd.name,
-                format!("input is {}, the graph declares {}", t.ty(), vd.ty),
-            ));
+            return Err(err(&vd.name, EvalFailure::InputType { got: t.ty(), want: vd.ty.clone() }));
         }
         let s = if vd.ty.dtype.is_float() {
             Sim::Ring(cx.encode(t, f, &vd.name).map_err(|m| err(&vd.name, m))?, f)
@@ -167,7 +166,7 @@ pub fn simulate(
         let mut args = Vec::with_capacity(nd.args.len());
         for &a in &nd.args {
             args.push(env.get(&a).cloned().ok_or_else(|| {
-                err(&nd.name, format!("argument `{}` is not available", g.values[a].name))
+                err(&nd.name, EvalFailure::Unavailable(g.values[a].name.clone()))
             })?);
         }
         let same = nd.args.len() == 2 && nd.args[0] == nd.args[1];
@@ -182,7 +181,7 @@ pub fn simulate(
             Some(Sim::Ring(t, s)) => Ok(cx.decode(t, *s, &g.values[o].ty)),
             Some(Sim::Bits(t)) => Ok(cx.decode(t, 0, &g.values[o].ty)),
             Some(Sim::Plain(t)) => Ok(t.clone()),
-            None => Err(err(&g.values[o].name, "not computed".into())),
+            None => Err(err(&g.values[o].name, EvalFailure::NotComputed)),
         })
         .collect()
 }
@@ -213,7 +212,7 @@ fn step(
     Args { same, weight }: Args,
     ty: &TensorType,
     node: &str,
-) -> Result<Sim, String> {
+) -> Result<Sim, EvalFailure> {
     let (f, p) = (cx.f, cx.p);
     let plain = |a: &Sim| match a {
         Sim::Plain(t) => Some(t.clone()),
@@ -261,7 +260,7 @@ fn step(
             match (plain(&a), plain(&b)) {
                 (Some(c), None) | (None, Some(c)) => {
                     if inverse && matches!(a, Sim::Plain(_)) {
-                        return Err("division by a secret value has no ring form: rewrite it with the stdlib reciprocal first".into());
+                        return Err(EvalFailure::SecretDivisor);
                     }
                     let x = if matches!(a, Sim::Plain(_)) { b } else { a };
                     let c = if inverse {
@@ -273,9 +272,7 @@ fn step(
                     };
                     mul_const(cx, secret(x).expect("secret"), &c, &rty, node)?
                 }
-                _ if inverse => {
-                    return Err("division by a secret value has no ring form: rewrite it with the stdlib reciprocal first".into())
-                }
+                _ if inverse => return Err(EvalFailure::SecretDivisor),
                 _ => match (&a, &b) {
                     (Sim::Bits(e), y) | (y, Sim::Bits(e)) if !matches!(y, Sim::Bits(_)) => {
                         // Selection by comparison bits of the opened operand.
@@ -314,7 +311,8 @@ fn step(
         }
         Op::MatMul => {
             let (a, b) = (args.remove(0), args.remove(0));
-            let (x, sx) = secret(a).ok_or("a constant left operand of matmul is not supported")?;
+            let (x, sx) =
+                secret(a).ok_or(EvalFailure::Unsupported("a constant left operand of matmul"))?;
             match b {
                 Sim::Plain(c) => {
                     let (x, sx) = cx.rescaled((x, sx), |s| p.before_public_product(s));
@@ -386,7 +384,10 @@ fn step(
         Op::Concat { .. } => {
             let parts: Vec<(Tensor, u8)> = args
                 .into_iter()
-                .map(|a| secret(a).ok_or("concatenating a constant with secrets is not supported"))
+                .map(|a| {
+                    secret(a)
+                        .ok_or(EvalFailure::Unsupported("concatenating a constant with secrets"))
+                })
                 .collect::<Result<_, _>>()?;
             let s = parts.iter().map(|q| q.1).reduce(|a, b| p.aligned(a, b)).unwrap_or(f);
             let up: Vec<Tensor> = parts.iter().map(|(t, ps)| cx.moved(t, *ps, s)).collect();
@@ -421,12 +422,7 @@ fn step(
             Sim::Bits(t) => Sim::Ring(t, 0),
             other => other,
         },
-        other => {
-            return Err(format!(
-            "`{}` has no fixed-point form on secret data: lower it to a stdlib approximation first",
-            other.name()
-        ))
-        }
+        other => return Err(EvalFailure::NoRingForm(other.name())),
     })
 }
 
@@ -437,7 +433,7 @@ fn mul_const(
     c: &Tensor,
     rty: &TensorType,
     node: &str,
-) -> Result<Sim, String> {
+) -> Result<Sim, EvalFailure> {
     if c.numel() == 1 {
         return scale_by(cx, (x, s), c.get_f64(0), node).map(|r| match r {
             Sim::Ring(t, s) if t.shape != rty.shape => Sim::Ring(
@@ -455,7 +451,7 @@ fn mul_const(
 }
 
 /// A secret times a public scalar, by the lowering's rule.
-fn scale_by(cx: &Ctx, (x, s): (Tensor, u8), c: f64, node: &str) -> Result<Sim, String> {
+fn scale_by(cx: &Ctx, (x, s): (Tensor, u8), c: f64, node: &str) -> Result<Sim, EvalFailure> {
     let f = cx.f;
     Ok(match cx.p.scalar_product(s, c) {
         ScalarProduct::Integer(i) => Sim::Ring(map(&x, |v| v.wrapping_mul(i)), s),

@@ -127,7 +127,7 @@ pub fn parse(bytes: &[u8], path: &str) -> Result<Tensor, NpyError> {
 /// Reads an `.npy` file.
 pub fn read(path: &Path) -> Result<Tensor, NpyError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| NpyError::Io { path: p.clone(), source: e })?;
+    let bytes = std::fs::read(path).map_err(|e| NpyError::Io { path: p.clone(), error: e })?;
     parse(&bytes, &p)
 }
 
@@ -169,8 +169,8 @@ pub fn to_bytes(t: &Tensor) -> Vec<u8> {
 pub fn write(path: &Path, t: &Tensor) -> Result<(), NpyError> {
     let p = path.display().to_string();
     let tmp = path.with_extension("npy.partial");
-    std::fs::write(&tmp, to_bytes(t)).map_err(|e| NpyError::Io { path: p.clone(), source: e })?;
-    std::fs::rename(&tmp, path).map_err(|e| NpyError::Io { path: p, source: e })
+    std::fs::write(&tmp, to_bytes(t)).map_err(|e| NpyError::Io { path: p.clone(), error: e })?;
+    std::fs::rename(&tmp, path).map_err(|e| NpyError::Io { path: p, error: e })
 }
 
 #[cfg(test)]

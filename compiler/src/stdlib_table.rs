@@ -13,6 +13,43 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use veil_stdlib::{Shape, StdFn};
 
+/// Why a stdlib function could not be measured: names the function.
+#[derive(Debug, thiserror::Error)]
+pub enum StdlibError {
+    /// Its call does not load or instantiate.
+    #[error("{func}: {error}")]
+    Dsl {
+        /// The function.
+        func: &'static str,
+        /// The DSL's error.
+        error: crate::dsl::DslError,
+    },
+    /// The measuring graph's input node does not fit (a bug).
+    #[error("{func}: node `shared_x`: {error}")]
+    Shape {
+        /// The function.
+        func: &'static str,
+        /// The shape error.
+        error: crate::ir::shape::ShapeError,
+    },
+    /// The fixed-point simulation failed (names the node).
+    #[error("{func}: {error}")]
+    Simulate {
+        /// The function.
+        func: &'static str,
+        /// The simulator's error.
+        error: crate::eval::EvalError,
+    },
+    /// Compiling it failed.
+    #[error("{func}: {error}")]
+    Compile {
+        /// The function.
+        func: &'static str,
+        /// The compiler's error.
+        error: Box<crate::compile::CompileError>,
+    },
+}
+
 /// Points per elementwise sweep.
 pub const POINTS: usize = 4096;
 /// Rows per row-function sample (each of `veil_stdlib::ROW` entries).
@@ -45,16 +82,19 @@ pub struct Row {
 /// is the client's input plus a server weight of zeros (`server_part`), so that compiled the
 /// whole function runs on secret shares, as it does inside a model; the simulator and the
 /// reference evaluator see just `x`.
-pub fn function_graph(f: &StdFn, shape: Vec<usize>) -> Result<Graph, String> {
+pub fn function_graph(f: &StdFn, shape: Vec<usize>) -> Result<Graph, StdlibError> {
+    let dsl = |error| StdlibError::Dsl { func: f.name, error };
     let mut l = stdlib_loader();
     let src = format!("import {};\nfn measured(x) {{ {} }}\n", f.module, f.call);
-    l.load_source("measure.veil", src).map_err(|e| e.to_string())?;
+    l.load_source("measure.veil", src).map_err(dsl)?;
     let mut g = Graph::new(f.name);
     let ty = TensorType::new(DType::F32, shape);
     let x = g.add_input("x", ty.clone());
     let w = g.add_weight("server_part", Tensor::zeros(&ty));
-    let x = g.add_node("shared_x", Op::Add, &[x, w], "shared_x")?;
-    let y = instantiate(&l, "measured", &mut g, &[x], &[], f.name).map_err(|e| e.to_string())?;
+    let x = g
+        .add_node("shared_x", Op::Add, &[x, w], "shared_x")
+        .map_err(|error| StdlibError::Shape { func: f.name, error })?;
+    let y = instantiate(&l, "measured", &mut g, &[x], &[], f.name).map_err(dsl)?;
     g.outputs = vec![y];
     Ok(g)
 }
@@ -94,7 +134,7 @@ pub fn samples(f: &StdFn) -> (Vec<usize>, Vec<f64>) {
 }
 
 /// Measures `f` at `frac_bits` fractional bits.
-pub fn measure(f: &StdFn, frac_bits: u8) -> Result<Row, String> {
+pub fn measure(f: &StdFn, frac_bits: u8) -> Result<Row, StdlibError> {
     let (shape, xs) = samples(f);
     let g = function_graph(f, shape.clone())?;
     let x32: Vec<f32> = xs.iter().map(|&v| v as f32).collect();
@@ -102,7 +142,8 @@ pub fn measure(f: &StdFn, frac_bits: u8) -> Result<Row, String> {
     let xs: Vec<f64> = x32.iter().map(|&v| v as f64).collect();
     let inputs = HashMap::from([("x".to_string(), Tensor::f32(shape, x32))]);
     let opts = SimOptions { frac_bits, mask_value: None };
-    let got = simulate(&g, &inputs, &opts).map_err(|e| format!("{}: {e}", f.name))?;
+    let got = simulate(&g, &inputs, &opts)
+        .map_err(|error| StdlibError::Simulate { func: f.name, error })?;
     let got = got[0].to_f64_vec();
     let want = (f.reference)(&xs);
     let (mut max_abs, mut max_rel, mut max_ref) = (0f64, 0f64, 0f64);
@@ -126,7 +167,8 @@ pub fn measure(f: &StdFn, frac_bits: u8) -> Result<Row, String> {
     }
     let numel = g.values[g.inputs[0]].ty.numel();
     let opts = CompileOptions { frac_bits, ..CompileOptions::default() };
-    let c = compile(g, &|_| Vis::Server, &opts).map_err(|e| format!("{}: {e}", f.name))?;
+    let c = compile(g, &|_| Vis::Server, &opts)
+        .map_err(|e| StdlibError::Compile { func: f.name, error: Box::new(e) })?;
     let cost = veil_isa::cost::program_cost(&c.program);
     let reveal = u64::from(!c.program.outputs.is_empty());
     Ok(Row {
@@ -142,7 +184,7 @@ pub fn measure(f: &StdFn, frac_bits: u8) -> Result<Row, String> {
 }
 
 /// Measures every stdlib function.
-pub fn measure_all(frac_bits: u8) -> Result<Vec<Row>, String> {
+pub fn measure_all(frac_bits: u8) -> Result<Vec<Row>, StdlibError> {
     veil_stdlib::ALL.iter().map(|f| measure(f, frac_bits)).collect()
 }
 

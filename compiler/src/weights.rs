@@ -27,6 +27,30 @@ fn st_dtype(d: DType) -> safetensors::Dtype {
     }
 }
 
+/// Why a tensor could not be read from a safetensors file (the message leaves naming the
+/// tensor to the caller; the fields name both).
+#[derive(Debug, thiserror::Error)]
+pub enum TensorError {
+    /// No tensor of that name.
+    #[error("not in {path}")]
+    Missing {
+        /// The file.
+        path: String,
+        /// The tensor.
+        name: String,
+    },
+    /// An element type veil does not read.
+    #[error("has element type {dtype}, which veil does not read")]
+    ElementType {
+        /// The file.
+        path: String,
+        /// The tensor.
+        name: String,
+        /// The element type.
+        dtype: String,
+    },
+}
+
 /// Parameters read from a safetensors file.
 pub struct SafetensorsSource {
     path: String,
@@ -59,7 +83,7 @@ impl SafetensorsSource {
     /// tensors once each and [`Self::release`]s them.
     pub fn open_mapped(path: &Path) -> Result<SafetensorsSource, WeightsError> {
         let p = path.display().to_string();
-        let io = |e| WeightsError::Io { path: p.clone(), source: e };
+        let io = |e| WeightsError::Io { path: p.clone(), error: e };
         let f = std::fs::File::open(path).map_err(io)?;
         // SAFETY: the mapping is read-only and private; a writer replacing the file renames
         // a new one into place (veil writes files that way), leaving this inode as it was.
@@ -90,7 +114,7 @@ impl SafetensorsSource {
     pub fn open(path: &Path) -> Result<SafetensorsSource, WeightsError> {
         let p = path.display().to_string();
         let bytes =
-            std::fs::read(path).map_err(|e| WeightsError::Io { path: p.clone(), source: e })?;
+            std::fs::read(path).map_err(|e| WeightsError::Io { path: p.clone(), error: e })?;
         SafetensorsSource::from_bytes(bytes, p)
     }
 
@@ -115,8 +139,11 @@ impl SafetensorsSource {
     }
 
     /// One tensor by name.
-    pub fn tensor(&self, name: &str) -> Result<Tensor, String> {
-        let info = self.header.info(name).ok_or_else(|| format!("not in {}", self.path))?;
+    pub fn tensor(&self, name: &str) -> Result<Tensor, TensorError> {
+        let info = self.header.info(name).ok_or_else(|| TensorError::Missing {
+            path: self.path.clone(),
+            name: name.to_string(),
+        })?;
         let (start, end) = info.data_offsets;
         let data = &self.bytes[self.data_at + start..self.data_at + end];
         let shape = info.shape.clone();
@@ -153,7 +180,13 @@ impl SafetensorsSource {
                     .collect(),
             ),
             S::BOOL => Data::Bool(data.iter().map(|&b| b != 0).collect()),
-            other => return Err(format!("has element type {other:?}, which veil does not read")),
+            other => {
+                return Err(TensorError::ElementType {
+                    path: self.path.clone(),
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                })
+            }
         };
         let dtype = match info.dtype {
             S::F32 => DType::F32,
@@ -170,7 +203,7 @@ impl SafetensorsSource {
 
 impl WeightSource for SafetensorsSource {
     fn get(&mut self, key: &str, ty: &TensorType) -> Result<Tensor, String> {
-        let t = self.tensor(key)?;
+        let t = self.tensor(key).map_err(|e| e.to_string())?;
         if t.shape != ty.shape {
             return Err(format!(
                 "{} holds shape {:?}, the model declares {ty}",
@@ -296,6 +329,6 @@ pub fn write_safetensors_with(
     let bytes = safetensors::tensor::serialize(views, metadata)
         .map_err(|e| WeightsError::Format { path: p.clone(), msg: e.to_string() })?;
     let tmp = path.with_extension("safetensors.partial");
-    std::fs::write(&tmp, bytes).map_err(|e| WeightsError::Io { path: p.clone(), source: e })?;
-    std::fs::rename(&tmp, path).map_err(|e| WeightsError::Io { path: p, source: e })
+    std::fs::write(&tmp, bytes).map_err(|e| WeightsError::Io { path: p.clone(), error: e })?;
+    std::fs::rename(&tmp, path).map_err(|e| WeightsError::Io { path: p, error: e })
 }

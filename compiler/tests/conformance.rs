@@ -30,7 +30,7 @@ enum Outcome {
 fn load_pb(path: &Path) -> Result<Tensor, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
     let t = TensorProto::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
-    from_proto(&t)
+    from_proto(&t).map_err(|e| e.to_string())
 }
 
 /// `element type X` from a message naming an unsupported element type.

@@ -295,7 +295,7 @@ mod seeds {
 
         // A dynamic program: token pruning after the one attention layer.
         let cls = "examples/models/bert-tiny-cls.veil";
-        let at = |n: usize| -> Result<Graph, String> {
+        let at = |n: usize| -> Result<Graph, veil_compiler::prune::reference::GraphError> {
             let mut consts = MINI.to_vec();
             consts.retain(|(c, _)| *c != "S");
             consts.push(("S", n as f64));

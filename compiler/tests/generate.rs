@@ -127,17 +127,22 @@ fn two_party_greedy_generation_of_16_tokens_equals_plaintext() {
 
 #[test]
 fn too_many_tokens_for_the_export_are_refused() {
-    let e =
-        generation_graph(&gpt2(), GenerateOptions { prompt_len: 120, ..greedy(10) }).unwrap_err();
+    let e = generation_graph(&gpt2(), GenerateOptions { prompt_len: 120, ..greedy(10) })
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("at most 9 new tokens"), "{e}");
-    let e = generation_graph(&gpt2(), GenerateOptions { prompt_len: 0, ..greedy(10) }).unwrap_err();
+    let e = generation_graph(&gpt2(), GenerateOptions { prompt_len: 0, ..greedy(10) })
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("at least one token"), "{e}");
 }
 
 #[test]
 fn encoders_and_non_causal_masks_are_refused() {
     let bert = load("bert-tiny-random", "model.dynamo_opset17.onnx");
-    let e = generation_graph(&bert, GenerateOptions { prompt_len: 4, ..greedy(2) }).unwrap_err();
+    let e = generation_graph(&bert, GenerateOptions { prompt_len: 4, ..greedy(2) })
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("exactly one input, the token ids"), "{e}");
     // GPT-2 with its causal mask replaced by zeros (every position sees every other).
     let mut g = gpt2();
@@ -152,7 +157,9 @@ fn encoders_and_non_causal_masks_are_refused() {
         let ty = g.values[v].ty.clone();
         g.values[v].def = ValueDef::Const(std::sync::Arc::new(Tensor::zeros(&ty)));
     }
-    let e = generation_graph(&g, GenerateOptions { prompt_len: 4, ..greedy(2) }).unwrap_err();
+    let e = generation_graph(&g, GenerateOptions { prompt_len: 4, ..greedy(2) })
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not a causal decoder"), "{e}");
 }
 
@@ -244,7 +251,9 @@ fn gpt2_small_lm_example_is_a_decoder() {
     assert_eq!(gen.outputs.len(), 3);
     let concats = gen.order.iter().filter(|&&n| gen.nodes[n].name.ends_with("::kv_cache")).count();
     assert_eq!(concats, 2 * 24);
-    let e = generation_graph(&g, GenerateOptions { prompt_len: 128, ..greedy(18) }).unwrap_err();
+    let e = generation_graph(&g, GenerateOptions { prompt_len: 128, ..greedy(18) })
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("at most 17 new tokens"), "{e}");
 }
 
@@ -264,7 +273,9 @@ fn top_k_sampling_two_party_equals_plaintext() {
     let c = compile(gen, &|_| Vis::Server, &CompileOptions::default()).unwrap();
     let (_, outs) = common::run_compiled(&c, &inputs, false).unwrap();
     assert_eq!(tokens(&outs, 6), want, "two-party top-k");
-    let e = generation_graph(&g, GenerateOptions { top_k: Some(4), ..greedy(2) }).unwrap_err();
+    let e = generation_graph(&g, GenerateOptions { top_k: Some(4), ..greedy(2) })
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("top-k filtering needs sampling"), "{e}");
 }
 

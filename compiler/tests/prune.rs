@@ -9,6 +9,7 @@ use veil_compiler::backend::partition::Vis;
 use veil_compiler::compile::pruned::{compile_pruned, cuts};
 use veil_compiler::compile::CompileOptions;
 use veil_compiler::ir::{Graph, Tensor};
+use veil_compiler::prune::reference::GraphError;
 use veil_compiler::prune::{calibrate, reference, PruneConfig};
 
 /// `bert_tiny_cls` at `n` tokens with seeded random weights.
@@ -45,7 +46,7 @@ fn inputs(n: usize, seed: u64) -> HashMap<String, Tensor> {
 #[test]
 fn two_party_pruned_run_keeps_the_plaintext_tokens() {
     let n = 24;
-    let graph_at = |k: usize| bert_tiny_cls(k);
+    let graph_at = |k: usize| bert_tiny_cls(k).map_err(GraphError::from);
     let all = PruneConfig { theta: vec![Some(0.0), Some(0.0)], protect: 1 };
     let points = cuts(&graph_at, n, &all).unwrap();
     assert_eq!(points.len(), 2, "one point after each attention layer");
@@ -102,7 +103,7 @@ fn a_value_crossing_two_points_is_compacted_at_each() {
     // 16 tokens and the second dropping the masked ones, reading the first point's rows after
     // the second would mask half of the kept tokens (error 4.4e-2 before the fix, 1e-3 after).
     let n = 16;
-    let graph_at = |k: usize| bert_tiny_cls_layers(k, 3);
+    let graph_at = |k: usize| bert_tiny_cls_layers(k, 3).map_err(GraphError::from);
     let cfg = PruneConfig { theta: vec![Some(0.0), Some(0.05), None], protect: 1 };
     let points = cuts(&graph_at, n, &cfg).unwrap();
     assert_eq!(points.len(), 2);

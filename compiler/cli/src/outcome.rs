@@ -71,11 +71,9 @@ pub fn pruned_reference(
     let Some(cfg) = &recipe.prune else { return Ok(None) };
     let n = recipe.model.seq.context("a pruned program records its sequence length")?;
     let lengths = recipe.lengths();
-    let graph_at = |k: usize| lengths.at(k);
-    let cuts =
-        veil_compiler::compile::pruned::cuts(&graph_at, n, cfg).map_err(anyhow::Error::msg)?;
+    let graph_at = lengths.graph_at();
+    let cuts = veil_compiler::compile::pruned::cuts(&graph_at, n, cfg)?;
     let run = veil_compiler::prune::reference::run(&graph_at, n, &cuts, cfg, inputs)
-        .map_err(anyhow::Error::msg)
         .with_context(|| format!("the plaintext pruned run ({})", recipe.model.file.display()))?;
     println!(
         "plaintext pruned run: tokens {n} → {} (closest score to its threshold: {:.2e} away)",

@@ -45,7 +45,7 @@ pub fn server_weights_encoded(
         let io = p.weights.iter().find(|io| io.name == name).expect("read by the program's names");
         let data = veil_vm::interp::encode(io, &into_values(t))?;
         out.push((io.buf, std::sync::Arc::new(data)));
-        Ok(())
+        Ok::<_, String>(())
     })?;
     Ok(out)
 }
@@ -102,8 +102,7 @@ pub type Feeds = (Vec<(String, Values)>, Vec<Tensor>);
 
 /// The program inputs the client computes from the model inputs, and its own outputs.
 pub fn preprocess(c: &ClientPart, inputs: &HashMap<String, Tensor>) -> Result<Feeds> {
-    let (feeds, own) = client_run::preprocess(c, inputs)
-        .map_err(|e| anyhow::anyhow!("the client's plaintext part: {e}"))?;
+    let (feeds, own) = client_run::preprocess(c, inputs).context("the client's plaintext part")?;
     Ok((feeds.iter().map(|(n, t)| (n.clone(), to_values(t))).collect(), own))
 }
 
@@ -115,7 +114,7 @@ pub fn assemble(
 ) -> Result<Vec<(String, Tensor)>> {
     let r: Vec<_> =
         revealed.iter().map(|o| (o.name.clone(), o.shape.clone(), o.data.clone())).collect();
-    client_run::assemble(c, &r, own).map_err(|e| anyhow::anyhow!("assembling the outputs: {e}"))
+    client_run::assemble(c, &r, own).context("assembling the outputs")
 }
 
 /// A progress bar over the client's body instructions naming the current layer; hidden when

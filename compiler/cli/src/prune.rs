@@ -44,9 +44,8 @@ pub fn calibrate(
     recipe.rewrite(&mut m.graph)?;
     let samples = samples(&m.graph)?;
     lengths.keep(n, m.graph);
-    let graph_at = |k: usize| lengths.at(k);
+    let graph_at = lengths.graph_at();
     let cuts = veil_compiler::compile::pruned::every_cut(&graph_at, n)
-        .map_err(anyhow::Error::msg)
         .with_context(|| file.display().to_string())?;
     if keep.len() > 1 && keep.len() != cuts.len() {
         bail!(
@@ -56,8 +55,7 @@ pub fn calibrate(
         );
     }
     let c =
-        veil_compiler::prune::calibrate::thresholds(&graph_at, n, &cuts, keep, protect, &samples)
-            .map_err(anyhow::Error::msg)?;
+        veil_compiler::prune::calibrate::thresholds(&graph_at, n, &cuts, keep, protect, &samples)?;
     if c.config.theta.iter().all(|t| t.is_none()) {
         bail!("--prune-keep keeps every token at every layer: there is no pruning point to write");
     }
@@ -68,7 +66,7 @@ pub fn calibrate(
 pub fn read_config(path: &Path) -> Result<PruneConfig> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    PruneConfig::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    PruneConfig::from_json(&text).with_context(|| path.display().to_string())
 }
 
 /// The pruning points' layers, tokens and per-layer bytes of a run that set `lengths`.
@@ -94,8 +92,7 @@ pub fn report(p: &Program, lengths: &[u32]) -> Result<Report> {
     let cfg: PruneConfig = p
         .meta("prune")
         .map(PruneConfig::from_json)
-        .transpose()
-        .map_err(anyhow::Error::msg)?
+        .transpose()?
         .context("the program has no pruning points")?;
     let max = p.dynamic.as_ref().map_or(0, |d| d.max_len) as usize;
     let mut by: BTreeMap<(u32, String), Row> = BTreeMap::new();

@@ -5,8 +5,32 @@
 
 use crate::backend::lower::ClientFeed;
 use crate::backend::partition::{Partition, Vis};
+use crate::ir::shape::ShapeError;
 use crate::ir::{DType, Graph, Op, Tensor, Value, ValueDef};
 use cranelift_entity::SecondaryMap;
+
+/// Why the client's part could not be built: names the value or node.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientGraphError {
+    /// The client's part would read a weight (a partition bug or a leak).
+    #[error("the client's part reads weight `{0}`, which the client does not have")]
+    Weight(String),
+    /// The client's part needs a value the client does not compute.
+    #[error("the client's part needs `{0}`, which is not computed in the clear by the client")]
+    NotClient(String),
+    /// A copied or added node does not fit its arguments (a bug).
+    #[error("node `{node}`: {error}")]
+    Shape {
+        /// The node.
+        node: String,
+        /// The shape error.
+        error: ShapeError,
+    },
+}
+
+fn shape_err(node: &str) -> impl FnOnce(ShapeError) -> ClientGraphError + '_ {
+    move |error| ClientGraphError::Shape { node: node.to_string(), error }
+}
 
 /// Builds the client's graph: inputs are the model's inputs, outputs are the program inputs
 /// named in `feeds` (in order) followed by the model outputs the client computes alone.
@@ -15,7 +39,7 @@ pub fn client_graph(
     part: &Partition,
     feeds: &[(String, ClientFeed)],
     own_outputs: &[Value],
-) -> Result<Graph, String> {
+) -> Result<Graph, ClientGraphError> {
     let mut c = Graph::new(format!("{}.client", g.name));
     let mut map: SecondaryMap<Value, Option<Value>> = SecondaryMap::with_capacity(g.values.len());
     for &i in &g.inputs {
@@ -31,7 +55,9 @@ pub fn client_graph(
         for &a in &nd.args {
             args.push(copy_value(g, &mut c, &mut map, a)?);
         }
-        let v = c.add_node(&nd.name, nd.op.clone(), &args, &g.values[nd.result].name)?;
+        let v = c
+            .add_node(&nd.name, nd.op.clone(), &args, &g.values[nd.result].name)
+            .map_err(shape_err(&nd.name))?;
         map[nd.result] = Some(v);
     }
     let mut outs = Vec::new();
@@ -58,25 +84,15 @@ fn copy_value(
     c: &mut Graph,
     map: &mut SecondaryMap<Value, Option<Value>>,
     v: Value,
-) -> Result<Value, String> {
+) -> Result<Value, ClientGraphError> {
     if let Some(m) = map[v] {
         return Ok(m);
     }
     let vd = &g.values[v];
     let nv = match &vd.def {
         ValueDef::Const(t) => c.add_const(&vd.name, (**t).clone()),
-        ValueDef::Weight(_) => {
-            return Err(format!(
-                "the client's part reads weight `{}`, which the client does not have",
-                vd.name
-            ))
-        }
-        _ => {
-            return Err(format!(
-                "the client's part needs `{}`, which is not computed in the clear by the client",
-                vd.name
-            ))
-        }
+        ValueDef::Weight(_) => return Err(ClientGraphError::Weight(vd.name.clone())),
+        _ => return Err(ClientGraphError::NotClient(vd.name.clone())),
     };
     map[v] = Some(nv);
     Ok(nv)
@@ -84,7 +100,11 @@ fn copy_value(
 
 /// `one_hot(ids, depth)` as f32, with `ids` of integer type (negative ids count from the end,
 /// as in ONNX Gather).
-fn one_hot(c: &mut Graph, ids: Value, depth: usize, name: &str) -> Result<Value, String> {
+fn one_hot(c: &mut Graph, ids: Value, depth: usize, name: &str) -> Result<Value, ClientGraphError> {
+    one_hot_nodes(c, ids, depth, name).map_err(shape_err(name))
+}
+
+fn one_hot_nodes(c: &mut Graph, ids: Value, depth: usize, name: &str) -> Result<Value, ShapeError> {
     let ty = c.ty(ids).clone();
     let mut shape = ty.shape.clone();
     shape.push(1);

@@ -71,28 +71,79 @@ impl Default for NonlinearOptions {
 impl NonlinearOptions {
     /// The widened calibrated range of the site keyed `node` ([`crate::ir::Provenance::key`]:
     /// a generation program's windows share the model's ranges), or why there is none.
-    fn range(&self, node: &str, what: &str) -> Result<(f64, f64), String> {
-        let &(lo, hi) = self.ranges.get(node).ok_or_else(|| {
-            format!(
-                "{what} `{node}` has no calibrated range: --nonlinear smu needs one for every \
-                 inverse square root (run `veil calibrate` with the same model and flags)"
-            )
-        })?;
+    fn range(&self, node: &str, what: &'static str) -> Result<(f64, f64), NonlinearError> {
+        let &(lo, hi) = self
+            .ranges
+            .get(node)
+            .ok_or_else(|| NonlinearError::NoRange { what, node: node.to_string() })?;
         Ok((lo / self.margin, hi * self.margin))
     }
 
     /// The widened positive range of `node`'s argument, refusing a non-positive one.
-    fn positive(&self, node: &str, what: &str) -> Result<(f64, f64), String> {
+    fn positive(&self, node: &str, what: &'static str) -> Result<(f64, f64), NonlinearError> {
         let (lo, hi) = self.range(node, what)?;
         if lo.is_nan() || lo <= 0.0 {
-            return Err(format!(
-                "{what} `{node}`: calibration saw {} ≤ 0, but the comparison-free inverse \
-                 square root needs a positive argument",
-                lo * self.margin
-            ));
+            let seen = lo * self.margin;
+            return Err(NonlinearError::NotPositive { what, node: node.to_string(), seen });
         }
         Ok((lo, hi.max(lo * 1.0001)))
     }
+}
+
+/// Why a nonlinear operator could not be lowered: names the node (or its calibration key).
+#[derive(Debug, thiserror::Error)]
+pub enum NonlinearError {
+    /// `--nonlinear smu` without a calibrated range for a site.
+    #[error(
+        "{what} `{node}` has no calibrated range: --nonlinear smu needs one for every inverse \
+         square root (run `veil calibrate` with the same model and flags)"
+    )]
+    NoRange {
+        /// The kind of site ("layer norm", "SMU-1", ...).
+        what: &'static str,
+        /// The site's calibration key.
+        node: String,
+    },
+    /// A calibrated range reaching zero or below where a positive argument is needed.
+    #[error(
+        "{what} `{node}`: calibration saw {seen} ≤ 0, but the comparison-free inverse square \
+         root needs a positive argument"
+    )]
+    NotPositive {
+        /// The kind of site.
+        what: &'static str,
+        /// The site's calibration key.
+        node: String,
+        /// The smallest value calibration saw.
+        seen: f64,
+    },
+    /// A reciprocal or square root of secret data outside `--nonlinear smu`.
+    #[error(
+        "`{node}` ({op}) of a secret: supported with --nonlinear smu (a calibrated, \
+         comparison-free inverse square root)"
+    )]
+    NeedsSmu {
+        /// The node.
+        node: String,
+        /// Its operator.
+        op: String,
+    },
+    /// A layer norm over more than the last axis.
+    #[error("layer norm `{node}` normalises more than the last axis; only the last is supported")]
+    LayerNormAxis {
+        /// The node.
+        node: String,
+    },
+    /// The stdlib function did not instantiate for the node.
+    #[error("instantiating `{func}` for `{node}`: {error}")]
+    Instantiate {
+        /// The stdlib function.
+        func: &'static str,
+        /// The node.
+        node: String,
+        /// The DSL's error.
+        error: crate::dsl::DslError,
+    },
 }
 
 /// A loader with every stdlib module imported.
@@ -110,7 +161,7 @@ pub fn lower_nonlinear(
     g: &mut Graph,
     part: &Partition,
     opts: &NonlinearOptions,
-) -> Result<(Vec<Approximation>, Vec<String>), String> {
+) -> Result<(Vec<Approximation>, Vec<String>), NonlinearError> {
     let lib = stdlib_loader();
     let clamped = clamp_masks(g, opts.mask_value);
     let order = g.order.clone();
@@ -137,11 +188,10 @@ pub fn lower_nonlinear(
                 smu_site(g, &nd, opts)?
             }
             Op::Reciprocal | Op::Sqrt => {
-                return Err(format!(
-                    "`{}` ({}) of a secret: supported with --nonlinear smu (a calibrated, \
-                     comparison-free inverse square root)",
-                    nd.name, nd.op
-                ))
+                return Err(NonlinearError::NeedsSmu {
+                    node: nd.name.clone(),
+                    op: nd.op.to_string(),
+                })
             }
             Op::Softmax { axis } => {
                 let ty = g.ty(nd.args[0]);
@@ -181,7 +231,7 @@ pub fn lower_nonlinear(
         g.cursor = nd.prov.at_site(op_kind(&nd.op));
         let before = g.order.len();
         let out = instantiate(&lib, func, g, &args, &named, &prefix)
-            .map_err(|e| format!("instantiating `{func}` for `{}`: {e}", nd.name))?;
+            .map_err(|error| NonlinearError::Instantiate { func, node: nd.name.clone(), error })?;
         // Move the new nodes to where the replaced node was, so execution order stays valid.
         let new: Vec<_> = g.order.drain(before..).collect();
         let pos = g.order.iter().position(|&m| m == n).expect("the node is in the order");
@@ -208,12 +258,9 @@ fn layer_norm_args(
     g: &mut Graph,
     nd: &crate::ir::NodeData,
     axis: usize,
-) -> Result<Vec<Value>, String> {
+) -> Result<Vec<Value>, NonlinearError> {
     if axis + 1 != g.ty(nd.args[0]).rank() {
-        return Err(format!(
-            "layer norm `{}` normalises more than the last axis; only the last is supported",
-            nd.name
-        ));
+        return Err(NonlinearError::LayerNormAxis { node: nd.name.clone() });
     }
     let bias = match nd.args.get(2) {
         Some(&b) => b,
@@ -234,7 +281,7 @@ fn smu_site(
     g: &mut Graph,
     nd: &crate::ir::NodeData,
     opts: &NonlinearOptions,
-) -> Result<Call, String> {
+) -> Result<Call, NonlinearError> {
     let rel = ("rel", Val::Num(opts.rel));
     Ok(match &nd.op {
         Op::LayerNorm { axis, eps } => {

@@ -201,12 +201,13 @@ pub fn read_server(
 
 /// The server's weights of `program` from the file `path` one at a time, each handed to `f`
 /// and its pages released before the next is read (a server loads its weights without
-/// holding the file or a second copy of them).
-pub fn each_server_weight(
+/// holding the file or a second copy of them). An error of `f` becomes a format error naming
+/// the file and the weight.
+pub fn each_server_weight<E: std::fmt::Display>(
     path: &Path,
     program: &Program,
     program_path: &Path,
-    mut f: impl FnMut(&str, Tensor) -> Result<(), String>,
+    mut f: impl FnMut(&str, Tensor) -> Result<(), E>,
 ) -> Result<(), ArtifactError> {
     let fmt = |msg: String| ArtifactError::from(FileError::format(path, msg));
     let src = SafetensorsSource::open_mapped(path)?;

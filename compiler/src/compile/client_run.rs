@@ -6,6 +6,28 @@ use crate::backend::nonlinear::clamp_mask_entry;
 use crate::ir::{Data, Tensor};
 use std::collections::HashMap;
 
+/// Why the client's side around the program failed: names the input or output.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientRunError {
+    /// Evaluating the client's graph failed (names the node).
+    #[error(transparent)]
+    Eval(#[from] crate::eval::EvalError),
+    /// A program input with a NaN or +∞ entry.
+    #[error("program input `{input}` has a non-finite value ({value})")]
+    NonFinite {
+        /// The program input.
+        input: String,
+        /// The entry.
+        value: f32,
+    },
+    /// An output the program should have revealed is missing.
+    #[error("the program revealed no output `{0}`")]
+    NotRevealed(String),
+    /// An output the client graph should have computed is missing.
+    #[error("the client graph has no output {0}")]
+    NoClientOutput(usize),
+}
+
 /// Program inputs (name, tensor) and the client graph's own outputs.
 pub type Preprocessed = (Vec<(String, Tensor)>, Vec<Tensor>);
 
@@ -14,8 +36,8 @@ pub type Preprocessed = (Vec<(String, Tensor)>, Vec<Tensor>);
 pub fn preprocess(
     c: &ClientPart,
     inputs: &HashMap<String, Tensor>,
-) -> Result<Preprocessed, String> {
-    let outs = crate::eval::run_fast(&c.graph, inputs).map_err(|e| e.to_string())?;
+) -> Result<Preprocessed, ClientRunError> {
+    let outs = crate::eval::run_fast(&c.graph, inputs)?;
     let mut feeds = Vec::new();
     for (name, t) in c.feeds.iter().zip(&outs) {
         feeds.push((name.clone(), encode_feed(name, t, c.mask_value)?));
@@ -25,13 +47,13 @@ pub fn preprocess(
 
 /// A feed as the VM takes it: reals as f32 (huge negative additive-mask entries replaced by
 /// the finite mask value, as the compiler did for constants), integers and booleans as i64.
-fn encode_feed(name: &str, t: &Tensor, mask_value: f32) -> Result<Tensor, String> {
+fn encode_feed(name: &str, t: &Tensor, mask_value: f32) -> Result<Tensor, ClientRunError> {
     Ok(match &t.data {
         Data::F32(v) => {
             let mut out = Vec::with_capacity(v.len());
             for &x in v {
                 if !x.is_finite() && !(x == f32::NEG_INFINITY) {
-                    return Err(format!("program input `{name}` has a non-finite value ({x})"));
+                    return Err(ClientRunError::NonFinite { input: name.to_string(), value: x });
                 }
                 out.push(clamp_mask_entry(x, mask_value));
             }
@@ -52,7 +74,7 @@ pub fn assemble(
     c: &ClientPart,
     revealed: &[(String, Vec<usize>, Vec<f64>)],
     own: &[Tensor],
-) -> Result<Vec<(String, Tensor)>, String> {
+) -> Result<Vec<(String, Tensor)>, ClientRunError> {
     let mut out = Vec::new();
     for (name, src) in &c.outputs {
         let t = match src {
@@ -60,11 +82,11 @@ pub fn assemble(
                 let (_, shape, data) = revealed
                     .iter()
                     .find(|(n, _, _)| n == p)
-                    .ok_or_else(|| format!("the program revealed no output `{p}`"))?;
+                    .ok_or_else(|| ClientRunError::NotRevealed(p.clone()))?;
                 Tensor::f32(shape.clone(), data.iter().map(|&x| x as f32).collect())
             }
             OutputSource::Client(i) => {
-                own.get(*i).cloned().ok_or_else(|| format!("the client graph has no output {i}"))?
+                own.get(*i).cloned().ok_or(ClientRunError::NoClientOutput(*i))?
             }
         };
         out.push((name.clone(), t));

@@ -2,6 +2,8 @@
 //! becomes a constant, so the lowering only ever sees constants, private values and shares.
 
 use crate::backend::partition::{Partition, Vis};
+use crate::eval::OpError;
+use crate::ir::shape::ShapeError;
 use crate::ir::{Graph, Value, ValueDef};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,9 +13,38 @@ use std::sync::Arc;
 /// on no weight.
 pub type WeightSources = HashMap<Value, Vec<String>>;
 
+/// Why public folding or the division rewrite failed: names the node.
+#[derive(Debug, thiserror::Error)]
+pub enum FoldError {
+    /// A public node reads a value that is not a constant (a partition bug).
+    #[error("public node `{node}` reads `{arg}`, which is not a constant")]
+    NotConstant {
+        /// The node.
+        node: String,
+        /// The argument.
+        arg: String,
+    },
+    /// Evaluating a public node failed.
+    #[error("folding public node `{node}`: {error}")]
+    Eval {
+        /// The node.
+        node: String,
+        /// The evaluator's error.
+        error: OpError,
+    },
+    /// A node the rewrite adds does not fit its arguments (a bug).
+    #[error("node `{node}`: {error}")]
+    Shape {
+        /// The node.
+        node: String,
+        /// The shape error.
+        error: ShapeError,
+    },
+}
+
 /// Replaces every public weight and every public node result by a constant; returns the
 /// weights each constant was computed from.
-pub fn fold_public(g: &mut Graph, part: &Partition) -> Result<WeightSources, String> {
+pub fn fold_public(g: &mut Graph, part: &Partition) -> Result<WeightSources, FoldError> {
     let public_weights: Vec<_> = g
         .values
         .iter()
@@ -40,17 +71,17 @@ pub fn fold_public(g: &mut Graph, part: &Partition) -> Result<WeightSources, Str
             match g.const_data(a) {
                 Some(t) => args.push(t.clone()),
                 None => {
-                    return Err(format!(
-                        "public node `{}` reads `{}`, which is not a constant",
-                        nd.name, g.values[a].name
-                    ))
+                    return Err(FoldError::NotConstant {
+                        node: nd.name.clone(),
+                        arg: g.values[a].name.clone(),
+                    })
                 }
             }
         }
         let refs: Vec<&crate::ir::Tensor> = args.iter().collect();
         let ty = g.values[nd.result].ty.clone();
         let t = crate::eval::eval_op(&nd.op, &refs, &ty)
-            .map_err(|e| format!("folding public node `{}`: {e}", nd.name))?;
+            .map_err(|error| FoldError::Eval { node: nd.name.clone(), error })?;
         let r = nd.result;
         let mut from: Vec<String> =
             nd.args.iter().filter_map(|a| sources.get(a)).flatten().cloned().collect();
@@ -68,7 +99,7 @@ pub fn fold_public(g: &mut Graph, part: &Partition) -> Result<WeightSources, Str
 /// `a / b` with `a` secret and `b` known to one party (or public): that party computes `1/b`
 /// in the clear and the division becomes a product (mean pooling's division by the token
 /// count, which the client knows).
-pub fn divisions_to_products(g: &mut Graph, part: &Partition) -> Result<usize, String> {
+pub fn divisions_to_products(g: &mut Graph, part: &Partition) -> Result<usize, FoldError> {
     let order = g.order.clone();
     let mut changed = 0;
     for n in order {
@@ -89,12 +120,15 @@ pub fn divisions_to_products(g: &mut Graph, part: &Partition) -> Result<usize, S
         );
         let before = g.order.len();
         g.cursor = nd.prov.clone();
-        let r = g.add_node(
-            &format!("{}.reciprocal", nd.name),
-            crate::ir::Op::Div,
-            &[one, nd.args[1]],
-            &format!("{}.reciprocal", g.values[nd.result].name),
-        )?;
+        let node = format!("{}.reciprocal", nd.name);
+        let r = g
+            .add_node(
+                &node,
+                crate::ir::Op::Div,
+                &[one, nd.args[1]],
+                &format!("{}.reciprocal", g.values[nd.result].name),
+            )
+            .map_err(|error| FoldError::Shape { node, error })?;
         let new: Vec<_> = g.order.drain(before..).collect();
         let pos = g.order.iter().position(|&m| m == n).expect("the node is in the order");
         g.order.splice(pos..pos, new);

@@ -102,12 +102,65 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v
 }
 
+/// What would leak a secret, naming the value, constant or weight.
+#[derive(Debug, thiserror::Error)]
+pub enum LeakError {
+    /// The client's part holds a private weight's values.
+    #[error(
+        "the client's part would contain `{value}`, which {how} the private weight `{weight}`"
+    )]
+    ClientPart {
+        /// The client's constant.
+        value: String,
+        /// How it holds the weight ("equals", "contains the values of", ...).
+        how: String,
+        /// The private weight.
+        weight: String,
+    },
+    /// A program constant recorded as computed from a private weight.
+    #[error(
+        "constant {buf} is recorded as computed from `{weight}`, which the server keeps private"
+    )]
+    ConstantFrom {
+        /// The constant's buffer.
+        buf: veil_isa::Buf,
+        /// The private weight.
+        weight: String,
+    },
+    /// A program constant holding a private weight's encoded values.
+    #[error(
+        "constant {buf} holds the values of the server's private `{weight}` (as the program \
+         encodes them): constants reach the client and the dealer"
+    )]
+    ConstantHolds {
+        /// The constant's buffer.
+        buf: veil_isa::Buf,
+        /// The private weight.
+        weight: String,
+    },
+    /// The program fails the analysis a client or dealer runs (names the instruction).
+    #[error(transparent)]
+    Verify(#[from] veil_isa::verify::VerifyError),
+    /// The program reveals a value that is not a model output.
+    #[error("the program would reveal `{output}`, which is not a declared output of the model")]
+    NotAnOutput {
+        /// The revealed value.
+        output: String,
+    },
+    /// A program input fed by the server.
+    #[error("program input `{input}` would come from the server")]
+    ServerInput {
+        /// The input.
+        input: String,
+    },
+}
+
 /// Checks the client graph's data: every constant must be public. `private` lists every
 /// private weight (and server-derived value): a client tensor that equals one, holds its values
 /// in another layout (a transpose or reshape), is a scaled or fixed-point-encoded copy of it,
 /// or contains it (a concatenation) leaks it. What a wrong visibility marking puts in the
 /// client's part is of these forms: the weight itself, or constants folded from it.
-pub fn check_client_graph(cg: &Graph, private: &[(String, Tensor)]) -> Result<(), String> {
+pub fn check_client_graph(cg: &Graph, private: &[(String, Tensor)]) -> Result<(), LeakError> {
     let mut client: Vec<(&str, &Tensor)> = Vec::new();
     for (_, vd) in cg.values.iter() {
         if let ValueDef::Const(t) | ValueDef::Weight(t) = &vd.def {
@@ -117,7 +170,7 @@ pub fn check_client_graph(cg: &Graph, private: &[(String, Tensor)]) -> Result<()
         }
     }
     let leak = |c: &str, how: &str, w: &str| {
-        Err(format!("the client's part would contain `{c}`, which {how} the private weight `{w}`"))
+        Err(LeakError::ClientPart { value: c.into(), how: how.into(), weight: w.into() })
     };
     let private: Vec<&(String, Tensor)> = private.iter().filter(|(_, t)| t.numel() > 1).collect();
     let largest = client.iter().map(|(_, t)| t.numel()).max().unwrap_or(0);
@@ -191,23 +244,17 @@ pub fn check_client_graph(cg: &Graph, private: &[(String, Tensor)]) -> Result<()
 /// from a weight the server keeps private, and none holds one's values as the program encodes
 /// them (fixed point at the program's fractional bits, or integers): in any layout at the same
 /// size, or the start of its first row inside a larger constant.
-pub fn check_constants(p: &Program, private: &[(String, Tensor)]) -> Result<(), String> {
+pub fn check_constants(p: &Program, private: &[(String, Tensor)]) -> Result<(), LeakError> {
     let names: HashSet<&str> = private.iter().map(|(n, _)| n.as_str()).collect();
     for (i, c) in p.consts.iter().enumerate() {
         if let veil_isa::ConstOrigin::PublicWeights(from) = p.const_origin(i) {
             if let Some(n) = from.iter().find(|n| names.contains(n.as_str())) {
-                return Err(format!(
-                    "constant {} is recorded as computed from `{n}`, which the server keeps private",
-                    c.buf
-                ));
+                return Err(LeakError::ConstantFrom { buf: c.buf, weight: n.clone() });
             }
         }
     }
-    let leak = |b: veil_isa::Buf, name: &str| {
-        Err(format!(
-            "constant {b} holds the values of the server's private `{name}` (as the program \
-             encodes them): constants reach the client and the dealer"
-        ))
+    let leak = |buf: veil_isa::Buf, name: &str| {
+        Err(LeakError::ConstantHolds { buf, weight: name.to_string() })
     };
     let largest = p.consts.iter().map(|c| c.data.len()).max().unwrap_or(0);
     // Sums are invariant under a change of layout: sort only constants that agree.
@@ -267,20 +314,17 @@ pub fn check_constants(p: &Program, private: &[(String, Tensor)]) -> Result<(), 
 /// only of declared outputs and only to the client, the pruning counts, no constant from a
 /// private weight), then what only the compiler knows: the revealed outputs are the model's,
 /// and the program's inputs come from the client. Returns what the program reveals.
-pub fn check_program(p: &Program, model_outputs: &[String]) -> Result<Reveals, String> {
-    let reveals = veil_isa::verify(p).map_err(|e| e.to_string())?;
+pub fn check_program(p: &Program, model_outputs: &[String]) -> Result<Reveals, LeakError> {
+    let reveals = veil_isa::verify(p)?;
     let outs: HashSet<&str> = model_outputs.iter().map(String::as_str).collect();
     for o in &p.outputs {
         if !outs.contains(o.name.as_str()) {
-            return Err(format!(
-                "the program would reveal `{}`, which is not a declared output of the model",
-                o.name
-            ));
+            return Err(LeakError::NotAnOutput { output: o.name.clone() });
         }
     }
     for i in &p.inputs {
         if i.party != Party::Client {
-            return Err(format!("program input `{}` would come from the server", i.name));
+            return Err(LeakError::ServerInput { input: i.name.clone() });
         }
     }
     Ok(reveals)

@@ -29,6 +29,24 @@ pub struct Split {
     pub residual: f64,
 }
 
+/// Why low-rank splitting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LowRankError {
+    /// A rank of 0.
+    #[error("--lora-rank must be at least 1")]
+    ZeroRank,
+    /// A node of the rewrite does not fit its arguments (a bug).
+    #[error("splitting `{weight}`: node `{node}`: {error}")]
+    Shape {
+        /// The weight being split.
+        weight: String,
+        /// The node.
+        node: String,
+        /// The shape error.
+        error: crate::ir::shape::ShapeError,
+    },
+}
+
 /// What became of each candidate: split, or why not.
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
@@ -47,9 +65,9 @@ pub fn split_low_rank(
     base: &[(String, Tensor)],
     rank: usize,
     is_public: &dyn Fn(&str) -> bool,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, LowRankError> {
     if rank == 0 {
-        return Err("--lora-rank must be at least 1".into());
+        return Err(LowRankError::ZeroRank);
     }
     let alias = crate::frontend::weight_names::descriptive_names(g);
     let by_name: HashMap<&str, &Tensor> = base.iter().map(|(n, t)| (n.as_str(), t)).collect();
@@ -194,7 +212,7 @@ fn rewrite(
     w0: Tensor,
     a: Tensor,
     b: Tensor,
-) -> Result<(), String> {
+) -> Result<(), LowRankError> {
     let (w0v, av, bv) = (
         g.add_weight(&format!("{name}.base"), w0),
         g.add_weight(&format!("{name}.lora_a"), a),
@@ -205,14 +223,18 @@ fn rewrite(
         let (x, old, nname) = (g.nodes[n].args[0], g.nodes[n].result, g.nodes[n].name.clone());
         let rname = g.values[old].name.clone();
         let before = g.order.len();
-        let p0 =
-            g.add_node(&format!("{nname}.base"), Op::MatMul, &[x, w0v], &format!("{rname}.base"))?;
-        let p1 =
-            g.add_node(&format!("{nname}.lora_a"), Op::MatMul, &[x, av], &format!("{rname}.xa"))?;
-        let p2 =
-            g.add_node(&format!("{nname}.lora_b"), Op::MatMul, &[p1, bv], &format!("{rname}.xab"))?;
-        let s =
-            g.add_node(&format!("{nname}.lora"), Op::Add, &[p0, p2], &format!("{rname}.lora"))?;
+        let mut add = |suffix: &str, op: Op, args: &[Value], result: String| {
+            let node = format!("{nname}.{suffix}");
+            g.add_node(&node, op, args, &result).map_err(|error| LowRankError::Shape {
+                weight: name.to_string(),
+                node,
+                error,
+            })
+        };
+        let p0 = add("base", Op::MatMul, &[x, w0v], format!("{rname}.base"))?;
+        let p1 = add("lora_a", Op::MatMul, &[x, av], format!("{rname}.xa"))?;
+        let p2 = add("lora_b", Op::MatMul, &[p1, bv], format!("{rname}.xab"))?;
+        let s = add("lora", Op::Add, &[p0, p2], format!("{rname}.lora"))?;
         let added: Vec<_> = g.order.drain(before..).collect();
         let at = g.order.iter().position(|&m| m == n).expect("a live user");
         g.order.splice(at..at, added);

@@ -20,74 +20,116 @@ pub mod pipeline;
 pub mod pruned;
 pub mod public;
 
-use crate::backend::client::client_graph;
+use crate::backend::client::{client_graph, ClientGraphError};
 use crate::backend::lower::{lower, ClientFeed, LowerOptions};
-use crate::backend::nonlinear::{Approximation, NonlinearOptions};
+use crate::backend::nonlinear::{Approximation, NonlinearError, NonlinearOptions};
 use crate::backend::partition::{Partition, Vis};
 use crate::ir::{Graph, Tensor, Value};
 use serde::{Deserialize, Serialize};
 use veil_isa::Program;
 
-/// Why a compile failed.
+pub use fold::FoldError;
+
+/// Why a compile failed. Each variant names the model and carries the typed error of the stage
+/// that failed; the message includes that error's text (so it is not also a `source()`, which
+/// would print it twice in a chain).
 #[derive(Debug, thiserror::Error)]
 pub enum CompileError {
     /// Token pruning could not place or compile its points (names the node or value).
-    #[error("model `{model}`, token pruning: {msg}")]
+    #[error("model `{model}`, token pruning: {error}")]
     Pruning {
         /// Model name.
         model: String,
         /// What failed.
-        msg: String,
+        error: crate::prune::PruneError,
+    },
+    /// A division rewrite or public folding failed (names the node).
+    #[error("model `{model}`: {error}")]
+    Fold {
+        /// Model name.
+        model: String,
+        /// What failed.
+        error: FoldError,
     },
     /// Nonlinear lowering failed (names the node).
-    #[error("model `{model}`: {msg}")]
+    #[error("model `{model}`: {error}")]
     Nonlinear {
         /// Model name.
         model: String,
         /// What failed.
-        msg: String,
+        error: NonlinearError,
+    },
+    /// A stage of the back half left an invalid graph (a compiler bug; checked in debug and
+    /// test builds).
+    #[error("model `{model}`: stage `{stage}` produced an invalid graph:\n{errors}")]
+    Stage {
+        /// Model name.
+        model: String,
+        /// The stage.
+        stage: &'static str,
+        /// What the verifier found.
+        errors: crate::ir::VerifyErrors,
     },
     /// Bytecode lowering failed.
-    #[error("model `{model}`: {source}")]
+    #[error("model `{model}`: {error}")]
     Lower {
         /// Model name.
         model: String,
         /// The lowering error (names the node).
-        source: crate::backend::lower::LowerError,
+        error: crate::backend::lower::LowerError,
     },
     /// A value the server derives from its weights could not be computed.
-    #[error("model `{model}`: computing `{value}` from the server's weights: {msg}")]
+    #[error("model `{model}`: computing `{value}` from the server's weights: {error}")]
     ServerValue {
         /// Model name.
         model: String,
         /// The value.
         value: String,
         /// What failed.
-        msg: String,
+        error: ServerValueError,
     },
     /// The client's plaintext part could not be built.
-    #[error("model `{model}`: the client's part: {msg}")]
+    #[error("model `{model}`: the client's part: {error}")]
     Client {
         /// Model name.
         model: String,
         /// What failed.
-        msg: String,
+        error: ClientGraphError,
     },
     /// The program or the client's part would leak a secret (names the value).
-    #[error("model `{model}`: refusing to write a leaky program: {msg}")]
+    #[error("model `{model}`: refusing to write a leaky program: {error}")]
     Leak {
         /// Model name.
         model: String,
         /// What would leak.
-        msg: String,
+        error: leakage::LeakError,
     },
     /// The produced program is invalid (a compiler bug).
-    #[error("model `{model}`: the compiled program is invalid: {source}")]
+    #[error("model `{model}`: the compiled program is invalid: {error}")]
     Invalid {
         /// Model name.
         model: String,
         /// The validator's complaint.
-        source: veil_isa::validate::ValidateError,
+        error: veil_isa::validate::ValidateError,
+    },
+}
+
+/// Why a value the server derives from its weights could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerValueError {
+    /// It depends on a client input.
+    #[error("it depends on the client's input `{0}`")]
+    ClientInput(String),
+    /// It depends on a value the server does not know alone.
+    #[error("`{0}` is not known to the server alone")]
+    NotServer(String),
+    /// Evaluating a node on the way failed.
+    #[error("node `{node}`: {error}")]
+    Eval {
+        /// The node.
+        node: String,
+        /// The evaluator's error.
+        error: crate::eval::OpError,
     },
 }
 
@@ -200,7 +242,7 @@ pub(crate) fn prepare(
     let pipeline::State { approximations, clamped, weight_sources, .. } = state;
     let lo = LowerOptions { frac_bits: opts.frac_bits, token_len: opts.token_len, weight_sources };
     let mut lowered = lower(&g, &part, &lo)
-        .map_err(|source| CompileError::Lower { model: model.clone(), source })?;
+        .map_err(|error| CompileError::Lower { model: model.clone(), error })?;
     for (k, v) in &opts.meta {
         lowered.builder.meta(k, v);
     }
@@ -220,19 +262,21 @@ pub(crate) fn assemble(p: Prepared, program: Program) -> Result<Compiled, Compil
     let Prepared { g, part, lowered, approximations, clamped, mask_value } = p;
     let model = g.name.clone();
     veil_isa::validate(&program)
-        .map_err(|source| CompileError::Invalid { model: model.clone(), source })?;
+        .map_err(|error| CompileError::Invalid { model: model.clone(), error })?;
 
-    let server_weights = server_values(&g, &part, &lowered.server_feeds)
-        .map_err(|(value, msg)| CompileError::ServerValue { model: model.clone(), value, msg })?;
+    let server_weights =
+        server_values(&g, &part, &lowered.server_feeds).map_err(|(value, error)| {
+            CompileError::ServerValue { model: model.clone(), value, error }
+        })?;
 
     let cg = client_graph(&g, &part, &lowered.client_feeds, &lowered.client_outputs)
-        .map_err(|msg| CompileError::Client { model: model.clone(), msg })?;
+        .map_err(|error| CompileError::Client { model: model.clone(), error })?;
     leakage::check_client_graph(&cg, &server_weights)
-        .map_err(|msg| CompileError::Leak { model: model.clone(), msg })?;
+        .map_err(|error| CompileError::Leak { model: model.clone(), error })?;
     let names: Vec<String> = g.outputs.iter().map(|&o| g.values[o].name.clone()).collect();
     let reveals = leakage::check_program(&program, &names)
         .and_then(|r| leakage::check_constants(&program, &server_weights).map(|()| r))
-        .map_err(|msg| CompileError::Leak { model: model.clone(), msg })?;
+        .map_err(|error| CompileError::Leak { model: model.clone(), error })?;
     let mut outputs = Vec::new();
     for &o in &g.outputs {
         let name = g.values[o].name.clone();
@@ -262,7 +306,7 @@ fn server_values(
     g: &Graph,
     part: &Partition,
     feeds: &[(String, Value)],
-) -> Result<Vec<(String, Tensor)>, (String, String)> {
+) -> Result<Vec<(String, Tensor)>, (String, ServerValueError)> {
     let mut env: std::collections::HashMap<Value, Tensor> = std::collections::HashMap::new();
     let mut out = Vec::new();
     for (name, v) in feeds {
@@ -277,19 +321,17 @@ fn eval_server(
     part: &Partition,
     v: Value,
     env: &mut std::collections::HashMap<Value, Tensor>,
-) -> Result<Tensor, String> {
+) -> Result<Tensor, ServerValueError> {
     if let Some(t) = env.get(&v) {
         return Ok(t.clone());
     }
     let vd = &g.values[v];
     let t = match &vd.def {
         crate::ir::ValueDef::Const(t) | crate::ir::ValueDef::Weight(t) => (**t).clone(),
-        crate::ir::ValueDef::Input => {
-            return Err(format!("it depends on the client's input `{}`", vd.name))
-        }
+        crate::ir::ValueDef::Input => return Err(ServerValueError::ClientInput(vd.name.clone())),
         crate::ir::ValueDef::Result(n) => {
             if !matches!(part.vis[v], Vis::Server | Vis::Public) {
-                return Err(format!("`{}` is not known to the server alone", vd.name));
+                return Err(ServerValueError::NotServer(vd.name.clone()));
             }
             let nd = &g.nodes[*n];
             let mut args = Vec::new();
@@ -298,7 +340,7 @@ fn eval_server(
             }
             let refs: Vec<&Tensor> = args.iter().collect();
             crate::eval::eval_op(&nd.op, &refs, &vd.ty)
-                .map_err(|e| format!("node `{}`: {e}", nd.name))?
+                .map_err(|error| ServerValueError::Eval { node: nd.name.clone(), error })?
         }
     };
     env.insert(v, t.clone());

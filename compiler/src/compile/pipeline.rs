@@ -62,8 +62,8 @@ pub struct Stage {
     pub run: fn(&mut Graph, &mut State) -> Result<Changed, CompileError>,
 }
 
-fn model_err(g: &Graph) -> impl Fn(String) -> CompileError + '_ {
-    move |msg| CompileError::Nonlinear { model: g.name.clone(), msg }
+fn fold_err(g: &Graph) -> impl Fn(fold::FoldError) -> CompileError + '_ {
+    move |error| CompileError::Fold { model: g.name.clone(), error }
 }
 
 /// The back half, in order. Adding a stage: a function of this signature in the module that
@@ -95,7 +95,7 @@ pub const BACK: &[Stage] = &[
         about: "a/b as a·(1/b) where b is secret",
         run: |g, s| {
             let part = s.take_partition(g);
-            let n = fold::divisions_to_products(g, &part).map_err(model_err(g))?;
+            let n = fold::divisions_to_products(g, &part).map_err(fold_err(g))?;
             s.restore(part);
             Ok(if n > 0 { Changed::Yes } else { Changed::No })
         },
@@ -107,7 +107,8 @@ pub const BACK: &[Stage] = &[
             let part = s.take_partition(g);
             let mut nl = s.opts.nonlinear.clone();
             nl.key_len = s.opts.token_len;
-            let (approximations, clamped) = lower_nonlinear(g, &part, &nl).map_err(model_err(g))?;
+            let (approximations, clamped) = lower_nonlinear(g, &part, &nl)
+                .map_err(|error| CompileError::Nonlinear { model: g.name.clone(), error })?;
             s.approximations = approximations;
             s.clamped = clamped;
             Ok(Changed::Yes)
@@ -118,7 +119,7 @@ pub const BACK: &[Stage] = &[
         about: "what the server computes from its weights and public data alone, folded",
         run: |g, s| {
             let part = s.take_partition(g);
-            s.weight_sources = fold::fold_public(g, &part).map_err(model_err(g))?;
+            s.weight_sources = fold::fold_public(g, &part).map_err(fold_err(g))?;
             Ok(Changed::Yes)
         },
     },
@@ -142,9 +143,10 @@ pub fn run_back<'a>(
         if (stage.run)(g, &mut s)? == Changed::Yes {
             s.partition = None;
             if cfg!(debug_assertions) {
-                crate::ir::verify(g).map_err(|errors| CompileError::Nonlinear {
+                crate::ir::verify(g).map_err(|errors| CompileError::Stage {
                     model: g.name.clone(),
-                    msg: format!("stage `{}` produced an invalid graph:\n{errors}", stage.name),
+                    stage: stage.name,
+                    errors,
                 })?;
             }
         }

@@ -13,8 +13,8 @@ use super::{assemble, prepare, CompileError, CompileOptions, Compiled};
 use crate::backend::partition::Vis;
 use crate::prune::cuts::{find, Cut};
 use crate::prune::insert::insert;
-use crate::prune::reference::GraphAt;
-use crate::prune::PruneConfig;
+use crate::prune::reference::{graph_at_len, GraphAt};
+use crate::prune::{PruneConfig, PruneError};
 
 /// The lengths compiled besides `n`: three fit each size, the others check the fit.
 pub fn probe_lengths(n: usize) -> Vec<usize> {
@@ -25,22 +25,26 @@ pub fn probe_lengths(n: usize) -> Vec<usize> {
 }
 
 /// The pruning points of the model at length `n` for the layers `cfg` has thresholds for.
-pub fn cuts(graph_at: &GraphAt<'_>, n: usize, cfg: &PruneConfig) -> Result<Vec<Cut>, String> {
+pub fn cuts(graph_at: &GraphAt<'_>, n: usize, cfg: &PruneConfig) -> Result<Vec<Cut>, PruneError> {
     let layers: Vec<usize> =
         cfg.theta.iter().enumerate().filter(|(_, t)| t.is_some()).map(|(i, _)| i).collect();
     points(graph_at, n, Some(&layers))
 }
 
 /// A pruning point after every attention layer of the model at length `n`.
-pub fn every_cut(graph_at: &GraphAt<'_>, n: usize) -> Result<Vec<Cut>, String> {
+pub fn every_cut(graph_at: &GraphAt<'_>, n: usize) -> Result<Vec<Cut>, PruneError> {
     points(graph_at, n, None)
 }
 
-fn points(graph_at: &GraphAt<'_>, n: usize, layers: Option<&[usize]>) -> Result<Vec<Cut>, String> {
+fn points(
+    graph_at: &GraphAt<'_>,
+    n: usize,
+    layers: Option<&[usize]>,
+) -> Result<Vec<Cut>, PruneError> {
     if n < 8 {
-        return Err(format!("pruning needs at least 8 tokens, the model has {n}"));
+        return Err(PruneError::TooShort(n));
     }
-    find(&graph_at(n)?, &graph_at(n - 1)?, n, layers)
+    find(&graph_at_len(graph_at, n)?, &graph_at_len(graph_at, n - 1)?, n, layers)
 }
 
 /// Compiles the model at length `n` with the pruning points of `cfg`; `on_probe` is told each
@@ -53,15 +57,16 @@ pub fn compile_pruned(
     opts: &CompileOptions,
     on_probe: &mut dyn FnMut(usize),
 ) -> Result<Compiled, CompileError> {
-    let full =
-        graph_at(n).map_err(|msg| CompileError::Pruning { model: "(not loaded)".into(), msg })?;
-    let fail = |msg: String| CompileError::Pruning { model: full.name.clone(), msg };
+    let full = graph_at_len(graph_at, n)
+        .map_err(|error| CompileError::Pruning { model: "(not loaded)".into(), error })?;
+    let fail = |error: PruneError| CompileError::Pruning { model: full.name.clone(), error };
     let cuts = cuts(graph_at, n, cfg).map_err(fail)?;
     let mut main = None;
     let mut probes = Vec::new();
     for len in probe_lengths(n) {
         on_probe(len);
-        let mut g = if len == n { full.clone() } else { graph_at(len).map_err(fail)? };
+        let mut g =
+            if len == n { full.clone() } else { graph_at_len(graph_at, len).map_err(fail)? };
         crate::prune::cuts::same_structure(&full, &g).map_err(fail)?;
         insert(&mut g, &cuts, cfg).map_err(fail)?;
         let mut o = opts.clone();
@@ -78,11 +83,7 @@ pub fn compile_pruned(
             if matches!(node.op, crate::ir::Op::PruneKeep { .. })
                 && p.part.vis[node.result] != Vis::Shared
             {
-                return Err(fail(format!(
-                    "the pruning point `{}` falls in layers the client runs in the clear (their \
-                     weights are public): give those layers no threshold (null)",
-                    node.name
-                )));
+                return Err(fail(PruneError::ClientSide { node: node.name.clone() }));
             }
         }
         probes.push((len as u32, p.take_builder().finish_ssa()));
@@ -91,14 +92,16 @@ pub fn compile_pruned(
         }
     }
     let program = veil_isa::template::from_probes(probes, n as u32)
-        .map_err(|e| fail(format!("the program is not the same at every sequence length: {e}")))?;
+        .map_err(|e| fail(PruneError::Template(e)))?;
     // The fit was checked at the probe lengths; the runs go down to a single token.
     let d = program.dynamic.as_ref().expect("a template has a dynamic section");
     for m in [1, 2, 3, n / 4] {
         let m = (m as u32).clamp(1, n as u32);
-        let inst = d.instantiate(&program, m).map_err(|e| fail(format!("at {m} tokens: {e}")))?;
+        let inst = d
+            .instantiate(&program, m)
+            .map_err(|error| fail(PruneError::Instantiate { len: m, error }))?;
         veil_isa::validate_instance(&inst)
-            .map_err(|e| fail(format!("the program at {m} tokens is invalid: {e}")))?;
+            .map_err(|error| fail(PruneError::Instance { len: m, error }))?;
     }
     assemble(main.expect("the first probe is n"), program)
 }

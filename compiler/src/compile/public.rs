@@ -54,6 +54,21 @@ pub enum Reason {
     LowRankBase(String),
 }
 
+/// Why the public weights could not be decided.
+#[derive(Debug, thiserror::Error)]
+pub enum PublicError {
+    /// A `--public` glob matches no weight (a typo would silently keep everything private).
+    #[error("--public `{glob}` matches no weight of model `{model}` (weights are named like {})", .examples.join(", "))]
+    NoMatch {
+        /// The glob.
+        glob: String,
+        /// The model.
+        model: String,
+        /// A few weight names, sorted.
+        examples: Vec<String>,
+    },
+}
+
 /// The public weights of `g` (name → why), from DSL declarations, globs and a base checkpoint.
 /// A glob that matches no weight is an error (a typo would silently keep everything private).
 pub fn public_weights(
@@ -61,7 +76,7 @@ pub fn public_weights(
     declared: &[String],
     globs: &[String],
     base: Option<&[(String, Tensor)]>,
-) -> Result<BTreeMap<String, Reason>, String> {
+) -> Result<BTreeMap<String, Reason>, PublicError> {
     let alias = crate::frontend::weight_names::descriptive_names(g);
     // (name, the name export-weights writes, tensor)
     let weights: Vec<(&str, &str, &Tensor)> = g
@@ -95,11 +110,11 @@ pub fn public_weights(
             let mut names: Vec<&str> = weights.iter().map(|w| w.1).collect();
             names.sort();
             names.truncate(5);
-            return Err(format!(
-                "--public `{glob}` matches no weight of model `{}` (weights are named like {})",
-                g.name,
-                names.join(", ")
-            ));
+            return Err(PublicError::NoMatch {
+                glob: glob.clone(),
+                model: g.name.clone(),
+                examples: names.into_iter().map(String::from).collect(),
+            });
         }
     }
     if let Some(base) = base {

@@ -13,12 +13,12 @@ pub enum DslError {
     #[error("{0}")]
     At(Box<pest::error::Error<Rule>>),
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         /// The path.
         path: String,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (in the message, so not also a `source()`).
+        error: std::io::Error,
     },
     /// Anything else, with enough context in the message.
     #[error("{0}")]

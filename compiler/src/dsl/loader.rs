@@ -53,7 +53,7 @@ impl Loader {
     /// Loads a file from disk.
     pub fn load_path(&mut self, path: &str) -> Result<usize, DslError> {
         let src = std::fs::read_to_string(path)
-            .map_err(|e| DslError::Io { path: path.into(), source: e })?;
+            .map_err(|e| DslError::Io { path: path.into(), error: e })?;
         self.load_source(path, src)
     }
 

@@ -129,16 +129,28 @@ fn is_int(x: f64) -> bool {
     x.fract() == 0.0 && x.abs() < 1e15
 }
 
-fn interpolate(key: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+/// Why `{var}` interpolation failed (located by the caller).
+#[derive(Debug, thiserror::Error)]
+enum InterpolateError {
+    /// A `{` without its `}`.
+    #[error("unclosed `{{` in a parameter name")]
+    Unclosed,
+    /// A variable without an integer or string value.
+    #[error("`{{{0}}}` names no compile-time value")]
+    Unbound(String),
+}
+
+fn interpolate(
+    key: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, InterpolateError> {
     let mut out = String::new();
     let mut rest = key;
     while let Some(i) = rest.find('{') {
         out.push_str(&rest[..i]);
-        let j = rest[i..].find('}').ok_or("unclosed `{` in a parameter name")? + i;
+        let j = rest[i..].find('}').ok_or(InterpolateError::Unclosed)? + i;
         let var = &rest[i + 1..j];
-        out.push_str(
-            &lookup(var).ok_or_else(|| format!("`{{{var}}}` names no compile-time value"))?,
-        );
+        out.push_str(&lookup(var).ok_or_else(|| InterpolateError::Unbound(var.to_string()))?);
         rest = &rest[j + 1..];
     }
     out.push_str(rest);
@@ -165,7 +177,7 @@ impl<'a> Eval<'a> {
             Some(Val::Str(s)) => Some(s),
             _ => None,
         })
-        .map_err(|m| self.err(span, m))
+        .map_err(|e| self.err(span, e.to_string()))
     }
 
     fn frame(&mut self) -> &mut Frame {
@@ -374,7 +386,7 @@ impl<'a> Eval<'a> {
         }
         let base = name.unwrap_or(op.name()).to_string();
         let nn = self.node_name(&base);
-        let v = self.g.add_node(&nn, op, args, &nn).map_err(|m| self.err(span, m))?;
+        let v = self.g.add_node(&nn, op, args, &nn).map_err(|e| self.err(span, e.to_string()))?;
         let shape = &self.g.ty(v).shape;
         if crate::frontend::elements(shape).is_none() {
             let msg =

@@ -4,7 +4,50 @@ use super::elementwise::{bcast_offsets, f64s, float_to_int, from_f64s, wrap};
 use crate::ir::tensor::strides;
 use crate::ir::{DType, Data, GeluApprox, Op, Tensor, TensorType};
 
-type R = Result<Tensor, String>;
+type R = Result<Tensor, OpError>;
+
+/// Why an operator could not be evaluated on its arguments (the caller adds the node name).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum OpError {
+    /// An argument of the wrong dtype for the kernel.
+    #[error("expected {want}, got {got}")]
+    DType {
+        /// What the kernel takes ("integers", "bools").
+        want: &'static str,
+        /// The argument's dtype.
+        got: DType,
+    },
+    /// An arithmetic operator applied to booleans.
+    #[error("`{op}` is not defined on bool")]
+    Bool {
+        /// Operator.
+        op: &'static str,
+    },
+    /// An integer division by zero.
+    #[error("integer division by zero")]
+    DivisionByZero,
+    /// `where` branches stored differently.
+    #[error("`where` branches have different storage")]
+    WhereStorage,
+    /// Matrix-product batch dimensions that do not broadcast.
+    #[error("matmul batch dims do not broadcast")]
+    MatMulBatch,
+    /// Gather indices that are not integers.
+    #[error("indices must be integers, got {0}")]
+    Indices(DType),
+    /// An index past its axis.
+    #[error("index {index} is out of range for {what} {axis} of size {size}")]
+    Index {
+        /// The index.
+        index: i64,
+        /// "axis" or "dimension".
+        what: &'static str,
+        /// The axis.
+        axis: usize,
+        /// Its size.
+        size: i64,
+    },
+}
 
 pub fn eval_op(op: &Op, a: &[&Tensor], ty: &TensorType) -> R {
     let out = &ty.shape;
@@ -166,14 +209,14 @@ fn unary_fn(op: &Op) -> Box<dyn Fn(f64) -> f64> {
     }
 }
 
-fn ints(t: &Tensor) -> Result<&[i64], String> {
-    t.as_i64().ok_or_else(|| format!("expected integers, got {}", t.dtype))
+fn ints(t: &Tensor) -> Result<&[i64], OpError> {
+    t.as_i64().ok_or(OpError::DType { want: "integers", got: t.dtype })
 }
 
-fn bools(t: &Tensor) -> Result<Vec<bool>, String> {
+fn bools(t: &Tensor) -> Result<Vec<bool>, OpError> {
     match &t.data {
         Data::Bool(v) => Ok(v.clone()),
-        _ => Err(format!("expected bools, got {}", t.dtype)),
+        _ => Err(OpError::DType { want: "bools", got: t.dtype }),
     }
 }
 
@@ -188,7 +231,7 @@ fn pairs_f64(a: &Tensor, b: &Tensor, out: &[usize]) -> Vec<(f64, f64)> {
     oa.iter().zip(&ob).map(|(&i, &j)| (av[i], bv[j])).collect()
 }
 
-fn pairs_i64(a: &Tensor, b: &Tensor, out: &[usize]) -> Result<Vec<(i64, i64)>, String> {
+fn pairs_i64(a: &Tensor, b: &Tensor, out: &[usize]) -> Result<Vec<(i64, i64)>, OpError> {
     let (av, bv) = (ints(a)?, ints(b)?);
     let (oa, ob) = (bcast_offsets(&a.shape, out), bcast_offsets(&b.shape, out));
     Ok(oa.iter().zip(&ob).map(|(&i, &j)| (av[i], bv[j])).collect())
@@ -211,7 +254,7 @@ fn arith(op: &Op, a: &Tensor, b: &Tensor, ty: &TensorType) -> R {
         ));
     }
     if ty.dtype == DType::Bool {
-        return Err(format!("`{}` is not defined on bool", op.name()));
+        return Err(OpError::Bool { op: op.name() });
     }
     let unsigned = ty.dtype.is_unsigned();
     let mut out = Vec::new();
@@ -222,7 +265,7 @@ fn arith(op: &Op, a: &Tensor, b: &Tensor, ty: &TensorType) -> R {
             Op::Mul => x.wrapping_mul(y),
             Op::Div => {
                 if y == 0 {
-                    return Err("integer division by zero".into());
+                    return Err(OpError::DivisionByZero);
                 }
                 if unsigned {
                     ((x as u64) / (y as u64)) as i64
@@ -390,7 +433,7 @@ fn where_(c: &Tensor, a: &Tensor, b: &Tensor, ty: &TensorType) -> R {
                 })
                 .collect(),
         ),
-        _ => return Err("`where` branches have different storage".into()),
+        _ => return Err(OpError::WhereStorage),
     };
     Ok(Tensor { dtype: ty.dtype, shape: out.clone(), data })
 }
@@ -402,7 +445,7 @@ fn matmul(a: &Tensor, b: &Tensor, ty: &TensorType) -> R {
     );
     let (m, k, n) = (sa[sa.len() - 2], sa[sa.len() - 1], sb[sb.len() - 1]);
     let batch_out = crate::ir::shape::broadcast(&sa[..sa.len() - 2], &sb[..sb.len() - 2])
-        .ok_or("matmul batch dims do not broadcast")?;
+        .ok_or(OpError::MatMulBatch)?;
     let nb: usize = batch_out.iter().product();
     let mut ba = batch_out.clone();
     ba.extend([1, 1]);
@@ -660,9 +703,9 @@ fn concat(a: &[&Tensor], axis: usize, ty: &TensorType) -> R {
     Ok(Tensor { dtype: ty.dtype, shape: out.clone(), data })
 }
 
-fn index_list(idx: &Tensor) -> Result<Vec<i64>, String> {
+fn index_list(idx: &Tensor) -> Result<Vec<i64>, OpError> {
     if !idx.dtype.is_int() {
-        return Err(format!("indices must be integers, got {}", idx.dtype));
+        return Err(OpError::Indices(idx.dtype));
     }
     Ok(idx.to_i64_vec())
 }
@@ -677,7 +720,7 @@ fn gather(data: &Tensor, idx: &Tensor, axis: usize, ty: &TensorType) -> R {
         for &i in &ids {
             let r = if i < 0 { i + dim } else { i };
             if r < 0 || r >= dim {
-                return Err(format!("index {i} is out of range for axis {axis} of size {dim}"));
+                return Err(OpError::Index { index: i, what: "axis", axis, size: dim });
             }
             for j in 0..inner {
                 offs.push((o * dim as usize + r as usize) * inner + j);
@@ -706,10 +749,12 @@ fn gather_nd(data: &Tensor, idx: &Tensor, b: usize, ty: &TensorType) -> R {
                 let dim = data.shape[b + d] as i64;
                 let r = if i < 0 { i + dim } else { i };
                 if r < 0 || r >= dim {
-                    return Err(format!(
-                        "index {i} is out of range for dimension {} of size {dim}",
-                        b + d
-                    ));
+                    return Err(OpError::Index {
+                        index: i,
+                        what: "dimension",
+                        axis: b + d,
+                        size: dim,
+                    });
                 }
                 off += r as usize * ds[b + d];
             }

@@ -10,27 +10,78 @@ mod fast;
 mod kernels;
 
 pub use elementwise::from_f64s;
+pub use kernels::OpError;
 
-use crate::ir::{Graph, Op, Tensor, Value, ValueDef};
+use crate::ir::{Graph, Op, Tensor, TensorType, Value, ValueDef};
 use std::collections::HashMap;
-use std::fmt;
 
 /// Why evaluation failed: always names the node.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("evaluating `{node}`: {kind}")]
 pub struct EvalError {
     /// Node name (or the value, for missing inputs).
     pub node: String,
     /// What went wrong.
-    pub msg: String,
+    pub kind: EvalFailure,
 }
 
-impl fmt::Display for EvalError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "evaluating `{}`: {}", self.node, self.msg)
+/// What went wrong evaluating a node or value (the reference evaluator or the fixed-point
+/// simulator).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EvalFailure {
+    /// A wanted value was never computed.
+    #[error("not computed")]
+    NotComputed,
+    /// A graph input has no tensor.
+    #[error("input not supplied")]
+    NotSupplied,
+    /// A graph input's tensor is not of its declared type.
+    #[error("input is {got}, the graph declares {want}")]
+    InputType {
+        /// The tensor's type.
+        got: TensorType,
+        /// The declared type.
+        want: TensorType,
+    },
+    /// A node's argument has not been computed (or was freed).
+    #[error("argument `{0}` is not available")]
+    Unavailable(String),
+    /// The operator's kernel failed.
+    #[error(transparent)]
+    Op(#[from] OpError),
+    /// A value too large for the fixed-point encoding (fixed-point simulator).
+    #[error(
+        "`{value}` holds {x}, which does not fit fixed point with {frac_bits} fractional bits"
+    )]
+    Overflow {
+        /// The value being encoded.
+        value: String,
+        /// The entry that does not fit.
+        x: f64,
+        /// Fractional bits.
+        frac_bits: u8,
+    },
+    /// A division by secret data (fixed-point simulator).
+    #[error(
+        "division by a secret value has no ring form: rewrite it with the stdlib reciprocal first"
+    )]
+    SecretDivisor,
+    /// A form the fixed-point simulator does not take ("a constant left operand of matmul").
+    #[error("{0} is not supported")]
+    Unsupported(&'static str),
+    /// An operator without a ring form on secret data (fixed-point simulator).
+    #[error(
+        "`{0}` has no fixed-point form on secret data: lower it to a stdlib approximation first"
+    )]
+    NoRingForm(&'static str),
+}
+
+impl EvalError {
+    /// The error `kind` at node (or value) `node`.
+    pub fn new(node: &str, kind: impl Into<EvalFailure>) -> EvalError {
+        EvalError { node: node.to_string(), kind: kind.into() }
     }
 }
-
-impl std::error::Error for EvalError {}
 
 /// A rank-0 tensor of `dtype` holding `v` (rounded or truncated to the type).
 pub fn scalar_of(dtype: crate::ir::DType, v: f64) -> Tensor {
@@ -42,7 +93,7 @@ pub fn eval_op(
     op: &Op,
     args: &[&Tensor],
     out_ty: &crate::ir::TensorType,
-) -> Result<Tensor, String> {
+) -> Result<Tensor, OpError> {
     kernels::eval_op(op, args, out_ty)
 }
 
@@ -81,10 +132,9 @@ fn evaluate(
     wanted
         .iter()
         .map(|&v| {
-            arg(g, &env, v).cloned().ok_or_else(|| EvalError {
-                node: g.values[v].name.clone(),
-                msg: "not computed".into(),
-            })
+            arg(g, &env, v)
+                .cloned()
+                .ok_or_else(|| EvalError::new(&g.values[v].name, EvalFailure::NotComputed))
         })
         .collect()
 }
@@ -99,12 +149,10 @@ pub(crate) fn input_env(
         let vd = &g.values[i];
         let t = inputs
             .get(&vd.name)
-            .ok_or_else(|| EvalError { node: vd.name.clone(), msg: "input not supplied".into() })?;
+            .ok_or_else(|| EvalError::new(&vd.name, EvalFailure::NotSupplied))?;
         if t.ty() != vd.ty {
-            return Err(EvalError {
-                node: vd.name.clone(),
-                msg: format!("input is {}, the graph declares {}", t.ty(), vd.ty),
-            });
+            let kind = EvalFailure::InputType { got: t.ty(), want: vd.ty.clone() };
+            return Err(EvalError::new(&vd.name, kind));
         }
         env.insert(i, t.clone());
     }
@@ -149,9 +197,8 @@ pub(crate) fn step(
     let out = {
         let mut args = Vec::with_capacity(nd.args.len());
         for &a in &nd.args {
-            args.push(arg(g, env, a).ok_or_else(|| EvalError {
-                node: nd.name.clone(),
-                msg: format!("argument `{}` is not available", g.values[a].name),
+            args.push(arg(g, env, a).ok_or_else(|| {
+                EvalError::new(&nd.name, EvalFailure::Unavailable(g.values[a].name.clone()))
             })?);
         }
         let ty = &g.values[nd.result].ty;
@@ -161,8 +208,7 @@ pub(crate) fn step(
         };
         match quick {
             Some(t) => t,
-            None => eval_op(&nd.op, &args, ty)
-                .map_err(|msg| EvalError { node: nd.name.clone(), msg })?,
+            None => eval_op(&nd.op, &args, ty).map_err(|e| EvalError::new(&nd.name, e))?,
         }
     };
     env.insert(nd.result, out);

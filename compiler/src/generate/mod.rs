@@ -15,7 +15,175 @@
 pub mod roles;
 pub mod window;
 
+use crate::ir::shape::ShapeError;
 use crate::ir::{Graph, Op, Provenance, Step, TensorType, Value};
+
+/// Why a decoder cannot generate, or generation could not be built or run: names the model,
+/// node or value, and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    /// `--top-k` without sampling, or k = 0.
+    #[error("top-k filtering needs sampling (a temperature above 0) and k >= 1")]
+    TopK,
+    /// An empty prompt or no new token.
+    #[error("generation needs a prompt of at least one token and at least one new token")]
+    Empty,
+    /// The prompt and the new tokens exceed the model's positions.
+    #[error(
+        "model `{model}` was exported for {seq} positions: a {prompt}-token prompt leaves room \
+         for at most {} new tokens, {asked} asked",
+        seq + 1 - prompt
+    )]
+    TooLong {
+        /// The model.
+        model: String,
+        /// Its positions.
+        seq: usize,
+        /// Prompt tokens.
+        prompt: usize,
+        /// New tokens asked.
+        asked: usize,
+    },
+    /// Not exactly one output.
+    #[error("model `{model}`: generation needs exactly one output, the logits")]
+    Outputs {
+        /// The model.
+        model: String,
+    },
+    /// The output is not per-token logits.
+    #[error("model `{model}`: output `{output}` {ty} is not per-token logits ([…, S, V])")]
+    NotLogits {
+        /// The model.
+        model: String,
+        /// The output.
+        output: String,
+        /// Its type.
+        ty: TensorType,
+    },
+    /// The token table and the vocabulary differ.
+    #[error(
+        "model `{model}`: the token table `{table}` has {rows} rows but the logits {vocab} \
+         entries: a generated token could fall outside the table"
+    )]
+    TableSize {
+        /// The model.
+        model: String,
+        /// The embedding table.
+        table: String,
+        /// Its rows.
+        rows: usize,
+        /// Logits per token.
+        vocab: usize,
+    },
+    /// Not exactly one integer input.
+    #[error(
+        "model `{model}`: generation needs exactly one input, the token ids (int, [1, S]); it \
+         has {inputs}"
+    )]
+    Inputs {
+        /// The model.
+        model: String,
+        /// Its inputs and their types.
+        inputs: String,
+    },
+    /// A batch of more than one.
+    #[error("model `{model}`: generation needs a batch of one, the ids are {ty}")]
+    Batch {
+        /// The model.
+        model: String,
+        /// The ids' type.
+        ty: TensorType,
+    },
+    /// A node that mixes token rows outside attention (or rows that cannot be told apart).
+    #[error(
+        "model `{model}`, node `{node}`: {why}; generation needs a causal decoder whose token \
+         rows are computed independently except through attention"
+    )]
+    NotCausal {
+        /// The model.
+        model: String,
+        /// The node (`-` for the model as a whole).
+        node: String,
+        /// What it does.
+        why: String,
+    },
+    /// Attention without a causal mask.
+    #[error(
+        "model `{model}`, node `{node}`: attention is not hidden from later positions (no \
+         causal mask before it): not a causal decoder"
+    )]
+    Unmasked {
+        /// The model.
+        model: String,
+        /// The normalisation node.
+        node: String,
+    },
+    /// Attention without a normalisation over keys.
+    #[error("model `{model}`: attention has no normalisation over key positions")]
+    NoNormalisation {
+        /// The model.
+        model: String,
+    },
+    /// A constant could not be sliced to a window.
+    #[error("slicing constant `{value}`: {error}")]
+    SliceConst {
+        /// The constant.
+        value: String,
+        /// The evaluator's error.
+        error: crate::eval::OpError,
+    },
+    /// A strided slice of a positional table.
+    #[error("node `{node}`: a strided slice of a position table")]
+    StridedPositions {
+        /// The node.
+        node: String,
+    },
+    /// A second input.
+    #[error("input `{0}` is not the token ids")]
+    OtherInput(String),
+    /// A value used before it is computed.
+    #[error("`{0}` is used before it is computed")]
+    UsedBeforeComputed(String),
+    /// A node of a window does not fit its arguments.
+    #[error("node `{node}`{}: {error}", window.map_or(String::new(), |(a, b)| format!(" in the window [{a}, {b})")))]
+    Shape {
+        /// The source node.
+        node: String,
+        /// The window's rows, for the node's own copy.
+        window: Option<(usize, usize)>,
+        /// The shape error.
+        error: ShapeError,
+    },
+    /// A node choosing a token does not fit its arguments.
+    #[error("token {token}: node `{node}`: {error}")]
+    Token {
+        /// The token.
+        token: usize,
+        /// The node.
+        node: String,
+        /// The shape error.
+        error: ShapeError,
+    },
+    /// The model has no output.
+    #[error("the model has no output")]
+    NoOutput,
+    /// Sampling noise of the wrong size.
+    #[error("the sampling noise must hold {0} × vocabulary values")]
+    Noise(usize),
+    /// A reference generation that does not fit the positions.
+    #[error("a {prompt}-token prompt and {max_new} new tokens do not fit {seq} positions")]
+    NoFit {
+        /// Prompt tokens.
+        prompt: usize,
+        /// New tokens.
+        max_new: usize,
+        /// The model's positions.
+        seq: usize,
+    },
+    /// The plaintext reference failed (names the node).
+    #[error(transparent)]
+    Eval(#[from] crate::eval::EvalError),
+}
 
 /// What to generate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -56,7 +224,7 @@ pub fn token_output(t: usize) -> String {
 
 /// The generation graph of decoder `src`: input = the prompt ids `[1, P]`, outputs = the `N`
 /// greedy tokens `token.0 … token.{N-1}` (each `[1, 1]` i64).
-pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, String> {
+pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, GenerateError> {
     // Layer names first, so that every window's nodes keep their layer in the cost report.
     let mut named = src.clone();
     crate::compile::layers::assign_layers(&mut named);
@@ -64,36 +232,31 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
     let roles = roles::analyze(src)?;
     let (p, n, s) = (opts.prompt_len, opts.max_new, roles.seq);
     if opts.top_k.is_some_and(|k| k == 0 || !opts.sample) {
-        return Err("top-k filtering needs sampling (a temperature above 0) and k >= 1".into());
+        return Err(GenerateError::TopK);
     }
     if p == 0 || n == 0 {
-        return Err(
-            "generation needs a prompt of at least one token and at least one new token".into()
-        );
+        return Err(GenerateError::Empty);
     }
     if p + n - 1 > s {
-        return Err(format!(
-            "model `{}` was exported for {s} positions: a {p}-token prompt leaves room for at most {} new tokens, {n} asked",
-            src.name,
-            s + 1 - p
-        ));
+        return Err(GenerateError::TooLong {
+            model: src.name.clone(),
+            seq: s,
+            prompt: p,
+            asked: n,
+        });
     }
     let logits = match src.outputs.as_slice() {
         [o] => *o,
-        _ => {
-            return Err(format!(
-                "model `{}`: generation needs exactly one output, the logits",
-                src.name
-            ))
-        }
+        _ => return Err(GenerateError::Outputs { model: src.name.clone() }),
     };
     let lr = src.values[logits].ty.shape.len();
     let qa = (0..lr).find(|&a| roles.get(logits, a) == roles::Role::Query);
     let Some(qa) = qa.filter(|_| lr >= 2 && roles.get(logits, lr - 1) == roles::Role::None) else {
-        return Err(format!(
-            "model `{}`: output `{}` {} is not per-token logits ([…, S, V])",
-            src.name, src.values[logits].name, src.values[logits].ty
-        ));
+        return Err(GenerateError::NotLogits {
+            model: src.name.clone(),
+            output: src.values[logits].name.clone(),
+            ty: src.values[logits].ty.clone(),
+        });
     };
     // A generated token indexes the embedding table: the vocabulary must be its rows.
     let vocab_out = src.values[logits].ty.shape[lr - 1];
@@ -105,10 +268,12 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
             if let Op::Gather { axis } = nd.op {
                 let rows = src.values[nd.args[0]].ty.shape[axis];
                 if from_ids.contains(&nd.args[1]) && rows != vocab_out {
-                    return Err(format!(
-                        "model `{}`: the token table `{}` has {rows} rows but the logits {vocab_out} entries: a generated token could fall outside the table",
-                        src.name, src.values[nd.args[0]].name
-                    ));
+                    return Err(GenerateError::TableSize {
+                        model: src.name.clone(),
+                        table: src.values[nd.args[0]].name.clone(),
+                        rows,
+                        vocab: vocab_out,
+                    });
                 }
             }
         }
@@ -139,7 +304,7 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
         start[qa] = shape[qa] - 1;
         let mut len = shape.clone();
         len[qa] = 1;
-        let err = |m: String| format!("token {t}: {m}");
+        let err = |node: String| move |error| GenerateError::Token { token: t, node, error };
         let at = |site: Option<&str>| Provenance {
             step: Step::parse(&step),
             site: site.map(String::from),
@@ -154,7 +319,7 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
                 &[l],
                 &format!("{step}/last_logits"),
             )
-            .map_err(err)?;
+            .map_err(err(format!("{step}/next")))?;
         e.dst.cursor = at(Some("top_k"));
         let row = match opts.top_k {
             Some(k) => e
@@ -165,7 +330,7 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
                     &[row],
                     &format!("{step}/top_k"),
                 )
-                .map_err(err)?,
+                .map_err(err(format!("{step}/next::top_k")))?,
             None => row,
         };
         e.dst.cursor = at(None);
@@ -179,7 +344,7 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
                         &[z],
                         &format!("{step}/noise"),
                     )
-                    .map_err(err)?;
+                    .map_err(err(format!("{step}/noise")))?;
                 let shape = e.dst.values[row].ty.shape.clone();
                 let zt = e
                     .dst
@@ -189,7 +354,7 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
                         &[zt],
                         &format!("{step}/noise_row"),
                     )
-                    .map_err(err)?;
+                    .map_err(err(format!("{step}/noise")))?;
                 e.dst.cursor = at(Some("sample"));
                 e.dst
                     .add_node(
@@ -198,7 +363,7 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
                         &[row, zt],
                         &format!("{step}/noisy_logits"),
                     )
-                    .map_err(err)?
+                    .map_err(err(format!("{step}/next::sample")))?
             }
             None => row,
         };
@@ -211,7 +376,7 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
                 &[row],
                 &format!("{step}/argmax"),
             )
-            .map_err(err)?;
+            .map_err(err(format!("{step}/next::argmax")))?;
         e.dst.cursor = at(None);
         let tok = e
             .dst
@@ -221,7 +386,7 @@ pub fn generation_graph(src: &Graph, opts: GenerateOptions) -> Result<Graph, Str
                 &[tok],
                 &token_output(t),
             )
-            .map_err(err)?;
+            .map_err(err(format!("{step}/next")))?;
         outputs.push(tok);
         if t + 1 < n {
             env = e.window(tok, p + t, p + t + 1, &format!("tok{}", t + 1))?;
@@ -245,21 +410,18 @@ pub fn reference_generation(
     max_new: usize,
     noise: Option<&[f32]>,
     top_k: Option<usize>,
-) -> Result<(Vec<i64>, Vec<f64>), String> {
+) -> Result<(Vec<i64>, Vec<f64>), GenerateError> {
     let roles = roles::analyze(src)?;
     let ty = src.values[roles.ids].ty.clone();
-    let logits = *src.outputs.first().ok_or("the model has no output")?;
+    let logits = *src.outputs.first().ok_or(GenerateError::NoOutput)?;
     let s = roles.seq;
     if noise.is_some_and(|z| {
         z.len() != max_new * src.values[logits].ty.shape.last().copied().unwrap_or(0)
     }) {
-        return Err(format!("the sampling noise must hold {max_new} × vocabulary values"));
+        return Err(GenerateError::Noise(max_new));
     }
     if prompt.is_empty() || max_new == 0 || prompt.len() + max_new - 1 > s {
-        return Err(format!(
-            "a {}-token prompt and {max_new} new tokens do not fit {s} positions",
-            prompt.len()
-        ));
+        return Err(GenerateError::NoFit { prompt: prompt.len(), max_new, seq: s });
     }
     let mut ids = prompt.to_vec();
     let mut out = Vec::new();
@@ -269,7 +431,7 @@ pub fn reference_generation(
         padded.resize(s, 0);
         let t = crate::ir::Tensor::i64(ty.shape.clone(), padded);
         let inputs = std::collections::HashMap::from([(src.values[roles.ids].name.clone(), t)]);
-        let res = crate::eval::run_values(src, &inputs, &[logits]).map_err(|e| e.to_string())?;
+        let res = crate::eval::run_values(src, &inputs, &[logits])?;
         let l = &res[0];
         let v = *l.shape.last().unwrap_or(&1);
         let row = ids.len() - 1;

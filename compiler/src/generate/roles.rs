@@ -9,6 +9,7 @@
 //! checked to be row-local in the query class — which is what lets one token's row be computed
 //! alone from the cache.
 
+use super::GenerateError;
 use crate::ir::{Graph, Op, Value, ValueDef};
 use std::collections::{HashMap, HashSet};
 
@@ -128,29 +129,30 @@ fn reshape_map(from: &[usize], to: &[usize]) -> Vec<Option<usize>> {
 }
 
 /// Why a graph is not a causal decoder veil can generate with.
-fn refuse(g: &Graph, node: &str, msg: impl std::fmt::Display) -> String {
-    format!("model `{}`, node `{node}`: {msg}; generation needs a causal decoder whose token rows are computed independently except through attention", g.name)
+fn refuse(g: &Graph, node: &str, why: impl Into<String>) -> GenerateError {
+    GenerateError::NotCausal { model: g.name.clone(), node: node.to_string(), why: why.into() }
 }
 
 /// Analyses `g` (one int input `[…, S]` of token ids).
-pub fn analyze(g: &Graph) -> Result<Roles, String> {
+pub fn analyze(g: &Graph) -> Result<Roles, GenerateError> {
     let ids = match g.inputs.as_slice() {
         [i] if g.values[*i].ty.dtype.is_int() && !shape(g, *i).is_empty() => *i,
         _ => {
-            return Err(format!(
-                "model `{}`: generation needs exactly one input, the token ids (int, [1, S]); it has {}",
-                g.name,
-                g.inputs.iter().map(|&i| format!("`{}`: {}", g.values[i].name, g.values[i].ty)).collect::<Vec<_>>().join(", ")
-            ))
+            return Err(GenerateError::Inputs {
+                model: g.name.clone(),
+                inputs: g
+                    .inputs
+                    .iter()
+                    .map(|&i| format!("`{}`: {}", g.values[i].name, g.values[i].ty))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
         }
     };
     let ids_axis = shape(g, ids).len() - 1;
     let seq = shape(g, ids)[ids_axis];
     if shape(g, ids)[..ids_axis].iter().any(|&d| d != 1) {
-        return Err(format!(
-            "model `{}`: generation needs a batch of one, the ids are {}",
-            g.name, g.values[ids].ty
-        ));
+        return Err(GenerateError::Batch { model: g.name.clone(), ty: g.values[ids].ty.clone() });
     }
     let mut d = Dsu { parent: Vec::new(), ids: HashMap::new() };
     let mut matmuls = Vec::new();
@@ -285,7 +287,7 @@ pub fn analyze(g: &Graph) -> Result<Roles, String> {
 
 /// Refuses every node that mixes token rows outside attention, and a model without a causal
 /// mask.
-fn check(g: &Graph, r: &Roles) -> Result<(), String> {
+fn check(g: &Graph, r: &Roles) -> Result<(), GenerateError> {
     let query_in = |v: Value, axes: &[usize]| axes.iter().any(|&a| r.get(v, a) == Role::Query);
     for &n in &g.order {
         let nd = &g.nodes[n];
@@ -373,17 +375,11 @@ fn check(g: &Graph, r: &Roles) -> Result<(), String> {
         }
         normalisations += 1;
         if !masked_path(g, r, nd.args[0], 8) {
-            return Err(format!(
-                "model `{}`, node `{}`: attention is not hidden from later positions (no causal mask before it): not a causal decoder",
-                g.name, nd.name
-            ));
+            return Err(GenerateError::Unmasked { model: g.name.clone(), node: nd.name.clone() });
         }
     }
     if normalisations == 0 && !r.caches.is_empty() {
-        return Err(format!(
-            "model `{}`: attention has no normalisation over key positions",
-            g.name
-        ));
+        return Err(GenerateError::NoNormalisation { model: g.name.clone() });
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! windows (one program weight each, masked once).
 
 use super::roles::{Role, Roles};
+use super::GenerateError;
 use crate::ir::{Graph, Op, Provenance, Step, Tensor, TensorType, Value, ValueDef};
 use std::collections::HashMap;
 
@@ -77,7 +78,7 @@ impl<'a> Emitter<'a> {
         q0: usize,
         q1: usize,
         prefix: &str,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, GenerateError> {
         let name = format!("{prefix}/{}", self.src.values[v].name);
         if !self.roles.positional(v) {
             return Ok(self.dst.add_const(&name, t.clone()));
@@ -97,20 +98,23 @@ impl<'a> Emitter<'a> {
             len[a] = self.dim(role, t.shape[a], q0, q1);
         }
         let op = Op::Slice { start, step: vec![1; r], len: len.clone() };
-        let sliced = crate::eval::eval_op(&op, &[t], &TensorType::new(t.dtype, len))
-            .map_err(|e| format!("slicing constant `{}`: {e}", self.src.values[v].name))?;
+        let sliced =
+            crate::eval::eval_op(&op, &[t], &TensorType::new(t.dtype, len)).map_err(|error| {
+                GenerateError::SliceConst { value: self.src.values[v].name.clone(), error }
+            })?;
         Ok(self.dst.add_const(&name, sliced))
     }
 
     /// The window's version of a node's attributes (static shapes and slice offsets).
     fn adjust(
         &self,
+        node: &str,
         op: &Op,
         args: &[Value],
         out: Value,
         q0: usize,
         q1: usize,
-    ) -> Result<Op, String> {
+    ) -> Result<Op, GenerateError> {
         let q0 = self.lo(out, q0, q1);
         Ok(match op {
             Op::Reshape { shape } => Op::Reshape { shape: self.new_shape(out, shape, q0, q1) },
@@ -125,7 +129,7 @@ impl<'a> Emitter<'a> {
                     if self.roles.get(args[0], a) == Role::None {
                         // A positional table (position embeddings) sliced by the token rows.
                         if step[a] != 1 {
-                            return Err("a strided slice of a position table".into());
+                            return Err(GenerateError::StridedPositions { node: node.to_string() });
                         }
                         if ro == Role::Query {
                             start[a] += q0;
@@ -147,7 +151,7 @@ impl<'a> Emitter<'a> {
         q0: usize,
         q1: usize,
         prefix: &str,
-    ) -> Result<HashMap<Value, Value>, String> {
+    ) -> Result<HashMap<Value, Value>, GenerateError> {
         let src = self.src;
         let mut env: HashMap<Value, Value> = HashMap::new();
         env.insert(self.roles.ids, ids);
@@ -173,15 +177,11 @@ impl<'a> Emitter<'a> {
                                 self.dst.add_weight(&src.values[a].name, (**t).clone())
                             }),
                             ValueDef::Input => {
-                                return Err(format!(
-                                    "input `{}` is not the token ids",
-                                    src.values[a].name
-                                ))
+                                return Err(GenerateError::OtherInput(src.values[a].name.clone()))
                             }
                             ValueDef::Result(_) => {
-                                return Err(format!(
-                                    "`{}` is used before it is computed",
-                                    src.values[a].name
+                                return Err(GenerateError::UsedBeforeComputed(
+                                    src.values[a].name.clone(),
                                 ))
                             }
                         };
@@ -206,7 +206,7 @@ impl<'a> Emitter<'a> {
                                         &[old, args[1]],
                                         &format!("{prefix}/{}.cache", src.values[cp.value].name),
                                     )
-                                    .map_err(|e| format!("node `{}`: {e}", nd.name))?,
+                                    .map_err(shape_err(&nd.name, None))?,
                                 None => args[1],
                             };
                             self.caches.insert(cp.value, v);
@@ -244,11 +244,9 @@ impl<'a> Emitter<'a> {
                         &[args[i]],
                         &format!("{prefix}/{}.last", src.values[a].name),
                     )
-                    .map_err(|e| format!("node `{}`: {e}", nd.name))?;
+                    .map_err(shape_err(&nd.name, None))?;
             }
-            let op = self
-                .adjust(&nd.op, &nd.args, nd.result, q0, q1)
-                .map_err(|e| format!("node `{}`: {e}", nd.name))?;
+            let op = self.adjust(&nd.name, &nd.op, &nd.args, nd.result, q0, q1)?;
             self.dst.cursor = prov;
             let r = self
                 .dst
@@ -258,7 +256,7 @@ impl<'a> Emitter<'a> {
                     &args,
                     &format!("{prefix}/{}", src.values[nd.result].name),
                 )
-                .map_err(|e| format!("node `{}` in the window [{q0}, {q1}): {e}", nd.name))?;
+                .map_err(shape_err(&nd.name, Some((q0, q1))))?;
             env.insert(nd.result, r);
             if self.fixed.contains(&nd.result) {
                 self.fixed_done.insert(nd.result, r);
@@ -267,4 +265,12 @@ impl<'a> Emitter<'a> {
         self.dst.cursor = Provenance::default();
         Ok(env)
     }
+}
+
+/// For `map_err`: a shape error at the window's copy of source node `node`.
+fn shape_err(
+    node: &str,
+    window: Option<(usize, usize)>,
+) -> impl FnOnce(crate::ir::shape::ShapeError) -> GenerateError + '_ {
+    move |error| GenerateError::Shape { node: node.to_string(), window, error }
 }

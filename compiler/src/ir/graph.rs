@@ -166,14 +166,14 @@ impl Graph {
     }
 
     /// Appends a node computing `op(args)`; its result name is `result_name` (made unique).
-    /// Fails with the shape-inference message when the argument types do not fit `op`.
+    /// Fails with the shape-inference error when the argument types do not fit `op`.
     pub fn add_node(
         &mut self,
         name: &str,
         op: Op,
         args: &[Value],
         result_name: &str,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, shape::ShapeError> {
         let tys: Vec<&TensorType> = args.iter().map(|&a| &self.values[a].ty).collect();
         let ty = shape::infer(&op, &tys)?;
         let node = self.nodes.next_key();

@@ -25,57 +25,177 @@ fn shape_str(s: &[usize]) -> String {
     format!("[{}]", s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))
 }
 
-fn arity(op: &Op, args: &[&TensorType], lo: usize, hi: usize) -> Result<(), String> {
-    if args.len() < lo || args.len() > hi {
-        let want = if lo == hi { lo.to_string() } else { format!("{lo} to {hi}") };
-        return Err(format!("`{}` takes {want} arguments, got {}", op.name(), args.len()));
-    }
-    Ok(())
+/// Why an operator does not accept its argument types: names the operator and the offending
+/// types or attributes (the caller adds the node name).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ShapeError {
+    /// Wrong number of arguments.
+    #[error("`{op}` takes {want} arguments, got {got}")]
+    Arity {
+        /// Operator.
+        op: &'static str,
+        /// How many it takes (`2`, `2 to 3`).
+        want: String,
+        /// How many it got.
+        got: usize,
+    },
+    /// Two arguments that must share a dtype do not.
+    #[error("`{op}` needs arguments of one dtype, got {a} and {b}")]
+    MixedDTypes {
+        /// Operator.
+        op: &'static str,
+        /// One argument's dtype.
+        a: DType,
+        /// The other's.
+        b: DType,
+    },
+    /// An argument of the wrong dtype (`what` says which and what was expected).
+    #[error("{what}, got {got}")]
+    DType {
+        /// Operator.
+        op: &'static str,
+        /// What was expected, e.g. "`not` needs a bool argument".
+        what: String,
+        /// The dtype it got.
+        got: DType,
+    },
+    /// Argument shapes that do not broadcast together.
+    #[error("`{op}` cannot broadcast shapes {}", list(shapes))]
+    Broadcast {
+        /// Operator.
+        op: &'static str,
+        /// The argument shapes.
+        shapes: Vec<Vec<usize>>,
+    },
+    /// Reduction axes out of order or repeated.
+    #[error("`{op}` axes must be sorted and distinct, got {axes:?}")]
+    UnsortedAxes {
+        /// Operator.
+        op: &'static str,
+        /// The axes.
+        axes: Vec<usize>,
+    },
+    /// An axis past the argument's rank.
+    #[error("{} axis {axis} is out of range for rank {rank}", axis_op(op, *quoted))]
+    AxisOutOfRange {
+        /// Operator.
+        op: &'static str,
+        /// Whether the message quotes the operator (`` `reduce_sum` axis `` or `softmax axis`).
+        quoted: bool,
+        /// The axis.
+        axis: usize,
+        /// The argument's rank.
+        rank: usize,
+    },
+    /// A matrix product of arguments whose shapes do not fit (`what` says how).
+    #[error("matmul {what}: {} · {}", shape_str(a), shape_str(b))]
+    MatMul {
+        /// What does not fit ("inner dimensions differ", ...).
+        what: &'static str,
+        /// The left shape.
+        a: Vec<usize>,
+        /// The right shape.
+        b: Vec<usize>,
+    },
+    /// Any other argument or attribute the operator does not accept.
+    #[error("{msg}")]
+    Invalid {
+        /// Operator.
+        op: &'static str,
+        /// What is wrong, with the offending shapes or attributes.
+        msg: String,
+    },
 }
 
-fn same_dtype(op: &Op, a: &TensorType, b: &TensorType) -> Result<(), String> {
-    if a.dtype != b.dtype {
-        return Err(format!(
-            "`{}` needs arguments of one dtype, got {} and {}",
-            op.name(),
-            a.dtype,
-            b.dtype
-        ));
-    }
-    Ok(())
-}
-
-fn check_axes(op: &Op, axes: &[usize], rank: usize) -> Result<(), String> {
-    for w in axes.windows(2) {
-        if w[0] >= w[1] {
-            return Err(format!("`{}` axes must be sorted and distinct, got {axes:?}", op.name()));
+impl ShapeError {
+    /// The operator's name.
+    pub fn op(&self) -> &'static str {
+        match self {
+            ShapeError::Arity { op, .. }
+            | ShapeError::MixedDTypes { op, .. }
+            | ShapeError::DType { op, .. }
+            | ShapeError::Broadcast { op, .. }
+            | ShapeError::UnsortedAxes { op, .. }
+            | ShapeError::AxisOutOfRange { op, .. }
+            | ShapeError::Invalid { op, .. } => op,
+            ShapeError::MatMul { .. } => "matmul",
         }
     }
-    if let Some(&a) = axes.iter().find(|&&a| a >= rank) {
-        return Err(format!("`{}` axis {a} is out of range for rank {rank}", op.name()));
+}
+
+fn invalid(op: &Op, msg: impl Into<String>) -> ShapeError {
+    ShapeError::Invalid { op: op.name(), msg: msg.into() }
+}
+
+fn wrong_dtype(op: &Op, what: impl Into<String>, got: DType) -> ShapeError {
+    ShapeError::DType { op: op.name(), what: what.into(), got }
+}
+
+fn axis_op(op: &str, quoted: bool) -> String {
+    if quoted {
+        format!("`{op}`")
+    } else {
+        op.to_string()
+    }
+}
+
+fn list(shapes: &[Vec<usize>]) -> String {
+    let s: Vec<String> = shapes.iter().map(|s| shape_str(s)).collect();
+    match s.as_slice() {
+        [a, b] => format!("{a} and {b}"),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+        [] => String::new(),
+    }
+}
+
+fn out_of_range(op: &Op, axis: usize, rank: usize) -> ShapeError {
+    ShapeError::AxisOutOfRange { op: op.name(), quoted: false, axis, rank }
+}
+
+fn arity(op: &Op, args: &[&TensorType], lo: usize, hi: usize) -> Result<(), ShapeError> {
+    if args.len() < lo || args.len() > hi {
+        let want = if lo == hi { lo.to_string() } else { format!("{lo} to {hi}") };
+        return Err(ShapeError::Arity { op: op.name(), want, got: args.len() });
     }
     Ok(())
 }
 
-/// The result type of `op` applied to arguments of the given types, or a message saying what
-/// was expected (the caller adds the node name).
-pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
+fn same_dtype(op: &Op, a: &TensorType, b: &TensorType) -> Result<(), ShapeError> {
+    if a.dtype != b.dtype {
+        return Err(ShapeError::MixedDTypes { op: op.name(), a: a.dtype, b: b.dtype });
+    }
+    Ok(())
+}
+
+fn check_axes(op: &Op, axes: &[usize], rank: usize) -> Result<(), ShapeError> {
+    for w in axes.windows(2) {
+        if w[0] >= w[1] {
+            return Err(ShapeError::UnsortedAxes { op: op.name(), axes: axes.to_vec() });
+        }
+    }
+    if let Some(&axis) = axes.iter().find(|&&a| a >= rank) {
+        return Err(ShapeError::AxisOutOfRange { op: op.name(), quoted: true, axis, rank });
+    }
+    Ok(())
+}
+
+/// The result type of `op` applied to arguments of the given types, or what was expected (the
+/// caller adds the node name).
+pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, ShapeError> {
     if op.is_binary_elementwise() {
         arity(op, args, 2, 2)?;
         // ONNX Pow takes an exponent of any numeric type; the result has the base's type.
         if !matches!(op, Op::Pow) {
             same_dtype(op, args[0], args[1])?;
         }
-        let shape = broadcast(&args[0].shape, &args[1].shape).ok_or_else(|| {
-            format!(
-                "`{}` cannot broadcast shapes {} and {}",
-                op.name(),
-                shape_str(&args[0].shape),
-                shape_str(&args[1].shape)
-            )
-        })?;
+        let shape =
+            broadcast(&args[0].shape, &args[1].shape).ok_or_else(|| ShapeError::Broadcast {
+                op: op.name(),
+                shapes: vec![args[0].shape.clone(), args[1].shape.clone()],
+            })?;
         if matches!(op, Op::And | Op::Or | Op::Xor) && args[0].dtype != DType::Bool {
-            return Err(format!("`{}` needs bool arguments, got {}", op.name(), args[0].dtype));
+            let what = format!("`{}` needs bool arguments", op.name());
+            return Err(wrong_dtype(op, what, args[0].dtype));
         }
         let dtype = if op.returns_bool() { DType::Bool } else { args[0].dtype };
         return Ok(TensorType::new(dtype, shape));
@@ -84,7 +204,7 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
         Op::Not | Op::Neg | Op::Abs | Op::Relu | Op::Clip { .. } => {
             arity(op, args, 1, 1)?;
             if matches!(op, Op::Not) && args[0].dtype != DType::Bool {
-                return Err(format!("`not` needs a bool argument, got {}", args[0].dtype));
+                return Err(wrong_dtype(op, "`not` needs a bool argument", args[0].dtype));
             }
             Ok(args[0].clone())
         }
@@ -101,18 +221,12 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
         | Op::Softmax { .. } => {
             arity(op, args, 1, 1)?;
             if !args[0].dtype.is_float() && !matches!(op, Op::Drelu) {
-                return Err(format!(
-                    "`{}` needs a floating-point argument, got {}",
-                    op.name(),
-                    args[0].dtype
-                ));
+                let what = format!("`{}` needs a floating-point argument", op.name());
+                return Err(wrong_dtype(op, what, args[0].dtype));
             }
             if let Op::Softmax { axis } = op {
                 if *axis >= args[0].rank() {
-                    return Err(format!(
-                        "softmax axis {axis} is out of range for rank {}",
-                        args[0].rank()
-                    ));
+                    return Err(out_of_range(op, *axis, args[0].rank()));
                 }
             }
             Ok(args[0].clone())
@@ -128,18 +242,14 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
         Op::Where => {
             arity(op, args, 3, 3)?;
             if args[0].dtype != DType::Bool {
-                return Err(format!("`where` condition must be bool, got {}", args[0].dtype));
+                return Err(wrong_dtype(op, "`where` condition must be bool", args[0].dtype));
             }
             same_dtype(op, args[1], args[2])?;
             let s = broadcast(&args[0].shape, &args[1].shape)
                 .and_then(|s| broadcast(&s, &args[2].shape))
-                .ok_or_else(|| {
-                    format!(
-                        "`where` cannot broadcast shapes {}, {} and {}",
-                        shape_str(&args[0].shape),
-                        shape_str(&args[1].shape),
-                        shape_str(&args[2].shape)
-                    )
+                .ok_or_else(|| ShapeError::Broadcast {
+                    op: op.name(),
+                    shapes: args.iter().map(|a| a.shape.clone()).collect(),
                 })?;
             Ok(TensorType::new(args[1].dtype, s))
         }
@@ -169,7 +279,7 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
             arity(op, args, 1, 1)?;
             check_axes(op, &[*axis], args[0].rank())?;
             if args[0].shape[*axis] == 0 {
-                return Err("arg_max over an empty axis".into());
+                return Err(invalid(op, "arg_max over an empty axis"));
             }
             let mut shape = args[0].shape.clone();
             shape[*axis] = 1;
@@ -184,10 +294,9 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
             arity(op, args, 2, 2)?;
             check_axes(op, &[*axis], args[0].rank())?;
             if args[1].shape != [args[0].shape[*axis]] {
-                return Err(format!(
-                    "keep {:?} does not match axis {axis} of {}",
-                    args[1].shape, args[0]
-                ));
+                let msg =
+                    format!("keep {:?} does not match axis {axis} of {}", args[1].shape, args[0]);
+                return Err(invalid(op, msg));
             }
             Ok(args[0].clone())
         }
@@ -199,7 +308,7 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
             arity(op, args, 1, 1)?;
             check_axes(op, &[*axis], args[0].rank())?;
             if *k == 0 || args[0].shape[*axis] == 0 {
-                return Err("keep_top_k needs k >= 1 and a non-empty axis".into());
+                return Err(invalid(op, "keep_top_k needs k >= 1 and a non-empty axis"));
             }
             Ok(args[0].clone())
         }
@@ -207,19 +316,19 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
             arity(op, args, 2, 3)?;
             let x = args[0];
             if *axis >= x.rank() {
-                return Err(format!(
-                    "layer_norm axis {axis} is out of range for rank {}",
-                    x.rank()
-                ));
+                return Err(out_of_range(op, *axis, x.rank()));
             }
             let norm = &x.shape[*axis..];
             for p in &args[1..] {
                 same_dtype(op, x, p)?;
                 if broadcast(norm, &p.shape).as_deref() != Some(norm) {
-                    return Err(format!(
-                        "layer_norm scale/bias of shape {} does not broadcast to the normalised shape {}",
-                        shape_str(&p.shape),
-                        shape_str(norm)
+                    return Err(invalid(
+                        op,
+                        format!(
+                            "layer_norm scale/bias of shape {} does not broadcast to the normalised shape {}",
+                            shape_str(&p.shape),
+                            shape_str(norm)
+                        ),
                     ));
                 }
             }
@@ -229,17 +338,18 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
             arity(op, args, 1, 1)?;
             let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
             let Some(n) = n else {
-                return Err(format!(
-                    "reshape to {}: the element count overflows",
-                    shape_str(shape)
-                ));
+                let msg = format!("reshape to {}: the element count overflows", shape_str(shape));
+                return Err(invalid(op, msg));
             };
             if n != args[0].numel() {
-                return Err(format!(
-                    "cannot reshape {} ({} elements) to {} ({n} elements)",
-                    shape_str(&args[0].shape),
-                    args[0].numel(),
-                    shape_str(shape)
+                return Err(invalid(
+                    op,
+                    format!(
+                        "cannot reshape {} ({} elements) to {} ({n} elements)",
+                        shape_str(&args[0].shape),
+                        args[0].numel(),
+                        shape_str(shape)
+                    ),
                 ));
             }
             Ok(TensorType::new(args[0].dtype, shape.clone()))
@@ -251,7 +361,8 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
             if perm.len() != r
                 || perm.iter().any(|&p| p >= r || std::mem::replace(&mut seen[p], true))
             {
-                return Err(format!("transpose perm {perm:?} is not a permutation of rank {r}"));
+                let msg = format!("transpose perm {perm:?} is not a permutation of rank {r}");
+                return Err(invalid(op, msg));
             }
             Ok(TensorType::new(
                 args[0].dtype,
@@ -262,10 +373,9 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
             arity(op, args, 1, 1)?;
             let s = &args[0].shape;
             if start.len() != s.len() || step.len() != s.len() || len.len() != s.len() {
-                return Err(format!(
-                    "slice attributes must have one entry per dim (rank {})",
-                    s.len()
-                ));
+                let msg =
+                    format!("slice attributes must have one entry per dim (rank {})", s.len());
+                return Err(invalid(op, msg));
             }
             for d in 0..s.len() {
                 if len[d] == 0 {
@@ -274,9 +384,12 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
                 // In i128: a step or length from a file must not wrap the last index.
                 let last = start[d] as i128 + (len[d] as i128 - 1) * step[d] as i128;
                 if step[d] == 0 || start[d] >= s[d] || last < 0 || last >= s[d] as i128 {
-                    return Err(format!(
-                        "slice of dim {d} (size {}) with start {} step {} len {} reads out of range",
-                        s[d], start[d], step[d], len[d]
+                    return Err(invalid(
+                        op,
+                        format!(
+                            "slice of dim {d} (size {}) with start {} step {} len {} reads out of range",
+                            s[d], start[d], step[d], len[d]
+                        ),
                     ));
                 }
             }
@@ -284,14 +397,11 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
         }
         Op::Concat { axis } => {
             if args.is_empty() {
-                return Err("`concat` needs at least one argument".into());
+                return Err(invalid(op, "`concat` needs at least one argument"));
             }
             let first = args[0];
             if *axis >= first.rank() {
-                return Err(format!(
-                    "concat axis {axis} is out of range for rank {}",
-                    first.rank()
-                ));
+                return Err(out_of_range(op, *axis, first.rank()));
             }
             let mut shape = first.shape.clone();
             shape[*axis] = 0;
@@ -300,26 +410,27 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
                 let compatible = a.rank() == first.rank()
                     && (0..a.rank()).all(|d| d == *axis || a.shape[d] == first.shape[d]);
                 if !compatible {
-                    return Err(format!(
-                        "concat on axis {axis} of shapes {} and {}",
-                        shape_str(&first.shape),
-                        shape_str(&a.shape)
+                    return Err(invalid(
+                        op,
+                        format!(
+                            "concat on axis {axis} of shapes {} and {}",
+                            shape_str(&first.shape),
+                            shape_str(&a.shape)
+                        ),
                     ));
                 }
-                shape[*axis] = shape[*axis]
-                    .checked_add(a.shape[*axis])
-                    .ok_or_else(|| format!("concat on axis {axis}: the dimension overflows"))?;
+                shape[*axis] = shape[*axis].checked_add(a.shape[*axis]).ok_or_else(|| {
+                    invalid(op, format!("concat on axis {axis}: the dimension overflows"))
+                })?;
             }
             Ok(TensorType::new(first.dtype, shape))
         }
         Op::Expand { shape } => {
             arity(op, args, 1, 1)?;
             if broadcast(&args[0].shape, shape).as_deref() != Some(shape) {
-                return Err(format!(
-                    "cannot expand {} to {}",
-                    shape_str(&args[0].shape),
-                    shape_str(shape)
-                ));
+                let msg =
+                    format!("cannot expand {} to {}", shape_str(&args[0].shape), shape_str(shape));
+                return Err(invalid(op, msg));
             }
             Ok(TensorType::new(args[0].dtype, shape.clone()))
         }
@@ -327,10 +438,10 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
             arity(op, args, 2, 2)?;
             let (data, idx) = (args[0], args[1]);
             if !idx.dtype.is_int() {
-                return Err(format!("gather indices must be integers, got {}", idx.dtype));
+                return Err(wrong_dtype(op, "gather indices must be integers", idx.dtype));
             }
             if *axis >= data.rank() {
-                return Err(format!("gather axis {axis} is out of range for rank {}", data.rank()));
+                return Err(out_of_range(op, *axis, data.rank()));
             }
             let mut shape = data.shape[..*axis].to_vec();
             shape.extend_from_slice(&idx.shape);
@@ -342,21 +453,27 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
             let (data, idx) = (args[0], args[1]);
             let b = *batch_dims;
             if !idx.dtype.is_int() {
-                return Err(format!("gather_nd indices must be integers, got {}", idx.dtype));
+                return Err(wrong_dtype(op, "gather_nd indices must be integers", idx.dtype));
             }
             let q = idx.rank();
             if q == 0 || b >= q || b >= data.rank() || data.shape[..b] != idx.shape[..b] {
-                return Err(format!(
-                    "gather_nd with batch_dims {b} on data {} and indices {}",
-                    shape_str(&data.shape),
-                    shape_str(&idx.shape)
+                return Err(invalid(
+                    op,
+                    format!(
+                        "gather_nd with batch_dims {b} on data {} and indices {}",
+                        shape_str(&data.shape),
+                        shape_str(&idx.shape)
+                    ),
                 ));
             }
             let k = idx.shape[q - 1];
             if k > data.rank() - b {
-                return Err(format!(
-                    "gather_nd index tuples of length {k} exceed data rank {} (batch_dims {b})",
-                    data.rank()
+                return Err(invalid(
+                    op,
+                    format!(
+                        "gather_nd index tuples of length {k} exceed data rank {} (batch_dims {b})",
+                        data.rank()
+                    ),
                 ));
             }
             let mut shape = idx.shape[..q - 1].to_vec();
@@ -368,20 +485,23 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, String> {
 }
 
 /// Numpy `matmul` result shape.
-pub fn matmul_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+pub fn matmul_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, ShapeError> {
+    let err = |what| ShapeError::MatMul { what, a: a.to_vec(), b: b.to_vec() };
     if a.is_empty() || b.is_empty() {
-        return Err("matmul arguments must have rank ≥ 1".into());
+        return Err(ShapeError::Invalid {
+            op: "matmul",
+            msg: "matmul arguments must have rank ≥ 1".into(),
+        });
     }
     let a2: Vec<usize> = if a.len() == 1 { vec![1, a[0]] } else { a.to_vec() };
     let b2: Vec<usize> = if b.len() == 1 { vec![b[0], 1] } else { b.to_vec() };
     let (m, k1) = (a2[a2.len() - 2], a2[a2.len() - 1]);
     let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
     if k1 != k2 {
-        return Err(format!("matmul inner dimensions differ: {} · {}", shape_str(a), shape_str(b)));
+        return Err(err("inner dimensions differ"));
     }
-    let batch = broadcast(&a2[..a2.len() - 2], &b2[..b2.len() - 2]).ok_or_else(|| {
-        format!("matmul batch dimensions do not broadcast: {} · {}", shape_str(a), shape_str(b))
-    })?;
+    let batch = broadcast(&a2[..a2.len() - 2], &b2[..b2.len() - 2])
+        .ok_or_else(|| err("batch dimensions do not broadcast"))?;
     let mut out = batch;
     if a.len() > 1 {
         out.push(m);

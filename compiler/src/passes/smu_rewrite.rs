@@ -116,8 +116,8 @@ fn masked_scores(g: &Graph, x: Value, axis: usize) -> Option<(Value, Tensor, Ten
 fn insert_before(
     g: &mut Graph,
     n: Node,
-    build: impl FnOnce(&mut Graph) -> Result<Value, String>,
-) -> Result<Value, String> {
+    build: impl FnOnce(&mut Graph) -> Result<Value, crate::ir::shape::ShapeError>,
+) -> Result<Value, crate::ir::shape::ShapeError> {
     let before = g.order.len();
     let out = build(g)?;
     let new: Vec<_> = g.order.drain(before..).collect();

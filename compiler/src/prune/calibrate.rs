@@ -5,7 +5,7 @@
 
 use super::cuts::Cut;
 use super::reference::{GraphAt, Stepper};
-use super::{quantize, PruneConfig};
+use super::{quantize, PruneConfig, PruneError};
 use crate::ir::Tensor;
 use std::collections::HashMap;
 
@@ -28,12 +28,12 @@ pub fn thresholds(
     keep: &[f64],
     protect: usize,
     samples: &[HashMap<String, Tensor>],
-) -> Result<Calibrated, String> {
+) -> Result<Calibrated, PruneError> {
     if samples.is_empty() {
-        return Err("no sample inputs".into());
+        return Err(PruneError::NoSamples);
     }
-    if let Some(f) = keep.iter().find(|f| !(0.0..=1.0).contains(*f)) {
-        return Err(format!("keep fraction {f} outside [0, 1]"));
+    if let Some(&f) = keep.iter().find(|f| !(0.0..=1.0).contains(*f)) {
+        return Err(PruneError::KeepFraction(f));
     }
     let mut steppers = samples
         .iter()

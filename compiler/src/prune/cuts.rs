@@ -1,6 +1,7 @@
 //! Where the pruning points go. Token axes are the axes whose size follows the sequence
 //! length: the model is imported at two lengths and compared value by value.
 
+use super::PruneError;
 use crate::ir::{Graph, Op, Value, ValueDef};
 use std::collections::HashMap;
 
@@ -23,13 +24,13 @@ pub struct Cut {
 type Candidate = (usize, usize, Vec<(Value, usize)>);
 
 /// Token axes of every value: where `a` (at length `n`) and `b` (at `n − 1`) differ.
-fn token_axes(a: &Graph, b: &Graph, n: usize) -> Result<HashMap<Value, Vec<usize>>, String> {
+fn token_axes(a: &Graph, b: &Graph, n: usize) -> Result<HashMap<Value, Vec<usize>>, PruneError> {
     let mut out = HashMap::new();
     for (v, va) in a.values.iter() {
         let vb = &b.values[v];
         let (sa, sb) = (&va.ty.shape, &vb.ty.shape);
         if sa.len() != sb.len() {
-            return Err(format!("`{}` changes rank with the sequence length", va.name));
+            return Err(PruneError::RankChanges { value: va.name.clone() });
         }
         let axes: Vec<usize> = (0..sa.len()).filter(|&i| sa[i] != sb[i]).collect();
         if axes.iter().any(|&i| sa[i] != n || sb[i] + 1 != n) {
@@ -42,19 +43,14 @@ fn token_axes(a: &Graph, b: &Graph, n: usize) -> Result<HashMap<Value, Vec<usize
 }
 
 /// Checks that `b` is `a` up to the sequence length: same nodes, operators and arguments.
-pub fn same_structure(a: &Graph, b: &Graph) -> Result<(), String> {
+pub fn same_structure(a: &Graph, b: &Graph) -> Result<(), PruneError> {
     if a.order.len() != b.order.len() || a.values.len() != b.values.len() {
-        return Err(format!(
-            "the model has {} nodes at one length and {} at another: its structure depends on \
-             the sequence length",
-            a.order.len(),
-            b.order.len()
-        ));
+        return Err(PruneError::NodeCount { a: a.order.len(), b: b.order.len() });
     }
     for (&na, &nb) in a.order.iter().zip(&b.order) {
         let (x, y) = (&a.nodes[na], &b.nodes[nb]);
         if na != nb || x.op.name() != y.op.name() || x.args != y.args || x.result != y.result {
-            return Err(format!("node `{}` differs between sequence lengths", x.name));
+            return Err(PruneError::NodeDiffers { node: x.name.clone() });
         }
     }
     Ok(())
@@ -67,22 +63,15 @@ pub fn find(
     shorter: &Graph,
     n: usize,
     wanted: Option<&[usize]>,
-) -> Result<Vec<Cut>, String> {
+) -> Result<Vec<Cut>, PruneError> {
     same_structure(g, shorter)?;
     let axes = token_axes(g, shorter, n)?;
     if axes.is_empty() {
-        return Err(format!(
-            "no shape changes between {n} and {} tokens: the model's sequence length is fixed              (an ONNX export with a fixed sequence axis? export it with a dynamic one)",
-            n - 1
-        ));
+        return Err(PruneError::FixedLength { n });
     }
     for &o in &g.outputs {
         if axes.contains_key(&o) {
-            return Err(format!(
-                "output `{}` has a token axis: pruned tokens would be missing from it (prune a \
-                 model that outputs a pooled or CLS row)",
-                g.values[o].name
-            ));
+            return Err(PruneError::OutputTokenAxis { output: g.values[o].name.clone() });
         }
     }
     // Attention softmaxes: over a token axis, of a value with two.
@@ -97,17 +86,12 @@ pub fn find(
         }
     }
     if attn.is_empty() {
-        return Err(
-            "the model has no attention softmax (over keys of a token × token score)".into()
-        );
+        return Err(PruneError::NoAttention);
     }
     let every: Vec<usize> = (0..attn.len()).collect();
     let wanted = wanted.unwrap_or(&every);
     if let Some(&bad) = wanted.iter().find(|&&l| l >= attn.len()) {
-        return Err(format!(
-            "threshold for attention layer {bad}, but the model has {} attention softmaxes",
-            attn.len()
-        ));
+        return Err(PruneError::NoSuchLayer { layer: bad, count: attn.len() });
     }
     // Last use of every value, by position.
     let mut last: HashMap<Value, usize> = HashMap::new();
@@ -163,7 +147,7 @@ pub fn find(
             }
         }
         let Some((_, at, crossing)) = best else {
-            return Err(format!("no pruning point after attention layer {layer}: {why}"));
+            return Err(PruneError::NoPoint { layer, why });
         };
         cuts.push(Cut { layer, probs, key_axis, at, crossing });
     }

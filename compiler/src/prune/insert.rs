@@ -3,12 +3,16 @@
 //! point. The nodes go right before the point's first node, so the order stays valid.
 
 use super::cuts::Cut;
-use super::PruneConfig;
+use super::{PruneConfig, PruneError};
 use crate::ir::{Graph, Op, Provenance, Value};
 use std::collections::HashMap;
 
 /// Inserts every cut of `cuts` (positions in `g.order` as [`super::cuts::find`] gave them).
-pub fn insert(g: &mut Graph, cuts: &[Cut], cfg: &PruneConfig) -> Result<(), String> {
+pub fn insert(g: &mut Graph, cuts: &[Cut], cfg: &PruneConfig) -> Result<(), PruneError> {
+    let shape = |node: &str| {
+        let node = node.to_string();
+        move |error| PruneError::Shape { node, error }
+    };
     // Anchors by node, so earlier insertions do not move later points.
     let anchors: Vec<Option<crate::ir::Node>> =
         cuts.iter().map(|c| g.order.get(c.at).copied()).collect();
@@ -17,16 +21,19 @@ pub fn insert(g: &mut Graph, cuts: &[Cut], cfg: &PruneConfig) -> Result<(), Stri
     // original, and rewires their uses.
     let mut latest: HashMap<Value, Value> = HashMap::new();
     for (c, anchor) in cuts.iter().zip(anchors) {
-        let theta = cfg.theta(c.layer).ok_or("a cut without a threshold")?;
+        let theta = cfg.theta(c.layer).ok_or(PruneError::CutWithoutThreshold { layer: c.layer })?;
         let before = g.order.len();
         let name = format!("layer.{}.prune", c.layer);
         g.cursor = Provenance { site: Some("prune".into()), ..Provenance::default() };
-        let keep = g.add_node(
-            &format!("{name}::prune/keep"),
-            Op::PruneKeep { axis: c.key_axis, theta, protect: cfg.protect },
-            &[c.probs],
-            &format!("{name}.keep"),
-        )?;
+        let node = format!("{name}::prune/keep");
+        let keep = g
+            .add_node(
+                &node,
+                Op::PruneKeep { axis: c.key_axis, theta, protect: cfg.protect },
+                &[c.probs],
+                &format!("{name}.keep"),
+            )
+            .map_err(shape(&node))?;
         let sources: Vec<(Value, Value, usize)> = c
             .crossing
             .iter()
@@ -35,30 +42,30 @@ pub fn insert(g: &mut Graph, cuts: &[Cut], cfg: &PruneConfig) -> Result<(), Stri
         let mut compacted = Vec::new();
         for &(_, src, axis) in &sources {
             let vn = g.values[src].name.clone();
-            let x = g.add_node(
-                &format!("{name}::prune/compact"),
-                Op::Compact { axis },
-                &[src, keep],
-                &format!("{vn}.compact"),
-            )?;
+            let node = format!("{name}::prune/compact");
+            let x = g
+                .add_node(&node, Op::Compact { axis }, &[src, keep], &format!("{vn}.compact"))
+                .map_err(shape(&node))?;
             compacted.push(x);
         }
         // (what the uses after the point read now, what they read instead)
         let mut shrunk: Vec<(Value, Value)> = Vec::new();
         for (&(v, src, _), &x) in sources.iter().zip(&compacted) {
             let vn = g.values[v].name.clone();
-            let s = g.add_node(
-                &format!("{name}::prune/shrink"),
-                Op::Shrink,
-                &[x, keep],
-                &format!("{vn}.kept"),
-            )?;
+            let node = format!("{name}::prune/shrink");
+            let s = g
+                .add_node(&node, Op::Shrink, &[x, keep], &format!("{vn}.kept"))
+                .map_err(shape(&node))?;
             shrunk.push((src, s));
             latest.insert(v, s);
         }
         let new: Vec<_> = g.order.drain(before..).collect();
         let pos = match anchor {
-            Some(a) => g.order.iter().position(|&m| m == a).ok_or("anchor vanished")?,
+            Some(a) => g
+                .order
+                .iter()
+                .position(|&m| m == a)
+                .ok_or(PruneError::AnchorVanished { layer: c.layer })?,
             None => g.order.len(),
         };
         // Uses after the point read the kept tokens.

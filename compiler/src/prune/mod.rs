@@ -18,8 +18,169 @@ pub mod cuts;
 pub mod insert;
 pub mod reference;
 
+use crate::ir::shape::ShapeError;
 use crate::ir::{Data, Tensor, TensorType};
 use serde::{Deserialize, Serialize};
+
+/// Why token pruning could not find, place, run or compile its points: names the value, node,
+/// layer or length concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    /// The model could not be loaded at a sequence length.
+    #[error("{error}")]
+    Load {
+        /// The sequence length.
+        len: usize,
+        /// Why (the front end's or recipe's error).
+        error: reference::GraphError,
+    },
+    /// The thresholds file is not JSON of the expected form.
+    #[error("{error} (expected {{\"theta\": [0.006, null, ...], \"protect\": 1}})")]
+    Json {
+        /// The parser's error.
+        error: serde_json::Error,
+    },
+    /// A threshold outside [0, 1].
+    #[error("theta[{layer}] = {theta}: a mean attention lies in [0, 1]")]
+    Theta {
+        /// Its index.
+        layer: usize,
+        /// Its value.
+        theta: f64,
+    },
+    /// Every threshold is null.
+    #[error("no threshold: every entry of `theta` is null")]
+    NoThreshold,
+    /// `protect` is 0.
+    #[error("`protect` must be at least 1, so that a pruned sequence is never empty")]
+    Protect,
+    /// A pruning point at a layer the thresholds do not cover.
+    #[error("a cut without a threshold (attention layer {layer})")]
+    CutWithoutThreshold {
+        /// The layer.
+        layer: usize,
+    },
+    /// Calibration without samples.
+    #[error("no sample inputs")]
+    NoSamples,
+    /// A fraction of tokens to keep outside [0, 1].
+    #[error("keep fraction {0} outside [0, 1]")]
+    KeepFraction(f64),
+    /// The model is too short to prune.
+    #[error("pruning needs at least 8 tokens, the model has {0}")]
+    TooShort(usize),
+    /// A value's rank depends on the sequence length.
+    #[error("`{value}` changes rank with the sequence length")]
+    RankChanges {
+        /// The value.
+        value: String,
+    },
+    /// The node count depends on the sequence length.
+    #[error(
+        "the model has {a} nodes at one length and {b} at another: its structure depends on \
+         the sequence length"
+    )]
+    NodeCount {
+        /// Nodes at one length.
+        a: usize,
+        /// Nodes at the other.
+        b: usize,
+    },
+    /// A node differs between sequence lengths.
+    #[error("node `{node}` differs between sequence lengths")]
+    NodeDiffers {
+        /// The node.
+        node: String,
+    },
+    /// No shape follows the sequence length.
+    #[error(
+        "no shape changes between {n} and {} tokens: the model's sequence length is fixed \
+         (an ONNX export with a fixed sequence axis? export it with a dynamic one)",
+        n - 1
+    )]
+    FixedLength {
+        /// The length.
+        n: usize,
+    },
+    /// A model output carries the token axis.
+    #[error(
+        "output `{output}` has a token axis: pruned tokens would be missing from it (prune a \
+         model that outputs a pooled or CLS row)"
+    )]
+    OutputTokenAxis {
+        /// The output.
+        output: String,
+    },
+    /// No attention softmax.
+    #[error("the model has no attention softmax (over keys of a token × token score)")]
+    NoAttention,
+    /// A threshold for an attention layer the model does not have.
+    #[error(
+        "threshold for attention layer {layer}, but the model has {count} attention softmaxes"
+    )]
+    NoSuchLayer {
+        /// The layer.
+        layer: usize,
+        /// How many the model has.
+        count: usize,
+    },
+    /// No place for the point after a layer.
+    #[error("no pruning point after attention layer {layer}: {why}")]
+    NoPoint {
+        /// The layer.
+        layer: usize,
+        /// Why not (names the value in the way).
+        why: String,
+    },
+    /// A pruning node did not fit its arguments (a bug).
+    #[error("node `{node}`: {error}")]
+    Shape {
+        /// The node.
+        node: String,
+        /// The shape error.
+        error: ShapeError,
+    },
+    /// The node a point is anchored at left the order (a bug).
+    #[error("anchor vanished (attention layer {layer})")]
+    AnchorVanished {
+        /// The layer.
+        layer: usize,
+    },
+    /// Evaluation of the plaintext pruned run failed.
+    #[error(transparent)]
+    Eval(#[from] crate::eval::EvalError),
+    /// A value the pruned run needs is not computed.
+    #[error("`{0}` is not available")]
+    Unavailable(String),
+    /// A point in layers the client runs in plaintext.
+    #[error(
+        "the pruning point `{node}` falls in layers the client runs in the clear (their \
+         weights are public): give those layers no threshold (null)"
+    )]
+    ClientSide {
+        /// The `prune_keep` node.
+        node: String,
+    },
+    /// The programs at the probe lengths differ by more than sizes.
+    #[error("the program is not the same at every sequence length: {0}")]
+    Template(String),
+    /// The template does not instantiate at a length.
+    #[error("at {len} tokens: {error}")]
+    Instantiate {
+        /// The length.
+        len: u32,
+        /// The instantiation's error.
+        error: String,
+    },
+    /// The template's instance at a length is invalid.
+    #[error("the program at {len} tokens is invalid: {error}")]
+    Instance {
+        /// The length.
+        len: u32,
+        /// The validator's error.
+        error: veil_isa::validate::ValidateError,
+    },
+}
 
 /// Fractional bits of a threshold as the program compares it (see the VM builder).
 pub const THETA_BITS: u8 = veil_isa::builder::THETA_BITS;
@@ -47,24 +208,21 @@ fn one() -> usize {
 
 impl PruneConfig {
     /// Reads and checks a thresholds file.
-    pub fn from_json(text: &str) -> Result<PruneConfig, String> {
-        let c: PruneConfig = serde_json::from_str(text).map_err(|e| {
-            format!("{e} (expected {{\"theta\": [0.006, null, ...], \"protect\": 1}})")
-        })?;
-        for (i, t) in c.theta.iter().enumerate() {
-            if let Some(t) = t {
-                if !(0.0..=1.0).contains(t) {
-                    return Err(format!("theta[{i}] = {t}: a mean attention lies in [0, 1]"));
+    pub fn from_json(text: &str) -> Result<PruneConfig, PruneError> {
+        let c: PruneConfig =
+            serde_json::from_str(text).map_err(|error| PruneError::Json { error })?;
+        for (layer, t) in c.theta.iter().enumerate() {
+            if let Some(&theta) = t.as_ref() {
+                if !(0.0..=1.0).contains(&theta) {
+                    return Err(PruneError::Theta { layer, theta });
                 }
             }
         }
         if c.theta.iter().all(|t| t.is_none()) {
-            return Err("no threshold: every entry of `theta` is null".into());
+            return Err(PruneError::NoThreshold);
         }
         if c.protect == 0 {
-            return Err(
-                "`protect` must be at least 1, so that a pruned sequence is never empty".into()
-            );
+            return Err(PruneError::Protect);
         }
         Ok(c)
     }

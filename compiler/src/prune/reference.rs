@@ -3,13 +3,23 @@
 //! imported at the new length. This is what the two-party run must reproduce.
 
 use super::cuts::Cut;
+use super::PruneError;
 use crate::eval;
 use crate::ir::{Graph, Tensor, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 
+/// Why the model could not be had at a sequence length: the front end's or the recipe's
+/// error, whichever loaded it.
+pub type GraphError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The model at a sequence length (imported or instantiated again).
-pub type GraphAt<'a> = dyn Fn(usize) -> Result<Graph, String> + 'a;
+pub type GraphAt<'a> = dyn Fn(usize) -> Result<Graph, GraphError> + 'a;
+
+/// The model at length `len` from `graph_at`, its error naming the length.
+pub fn graph_at_len(graph_at: &GraphAt<'_>, len: usize) -> Result<Graph, PruneError> {
+    graph_at(len).map_err(|error| PruneError::Load { len, error })
+}
 
 /// One evaluation in progress: the reference evaluator's steps ([`crate::eval`]), stopped at
 /// the pruning points, where the crossing values keep the chosen rows and the evaluation goes
@@ -37,9 +47,9 @@ impl<'a> Stepper<'a> {
         n: usize,
         cuts: &[Cut],
         inputs: &HashMap<String, Tensor>,
-    ) -> Result<Stepper<'a>, String> {
-        let g = Arc::new(graph_at(n)?);
-        let env = eval::input_env(&g, inputs).map_err(|e| e.to_string())?;
+    ) -> Result<Stepper<'a>, PruneError> {
+        let g = Arc::new(graph_at_len(graph_at, n)?);
+        let env = eval::input_env(&g, inputs)?;
         let last_use = eval::last_uses(&g);
         let keep = cuts.iter().map(|c| c.probs).chain(g.outputs.iter().copied()).collect();
         let graphs = HashMap::from([(n, g.clone())]);
@@ -56,30 +66,34 @@ impl<'a> Stepper<'a> {
         })
     }
 
-    fn arg(&self, v: Value) -> Result<&Tensor, String> {
+    fn arg(&self, v: Value) -> Result<&Tensor, PruneError> {
         eval::arg(&self.g, &self.env, v)
-            .ok_or_else(|| format!("`{}` is not available", self.g.values[v].name))
+            .ok_or_else(|| PruneError::Unavailable(self.g.values[v].name.clone()))
     }
 
     /// Evaluates the nodes before position `at`.
-    pub fn advance_to(&mut self, at: usize) -> Result<(), String> {
+    pub fn advance_to(&mut self, at: usize) -> Result<(), PruneError> {
         while self.pos < at.min(self.g.order.len()) {
-            eval::step(&self.g, &mut self.env, self.pos, &self.last_use, &self.keep, false)
-                .map_err(|e| e.to_string())?;
+            eval::step(&self.g, &mut self.env, self.pos, &self.last_use, &self.keep, false)?;
             self.pos += 1;
         }
         Ok(())
     }
 
     /// The mean attention received per token at `cut` (evaluating up to it).
-    pub fn scores_at(&mut self, cut: &Cut) -> Result<Vec<f64>, String> {
+    pub fn scores_at(&mut self, cut: &Cut) -> Result<Vec<f64>, PruneError> {
         self.advance_to(cut.at)?;
         let p = self.arg(cut.probs)?;
         Ok(super::scores(&p.to_f64_vec(), &p.shape, cut.key_axis))
     }
 
     /// Applies the pruning point with threshold `theta`: returns which tokens stay.
-    pub fn apply(&mut self, cut: &Cut, theta: f64, protect: usize) -> Result<Vec<bool>, String> {
+    pub fn apply(
+        &mut self,
+        cut: &Cut,
+        theta: f64,
+        protect: usize,
+    ) -> Result<Vec<bool>, PruneError> {
         let s = self.scores_at(cut)?;
         let keep = super::keep_of(&s, theta, protect);
         let k = keep.iter().filter(|&&x| x).count();
@@ -92,7 +106,7 @@ impl<'a> Stepper<'a> {
             self.env.remove(&cut.probs);
         }
         if !self.graphs.contains_key(&k) {
-            let g = Arc::new((self.graph_at)(k)?);
+            let g = Arc::new(graph_at_len(self.graph_at, k)?);
             super::cuts::same_structure(&self.g, &g)?;
             self.graphs.insert(k, g);
         }
@@ -103,7 +117,7 @@ impl<'a> Stepper<'a> {
     }
 
     /// Evaluates to the end and returns the outputs.
-    pub fn finish(mut self) -> Result<Vec<Tensor>, String> {
+    pub fn finish(mut self) -> Result<Vec<Tensor>, PruneError> {
         self.advance_to(usize::MAX)?;
         self.g.outputs.iter().map(|&o| self.arg(o).cloned()).collect()
     }
@@ -128,11 +142,11 @@ pub fn run(
     cuts: &[Cut],
     cfg: &super::PruneConfig,
     inputs: &HashMap<String, Tensor>,
-) -> Result<PrunedRun, String> {
+) -> Result<PrunedRun, PruneError> {
     let mut s = Stepper::new(graph_at, n, cuts, inputs)?;
     let mut margin = f64::INFINITY;
     for c in cuts {
-        let theta = cfg.theta(c.layer).ok_or("a cut without a threshold")?;
+        let theta = cfg.theta(c.layer).ok_or(PruneError::CutWithoutThreshold { layer: c.layer })?;
         s.apply(c, theta, cfg.protect)?;
         let sc = s.scores.last().expect("apply records scores");
         for &m in &sc[cfg.protect.min(sc.len())..] {

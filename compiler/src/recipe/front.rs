@@ -78,7 +78,7 @@ impl Recipe {
         match self.generate {
             None => Ok(g),
             Some(go) => crate::generate::generation_graph(&g, go)
-                .map_err(|msg| RecipeError::Rewrite { file: self.file(), msg }),
+                .map_err(|e| RecipeError::Generate { file: self.file(), error: Box::new(e) }),
         }
     }
 
@@ -139,7 +139,7 @@ impl Recipe {
                     crate::weights::SafetensorsSource::open(f).map_err(|e| ctx(e.to_string()))?;
                 let mut v = Vec::new();
                 for n in src.names() {
-                    v.push((n.clone(), src.tensor(&n).map_err(ctx)?));
+                    v.push((n.clone(), src.tensor(&n).map_err(|e| ctx(format!("`{n}`: {e}")))?));
                 }
                 v
             }
@@ -154,14 +154,16 @@ impl Recipe {
         m: &mut Loaded,
     ) -> Result<(BTreeMap<String, Reason>, Option<(usize, low_rank::Outcome)>), RecipeError> {
         let base = self.base_tensors()?;
-        let mut public =
-            public::public_weights(&m.graph, &m.public_params, &self.public.globs, base.as_deref())
-                .map_err(RecipeError::Options)?;
+        let mut public = public::public_weights(
+            &m.graph,
+            &m.public_params,
+            &self.public.globs,
+            base.as_deref(),
+        )?;
         let (Some(rank), Some(base)) = (self.public.lora_rank, base.as_deref()) else {
             return Ok((public, None));
         };
-        let out = low_rank::split_low_rank(&mut m.graph, base, rank, &|n| public.contains_key(n))
-            .map_err(RecipeError::Options)?;
+        let out = low_rank::split_low_rank(&mut m.graph, base, rank, &|n| public.contains_key(n))?;
         for x in &out.split {
             public.insert(format!("{}.base", x.name), Reason::LowRankBase(x.base.clone()));
         }
@@ -212,7 +214,7 @@ impl Recipe {
             std::fs::canonicalize(p).map_err(|e| {
                 RecipeError::Weights(crate::file_error::FileError::Io {
                     path: p.display().to_string(),
-                    source: e,
+                    error: e,
                 })
             })
         };
@@ -287,7 +289,7 @@ impl Recipe {
         let public = &front.public;
         let vis = |n: &str| if public.contains_key(n) { Vis::Public } else { Vis::Server };
         let file = recipe.file();
-        let failed = |source| RecipeError::Compile { file: file.clone(), source };
+        let failed = |e| RecipeError::Compile { file: file.clone(), error: Box::new(e) };
         let (compiled, all_private) = match &recipe.prune {
             None => {
                 let c = compile(front.graph.clone(), &vis, &opts).map_err(failed)?;
@@ -307,7 +309,7 @@ impl Recipe {
                 })?;
                 // The model just loaded (every weight private, rewritten) is the one at `n`.
                 lengths.keep(n, at_n.expect("kept for --prune"));
-                let graph_at = |k: usize| lengths.at(k);
+                let graph_at = lengths.graph_at();
                 let probes = pruned::probe_lengths(n).len();
                 let mut progress = |len: usize| on_length(len, probes);
                 let c = pruned::compile_pruned(&graph_at, n, cfg, &vis, &opts, &mut progress)

@@ -4,6 +4,7 @@
 
 use super::{load, Loaded, RandomMemo, Recipe, RecipeError};
 use crate::ir::{Graph, Tensor, ValueDef};
+use crate::prune::reference::GraphError;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -36,14 +37,19 @@ impl<'a> Lengths<'a> {
     }
 
     /// The model at length `n`, rewritten.
-    pub fn at(&self, n: usize) -> Result<Graph, String> {
+    pub fn at(&self, n: usize) -> Result<Graph, RecipeError> {
         if let Some(g) = self.cache.lock().expect("not poisoned").0.get(&n) {
             return Ok(g.clone());
         }
         let spec = super::ModelSpec { seq: Some(n), ..self.recipe.model.clone() };
-        let mut g = load(&spec, Some(&self.memo)).map_err(|e| e.to_string())?.graph;
-        self.recipe.rewrite(&mut g).map_err(|e| e.to_string())?;
+        let mut g = load(&spec, Some(&self.memo))?.graph;
+        self.recipe.rewrite(&mut g)?;
         Ok(self.share(n, g))
+    }
+
+    /// [`Lengths::at`] as token pruning takes it ([`crate::prune::reference::GraphAt`]).
+    pub fn graph_at(&self) -> impl Fn(usize) -> Result<Graph, GraphError> + '_ {
+        |n| self.at(n).map_err(GraphError::from)
     }
 
     /// Caches `g` as the graph at `n`, its weights replaced by the tensors already held.

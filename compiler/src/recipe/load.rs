@@ -49,7 +49,6 @@ impl WeightSource for Memoized<'_> {
 pub fn load(spec: &ModelSpec, memo: Option<&RandomMemo>) -> Result<Loaded, RecipeError> {
     let path = &spec.file;
     let file = path.display().to_string();
-    let err = |msg: String| RecipeError::Model { file: file.clone(), msg };
     match path.extension().and_then(|e| e.to_str()) {
         Some("veil") => load_dsl(spec, memo),
         Some("onnx") | None => {
@@ -61,7 +60,7 @@ pub fn load(spec: &ModelSpec, memo: Option<&RandomMemo>) -> Result<Loaded, Recip
             };
             let mut graph = import_file(path, &opts).map_err(RecipeError::Import)?;
             crate::passes::run(&mut graph, &mut crate::passes::import_pipeline())
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|error| RecipeError::Pass { file: file.clone(), error })?;
             Ok(Loaded { graph, public_params: Vec::new(), seq: spec.seq })
         }
         Some(ext) => Err(RecipeError::Model {
@@ -127,6 +126,6 @@ fn load_dsl(spec: &ModelSpec, memo: Option<&RandomMemo>) -> Result<Loaded, Recip
     let m = lower_model(&loader, &name, source.as_mut()).map_err(RecipeError::Dsl)?;
     let mut graph = m.graph;
     crate::passes::run(&mut graph, &mut crate::passes::import_pipeline())
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|error| RecipeError::Pass { file: file.clone(), error })?;
     Ok(Loaded { graph, public_params: m.public_params, seq })
 }

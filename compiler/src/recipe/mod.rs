@@ -205,13 +205,35 @@ pub enum RecipeError {
         /// What failed.
         msg: String,
     },
+    /// An import pass produced an invalid graph (names the pass).
+    #[error("{file}: {error}")]
+    Pass {
+        /// The model file.
+        file: String,
+        /// The pass's error.
+        error: crate::passes::PassError,
+    },
+    /// The model cannot generate, or its generation graph could not be built.
+    #[error("{file}: {error}")]
+    Generate {
+        /// The model file.
+        file: String,
+        /// The generation error (names the model and node).
+        error: Box<crate::generate::GenerateError>,
+    },
+    /// A `--public` pattern matches nothing.
+    #[error(transparent)]
+    Public(#[from] crate::compile::public::PublicError),
+    /// Splitting low-rank updates failed.
+    #[error(transparent)]
+    LowRank(#[from] crate::compile::low_rank::LowRankError),
     /// The compile failed.
-    #[error("{file}: {source}")]
+    #[error("{file}: {error}")]
     Compile {
         /// The model file.
         file: String,
         /// The compiler's error.
-        source: CompileError,
+        error: Box<CompileError>,
     },
     /// A program's stored recipe is unusable.
     #[error("the program was compiled with {0}")]

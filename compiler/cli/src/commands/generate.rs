@@ -151,7 +151,7 @@ pub fn run(a: Args) -> Result<()> {
         let (mdl, _) = recipe.rewritten()?;
         let (want, gaps) =
             reference_generation(&mdl.graph, &prompt, a.max_new, noise.as_deref(), a.top_k)
-                .map_err(|e| anyhow::anyhow!("the plaintext reference: {e}"))?;
+                .context("the plaintext reference")?;
         match tokens.iter().zip(&want).position(|(x, y)| x != y) {
             None => println!("plaintext reference (no cache, f64): identical ({} tokens)", want.len()),
             Some(i) => println!(

@@ -35,9 +35,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let mut rows = Vec::new();
     for f in fns {
-        rows.push(
-            veil_compiler::stdlib_table::measure(f, a.frac_bits).map_err(anyhow::Error::msg)?,
-        );
+        rows.push(veil_compiler::stdlib_table::measure(f, a.frac_bits)?);
     }
     print!("{}", veil_compiler::stdlib_table::markdown(&rows, a.frac_bits));
     Ok(())

@@ -103,7 +103,7 @@ impl<'a> Cx<'a> {
     /// A tensor attribute.
     pub fn attr_tensor(&self, name: &str) -> Result<Option<Tensor>, ImportError> {
         match self.attr(name).and_then(|a| a.t.as_ref()) {
-            Some(t) => from_proto(t).map(Some).map_err(|m| self.err(m)),
+            Some(t) => from_proto(t).map(Some).map_err(|e| self.err(e.to_string())),
             None => Ok(None),
         }
     }
@@ -175,7 +175,7 @@ impl<'a> Cx<'a> {
         if let Some(ts) = consts {
             let tys: Vec<_> = ts.iter().map(|t| t.ty()).collect();
             let tyrefs: Vec<_> = tys.iter().collect();
-            let ty = crate::ir::shape::infer(&op, &tyrefs).map_err(|m| self.err(m))?;
+            let ty = crate::ir::shape::infer(&op, &tyrefs).map_err(|e| self.err(e.to_string()))?;
             // Broadcasting or expanding constants can make a result far larger than the file.
             if elements(&ty.shape).is_none_or(|n| n > MAX_CONST) {
                 return Err(self.err(format!(
@@ -183,7 +183,7 @@ impl<'a> Cx<'a> {
                     ty.shape
                 )));
             }
-            let t = eval::eval_op(&op, &ts, &ty).map_err(|m| self.err(m))?;
+            let t = eval::eval_op(&op, &ts, &ty).map_err(|e| self.err(e.to_string()))?;
             return Ok(self.g.add_const(name, t));
         }
         let node_name = if name == self.output_name(0) || name.is_empty() {
@@ -191,7 +191,7 @@ impl<'a> Cx<'a> {
         } else {
             format!("{}.{}", self.node_name, name.rsplit('.').next().unwrap_or(name))
         };
-        let v = self.g.add_node(&node_name, op, args, name).map_err(|m| self.err(m))?;
+        let v = self.g.add_node(&node_name, op, args, name).map_err(|e| self.err(e.to_string()))?;
         let shape = &self.g.ty(v).shape;
         if elements(shape).is_none() {
             return Err(self.err(format!(

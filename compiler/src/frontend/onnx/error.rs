@@ -25,12 +25,12 @@ impl fmt::Display for UnsupportedNode {
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         /// Path.
         path: String,
-        /// OS error.
-        source: std::io::Error,
+        /// OS error (in the message, so not also a `source()`).
+        error: std::io::Error,
     },
     /// The bytes are not an ONNX model (truncated, corrupt, or another format).
     #[error("{path} is not a valid ONNX model: {reason}")]

@@ -36,7 +36,7 @@ pub struct ImportOptions {
 /// Reads and imports an ONNX file.
 pub fn import_file(path: &std::path::Path, opts: &ImportOptions) -> Result<Graph, ImportError> {
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| ImportError::Io { path: p.clone(), source: e })?;
+    let bytes = std::fs::read(path).map_err(|e| ImportError::Io { path: p.clone(), error: e })?;
     import_bytes(&bytes, &p, opts)
 }
 
@@ -101,7 +101,7 @@ pub fn import_bytes(bytes: &[u8], path: &str, opts: &ImportOptions) -> Result<Gr
         graph.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
     for t in &graph.initializer {
         let tname = t.name.clone().unwrap_or_default();
-        let tensor = tensor::from_proto(t).map_err(gerr)?;
+        let tensor = tensor::from_proto(t).map_err(|e| gerr(e.to_string()))?;
         let v = if tensor.dtype.is_float() && tensor.numel() > 1 {
             cx.g.add_weight(&tname, tensor)
         } else {
@@ -164,7 +164,8 @@ pub fn import_bytes(bytes: &[u8], path: &str, opts: &ImportOptions) -> Result<Gr
             v = if let Some(t) = cx.g.const_data(v).cloned() {
                 cx.g.add_const(&oname, t)
             } else {
-                cx.g.add_node(&oname, Op::Reshape { shape }, &[v], &oname).map_err(gerr)?
+                cx.g.add_node(&oname, Op::Reshape { shape }, &[v], &oname)
+                    .map_err(|e| gerr(e.to_string()))?
             };
         }
         cx.g.outputs.push(v);

@@ -3,31 +3,74 @@
 use crate::ir::{DType, Data, Tensor};
 use veil_onnx_proto::TensorProto;
 
+/// Why a `TensorProto` could not be read: names the tensor and what is unsupported.
+#[derive(Debug, thiserror::Error)]
+pub enum TensorProtoError {
+    /// An element type veil does not implement.
+    #[error("tensor `{name}` has the unsupported element type {dtype}")]
+    ElementType {
+        /// The tensor.
+        name: String,
+        /// The ONNX element type's name.
+        dtype: &'static str,
+    },
+    /// Data in an external file.
+    #[error("tensor `{0}` keeps its data in an external file, which veil does not read")]
+    External(String),
+    /// A negative dimension.
+    #[error("tensor `{name}` has negative dimension {dim}")]
+    NegativeDim {
+        /// The tensor.
+        name: String,
+        /// The dimension.
+        dim: i64,
+    },
+    /// More elements than a tensor can hold.
+    #[error("tensor `{0}` is too large")]
+    TooLarge(String),
+    /// Data of the wrong length for the shape.
+    #[error("tensor `{name}` of shape {shape:?} ({dtype}) holds {have} elements, expected {want}")]
+    Length {
+        /// The tensor.
+        name: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// Its element type.
+        dtype: DType,
+        /// Elements it holds.
+        have: usize,
+        /// Elements its shape needs.
+        want: usize,
+    },
+}
+
 /// Converts an initializer or constant. Errors name the tensor and what is unsupported.
-pub fn from_proto(t: &TensorProto) -> Result<Tensor, String> {
+pub fn from_proto(t: &TensorProto) -> Result<Tensor, TensorProtoError> {
     let name = t.name.clone().unwrap_or_default();
     let code = t.data_type.unwrap_or(0);
     let dtype = DType::from_onnx(code)
-        .map_err(|d| format!("tensor `{name}` has the unsupported element type {d}"))?;
+        .map_err(|dtype| TensorProtoError::ElementType { name: name.clone(), dtype })?;
     if t.data_location == Some(1) || !t.external_data.is_empty() {
-        return Err(format!(
-            "tensor `{name}` keeps its data in an external file, which veil does not read"
-        ));
+        return Err(TensorProtoError::External(name));
     }
     let mut shape = Vec::with_capacity(t.dims.len());
     for &d in &t.dims {
         if d < 0 {
-            return Err(format!("tensor `{name}` has negative dimension {d}"));
+            return Err(TensorProtoError::NegativeDim { name, dim: d });
         }
         shape.push(d as usize);
     }
     let n = shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| format!("tensor `{name}` is too large"))?;
+        .ok_or_else(|| TensorProtoError::TooLarge(name.clone()))?;
     let raw = t.raw_data.as_deref().filter(|r| !r.is_empty());
-    let bad_len = |have: usize| {
-        format!("tensor `{name}` of shape {shape:?} ({dtype}) holds {have} elements, expected {n}")
+    let bad_len = |have: usize| TensorProtoError::Length {
+        name: name.clone(),
+        shape: shape.clone(),
+        dtype,
+        have,
+        want: n,
     };
     let data = match raw {
         Some(bytes) => {

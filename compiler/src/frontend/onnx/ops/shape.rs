@@ -110,7 +110,7 @@ fn constant_of_shape(cx: &mut Cx, _: &NodeProto) -> R {
         &[&Tensor { shape: vec![], ..fill.clone() }],
         &crate::ir::TensorType::new(fill.dtype, shape.clone()),
     )
-    .map_err(|m| cx.err(m))?;
+    .map_err(|e| cx.err(e.to_string()))?;
     debug_assert_eq!(t.numel(), n);
     Ok(vec![out(cx, t)])
 }
