@@ -27,7 +27,7 @@ fn run(base: &Path, out: &Path) -> Result<(), String> {
     let mut rng = SplitMix(42);
     let (mut merged, mut tuned) = (0, Vec::new());
     for name in src.names() {
-        let mut t = src.tensor(&name)?;
+        let mut t = src.tensor(&name).map_err(|e| e.to_string())?;
         if name.contains(".layer.1.") && t.shape.len() == 2 {
             let (k, m) = (t.shape[0], t.shape[1]);
             let a: Vec<f64> = (0..k * RANK).map(|_| rng.normal() * 0.05).collect();

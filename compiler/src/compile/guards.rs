@@ -9,7 +9,7 @@ use crate::ir::{Data, Graph, Op, Tensor, Value};
 
 /// Folds `IsNaN` and `IsInf` of secret values to false and `Where` with a constant condition to the
 /// branch it selects; returns how many nodes were folded.
-pub fn fold_guards(g: &mut Graph, part: &Partition) -> Result<usize, String> {
+pub fn fold_guards(g: &mut Graph, part: &Partition) -> usize {
     let mut folded = 0;
     for n in g.order.clone() {
         let nd = g.nodes[n].clone();
@@ -49,7 +49,7 @@ pub fn fold_guards(g: &mut Graph, part: &Partition) -> Result<usize, String> {
     if folded > 0 {
         g.remove_dead_nodes();
     }
-    Ok(folded)
+    folded
 }
 
 /// Makes the uses of `old` read `new`; a graph output keeps its name.

@@ -82,7 +82,7 @@ pub const BACK: &[Stage] = &[
         about: "IsNaN of secret data (never NaN in fixed point) to false, Where on a constant to its branch",
         run: |g, s| {
             let part = s.take_partition(g);
-            let n = super::guards::fold_guards(g, &part).map_err(model_err(g))?;
+            let n = super::guards::fold_guards(g, &part);
             if n == 0 {
                 s.restore(part);
                 return Ok(Changed::No);

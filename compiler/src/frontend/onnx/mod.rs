@@ -308,7 +308,7 @@ pub type SymbolicInput = (String, Vec<Option<String>>);
 pub fn symbolic_dims(path: &std::path::Path) -> Result<Vec<SymbolicInput>, ImportError> {
     use veil_onnx_proto::tensor_shape_proto::dimension::Value as D;
     let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| ImportError::Io { path: p.clone(), source: e })?;
+    let bytes = std::fs::read(path).map_err(|e| ImportError::Io { path: p.clone(), error: e })?;
     let model = ModelProto::decode(bytes.as_slice())
         .map_err(|e| ImportError::NotOnnx { path: p.clone(), reason: e.to_string() })?;
     let Some(graph) = model.graph else { return Ok(Vec::new()) };
