@@ -1,6 +1,7 @@
 //! The NaN guard recent PyTorch exports put after an attention softmax
 //! (`Where(IsNaN(p), 0, p)`) compiles two-party: in fixed point the test is constant false, so
-//! the compile folds it away, and the output matches the float reference.
+//! the compile folds it away, and the output matches the float reference (within 2.5e-2 of
+//! max |y|, the stdlib softmax's error through one more product).
 
 mod common;
 
@@ -152,7 +153,10 @@ fn compiles_and_matches(model: &[u8]) {
     let (got, want) = (outs[0].1.to_f64_vec(), want[0].to_f64_vec());
     let max = want.iter().fold(0f64, |m, v| m.max(v.abs()));
     let err = common::max_abs_diff(&got, &want);
-    assert!(err <= 1e-2 * max, "max error {err:.3e} of max |y| = {max:.3}");
+    // The stdlib softmax is within ~2.6e-3 per probability (its bound in the stdlib table);
+    // each output sums 8 of them times weights of |w| ≲ 1.5: a few 1e-2 of max |y| at worst.
+    // Measured: 5e-3 to 7.5e-3 of max |y| over runs (fresh dealer randomness each time).
+    assert!(err <= 2.5e-2 * max, "max error {err:.3e} of max |y| = {max:.3}");
 }
 
 #[test]
