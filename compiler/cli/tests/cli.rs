@@ -384,3 +384,71 @@ fn eval_binds_a_dynamic_axis_from_the_inputs_given() {
     args.extend(["--input".to_string(), full[1].clone(), "--input".to_string(), full[2].clone()]);
     fails_with(&veil(&args), "the inputs disagree on the dimension");
 }
+
+/// The parts of an error line (split at `: `), longer than a word, said more than once.
+fn repeated_parts(line: &str) -> Vec<String> {
+    let parts: Vec<&str> = line.split(": ").map(str::trim).filter(|p| p.len() >= 12).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    parts.into_iter().filter(|p| !seen.insert(*p)).map(String::from).collect()
+}
+
+#[test]
+fn no_error_says_the_same_thing_twice() {
+    let d = tmp("repeats");
+    let bad = d.join("bad.onnx");
+    std::fs::write(&bad, b"not a model").unwrap();
+    let missing = "no/such/file.npy";
+    let mut ids = inputs();
+    ids[0] = format!("input_ids={missing}");
+    let cases: Vec<Vec<String>> = vec![
+        vec!["eval".into(), "no/such/model.onnx".into()],
+        vec!["compile".into(), bad.display().to_string()],
+        [
+            vec!["eval".to_string(), BERT.into()],
+            ids.iter().flat_map(|i| ["--input".to_string(), i.clone()]).collect(),
+        ]
+        .concat(),
+        vec![
+            "compile".into(),
+            "examples/models/bert-tiny.veil".into(),
+            "--weights".into(),
+            "no/such.safetensors".into(),
+        ],
+        vec!["compile".into(), BERT.into(), "--public".into(), "nothing.matches.*".into()],
+        vec![
+            "compile".into(),
+            BERT.into(),
+            "--nonlinear".into(),
+            "smu".into(),
+            "--calibration".into(),
+            "no/such.json".into(),
+        ],
+        vec![
+            "compile".into(),
+            "examples/models/bert-tiny.veil".into(),
+            "--random-weights".into(),
+            "1".into(),
+            "--dim".into(),
+            "NOPE=3".into(),
+        ],
+        vec![
+            "inspect".into(),
+            "tests/fixtures/models/bert-tiny-random/model.torchscript_opset17_dynamic.onnx".into(),
+        ],
+    ];
+    for args in cases {
+        let out = veil(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?} should fail cleanly");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for line in err.lines().filter(|l| l.starts_with("error")) {
+            assert!(
+                repeated_parts(line).is_empty(),
+                "{args:?} repeats {:?} in: {line}",
+                repeated_parts(line)
+            );
+        }
+    }
+    // Control: the check sees the repetition this test is about.
+    let old = "error: reading input `nope`: x.npy: No such file or directory (os error 2): No such file or directory (os error 2)";
+    assert_eq!(repeated_parts(old), vec!["No such file or directory (os error 2)".to_string()]);
+}
