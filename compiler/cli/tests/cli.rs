@@ -181,6 +181,16 @@ fn compile_with_public_weights() {
         "matches no weight",
     );
     assert!(!bad.exists(), "nothing written for a refused compile");
+    // A typo deep in a name is answered with the names closest to it, not the first ones.
+    let out = veil(&[
+        "compile",
+        BERT,
+        "--public",
+        "m.encoder.layer.1.atention.*",
+        "-o",
+        bad.to_str().unwrap(),
+    ]);
+    fails_with(&out, "the closest names: m.encoder.layer.1.");
 }
 
 #[test]

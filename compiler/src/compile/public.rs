@@ -58,13 +58,13 @@ pub enum Reason {
 #[derive(Debug, thiserror::Error)]
 pub enum PublicError {
     /// A `--public` glob matches no weight (a typo would silently keep everything private).
-    #[error("--public `{glob}` matches no weight of model `{model}` (weights are named like {})", .examples.join(", "))]
+    #[error("--public `{glob}` matches no weight of model `{model}` (the closest names: {}; `veil inspect MODEL` lists them all)", .examples.join(", "))]
     NoMatch {
         /// The glob.
         glob: String,
         /// The model.
         model: String,
-        /// A few weight names, sorted.
+        /// The weight names closest to the glob.
         examples: Vec<String>,
     },
 }
@@ -107,8 +107,18 @@ pub fn public_weights(
             }
         }
         if !hit {
+            // The names closest to what the glob spells (longest shared prefix of its literal
+            // start, then most shared dot-separated parts), not the alphabetically first.
+            let literal: &str = glob.split(['*', '?']).next().unwrap_or_default();
+            let parts: Vec<&str> = glob.split(['.', '*', '?']).filter(|p| !p.is_empty()).collect();
+            let score = |n: &str| {
+                let prefix = n.chars().zip(literal.chars()).take_while(|(a, b)| a == b).count();
+                let shared = parts.iter().filter(|p| n.split('.').any(|q| q == **p)).count();
+                (std::cmp::Reverse(prefix), std::cmp::Reverse(shared))
+            };
             let mut names: Vec<&str> = weights.iter().map(|w| w.1).collect();
-            names.sort();
+            names.sort_by_key(|n| (score(n), n.to_string()));
+            names.dedup();
             names.truncate(5);
             return Err(PublicError::NoMatch {
                 glob: glob.clone(),
