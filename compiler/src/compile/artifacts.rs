@@ -211,6 +211,25 @@ pub fn each_server_weight<E: std::fmt::Display>(
 ) -> Result<(), ArtifactError> {
     let fmt = |msg: String| ArtifactError::from(FileError::format(path, msg));
     let src = SafetensorsSource::open_mapped(path)?;
+    check_program_hash(&src, path, program, program_path)?;
+    for w in &program.weights {
+        if w.party != veil_isa::Party::Server {
+            continue;
+        }
+        let t = src.tensor(&w.name).map_err(|m| fmt(format!("weight `{}`: {m}", w.name)))?;
+        src.release(&w.name);
+        f(&w.name, t).map_err(|m| fmt(format!("weight `{}`: {m}", w.name)))?;
+    }
+    Ok(())
+}
+
+/// Refuses a server weight file `path` written for another program than `program`.
+fn check_program_hash(
+    src: &SafetensorsSource,
+    path: &Path,
+    program: &Program,
+    program_path: &Path,
+) -> Result<(), ArtifactError> {
     let got = src.metadata().get(HASH_KEY).cloned().unwrap_or_default();
     let want = hex(&program.hash());
     if got != want {
@@ -220,14 +239,6 @@ pub fn each_server_weight<E: std::fmt::Display>(
             want,
             got: if got.is_empty() { "nothing".into() } else { got },
         });
-    }
-    for w in &program.weights {
-        if w.party != veil_isa::Party::Server {
-            continue;
-        }
-        let t = src.tensor(&w.name).map_err(|m| fmt(format!("weight `{}`: {m}", w.name)))?;
-        src.release(&w.name);
-        f(&w.name, t).map_err(|m| fmt(format!("weight `{}`: {m}", w.name)))?;
     }
     Ok(())
 }
@@ -241,16 +252,7 @@ pub fn parse_server(
 ) -> Result<Vec<(String, Tensor)>, ArtifactError> {
     let fmt = |msg: String| ArtifactError::from(FileError::format(path, msg));
     let src = SafetensorsSource::from_bytes(bytes, path.display().to_string())?;
-    let got = src.metadata().get(HASH_KEY).cloned().unwrap_or_default();
-    let want = hex(&program.hash());
-    if got != want {
-        return Err(ArtifactError::Mismatch {
-            path: path.display().to_string(),
-            program: program_path.display().to_string(),
-            want,
-            got: if got.is_empty() { "nothing".into() } else { got },
-        });
-    }
+    check_program_hash(&src, path, program, program_path)?;
     let mut out = Vec::new();
     for w in &program.weights {
         if w.party != veil_isa::Party::Server {
