@@ -132,15 +132,7 @@ pub fn client_over_tcp(
     let (revealed, _) = r?;
     let rep = s.close()?;
     let outs = assemble(c, &revealed, &own)?;
-    let m = Measured {
-        dealer_bytes: 0,
-        client: rep.report,
-        server: None,
-        offline: Duration::ZERO,
-        session: t0.elapsed(),
-        prefix,
-        client_rss: crate::party::peak_rss(),
-    };
+    let m = client_measured(rep.report, t0, prefix);
     Ok((outs, m))
 }
 
@@ -306,17 +298,23 @@ pub fn run(a: Args) -> Result<()> {
     if !many {
         let (outs, _, prefix) = last.expect("one inference ran");
         print_outputs(&outs, None, a.output.as_deref())?;
-        let m = Measured {
-            dealer_bytes: 0,
-            client: rep.report,
-            server: None,
-            offline: Duration::ZERO,
-            session: t0.elapsed(),
-            prefix,
-            client_rss: crate::party::peak_rss(),
-        };
+        let m = client_measured(rep.report, t0, prefix);
         let nets = Net::chosen(a.net);
         print_cost(&p, &m, &nets);
     }
     Ok(())
+}
+
+/// What the client of a session measured: its report, the session's wall time since `t0`,
+/// its plaintext part's time and its peak RSS (the dealer and server figures are not its).
+fn client_measured(report: veil_vm::PartyReport, t0: Instant, prefix: Duration) -> Measured {
+    Measured {
+        dealer_bytes: 0,
+        client: report,
+        server: None,
+        offline: Duration::ZERO,
+        session: t0.elapsed(),
+        prefix,
+        client_rss: crate::party::peak_rss(),
+    }
 }
