@@ -12,35 +12,19 @@ use crate::backend::partition::{analyze, Partition, Vis};
 use crate::ir::Graph;
 use std::sync::Arc;
 
-/// What the stages share: the inputs of the compile, the cached partition, and what stages
-/// leave for the lowering and the report.
+/// What the stages share: the inputs of the compile, and what stages leave for the lowering
+/// and the report.
 pub struct State<'a> {
     /// Who may see each weight, by name.
     pub weight_vis: &'a dyn Fn(&str) -> Vis,
     /// The compile options.
     pub opts: &'a CompileOptions,
-    partition: Option<Partition>,
     /// Every nonlinear replacement made.
     pub approximations: Vec<Approximation>,
     /// Constants clamped (huge negative masks).
     pub clamped: Vec<String>,
     /// Where the server's derived program weights come from (public folding).
     pub weight_sources: WeightSources,
-}
-
-impl State<'_> {
-    /// The partition of `g`, taken out of the cache (computed if a stage changed `g` since);
-    /// a stage hands it back with [`State::restore`] while it still describes the graph.
-    pub fn take_partition(&mut self, g: &Graph) -> Partition {
-        let vis = self.weight_vis;
-        self.partition.take().unwrap_or_else(|| analyze(g, vis))
-    }
-
-    /// Puts the partition back into the cache (the driver drops it after a stage that
-    /// changed the graph).
-    pub fn restore(&mut self, part: Partition) {
-        self.partition = Some(part);
-    }
 }
 
 /// Whether a stage changed the graph (so the partition must be recomputed).
@@ -59,11 +43,20 @@ pub struct Stage {
     /// What it does, in a line.
     pub about: &'static str,
     /// Runs it.
-    pub run: fn(&mut Graph, &mut State) -> Result<Changed, CompileError>,
+    pub run: fn(&mut Graph, &Partition, &mut State) -> Result<Changed, CompileError>,
 }
 
 fn fold_err(g: &Graph) -> impl Fn(fold::FoldError) -> CompileError + '_ {
     move |error| CompileError::Fold { model: g.name.clone(), error }
+}
+
+/// [`Changed::Yes`] when a stage rewrote `n > 0` nodes.
+fn changed(n: usize) -> Changed {
+    if n > 0 {
+        Changed::Yes
+    } else {
+        Changed::No
+    }
 }
 
 /// The back half, in order. Adding a stage: a function of this signature in the module that
@@ -72,7 +65,7 @@ pub const BACK: &[Stage] = &[
     Stage {
         name: "assign_layers",
         about: "each node's layer recorded in its provenance (cost reports, calibration keys)",
-        run: |g, _| {
+        run: |g, _, _| {
             layers::assign_layers(g);
             Ok(Changed::No)
         },
@@ -80,34 +73,20 @@ pub const BACK: &[Stage] = &[
     Stage {
         name: "fold_guards",
         about: "IsNaN of secret data (never NaN in fixed point) to false, Where on a constant to its branch",
-        run: |g, s| {
-            let part = s.take_partition(g);
-            let n = super::guards::fold_guards(g, &part);
-            if n == 0 {
-                s.restore(part);
-                return Ok(Changed::No);
-            }
-            Ok(Changed::Yes)
-        },
+        run: |g, part, _| Ok(changed(super::guards::fold_guards(g, part))),
     },
     Stage {
         name: "divisions_to_products",
         about: "a/b as a·(1/b) where b is secret",
-        run: |g, s| {
-            let part = s.take_partition(g);
-            let n = fold::divisions_to_products(g, &part).map_err(fold_err(g))?;
-            s.restore(part);
-            Ok(if n > 0 { Changed::Yes } else { Changed::No })
-        },
+        run: |g, part, _| Ok(changed(fold::divisions_to_products(g, part).map_err(fold_err(g))?)),
     },
     Stage {
         name: "lower_nonlinear",
         about: "nonlinear operators on secret data to stdlib approximations",
-        run: |g, s| {
-            let part = s.take_partition(g);
+        run: |g, part, s| {
             let mut nl = s.opts.nonlinear.clone();
             nl.key_len = s.opts.token_len;
-            let (approximations, clamped) = lower_nonlinear(g, &part, &nl)
+            let (approximations, clamped) = lower_nonlinear(g, part, &nl)
                 .map_err(|error| CompileError::Nonlinear { model: g.name.clone(), error })?;
             s.approximations = approximations;
             s.clamped = clamped;
@@ -117,9 +96,8 @@ pub const BACK: &[Stage] = &[
     Stage {
         name: "fold_public",
         about: "what the server computes from its weights and public data alone, folded",
-        run: |g, s| {
-            let part = s.take_partition(g);
-            s.weight_sources = fold::fold_public(g, &part).map_err(fold_err(g))?;
+        run: |g, part, s| {
+            s.weight_sources = fold::fold_public(g, part).map_err(fold_err(g))?;
             Ok(Changed::Yes)
         },
     },
@@ -134,14 +112,17 @@ pub fn run_back<'a>(
     let mut s = State {
         weight_vis,
         opts,
-        partition: None,
         approximations: Vec::new(),
         clamped: Vec::new(),
         weight_sources: WeightSources::default(),
     };
+    // The partition is an analysis of the graph: computed when a stage needs it and none is
+    // held, kept while stages leave the graph unchanged.
+    let mut partition: Option<Partition> = None;
     for stage in BACK {
-        if (stage.run)(g, &mut s)? == Changed::Yes {
-            s.partition = None;
+        let part = partition.get_or_insert_with(|| analyze(g, weight_vis));
+        if (stage.run)(g, part, &mut s)? == Changed::Yes {
+            partition = None;
             if cfg!(debug_assertions) {
                 crate::ir::verify(g).map_err(|errors| CompileError::Stage {
                     model: g.name.clone(),
@@ -152,7 +133,7 @@ pub fn run_back<'a>(
         }
         opts.observer.notify(stage.name, g);
     }
-    let part = s.take_partition(g);
+    let part = partition.unwrap_or_else(|| analyze(g, weight_vis));
     Ok((s, part))
 }
 
