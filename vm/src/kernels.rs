@@ -338,6 +338,17 @@ pub fn sel(d: &mut [u64], e: &[u64], a: &[u64], b: &[u64]) {
     }
 }
 
+/// `trunc_post`'s constants for a `w`-bit opening truncated by `t` bits: the mask of the low
+/// `w` bits, the offset `2^(w-2-t)` taken off the shifted opening, and the wrap `2^(w-t)` (0
+/// when it is the whole ring). One definition for the interpreter and the JIT, which must agree
+/// bit for bit. Needs `3 ≤ w ≤ 64` and `t + 2 ≤ w` (what the validator allows).
+pub fn trunc_post_constants(t: u32, w: u32) -> (u64, u64, u64) {
+    let wmask = if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
+    let off = 1u64 << (w - 2 - t);
+    let k = if w - t == 64 { 0 } else { 1u64 << (w - t) };
+    (wmask, off, k)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

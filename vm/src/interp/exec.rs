@@ -189,9 +189,7 @@ impl PartyVisitor for Exec<'_, '_> {
     ) -> Step {
         let vm = &mut *self.vm;
         let (t, w) = (t as u32, w as u32);
-        let wmask = if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
-        let off = 1u64 << (w - 2 - t);
-        let k = if w - t == 64 { 0 } else { 1u64 << (w - t) };
+        let (wmask, off, k) = kernels::trunc_post_constants(t, w);
         let (mut c2v, mut pkv, mut sv) = (vm.take(c2), vm.take(pk), vm.take(s));
         let (cv, rv, mv) = (
             &vm.store.bufs[c.0 as usize],

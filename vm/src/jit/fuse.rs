@@ -243,9 +243,7 @@ impl ElementwiseVisitor for Lowering<'_, '_> {
         if !(3..=64).contains(&w) || t + 2 > w {
             return None;
         }
-        let wmask = if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
-        let off = 1u64 << (w - 2 - t);
-        let k = if w - t == 64 { 0 } else { 1u64 << (w - t) };
+        let (wmask, off, k) = crate::kernels::trunc_post_constants(t, w);
         if [pk, s, c, rhi, m].iter().any(|&b| self.ctx.len(b) != self.l.n) {
             return None;
         }
