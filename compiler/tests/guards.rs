@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::onnx::{int_attr, model, node, value_info};
 use std::collections::HashMap;
 use veil_compiler::backend::partition::Vis;
 use veil_compiler::compile::{compile, CompileOptions};
@@ -12,42 +13,12 @@ use veil_compiler::frontend::onnx::{import_bytes, ImportOptions};
 use veil_compiler::ir::Tensor;
 use veil_onnx_proto::*;
 
-fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
-    use tensor_shape_proto::{dimension::Value as D, Dimension};
-    let dim = dims
-        .iter()
-        .map(|&d| Dimension { value: Some(D::DimValue(d)), ..Default::default() })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(tensor_proto::DataType::Float as i32),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
 fn f32_tensor(name: &str, dims: &[i64], data: Vec<f32>) -> TensorProto {
     TensorProto {
         name: Some(name.into()),
         dims: dims.to_vec(),
         data_type: Some(tensor_proto::DataType::Float as i32),
         float_data: data,
-        ..Default::default()
-    }
-}
-
-fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) -> NodeProto {
-    NodeProto {
-        name: Some(format!("node_{output}")),
-        op_type: Some(op.into()),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        attribute: attrs,
         ..Default::default()
     }
 }
@@ -69,12 +40,7 @@ fn guarded_by(guard: NodeProto) -> Vec<u8> {
         t: Some(f32_tensor("zero", &[], vec![0.0])),
         ..Default::default()
     };
-    let axis = AttributeProto {
-        name: Some("axis".into()),
-        r#type: Some(attribute_proto::AttributeType::Int as i32),
-        i: Some(-1),
-        ..Default::default()
-    };
+    let axis = int_attr("axis", -1);
     let nodes = vec![
         node("MatMul", &["x", "w1"], "h", vec![]),
         node("Softmax", &["h"], "p", vec![axis]),
@@ -83,20 +49,8 @@ fn guarded_by(guard: NodeProto) -> Vec<u8> {
         node("Where", &["nan", "zero", "p"], "q", vec![]),
         node("MatMul", &["q", "w2"], "y", vec![]),
     ];
-    ModelProto {
-        ir_version: Some(9),
-        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
-        graph: Some(GraphProto {
-            name: Some("guarded".into()),
-            node: nodes,
-            input: vec![value_info("x", &[4, 8])],
-            output: vec![value_info("y", &[4, 8])],
-            initializer: vec![w1, w2],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    let (input, output) = (vec![value_info("x", &[4, 8])], vec![value_info("y", &[4, 8])]);
+    model("guarded", nodes, input, output, vec![w1, w2])
 }
 
 #[test]
@@ -106,12 +60,7 @@ fn a_nan_guard_after_softmax_compiles_and_matches_the_reference() {
 
 #[test]
 fn an_inf_guard_compiles_too() {
-    let positive_only = AttributeProto {
-        name: Some("detect_negative".into()),
-        r#type: Some(attribute_proto::AttributeType::Int as i32),
-        i: Some(0),
-        ..Default::default()
-    };
+    let positive_only = int_attr("detect_negative", 0);
     compiles_and_matches(&guarded_by(node("IsInf", &["p"], "nan", vec![positive_only])));
 }
 

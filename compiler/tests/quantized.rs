@@ -5,42 +5,13 @@
 
 mod common;
 
+use common::onnx::{int_attr, model, node, value_info};
 use std::collections::HashMap;
 use veil_compiler::backend::partition::Vis;
 use veil_compiler::compile::{compile, CompileOptions};
 use veil_compiler::frontend::onnx::{import_bytes, ImportOptions};
 use veil_compiler::ir::Tensor;
 use veil_onnx_proto::*;
-
-fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
-    use tensor_shape_proto::{dimension::Value as D, Dimension};
-    let dim = dims
-        .iter()
-        .map(|&d| Dimension { value: Some(D::DimValue(d)), ..Default::default() })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(tensor_proto::DataType::Float as i32),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) -> NodeProto {
-    NodeProto {
-        name: Some(format!("node_{output}")),
-        op_type: Some(op.into()),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        attribute: attrs,
-        ..Default::default()
-    }
-}
 
 /// The int8 weight [16, 8], its per-column scale and the bias.
 fn params() -> (Vec<i32>, Vec<f32>, Vec<f32>) {
@@ -64,32 +35,15 @@ fn int8_model() -> Vec<u8> {
     let sw =
         TensorProto { float_data: scale, ..init("w_scale", &[8], tensor_proto::DataType::Float) };
     let bw = TensorProto { float_data: bias, ..init("b", &[8], tensor_proto::DataType::Float) };
-    let to_float = AttributeProto {
-        name: Some("to".into()),
-        r#type: Some(attribute_proto::AttributeType::Int as i32),
-        i: Some(tensor_proto::DataType::Float as i64),
-        ..Default::default()
-    };
+    let to_float = int_attr("to", tensor_proto::DataType::Float as i64);
     let nodes = vec![
         node("Cast", &["w_q"], "w_f", vec![to_float]),
         node("Mul", &["w_f", "w_scale"], "w", vec![]),
         node("MatMul", &["x", "w"], "xw", vec![]),
         node("Add", &["xw", "b"], "y", vec![]),
     ];
-    ModelProto {
-        ir_version: Some(9),
-        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
-        graph: Some(GraphProto {
-            name: Some("int8".into()),
-            node: nodes,
-            input: vec![value_info("x", &[4, 16])],
-            output: vec![value_info("y", &[4, 8])],
-            initializer: vec![qw, sw, bw],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    let (input, output) = (vec![value_info("x", &[4, 16])], vec![value_info("y", &[4, 8])]);
+    model("int8", nodes, input, output, vec![qw, sw, bw])
 }
 
 #[test]

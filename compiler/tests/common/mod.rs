@@ -3,6 +3,8 @@
 // Each test binary includes this module and uses a different part of it.
 #![allow(dead_code)]
 
+pub mod onnx;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use veil_compiler::compile::{client_run, Compiled};

@@ -1,0 +1,70 @@
+//! Small ONNX models written out in a test: float inputs and outputs of fixed shapes, nodes,
+//! and the model's bytes.
+
+use veil_onnx_proto::*;
+
+/// A float tensor input or output of fixed shape.
+pub fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
+    use tensor_shape_proto::{dimension::Value as D, Dimension};
+    let dim = dims
+        .iter()
+        .map(|&d| Dimension { value: Some(D::DimValue(d)), ..Default::default() })
+        .collect();
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(tensor_proto::DataType::Float as i32),
+                shape: Some(TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A node named after its one output.
+pub fn node(op: &str, inputs: &[&str], output: &str, attrs: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        name: Some(format!("node_{output}")),
+        op_type: Some(op.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+/// An integer attribute.
+pub fn int_attr(name: &str, i: i64) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_proto::AttributeType::Int as i32),
+        i: Some(i),
+        ..Default::default()
+    }
+}
+
+/// The bytes of an opset-17 model of one graph.
+pub fn model(
+    name: &str,
+    node: Vec<NodeProto>,
+    input: Vec<ValueInfoProto>,
+    output: Vec<ValueInfoProto>,
+    initializer: Vec<TensorProto>,
+) -> Vec<u8> {
+    ModelProto {
+        ir_version: Some(9),
+        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
+        graph: Some(GraphProto {
+            name: Some(name.into()),
+            node,
+            input,
+            output,
+            initializer,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
