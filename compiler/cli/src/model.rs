@@ -67,22 +67,15 @@ pub fn load(path: &Path, args: &ModelArgs) -> Result<Loaded> {
 /// `margs` with the symbolic dimensions of an ONNX model bound from the shapes of the input
 /// files given (as onnxruntime does), where no flag binds them already; a model whose inputs
 /// fix its sequence length needs no --seq.
-pub fn bind_from_inputs(
-    file: &Path,
-    margs: &ModelArgs,
-    given: &[(String, std::path::PathBuf)],
-) -> Result<ModelArgs> {
+pub fn bind_from_inputs(file: &Path, margs: &ModelArgs, given: &Given) -> Result<ModelArgs> {
     if given.is_empty() || file.extension().and_then(|e| e.to_str()) != Some("onnx") {
         return Ok(margs.clone());
     }
     let symbolic = veil_compiler::frontend::onnx::symbolic_dims(file)?;
     let mut shapes = Vec::new();
-    for (name, path) in given {
-        // Unknown names and unreadable files are reported by `read_inputs`, with the model.
-        if !symbolic.iter().any(|(n, _)| n == name) {
-            continue;
-        }
-        if let Ok(t) = veil_compiler::npy::read(path) {
+    for (name, _, t) in given {
+        // Unknown names and unreadable files are reported by `check_inputs`, with the model.
+        if let (true, Ok(t)) = (symbolic.iter().any(|(n, _)| n == name), t) {
             shapes.push((name.clone(), t.shape.clone()));
         }
     }
@@ -154,15 +147,36 @@ pub fn read_inputs(
     g: &Graph,
     given: &[(String, std::path::PathBuf)],
 ) -> Result<std::collections::HashMap<String, Tensor>> {
+    check_inputs(g, read_given(given))
+}
+
+/// `--input NAME=FILE.npy` files as read, each with its name and path: a file that cannot be
+/// read is reported later by [`check_inputs`], after the name is checked against the model.
+pub type Given = Vec<(String, std::path::PathBuf, Result<Tensor>)>;
+
+/// Reads every `--input` file once.
+pub fn read_given(given: &[(String, std::path::PathBuf)]) -> Given {
+    given
+        .iter()
+        .map(|(name, file)| {
+            let t =
+                veil_compiler::npy::read(file).with_context(|| format!("reading input `{name}`"));
+            (name.clone(), file.clone(), t)
+        })
+        .collect()
+}
+
+/// Checks inputs already read against the graph's: every input given, with the right dtype
+/// and shape, and no unknown name.
+pub fn check_inputs(g: &Graph, given: Given) -> Result<std::collections::HashMap<String, Tensor>> {
     let mut out = std::collections::HashMap::new();
-    for (name, file) in given {
+    for (name, file, t) in given {
         let Some(&v) = g.inputs.iter().find(|&&v| g.values[v].name == *name) else {
             let names: Vec<&str> = g.inputs.iter().map(|&v| g.values[v].name.as_str()).collect();
             bail!("the model has no input `{name}` (inputs: {})", names.join(", "));
         };
-        let t =
-            veil_compiler::npy::read(file).with_context(|| format!("reading input `{name}`"))?;
-        check_input(name, file, &t, g.ty(v))?;
+        let t = t?;
+        check_input(&name, &file, &t, g.ty(v))?;
         out.insert(name.clone(), t);
     }
     let missing: Vec<String> = g

@@ -1,6 +1,6 @@
 //! `veil eval`: the plaintext reference evaluator on .npy inputs.
 
-use crate::model::{load, parse_assignment, read_inputs, ModelArgs};
+use crate::model::{load, parse_assignment, ModelArgs};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -28,10 +28,13 @@ pub fn file_name(name: &str) -> String {
 
 /// Evaluates and reports.
 pub fn run(a: Args) -> Result<()> {
-    let margs = crate::model::bind_from_inputs(&a.file, &a.model, &a.inputs)?;
+    // Each input file is read once: its shape binds the model's symbolic dimensions, then it
+    // is checked against the model loaded with them.
+    let given = crate::model::read_given(&a.inputs);
+    let margs = crate::model::bind_from_inputs(&a.file, &a.model, &given)?;
     let m = load(&a.file, &margs)?;
     let g = &m.graph;
-    let inputs = read_inputs(g, &a.inputs)?;
+    let inputs = crate::model::check_inputs(g, given)?;
     let t0 = std::time::Instant::now();
     let outs = veil_compiler::eval::run(g, &inputs)?;
     let dt = t0.elapsed();
