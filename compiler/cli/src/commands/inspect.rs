@@ -38,7 +38,33 @@ pub fn run(a: Args) -> Result<()> {
         );
         margs.random_weights = Some(0);
     }
-    let m = load(&a.file, &margs)?;
+    let m = match load(&a.file, &margs) {
+        Ok(m) => m,
+        Err(e) if unbound_dim(&e) => {
+            // The IR has static shapes only; the declared interface is what there is to show.
+            let iface = veil_compiler::frontend::onnx::interface::interface(&a.file)?;
+            // Batch dimensions default to 1; the others need a flag (one --seq binds them all).
+            let mut flags: Vec<String> = Vec::new();
+            for s in iface.symbols() {
+                let l = s.to_lowercase();
+                let flag = match () {
+                    _ if l.contains("batch") => continue,
+                    _ if l.contains("seq") => "--seq N".to_string(),
+                    _ => format!("--dim {s}=N"),
+                };
+                if !flags.contains(&flag) {
+                    flags.push(flag);
+                }
+            }
+            return emit(&format!(
+                "{iface}symbolic dimensions unbound: {}\n(the IR dump needs them bound: {}; \
+                 batch dimensions default to 1)\n",
+                iface.symbols().join(", "),
+                flags.join(" ")
+            ));
+        }
+        Err(e) => return Err(e),
+    };
     let mut text = veil_compiler::ir::print::graph_text(&m.graph);
     // Exporters' anonymous weights (`val_49`) are matched by `--public` globs under the name
     // `veil export-weights` gives them: show both.
@@ -56,6 +82,19 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     emit(&text)
+}
+
+/// True when `e` is an ONNX import stopped by a symbolic dimension no flag binds.
+fn unbound_dim(e: &anyhow::Error) -> bool {
+    use veil_compiler::frontend::onnx::ImportError;
+    use veil_compiler::recipe::RecipeError;
+    e.chain().any(|c| {
+        matches!(c.downcast_ref::<ImportError>(), Some(ImportError::UnboundDim { .. }))
+            || matches!(
+                c.downcast_ref::<RecipeError>(),
+                Some(RecipeError::Import(ImportError::UnboundDim { .. }))
+            )
+    })
 }
 
 /// Writes a long dump to stdout; a reader that stops early (`| head`) is not an error.

@@ -10,6 +10,7 @@
 
 pub mod context;
 pub mod error;
+pub mod interface;
 pub mod ops;
 pub mod tensor;
 
