@@ -15,10 +15,12 @@
 //! for another reason, fails the test until the lists are rewritten on purpose
 //! (`VEIL_BLESS=1 cargo test -p veil-compiler --test conformance`, then review the diff).
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use veil_compiler::frontend::onnx::{import_bytes, tensor::from_proto, ImportError, ImportOptions};
-use veil_compiler::ir::Tensor;
+use veil_compiler::ir::{Op, Tensor};
 use veil_onnx_proto::{Message, ModelProto, TensorProto};
 
 enum Outcome {
@@ -61,15 +63,19 @@ fn unsupported_reason(e: &ImportError) -> Option<String> {
     }
 }
 
-fn run_case(dir: &Path) -> Outcome {
-    let model_bytes = match std::fs::read(dir.join("model.onnx")) {
-        Ok(b) => b,
-        Err(e) => return Outcome::Fail(e.to_string()),
-    };
-    let model = match ModelProto::decode(model_bytes.as_slice()) {
-        Ok(m) => m,
-        Err(e) => return Outcome::Fail(format!("decode: {e}")),
-    };
+/// One node test, imported: the graph, its float inputs, and the expected outputs.
+struct Case {
+    graph: veil_compiler::ir::Graph,
+    inputs: HashMap<String, Tensor>,
+    wants: Vec<Tensor>,
+}
+
+/// Reads and imports the case in `dir`; `Err` is its outcome when it cannot be run.
+fn load_case(dir: &Path) -> Result<Case, Outcome> {
+    let model_bytes =
+        std::fs::read(dir.join("model.onnx")).map_err(|e| Outcome::Fail(e.to_string()))?;
+    let model = ModelProto::decode(model_bytes.as_slice())
+        .map_err(|e| Outcome::Fail(format!("decode: {e}")))?;
     let graph = model.graph.clone().unwrap_or_default();
     let data = dir.join("test_data_set_0");
     for i in &graph.input {
@@ -78,9 +84,13 @@ fn run_case(dir: &Path) -> Outcome {
             Some(veil_onnx_proto::type_proto::Value::TensorType(_))
         );
         if !is_tensor {
-            return Outcome::Unsupported("sequence/optional type".into());
+            return Err(Outcome::Unsupported("sequence/optional type".into()));
         }
     }
+    let in_data = |e: String| match element_type(&e) {
+        Some(r) => Outcome::Unsupported(format!("{r} in the test data")),
+        None => Outcome::Fail(e),
+    };
     let inits: Vec<String> = graph.initializer.iter().filter_map(|t| t.name.clone()).collect();
     let real_inputs: Vec<String> =
         graph.input.iter().filter_map(|i| i.name.clone()).filter(|n| !inits.contains(n)).collect();
@@ -91,58 +101,61 @@ fn run_case(dir: &Path) -> Outcome {
         if !p.exists() {
             continue; // an optional input omitted by the test
         }
-        let t = match load_pb(&p) {
-            Ok(t) => t,
-            Err(e) => {
-                return match element_type(&e) {
-                    Some(r) => Outcome::Unsupported(format!("{r} in the test data")),
-                    None => Outcome::Fail(e),
-                }
-            }
-        };
+        let t = load_pb(&p).map_err(in_data)?;
         if t.dtype.is_int() || t.shape.is_empty() {
             opts.const_inputs.insert(name.clone(), t);
         } else {
             inputs.insert(name.clone(), t);
         }
     }
-    let g = match import_bytes(&model_bytes, &dir.display().to_string(), &opts) {
-        Ok(g) => g,
-        Err(e) => {
-            return match unsupported_reason(&e) {
-                Some(r) => Outcome::Unsupported(r),
-                None => Outcome::Fail(format!("import: {e}")),
-            }
+    let g = import_bytes(&model_bytes, &dir.display().to_string(), &opts).map_err(|e| {
+        match unsupported_reason(&e) {
+            Some(r) => Outcome::Unsupported(r),
+            None => Outcome::Fail(format!("import: {e}")),
         }
+    })?;
+    let mut wants = Vec::new();
+    for i in 0..g.outputs.len() {
+        wants.push(load_pb(&data.join(format!("output_{i}.pb"))).map_err(in_data)?);
+    }
+    Ok(Case { graph: g, inputs, wants })
+}
+
+/// Where `got` differs from `want` beyond `tol(|want|)` (exactly for integers and bools).
+fn compare(i: usize, got: &Tensor, want: &Tensor, tol: &dyn Fn(f64) -> f64) -> Result<(), String> {
+    if got.shape != want.shape {
+        return Err(format!("output {i}: got {} want {}", got.ty(), want.ty()));
+    }
+    let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
+    let exact = !want.dtype.is_float();
+    for (k, (&a, &b)) in g.iter().zip(&w).enumerate() {
+        let ok = if exact {
+            a == b
+        } else {
+            (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= tol(b.abs())
+        };
+        if !ok {
+            return Err(format!("output {i} element {k}: got {a}, want {b}"));
+        }
+    }
+    Ok(())
+}
+
+fn run_case(dir: &Path) -> Outcome {
+    let case = match load_case(dir) {
+        Ok(c) => c,
+        Err(o) => return o,
     };
-    let outs = match veil_compiler::eval::run(&g, &inputs) {
+    let outs = match veil_compiler::eval::run(&case.graph, &case.inputs) {
         Ok(o) => o,
         Err(e) => return Outcome::Fail(format!("eval: {e}")),
     };
-    for (i, got) in outs.iter().enumerate() {
-        let want = match load_pb(&data.join(format!("output_{i}.pb"))) {
-            Ok(t) => t,
-            Err(e) => {
-                return match element_type(&e) {
-                    Some(r) => Outcome::Unsupported(format!("{r} in the test data")),
-                    None => Outcome::Fail(e),
-                }
-            }
-        };
-        if got.shape != want.shape || got.dtype != want.dtype {
+    for (i, (got, want)) in outs.iter().zip(&case.wants).enumerate() {
+        if got.dtype != want.dtype {
             return Outcome::Fail(format!("output {i}: got {} want {}", got.ty(), want.ty()));
         }
-        let (g, w) = (got.to_f64_vec(), want.to_f64_vec());
-        let exact = !want.dtype.is_float();
-        for (k, (&a, &b)) in g.iter().zip(&w).enumerate() {
-            let ok = if exact {
-                a == b
-            } else {
-                (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= 1e-7 + 1e-3 * b.abs()
-            };
-            if !ok {
-                return Outcome::Fail(format!("output {i} element {k}: got {a}, want {b}"));
-            }
+        if let Err(e) = compare(i, got, want, &|w| 1e-7 + 1e-3 * w) {
+            return Outcome::Fail(e);
         }
     }
     Outcome::Pass
@@ -266,6 +279,129 @@ fn onnx_node_conformance() {
         moved.is_empty(),
         "{} ONNX node tests moved against tests/fixtures/onnx-node-tests/{{{PASSING},{UNSUPPORTED}}}:\n  {}\n\
          if intended, rewrite the lists with `{BLESS}` and review the diff",
+        moved.len(),
+        moved.join("\n  ")
+    );
+}
+
+/// What compiling a passing case two-party and running it gave.
+enum TwoParty {
+    /// Within tolerance of ONNX's output; the worst error relative to max|want|.
+    Agrees(f64),
+    /// The compiler refused it, with its message.
+    Refused(String),
+    /// Compiled but ran wrong or failed to run.
+    Wrong(String),
+}
+
+/// Every float input the client's secret, every initializer the server's: compile, run in
+/// memory, compare with ONNX's expected outputs within 1e-3 + 1e-2·max|want| per output.
+fn two_party_case(dir: &Path) -> TwoParty {
+    use veil_compiler::backend::partition::Vis;
+    use veil_compiler::compile::{compile, CompileOptions};
+    let Case { mut graph, inputs, wants } = match load_case(dir) {
+        Ok(c) => c,
+        Err(_) => return TwoParty::Wrong("no longer loads".into()),
+    };
+    // A client input alone would be computed by the client in the clear: adding a zero the
+    // server holds makes every float input a secret of both, so each op runs two-party.
+    for x in graph.inputs.clone() {
+        let ty = graph.ty(x).clone();
+        if !ty.dtype.is_float() {
+            continue;
+        }
+        let name = graph.values[x].name.clone();
+        let z = graph.add_weight(&format!("{name}.zero"), Tensor::zeros(&ty));
+        let y = graph.add_node(&format!("{name}.secret"), Op::Add, &[x, z], &name).unwrap();
+        graph.replace_uses(x, y);
+        let n = graph.order.pop().unwrap();
+        graph.nodes[n].args[0] = x;
+        graph.order.insert(0, n);
+    }
+    if let Err(e) =
+        veil_compiler::passes::run(&mut graph, &mut veil_compiler::passes::import_pipeline())
+    {
+        return TwoParty::Refused(e.to_string());
+    }
+    let c = match compile(graph, &|_: &str| Vis::Server, &CompileOptions::default()) {
+        Ok(c) => c,
+        Err(e) => return TwoParty::Refused(e.to_string()),
+    };
+    if let Some((n, _)) = inputs.iter().find(|(_, t)| !t.all_finite()) {
+        return TwoParty::Refused(format!("input `{n}` holds NaN or ±∞ (fixed point has neither)"));
+    }
+    let outs = match common::run_compiled(&c, &inputs, false) {
+        Ok((_, outs)) => outs,
+        Err(e) => return TwoParty::Wrong(format!("run: {e}")),
+    };
+    let mut worst = 0f64;
+    for (i, ((_, got), want)) in outs.iter().zip(&wants).enumerate() {
+        let w = want.to_f64_vec();
+        let scale = w.iter().fold(0f64, |m, x| m.max(x.abs()));
+        if let Err(e) = compare(i, got, want, &|_| 1e-3 + 1e-2 * scale) {
+            return TwoParty::Wrong(e);
+        }
+        let err = common::max_abs_diff(&got.to_f64_vec(), &w);
+        worst = worst.max(if scale > 0.0 { err / scale } else { err });
+    }
+    TwoParty::Agrees(worst)
+}
+
+const TWO_PARTY_REFUSED: &str = "two_party_refused.txt";
+
+/// Every passing case whose float inputs can be secret, compiled two-party and run: it agrees
+/// with ONNX's output or the compiler refuses it with a reason, pinned in
+/// `two_party_refused.txt` like the lists above; a wrong answer always fails.
+#[test]
+fn onnx_node_two_party() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/onnx-node-tests");
+    let passing = read_list(&root.join(PASSING));
+    let (mut agree, mut refused, mut wrong) = (0, BTreeMap::new(), Vec::new());
+    for name in passing.keys() {
+        match two_party_case(&root.join(name)) {
+            TwoParty::Agrees(e) => {
+                agree += 1;
+                eprintln!("  {name}: agrees (max err {e:.2e} of max|y|)");
+            }
+            TwoParty::Refused(r) => {
+                // One line, without the model name every message starts with.
+                let r = r.lines().next().unwrap_or("").replace(&format!("model `{name}`: "), "");
+                refused.insert(name.clone(), r);
+            }
+            TwoParty::Wrong(m) => wrong.push(format!("{name}: {m}")),
+        }
+    }
+    eprintln!(
+        "two-party: {} passing node tests, {agree} agree, {} refused, {} wrong",
+        passing.len(),
+        refused.len(),
+        wrong.len()
+    );
+    for w in &wrong {
+        eprintln!("  WRONG {w}");
+    }
+    assert!(wrong.is_empty(), "{} node tests compiled two-party give a wrong answer", wrong.len());
+    let path = root.join(TWO_PARTY_REFUSED);
+    if std::env::var_os("VEIL_BLESS").is_some() {
+        write_list(&path, "that the two-party compiler refuses, with the reason", &refused);
+        return;
+    }
+    let pinned = read_list(&path);
+    let mut moved = Vec::new();
+    for (name, reason) in &refused {
+        match pinned.get(name) {
+            Some(p) if p == reason => {}
+            Some(p) => moved.push(format!("{name}: refused now for `{reason}`, pinned `{p}`")),
+            None => moved.push(format!("{name}: refused now (`{reason}`), pinned as agreeing")),
+        }
+    }
+    for name in pinned.keys().filter(|n| !refused.contains_key(*n)) {
+        moved.push(format!("{name}: agrees now, pinned as refused"));
+    }
+    assert!(
+        moved.is_empty(),
+        "{} node tests moved against tests/fixtures/onnx-node-tests/{TWO_PARTY_REFUSED}:\n  {}\n\
+         if intended, rewrite the list with `{BLESS}` and review the diff",
         moved.len(),
         moved.join("\n  ")
     );

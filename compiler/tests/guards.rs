@@ -5,23 +5,13 @@
 
 mod common;
 
-use common::onnx::{int_attr, model, node, value_info};
+use common::onnx::{f32_tensor, int_attr, model, node, value_info};
 use std::collections::HashMap;
 use veil_compiler::backend::partition::Vis;
 use veil_compiler::compile::{compile, CompileOptions};
 use veil_compiler::frontend::onnx::{import_bytes, ImportOptions};
 use veil_compiler::ir::Tensor;
 use veil_onnx_proto::*;
-
-fn f32_tensor(name: &str, dims: &[i64], data: Vec<f32>) -> TensorProto {
-    TensorProto {
-        name: Some(name.into()),
-        dims: dims.to_vec(),
-        data_type: Some(tensor_proto::DataType::Float as i32),
-        float_data: data,
-        ..Default::default()
-    }
-}
 
 /// x [4, 8] (the client's) → x·W1 → softmax → Where(GUARD(p), 0, p) → ·W2 → y.
 fn guarded_model() -> Vec<u8> {

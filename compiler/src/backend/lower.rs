@@ -358,14 +358,24 @@ impl<'g> Lowerer<'g> {
                 // [x ≥ c1] − [x ≥ c2] with c1 ≤ c2 is the indicator of [c1, c2): a local XOR.
                 Operand::Bits { bits: self.b.xor_bits_pub(*a, *b), shape: shape.clone() }
             }
-            (Op::Add | Op::Sub, [a, b]) => Operand::Val(self.add_sub(&op, (args[0], a.clone()), (args[1], b.clone()), &out_shape)?),
+            (Op::Add | Op::Sub, [a, b]) => Operand::Val(self.add_sub(
+                &op,
+                (args[0], a.clone()),
+                (args[1], b.clone()),
+                &out_shape,
+            )?),
             (Op::Neg, [_]) => {
                 let x = self.operand_val(args[0])?;
                 Operand::Val(LVal { buf: self.b.neg(x.buf), ..x })
             }
-            (Op::Mul, [a, b]) => self.mul((args[0], a.clone()), (args[1], b.clone()), &out_shape)?,
+            (Op::Mul, [a, b]) => {
+                self.mul((args[0], a.clone()), (args[1], b.clone()), &out_shape)?
+            }
             (Op::Div, [_, Operand::Const(c)]) => {
-                let inv = Tensor::f32(c.shape.clone(), (0..c.numel()).map(|i| divisor_reciprocal(c.get_f64(i))).collect());
+                let inv = Tensor::f32(
+                    c.shape.clone(),
+                    (0..c.numel()).map(|i| divisor_reciprocal(c.get_f64(i))).collect(),
+                );
                 self.mul_const(args[0], &Arc::new(inv), &out_shape, args[1])?
             }
             (Op::MatMul, [_, _]) => Operand::Val(self.matmul(args[0], args[1], &out_shape)?),
@@ -402,7 +412,8 @@ impl<'g> Lowerer<'g> {
                     });
                 }
                 let p = self.policy();
-                let scale = vals.iter().map(|v| v.scale).reduce(|a, b| p.aligned(a, b)).unwrap_or(f);
+                let scale =
+                    vals.iter().map(|v| v.scale).reduce(|a, b| p.aligned(a, b)).unwrap_or(f);
                 // A client-computed block (a public layer's prefill keys) next to shared ones.
                 let mixed = vals.iter().any(|v| self.b.kind(v.buf) != self.b.kind(vals[0].buf));
                 let mut parts: Vec<(Buf, Vec<u32>)> =
@@ -440,7 +451,8 @@ impl<'g> Lowerer<'g> {
                 }
                 let s = self.b.sum(buf, 1, rows, n);
                 let total = self.b.sum(s, 1, n, 1);
-                let theta_g = (theta * (1u64 << veil_isa::builder::THETA_BITS) as f64).round() as u64;
+                let theta_g =
+                    (theta * (1u64 << veil_isa::builder::THETA_BITS) as f64).round() as u64;
                 let keep = self.b.prune_keep(s, total, theta_g, (*protect).min(n as usize) as u32);
                 Operand::Val(LVal { buf: keep, scale: 0, shape: out_shape })
             }
@@ -492,8 +504,24 @@ impl<'g> Lowerer<'g> {
                     Some((n, max)) if len as usize == n => {
                         let max = max as u32;
                         let pad = self.b.buf(self.b.kind(buf), rows * max);
-                        self.b.copy_into(pad, 0, buf, 0, &[rows, len], &[max as i64, 1], &[len as i64, 1]);
-                        self.b.copy_into(pad, len, buf, 0, &[rows, max - len], &[max as i64, 1], &[len as i64, 0]);
+                        self.b.copy_into(
+                            pad,
+                            0,
+                            buf,
+                            0,
+                            &[rows, len],
+                            &[max as i64, 1],
+                            &[len as i64, 1],
+                        );
+                        self.b.copy_into(
+                            pad,
+                            len,
+                            buf,
+                            0,
+                            &[rows, max - len],
+                            &[max as i64, 1],
+                            &[len as i64, 0],
+                        );
                         (pad, max)
                     }
                     _ => (buf, len),
@@ -520,11 +548,15 @@ impl<'g> Lowerer<'g> {
                 let rows = numel(&x.shape) / len.max(1);
                 let params = argmax_params(x.scale);
                 let big = encode(crate::ir::TOP_K_DROP, x.scale);
-                let buf =
-                    self.b.keep_top_k(x.buf, rows as u32, len as u32, *k as u32, params, big);
+                let buf = self.b.keep_top_k(x.buf, rows as u32, len as u32, *k as u32, params, big);
                 Operand::Val(LVal { buf, scale: x.scale, shape: out_shape })
             }
-            (Op::Max | Op::Min, [a, b]) => Operand::Val(self.max_min(&op, (args[0], a.clone()), (args[1], b.clone()), &out_shape)?),
+            (Op::Max | Op::Min, [a, b]) => Operand::Val(self.max_min(
+                &op,
+                (args[0], a.clone()),
+                (args[1], b.clone()),
+                &out_shape,
+            )?),
             (Op::Relu, [_]) => {
                 let x = self.operand_val(args[0])?;
                 let (m, scale) = self.masked(&x);
@@ -535,12 +567,10 @@ impl<'g> Lowerer<'g> {
                 let bits = self.drelu(args[0])?;
                 Operand::Bits { bits, shape: out_shape }
             }
-            (Op::Cast { to }, [_]) if to.is_float() || to.is_int() => Operand::Val(self.operand_val(args[0])?),
-            _ => {
-                return Err(self.err(
-                    "no two-party lowering for this operator on secret data (nonlinear operators must be lowered to stdlib approximations first)",
-                ))
+            (Op::Cast { to }, [_]) if to.is_float() || to.is_int() => {
+                Operand::Val(self.operand_val(args[0])?)
             }
+            _ => return Err(self.err(no_lowering(&op))),
         })
     }
 
@@ -1096,4 +1126,36 @@ fn argmax_params(scale: u8) -> veil_isa::builder::CompareParams {
 pub fn encode(x: f64, scale: u8) -> u64 {
     let v = (x * (1u64 << scale) as f64).round();
     v.clamp(i64::MIN as f64, i64::MAX as f64) as i64 as u64
+}
+
+/// Why an operator on secret data has no two-party form, and what the user can do.
+fn no_lowering(op: &Op) -> String {
+    let what = match op {
+        Op::Exp => {
+            "exp of a secret outside a softmax has no two-party form: the stdlib's exp \
+                    (exp_neg) is exact only for inputs known to be ≤ 0, as a softmax's are after \
+                    its row maximum is subtracted"
+        }
+        Op::Pow => {
+            "a power of a secret is lowered only for a constant integer exponent from 1 \
+                    to 8 (as products); this one's exponent is secret, fractional or larger"
+        }
+        Op::Where => {
+            "a selection whose condition is secret (computed from secret data or held \
+                      by one party) has no two-party form yet; conditions on public data are folded"
+        }
+        Op::Sigmoid | Op::Tanh | Op::Erf => {
+            "no stdlib approximation of this function on secret \
+                                             data yet (GELU's erf and tanh forms are recognised \
+                                             as a whole and approximated)"
+        }
+        Op::Equal | Op::Less | Op::LessOrEqual | Op::Greater | Op::GreaterOrEqual => {
+            "a comparison of secret data gives a secret bool, which has no two-party form \
+             outside the comparisons inside max, ReLU, GELU and softmax"
+        }
+        Op::Log => "log of a secret has no stdlib approximation yet",
+        Op::Abs => "|x| of a secret has no two-party form yet (it needs a comparison)",
+        _ => "no two-party lowering for this operator on secret data",
+    };
+    what.to_string()
 }

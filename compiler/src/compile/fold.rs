@@ -139,3 +139,121 @@ pub fn divisions_to_products(g: &mut Graph, part: &Partition) -> Result<usize, F
     g.cursor = Default::default();
     Ok(changed)
 }
+
+/// The largest constant integer exponent [`powers_to_products`] expands (x^8: three squarings).
+pub const MAX_POWER: i64 = 8;
+
+/// Secret operators without a two-party form of their own, written with ones that have one:
+/// `x^k` with `k` a public integer in `1..=MAX_POWER` (the same for every element) as products
+/// by repeated squaring, and `Clip(x, lo, hi)` as `Max(Min(x, hi), lo)` (an infinite bound
+/// dropped). Other exponents are left to the lowering, which refuses them with the reason.
+pub fn expand_secret_ops(g: &mut Graph, part: &Partition) -> Result<usize, FoldError> {
+    let order = g.order.clone();
+    let mut changed = 0;
+    for n in order {
+        let nd = g.nodes[n].clone();
+        if part.vis[nd.result] != Vis::Shared {
+            continue;
+        }
+        if let crate::ir::Op::Clip { min, max } = nd.op {
+            changed += clip_to_max_min(g, n, min, max)?;
+            continue;
+        }
+        if !matches!(nd.op, crate::ir::Op::Pow) {
+            continue;
+        }
+        let Some(k) = g.const_data(nd.args[1]).and_then(integer_exponent) else { continue };
+        g.cursor = nd.prov.clone();
+        let before = g.order.len();
+        let base = nd.args[0];
+        let name = g.values[nd.result].name.clone();
+        let mul = |g: &mut Graph, a, b, step: &str| {
+            let node = format!("{}.{step}", nd.name);
+            g.add_node(&node, crate::ir::Op::Mul, &[a, b], &format!("{name}.{step}"))
+                .map_err(|error| FoldError::Shape { node, error })
+        };
+        // Square-and-multiply from the top bit: ⌊log2 k⌋ squarings, popcount(k) − 1 products.
+        let mut acc = base;
+        for bit in (0..63 - k.leading_zeros()).rev() {
+            acc = mul(g, acc, acc, &format!("sq{bit}"))?;
+            if k >> bit & 1 == 1 {
+                acc = mul(g, acc, base, &format!("mul{bit}"))?;
+            }
+        }
+        let new: Vec<_> = g.order.drain(before..).collect();
+        let pos = g.order.iter().position(|&m| m == n).expect("the node is in the order");
+        g.order.splice(pos..pos, new);
+        if acc == base {
+            // x^1: the node becomes a copy.
+            g.replace_uses(nd.result, base);
+        } else {
+            g.replace_uses(nd.result, acc);
+            let old = std::mem::take(&mut g.values[nd.result].name);
+            g.values[nd.result].name = format!("{old}.replaced");
+            g.values[acc].name = old;
+        }
+        changed += 1;
+    }
+    g.cursor = Default::default();
+    if changed > 0 {
+        g.remove_dead_nodes();
+    }
+    Ok(changed)
+}
+
+/// The exponent `k` when every element of `t` is the same integer in `1..=MAX_POWER`.
+fn integer_exponent(t: &crate::ir::Tensor) -> Option<i64> {
+    let v = t.to_f64_vec();
+    let k = *v.first()?;
+    let ok = v.iter().all(|&e| e == k) && k.fract() == 0.0 && (1.0..=MAX_POWER as f64).contains(&k);
+    ok.then_some(k as i64)
+}
+
+/// Rewrites the `Clip` node `n` as `Max(Min(x, hi), lo)`, dropping an infinite bound.
+fn clip_to_max_min(
+    g: &mut Graph,
+    n: crate::ir::Node,
+    lo: f64,
+    hi: f64,
+) -> Result<usize, FoldError> {
+    let nd = g.nodes[n].clone();
+    let dtype = g.ty(nd.args[0]).dtype;
+    let bound = |g: &mut Graph, v: f64, what: &str| {
+        let t = crate::ir::Tensor { dtype, ..crate::ir::Tensor::scalar_f32(v as f32) };
+        g.add_const(&format!("{}.{what}", nd.name), t)
+    };
+    g.cursor = nd.prov.clone();
+    let before = g.order.len();
+    let mut x = nd.args[0];
+    // ONNX: min(max(x, lo), hi), so hi wins when lo > hi; Min then Max would let lo win.
+    if lo.is_finite() {
+        let c = bound(g, lo, "min");
+        let node = format!("{}.max", nd.name);
+        x = g
+            .add_node(&node, crate::ir::Op::Max, &[x, c], &format!("{}.lower", nd.name))
+            .map_err(|error| FoldError::Shape { node, error })?;
+    }
+    if hi.is_finite() {
+        // min(x, hi) = −max(−x, −hi): the lowering compares with a constant only from below.
+        let c = bound(g, -hi, "max");
+        let step = |g: &mut Graph, op, args: &[crate::ir::Value], what: &str| {
+            let node = format!("{}.{what}", nd.name);
+            g.add_node(&node, op, args, &format!("{}.{what}", nd.name))
+                .map_err(|error| FoldError::Shape { node, error })
+        };
+        let neg = step(g, crate::ir::Op::Neg, &[x], "neg")?;
+        let max = step(g, crate::ir::Op::Max, &[neg, c], "neg_max")?;
+        x = step(g, crate::ir::Op::Neg, &[max], "upper")?;
+    }
+    let new: Vec<_> = g.order.drain(before..).collect();
+    let pos = g.order.iter().position(|&m| m == n).expect("the node is in the order");
+    g.order.splice(pos..pos, new);
+    g.replace_uses(nd.result, x);
+    if x != nd.args[0] {
+        let old = std::mem::take(&mut g.values[nd.result].name);
+        g.values[nd.result].name = format!("{old}.replaced");
+        g.values[x].name = old;
+    }
+    g.cursor = Default::default();
+    Ok(1)
+}

@@ -81,6 +81,11 @@ pub const BACK: &[Stage] = &[
         run: |g, part, _| Ok(changed(fold::divisions_to_products(g, part).map_err(fold_err(g))?)),
     },
     Stage {
+        name: "expand_secret_ops",
+        about: "on secret data: x^k (public integer k ≤ 8) as products, Clip as Max and Min",
+        run: |g, part, _| Ok(changed(fold::expand_secret_ops(g, part).map_err(fold_err(g))?)),
+    },
+    Stage {
         name: "lower_nonlinear",
         about: "nonlinear operators on secret data to stdlib approximations",
         run: |g, part, s| {

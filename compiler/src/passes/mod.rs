@@ -6,6 +6,7 @@ mod annotate_attention;
 mod fuse_gelu;
 mod fuse_layer_norm;
 mod fuse_smu1;
+mod fuse_softmax;
 pub mod matching;
 mod smu_rewrite;
 
@@ -13,6 +14,7 @@ pub use annotate_attention::AnnotateAttention;
 pub use fuse_gelu::FuseGelu;
 pub use fuse_layer_norm::FuseLayerNorm;
 pub use fuse_smu1::FuseSmu1;
+pub use fuse_softmax::FuseSoftmax;
 pub use smu_rewrite::SmuRewrite;
 
 use crate::ir::{verify, Graph, VerifyErrors};
@@ -36,12 +38,13 @@ pub struct PassError {
 }
 
 /// The passes run after import: recognise the structures later stages need (GELU in erf and
-/// tanh form, decomposed layer norm, SMU-1) and annotate attention blocks.
+/// tanh form, decomposed layer norm, SMU-1, written-out softmax) and annotate attention blocks.
 pub fn import_pipeline() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(FuseGelu),
         Box::new(FuseLayerNorm),
         Box::new(FuseSmu1),
+        Box::new(FuseSoftmax),
         Box::new(AnnotateAttention),
     ]
 }

@@ -68,3 +68,35 @@ pub fn model(
     }
     .encode_to_vec()
 }
+
+/// A float initializer (or `Constant` value) of the given shape.
+pub fn f32_tensor(name: &str, dims: &[i64], data: Vec<f32>) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(tensor_proto::DataType::Float as i32),
+        float_data: data,
+        ..Default::default()
+    }
+}
+
+/// An int64 initializer (axes, shapes) of the given shape.
+pub fn i64_tensor(name: &str, dims: &[i64], data: Vec<i64>) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(tensor_proto::DataType::Int64 as i32),
+        int64_data: data,
+        ..Default::default()
+    }
+}
+
+/// An integer-list attribute.
+pub fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_proto::AttributeType::Ints as i32),
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
