@@ -1154,7 +1154,6 @@ fn no_lowering(op: &Op) -> String {
              outside the comparisons inside max, ReLU, GELU and softmax"
         }
         Op::Log => "log of a secret has no stdlib approximation yet",
-        Op::Abs => "|x| of a secret has no two-party form yet (it needs a comparison)",
         _ => "no two-party lowering for this operator on secret data",
     };
     what.to_string()

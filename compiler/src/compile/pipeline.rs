@@ -82,8 +82,8 @@ pub const BACK: &[Stage] = &[
     },
     Stage {
         name: "expand_secret_ops",
-        about: "on secret data: x^k (public integer k ≤ 8) as products, Clip as Max and Min",
-        run: |g, part, _| Ok(changed(fold::expand_secret_ops(g, part).map_err(fold_err(g))?)),
+        about: "on secret data: x^k (public integer k ≤ 8) as products, Clip as max/min, |x| by ReLU, Where on a one-party condition as arithmetic",
+        run: |g, part, _| Ok(changed(super::secret_ops::expand_secret_ops(g, part).map_err(fold_err(g))?)),
     },
     Stage {
         name: "lower_nonlinear",
