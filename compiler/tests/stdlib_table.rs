@@ -21,6 +21,8 @@ const BOUNDS: &[(&str, f64, f64)] = &[
     ("rsqrt_fit(x, 1.0, 64.0)", 1.4e-4, 1.8e-4), // measured 9.37e-5, 1.15e-4
     ("rsqrt_fit(x, 0.0625, 256.0)", 2.2e-3, 7.0e-4), // measured 1.45e-3, 4.61e-4
     ("recip_fit(x, 4.0, 1024.0)", 8.6e-5, 3.6e-4), // measured 5.69e-5, 2.36e-4
+    ("sigmoid_exp(x)", 3.0e-3, 1.0e-1),  // measured 2.00e-3, 6.73e-2
+    ("tanh_exp(x)", 6.0e-3, 5.2e-2),     // measured 4.01e-3, 3.48e-2
     ("gelu_erf_poly(x)", 1.4e-3, 7.6e-2), // measured 9.19e-4, 5.01e-2
     ("gelu_tanh_poly(x)", 1.5e-3, 8.0e-2), // measured 9.68e-4, 5.28e-2
     ("smu1_newton(x)", 7.7e-4, 2.5e-2),  // measured 5.09e-4, 1.61e-2

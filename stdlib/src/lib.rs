@@ -14,6 +14,7 @@ pub const MODULES: &[(&str, &str)] = &[
     ("softmax", include_str!("../dsl/softmax.veil")),
     ("layernorm", include_str!("../dsl/layernorm.veil")),
     ("smu", include_str!("../dsl/smu.veil")),
+    ("sigmoid", include_str!("../dsl/sigmoid.veil")),
 ];
 
 /// The source of module `name` (for `import name;`).
@@ -148,6 +149,24 @@ pub const ALL: &[StdFn] = &[
         log_sweep: false,
         shape: Shape::Elementwise,
         reference: |x| each(x, f64::exp),
+    },
+    StdFn {
+        module: "sigmoid",
+        name: "sigmoid_exp",
+        call: "sigmoid_exp(x)",
+        domain: (-24.0, 24.0),
+        log_sweep: false,
+        shape: Shape::Elementwise,
+        reference: |x| each(x, |v| 1.0 / (1.0 + (-v).exp())),
+    },
+    StdFn {
+        module: "sigmoid",
+        name: "tanh_exp",
+        call: "tanh_exp(x)",
+        domain: (-12.0, 12.0),
+        log_sweep: false,
+        shape: Shape::Elementwise,
+        reference: |x| each(x, f64::tanh),
     },
     StdFn {
         module: "reciprocal",

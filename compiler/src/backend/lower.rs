@@ -1144,10 +1144,9 @@ fn no_lowering(op: &Op) -> String {
             "a selection whose condition is secret (computed from secret data or held \
                       by one party) has no two-party form yet; conditions on public data are folded"
         }
-        Op::Sigmoid | Op::Tanh | Op::Erf => {
-            "no stdlib approximation of this function on secret \
-                                             data yet (GELU's erf and tanh forms are recognised \
-                                             as a whole and approximated)"
+        Op::Erf => {
+            "erf of a secret outside a GELU has no stdlib approximation yet (GELU's erf \
+                    form is recognised as a whole and approximated)"
         }
         Op::Equal | Op::Less | Op::LessOrEqual | Op::Greater | Op::GreaterOrEqual => {
             "a comparison of secret data gives a secret bool, which has no two-party form \

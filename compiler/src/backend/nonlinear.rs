@@ -216,6 +216,8 @@ pub fn lower_nonlinear(
                     ],
                 )
             }
+            Op::Sigmoid => ("sigmoid_exp", vec![nd.args[0]], vec![]),
+            Op::Tanh => ("tanh_exp", vec![nd.args[0]], vec![]),
             Op::Gelu { approx: GeluApprox::Erf } => ("gelu_erf_poly", vec![nd.args[0]], vec![]),
             Op::Gelu { approx: GeluApprox::Tanh } => ("gelu_tanh_poly", vec![nd.args[0]], vec![]),
             Op::Smu1 { alpha, mu } => (
@@ -333,6 +335,8 @@ fn op_kind(op: &Op) -> &'static str {
         Op::Smu1 { .. } => "smu1",
         Op::Reciprocal => "reciprocal",
         Op::Sqrt => "sqrt",
+        Op::Sigmoid => "sigmoid",
+        Op::Tanh => "tanh",
         _ => "nonlinear",
     }
 }
