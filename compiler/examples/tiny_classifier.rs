@@ -69,8 +69,8 @@ fn sample(r: &mut SplitMix, protos: &[Vec<f64>], class: usize) -> Tensor {
     let mut x = Vec::with_capacity(S * D);
     for _ in 0..S {
         let signal = (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= SIGNAL;
-        for j in 0..D {
-            let v = if signal { protos[class][j] + NOISE * r.normal() } else { r.normal() };
+        for &p in &protos[class] {
+            let v = if signal { p + NOISE * r.normal() } else { r.normal() };
             x.push(v as f32);
         }
     }

@@ -298,9 +298,8 @@ impl Row {
         plain: Option<&Tensor>,
         mpc: Option<&Tensor>,
     ) -> Row {
-        let classes = |t: &Tensor| argmax_rows(t);
         let (pr, mr) = match task {
-            Task::Classify => (plain.map(classes), mpc.map(classes)),
+            Task::Classify => (plain.map(argmax_rows), mpc.map(argmax_rows)),
             Task::Embed => (None, None),
         };
         let rows = plain.or(mpc).map_or(0, |t| {

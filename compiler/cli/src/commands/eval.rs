@@ -106,8 +106,14 @@ fn dataset(a: &Args, dir: &std::path::Path) -> Result<()> {
     let dt = t0.elapsed();
     let summary = Summary::of(&rows);
     summary.print(&rows);
-    if task == Task::Classify && ds.labels.is_none() {
-        println!("(no labels: the plaintext predictions are in --report-json)");
+    match (task, ds.labels.is_some()) {
+        (Task::Classify, false) => {
+            println!("(no labels: the plaintext predictions are in --report-json)")
+        }
+        (Task::Embed, _) => println!(
+            "(embed: eval has no two-party output to compare with; `veil run --dataset` does)"
+        ),
+        _ => {}
     }
     if let Some(out) = &a.output {
         println!("wrote each sample's outputs to {}/<sample>/", out.display());

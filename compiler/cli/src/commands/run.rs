@@ -157,7 +157,7 @@ pub fn run(a: Args) -> Result<()> {
 /// The plaintext model for a dataset run, imported once; a pruned program's reference depends
 /// on the lengths each sample reveals, so it is rebuilt per sample.
 enum Plain {
-    Graph(veil_compiler::ir::Graph),
+    Graph(Box<veil_compiler::ir::Graph>),
     PerSample,
     None,
 }
@@ -186,7 +186,7 @@ fn dataset(a: &Args, dir: &Path) -> Result<()> {
         None => None,
     };
     let plain = match plain {
-        Some(r) if r.prune.is_none() => Plain::Graph(r.reference()?),
+        Some(r) if r.prune.is_none() => Plain::Graph(Box::new(r.reference()?)),
         Some(_) => Plain::PerSample,
         None => Plain::None,
     };
