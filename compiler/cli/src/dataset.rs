@@ -565,3 +565,30 @@ pub fn progress(n: usize) -> indicatif::ProgressBar {
     );
     bar
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_per_row_first_maximum_and_never_nan() {
+        let t = Tensor::f32([3, 3], vec![1.0, 3.0, 3.0, f32::NAN, 0.0, -1.0, -2.0, -1.0, -3.0]);
+        assert_eq!(argmax_rows(&t), vec![1, 1, 1]);
+    }
+
+    #[test]
+    fn the_default_task_follows_labels_then_the_last_axis() {
+        assert_eq!(Task::choose(None, true, &[1, 768]).0, Task::Classify);
+        assert_eq!(Task::choose(None, false, &[1, 4]).0, Task::Classify);
+        assert_eq!(Task::choose(None, false, &[1, 8, 50257]).0, Task::Classify);
+        assert_eq!(Task::choose(None, false, &[1, 384]).0, Task::Embed);
+        assert_eq!(Task::choose(Some(Task::Embed), true, &[1, 4]).0, Task::Embed);
+    }
+
+    #[test]
+    fn cosine_of_parallel_and_opposite_vectors() {
+        let a = Tensor::f32([2], vec![1.0, 2.0]);
+        assert!((cosine(&a, &Tensor::f32([2], vec![2.0, 4.0])) - 1.0).abs() < 1e-12);
+        assert!((cosine(&a, &Tensor::f32([2], vec![-1.0, -2.0])) + 1.0).abs() < 1e-12);
+    }
+}
