@@ -1,6 +1,7 @@
 //! `veil`: compile transformer models to two-party programs and run them.
 
 mod commands;
+mod dataset;
 mod model;
 mod nonlinear;
 mod outcome;

@@ -225,7 +225,12 @@ pub fn sample_from(g: &Graph, dir: &Path) -> Result<std::collections::HashMap<St
         let name = &g.values[v].name;
         let path = dir.join(format!("{}.npy", crate::commands::eval::file_name(name)));
         if !path.exists() {
-            bail!("{}: no file for input `{name}` ({})", dir.display(), g.ty(v));
+            bail!(
+                "{}: no file for input `{name}` ({}): expected {}",
+                dir.display(),
+                g.ty(v),
+                path.display()
+            );
         }
         let t = veil_compiler::npy::read(&path)
             .with_context(|| format!("reading input `{name}` from {}", path.display()))?;

@@ -136,6 +136,42 @@ pub fn client_over_tcp(
     Ok((outs, m))
 }
 
+/// What a run over many samples does with sample k's outputs and online traffic as each
+/// finishes.
+pub type EachOutput<'a> =
+    dyn FnMut(usize, Vec<(String, Tensor)>, &veil_vm::net::CommStats) -> Result<()> + 'a;
+
+/// Runs every sample as one inference of a single session over TCP (no cache: `veil run
+/// --dataset`), handing each one's outputs to `each`; returns the session's measurements.
+pub fn session_over_tcp(
+    p: &veil_isa::Program,
+    c: &veil_compiler::compile::ClientPart,
+    samples: &[Sample],
+    server: &str,
+    dealer: &str,
+    opts: &NetOptions,
+    each: &mut EachOutput<'_>,
+) -> Result<Measured> {
+    let t0 = Instant::now();
+    let mut s = ClientSession::connect_with(
+        p,
+        server,
+        dealer,
+        opts,
+        Some(events(server.into(), dealer.into())),
+    )?;
+    let mut prefix = Duration::ZERO;
+    for (k, sample) in samples.iter().enumerate() {
+        let t = Instant::now();
+        let (feeds, own) = preprocess(c, sample)?;
+        prefix += t.elapsed();
+        let (revealed, q) = s.infer(&feeds).with_context(|| format!("inference {k}"))?;
+        each(k, assemble(c, &revealed, &own)?, &q.online)?;
+    }
+    let rep = s.close()?;
+    Ok(client_measured(rep.report, t0, prefix))
+}
+
 /// One sample's model inputs.
 type Sample = HashMap<String, Tensor>;
 

@@ -25,7 +25,7 @@ pub struct Args {
     pub inputs: Vec<(String, PathBuf)>,
     /// Draw every model input at random from this seed instead (reals N(0, 1); for benchmarks
     /// of models whose inputs are reals, such as the DSL examples).
-    #[arg(long, value_name = "SEED", conflicts_with = "inputs")]
+    #[arg(long, value_name = "SEED", conflicts_with_all = ["inputs", "dataset"])]
     pub random_inputs: Option<u64>,
     /// Write each output to DIR/<output name>.npy.
     #[arg(long, value_name = "DIR")]
@@ -43,6 +43,8 @@ pub struct Args {
     pub plot: Option<PathBuf>,
     #[command(flatten)]
     pub roles: RolesArgs,
+    #[command(flatten)]
+    pub dataset: crate::dataset::DatasetArgs,
 }
 
 /// How the three roles run on this machine (`veil run`, `veil generate`).
@@ -82,10 +84,48 @@ impl RolesArgs {
         };
         local.run(self.in_process)
     }
+
+    /// Runs `program` on every sample, calling `each` with sample k's outputs and its online
+    /// traffic as it finishes. Over processes this is one session of many inferences (one
+    /// dealer, server and setup); in process, `veil_vm::run_session` runs one inference, so
+    /// each sample is a session of its own. Returns the last session's measurements.
+    pub fn run_samples(
+        &self,
+        path: &Path,
+        program: &veil_isa::Program,
+        client: &veil_compiler::compile::ClientPart,
+        samples: &[std::collections::HashMap<String, veil_compiler::ir::Tensor>],
+        each: &mut crate::commands::connect::EachOutput<'_>,
+    ) -> Result<Measured> {
+        if self.in_process {
+            let mut last = None;
+            for (k, inputs) in samples.iter().enumerate() {
+                let local = Local {
+                    path,
+                    program,
+                    client,
+                    inputs,
+                    timeout: self.timeout,
+                    jit: !self.no_jit,
+                    insecure: self.insecure,
+                };
+                let (outs, m) = in_process(&local)?;
+                each(k, outs, &m.client.body)?;
+                last = Some(m);
+            }
+            return last.context("a dataset has at least one sample");
+        }
+        role_processes(path, program, self.timeout, !self.no_jit, self.insecure, |s, d, o| {
+            crate::commands::connect::session_over_tcp(program, client, samples, s, d, o, each)
+        })
+    }
 }
 
 /// Runs and reports.
 pub fn run(a: Args) -> Result<()> {
+    if let Some(dir) = &a.dataset.dataset {
+        return dataset(&a, dir);
+    }
     let nets = Net::chosen(a.net);
     let (p, _) = verified_program(&a.program)?;
     if a.plot.is_some() && p.dynamic.is_none() {
@@ -109,6 +149,149 @@ pub fn run(a: Args) -> Result<()> {
         let report = report.context("a pruned program has a per-layer report")?;
         let svg = report?.svg();
         std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The plaintext model for a dataset run, imported once; a pruned program's reference depends
+/// on the lengths each sample reveals, so it is rebuilt per sample.
+enum Plain {
+    Graph(Box<veil_compiler::ir::Graph>),
+    PerSample,
+    None,
+}
+
+/// `--dataset`: every sample as one inference of one session, each compared with the
+/// plaintext model; agreement, accuracy on the labels, max error.
+fn dataset(a: &Args, dir: &Path) -> Result<()> {
+    use crate::dataset::{output_index, Dataset, Row, Source, Summary, Task};
+    if a.plot.is_some() {
+        bail!("--plot draws one run's pruning chart; it does not go with --dataset");
+    }
+    let (p, _) = verified_program(&a.program)?;
+    let c = client_part(&a.program, None, &p)?;
+    // Every sample and label is checked before any process starts or anything is written.
+    let ds = Dataset::open(dir)?;
+    let samples = ds.read(&c.graph)?;
+    let plain = match veil_compiler::recipe::Recipe::of_program(&p)? {
+        Some(mut r) => match &a.reference {
+            Some(f) => {
+                r.model.file = f.clone();
+                Some(r)
+            }
+            None if !r.model.file.exists() => None,
+            None => Some(r),
+        },
+        None => None,
+    };
+    let plain = match plain {
+        Some(r) if r.prune.is_none() => Plain::Graph(Box::new(r.reference()?)),
+        Some(_) => Plain::PerSample,
+        None => Plain::None,
+    };
+    if matches!(plain, Plain::None) {
+        println!("(no plaintext reference: the source model is not here; pass --reference)");
+    }
+    let labelled = ds.labels.is_some();
+    // The task and the output it reads, decided from the plaintext model's output when there
+    // is one, else from the first two-party output (before anything is written either way).
+    let decide = |names: &[String], shape: &[usize]| -> Result<(usize, Task, &'static str)> {
+        let k = output_index(names, a.dataset.task_output.as_deref())?;
+        let (task, why) = Task::choose(a.dataset.task, labelled, shape);
+        if task == Task::Classify {
+            ds.check_classes(&names[k], shape.last().copied().unwrap_or(1))?;
+        }
+        Ok((k, task, why))
+    };
+    let header = |names: &[String], k: usize, task: (Task, &str), shape: &[usize]| {
+        let src =
+            Source { command: "run", file: &a.program, dataset: &ds, task, output: &names[k] };
+        src.print_header(Some(shape));
+    };
+    let mut chosen = None;
+    if let Plain::Graph(g) = &plain {
+        let names: Vec<String> = g.outputs.iter().map(|&v| g.values[v].name.clone()).collect();
+        let k = output_index(&names, a.dataset.task_output.as_deref())?;
+        let shape = &g.ty(g.outputs[k]).shape;
+        let (k, task, why) = decide(&names, shape)?;
+        header(&names, k, (task, why), shape);
+        chosen = Some((k, task, why, names[k].clone()));
+    }
+    let bar = crate::dataset::progress(samples.len());
+    let mut rows = Vec::with_capacity(samples.len());
+    let mut traffic = veil_vm::net::CommStats::default();
+    let t0 = Instant::now();
+    let mut each = |i: usize,
+                    outs: Vec<(String, veil_compiler::ir::Tensor)>,
+                    online: &veil_vm::net::CommStats|
+     -> Result<()> {
+        let name = &ds.samples[i].0;
+        let reference = match &plain {
+            Plain::Graph(g) => Some(
+                veil_compiler::eval::run(g, &samples[i])
+                    .with_context(|| format!("the plaintext reference on sample `{name}`"))?,
+            ),
+            Plain::PerSample => crate::outcome::reference(&p, a.reference.as_deref(), &samples[i])?,
+            Plain::None => None,
+        };
+        if chosen.is_none() {
+            let names: Vec<String> = outs.iter().map(|(n, _)| n.clone()).collect();
+            let k = output_index(&names, a.dataset.task_output.as_deref())?;
+            let shape = outs[k].1.shape.clone();
+            let (k, task, why) = decide(&names, &shape)?;
+            header(&names, k, (task, why), &shape);
+            chosen = Some((k, task, why, names[k].clone()));
+        }
+        let (k, task, ..) = chosen.clone().expect("decided above");
+        let Some((_, got)) = outs.get(k) else {
+            bail!("sample `{name}`: the program gave {} output(s), not output {k}", outs.len());
+        };
+        rows.push(Row::new(task, name, ds.label(i), reference.as_ref().map(|r| &r[k]), Some(got)));
+        if let Some(out) = &a.output {
+            crate::outcome::write_outputs(&outs, &out.join(name))?;
+        }
+        traffic.rounds += online.rounds;
+        traffic.sent += online.sent;
+        traffic.received += online.received;
+        bar.inc(1);
+        Ok(())
+    };
+    let r = a.roles.run_samples(&a.program, &p, &c, &samples, &mut each);
+    bar.finish_and_clear();
+    let m = r?;
+    let secs = t0.elapsed().as_secs_f64();
+    let (_, task, why, output) = chosen.context("at least one sample ran")?;
+    let summary = Summary::of(&rows);
+    summary.print(&rows);
+    let n = rows.len() as u64;
+    println!(
+        "two-party: {n} inference(s) in {}, {secs:.2} s in all; per inference: client sent {}, received {}, {} rounds",
+        if a.roles.in_process { "separate in-process sessions" } else { "one session (one dealer, server and setup)" },
+        crate::report::bytes(traffic.sent / n),
+        crate::report::bytes(traffic.received / n),
+        traffic.rounds / n
+    );
+    if let Some(out) = &a.output {
+        println!("wrote each sample's outputs to {}/<sample>/", out.display());
+    }
+    if let Some(path) = &a.dataset.report_json {
+        let src = Source {
+            command: "run",
+            file: &a.program,
+            dataset: &ds,
+            task: (task, why),
+            output: &output,
+        };
+        let extra = serde_json::json!({
+            "session": if a.roles.in_process { "in-process, one per sample" } else { "one session, processes over TCP" },
+            "wall_secs": secs,
+            "client_sent": traffic.sent,
+            "client_received": traffic.received,
+            "rounds": traffic.rounds,
+            "dealer_bytes_last_inference": m.dealer_bytes,
+        });
+        src.write_json(path, &summary, &rows, extra)?;
         println!("wrote {}", path.display());
     }
     Ok(())
@@ -226,6 +409,26 @@ impl Role {
 /// Dealer and server as child processes on loopback, the client here.
 fn processes(s: &Local) -> Result<Outcome> {
     let Local { path, program: p, client: c, inputs, timeout, jit, insecure } = *s;
+    let mut outs = None;
+    let m = role_processes(path, p, timeout, jit, insecure, |server, dealer, opts| {
+        let (o, m) = crate::commands::connect::client_over_tcp(p, c, inputs, server, dealer, opts)?;
+        outs = Some(o);
+        Ok(m)
+    })?;
+    Ok((outs.context("the client ran")?, m))
+}
+
+/// Dealer and server as child processes on loopback for one client session, which `client`
+/// runs here (given the server's and the dealer's addresses) and measures; the server's
+/// figures are added to its measurements.
+pub fn role_processes(
+    path: &Path,
+    p: &veil_isa::Program,
+    timeout: u64,
+    jit: bool,
+    insecure: bool,
+    client: impl FnOnce(&str, &str, &veil_vm::session::NetOptions) -> Result<Measured>,
+) -> Result<Measured> {
     // Fail early, before any process starts, when the server's file is missing or stale.
     server_weights(path, None, p)?;
     // TLS as in a deployment, with certificates made for this run and removed after it.
@@ -280,10 +483,7 @@ fn processes(s: &Local) -> Result<Outcome> {
             return Err(e);
         }
     };
-    let r = crate::commands::connect::client_over_tcp(
-        p,
-        c,
-        inputs,
+    let r = client(
         &server_addr,
         &dealer_addr,
         &veil_vm::session::NetOptions {
@@ -297,7 +497,7 @@ fn processes(s: &Local) -> Result<Outcome> {
     let server_out = server.finish(ok);
     // The dealer serves until stopped: its work for this run is done once the server is.
     let _ = dealer.finish(false);
-    let (outs, mut m) = r?;
+    let mut m = r?;
     let server_out = server_out?;
     let s: ServerSummary = server_out
         .lines()
@@ -306,7 +506,7 @@ fn processes(s: &Local) -> Result<Outcome> {
     m.dealer_bytes = s.dealer_bytes;
     m.offline = Duration::from_secs_f64(s.offline_secs);
     m.server = Some(s);
-    Ok((outs, m))
+    Ok(m)
 }
 
 /// A fresh temporary directory, removed (with what is in it) on drop.
