@@ -19,6 +19,7 @@ pub mod low_rank;
 pub mod pipeline;
 pub mod pruned;
 pub mod public;
+pub mod widen;
 
 use crate::backend::client::{client_graph, ClientGraphError};
 use crate::backend::lower::{lower, ClientFeed, LowerOptions};

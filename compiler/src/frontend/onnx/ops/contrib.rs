@@ -513,9 +513,17 @@ fn additive_mask(
         });
     }
     let Some(keep) = keep else { return Ok(None) };
-    let zero = scalar(cx, "mask_zero_f", dtype, 0.0);
-    let filter = scalar(cx, "mask_filter", dtype, c.filter as f64);
-    Ok(Some(cx.wire(Op::Where, &[keep, zero, filter], &format!("{name}.mask_add"))?))
+    // Below about −104, e^x is 0 in float32, so onnxruntime's −10000 masks exactly as −∞ does;
+    // writing the float32 minimum the unfused exports add makes veil clamp it to its fixed-point
+    // mask value like theirs (−10000 itself is beyond the softmax approximation's range).
+    let filter = if c.filter <= -1000.0 { f32::MIN } else { c.filter };
+    let zero = scalar(cx, "mask_zero_f", DType::F32, 0.0);
+    let filter = scalar(cx, "mask_filter", DType::F32, filter as f64);
+    let add = cx.wire(Op::Where, &[keep, zero, filter], &format!("{name}.mask_add"))?;
+    if dtype == DType::F32 {
+        return Ok(Some(add));
+    }
+    Ok(Some(cx.wire(Op::Cast { to: dtype }, &[add], &format!("{name}.mask_add_cast"))?))
 }
 
 /// Elements `start..start+len` of a 1-D value.
