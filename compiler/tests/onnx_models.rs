@@ -120,3 +120,13 @@ fn gpt2_tiny_ort_fused_contrib_ops() {
 fn bert_tiny_optimum_export() {
     check("bert-tiny-optimum", "model.onnx");
 }
+
+#[test]
+fn contrib_ops_synthetic_masks_causal_mha() {
+    check("contrib-ops-synthetic", "model.onnx");
+}
+
+#[test]
+fn contrib_ops_synthetic_fp16_inputs_and_outputs() {
+    check_within("contrib-ops-synthetic-fp16", "model.onnx", FP16_TOL);
+}

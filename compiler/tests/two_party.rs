@@ -245,3 +245,13 @@ fn fused_exports_cost_what_the_unfused_ones_cost() {
         assert_eq!(a.setup.online(), b.setup.online(), "{}: setup bytes", fused.0);
     }
 }
+
+#[test]
+fn contrib_ops_synthetic_masks_causal_mha() {
+    check("contrib-ops-synthetic", "model.onnx", "test_data_set_0", false);
+}
+
+#[test]
+fn contrib_ops_synthetic_fp16_inputs_and_outputs() {
+    check("contrib-ops-synthetic-fp16", "model.onnx", "test_data_set_0", false);
+}
