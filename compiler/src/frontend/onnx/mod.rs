@@ -7,6 +7,8 @@
 //!   so `Shape`, `Gather`/`Slice` on shapes, `ConstantOfShape`, `Range`, `Unsqueeze`/`Concat`
 //!   of shape vectors and `Equal`/`Where`/`Cast` on constants disappear.
 //! - Unsupported operators are reported all at once, before anything else is translated.
+//! - onnxruntime's `com.microsoft` contrib operators (fused BERT/GPT-2 exports) are expanded
+//!   into the IR the unfused graph gives ([`ops::contrib_registry`]).
 
 pub mod context;
 pub mod error;
@@ -141,8 +143,9 @@ pub fn import_bytes(bytes: &[u8], path: &str, opts: &ImportOptions) -> Result<Gr
         cx.node = Some(n);
         cx.node_name = node_name(n.name.as_deref(), &op, i);
         let domain = n.domain.as_deref().filter(|d| !d.is_empty()).unwrap_or("ai.onnx");
-        let build = builder(domain, &op)
-            .ok_or_else(|| gerr(format!("node `{}` was checked", cx.node_name)))?;
+        let build = builder(domain, &op).ok_or_else(|| {
+            gerr(format!("node `{}`: {op} from {domain} is not supported", cx.node_name))
+        })?;
         let outs = build(&mut cx, n)?;
         for (j, out) in n.output.iter().enumerate() {
             if out.is_empty() {
