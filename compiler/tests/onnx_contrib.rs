@@ -4,7 +4,7 @@
 //! definition. The fused fixtures themselves are in `onnx_models.rs` and `two_party.rs`.
 
 use std::collections::HashMap;
-use veil_compiler::frontend::onnx::{import_bytes, ImportError, ImportOptions};
+use veil_compiler::frontend::onnx::{import_bytes, ImportOptions};
 use veil_compiler::ir::Tensor;
 use veil_onnx_proto::*;
 

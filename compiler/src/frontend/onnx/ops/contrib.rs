@@ -222,7 +222,7 @@ fn attention(cx: &mut Cx, _: &NodeProto) -> R {
             [s[0] as usize, s[1] as usize, s[2] as usize]
         }
         _ => {
-            if ws[1] % 3 != 0 {
+            if !ws[1].is_multiple_of(3) {
                 return Err(cx.err(format!("weights {ws:?}: the last dimension is not 3 × hidden")));
             }
             [ws[1] / 3; 3]
