@@ -176,3 +176,82 @@ fn public_layers_run_in_the_clear_and_still_match() {
         check_results("bert-tiny-random", "bert-tiny.veil", set, r);
     }
 }
+
+#[test]
+fn bert_tiny_ort_fused_contrib_ops_padding_mask() {
+    // EmbedLayerNormalization's mask_index (37 tokens) into Attention's 1-D end positions.
+    check("bert-tiny-ort-fused", "model.onnx", "test_data_set_1", false);
+}
+
+#[test]
+fn bert_tiny_ort_fp16_io() {
+    check("bert-tiny-ort-fp16", "model.onnx", "test_data_set_1", false);
+}
+
+#[test]
+fn bert_tiny_ort_fp16_keep_io_types_over_tcp() {
+    check("bert-tiny-ort-fp16-keep-io", "model.onnx", "test_data_set_0", true);
+}
+
+#[test]
+fn gpt2_tiny_ort_fused_contrib_ops() {
+    check("gpt2-tiny-ort-fused", "model.onnx", "test_data_set_0", false);
+}
+
+#[test]
+fn bert_tiny_optimum_export() {
+    check("bert-tiny-optimum", "model.onnx", "test_data_set_0", false);
+}
+
+/// The program's predicted cost (online bytes per party, rounds, dealer bytes) for a fixture.
+fn cost(model: &str, file: &str) -> veil_isa::cost::ProgramCost {
+    let opts = ImportOptions { seq: Some(128), ..ImportOptions::default() };
+    let mut g =
+        import_file(&fixtures().join(model).join(file), &opts).unwrap_or_else(|e| panic!("{e}"));
+    veil_compiler::passes::run(&mut g, &mut veil_compiler::passes::import_pipeline()).unwrap();
+    let c = compile(g, &|_: &str| Vis::Server, &CompileOptions::default())
+        .unwrap_or_else(|e| panic!("{model}/{file}: {e}"));
+    veil_isa::cost::program_cost(&c.program)
+}
+
+/// The contrib ops import as the patterns the unfused graph gives: the fused export compiles
+/// to the same bytes and rounds as the export it was fused from (and its float16 conversion
+/// to the same as the float32 model).
+#[test]
+fn fused_exports_cost_what_the_unfused_ones_cost() {
+    for (fused, unfused) in [
+        (
+            ("bert-tiny-ort-fused", "model.onnx"),
+            ("bert-tiny-random", "model.torchscript_opset17_dynamic.onnx"),
+        ),
+        (("gpt2-tiny-ort-fused", "model.onnx"), ("gpt2-tiny-random", "model.dynamo_opset18.onnx")),
+        // Float16 is float32 in fixed point: the same program.
+        (("bert-tiny-ort-fp16", "model.onnx"), ("bert-tiny-ort-fused", "model.onnx")),
+    ] {
+        let (a, b) = (cost(fused.0, fused.1), cost(unfused.0, unfused.1));
+        eprintln!(
+            "{}: rounds {} / {}, bytes {:?} / {:?}, dealer {} / {}",
+            fused.0,
+            a.body.rounds,
+            b.body.rounds,
+            a.body.sent,
+            b.body.sent,
+            a.body.dealer,
+            b.body.dealer
+        );
+        assert_eq!(a.body.rounds, b.body.rounds, "{}: rounds", fused.0);
+        assert_eq!(a.body.sent, b.body.sent, "{}: online bytes", fused.0);
+        assert_eq!(a.body.dealer, b.body.dealer, "{}: dealer bytes", fused.0);
+        assert_eq!(a.setup.online(), b.setup.online(), "{}: setup bytes", fused.0);
+    }
+}
+
+#[test]
+fn contrib_ops_synthetic_masks_causal_mha() {
+    check("contrib-ops-synthetic", "model.onnx", "test_data_set_0", false);
+}
+
+#[test]
+fn contrib_ops_synthetic_fp16_inputs_and_outputs() {
+    check("contrib-ops-synthetic-fp16", "model.onnx", "test_data_set_0", false);
+}

@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod pruned;
 pub mod public;
 pub mod secret_ops;
+pub mod widen;
 
 use crate::backend::client::{client_graph, ClientGraphError};
 use crate::backend::lower::{lower, ClientFeed, LowerOptions};

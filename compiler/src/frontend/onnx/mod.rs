@@ -7,6 +7,8 @@
 //!   so `Shape`, `Gather`/`Slice` on shapes, `ConstantOfShape`, `Range`, `Unsqueeze`/`Concat`
 //!   of shape vectors and `Equal`/`Where`/`Cast` on constants disappear.
 //! - Unsupported operators are reported all at once, before anything else is translated.
+//! - onnxruntime's `com.microsoft` contrib operators (fused BERT/GPT-2 exports) are expanded
+//!   into the IR the unfused graph gives ([`ops::contrib_registry`]).
 
 pub mod context;
 pub mod error;
@@ -56,6 +58,12 @@ pub fn import_bytes(bytes: &[u8], path: &str, opts: &ImportOptions) -> Result<Gr
         .and_then(|o| o.version)
         .ok_or_else(|| not_onnx("it imports no version of the default operator set".into()))?;
     let registry = ops::registry();
+    let contrib = ops::contrib_registry();
+    let builder = |domain: &str, op: &str| match domain {
+        "ai.onnx" => registry.get(op).copied(),
+        ops::MS_DOMAIN => contrib.get(op).copied(),
+        _ => None,
+    };
 
     let unsupported: Vec<UnsupportedNode> = graph
         .node
@@ -65,7 +73,7 @@ pub fn import_bytes(bytes: &[u8], path: &str, opts: &ImportOptions) -> Result<Gr
             let domain =
                 n.domain.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "ai.onnx".into());
             let op = n.op_type.clone().unwrap_or_default();
-            let known = domain == "ai.onnx" && registry.contains_key(op.as_str());
+            let known = builder(&domain, &op).is_some();
             let dom_opset = model
                 .opset_import
                 .iter()
@@ -135,7 +143,10 @@ pub fn import_bytes(bytes: &[u8], path: &str, opts: &ImportOptions) -> Result<Gr
         let op = n.op_type.clone().unwrap_or_default();
         cx.node = Some(n);
         cx.node_name = node_name(n.name.as_deref(), &op, i);
-        let build = registry[op.as_str()];
+        let domain = n.domain.as_deref().filter(|d| !d.is_empty()).unwrap_or("ai.onnx");
+        let build = builder(domain, &op).ok_or_else(|| {
+            gerr(format!("node `{}`: {op} from {domain} is not supported", cx.node_name))
+        })?;
         let outs = build(&mut cx, n)?;
         for (j, out) in n.output.iter().enumerate() {
             if out.is_empty() {

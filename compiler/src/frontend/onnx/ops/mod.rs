@@ -1,5 +1,6 @@
 //! The op registry: ONNX `op_type` → builder, one file per operator family.
 
+mod contrib;
 mod math;
 mod nn;
 mod shape;
@@ -19,5 +20,15 @@ pub fn registry() -> HashMap<&'static str, OpBuilder> {
     math::register(&mut r);
     nn::register(&mut r);
     shape::register(&mut r);
+    r
+}
+
+/// onnxruntime's `com.microsoft` domain.
+pub const MS_DOMAIN: &str = "com.microsoft";
+
+/// Every supported `com.microsoft` contrib operator.
+pub fn contrib_registry() -> HashMap<&'static str, OpBuilder> {
+    let mut r: HashMap<&'static str, OpBuilder> = HashMap::new();
+    contrib::register(&mut r);
     r
 }
