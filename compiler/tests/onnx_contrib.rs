@@ -1,7 +1,9 @@
 //! onnxruntime's `com.microsoft` contrib operators: the forms veil does not support are
 //! refused with an error naming the node, the operator and what to do; contrib operators it
 //! does not know are listed with their domain; QuickGelu (in no fixture) evaluates to its
-//! definition. The fused fixtures themselves are in `onnx_models.rs` and `two_party.rs`.
+//! definition and runs two-party (its sigmoid as the stdlib's sigmoid_exp). The fused fixtures themselves are in `onnx_models.rs` and `two_party.rs`.
+
+mod common;
 
 use std::collections::HashMap;
 use veil_compiler::frontend::onnx::{import_bytes, ImportOptions};
@@ -189,4 +191,45 @@ fn quick_gelu_is_x_times_sigmoid_of_alpha_x() {
         let want = x / (1.0 + (-1.702 * x).exp());
         assert!((y - want).abs() < 1e-6, "QuickGelu({x}) = {y}, expected {want}");
     }
+}
+
+#[test]
+fn quick_gelu_of_a_secret_runs_two_party() {
+    // x (the client's) · W (the server's) → QuickGelu: the sigmoid runs as stdlib sigmoid_exp.
+    let mut rng = veil_compiler::weights::SplitMix(9);
+    let w = TensorProto {
+        name: Some("w".into()),
+        dims: vec![8, 8],
+        data_type: Some(tensor_proto::DataType::Float as i32),
+        float_data: (0..64).map(|_| rng.normal() as f32 * 0.6).collect(),
+        ..Default::default()
+    };
+    let bytes = model(
+        vec![
+            NodeProto {
+                op_type: Some("MatMul".into()),
+                input: vec!["x".into(), "w".into()],
+                output: vec!["h".into()],
+                ..Default::default()
+            },
+            contrib("qg", "QuickGelu", &["h"], &["y"]),
+        ],
+        vec![float_info("x", &[4, 8])],
+        vec![float_info("y", &[4, 8])],
+        vec![w],
+    );
+    let mut g = import_bytes(&bytes, "t", &ImportOptions::default()).unwrap();
+    veil_compiler::passes::run(&mut g, &mut veil_compiler::passes::import_pipeline()).unwrap();
+    let x = Tensor::f32([4, 8], (0..32).map(|_| rng.normal() as f32).collect());
+    let inputs = HashMap::from([("x".to_string(), x)]);
+    let want = veil_compiler::eval::run(&g, &inputs).unwrap()[0].to_f64_vec();
+    let vis = |_: &str| veil_compiler::backend::partition::Vis::Server;
+    let c = veil_compiler::compile::compile(g, &vis, &Default::default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (_, outs) = common::run_compiled(&c, &inputs, false).unwrap();
+    let got = outs[0].1.to_f64_vec();
+    let max = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let err = common::max_abs_diff(&got, &want);
+    // sigmoid_exp is within 2.0e-3 (stdlib table); times |x| ≲ 4 here.
+    assert!(err <= 1e-2 * max, "max error {err:.3e} of max |y| = {max:.3}");
 }

@@ -63,6 +63,11 @@ fn changed(n: usize) -> Changed {
 /// owns the transformation, and a line here.
 pub const BACK: &[Stage] = &[
     Stage {
+        name: "widen_floats",
+        about: "float16/bfloat16 retyped to float32 (fixed point has one representation for all reals)",
+        run: |g, _, _| Ok(changed(super::widen::widen_floats(g))),
+    },
+    Stage {
         name: "assign_layers",
         about: "each node's layer recorded in its provenance (cost reports, calibration keys)",
         run: |g, _, _| {
@@ -124,9 +129,6 @@ pub fn run_back<'a>(
     // The partition is an analysis of the graph: computed when a stage needs it and none is
     // held, kept while stages leave the graph unchanged.
     let mut partition: Option<Partition> = None;
-    // Not a stage of BACK: a change of declared types only (none for float32 models), which
-    // every stage after it relies on, fixed point having one representation for all reals.
-    super::widen::widen_floats(g);
     for stage in BACK {
         let part = partition.get_or_insert_with(|| analyze(g, weight_vis));
         if (stage.run)(g, part, &mut s)? == Changed::Yes {
