@@ -15,22 +15,19 @@ use crate::ir::{DType, Tensor, TensorType};
 use std::collections::BTreeMap;
 use veil_onnx_proto::{tensor_shape_proto::dimension::Value as D, type_proto, Message, ModelProto};
 
-/// Why an export's cache interface is not one veil recognises (names the file and input).
+/// Why an export's cache interface is not one veil recognises (names the input; the caller
+/// names the file).
 #[derive(Debug, thiserror::Error)]
 pub enum PastError {
     /// The file could not be read or decoded.
-    #[error("{path}: {msg}")]
+    #[error("{msg}")]
     File {
-        /// The file.
-        path: String,
         /// What failed.
         msg: String,
     },
     /// A past or present tensor, or an auxiliary input, that does not fit the layout.
-    #[error("{path}: {what} `{name}` {why}")]
+    #[error("{what} `{name}` {why}")]
     Layout {
-        /// The file.
-        path: String,
         /// `input` or `output`.
         what: &'static str,
         /// Its name.
@@ -40,25 +37,21 @@ pub enum PastError {
     },
     /// A decoder with past traced for one new token: no causal mask between new tokens.
     #[error(
-        "{path}: this decoder with past was exported for one new token at a time (its attention \
+        "this decoder with past was exported for one new token at a time (its attention \
          has no causal mask between new tokens, node `{node}`), so it cannot read a prompt at \
          once; generate from the decoder without past of the same export \
          (`decoder_model.onnx`) or the merged decoder (`decoder_model_merged.onnx`)"
     )]
     OneToken {
-        /// The file.
-        path: String,
         /// The attention normalisation without a mask.
         node: String,
     },
     /// No sequence length to generate in.
     #[error(
-        "{path}: input `{ids}` has the symbolic length `{dim}`: give the generation window with \
+        "input `{ids}` has the symbolic length `{dim}`: give the generation window with \
          --seq N (prompt + new tokens − 1 ≤ N)"
     )]
     NoLength {
-        /// The file.
-        path: String,
         /// The token-ids input.
         ids: String,
         /// Its symbolic length.
@@ -108,6 +101,8 @@ pub struct PastLayout {
     pub ids: String,
     /// Inputs bound at import, by name (mask, positions, branch flag, pasts).
     auxiliary: Vec<String>,
+    /// Every declared input.
+    inputs: Vec<Decl>,
 }
 
 /// Auxiliary inputs of a with-past export, bound to constants for one unpadded sequence.
@@ -167,23 +162,17 @@ fn decls(vis: &[veil_onnx_proto::ValueInfoProto], skip: &[&str]) -> Vec<Decl> {
 /// The cache interface of ONNX file `path`, or `None` when it has none (no past input, no
 /// present output, none of the auxiliary inputs): a decoder veil generates from as it is.
 pub fn layout(path: &std::path::Path) -> Result<Option<PastLayout>, PastError> {
-    let p = path.display().to_string();
-    let file = |msg: String| PastError::File { path: p.clone(), msg };
+    let file = |msg: String| PastError::File { msg };
     let bytes = std::fs::read(path).map_err(|e| file(format!("cannot read it: {e}")))?;
     let model = ModelProto::decode(bytes.as_slice())
         .map_err(|e| file(format!("not a valid ONNX model: {e}")))?;
     let Some(g) = model.graph else { return Ok(None) };
     let inits: Vec<&str> = g.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
-    recognise(&p, &decls(&g.input, &inits), &decls(&g.output, &[]))
+    recognise(&decls(&g.input, &inits), &decls(&g.output, &[]))
 }
 
-fn recognise(
-    path: &str,
-    inputs: &[Decl],
-    outputs: &[Decl],
-) -> Result<Option<PastLayout>, PastError> {
+fn recognise(inputs: &[Decl], outputs: &[Decl]) -> Result<Option<PastLayout>, PastError> {
     let bad = |what: &'static str, name: &str, why: String| PastError::Layout {
-        path: path.to_string(),
         what,
         name: name.to_string(),
         why,
@@ -219,7 +208,6 @@ fn recognise(
         _ => {
             let names: Vec<String> = others.iter().map(|d| format!("`{}`", d.name)).collect();
             return Err(PastError::Layout {
-                path: path.to_string(),
                 what: "input",
                 name: names.first().map(|n| n.trim_matches('`').to_string()).unwrap_or_default(),
                 why: format!(
@@ -354,6 +342,7 @@ fn recognise(
         logits,
         ids: ids.name.clone(),
         auxiliary,
+        inputs: inputs.to_vec(),
     }))
 }
 
@@ -376,45 +365,23 @@ fn show(dims: &[Dim]) -> String {
 }
 
 impl PastLayout {
-    /// Import options that read the export as the decoder without past, over `seq` tokens
-    /// (`opts` are the user's: batch, `--seq`, `--dim`); `None` seq is taken from them.
-    pub fn plain_decoder(
-        &self,
-        path: &std::path::Path,
-        opts: &ImportOptions,
-    ) -> Result<ImportOptions, PastError> {
-        let p = path.display().to_string();
-        let model = ModelProto::decode(
-            std::fs::read(path)
-                .map_err(|e| PastError::File {
-                    path: p.clone(),
-                    msg: format!("cannot read it: {e}"),
-                })?
-                .as_slice(),
-        )
-        .map_err(|e| PastError::File {
-            path: p.clone(),
-            msg: format!("not a valid ONNX model: {e}"),
-        })?;
-        let inputs = model.graph.map(|g| decls(&g.input, &[])).unwrap_or_default();
-        let decl = |n: &str| inputs.iter().find(|d| d.name == n);
+    /// Import options that read the export as the decoder without past, `opts` (the user's
+    /// `--seq`, `--batch`, `--dim`) giving its length.
+    pub fn plain_decoder(&self, opts: &ImportOptions) -> Result<ImportOptions, PastError> {
+        let decl = |n: &str| self.inputs.iter().find(|d| d.name == n);
         let ids = decl(&self.ids).ok_or_else(|| PastError::File {
-            path: p.clone(),
             msg: format!("input `{}` is not declared", self.ids),
         })?;
         let seq = match ids.dims.last() {
             Some(Dim::Fixed(s)) => *s,
             Some(Dim::Symbolic(d)) => {
                 let by_name = opts.dims.iter().find(|(n, _)| n == d).map(|&(_, v)| v);
-                by_name.or(opts.seq).ok_or_else(|| PastError::NoLength {
-                    path: p.clone(),
-                    ids: self.ids.clone(),
-                    dim: d.clone(),
-                })?
+                by_name
+                    .or(opts.seq)
+                    .ok_or_else(|| PastError::NoLength { ids: self.ids.clone(), dim: d.clone() })?
             }
             None => {
                 return Err(PastError::Layout {
-                    path: p,
                     what: "input",
                     name: self.ids.clone(),
                     why: "must be token ids of shape [batch, length]".into(),

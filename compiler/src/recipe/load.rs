@@ -104,7 +104,7 @@ pub fn load_decoder(spec: &ModelSpec) -> Result<Loaded, RecipeError> {
         false => None,
     };
     let Some(layout) = layout else { return load(spec, None) };
-    let opts = layout.plain_decoder(&spec.file, &import_options(spec)).map_err(generate)?;
+    let opts = layout.plain_decoder(&import_options(spec)).map_err(generate)?;
     let m = import_onnx(spec, &opts, Some(&layout.logits))?;
     // Optimum traces the decoder with past for one new token, where transformers leaves out
     // the causal mask: said here, where the file is known to be one, rather than as a mask
@@ -113,8 +113,7 @@ pub fn load_decoder(spec: &ModelSpec) -> Result<Loaded, RecipeError> {
         if let Err(crate::generate::GenerateError::Unmasked { node, .. }) =
             crate::generate::roles::analyze(&m.graph)
         {
-            let path = spec.file.display().to_string();
-            return Err(generate(crate::generate::past::PastError::OneToken { path, node }));
+            return Err(generate(crate::generate::past::PastError::OneToken { node }));
         }
     }
     Ok(m)
