@@ -87,6 +87,7 @@ fn eval_of_every_export_matches_onnxruntime() {
         ("decoder_model_merged.onnx", 3, &["use_cache_branch"][..]),
     ] {
         for (out, e) in eval_errors(file, k, fixed) {
+            eprintln!("{file} set {k} `{out}`: {e:.2e} of max|y|");
             assert!(e < 1e-4, "{file} set {k} output `{out}`: relative error {e:.2e}");
         }
     }
