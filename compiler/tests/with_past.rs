@@ -20,8 +20,11 @@ fn dir() -> PathBuf {
     common::repo().join("tests/fixtures/models/gpt2-with-past")
 }
 
+/// Tensors by name.
+type Named = Vec<(String, Tensor)>;
+
 /// Test set `k`: inputs and outputs by name (`names.json` gives the order of the files).
-fn set(k: usize) -> (Vec<(String, Tensor)>, Vec<(String, Tensor)>) {
+fn set(k: usize) -> (Named, Named) {
     let d = dir().join(format!("test_data_set_{k}"));
     let names: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("names.json")).unwrap()).unwrap();
@@ -108,9 +111,8 @@ fn merged_decoder_without_its_branch_fixed_names_the_input() {
 #[test]
 fn decoder_with_past_runs_two_party_with_the_past_as_client_inputs() {
     let (inputs, want) = set(1);
-    // The attention mask of one unpadded sequence is all ones: fixed, since its masking
-    // arithmetic (× the float minimum) has no fixed-point form; the past stays an input.
-    let fixed = ["attention_mask"];
+    // Every input stays one: the ids, the attention mask and the past, all secret.
+    let fixed: [&str; 0] = [];
     let g = import("decoder_with_past_model.onnx", &inputs, &fixed);
     let names: Vec<String> = g.inputs.iter().map(|&v| g.values[v].name.clone()).collect();
     assert!(names.iter().any(|n| n == "past_key_values.1.value"), "{names:?}");
@@ -212,7 +214,8 @@ fn edited(edit: impl Fn(&mut veil_onnx_proto::GraphProto)) -> PathBuf {
 #[test]
 fn unrecognised_cache_layouts_are_refused_naming_the_input() {
     use veil_onnx_proto::tensor_shape_proto::dimension::Value as D;
-    let cases: Vec<(Box<dyn Fn(&mut veil_onnx_proto::GraphProto)>, &str, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut veil_onnx_proto::GraphProto)>;
+    let cases: Vec<(Edit, &str, &str)> = vec![
         (
             // A layer's value without its key.
             Box::new(|g| g.input.retain(|i| i.name.as_deref() != Some("past_key_values.1.key"))),
