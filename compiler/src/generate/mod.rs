@@ -12,6 +12,7 @@
 //! nothing; the next token's embedding is `one_hot(token) · table` computed on shares, so the
 //! server learns neither the prompt nor the continuation, and the cache is never opened.
 
+pub mod causal;
 pub mod past;
 pub mod roles;
 pub mod window;

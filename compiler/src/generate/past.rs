@@ -35,17 +35,6 @@ pub enum PastError {
         /// What was expected.
         why: String,
     },
-    /// A decoder with past traced for one new token: no causal mask between new tokens.
-    #[error(
-        "this decoder with past was exported for one new token at a time (its attention \
-         has no causal mask between new tokens, node `{node}`), so it cannot read a prompt at \
-         once; generate from the decoder without past of the same export \
-         (`decoder_model.onnx`) or the merged decoder (`decoder_model_merged.onnx`)"
-    )]
-    OneToken {
-        /// The attention normalisation without a mask.
-        node: String,
-    },
     /// No sequence length to generate in.
     #[error(
         "input `{ids}` has the symbolic length `{dim}`: give the generation window with \
@@ -160,7 +149,7 @@ fn decls(vis: &[veil_onnx_proto::ValueInfoProto], skip: &[&str]) -> Vec<Decl> {
 }
 
 /// The cache interface of ONNX file `path`, or `None` when it has none (no past input, no
-/// present output, none of the auxiliary inputs): a decoder veil generates from as it is.
+/// present output): a model veil generates from, or refuses, as it is.
 pub fn layout(path: &std::path::Path) -> Result<Option<PastLayout>, PastError> {
     let file = |msg: String| PastError::File { msg };
     let bytes = std::fs::read(path).map_err(|e| file(format!("cannot read it: {e}")))?;
@@ -200,7 +189,9 @@ fn recognise(inputs: &[Decl], outputs: &[Decl]) -> Result<Option<PastLayout>, Pa
     }
     let presents: Vec<&Decl> =
         outputs.iter().filter(|d| layer_of(&d.name, "present").is_some()).collect();
-    if pasts.is_empty() && presents.is_empty() && aux.is_empty() {
+    // An attention mask alone (an encoder's, a decoder exported without a cache) is not a
+    // cache interface: such models are taken as they are, and refused there if need be.
+    if pasts.is_empty() && presents.is_empty() {
         return Ok(None);
     }
     let ids = match others.as_slice() {

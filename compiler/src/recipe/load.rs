@@ -105,16 +105,13 @@ pub fn load_decoder(spec: &ModelSpec) -> Result<Loaded, RecipeError> {
     };
     let Some(layout) = layout else { return load(spec, None) };
     let opts = layout.plain_decoder(&import_options(spec)).map_err(generate)?;
-    let m = import_onnx(spec, &opts, Some(&layout.logits))?;
-    // Optimum traces the decoder with past for one new token, where transformers leaves out
-    // the causal mask: said here, where the file is known to be one, rather than as a mask
-    // missing from a decoder.
+    let mut m = import_onnx(spec, &opts, Some(&layout.logits))?;
     if !layout.layers.is_empty() {
-        if let Err(crate::generate::GenerateError::Unmasked { node, .. }) =
-            crate::generate::roles::analyze(&m.graph)
-        {
-            return Err(generate(crate::generate::past::PastError::OneToken { node }));
-        }
+        let restore = crate::generate::causal::restore_causal_mask(&mut m.graph);
+        restore.map_err(|e| RecipeError::Generate {
+            file: spec.file.display().to_string(),
+            error: Box::new(e),
+        })?;
     }
     Ok(m)
 }
