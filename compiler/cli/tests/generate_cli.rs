@@ -152,3 +152,28 @@ fn generate_from_an_optimum_export_with_past() {
     let s = ok(&veil(&args));
     assert!(s.contains("present.1.value: f32[1,2,6,32]"), "{s}");
 }
+
+/// The merged decoder's `If` compiles one branch: without `--branch` the message says which
+/// input to fix and how; a `--branch` naming no input is refused.
+#[test]
+fn merged_decoder_branch_must_be_fixed_by_name() {
+    let dir = tmp("with-past-branch");
+    let merged = format!("{WITH_PAST}/decoder_model_merged.onnx");
+    let out = dir.join("m.vbc");
+    let dims = [
+        "--dim",
+        "sequence_length=1",
+        "--dim",
+        "past_sequence_length=5",
+        "--dim",
+        "attention_mask_sequence_length=6",
+    ];
+    let mut args = vec!["compile", merged.as_str(), "-o", out.to_str().unwrap()];
+    args.extend(dims);
+    fails_with(&veil(&args), "--branch use_cache_branch=false");
+    let mut bad = args.clone();
+    bad.extend(["--branch", "use_cache=true"]);
+    fails_with(&veil(&bad), "there is no input `use_cache` to fix");
+    args.extend(["--branch", "use_cache_branch=true"]);
+    ok(&veil(&args));
+}
