@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::Path;
-use veil_compiler::ir::{Graph, Tensor, TensorType};
+use veil_compiler::ir::{DType, Graph, Tensor, TensorType};
 use veil_compiler::recipe::{ModelSpec, WeightsSpec};
 
 /// Options shared by every command that reads a model.
@@ -19,6 +19,10 @@ pub struct ModelArgs {
     /// Binds a symbolic dimension (ONNX) or sets a constant (DSL) by name; repeatable.
     #[arg(long = "dim", value_name = "NAME=VALUE", value_parser = parse_dim)]
     pub dims: Vec<(String, usize)>,
+    /// Fixes a boolean ONNX input so that an `If` on it compiles one branch (a merged
+    /// decoder's `use_cache_branch`: false without past, true with past); repeatable.
+    #[arg(long = "branch", value_name = "NAME=true|false", value_parser = parse_branch)]
+    pub branches: Vec<(String, bool)>,
     /// The model to use from a DSL file that defines several.
     #[arg(long, value_name = "NAME")]
     pub model: Option<String>,
@@ -34,6 +38,12 @@ pub struct ModelArgs {
 fn parse_dim(s: &str) -> std::result::Result<(String, usize), String> {
     let (n, v) = s.split_once('=').ok_or_else(|| format!("expected NAME=VALUE, got `{s}`"))?;
     let v = v.parse().map_err(|_| format!("`{v}` is not a dimension size"))?;
+    Ok((n.to_string(), v))
+}
+
+fn parse_branch(s: &str) -> std::result::Result<(String, bool), String> {
+    let (n, v) = s.split_once('=').ok_or_else(|| format!("expected NAME=true|false, got `{s}`"))?;
+    let v = v.parse().map_err(|_| format!("`{v}` is not true or false"))?;
     Ok((n.to_string(), v))
 }
 
@@ -54,6 +64,7 @@ impl ModelArgs {
             seq: self.seq,
             batch: self.batch,
             dims: self.dims.clone(),
+            branches: self.branches.clone(),
             weights,
         })
     }
@@ -91,6 +102,17 @@ pub fn bind_from_inputs(file: &Path, margs: &ModelArgs, given: &Given) -> Result
     for (d, v) in bound {
         if !by_flag(&d) {
             out.dims.push((d, v));
+        }
+    }
+    // A one-value boolean input given (a merged decoder's `use_cache_branch`) selects the
+    // branch veil imports, as --branch does.
+    for (name, _, t) in given {
+        if let Ok(t) = t {
+            let known = symbolic.iter().any(|(n, _)| n == name);
+            let flag = out.branches.iter().any(|(n, _)| n == name);
+            if known && !flag && t.dtype == DType::Bool && t.numel() == 1 {
+                out.branches.push((name.clone(), t.get_f64(0) != 0.0));
+            }
         }
     }
     Ok(out)
@@ -171,6 +193,11 @@ pub fn read_given(given: &[(String, std::path::PathBuf)]) -> Given {
 pub fn check_inputs(g: &Graph, given: Given) -> Result<std::collections::HashMap<String, Tensor>> {
     let mut out = std::collections::HashMap::new();
     for (name, file, t) in given {
+        // A one-value boolean is fixed at import by `bind_from_inputs` (its branch taken).
+        let flag = t.as_ref().is_ok_and(|t| t.dtype == DType::Bool && t.numel() == 1);
+        if flag && !g.inputs.iter().any(|&v| g.values[v].name == name) {
+            continue;
+        }
         let Some(&v) = g.inputs.iter().find(|&&v| g.values[v].name == *name) else {
             let names: Vec<&str> = g.inputs.iter().map(|&v| g.values[v].name.as_str()).collect();
             bail!("the model has no input `{name}` (inputs: {})", names.join(", "));

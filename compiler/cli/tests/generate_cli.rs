@@ -101,3 +101,79 @@ fn generate_over_tls_processes_reports_each_step() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("client: prefill done") && err.contains("client: tok1 done"), "{err}");
 }
+
+const WITH_PAST: &str = "tests/fixtures/models/gpt2-with-past";
+
+/// Optimum's merged decoder (an `If` on `use_cache_branch`, past key/values as inputs):
+/// generation binds its cache interface away and gives onnxruntime's greedy tokens; eval takes
+/// the branch from the `use_cache_branch` input given; the decoder with past alone (traced
+/// for one token) generates the same tokens with its causal mask put back.
+#[test]
+fn generate_from_an_optimum_export_with_past() {
+    let merged = format!("{WITH_PAST}/decoder_model_merged.onnx");
+    let prompt = format!("{WITH_PAST}/generate/prompt.npy");
+    let want =
+        veil_compiler::npy::read(&root().join(WITH_PAST).join("generate/greedy.npy")).unwrap();
+    let want: Vec<String> = want.to_f64_vec().iter().map(|&x| (x as i64).to_string()).collect();
+    for file in [merged.clone(), format!("{WITH_PAST}/decoder_with_past_model.onnx")] {
+        let s = ok(&veil(&[
+            "generate",
+            &file,
+            "--seq",
+            "32",
+            "--prompt-ids",
+            &prompt,
+            "--max-new",
+            "12",
+            "--in-process",
+        ]));
+        assert!(s.contains(&format!("generated [{}]", want.join(", "))), "{file}: {s}");
+        assert!(s.contains("plaintext reference (no cache, f64): identical (12 tokens)"), "{s}");
+    }
+    let set = root().join(WITH_PAST).join("test_data_set_3");
+    let names = [
+        "input_ids",
+        "attention_mask",
+        "past_key_values.0.key",
+        "past_key_values.0.value",
+        "past_key_values.1.key",
+        "past_key_values.1.value",
+        "use_cache_branch",
+    ];
+    let inputs: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| format!("{n}={}", set.join(format!("input_{i}.npy")).display()))
+        .collect();
+    let mut args = vec!["eval", merged.as_str()];
+    for i in &inputs {
+        args.extend(["--input", i.as_str()]);
+    }
+    let s = ok(&veil(&args));
+    assert!(s.contains("present.1.value: f32[1,2,6,32]"), "{s}");
+}
+
+/// The merged decoder's `If` compiles one branch: without `--branch` the message says which
+/// input to fix and how; a `--branch` naming no input is refused.
+#[test]
+fn merged_decoder_branch_must_be_fixed_by_name() {
+    let dir = tmp("with-past-branch");
+    let merged = format!("{WITH_PAST}/decoder_model_merged.onnx");
+    let out = dir.join("m.vbc");
+    let dims = [
+        "--dim",
+        "sequence_length=1",
+        "--dim",
+        "past_sequence_length=5",
+        "--dim",
+        "attention_mask_sequence_length=6",
+    ];
+    let mut args = vec!["compile", merged.as_str(), "-o", out.to_str().unwrap()];
+    args.extend(dims);
+    fails_with(&veil(&args), "--branch use_cache_branch=false");
+    let mut bad = args.clone();
+    bad.extend(["--branch", "use_cache=true"]);
+    fails_with(&veil(&bad), "there is no input `use_cache` to fix");
+    args.extend(["--branch", "use_cache_branch=true"]);
+    ok(&veil(&args));
+}

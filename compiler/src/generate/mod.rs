@@ -12,6 +12,8 @@
 //! nothing; the next token's embedding is `one_hot(token) · table` computed on shares, so the
 //! server learns neither the prompt nor the continuation, and the cache is never opened.
 
+pub mod causal;
+pub mod past;
 pub mod roles;
 pub mod window;
 
@@ -183,6 +185,9 @@ pub enum GenerateError {
     /// The plaintext reference failed (names the node).
     #[error(transparent)]
     Eval(#[from] crate::eval::EvalError),
+    /// An export with past key/values whose cache interface veil does not recognise.
+    #[error(transparent)]
+    Past(#[from] past::PastError),
 }
 
 /// What to generate.

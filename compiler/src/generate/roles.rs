@@ -133,8 +133,23 @@ fn refuse(g: &Graph, node: &str, why: impl Into<String>) -> GenerateError {
     GenerateError::NotCausal { model: g.name.clone(), node: node.to_string(), why: why.into() }
 }
 
-/// Analyses `g` (one int input `[…, S]` of token ids).
+/// Analyses `g` (one int input `[…, S]` of token ids) and checks that it is a causal decoder.
 pub fn analyze(g: &Graph) -> Result<Roles, GenerateError> {
+    let mut roles = classify(g)?;
+    check(g, &roles)?;
+    let mut all: HashSet<Value> = roles.caches.iter().map(|c| c.value).collect();
+    for &n in g.order.iter().rev() {
+        let nd = &g.nodes[n];
+        if all.contains(&nd.result) {
+            all.extend(nd.args.iter().copied().filter(|&a| roles.positional(a)));
+        }
+    }
+    roles.all_rows = all;
+    Ok(roles)
+}
+
+/// The roles of every axis of `g` and its cache points, before any check (`all_rows` empty).
+pub fn classify(g: &Graph) -> Result<Roles, GenerateError> {
     let ids = match g.inputs.as_slice() {
         [i] if g.values[*i].ty.dtype.is_int() && !shape(g, *i).is_empty() => *i,
         _ => {
@@ -272,17 +287,7 @@ pub fn analyze(g: &Graph) -> Result<Roles, GenerateError> {
             of.insert(v, r);
         }
     }
-    let mut roles = Roles { of, caches: cache_vals, seq, ids, all_rows: HashSet::new() };
-    check(g, &roles)?;
-    let mut all: HashSet<Value> = roles.caches.iter().map(|c| c.value).collect();
-    for &n in g.order.iter().rev() {
-        let nd = &g.nodes[n];
-        if all.contains(&nd.result) {
-            all.extend(nd.args.iter().copied().filter(|&a| roles.positional(a)));
-        }
-    }
-    roles.all_rows = all;
-    Ok(roles)
+    Ok(Roles { of, caches: cache_vals, seq, ids, all_rows: HashSet::new() })
 }
 
 /// Refuses every node that mixes token rows outside attention, and a model without a causal
@@ -407,7 +412,7 @@ fn hides_later(g: &Graph, r: &Roles, c: Value, op: &Op) -> bool {
 
 /// True when `v` is computed, through at most `depth` elementwise operators, with a constant
 /// that hides later positions.
-fn masked_path(g: &Graph, r: &Roles, v: Value, depth: usize) -> bool {
+pub fn masked_path(g: &Graph, r: &Roles, v: Value, depth: usize) -> bool {
     let Some(p) = g.producer(v).filter(|_| depth > 0) else { return false };
     let nd = &g.nodes[p];
     if nd.args.iter().any(|&a| hides_later(g, r, a, &nd.op)) {

@@ -44,7 +44,11 @@ impl Recipe {
 
     /// The model as the recipe's model spec gives it, after the import passes.
     pub fn load(&self) -> Result<Loaded, RecipeError> {
-        load(&self.model, None)
+        match self.generate {
+            // Generation keeps its own cache: an export's past inputs are bound away.
+            Some(_) => super::load::load_decoder(&self.model),
+            None => load(&self.model, None),
+        }
     }
 
     /// Applies the recipe's nonlinear rewrite to `g` (nothing for `Exact`); returns how many

@@ -51,23 +51,69 @@ pub fn load(spec: &ModelSpec, memo: Option<&RandomMemo>) -> Result<Loaded, Recip
     let file = path.display().to_string();
     match path.extension().and_then(|e| e.to_str()) {
         Some("veil") => load_dsl(spec, memo),
-        Some("onnx") | None => {
-            let opts = ImportOptions {
-                seq: spec.seq,
-                batch: spec.batch,
-                dims: spec.dims.clone(),
-                ..ImportOptions::default()
-            };
-            let mut graph = import_file(path, &opts).map_err(RecipeError::Import)?;
-            crate::passes::run(&mut graph, &mut crate::passes::import_pipeline())
-                .map_err(|error| RecipeError::Pass { file: file.clone(), error })?;
-            Ok(Loaded { graph, public_params: Vec::new(), seq: spec.seq })
-        }
+        Some("onnx") | None => import_onnx(spec, &import_options(spec), None),
         Some(ext) => Err(RecipeError::Model {
             file,
             msg: format!("unknown model format `.{ext}` (expected .onnx or .veil)"),
         }),
     }
+}
+
+fn import_options(spec: &ModelSpec) -> ImportOptions {
+    ImportOptions {
+        seq: spec.seq,
+        batch: spec.batch,
+        dims: spec.dims.clone(),
+        const_inputs: spec
+            .branches
+            .iter()
+            .map(|(n, b)| (n.clone(), Tensor::bool(Vec::<usize>::new(), vec![*b])))
+            .collect(),
+    }
+}
+
+/// Imports `spec`'s ONNX file with `opts`, keeping only the output `keep` when given.
+fn import_onnx(
+    spec: &ModelSpec,
+    opts: &ImportOptions,
+    keep: Option<&str>,
+) -> Result<Loaded, RecipeError> {
+    let file = spec.file.display().to_string();
+    let mut graph = import_file(&spec.file, opts).map_err(RecipeError::Import)?;
+    if let Some(keep) = keep {
+        graph.outputs.retain(|&v| graph.values[v].name == keep);
+        graph.remove_dead_nodes();
+        graph = graph.compact();
+    }
+    crate::passes::run(&mut graph, &mut crate::passes::import_pipeline())
+        .map_err(|error| RecipeError::Pass { file: file.clone(), error })?;
+    Ok(Loaded { graph, public_params: Vec::new(), seq: spec.seq })
+}
+
+/// The model `spec` names as a decoder to generate from: an ONNX export with past key/values
+/// (and its attention mask, positions, branch flag) is read as the decoder without past
+/// ([`crate::generate::past`]); any other model as [`load`] reads it.
+pub fn load_decoder(spec: &ModelSpec) -> Result<Loaded, RecipeError> {
+    let onnx = matches!(spec.file.extension().and_then(|e| e.to_str()), Some("onnx") | None);
+    let generate = |e: crate::generate::past::PastError| RecipeError::Generate {
+        file: spec.file.display().to_string(),
+        error: Box::new(e.into()),
+    };
+    let layout = match onnx {
+        true => crate::generate::past::layout(&spec.file).map_err(generate)?,
+        false => None,
+    };
+    let Some(layout) = layout else { return load(spec, None) };
+    let opts = layout.plain_decoder(&import_options(spec)).map_err(generate)?;
+    let mut m = import_onnx(spec, &opts, Some(&layout.logits))?;
+    if !layout.layers.is_empty() {
+        let restore = crate::generate::causal::restore_causal_mask(&mut m.graph);
+        restore.map_err(|e| RecipeError::Generate {
+            file: spec.file.display().to_string(),
+            error: Box::new(e),
+        })?;
+    }
+    Ok(m)
 }
 
 fn load_dsl(spec: &ModelSpec, memo: Option<&RandomMemo>) -> Result<Loaded, RecipeError> {

@@ -13,7 +13,7 @@ mod load;
 
 pub use front::{Built, Front, Lowering};
 pub use lengths::Lengths;
-pub use load::{load, Loaded, RandomMemo};
+pub use load::{load, load_decoder, Loaded, RandomMemo};
 
 use crate::compile::CompileError;
 use crate::generate::GenerateOptions;
@@ -111,6 +111,10 @@ pub struct ModelSpec {
     pub batch: Option<usize>,
     /// Symbolic dimensions (ONNX) or constants (DSL) by name.
     pub dims: Vec<(String, usize)>,
+    /// Boolean ONNX inputs fixed at import (an `If` on them compiles one branch, like the
+    /// `use_cache_branch` of a merged decoder).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub branches: Vec<(String, bool)>,
     /// Where a DSL model's parameters come from.
     pub weights: WeightsSpec,
 }

@@ -10,6 +10,7 @@
 //! - onnxruntime's `com.microsoft` contrib operators (fused BERT/GPT-2 exports) are expanded
 //!   into the IR the unfused graph gives ([`ops::contrib_registry`]).
 
+pub mod branch;
 pub mod context;
 pub mod error;
 pub mod interface;
@@ -20,7 +21,7 @@ use crate::ir::{verify, DType, Graph, Op, Tensor, TensorType, Value, ValueDef};
 use context::Cx;
 pub use error::{ImportError, UnsupportedNode};
 use std::collections::{HashMap, HashSet};
-use veil_onnx_proto::{type_proto, Message, ModelProto, ValueInfoProto};
+use veil_onnx_proto::{type_proto, Message, ModelProto, NodeProto, ValueInfoProto};
 
 /// How to bind symbolic dimensions and which inputs to treat as constants.
 #[derive(Clone, Debug, Default)]
@@ -57,40 +58,10 @@ pub fn import_bytes(bytes: &[u8], path: &str, opts: &ImportOptions) -> Result<Gr
         .find(|o| matches!(o.domain.as_deref(), None | Some("") | Some("ai.onnx")))
         .and_then(|o| o.version)
         .ok_or_else(|| not_onnx("it imports no version of the default operator set".into()))?;
-    let registry = ops::registry();
-    let contrib = ops::contrib_registry();
-    let builder = |domain: &str, op: &str| match domain {
-        "ai.onnx" => registry.get(op).copied(),
-        ops::MS_DOMAIN => contrib.get(op).copied(),
-        _ => None,
-    };
+    let registry = Builders::new();
 
-    let unsupported: Vec<UnsupportedNode> = graph
-        .node
-        .iter()
-        .enumerate()
-        .filter_map(|(i, n)| {
-            let domain =
-                n.domain.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "ai.onnx".into());
-            let op = n.op_type.clone().unwrap_or_default();
-            let known = builder(&domain, &op).is_some();
-            let dom_opset = model
-                .opset_import
-                .iter()
-                .find(|o| {
-                    o.domain.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "ai.onnx".into())
-                        == domain
-                })
-                .and_then(|o| o.version)
-                .unwrap_or(0);
-            (!known).then(|| UnsupportedNode {
-                name: node_name(n.name.as_deref(), &op, i),
-                op_type: op,
-                domain,
-                opset: dom_opset,
-            })
-        })
-        .collect();
+    let mut unsupported = Vec::new();
+    collect_unsupported(&model, &graph.node, &registry, &mut unsupported);
     if !unsupported.is_empty() {
         return Err(ImportError::Unsupported { path: path.to_string(), nodes: unsupported });
     }
@@ -111,12 +82,12 @@ pub fn import_bytes(bytes: &[u8], path: &str, opts: &ImportOptions) -> Result<Gr
     for t in &graph.initializer {
         let tname = t.name.clone().unwrap_or_default();
         let tensor = tensor::from_proto(t).map_err(|e| gerr(e.to_string()))?;
-        let v = if tensor.dtype.is_float() && tensor.numel() > 1 {
-            cx.g.add_weight(&tname, tensor)
-        } else {
-            cx.g.add_const(&tname, tensor)
-        };
+        let v = initializer(&mut cx.g, &tname, tensor);
         cx.names.insert(tname, v);
+    }
+    let declared = |n: &String| graph.input.iter().any(|i| i.name.as_ref() == Some(n));
+    if let Some(n) = opts.const_inputs.keys().find(|n| !declared(n)) {
+        return Err(gerr(format!("there is no input `{n}` to fix")));
     }
     for input in &graph.input {
         let iname = input.name.clone().unwrap_or_default();
@@ -126,38 +97,25 @@ pub fn import_bytes(bytes: &[u8], path: &str, opts: &ImportOptions) -> Result<Gr
         let ty = input_type(input, opts, path)?;
         let v = match opts.const_inputs.get(&iname) {
             Some(t) => {
+                // A flag fixed by name (`--branch`) is one value, whatever its declared shape.
+                let mut t = t.clone();
+                if t.numel() == 1 && ty.numel() == 1 && t.dtype == ty.dtype {
+                    t.shape = ty.shape.clone();
+                }
                 if t.ty() != ty {
                     return Err(gerr(format!(
                         "constant for input `{iname}` is {}, the model declares {ty}",
                         t.ty()
                     )));
                 }
-                cx.g.add_const(&iname, t.clone())
+                cx.g.add_const(&iname, t)
             }
             None => cx.g.add_input(&iname, ty),
         };
         cx.names.insert(iname, v);
     }
 
-    for (i, n) in graph.node.iter().enumerate() {
-        let op = n.op_type.clone().unwrap_or_default();
-        cx.node = Some(n);
-        cx.node_name = node_name(n.name.as_deref(), &op, i);
-        let domain = n.domain.as_deref().filter(|d| !d.is_empty()).unwrap_or("ai.onnx");
-        let build = builder(domain, &op).ok_or_else(|| {
-            gerr(format!("node `{}`: {op} from {domain} is not supported", cx.node_name))
-        })?;
-        let outs = build(&mut cx, n)?;
-        for (j, out) in n.output.iter().enumerate() {
-            if out.is_empty() {
-                continue;
-            }
-            let v = *outs
-                .get(j)
-                .ok_or_else(|| cx.err(format!("output {j} (`{out}`) is not produced")))?;
-            cx.names.insert(out.clone(), v);
-        }
-    }
+    import_nodes(&mut cx, &graph.node, &registry)?;
     cx.node = None;
 
     for out in &graph.output {
@@ -188,6 +146,108 @@ pub fn import_bytes(bytes: &[u8], path: &str, opts: &ImportOptions) -> Result<Gr
     verify(&g)
         .map_err(|e| gerr(format!("the imported graph is inconsistent (a veil bug):\n{e}")))?;
     Ok(g)
+}
+
+/// An initializer as the IR holds it: a float tensor of more than one element is a model
+/// parameter, anything else a public constant.
+pub(crate) fn initializer(g: &mut Graph, name: &str, tensor: Tensor) -> Value {
+    if tensor.dtype.is_float() && tensor.numel() > 1 {
+        g.add_weight(name, tensor)
+    } else {
+        g.add_const(name, tensor)
+    }
+}
+
+/// The operator builders of the domains veil imports: the default one and `com.microsoft`.
+pub(crate) struct Builders {
+    onnx: HashMap<&'static str, ops::OpBuilder>,
+    contrib: HashMap<&'static str, ops::OpBuilder>,
+}
+
+impl Builders {
+    fn new() -> Builders {
+        Builders { onnx: ops::registry(), contrib: ops::contrib_registry() }
+    }
+
+    /// The builder of `op` in `domain` (`ai.onnx` for the default domain).
+    pub(crate) fn get(&self, domain: &str, op: &str) -> Option<ops::OpBuilder> {
+        match domain {
+            "ai.onnx" => self.onnx.get(op).copied(),
+            ops::MS_DOMAIN => self.contrib.get(op).copied(),
+            _ => None,
+        }
+    }
+}
+
+/// Every node of `nodes` (and of the branches of their `If` nodes) whose operator the
+/// importer does not implement.
+fn collect_unsupported(
+    model: &ModelProto,
+    nodes: &[NodeProto],
+    registry: &Builders,
+    out: &mut Vec<UnsupportedNode>,
+) {
+    for (i, n) in nodes.iter().enumerate() {
+        let domain = n.domain.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "ai.onnx".into());
+        let op = n.op_type.clone().unwrap_or_default();
+        if domain == "ai.onnx" && op == "If" {
+            for g in branch::branches(n) {
+                collect_unsupported(model, &g.node, registry, out);
+            }
+            continue;
+        }
+        if registry.get(&domain, &op).is_some() {
+            continue;
+        }
+        let opset = model
+            .opset_import
+            .iter()
+            .find(|o| {
+                o.domain.clone().filter(|d| !d.is_empty()).unwrap_or_else(|| "ai.onnx".into())
+                    == domain
+            })
+            .and_then(|o| o.version)
+            .unwrap_or(0);
+        out.push(UnsupportedNode {
+            name: node_name(n.name.as_deref(), &op, i),
+            op_type: op,
+            domain,
+            opset,
+        });
+    }
+}
+
+/// Translates `nodes` in order into `cx` (an `If` by the branch its condition selects).
+pub(crate) fn import_nodes<'a>(
+    cx: &mut Cx<'a>,
+    nodes: &'a [NodeProto],
+    registry: &Builders,
+) -> Result<(), ImportError> {
+    for (i, n) in nodes.iter().enumerate() {
+        let op = n.op_type.clone().unwrap_or_default();
+        cx.node = Some(n);
+        cx.node_name = node_name(n.name.as_deref(), &op, i);
+        let domain = n.domain.as_deref().filter(|d| !d.is_empty()).unwrap_or("ai.onnx");
+        let outs = match (domain, op.as_str()) {
+            ("ai.onnx", "If") => branch::inline_if(cx, n, registry)?,
+            _ => {
+                let build = registry
+                    .get(domain, &op)
+                    .ok_or_else(|| cx.err(format!("{op} from {domain} is not supported")))?;
+                build(cx, n)?
+            }
+        };
+        for (j, out) in n.output.iter().enumerate() {
+            if out.is_empty() {
+                continue;
+            }
+            let v = *outs
+                .get(j)
+                .ok_or_else(|| cx.err(format!("output {j} (`{out}`) is not produced")))?;
+            cx.names.insert(out.clone(), v);
+        }
+    }
+    Ok(())
 }
 
 fn node_name(name: Option<&str>, op: &str, i: usize) -> String {

@@ -249,6 +249,16 @@ fn concat(cx: &mut Cx, _: &NodeProto) -> R {
         rank,
         "axis",
     )?;
+    // An empty part (a past of length 0 fed to a decoder exported with past key/values)
+    // adds nothing: dropped, so that no zero-length tensor reaches the program.
+    let nonempty: Vec<Value> =
+        args.iter().copied().filter(|&a| cx.g.ty(a).shape.get(axis) != Some(&0)).collect();
+    if let [only] = nonempty.as_slice() {
+        if nonempty.len() < args.len() {
+            return Ok(vec![*only]);
+        }
+    }
+    let args = if nonempty.is_empty() { args } else { nonempty };
     let name = cx.output_name(0);
     Ok(vec![cx.wire(Op::Concat { axis }, &args, &name)?])
 }
