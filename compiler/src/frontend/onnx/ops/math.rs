@@ -52,6 +52,8 @@ pub fn register(r: &mut HashMap<&'static str, OpBuilder>) {
     r.insert("ReduceSum", |cx, n| reduce(cx, n, "sum"));
     r.insert("ReduceMean", |cx, n| reduce(cx, n, "mean"));
     r.insert("ReduceMax", |cx, n| reduce(cx, n, "max"));
+    r.insert("ReduceL2", |cx, n| reduce(cx, n, "l2"));
+    r.insert("ReduceSumSquare", |cx, n| reduce(cx, n, "sum_square"));
 }
 
 fn binary(cx: &mut Cx, op: Op) -> R {
@@ -199,6 +201,17 @@ fn reduce(cx: &mut Cx, _: &NodeProto, kind: &str) -> R {
     }
     norm.sort();
     norm.dedup();
+    if kind == "l2" || kind == "sum_square" {
+        // ‖x‖₂ (F.normalize's norm) as √Σx²: the square and the sum are exact on shares, and
+        // the square root has a stdlib approximation.
+        let sq = cx.wire(Op::Mul, &[x, x], &format!("{name}.square"))?;
+        let op = Op::ReduceSum { axes: norm, keepdims };
+        if kind == "sum_square" {
+            return Ok(vec![cx.wire(op, &[sq], &name)?]);
+        }
+        let sum = cx.wire(op, &[sq], &format!("{name}.sum_square"))?;
+        return Ok(vec![cx.wire(Op::Sqrt, &[sum], &name)?]);
+    }
     let op = match kind {
         "sum" => Op::ReduceSum { axes: norm, keepdims },
         "mean" => Op::ReduceMean { axes: norm, keepdims },
