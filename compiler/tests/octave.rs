@@ -112,8 +112,8 @@ fn octave_functions_return_zero_at_and_below_zero() {
     }
 }
 
-/// x [2, 8] (the client's) times a server weight, then `op` on the result: `Sqrt`,
-/// `Reciprocal`, `y / ReduceSum(y²)` or `y / √ReduceSum(y²)` (`a / √s`).
+/// x [2, 8] (the client's) times a server weight, then on the result: `Sqrt`, `Reciprocal`,
+/// `Reciprocal(Sqrt(y))` (`torch.rsqrt`), `y / ReduceSum(y²)` or `y / √ReduceSum(y²)`.
 fn secret_model(kind: &str) -> Vec<u8> {
     let w = veil_onnx_proto::TensorProto {
         name: Some("w".into()),
@@ -130,9 +130,13 @@ fn secret_model(kind: &str) -> Vec<u8> {
         ..Default::default()
     };
     let mut nodes = vec![node("Mul", &["x", "w"], "y", vec![])];
-    let mut out = vec![2, 8];
+    let out = [2, 8];
     match kind {
         "Sqrt" | "Reciprocal" => nodes.push(node(kind, &["y"], "z", vec![])),
+        "rsqrt" => {
+            nodes.push(node("Sqrt", &["y"], "r", vec![]));
+            nodes.push(node("Reciprocal", &["r"], "z", vec![]));
+        }
         _ => {
             nodes.push(node("Mul", &["y", "y"], "y2", vec![]));
             nodes.push(node("ReduceSum", &["y2", "axes"], "s", vec![]));
@@ -144,9 +148,6 @@ fn secret_model(kind: &str) -> Vec<u8> {
             };
             nodes.push(node("Div", &["y", d], "z", vec![]));
         }
-    }
-    if kind == "Sqrt" || kind == "Reciprocal" {
-        out = vec![2, 8];
     }
     model(
         "octave",
@@ -167,6 +168,7 @@ fn the_default_lowering_uses_the_octave_functions_where_no_range_is_known() {
         ("Reciprocal", "recip_octave"),
         ("div", "recip_octave"),
         ("div_sqrt", "rsqrt_octave"),
+        ("rsqrt", "rsqrt_octave"),
     ] {
         let mut g = import_bytes(&secret_model(kind), "octave.onnx", &ImportOptions::default())
             .unwrap_or_else(|e| panic!("{kind}: {e}"));

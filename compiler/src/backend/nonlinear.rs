@@ -284,7 +284,8 @@ const NEGLIGIBLE_SQUARE: f64 = 1e-12;
 /// `a / d` with `d` secret as `a · recip_octave(d)`, and `a / √s` (also behind an `Expand`
 /// to the quotient's shape, or a `Clip` at a negligible minimum, as `F.normalize` exports) as
 /// `a · rsqrt_octave(s)`: one octave normalisation per row instead of a square root and a
-/// reciprocal per element.
+/// reciprocal per element. `1/√s` (`torch.rsqrt`, as RMSNorm exports: Sqrt → Reciprocal)
+/// becomes `rsqrt_octave(s)` too.
 fn divisions_by_secrets(
     g: &mut Graph,
     part: &Partition,
@@ -293,6 +294,24 @@ fn divisions_by_secrets(
 ) -> Result<(), NonlinearError> {
     for n in g.order.clone() {
         let nd = g.nodes[n].clone();
+        if matches!(nd.op, Op::Reciprocal) && vis_of(part, nd.result, g) == Vis::Shared {
+            let Some(p) = g.producer(nd.args[0]) else { continue };
+            if !matches!(g.nodes[p].op, Op::Sqrt) {
+                continue;
+            }
+            let s = g.nodes[p].args[0];
+            let r = expand_before(g, lib, n, "rsqrt_octave", &[s])?;
+            g.replace_uses(nd.result, r);
+            let old_name = std::mem::take(&mut g.values[nd.result].name);
+            g.values[nd.result].name = format!("{old_name}.replaced");
+            g.values[r].name = old_name;
+            done.push(Approximation {
+                node: nd.name.clone(),
+                op: nd.op.to_string(),
+                with: "stdlib rsqrt_octave".to_string(),
+            });
+            continue;
+        }
         if !matches!(nd.op, Op::Div)
             || vis_of(part, nd.result, g) != Vis::Shared
             || vis_of(part, nd.args[1], g) != Vis::Shared
