@@ -138,8 +138,11 @@ pub fn measure(f: &StdFn, frac_bits: u8) -> Result<Row, StdlibError> {
     let (shape, xs) = samples(f);
     let g = function_graph(f, shape.clone())?;
     let x32: Vec<f32> = xs.iter().map(|&v| v as f32).collect();
-    // The reference sees exactly the inputs the approximation sees.
-    let xs: Vec<f64> = x32.iter().map(|&v| v as f64).collect();
+    // The reference sees exactly the inputs the approximation sees: f32, then rounded to the
+    // fixed-point grid (at the octave functions' low end, 1.5 units of 2^-16 is held as 2, a
+    // 15% change of 1/√x that no approximation could undo).
+    let grid = (1u64 << frac_bits) as f64;
+    let xs: Vec<f64> = x32.iter().map(|&v| (v as f64 * grid).round() / grid).collect();
     let inputs = HashMap::from([("x".to_string(), Tensor::f32(shape, x32))]);
     let opts = SimOptions { frac_bits, mask_value: None };
     let got = simulate(&g, &inputs, &opts)
@@ -196,7 +199,8 @@ pub fn markdown(rows: &[Row], frac_bits: u8) -> String {
         "Measured by `veil stdlib` in the fixed-point simulator (Z_2^64, {frac_bits} fractional bits, \
          truncation where the compiled program truncates); {POINTS} points per elementwise sweep, \
          {ROWS} rows of {} (spreads from the whole domain to 1/16 of it) for row functions; relative \
-         error where |reference| ≥ 1/64. Products and comparisons \
+         error where |reference| ≥ 1/64, the reference taken at the input rounded to {frac_bits} \
+         fractional bits (what the program holds). Products and comparisons \
          count graph operations (each over its whole operand); rounds and bytes are from the \
          compiled bytecode's cost model (one call, the output's reveal excluded).\n",
         veil_stdlib::ROW

@@ -83,3 +83,72 @@ fn weight_only_int8_compiles_and_matches_the_reference() {
     // A product of 16 terms at 16 fractional bits plus one truncation: ~1e-4 absolute.
     assert!(err <= 1e-3 * max.max(1.0), "max error {err:.3e} of max |y| = {max:.3}");
 }
+
+/// The same model in the QDQ form quantization tools write for weight-only int8:
+/// `DequantizeLinear(w_q, scale, zero_point)` per output channel (axis 1), then the product.
+fn qdq_model(quantize_input: bool) -> Vec<u8> {
+    let (q, scale, bias) = params();
+    let init = |name: &str, dims: &[i64], t: tensor_proto::DataType| TensorProto {
+        name: Some(name.into()),
+        dims: dims.to_vec(),
+        data_type: Some(t as i32),
+        ..Default::default()
+    };
+    let int8 = tensor_proto::DataType::Int8;
+    let qw = TensorProto { int32_data: q, ..init("w_q", &[16, 8], int8) };
+    let zp = TensorProto { int32_data: vec![3; 8], ..init("w_zp", &[8], int8) };
+    let sw =
+        TensorProto { float_data: scale, ..init("w_scale", &[8], tensor_proto::DataType::Float) };
+    let bw = TensorProto { float_data: bias, ..init("b", &[8], tensor_proto::DataType::Float) };
+    let xs = TensorProto {
+        float_data: vec![0.02],
+        ..init("x_scale", &[], tensor_proto::DataType::Float)
+    };
+    let mut nodes =
+        vec![node("DequantizeLinear", &["w_q", "w_scale", "w_zp"], "w", vec![int_attr("axis", 1)])];
+    let x = if quantize_input {
+        nodes.push(node("QuantizeLinear", &["x", "x_scale"], "x_q", vec![]));
+        nodes.push(node("DequantizeLinear", &["x_q", "x_scale"], "x_dq", vec![]));
+        "x_dq"
+    } else {
+        "x"
+    };
+    nodes.push(node("MatMul", &[x, "w"], "xw", vec![]));
+    nodes.push(node("Add", &["xw", "b"], "y", vec![]));
+    let (input, output) = (vec![value_info("x", &[4, 16])], vec![value_info("y", &[4, 8])]);
+    model("qdq", nodes, input, output, vec![qw, zp, sw, bw, xs])
+}
+
+#[test]
+fn weight_only_dequantize_linear_compiles_and_matches_the_dequantization() {
+    let mut g = import_bytes(&qdq_model(false), "qdq.onnx", &ImportOptions::default()).unwrap();
+    veil_compiler::passes::run(&mut g, &mut veil_compiler::passes::import_pipeline()).unwrap();
+    let mut rng = veil_compiler::weights::SplitMix(5);
+    let x = Tensor::f32([4, 16], (0..64).map(|_| rng.normal() as f32).collect());
+    let inputs = HashMap::from([("x".to_string(), x)]);
+    let want = veil_compiler::eval::run(&g, &inputs).unwrap();
+    let (q, scale, bias) = params();
+    let xs = inputs["x"].to_f64_vec();
+    let by_hand: Vec<f64> = (0..4 * 8)
+        .map(|ij| {
+            let (i, j) = (ij / 8, ij % 8);
+            let w = |k: usize| (q[k * 8 + j] - 3) as f64 * scale[j] as f64;
+            (0..16).map(|k| xs[i * 16 + k] * w(k)).sum::<f64>() + bias[j] as f64
+        })
+        .collect();
+    assert!(common::max_abs_diff(&want[0].to_f64_vec(), &by_hand) < 1e-5);
+    let c = compile(g, &|_| Vis::Server, &CompileOptions::default()).unwrap();
+    assert!(c.server_weights.iter().all(|(_, t)| t.dtype.is_float()));
+    let (_, outs) = common::run_compiled(&c, &inputs, false).unwrap();
+    let (got, want) = (outs[0].1.to_f64_vec(), want[0].to_f64_vec());
+    let max = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let err = common::max_abs_diff(&got, &want);
+    assert!(err <= 1e-3 * max.max(1.0), "max error {err:.3e} of max |y| = {max:.3}");
+}
+
+#[test]
+fn activation_quantization_is_refused_by_name() {
+    let e = import_bytes(&qdq_model(true), "qdq.onnx", &ImportOptions::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("QuantizeLinear") && msg.contains("activation quantization"), "{msg}");
+}

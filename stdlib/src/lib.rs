@@ -14,6 +14,7 @@ pub const MODULES: &[(&str, &str)] = &[
     ("softmax", include_str!("../dsl/softmax.veil")),
     ("layernorm", include_str!("../dsl/layernorm.veil")),
     ("smu", include_str!("../dsl/smu.veil")),
+    ("octave", include_str!("../dsl/octave.veil")),
     ("sigmoid", include_str!("../dsl/sigmoid.veil")),
 ];
 
@@ -136,6 +137,12 @@ fn layernorm_rows(x: &[f64], n: usize) -> Vec<f64> {
     })
 }
 
+/// The octave functions' swept domain: the smallest positive value at 16 fractional bits to
+/// just below the comparisons' range (2^19).
+const OCTAVE_LO: f64 = 1.0 / 65536.0;
+/// See [`OCTAVE_LO`].
+const OCTAVE_HI: f64 = 524000.0;
+
 /// Row length used when measuring row functions.
 pub const ROW: usize = 128;
 
@@ -218,6 +225,33 @@ pub const ALL: &[StdFn] = &[
         name: "recip_fit",
         call: "recip_fit(x, 4.0, 1024.0)",
         domain: (4.0, 1024.0),
+        log_sweep: true,
+        shape: Shape::Elementwise,
+        reference: |x| each(x, |v| 1.0 / v),
+    },
+    StdFn {
+        module: "octave",
+        name: "rsqrt_octave",
+        call: "rsqrt_octave(x)",
+        domain: (OCTAVE_LO, OCTAVE_HI),
+        log_sweep: true,
+        shape: Shape::Elementwise,
+        reference: |x| each(x, |v| 1.0 / v.sqrt()),
+    },
+    StdFn {
+        module: "octave",
+        name: "sqrt_octave",
+        call: "sqrt_octave(x)",
+        domain: (OCTAVE_LO, OCTAVE_HI),
+        log_sweep: true,
+        shape: Shape::Elementwise,
+        reference: |x| each(x, f64::sqrt),
+    },
+    StdFn {
+        module: "octave",
+        name: "recip_octave",
+        call: "recip_octave(x)",
+        domain: (OCTAVE_LO, OCTAVE_HI),
         log_sweep: true,
         shape: Shape::Elementwise,
         reference: |x| each(x, |v| 1.0 / v),

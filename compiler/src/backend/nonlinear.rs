@@ -2,8 +2,10 @@
 //! approximations (written in the DSL), so the backend sees only primitive operators.
 //!
 //! The default keeps the model's function: accurate GELU (erf or tanh form as the model
-//! says), max-subtracted softmax, layer norm by Newton inverse square root. Every replacement
-//! is recorded with the stdlib function used, for the compile summary.
+//! says), max-subtracted softmax, layer norm by Newton inverse square root, and square roots,
+//! reciprocals and divisions by secrets with no known range by the octave functions (their
+//! domain is every positive fixed-point value). Every replacement is recorded with the stdlib
+//! function used, for the compile summary.
 
 use crate::backend::partition::{Partition, Vis};
 use crate::dsl::loader::Loader;
@@ -117,16 +119,13 @@ pub enum NonlinearError {
         /// The smallest value calibration saw.
         seen: f64,
     },
-    /// A reciprocal or square root of secret data outside `--nonlinear smu`.
-    #[error(
-        "`{node}` ({op}) of a secret: supported with --nonlinear smu (a calibrated, \
-         comparison-free inverse square root)"
-    )]
-    NeedsSmu {
+    /// A node the rewrite of a division or clip adds does not fit its arguments (a bug).
+    #[error("rewriting `{node}`: {error}")]
+    Shape {
         /// The node.
         node: String,
-        /// Its operator.
-        op: String,
+        /// The shape error.
+        error: crate::ir::shape::ShapeError,
     },
     /// A layer norm over more than the last axis.
     #[error("layer norm `{node}` normalises more than the last axis; only the last is supported")]
@@ -164,20 +163,14 @@ pub fn lower_nonlinear(
 ) -> Result<(Vec<Approximation>, Vec<String>), NonlinearError> {
     let lib = stdlib_loader();
     let clamped = clamp_masks(g, opts.mask_value);
-    let order = g.order.clone();
     let mut done = Vec::new();
-    let vis_of = |v: Value, g: &Graph| {
-        part.vis.get(v).copied().unwrap_or_else(|| {
-            if g.const_data(v).is_some() {
-                Vis::Public
-            } else {
-                Vis::Shared
-            }
-        })
-    };
+    if opts.mode == Mode::Exact {
+        divisions_by_secrets(g, part, &lib, &mut done)?;
+    }
+    let order = g.order.clone();
     for n in order {
         let nd = g.nodes[n].clone();
-        if vis_of(nd.result, g) != Vis::Shared {
+        if vis_of(part, nd.result, g) != Vis::Shared {
             continue;
         }
         // Nodes made for this one inherit its provenance; the expansion's own, its site.
@@ -187,12 +180,9 @@ pub fn lower_nonlinear(
             Op::LayerNorm { .. } | Op::Smu1 { .. } | Op::Reciprocal | Op::Sqrt if smu => {
                 smu_site(g, &nd, opts)?
             }
-            Op::Reciprocal | Op::Sqrt => {
-                return Err(NonlinearError::NeedsSmu {
-                    node: nd.name.clone(),
-                    op: nd.op.to_string(),
-                })
-            }
+            // No range is known: the octave functions take any positive value.
+            Op::Reciprocal => ("recip_octave", vec![nd.args[0]], vec![]),
+            Op::Sqrt => ("sqrt_octave", vec![nd.args[0]], vec![]),
             Op::Softmax { axis } => {
                 let ty = g.ty(nd.args[0]);
                 let rank = ty.rank();
@@ -252,6 +242,129 @@ pub fn lower_nonlinear(
     g.cursor = Default::default();
     g.remove_dead_nodes();
     Ok((done, clamped))
+}
+
+/// Who sees `v`: the partition's answer, or for a value made since it was computed, public when
+/// it is a constant and shared otherwise.
+fn vis_of(part: &Partition, v: Value, g: &Graph) -> Vis {
+    part.vis.get(v).copied().unwrap_or_else(|| {
+        if g.const_data(v).is_some() {
+            Vis::Public
+        } else {
+            Vis::Shared
+        }
+    })
+}
+
+/// Instantiates stdlib `func` on `args` for node `n`, the new nodes placed just before `n`.
+fn expand_before(
+    g: &mut Graph,
+    lib: &Loader,
+    n: crate::ir::Node,
+    func: &'static str,
+    args: &[Value],
+) -> Result<Value, NonlinearError> {
+    let nd = g.nodes[n].clone();
+    let prefix = format!("{}::{}", nd.name, op_kind(&nd.op));
+    g.cursor = nd.prov.at_site(op_kind(&nd.op));
+    let before = g.order.len();
+    let out = instantiate(lib, func, g, args, &[], &prefix)
+        .map_err(|error| NonlinearError::Instantiate { func, node: nd.name.clone(), error })?;
+    let new: Vec<_> = g.order.drain(before..).collect();
+    let pos = g.order.iter().position(|&m| m == n).expect("the node is in the order");
+    g.order.splice(pos..pos, new);
+    g.cursor = Default::default();
+    Ok(out)
+}
+
+/// Below this, `max(s, eps²)` and `s` differ only under every fixed-point resolution veil
+/// compiles for, and the octave functions return 0 at 0 anyway (the limit `F.normalize`'s
+/// clip guards against).
+const NEGLIGIBLE_SQUARE: f64 = 1e-12;
+
+/// `a / d` with `d` secret as `a · recip_octave(d)`, and `a / √s` (also behind an `Expand`
+/// to the quotient's shape, or a `Clip` at a negligible minimum, as `F.normalize` exports) as
+/// `a · rsqrt_octave(s)`: one octave normalisation per row instead of a square root and a
+/// reciprocal per element. `1/√s` (`torch.rsqrt`, as RMSNorm exports: Sqrt → Reciprocal)
+/// becomes `rsqrt_octave(s)` too.
+fn divisions_by_secrets(
+    g: &mut Graph,
+    part: &Partition,
+    lib: &Loader,
+    done: &mut Vec<Approximation>,
+) -> Result<(), NonlinearError> {
+    for n in g.order.clone() {
+        let nd = g.nodes[n].clone();
+        if matches!(nd.op, Op::Reciprocal) && vis_of(part, nd.result, g) == Vis::Shared {
+            let Some(p) = g.producer(nd.args[0]) else { continue };
+            if !matches!(g.nodes[p].op, Op::Sqrt) {
+                continue;
+            }
+            let s = g.nodes[p].args[0];
+            let r = expand_before(g, lib, n, "rsqrt_octave", &[s])?;
+            g.replace_uses(nd.result, r);
+            let old_name = std::mem::take(&mut g.values[nd.result].name);
+            g.values[nd.result].name = format!("{old_name}.replaced");
+            g.values[r].name = old_name;
+            done.push(Approximation {
+                node: nd.name.clone(),
+                op: nd.op.to_string(),
+                with: "stdlib rsqrt_octave".to_string(),
+            });
+            continue;
+        }
+        if !matches!(nd.op, Op::Div)
+            || vis_of(part, nd.result, g) != Vis::Shared
+            || vis_of(part, nd.args[1], g) != Vis::Shared
+            || !g.ty(nd.args[1]).dtype.is_float()
+        {
+            continue;
+        }
+        let out_shape = g.ty(nd.result).shape.clone();
+        let a_shape = g.ty(nd.args[0]).shape.clone();
+        let op_of = |g: &Graph, v: Value| g.producer(v).map(|p| (g.nodes[p].op.clone(), p));
+        let mut d = nd.args[1];
+        // The product broadcasts anyway: the reciprocal is computed before the `Expand`.
+        if let Some((Op::Expand { .. }, p)) = op_of(g, d) {
+            let inner = g.nodes[p].args[0];
+            if crate::ir::shape::broadcast(&a_shape, &g.ty(inner).shape) == Some(out_shape.clone())
+            {
+                d = inner;
+            }
+        }
+        // The clip `F.normalize` puts on the norm, as the import wrote it or as
+        // `expand_secret_ops` rewrote it (`max(·, eps)`).
+        let negligible = |m: f64| m >= 0.0 && m * m <= NEGLIGIBLE_SQUARE;
+        let mut root = d;
+        match op_of(g, d) {
+            Some((Op::Clip { min, max }, p)) if max == f64::INFINITY && negligible(min) => {
+                root = g.nodes[p].args[0];
+            }
+            Some((Op::Max, p)) => {
+                let [x, c] = [g.nodes[p].args[0], g.nodes[p].args[1]];
+                let eps = g.const_data(c).filter(|t| t.numel() == 1).map(|t| t.get_f64(0));
+                if eps.is_some_and(negligible) {
+                    root = x;
+                }
+            }
+            _ => {}
+        }
+        let (func, arg) = match op_of(g, root) {
+            Some((Op::Sqrt, p)) => ("rsqrt_octave", g.nodes[p].args[0]),
+            _ => ("recip_octave", d),
+        };
+        let r = expand_before(g, lib, n, func, &[arg])?;
+        let node = &mut g.nodes[n];
+        node.op = Op::Mul;
+        node.args[1] = r;
+        done.push(Approximation {
+            node: nd.name.clone(),
+            op: nd.op.to_string(),
+            with: format!("stdlib {func}"),
+        });
+    }
+    g.remove_dead_nodes();
+    Ok(())
 }
 
 /// A layer norm's `x, scale, bias` (a zero bias when it has none), refusing one that does not
@@ -337,6 +450,7 @@ fn op_kind(op: &Op) -> &'static str {
         Op::Sqrt => "sqrt",
         Op::Sigmoid => "sigmoid",
         Op::Tanh => "tanh",
+        Op::Div => "div",
         _ => "nonlinear",
     }
 }

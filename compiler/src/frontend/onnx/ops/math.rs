@@ -46,12 +46,23 @@ pub fn register(r: &mut HashMap<&'static str, OpBuilder>) {
     r.insert("Cast", cast);
     r.insert("CastLike", cast_like);
     r.insert("Clip", clip);
+    r.insert("DequantizeLinear", dequantize_linear);
+    r.insert("QuantizeLinear", |cx, _| {
+        Err(cx.err(
+            "quantizing a computed value (activation quantization, as onnxruntime's \
+             quantize_static and quantize_dynamic write) is not supported: veil computes on \
+             fixed-point shares; quantize the weights only (their DequantizeLinear, or an int8 \
+             initializer cast and scaled, is supported)",
+        ))
+    });
     r.insert("Where", where_);
     r.insert("MatMul", |cx, _| binary(cx, Op::MatMul));
     r.insert("Gemm", gemm);
     r.insert("ReduceSum", |cx, n| reduce(cx, n, "sum"));
     r.insert("ReduceMean", |cx, n| reduce(cx, n, "mean"));
     r.insert("ReduceMax", |cx, n| reduce(cx, n, "max"));
+    r.insert("ReduceL2", |cx, n| reduce(cx, n, "l2"));
+    r.insert("ReduceSumSquare", |cx, n| reduce(cx, n, "sum_square"));
 }
 
 fn binary(cx: &mut Cx, op: Op) -> R {
@@ -119,6 +130,41 @@ fn clip(cx: &mut Cx, _: &NodeProto) -> R {
     }
     let name = cx.output_name(0);
     Ok(vec![cx.wire(Op::Clip { min: lo, max: hi }, &[a], &name)?])
+}
+
+/// `(x − zero_point) · scale`, per tensor or per `axis`, as a cast, a difference and a
+/// product: on an int8 weight the server computes it in the clear, like a cast-and-scale
+/// weight-only export.
+fn dequantize_linear(cx: &mut Cx, _: &NodeProto) -> R {
+    let (x, scale) = (cx.input(0)?, cx.input(1)?);
+    if cx.attr_int("block_size").unwrap_or(0) != 0 {
+        return Err(cx.err("block-wise dequantization (block_size) is not supported"));
+    }
+    let name = cx.output_name(0);
+    let to = cx.g.ty(scale).dtype;
+    let rank = cx.g.ty(x).rank();
+    let per_axis = cx.g.ty(scale).rank() == 1 && rank > 0;
+    // A per-axis scale (and zero point) of length shape[axis] broadcasts from that axis.
+    let along = |cx: &mut Cx, v: Value, what: &str| -> Result<Value, ImportError> {
+        if !per_axis {
+            return Ok(v);
+        }
+        let axis = cx.axis(cx.attr_int("axis").unwrap_or(1), rank, "the quantization axis")?;
+        let mut shape = vec![1; rank - axis];
+        shape[0] = cx.g.ty(v).numel();
+        cx.wire(Op::Reshape { shape }, &[v], &format!("{name}.{what}"))
+    };
+    let xf = cx.wire(Op::Cast { to }, &[x], &format!("{name}.float"))?;
+    let centred = match cx.opt_input(2)? {
+        Some(zp) => {
+            let zf = cx.wire(Op::Cast { to }, &[zp], &format!("{name}.zero_point_float"))?;
+            let zf = along(cx, zf, "zero_point_axis")?;
+            cx.wire(Op::Sub, &[xf, zf], &format!("{name}.centred"))?
+        }
+        None => xf,
+    };
+    let scale = along(cx, scale, "scale_axis")?;
+    Ok(vec![cx.wire(Op::Mul, &[centred, scale], &name)?])
 }
 
 fn where_(cx: &mut Cx, _: &NodeProto) -> R {
@@ -199,6 +245,17 @@ fn reduce(cx: &mut Cx, _: &NodeProto, kind: &str) -> R {
     }
     norm.sort();
     norm.dedup();
+    if kind == "l2" || kind == "sum_square" {
+        // ‖x‖₂ (F.normalize's norm) as √Σx²: the square and the sum are exact on shares, and
+        // the square root has a stdlib approximation.
+        let sq = cx.wire(Op::Mul, &[x, x], &format!("{name}.square"))?;
+        let op = Op::ReduceSum { axes: norm, keepdims };
+        if kind == "sum_square" {
+            return Ok(vec![cx.wire(op, &[sq], &name)?]);
+        }
+        let sum = cx.wire(op, &[sq], &format!("{name}.sum_square"))?;
+        return Ok(vec![cx.wire(Op::Sqrt, &[sum], &name)?]);
+    }
     let op = match kind {
         "sum" => Op::ReduceSum { axes: norm, keepdims },
         "mean" => Op::ReduceMean { axes: norm, keepdims },
