@@ -171,6 +171,7 @@ impl<'p> Dealer<'p> {
     pub fn deal_body(&mut self) -> Result<(), VmError> {
         let p = self.prog;
         let mut inst: Option<Program> = None;
+        let mut checked: Option<veil_isa::Segments> = None;
         let mut from = 0;
         let mut now = p.dynamic.as_ref().map_or(0, |d| d.max_len);
         loop {
@@ -187,9 +188,14 @@ impl<'p> Dealer<'p> {
                 .ok_or_else(|| err("no length stream from the client".into()))?;
             let f = src.recv_exact(8).map_err(|e| err(format!("the client's length: {e}")))?;
             let n = u64::from_le_bytes(f.as_slice().try_into().expect("8 bytes"));
-            let before = inst.as_ref().unwrap_or(p);
             let n = u32::try_from(n).unwrap_or(u32::MAX);
-            let q = d.shrink(p, before, now, n).map_err(err)?;
+            // Only the segment this instance deals, from `index + 1` through its next
+            // `setlen`, is checked (the loaded program was validated whole).
+            let next = index + 1;
+            let seg = checked.get_or_insert_with(|| veil_isa::Segments::at(p, next));
+            // Resized in place; the first `setlen` starts from a copy of the program.
+            let mut q = inst.take().unwrap_or_else(|| Program { dynamic: None, ..p.clone() });
+            d.shrink_segment(p, &mut q, now, n, next, seg).map_err(err)?;
             now = n;
             for (k, b) in q.buffers.iter().enumerate() {
                 if let Some(v) = self.known[k].as_mut() {

@@ -268,3 +268,106 @@ fn a_revealed_length_beyond_the_current_one_is_an_error_not_a_panic() {
     let e = run_session(&p, &c, &PartyData::default(), &RunOptions::default()).unwrap_err();
     assert!(e.to_string().contains("revealed length 1000 outside 1..=8"), "{e}");
 }
+
+/// The body index of the program's `setlen`.
+fn setlen_at(p: &Program) -> usize {
+    p.body.iter().position(|i| matches!(i, veil_isa::Instr::SetLen { .. })).expect("a setlen")
+}
+
+#[test]
+fn a_template_whose_sizes_are_wrong_at_its_own_length_is_refused_at_load() {
+    // The VM checks instances one segment at a time, trusting load-time validation for the
+    // rest: the polynomials must reproduce the loaded program's own sizes.
+    let mut p = dynamic(12, 1.0 / 12.0);
+    let d = p.dynamic.as_mut().unwrap();
+    let f = d.fields.last_mut().unwrap();
+    f.poly.0[0] += 1;
+    let at = f.instr;
+    let e = veil_isa::validate(&p).unwrap_err().to_string();
+    assert!(e.contains("dynamic field") && e.contains(&format!("body #{at}")), "{e}");
+    let mut p = dynamic(12, 1.0 / 12.0);
+    let (b, poly) = p.dynamic.as_mut().unwrap().buffers.last_mut().unwrap();
+    poly.0[1] += 1;
+    let b = *b;
+    let e = veil_isa::validate(&p).unwrap_err().to_string();
+    assert!(e.contains(&format!("dynamic length of {b}")), "{e}");
+}
+
+#[test]
+fn checking_the_segment_that_runs_agrees_with_checking_the_whole_instance() {
+    use veil_isa::{validate_instance, Segments};
+    let p = dynamic(12, 1.0 / 12.0);
+    let from = setlen_at(&p) + 1;
+    let d = p.dynamic.clone().unwrap();
+    for n in 1..=12 {
+        let q = d.instantiate(&p, n).unwrap();
+        let mut s = Segments::at(&p, from);
+        assert_eq!(s.check(&q, from).is_ok(), validate_instance(&q).is_ok(), "n = {n}");
+        // The toy's only segment runs to the end of the body.
+        assert_eq!(s.next(), p.body.len());
+        // A segment must start where the checked state is.
+        let e = Segments::at(&p, from).check(&q, from + 1).unwrap_err().to_string();
+        assert!(e.contains(&format!("checked from body #{}", from + 1)), "{e}");
+    }
+}
+
+#[test]
+fn an_instance_wrong_at_a_shorter_length_is_refused_at_its_setlen_by_name() {
+    use veil_isa::{validate_instance, Segments};
+    let (max, n) = (12u32, 8u32);
+    let p = dynamic(max, 1.0 / max as f64);
+    let from = setlen_at(&p) + 1;
+    // A size after the `setlen` bent so that it still holds at the loaded length (the
+    // template validates) but not at `n`: the first such field whose instance is invalid.
+    let d = p.dynamic.as_ref().unwrap();
+    let bent = (0..d.fields.len())
+        .filter(|&k| d.fields[k].instr as usize >= from)
+        .map(|k| {
+            let mut q = p.clone();
+            let f = &mut q.dynamic.as_mut().unwrap().fields[k];
+            f.poly.0[0] -= max as i64;
+            f.poly.0[1] += 1;
+            let at = f.instr as usize;
+            (q, at)
+        })
+        .find(|(q, _)| {
+            let d = q.dynamic.as_ref().unwrap();
+            d.instantiate(q, n).is_ok_and(|i| validate_instance(&i).is_err())
+        });
+    let (q, at) = bent.expect("a size whose change breaks the instance");
+    veil_isa::validate(&q).expect("the template holds at its own length");
+    let inst = q.dynamic.as_ref().unwrap().instantiate(&q, n).unwrap();
+    let e = Segments::at(&q, from).check(&inst, from).unwrap_err().to_string();
+    assert!(e.contains(&format!("body #{at} `{}`", q.body[at].name())), "{e}");
+    // The run stops at the `setlen` with the instruction named, in each role.
+    use veil_vm::{run_session, PartyData, RunOptions, Values};
+    let ss: Vec<f64> = (0..max).map(|j| if j % 3 == 1 { 0.02 } else { 0.3 }).collect();
+    let c = PartyData {
+        inputs: vec![
+            ("x".into(), Values::F64(vec![1.0; (max * R) as usize])),
+            ("s".into(), Values::F64(ss)),
+        ],
+        weights: vec![],
+    };
+    let e = run_session(&q, &c, &PartyData::default(), &RunOptions::default()).unwrap_err();
+    assert!(e.to_string().contains(&format!("body #{at}")), "{e}");
+}
+
+#[test]
+fn resizing_an_instance_in_place_is_instantiating_it_afresh() {
+    // The VM and the dealer resize one copy of the program at each `setlen` instead of
+    // cloning the program again.
+    let p = dynamic(12, 1.0 / 12.0);
+    let d = p.dynamic.clone().unwrap();
+    let mut q = Program { dynamic: None, ..p.clone() };
+    for n in [12, 11, 8, 8, 5, 2, 1] {
+        d.resize(&p, &mut q, n).unwrap();
+        assert_eq!(q, d.instantiate(&p, n).unwrap(), "n = {n}");
+    }
+    // Lengths only shrink: growing back is refused, naming the buffer.
+    let e = d.resize(&p, &mut q, 2).unwrap_err();
+    assert!(e.contains("would grow from") && e.contains("elements at length 2"), "{e}");
+    // A program that is not an instance of `p` is refused, not indexed out of range.
+    let mut other = Program::default();
+    assert!(d.resize(&p, &mut other, 3).unwrap_err().contains("not of this program"));
+}

@@ -140,6 +140,14 @@ pub fn print_cost(p: &Program, m: &Measured, nets: &[Net]) -> Option<Result<crat
         c.body_time.as_secs_f64(),
         c.wait_time.as_secs_f64()
     );
+    if !c.lengths.is_empty() {
+        println!(
+            "  length switches: {} `setlen`s took the client {:.2} s (planning fused kernels {:.2} s of it)",
+            c.lengths.len(),
+            c.setlen_time.as_secs_f64(),
+            c.jit_instance_time.as_secs_f64()
+        );
+    }
     if let Some(s) = &m.server {
         println!(
             "  server: sent {}, received {}; wall time {:.2} s; dealer material {} in {:.2} s; peak RSS {}",

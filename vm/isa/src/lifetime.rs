@@ -135,6 +135,65 @@ pub fn deaths(
     me: Party,
     keep: &[bool],
 ) -> Deaths {
+    let live = live_from(p, code, &[rest], me).pop().map(|(_, l)| l).unwrap_or_default();
+    deaths_with(p, code, steps, &live, me, keep)
+}
+
+/// Per position `rest` of `at` (ascending, each at most `code.len()`), the buffers that
+/// `code[rest..]` reads before a write replaces their value: what [`deaths`] keeps alive past
+/// steps that end there. One backward pass for all positions (a pruned body asks at each
+/// `setlen`, and a forward scan of the rest of the body per `setlen` cost about as much as
+/// checking it). Depends on buffer ids and kinds only, so it holds for every instance of a
+/// dynamic program.
+pub fn live_from(p: &Program, code: &[Instr], at: &[usize], me: Party) -> Vec<(usize, Vec<bool>)> {
+    let mut live = vec![false; p.buffers.len()];
+    let mut out = Vec::with_capacity(at.len());
+    let mut wanted = at.iter().rev().peekable();
+    let (mut r, mut w) = (Vec::new(), Vec::new());
+    let mut i = code.len();
+    loop {
+        while let Some(&&rest) = wanted.peek() {
+            if rest < i {
+                break;
+            }
+            if rest == i {
+                out.push((rest, live.clone()));
+            }
+            wanted.next();
+        }
+        if i == 0 || wanted.peek().is_none() {
+            break;
+        }
+        i -= 1;
+        let ins = &code[i];
+        r.clear();
+        w.clear();
+        local_reads(p, ins, me, &mut r);
+        local_writes(p, ins, me, &mut w);
+        // Forward, a read counts unless an earlier instruction of the rest killed the value;
+        // an instruction's own write lands after its reads.
+        for &b in &w {
+            if kills(ins, b) {
+                live[b.0 as usize] = false;
+            }
+        }
+        for b in &r {
+            live[b.0 as usize] = true;
+        }
+    }
+    out.reverse();
+    out
+}
+
+/// [`deaths`] with what is live past the steps given (`live`, from [`live_from`]).
+pub fn deaths_with(
+    p: &Program,
+    code: &[Instr],
+    steps: &[&[usize]],
+    live_after: &[bool],
+    me: Party,
+    keep: &[bool],
+) -> Deaths {
     // Per step, flat: what it reads (opens' sources again at the exchange) and writes.
     let mut read_at: Vec<u32> = Vec::with_capacity(steps.len() + 1);
     let mut reads: Vec<Buf> = Vec::new();
@@ -166,26 +225,8 @@ pub fn deaths(
     write_at.push(writes.len() as u32);
     let reads_of = |s: usize| &reads[read_at[s] as usize..read_at[s + 1] as usize];
     let writes_of = |s: usize| &writes[write_at[s] as usize..write_at[s + 1] as usize];
-    let n = p.buffers.len();
-    let mut live = vec![false; n];
-    let mut killed = vec![false; n];
-    let (mut r, mut w) = (Vec::new(), Vec::new());
-    for ins in code.iter().skip(rest) {
-        r.clear();
-        w.clear();
-        local_reads(p, ins, me, &mut r);
-        local_writes(p, ins, me, &mut w);
-        for b in &r {
-            if !killed[b.0 as usize] {
-                live[b.0 as usize] = true;
-            }
-        }
-        for &b in &w {
-            if kills(ins, b) {
-                killed[b.0 as usize] = true;
-            }
-        }
-    }
+    let mut live = live_after.to_vec();
+    live.resize(p.buffers.len(), false);
     // Backwards: a value dies after the last step that touches it while it is not live.
     let mut dead_after: Vec<Buf> = Vec::new();
     let mut start_rev: Vec<u32> = Vec::with_capacity(steps.len() + 1);
@@ -415,6 +456,48 @@ mod tests {
         let z = b.trunc(y, 16);
         b.output("y", z, Party::Client, &[4, 8], 16);
         b.finish()
+    }
+
+    #[test]
+    fn the_backward_pass_finds_what_a_forward_scan_of_the_rest_finds_at_every_position() {
+        // The forward scan `deaths` ran per `setlen` before `live_from` replaced it.
+        let forward = |p: &Program, code: &[Instr], rest: usize, me: Party| {
+            let mut live = vec![false; p.buffers.len()];
+            let mut killed = vec![false; p.buffers.len()];
+            let (mut r, mut w) = (Vec::new(), Vec::new());
+            for ins in code.iter().skip(rest) {
+                r.clear();
+                w.clear();
+                local_reads(p, ins, me, &mut r);
+                local_writes(p, ins, me, &mut w);
+                for b in &r {
+                    if !killed[b.0 as usize] {
+                        live[b.0 as usize] = true;
+                    }
+                }
+                for &b in &w {
+                    if kills(ins, b) {
+                        killed[b.0 as usize] = true;
+                    }
+                }
+            }
+            live
+        };
+        let p = program();
+        let mut some_live = false;
+        for me in [Party::Client, Party::Server] {
+            for code in [&p.setup, &p.body] {
+                let all: Vec<usize> = (0..=code.len() + 1).collect();
+                let got = live_from(&p, code, &all, me);
+                // Every position up to the end; one past it has nothing to report.
+                assert_eq!(got.len(), code.len() + 1);
+                some_live |= got.iter().any(|(_, l)| l.contains(&true));
+                for (rest, live) in got {
+                    assert_eq!(live, forward(&p, code, rest, me), "{me:?} from #{rest}");
+                }
+            }
+        }
+        assert!(some_live, "a trivial program proves nothing");
     }
 
     #[test]

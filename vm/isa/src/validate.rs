@@ -45,15 +45,18 @@ pub fn storable(have: Kind, dst: Kind) -> bool {
     have == dst || (dst == Kind::Share && have.is_share_like())
 }
 
-struct Checker<'a> {
+pub(crate) struct Checker<'a> {
     p: &'a Program,
-    errs: Vec<String>,
-    dealer_known: Vec<bool>,
+    pub(crate) errs: Vec<String>,
+    /// Buffers whose value a dealer instruction wrote: the only state besides pending opens
+    /// carried from one instruction to the next, and it depends on instruction classes and
+    /// buffer ids only, never on sizes.
+    pub(crate) dealer_known: Vec<bool>,
     pending: Vec<bool>,
-    any_pending: bool,
-    section: &'static str,
-    index: usize,
-    name: &'static str,
+    pub(crate) any_pending: bool,
+    pub(crate) section: &'static str,
+    pub(crate) index: usize,
+    pub(crate) name: &'static str,
     /// Checking an instance of a dynamic program at a shorter length.
     instance: bool,
 }
@@ -188,7 +191,7 @@ impl Checker<'_> {
         }
     }
 
-    fn check(&mut self, ins: &Instr) {
+    pub(crate) fn check(&mut self, ins: &Instr) {
         use Instr::*;
         let bufs = ins.buffers();
         for &(b, _) in &bufs {
@@ -490,9 +493,23 @@ impl Checker<'_> {
                 self.want(*a, ka == Kind::Bits, "bits");
             }
         }
-        // State updates: dealer-known-ness and pending opens.
+        self.flow_of(ins, &bufs);
+    }
+
+    /// Only the state updates of [`Self::check`], for instructions checked before (at another
+    /// length: the state does not depend on sizes). Ids out of range are skipped (`check`
+    /// refused them).
+    pub(crate) fn flow(&mut self, ins: &Instr) {
+        let bufs = ins.buffers();
+        if bufs.iter().all(|&(b, _)| (b.0 as usize) < self.p.buffers.len()) {
+            self.flow_of(ins, &bufs);
+        }
+    }
+
+    /// State updates: dealer-known-ness and pending opens.
+    fn flow_of(&mut self, ins: &Instr, bufs: &[(Buf, bool)]) {
         let class = ins.class();
-        for &(b, written) in &bufs {
+        for &(b, written) in bufs {
             if written {
                 self.dealer_known[b.0 as usize] = class == Class::Dealer;
             }
@@ -500,7 +517,7 @@ impl Checker<'_> {
         match class {
             // What a message part writes arrives at the exchange.
             Class::Comm => {
-                for &(b, written) in &bufs {
+                for &(b, written) in bufs {
                     if written {
                         self.pending[b.0 as usize] = true;
                         self.any_pending = true;
@@ -529,84 +546,13 @@ pub fn validate_instance(p: &Program) -> Result<(), ValidateError> {
 }
 
 fn check_program(p: &Program, instance: bool) -> Result<(), ValidateError> {
-    let mut c = Checker {
-        p,
-        errs: Vec::new(),
-        dealer_known: vec![false; p.buffers.len()],
-        pending: vec![false; p.buffers.len()],
-        any_pending: false,
-        section: "header",
-        index: 0,
-        name: "",
-        instance,
-    };
-    if !(1..=30).contains(&p.frac_bits) {
-        c.errs.push(format!("fixed-point fractional bits {} outside 1..=30", p.frac_bits));
-    }
-    for (i, b) in p.buffers.iter().enumerate() {
-        if b.len > MAX_BUF_LEN {
-            c.errs.push(format!("buffer b{i} is too long ({})", b.len));
-        }
-    }
-    for ci in &p.consts {
-        match p.buf(ci.buf) {
-            Some(d) if d.kind == Kind::Public && d.len as usize == ci.data.len() => {}
-            Some(d) => c.errs.push(format!(
-                "constant for {} holds {} values but the buffer is {}[{}]",
-                ci.buf,
-                ci.data.len(),
-                d.kind,
-                d.len
-            )),
-            None => c.errs.push(format!("constant for missing buffer {}", ci.buf)),
-        }
-    }
-    let io_lists = [("input", &p.inputs), ("weight", &p.weights), ("output", &p.outputs)];
-    for (what, list) in io_lists {
-        for io in list.iter() {
-            let numel = io
-                .shape
-                .iter()
-                .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-                .filter(|&n| n <= MAX_BUF_LEN as u64);
-            match (p.buf(io.buf), numel) {
-                (None, _) => {
-                    c.errs.push(format!("{what} `{}` uses missing buffer {}", io.name, io.buf))
-                }
-                (Some(_), None) => c.errs.push(format!(
-                    "{what} `{}` of shape {:?} has more elements than the largest buffer (2^31)",
-                    io.name, io.shape
-                )),
-                (Some(d), Some(numel)) => {
-                    let kind_ok = d.kind == Kind::Private(io.party)
-                        || (what == "weight" && d.kind == Kind::Public);
-                    let shrunk = instance && what != "output" && (d.len as u64) < numel;
-                    if !kind_ok || (d.len as u64 != numel && !shrunk) {
-                        c.errs.push(format!(
-                            "{what} `{}` of shape {:?} for the {} does not fit {} ({}[{}])",
-                            io.name, io.shape, io.party, io.buf, d.kind, d.len
-                        ));
-                    }
-                }
-            }
-            if io.frac_bits > 62 {
-                c.errs.push(format!(
-                    "{what} `{}` has {} fractional bits (at most 62)",
-                    io.name, io.frac_bits
-                ));
-            }
-        }
-    }
+    let mut c = Checker::new(p, instance);
+    c.header();
     if let (Some(d), false) = (&p.dynamic, instance) {
         d.check(p, &mut c.errs);
     }
     for (sec, code, tags) in [("setup", &p.setup, &p.setup_tags), ("body", &p.body, &p.body_tags)] {
-        if code.len() != tags.len() {
-            c.errs.push(format!("{sec} has {} instructions but {} tags", code.len(), tags.len()));
-        }
-        if let Some(t) = tags.iter().find(|&&t| t as usize >= p.tags.len()) {
-            c.errs.push(format!("{sec} uses tag {t} but the program has {} tags", p.tags.len()));
-        }
+        c.tags(sec, code, tags);
         c.section = sec;
         for (i, ins) in code.iter().enumerate() {
             c.index = i;
@@ -617,10 +563,108 @@ fn check_program(p: &Program, instance: bool) -> Result<(), ValidateError> {
             c.errs.push(format!("{sec} ends with opens that no exchange completes"));
         }
     }
-    if c.errs.is_empty() {
-        Ok(())
-    } else {
-        Err(ValidateError(c.errs))
+    c.finish()
+}
+
+impl<'a> Checker<'a> {
+    pub(crate) fn new(p: &'a Program, instance: bool) -> Checker<'a> {
+        Checker {
+            p,
+            errs: Vec::new(),
+            dealer_known: vec![false; p.buffers.len()],
+            pending: vec![false; p.buffers.len()],
+            any_pending: false,
+            section: "header",
+            index: 0,
+            name: "",
+            instance,
+        }
+    }
+
+    pub(crate) fn finish(self) -> Result<(), ValidateError> {
+        if self.errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidateError(self.errs))
+        }
+    }
+
+    /// A section's tags: one per instruction, each in range.
+    pub(crate) fn tags(&mut self, sec: &str, code: &[Instr], tags: &[u32]) {
+        let p = self.p;
+        if code.len() != tags.len() {
+            self.errs.push(format!(
+                "{sec} has {} instructions but {} tags",
+                code.len(),
+                tags.len()
+            ));
+        }
+        if let Some(t) = tags.iter().find(|&&t| t as usize >= p.tags.len()) {
+            self.errs.push(format!("{sec} uses tag {t} but the program has {} tags", p.tags.len()));
+        }
+    }
+
+    /// What does not depend on instructions: fractional bits, buffer lengths, constants,
+    /// inputs, weights and outputs.
+    pub(crate) fn header(&mut self) {
+        let (p, instance, c) = (self.p, self.instance, self);
+        if !(1..=30).contains(&p.frac_bits) {
+            c.errs.push(format!("fixed-point fractional bits {} outside 1..=30", p.frac_bits));
+        }
+        for (i, b) in p.buffers.iter().enumerate() {
+            if b.len > MAX_BUF_LEN {
+                c.errs.push(format!("buffer b{i} is too long ({})", b.len));
+            }
+        }
+        for ci in &p.consts {
+            match p.buf(ci.buf) {
+                Some(d) if d.kind == Kind::Public && d.len as usize == ci.data.len() => {}
+                Some(d) => c.errs.push(format!(
+                    "constant for {} holds {} values but the buffer is {}[{}]",
+                    ci.buf,
+                    ci.data.len(),
+                    d.kind,
+                    d.len
+                )),
+                None => c.errs.push(format!("constant for missing buffer {}", ci.buf)),
+            }
+        }
+        let io_lists = [("input", &p.inputs), ("weight", &p.weights), ("output", &p.outputs)];
+        for (what, list) in io_lists {
+            for io in list.iter() {
+                let numel = io
+                    .shape
+                    .iter()
+                    .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+                    .filter(|&n| n <= MAX_BUF_LEN as u64);
+                match (p.buf(io.buf), numel) {
+                    (None, _) => {
+                        c.errs.push(format!("{what} `{}` uses missing buffer {}", io.name, io.buf))
+                    }
+                    (Some(_), None) => c.errs.push(format!(
+                    "{what} `{}` of shape {:?} has more elements than the largest buffer (2^31)",
+                    io.name, io.shape
+                )),
+                    (Some(d), Some(numel)) => {
+                        let kind_ok = d.kind == Kind::Private(io.party)
+                            || (what == "weight" && d.kind == Kind::Public);
+                        let shrunk = instance && what != "output" && (d.len as u64) < numel;
+                        if !kind_ok || (d.len as u64 != numel && !shrunk) {
+                            c.errs.push(format!(
+                                "{what} `{}` of shape {:?} for the {} does not fit {} ({}[{}])",
+                                io.name, io.shape, io.party, io.buf, d.kind, d.len
+                            ));
+                        }
+                    }
+                }
+                if io.frac_bits > 62 {
+                    c.errs.push(format!(
+                        "{what} `{}` has {} fractional bits (at most 62)",
+                        io.name, io.frac_bits
+                    ));
+                }
+            }
+        }
     }
 }
 

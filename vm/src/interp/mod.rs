@@ -113,6 +113,9 @@ pub struct PartyReport {
     pub jit_runs: (u64, u64),
     /// Sequence lengths set by the body's `setlen`s, in order (token pruning).
     pub lengths: Vec<u32>,
+    /// Of the body's time, the part spent switching to the instance at each `setlen`
+    /// (instantiating and checking it, planning its steps; `jit_instance_time` included).
+    pub setlen_time: Duration,
     /// Time and count per instruction name during the body (exchanges and dealer draws
     /// included); fused kernels are counted under [`FUSED`].
     pub time_by_op: BTreeMap<&'static str, (Duration, u64)>,
@@ -260,6 +263,11 @@ pub struct PartyVm<'p> {
     tails: Vec<(usize, Vec<u64>)>,
     /// The live sequence length of a dynamic program.
     len: u32,
+    /// How far this run's instances have been checked (None before the first `setlen`).
+    checked: Option<veil_isa::Segments>,
+    /// For a dynamic body, per position after a `setlen`, the buffers read from there on
+    /// before being overwritten ([`lifetime::live_from`]).
+    live_at: Vec<(usize, Vec<bool>)>,
 }
 
 /// Zeros viewed by every buffer of the other party (never written here; untouched pages of
@@ -324,6 +332,8 @@ impl<'p> PartyVm<'p> {
             len_sink: None,
             tails: Vec::new(),
             len: prog.dynamic.as_ref().map_or(0, |d| d.max_len),
+            checked: None,
+            live_at: Vec::new(),
         })
     }
 
@@ -369,6 +379,14 @@ impl<'p> PartyVm<'p> {
                 }
                 Err(_) => self.jit_on = false,
             }
+        }
+        if self.live_at.is_empty() && self.prog.dynamic.is_some() {
+            let body = &self.prog.body;
+            let ends: Vec<usize> = (0..body.len())
+                .filter(|&i| matches!(body[i], Instr::SetLen { .. }))
+                .map(|i| i + 1)
+                .collect();
+            self.live_at = lifetime::live_from(self.prog, body, &ends, self.me);
         }
         if self.setup_steps.is_none() {
             let code = Code::Loaded(self.prog);
@@ -472,7 +490,14 @@ impl<'p> PartyVm<'p> {
         let refs: Vec<&[usize]> = members.iter().map(|m| &m[..]).collect();
         let keep: Vec<bool> =
             if self.keep_all { vec![true; self.keep.len()] } else { self.keep.clone() };
-        let deaths = lifetime::deaths(prog, code, &refs, end, self.me, &keep);
+        // What the body reads past a `setlen` is the same for every instance (ids and kinds
+        // do not change): found once per program ([`Self::prepare`]), not per `setlen`.
+        let cached =
+            (section == "body").then(|| self.live_at.iter().find(|(at, _)| *at == end)).flatten();
+        let deaths = match cached {
+            Some((_, live)) => lifetime::deaths_with(prog, code, &refs, live, self.me, &keep),
+            None => lifetime::deaths(prog, code, &refs, end, self.me, &keep),
+        };
         let mut writes_start = Vec::with_capacity(units.len() + 1);
         let mut writes = Vec::new();
         let mut w = Vec::new();
@@ -537,6 +562,7 @@ impl<'p> PartyVm<'p> {
     /// values of a run that failed half-way go back to the pool.
     fn reset_len(&mut self) {
         self.live = None;
+        self.checked = None;
         self.len = self.prog.dynamic.as_ref().map_or(0, |d| d.max_len);
         while let Some((i, tail)) = self.tails.pop() {
             if let Slot::Own(v) = &mut self.store.bufs[i] {
@@ -562,7 +588,21 @@ impl<'p> PartyVm<'p> {
     fn set_len(&mut self, n: u32, index: usize) -> Result<(), VmError> {
         let err = |msg: String| VmError::Protocol { section: "body", index, msg };
         let d = self.prog.dynamic.as_ref().ok_or_else(|| err("no dynamic section".into()))?;
-        let inst = d.shrink(self.prog, self.cur(), self.len, n).map_err(err)?;
+        // The instance runs from `index + 1` through its next `setlen`: that segment is
+        // checked before it runs (the loaded program was validated whole before the run).
+        let from = index + 1;
+        let mut checked =
+            self.checked.take().unwrap_or_else(|| veil_isa::Segments::at(self.prog, from));
+        // The instance is resized in place (`run_body` let go of its handle); the run's first
+        // `setlen` starts from a copy of the loaded program.
+        let mut inst = match self.live.take().map(Arc::try_unwrap) {
+            Some(Ok(q)) => q,
+            Some(Err(shared)) => (*shared).clone(),
+            None => Program { dynamic: None, ..self.prog.clone() },
+        };
+        let r = d.shrink_segment(self.prog, &mut inst, self.len, n, from, &mut checked);
+        self.checked = Some(checked);
+        r.map_err(err)?;
         if let Some(s) = self.len_sink.as_mut() {
             s.send_frame((n as u64).to_le_bytes().to_vec())?;
             s.flush()?;
@@ -666,10 +706,14 @@ impl<'p> PartyVm<'p> {
         let mut code = Code::Loaded(self.prog);
         let mut steps = self.body_steps.clone().expect("prepared");
         while let Some((index, n)) = self.run_code("body", &code, &steps, true)? {
+            let t = Instant::now();
+            // `set_len` resizes the instance in place: this loop's handle on it goes first.
+            drop(std::mem::replace(&mut code, Code::Loaded(self.prog)));
             self.set_len(n, index)?;
             let inst = self.live.clone().expect("set_len makes an instance");
             code = Code::Instance(inst.clone());
             steps = Arc::new(self.instance_steps(&inst, index + 1));
+            self.report.setlen_time += t.elapsed();
         }
         self.report.body_time += t0.elapsed();
         let d = self.peer.stats().since(before);
