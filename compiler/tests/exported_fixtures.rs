@@ -52,12 +52,8 @@ fn run(model: &str, file: &str, seq: usize) -> (Vec<f64>, Vec<f64>) {
     }
     let (r, outs) =
         common::run_compiled(&c, &inputs, false).unwrap_or_else(|e| panic!("{model}/{file}: {e}"));
+    common::assert_cost_predicted(&c, &r, &format!("{model}/{file}"));
     let pc = veil_isa::cost::program_cost(&c.program);
-    assert_eq!(r.client.body.rounds, pc.body.rounds, "predicted rounds");
-    assert_eq!(r.client.body.sent, pc.body.sent[0], "predicted client bytes");
-    assert_eq!(r.server.body.sent, pc.body.sent[1], "predicted server bytes");
-    assert_eq!(r.client.setup.sent + r.server.setup.sent, pc.setup.online(), "predicted setup");
-    assert_eq!(r.dealer_bytes, pc.setup.dealer + pc.body.dealer + 8, "predicted dealer bytes");
     eprintln!(
         "{model}/{file}: {} rounds, {:.1} KB online",
         pc.body.rounds,

@@ -62,11 +62,8 @@ fn two_party(name: &str, xs: &[f64]) -> (Vec<f64>, Vec<f64>, f64, u64) {
     let opts =
         veil_vm::RunOptions { seeds: Some([[5; 16], [9; 16]]), ..veil_vm::RunOptions::default() };
     let (r, outs) = common::run_compiled_with(&c, &inputs, &opts).unwrap();
+    common::assert_cost_predicted(&c, &r, name);
     let pc = veil_isa::cost::program_cost(&c.program);
-    assert_eq!(r.client.body.rounds, pc.body.rounds, "{name}: predicted rounds");
-    assert_eq!(r.client.body.sent, pc.body.sent[0], "{name}: predicted client bytes");
-    assert_eq!(r.server.body.sent, pc.body.sent[1], "{name}: predicted server bytes");
-    assert_eq!(r.dealer_bytes, pc.setup.dealer + pc.body.dealer + 8, "{name}: dealer bytes");
     let bytes = (pc.body.sent[0] + pc.body.sent[1]) as f64 / xs.len() as f64;
     (outs[0].1.to_f64_vec(), sim, bytes, pc.body.rounds)
 }

@@ -13,23 +13,11 @@ use veil_onnx_proto::*;
 const MS: &str = "com.microsoft";
 
 fn tensor_info(name: &str, elem: i32, dims: &[i64]) -> ValueInfoProto {
-    use tensor_shape_proto::{dimension::Value as D, Dimension};
-    let dim = dims.iter().map(|&d| Dimension { value: Some(D::DimValue(d)), ..Default::default() });
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem),
-                shape: Some(TensorShapeProto { dim: dim.collect() }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    common::onnx::typed_info(name, elem, dims)
 }
 
 fn float_info(name: &str, dims: &[i64]) -> ValueInfoProto {
-    tensor_info(name, 1, dims)
+    common::onnx::value_info(name, dims)
 }
 
 fn contrib(name: &str, op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
@@ -43,14 +31,7 @@ fn contrib(name: &str, op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto
     }
 }
 
-fn int_attr(name: &str, i: i64) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(attribute_proto::AttributeType::Int as i32),
-        i: Some(i),
-        ..Default::default()
-    }
-}
+use common::onnx::int_attr;
 
 fn weight(name: &str, dims: &[i64]) -> TensorProto {
     let n: i64 = dims.iter().product();
@@ -69,23 +50,7 @@ fn model(
     output: Vec<ValueInfoProto>,
     initializer: Vec<TensorProto>,
 ) -> Vec<u8> {
-    ModelProto {
-        ir_version: Some(9),
-        opset_import: vec![
-            OperatorSetIdProto { domain: Some(String::new()), version: Some(17) },
-            OperatorSetIdProto { domain: Some(MS.into()), version: Some(1) },
-        ],
-        graph: Some(GraphProto {
-            name: Some("g".into()),
-            node,
-            input,
-            output,
-            initializer,
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    common::onnx::model_with("g", &[("", 17), (MS, 1)], node, input, output, initializer)
 }
 
 fn err(bytes: &[u8]) -> String {

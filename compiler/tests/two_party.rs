@@ -45,12 +45,7 @@ fn two_party_graph(
     }
     let (r, outs) =
         common::run_compiled(&c, &inputs, tcp).unwrap_or_else(|e| panic!("{model}/{file}: {e}"));
-    let pc = veil_isa::cost::program_cost(&c.program);
-    assert_eq!(r.client.body.rounds, pc.body.rounds, "predicted rounds");
-    assert_eq!(r.client.body.sent, pc.body.sent[0], "predicted client bytes");
-    assert_eq!(r.server.body.sent, pc.body.sent[1], "predicted server bytes");
-    assert_eq!(r.client.setup.sent + r.server.setup.sent, pc.setup.online(), "predicted setup");
-    assert_eq!(r.dealer_bytes, pc.setup.dealer + pc.body.dealer + 8, "predicted dealer bytes");
+    common::assert_cost_predicted(&c, &r, &format!("{model}/{file}"));
     let mut res = Vec::new();
     for (i, (_, t)) in outs.iter().enumerate().take(n_out) {
         let want = npy::read(&dir.join(set).join(format!("output_{i}.npy"))).unwrap();

@@ -225,14 +225,8 @@ pub fn lower_nonlinear(
         let out = instantiate(&lib, func, g, &args, &named, &prefix)
             .map_err(|error| NonlinearError::Instantiate { func, node: nd.name.clone(), error })?;
         // Move the new nodes to where the replaced node was, so execution order stays valid.
-        let new: Vec<_> = g.order.drain(before..).collect();
-        let pos = g.order.iter().position(|&m| m == n).expect("the node is in the order");
-        g.order.splice(pos..pos, new);
-        g.replace_uses(nd.result, out);
-        // The replacement carries the replaced value's name (a graph output keeps its name).
-        let old_name = std::mem::take(&mut g.values[nd.result].name);
-        g.values[nd.result].name = format!("{old_name}.replaced");
-        g.values[out].name = old_name;
+        g.move_before(before, n);
+        g.take_place(nd.result, out);
         done.push(Approximation {
             node: nd.name.clone(),
             op: nd.op.to_string(),
@@ -270,9 +264,7 @@ fn expand_before(
     let before = g.order.len();
     let out = instantiate(lib, func, g, args, &[], &prefix)
         .map_err(|error| NonlinearError::Instantiate { func, node: nd.name.clone(), error })?;
-    let new: Vec<_> = g.order.drain(before..).collect();
-    let pos = g.order.iter().position(|&m| m == n).expect("the node is in the order");
-    g.order.splice(pos..pos, new);
+    g.move_before(before, n);
     g.cursor = Default::default();
     Ok(out)
 }
@@ -302,10 +294,7 @@ fn divisions_by_secrets(
             }
             let s = g.nodes[p].args[0];
             let r = expand_before(g, lib, n, "rsqrt_octave", &[s])?;
-            g.replace_uses(nd.result, r);
-            let old_name = std::mem::take(&mut g.values[nd.result].name);
-            g.values[nd.result].name = format!("{old_name}.replaced");
-            g.values[r].name = old_name;
+            g.take_place(nd.result, r);
             done.push(Approximation {
                 node: nd.name.clone(),
                 op: nd.op.to_string(),

@@ -129,9 +129,7 @@ pub fn divisions_to_products(g: &mut Graph, part: &Partition) -> Result<usize, F
                 &format!("{}.reciprocal", g.values[nd.result].name),
             )
             .map_err(|error| FoldError::Shape { node, error })?;
-        let new: Vec<_> = g.order.drain(before..).collect();
-        let pos = g.order.iter().position(|&m| m == n).expect("the node is in the order");
-        g.order.splice(pos..pos, new);
+        g.move_before(before, n);
         g.nodes[n].op = crate::ir::Op::Mul;
         g.nodes[n].args[1] = r;
         changed += 1;

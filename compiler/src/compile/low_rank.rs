@@ -235,9 +235,7 @@ fn rewrite(
         let p1 = add("lora_a", Op::MatMul, &[x, av], format!("{rname}.xa"))?;
         let p2 = add("lora_b", Op::MatMul, &[p1, bv], format!("{rname}.xab"))?;
         let s = add("lora", Op::Add, &[p0, p2], format!("{rname}.lora"))?;
-        let added: Vec<_> = g.order.drain(before..).collect();
-        let at = g.order.iter().position(|&m| m == n).expect("a live user");
-        g.order.splice(at..at, added);
+        g.move_before(before, n);
         g.replace_uses(old, s);
     }
     g.remove_dead_nodes();

@@ -76,14 +76,12 @@ fn splice(
     let out = build(&mut Builder { g: &mut *g, node: nd.name.clone(), value, dtype });
     g.cursor = Default::default();
     let out = out?;
-    let new: Vec<_> = g.order.drain(before..).collect();
-    let pos = g.order.iter().position(|&m| m == n).expect("the node is in the order");
-    g.order.splice(pos..pos, new);
-    g.replace_uses(nd.result, out);
-    if !nd.args.contains(&out) {
-        let old = std::mem::take(&mut g.values[nd.result].name);
-        g.values[nd.result].name = format!("{old}.replaced");
-        g.values[out].name = old;
+    g.move_before(before, n);
+    if nd.args.contains(&out) {
+        // A copy: the argument keeps its own name.
+        g.replace_uses(nd.result, out);
+    } else {
+        g.take_place(nd.result, out);
     }
     Ok(true)
 }

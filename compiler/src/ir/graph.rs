@@ -245,6 +245,23 @@ impl Graph {
         }
     }
 
+    /// Makes `new` take `old`'s place: every use, and its name (so a graph output keeps its
+    /// name); `old` is renamed `<name>.replaced`.
+    pub fn take_place(&mut self, old: Value, new: Value) {
+        self.replace_uses(old, new);
+        let name = std::mem::take(&mut self.values[old].name);
+        self.values[old].name = format!("{name}.replaced");
+        self.values[new].name = name;
+    }
+
+    /// Moves the nodes appended since the order had `len` entries to just before `n`, so a
+    /// node's expansion runs where the node did.
+    pub fn move_before(&mut self, len: usize, n: Node) {
+        let new: Vec<_> = self.order.drain(len..).collect();
+        let pos = self.order.iter().position(|&m| m == n).expect("the node is in the order");
+        self.order.splice(pos..pos, new);
+    }
+
     /// Removes nodes whose results no output depends on. Returns how many were removed.
     pub fn remove_dead_nodes(&mut self) -> usize {
         let mut live: SecondaryMap<Value, bool> = SecondaryMap::with_capacity(self.values.len());

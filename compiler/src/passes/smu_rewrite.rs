@@ -69,10 +69,7 @@ impl Pass for SmuRewrite {
             let Some(new) = built else { continue };
             // Every rewrite keeps shapes, so building cannot fail on a verified graph.
             let new = new.expect("the rewrite keeps the operator's type");
-            g.replace_uses(nd.result, new);
-            let name = std::mem::take(&mut g.values[nd.result].name);
-            g.values[nd.result].name = format!("{name}.replaced");
-            g.values[new].name = name;
+            g.take_place(nd.result, new);
             count += 1;
         }
         count
@@ -120,9 +117,7 @@ fn insert_before(
 ) -> Result<Value, crate::ir::shape::ShapeError> {
     let before = g.order.len();
     let out = build(g)?;
-    let new: Vec<_> = g.order.drain(before..).collect();
-    let pos = g.order.iter().position(|&m| m == n).expect("the node is in the order");
-    g.order.splice(pos..pos, new);
+    g.move_before(before, n);
     Ok(out)
 }
 

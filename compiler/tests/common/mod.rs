@@ -61,3 +61,23 @@ pub fn run_compiled_with(
     let outs = client_run::assemble(&c.client, &revealed, &own).map_err(|e| e.to_string())?;
     Ok((r, outs))
 }
+
+/// Asserts the compiler's predicted cost of `c` equals what the run `r` measured: rounds,
+/// each party's bytes, the setup's and the dealer's (`what` names the case in a failure).
+pub fn assert_cost_predicted(c: &Compiled, r: &RunResult, what: &str) {
+    let pc = veil_isa::cost::program_cost(&c.program);
+    assert_eq!(r.client.body.rounds, pc.body.rounds, "{what}: predicted rounds");
+    assert_eq!(r.client.body.sent, pc.body.sent[0], "{what}: predicted client bytes");
+    assert_eq!(r.server.body.sent, pc.body.sent[1], "{what}: predicted server bytes");
+    assert_eq!(
+        r.client.setup.sent + r.server.setup.sent,
+        pc.setup.online(),
+        "{what}: predicted setup"
+    );
+    // The dealer also sends each party its 8-byte seed frame.
+    assert_eq!(
+        r.dealer_bytes,
+        pc.setup.dealer + pc.body.dealer + 8,
+        "{what}: predicted dealer bytes"
+    );
+}

@@ -5,6 +5,11 @@ use veil_onnx_proto::*;
 
 /// A float tensor input or output of fixed shape.
 pub fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
+    typed_info(name, tensor_proto::DataType::Float as i32, dims)
+}
+
+/// A tensor input or output of element type `elem` (ONNX's code) and fixed shape.
+pub fn typed_info(name: &str, elem: i32, dims: &[i64]) -> ValueInfoProto {
     use tensor_shape_proto::{dimension::Value as D, Dimension};
     let dim = dims
         .iter()
@@ -14,7 +19,7 @@ pub fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
         name: Some(name.into()),
         r#type: Some(TypeProto {
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(tensor_proto::DataType::Float as i32),
+                elem_type: Some(elem),
                 shape: Some(TensorShapeProto { dim }),
             })),
             ..Default::default()
@@ -53,9 +58,24 @@ pub fn model(
     output: Vec<ValueInfoProto>,
     initializer: Vec<TensorProto>,
 ) -> Vec<u8> {
+    model_with(name, &[("", 17)], node, input, output, initializer)
+}
+
+/// The bytes of a model of one graph importing the operator sets `opsets` (domain, version).
+pub fn model_with(
+    name: &str,
+    opsets: &[(&str, i64)],
+    node: Vec<NodeProto>,
+    input: Vec<ValueInfoProto>,
+    output: Vec<ValueInfoProto>,
+    initializer: Vec<TensorProto>,
+) -> Vec<u8> {
     ModelProto {
         ir_version: Some(9),
-        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
+        opset_import: opsets
+            .iter()
+            .map(|&(d, v)| OperatorSetIdProto { domain: Some(d.into()), version: Some(v) })
+            .collect(),
         graph: Some(GraphProto {
             name: Some(name.into()),
             node,

@@ -65,6 +65,25 @@ pub struct RolesArgs {
 }
 
 impl RolesArgs {
+    /// The three roles on this machine for one run, as these flags set them.
+    fn local<'a>(
+        &self,
+        path: &'a Path,
+        program: &'a veil_isa::Program,
+        client: &'a veil_compiler::compile::ClientPart,
+        inputs: &'a std::collections::HashMap<String, veil_compiler::ir::Tensor>,
+    ) -> Local<'a> {
+        Local {
+            path,
+            program,
+            client,
+            inputs,
+            timeout: self.timeout,
+            jit: !self.no_jit,
+            insecure: self.insecure,
+        }
+    }
+
     /// Runs `program` (its server weights next to `path`) with the client's `inputs`.
     pub fn run(
         &self,
@@ -73,16 +92,7 @@ impl RolesArgs {
         client: &veil_compiler::compile::ClientPart,
         inputs: &std::collections::HashMap<String, veil_compiler::ir::Tensor>,
     ) -> Result<Outcome> {
-        let local = Local {
-            path,
-            program,
-            client,
-            inputs,
-            timeout: self.timeout,
-            jit: !self.no_jit,
-            insecure: self.insecure,
-        };
-        local.run(self.in_process)
+        self.local(path, program, client, inputs).run(self.in_process)
     }
 
     /// Runs `program` on every sample, calling `each` with sample k's outputs and its online
@@ -100,15 +110,7 @@ impl RolesArgs {
         if self.in_process {
             let mut last = None;
             for (k, inputs) in samples.iter().enumerate() {
-                let local = Local {
-                    path,
-                    program,
-                    client,
-                    inputs,
-                    timeout: self.timeout,
-                    jit: !self.no_jit,
-                    insecure: self.insecure,
-                };
+                let local = self.local(path, program, client, inputs);
                 let (outs, m) = in_process(&local)?;
                 each(k, outs, &m.client.body)?;
                 last = Some(m);

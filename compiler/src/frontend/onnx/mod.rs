@@ -378,37 +378,11 @@ pub type SymbolicInput = (String, Vec<Option<String>>);
 /// onnxruntime binds from the inputs it is given; veil binds them the same way
 /// ([`bind_from_shapes`]).
 pub fn symbolic_dims(path: &std::path::Path) -> Result<Vec<SymbolicInput>, ImportError> {
-    use veil_onnx_proto::tensor_shape_proto::dimension::Value as D;
-    let p = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| ImportError::Io { path: p.clone(), error: e })?;
-    let model = ModelProto::decode(bytes.as_slice())
-        .map_err(|e| ImportError::NotOnnx { path: p.clone(), reason: e.to_string() })?;
-    let Some(graph) = model.graph else { return Ok(Vec::new()) };
-    let inits: HashSet<&str> = graph.initializer.iter().filter_map(|t| t.name.as_deref()).collect();
-    Ok(graph
-        .input
-        .iter()
-        .filter(|i| !inits.contains(i.name.as_deref().unwrap_or_default()))
-        .map(|i| {
-            let dims = match i.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-                Some(type_proto::Value::TensorType(t)) => t
-                    .shape
-                    .as_ref()
-                    .map(|s| {
-                        s.dim
-                            .iter()
-                            .map(|d| match &d.value {
-                                Some(D::DimParam(p)) => Some(p.clone()),
-                                _ => None,
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                _ => Vec::new(),
-            };
-            (i.name.clone().unwrap_or_default(), dims)
-        })
-        .collect())
+    let dims = |p: interface::Port| {
+        let named = |d: String| (d.parse::<u64>().is_err() && d != "?").then_some(d);
+        (p.name, p.dims.into_iter().map(named).collect())
+    };
+    Ok(interface::interface(path)?.inputs.into_iter().map(dims).collect())
 }
 
 /// Binds symbolic dimensions from the shapes of the inputs given (by input name), as
