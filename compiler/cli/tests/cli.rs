@@ -135,6 +135,20 @@ fn an_unbound_dimension() {
     // Bound, the IR dump.
     let dump = ok(&veil(&["inspect", DYN, "--seq", "128"]));
     assert!(dump.contains("%input_ids: i64[1,128]"), "{dump}");
+    // Several sequence dimensions (a decoder with past): each gets its own --dim, and those
+    // flags, as printed, bind them.
+    const PAST: &str = "tests/fixtures/models/gpt2-with-past/decoder_with_past_model.onnx";
+    let shown = ok(&veil(&["inspect", PAST]));
+    let hint = "--dim sequence_length=N --dim past_sequence_length=N \
+                --dim 'past_sequence_length + 1=N'";
+    assert!(shown.contains(hint), "{shown}");
+    let dims = ["sequence_length=1", "past_sequence_length=5", "past_sequence_length + 1=6"];
+    let mut args = vec!["inspect", PAST];
+    for d in &dims {
+        args.extend(["--dim", d]);
+    }
+    let dump = ok(&veil(&args));
+    assert!(dump.contains("%past_key_values.0.key: f32[1,2,5,32]"), "{dump}");
 }
 
 #[test]

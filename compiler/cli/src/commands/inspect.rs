@@ -43,18 +43,21 @@ pub fn run(a: Args) -> Result<()> {
         Err(e) if unbound_dim(&e) => {
             // The IR has static shapes only; the declared interface is what there is to show.
             let iface = veil_compiler::frontend::onnx::interface::interface(&a.file)?;
-            // Batch dimensions default to 1; the others need a flag (one --seq binds them all).
+            // Batch dimensions default to 1; one --seq binds every name with "seq" in it, so
+            // when there are several (a decoder's past and new lengths, or an exporter's
+            // expression `past_sequence_length + 1`), each gets its own --dim.
+            let named = iface.symbols();
+            let seqs = named.iter().filter(|s| s.to_lowercase().contains("seq")).count();
             let mut flags: Vec<String> = Vec::new();
-            for s in iface.symbols() {
+            for s in &named {
                 let l = s.to_lowercase();
                 let flag = match () {
                     _ if l.contains("batch") => continue,
-                    _ if l.contains("seq") => "--seq N".to_string(),
+                    _ if l.contains("seq") && seqs == 1 => "--seq N".to_string(),
+                    _ if s.contains(' ') => format!("--dim '{s}=N'"),
                     _ => format!("--dim {s}=N"),
                 };
-                if !flags.contains(&flag) {
-                    flags.push(flag);
-                }
+                flags.push(flag);
             }
             return emit(&format!(
                 "{iface}symbolic dimensions unbound: {}\n(the IR dump needs them bound: {}; \
