@@ -1,33 +1,12 @@
 //! Bad ONNX input gives a clear error, never a panic: truncated files, random bytes,
 //! unsupported operators (all listed), unbound dimensions, inconsistent shapes.
 
+mod common;
+
 use veil_compiler::frontend::onnx::{import_bytes, ImportError, ImportOptions};
 use veil_onnx_proto::*;
 
-fn value_info(name: &str, elem: i32, dims: &[Result<i64, &str>]) -> ValueInfoProto {
-    use tensor_shape_proto::{dimension::Value as D, Dimension};
-    let dim = dims
-        .iter()
-        .map(|d| Dimension {
-            value: Some(match d {
-                Ok(v) => D::DimValue(*v),
-                Err(p) => D::DimParam(p.to_string()),
-            }),
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
+use common::onnx::symbolic_info as value_info;
 
 fn node(name: &str, op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
     NodeProto {

@@ -2,28 +2,13 @@
 //! a folded constant far larger than the file, is an error naming the node, never a wrapped
 //! size (release builds) or an overflow panic (debug builds).
 
+mod common;
+
 use veil_compiler::frontend::onnx::{import_bytes, ImportError, ImportOptions};
 use veil_compiler::ir::Graph;
 use veil_onnx_proto::*;
 
-fn value_info(name: &str, elem: i32, dims: &[i64]) -> ValueInfoProto {
-    use tensor_shape_proto::{dimension::Value as D, Dimension};
-    let dim = dims
-        .iter()
-        .map(|&d| Dimension { value: Some(D::DimValue(d)), ..Default::default() })
-        .collect();
-    ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: Some(elem),
-                shape: Some(TensorShapeProto { dim }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
+use common::onnx::typed_info as value_info;
 
 fn node(op: &str, inputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
     NodeProto {

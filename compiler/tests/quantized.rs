@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use veil_compiler::backend::partition::Vis;
 use veil_compiler::compile::{compile, CompileOptions};
 use veil_compiler::frontend::onnx::{import_bytes, ImportOptions};
-use veil_compiler::ir::Tensor;
+use veil_compiler::ir::{Graph, Tensor};
 use veil_onnx_proto::*;
 
 /// The int8 weight [16, 8], its per-column scale and the bias.
@@ -46,14 +46,21 @@ fn int8_model() -> Vec<u8> {
     model("int8", nodes, input, output, vec![qw, sw, bw])
 }
 
-#[test]
-fn weight_only_int8_compiles_and_matches_the_reference() {
-    let mut g = import_bytes(&int8_model(), "int8.onnx", &ImportOptions::default()).unwrap();
+/// The model after import and the import passes, a seeded input x [4, 16], and the reference
+/// evaluator's outputs on it.
+fn imported(bytes: &[u8], file: &str) -> (Graph, HashMap<String, Tensor>, Vec<Tensor>) {
+    let mut g = import_bytes(bytes, file, &ImportOptions::default()).unwrap();
     veil_compiler::passes::run(&mut g, &mut veil_compiler::passes::import_pipeline()).unwrap();
     let mut rng = veil_compiler::weights::SplitMix(5);
     let x = Tensor::f32([4, 16], (0..64).map(|_| rng.normal() as f32).collect());
     let inputs = HashMap::from([("x".to_string(), x)]);
     let want = veil_compiler::eval::run(&g, &inputs).unwrap();
+    (g, inputs, want)
+}
+
+#[test]
+fn weight_only_int8_compiles_and_matches_the_reference() {
+    let (g, inputs, want) = imported(&int8_model(), "int8.onnx");
     // The reference itself against the dequantization written out (the import reads int8
     // from `int32_data`, one value per element).
     let (q, scale, bias) = params();
@@ -121,12 +128,7 @@ fn qdq_model(quantize_input: bool) -> Vec<u8> {
 
 #[test]
 fn weight_only_dequantize_linear_compiles_and_matches_the_dequantization() {
-    let mut g = import_bytes(&qdq_model(false), "qdq.onnx", &ImportOptions::default()).unwrap();
-    veil_compiler::passes::run(&mut g, &mut veil_compiler::passes::import_pipeline()).unwrap();
-    let mut rng = veil_compiler::weights::SplitMix(5);
-    let x = Tensor::f32([4, 16], (0..64).map(|_| rng.normal() as f32).collect());
-    let inputs = HashMap::from([("x".to_string(), x)]);
-    let want = veil_compiler::eval::run(&g, &inputs).unwrap();
+    let (g, inputs, want) = imported(&qdq_model(false), "qdq.onnx");
     let (q, scale, bias) = params();
     let xs = inputs["x"].to_f64_vec();
     let by_hand: Vec<f64> = (0..4 * 8)

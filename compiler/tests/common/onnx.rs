@@ -10,10 +10,23 @@ pub fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
 
 /// A tensor input or output of element type `elem` (ONNX's code) and fixed shape.
 pub fn typed_info(name: &str, elem: i32, dims: &[i64]) -> ValueInfoProto {
+    let dims: Vec<Result<i64, &str>> = dims.iter().map(|&d| Ok(d)).collect();
+    symbolic_info(name, elem, &dims)
+}
+
+/// A tensor input or output of element type `elem` whose dimensions are sizes (`Ok`) or
+/// symbolic names (`Err`).
+pub fn symbolic_info(name: &str, elem: i32, dims: &[Result<i64, &str>]) -> ValueInfoProto {
     use tensor_shape_proto::{dimension::Value as D, Dimension};
     let dim = dims
         .iter()
-        .map(|&d| Dimension { value: Some(D::DimValue(d)), ..Default::default() })
+        .map(|d| Dimension {
+            value: Some(match d {
+                Ok(v) => D::DimValue(*v),
+                Err(p) => D::DimParam(p.to_string()),
+            }),
+            ..Default::default()
+        })
         .collect();
     ValueInfoProto {
         name: Some(name.into()),
