@@ -236,18 +236,18 @@ impl<'p> Dealer<'p> {
 
     /// Sends one frame correcting the client's draws for `parts`, each drawn exactly as the
     /// client draws it: ring parts with `fill`, bit parts (with their bit count) with `bits`.
-    fn correct(&mut self, parts: &[(&[u64], Option<usize>)]) -> Result<(), VmError> {
+    fn correct(&mut self, parts: &[(&[u64], Width)]) -> Result<(), VmError> {
         let total: usize = parts.iter().map(|(v, _)| v.len()).sum();
         let mut frame = Vec::with_capacity(total * 8);
-        for &(value, bits_n) in parts {
-            match bits_n {
-                None => {
+        for &(value, width) in parts {
+            match width {
+                Width::Ring(bits) => {
                     let mine = self.prg[0].words(value.len());
-                    for (&v, &c) in value.iter().zip(&mine) {
-                        frame.extend_from_slice(&v.wrapping_sub(c).to_le_bytes());
-                    }
+                    let corr: Vec<u64> =
+                        value.iter().zip(&mine).map(|(&v, &c)| v.wrapping_sub(c)).collect();
+                    bits::pack(&corr, bits, &mut frame);
                 }
-                Some(n) => {
+                Width::Bits(n) => {
                     let mine = self.prg[0].bits(n);
                     let mut w: Vec<u64> = value.iter().zip(&mine).map(|(v, c)| v ^ c).collect();
                     bits::clear_tail(&mut w, n);
@@ -293,6 +293,14 @@ impl<'p> Dealer<'p> {
     }
 }
 
+/// How a correction is sent: ring words, of which only the low `bits` are sent (the receiver
+/// uses no more), or `n` packed bits.
+#[derive(Clone, Copy)]
+enum Width {
+    Ring(u8),
+    Bits(usize),
+}
+
 /// What the dealer did with an instruction.
 enum Dealt {
     /// A party's online instruction: what it writes is no longer known.
@@ -323,14 +331,14 @@ impl Deal<'_, '_> {
 
     /// Keeps the full value of a correlated output, after correcting the client's draw of it.
     fn ring(&mut self, d: Buf, v: Vec<u64>) -> Result<Dealt, VmError> {
-        self.dealer.correct(&[(&v, None)])?;
+        self.dealer.correct(&[(&v, Width::Ring(64))])?;
         self.dealer.known[d.0 as usize] = Some(v);
         Ok(Dealt::Drawn)
     }
 
     /// As [`Deal::ring`], for packed bits.
     fn bits(&mut self, d: Buf, v: Vec<u64>) -> Result<Dealt, VmError> {
-        self.dealer.correct(&[(&v, Some(self.len(d)))])?;
+        self.dealer.correct(&[(&v, Width::Bits(self.len(d)))])?;
         self.dealer.known[d.0 as usize] = Some(v);
         Ok(Dealt::Drawn)
     }
@@ -380,11 +388,13 @@ impl DealerVisitor for Deal<'_, '_> {
         Ok(Dealt::Drawn)
     }
 
-    fn dprod(&mut self, d: Buf, a: Buf, b: Buf, inner: u32) -> Self::Out {
+    fn dprod(&mut self, d: Buf, a: Buf, b: Buf, inner: u32, bits: u8) -> Self::Out {
         let mut v = vec![0u64; self.len(d)];
         let (av, bv) = (self.val(a)?, self.val(b)?);
         kernels::binary(&mut v, av, bv, inner as usize, |x, y| x.wrapping_mul(y));
-        self.ring(d, v)
+        self.dealer.correct(&[(&v, Width::Ring(bits))])?;
+        self.dealer.known[d.0 as usize] = Some(v);
+        Ok(Dealt::Drawn)
     }
 
     fn dmatmul(&mut self, d: Buf, a: Buf, b: Buf, batch: u32, m: u32, k: u32, n: u32) -> Self::Out {
@@ -400,7 +410,8 @@ impl DealerVisitor for Deal<'_, '_> {
         let wmask = if w == 64 { u64::MAX } else { (1u64 << w) - 1 };
         let h: Vec<u64> = av.iter().map(|x| (x & wmask) >> t).collect();
         let m: Vec<u64> = av.iter().map(|x| (x >> (w - 1)) & 1).collect();
-        self.dealer.correct(&[(&h, None), (&m, None)])?;
+        let mb = veil_isa::cost::msb_share_bits(t, w);
+        self.dealer.correct(&[(&h, Width::Ring(64)), (&m, Width::Ring(mb))])?;
         self.dealer.known[hi.0 as usize] = Some(h);
         self.dealer.known[msb.0 as usize] = Some(m);
         Ok(Dealt::Drawn)
@@ -426,7 +437,7 @@ impl DealerVisitor for Deal<'_, '_> {
         let av = self.val(a)?;
         let (lv, ev) = tables(av, shift, width);
         let (nl, ne) = (self.len(lt), self.len(eq));
-        self.dealer.correct(&[(&lv, Some(nl)), (&ev, Some(ne))])?;
+        self.dealer.correct(&[(&lv, Width::Bits(nl)), (&ev, Width::Bits(ne))])?;
         self.dealer.known[lt.0 as usize] = Some(lv);
         self.dealer.known[eq.0 as usize] = Some(ev);
         Ok(Dealt::Drawn)

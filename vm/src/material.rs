@@ -50,14 +50,14 @@ impl Material {
 
     /// Receives one correction frame of exactly `dst.len()` words into `dst`.
     fn frame_into(&mut self, ins: &Instr, at: At, dst: &mut [u64]) -> Result<(), VmError> {
-        let f = self.frame_bytes(ins, at, dst.len())?;
+        let f = self.frame_bytes(ins, at, 8 * dst.len())?;
         for (d, c) in dst.iter_mut().zip(f.chunks_exact(8)) {
             *d = u64::from_le_bytes(c.try_into().expect("8 bytes"));
         }
         Ok(())
     }
 
-    fn frame_bytes(&mut self, ins: &Instr, at: At, words: usize) -> Result<Vec<u8>, VmError> {
+    fn frame_bytes(&mut self, ins: &Instr, at: At, bytes: usize) -> Result<Vec<u8>, VmError> {
         let err = |msg: String| VmError::Dealer {
             section: at.section,
             index: at.index,
@@ -68,7 +68,7 @@ impl Material {
             .corrections
             .as_mut()
             .ok_or_else(|| err("the server has no correction stream".into()))?;
-        src.recv_exact(words * 8).map_err(|e| match e {
+        src.recv_exact(bytes).map_err(|e| match e {
             crate::net::TransportError::Malformed { what, .. } => err(what),
             e => e.into(),
         })
@@ -138,7 +138,7 @@ impl Draw<'_> {
 
     /// The server's two outputs of `words` words each, from one frame.
     fn pair_frame(&mut self, x: Buf, y: Buf, words: usize) -> Result<(), VmError> {
-        let f = self.m.frame_bytes(self.ins, self.at, 2 * words)?;
+        let f = self.m.frame_bytes(self.ins, self.at, 16 * words)?;
         let (fx, fy) = f.split_at(8 * words);
         for (dst, src) in [(x, fx), (y, fy)] {
             for (d, c) in self.bufs[dst.0 as usize].iter_mut().zip(src.chunks_exact(8)) {
@@ -187,8 +187,15 @@ impl DealerVisitor for Draw<'_> {
         Ok(())
     }
 
-    fn dprod(&mut self, d: Buf, _: Buf, _: Buf, _: u32) -> Self::Out {
-        self.ring(d)
+    fn dprod(&mut self, d: Buf, _: Buf, _: Buf, _: u32, bits: u8) -> Self::Out {
+        if bits == 64 || self.client() {
+            return self.ring(d);
+        }
+        // Only the low `bits` of the server's share come (see the instruction).
+        let n = self.len(d);
+        let f = self.m.frame_bytes(self.ins, self.at, crate::bits::packed_len(n, bits))?;
+        crate::bits::unpack(&f, n, bits, &mut self.bufs[d.0 as usize]);
+        Ok(())
     }
 
     fn dmatmul(&mut self, d: Buf, _: Buf, _: Buf, _: u32, _: u32, _: u32, _: u32) -> Self::Out {
@@ -199,14 +206,24 @@ impl DealerVisitor for Draw<'_> {
         self.ring(d)
     }
 
-    fn dtrunc(&mut self, hi: Buf, msb: Buf, _: Buf, _: u8, _: u8) -> Self::Out {
+    fn dtrunc(&mut self, hi: Buf, msb: Buf, _: Buf, t: u8, w: u8) -> Self::Out {
         if self.client() {
             self.m.prg.fill(&mut self.bufs[hi.0 as usize]);
             self.m.prg.fill(&mut self.bufs[msb.0 as usize]);
             Ok(())
         } else {
+            // `msb`'s correction comes narrow (`cost::msb_share_bits`): its high bits are
+            // multiplied away by the wrap factor.
             let n = self.len(hi);
-            self.pair_frame(hi, msb, n)
+            let mb = veil_isa::cost::msb_share_bits(t, w);
+            let f =
+                self.m.frame_bytes(self.ins, self.at, 8 * n + crate::bits::packed_len(n, mb))?;
+            let (fh, fm) = f.split_at(8 * n);
+            for (d, c) in self.bufs[hi.0 as usize].iter_mut().zip(fh.chunks_exact(8)) {
+                *d = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            }
+            crate::bits::unpack(fm, n, mb, &mut self.bufs[msb.0 as usize]);
+            Ok(())
         }
     }
 

@@ -322,3 +322,67 @@ fn narrow_openings_products_squares_and_comparisons() {
         }
     });
 }
+
+/// Products of narrow openings whose dealer corrections for the wrap terms are cut by `cut`
+/// bits below what the wrap factor needs (0: as the builder emits them).
+fn narrow_products(n: usize, cut: u8) -> veil_isa::Program {
+    let mut b = builder();
+    let y = b.input("y", Party::Client, &[n as u32], F);
+    let z = b.input("z", Party::Client, &[n as u32], F);
+    let yy = b.mul(y, 0, y, 0, 1);
+    let zz = b.mul(z, 0, z, 0, 1);
+    let my = b.masked_open_w(yy, F, 48);
+    let mz = b.masked_open_w(zz, F, 32);
+    let pz = b.mul_masked(&mz, &my, 1);
+    let sz = b.square_masked(&mz);
+    b.output("pz", pz, Party::Client, &[n as u32], 2 * F);
+    b.output("sz", sz, Party::Client, &[n as u32], 2 * F);
+    let mut prog = b.finish();
+    for ins in prog.body.iter_mut() {
+        if let veil_isa::Instr::DProd { bits, .. } = ins {
+            if *bits < 64 {
+                *bits -= cut;
+            }
+        }
+    }
+    prog
+}
+
+#[test]
+fn narrow_dealer_words_are_as_wide_as_the_wrap_factor_needs() {
+    // The dealer sends only the low bits of a wrap term's correction (`dprod` with bits < 64):
+    // exact as emitted, and one bit fewer is already wrong (the negative control).
+    let n = 400;
+    let mut rng = Rng(12);
+    let ys = rng.vec(n, -3.0, 3.0);
+    let zs = rng.vec(n, -0.2, 0.2);
+    let q = |v: f64| (v * 65536.0).round() / 65536.0;
+    let tr = |v: f64| (v * 65536.0).floor() / 65536.0;
+    let errors = |cut: u8| {
+        let prog = narrow_products(n, cut);
+        let narrow: Vec<u8> = prog
+            .body
+            .iter()
+            .filter_map(|i| match i {
+                veil_isa::Instr::DProd { bits, .. } if *bits < 64 => Some(*bits),
+                _ => None,
+            })
+            .collect();
+        assert!(!narrow.is_empty(), "narrow dealer words are emitted");
+        let r = run(&prog, vec![("y", ys.clone()), ("z", zs.clone())], vec![], false);
+        if cut == 0 {
+            check_costs(&prog, &r);
+        }
+        (0..n)
+            .filter(|&i| {
+                let (y2, z2) = (tr(q(ys[i]) * q(ys[i])), tr(q(zs[i]) * q(zs[i])));
+                let slack = ULP * (z2.abs() + y2.abs()) + 2.0 * ULP * ULP + 1e-12;
+                (out(&r, "pz")[i] - z2 * y2).abs() > slack
+                    || (out(&r, "sz")[i] - z2 * z2).abs() > 2.0 * ULP * z2.abs() + slack
+            })
+            .count()
+    };
+    assert_eq!(errors(0), 0, "narrow dealer words as emitted are exact");
+    let wrong = errors(1);
+    assert!(wrong > n / 10, "one bit fewer must break products: {wrong} of {n} wrong");
+}

@@ -223,6 +223,55 @@ fn a_party_view_combined_with_its_shares_is_independent_of_the_other_secret() {
     assert!(client.0 < CRIT, "the client's view depends on the server's weights: {client:?}");
 }
 
+/// Narrow openings (modulo `2^w`, `w < 64`), truncating and not, and what is built on them:
+/// a square, a product of two wrapped openings (its cross term), a comparison and a selection,
+/// with the dealer's corrections for the wrap terms sent narrow (`dprod` with `bits < 64`,
+/// `dtrunc`'s `msb`). The values stay inside their widths for both secrets.
+fn narrow_protocols() -> Program {
+    let mut b = builder();
+    let (x, w) = inputs(&mut b);
+    let p = b.mul(x, 0, w, 0, 1); // |x·w| ≤ 90 at 2f: 39 bits and headroom
+    let m = b.masked_open_w(p, F, 42);
+    let sq = b.square_masked(&m);
+    let mx = b.masked_open_w(x, 0, 24); // |x| ≤ 30 at f
+    let pr = b.mul_masked(&m, &mx, 1);
+    let bit = b.drelu(&mx, 0);
+    let sel = b.select(bit, &m);
+    let sel = b.shl(sel, F);
+    let o = b.add(sq, pr);
+    let o = b.add(o, sel);
+    b.output("o", o, Party::Client, &[N], 2 * F);
+    b.finish_ssa()
+}
+
+#[test]
+fn narrow_openings_and_narrow_dealer_words_keep_the_views_independent() {
+    let prog = narrow_protocols();
+    let narrow = prog.body.iter().any(|i| matches!(i, Instr::DProd { bits, .. } if *bits < 64));
+    assert!(narrow, "the program has narrow dealer words");
+    let [client, server] = worst_chi2(&prog);
+    eprintln!("worst chi2 with narrow openings: client {client:.1?}, server {server:.1?}");
+    assert!(server.0 < CRIT, "the server's view depends on the client's input: {server:?}");
+    assert!(client.0 < CRIT, "the client's view depends on the server's weights: {client:?}");
+}
+
+#[test]
+fn the_view_test_sees_a_narrow_opening_unmasked() {
+    // The negative control at a narrow width: x·w opened modulo 2^42 with no mask.
+    let mut b = builder();
+    let (x, w) = inputs(&mut b);
+    let p = b.mul(x, 0, w, 0, 1);
+    let c = b.buf(Kind::Public, N);
+    b.emit(Instr::Open { d: c, a: p, bits: 42 });
+    b.output("p", p, Party::Client, &[N], 2 * F);
+    let prog = b.finish_ssa();
+    let [client, server] = worst_chi2(&prog);
+    eprintln!(
+        "worst chi2 with a narrow unmasked opening: client {client:.1?}, server {server:.1?}"
+    );
+    assert!(server.0 > CRIT && client.0 > CRIT, "an unmasked narrow opening must be seen");
+}
+
 #[test]
 fn the_view_test_sees_one_mask_used_for_two_openings() {
     // x + r and 3x + r: each opening is uniform, their difference is 2x.

@@ -40,8 +40,32 @@ impl AddAssign for Cost {
     }
 }
 
+/// Bits the dealer sends per element of a `dtrunc`'s `msb` output. Its shares are only ever
+/// used times the wrap factor `pk`, a multiple of `2^(w-t)` (`s = rhi - pk·msb`, and `pk²·msb`
+/// in a square), so a share's low `64 - (w - t)` bits are all that matter; the rest is not
+/// sent.
+pub fn msb_share_bits(t: u8, w: u8) -> u8 {
+    (64 - w.saturating_sub(t) as u32).clamp(1, 64) as u8
+}
+
+/// Bytes of correction the dealer sends the server for one instruction (frame headers
+/// excluded; 0 when both parties derive their material from their own seeds).
+pub fn correction_bytes(ins: &Instr, p: &Program) -> u64 {
+    match ins {
+        Instr::DTrunc { hi, t, w, .. } => {
+            let n = p.buffers[hi.0 as usize].len as u64;
+            8 * n + (n * msb_share_bits(*t, *w) as u64).div_ceil(8)
+        }
+        Instr::DProd { d, bits, .. } => {
+            (p.buffers[d.0 as usize].len as u64 * *bits as u64).div_ceil(8)
+        }
+        _ => 8 * correction_words(ins, p),
+    }
+}
+
 /// Words of correction the dealer sends the server for one instruction (0 when both parties
-/// derive their material from their own seeds).
+/// derive their material from their own seeds); a `dtrunc` counts as two words per element
+/// and a `dprod` one, though they may be sent narrower ([`correction_bytes`]).
 pub fn correction_words(ins: &Instr, p: &Program) -> u64 {
     let len = |b: crate::Buf| p.buffers[b.0 as usize].len as u64;
     use Instr::*;
@@ -109,9 +133,9 @@ pub fn instr_cost(ins: &Instr, p: &Program) -> Cost {
         | DTable { .. }
         | DBit { .. }
         | DBit2A { .. } => {
-            let w = correction_words(ins, p);
-            if w > 0 {
-                c.dealer = 8 * w + FRAME_HEADER;
+            let bytes = correction_bytes(ins, p);
+            if bytes > 0 {
+                c.dealer = bytes + FRAME_HEADER;
             }
         }
         Add { .. }

@@ -377,7 +377,7 @@ pub fn footprint_with(p: &Program, me: Party, keep: &[bool]) -> Footprint {
         .unwrap_or(0);
     let frame = match me {
         Party::Server => {
-            p.body.iter().map(|i| 8 * crate::cost::correction_words(i, p)).max().unwrap_or(0)
+            p.body.iter().map(|i| crate::cost::correction_bytes(i, p)).max().unwrap_or(0)
         }
         Party::Client => 0,
     };

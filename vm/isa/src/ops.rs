@@ -121,8 +121,11 @@ macro_rules! for_each_op {
             /// `d` = a fresh uniform value known to the owner of the private buffer `d` and to the
             /// dealer.
             dpriv = DPriv [dealer] { d: Buf; };
-            /// `d` = shares of `a · b` (broadcast as in `mul`) for dealer-known `a`, `b`.
-            dprod = DProd [dealer] { d: Buf; a: Buf, b: Buf, inner: u32 };
+            /// `d` = shares of `a · b` (broadcast as in `mul`) for dealer-known `a`, `b`, correct
+            /// modulo `2^bits`: the dealer sends only that much of the correction, for a consumer
+            /// that multiplies `d` by a multiple of `2^(64-bits)` (a wrap correction) and so
+            /// never reads the rest.
+            dprod = DProd [dealer] { d: Buf; a: Buf, b: Buf, inner: u32, bits: u8 };
             /// `d` = shares of the batched matrix product of dealer-known `a` and `b`.
             dmatmul = DMatMul [dealer] { d: Buf; a: Buf, b: Buf, batch: u32, m: u32, k: u32, n: u32 };
             /// `hi` = shares of `(a mod 2^w) >> t`, `msb` = shares of bit `w-1` of `a`.
@@ -333,7 +336,7 @@ mod tests {
             Instr::Exchange {},
             Instr::DMask { d: b(0) },
             Instr::DPriv { d: b(0) },
-            Instr::DProd { d: b(0), a: b(1), b: b(2), inner: 1 },
+            Instr::DProd { d: b(0), a: b(1), b: b(2), inner: 1, bits: 20 },
             Instr::DMatMul { d: b(0), a: b(1), b: b(2), batch: 1, m: 2, k: 3, n: 4 },
             Instr::DTrunc { hi: b(0), msb: b(1), a: b(2), t: 16, w: 48 },
             Instr::DBits { d: b(0) },

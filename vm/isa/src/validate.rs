@@ -417,12 +417,15 @@ impl Checker<'_> {
                 let k = self.kind(*d);
                 self.want(*d, matches!(k, Kind::Private(_)), "private");
             }
-            DProd { d, a, b, inner } => {
+            DProd { d, a, b, inner, bits } => {
                 self.dealer(*a);
                 self.dealer(*b);
                 self.ring(*a);
                 self.ring(*b);
                 self.broadcast(*d, *a, *b, *inner);
+                if !(1..=64).contains(bits) {
+                    self.err("needs 1 ≤ bits ≤ 64");
+                }
                 let k = self.kind(*d);
                 self.want(*d, k == Kind::Share, "a share");
             }

@@ -150,7 +150,7 @@ pub fn serve(
     };
     std::fs::create_dir_all(&dir).map_err(|e| disk(&dir, e))?;
     let max_frame =
-        prog.body.iter().map(|i| 8 * veil_isa::cost::correction_words(i, prog)).max().unwrap_or(0);
+        prog.body.iter().map(|i| veil_isa::cost::correction_bytes(i, prog)).max().unwrap_or(0);
     let shared = Shared {
         prog,
         digest: digest(&weights),

@@ -231,7 +231,7 @@ impl ProgramBuilder {
         let bc = self.mul_local(beta_a, y.c, 1);
         let mut bs = self.dprod(beta_a, y.base, 1);
         if let Some((pk, m)) = y.wrap {
-            let p = self.dprod(beta_a, m, 1);
+            let p = self.dprod_low(beta_a, m, 1, y.wrap_bits());
             let q = self.mul_local(p, pk, 1);
             bs = self.sub(bs, q);
         }

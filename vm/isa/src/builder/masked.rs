@@ -13,6 +13,14 @@ use crate::operand::Buf;
 use crate::ops::Instr;
 use crate::program::Kind;
 
+impl Masked {
+    /// The bits of a product with the wrap bit `m` that matter once multiplied by the wrap
+    /// factor `pk`, a multiple of `2^(w-t)`.
+    pub fn wrap_bits(&self) -> u8 {
+        64 - (self.w - self.t)
+    }
+}
+
 /// A secret value in masked form: `x = c - s` (`x >> t` when truncated), see the module docs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Masked {
@@ -96,11 +104,22 @@ impl ProgramBuilder {
     ///
     /// Rounds: 1. Sends: 8 bytes per element each way.
     pub fn trunc(&mut self, x: Buf, t: u8) -> Buf {
+        self.trunc_w(x, t, 64)
+    }
+
+    /// As [`Self::trunc`], opening modulo `2^w` (see [`Self::masked_open_w`]). Cached: the
+    /// same truncation again returns the same buffer.
+    pub fn trunc_w(&mut self, x: Buf, t: u8, w: u8) -> Buf {
         if t == 0 {
             return x;
         }
-        let m = self.masked_open(x, t);
-        self.to_share(&m)
+        if let Some(&b) = self.trunc_cache.get(&(x, t, w)) {
+            return b;
+        }
+        let m = self.masked_open_w(x, t, w);
+        let b = self.to_share(&m);
+        self.trunc_cache.insert((x, t, w), b);
+        b
     }
 
     /// Shares of `s_x · s_y` (`y` broadcast by `inner`), from dealer products of the masks:
@@ -110,18 +129,19 @@ impl ProgramBuilder {
     fn mask_product(&mut self, x: &Masked, y: &Masked, inner: u32) -> Buf {
         let mut acc = self.dprod(x.base, y.base, inner);
         if let Some((pk_y, m_y)) = y.wrap {
-            let p = self.dprod(x.base, m_y, inner);
+            let p = self.dprod_low(x.base, m_y, inner, y.wrap_bits());
             let q = self.mul_local(p, pk_y, inner);
             acc = self.sub(acc, q);
         }
         if let Some((pk_x, m_x)) = x.wrap {
-            let p = self.dprod(m_x, y.base, inner);
+            let p = self.dprod_low(m_x, y.base, inner, x.wrap_bits());
             let q = self.mul_local(p, pk_x, 1);
             acc = self.sub(acc, q);
         }
         if let (Some((pk_x, m_x)), Some((pk_y, m_y))) = (x.wrap, y.wrap) {
             if ((x.w - x.t) as u32 + (y.w - y.t) as u32) < 64 {
-                let mm = self.dprod(m_x, m_y, inner);
+                let bits = 64 - (x.w - x.t) - (y.w - y.t);
+                let mm = self.dprod_low(m_x, m_y, inner, bits);
                 let pp = self.mul_local(pk_x, pk_y, inner);
                 let q = self.mul_local(mm, pp, 1);
                 acc = self.add(acc, q);
@@ -132,8 +152,14 @@ impl ProgramBuilder {
 
     /// Shares of the product of dealer-known `a` and `b` (`b` broadcast).
     pub fn dprod(&mut self, a: Buf, b: Buf, inner: u32) -> Buf {
+        self.dprod_low(a, b, inner, 64)
+    }
+
+    /// As [`Self::dprod`], correct modulo `2^bits` only: for a product the caller multiplies
+    /// by a multiple of `2^(64-bits)` (a wrap factor), so the dealer sends less.
+    pub fn dprod_low(&mut self, a: Buf, b: Buf, inner: u32, bits: u8) -> Buf {
         let d = self.buf(Kind::Share, self.len(a));
-        self.emit(Instr::DProd { d, a, b, inner });
+        self.emit(Instr::DProd { d, a, b, inner, bits });
         d
     }
 
@@ -173,7 +199,7 @@ impl ProgramBuilder {
         let cs2 = self.shl(cs, 1);
         let mut s2 = self.dprod(x.base, x.base, 1);
         if let Some((pk, m)) = x.wrap {
-            let p = self.dprod(x.base, m, 1);
+            let p = self.dprod_low(x.base, m, 1, x.wrap_bits());
             let q = self.mul_local(p, pk, 1);
             let q2 = self.shl(q, 1);
             s2 = self.sub(s2, q2);

@@ -82,6 +82,9 @@ pub struct ProgramBuilder {
     tag_ids: HashMap<Tag, u32>,
     cur_tag: u32,
     masked_cache: HashMap<(Buf, u8, u8), Masked>,
+    /// The share of each truncating opening (`trunc_w`), so that a value truncated twice is
+    /// one buffer and what is cached by buffer (a weight product's send) is found again.
+    trunc_cache: HashMap<(Buf, u8, u8), Buf>,
     weight_masks: HashMap<Buf, (Buf, Buf)>,
     tables_cache: HashMap<(Buf, u8, u8), (Buf, Buf)>,
     activation_cache: HashMap<(Buf, Party), (Buf, Buf)>,
@@ -118,6 +121,7 @@ impl ProgramBuilder {
             tag_ids: HashMap::new(),
             cur_tag: 0,
             masked_cache: HashMap::new(),
+            trunc_cache: HashMap::new(),
             weight_masks: HashMap::new(),
             tables_cache: HashMap::new(),
             activation_cache: HashMap::new(),

@@ -134,6 +134,7 @@ impl ProgramBuilder {
         self.floor = phase + 1;
         // Openings cached before the new length must not be reused after it.
         self.masked_cache.clear();
+        self.trunc_cache.clear();
         self.tables_cache.clear();
         self.activation_cache.clear();
     }
