@@ -110,6 +110,10 @@ struct Lowerer<'g> {
     compactions: HashMap<Value, (veil_isa::builder::Compaction, bool)>,
     token_len: Option<(usize, usize)>,
     weight_sources: &'g HashMap<Value, Vec<String>>,
+    /// Real bounds `|x| ≤ b` of values (`backend::bounds`).
+    bounds: HashMap<Value, f64>,
+    /// Ring magnitude bound of each buffer holding a bounded value: its openings are narrower.
+    ring_bound: HashMap<Buf, f64>,
 }
 
 /// Lowers the shared part of `g` (visibility from `part`).
@@ -130,6 +134,8 @@ pub fn lower(g: &Graph, part: &Partition, opts: &LowerOptions) -> Result<Lowered
         compactions: HashMap::new(),
         token_len: opts.token_len,
         weight_sources: &opts.weight_sources,
+        bounds: super::bounds::value_bounds(g, opts.token_len),
+        ring_bound: HashMap::new(),
     };
     l.b.meta("model", &g.name);
     for &n in &g.order {
@@ -140,6 +146,7 @@ pub fn lower(g: &Graph, part: &Partition, opts: &LowerOptions) -> Result<Lowered
         let (layer, op) = g.nodes[n].prov.tag(&g.nodes[n].op);
         l.b.set_tag(&layer, &op);
         let out = l.lower_node(n)?;
+        l.note_bound(g.nodes[n].result, &out);
         l.vals[g.nodes[n].result] = Some(out);
     }
     let mut client_outputs = Vec::new();
@@ -307,7 +314,30 @@ impl<'g> Lowerer<'g> {
         if l.scale <= target {
             return self.rescale_up(l, target);
         }
-        LVal { buf: self.b.trunc(l.buf, l.scale - target), scale: target, shape: l.shape.clone() }
+        let t = l.scale - target;
+        let w = self.width(l.buf, t);
+        LVal { buf: self.b.trunc_w(l.buf, t, w), scale: target, shape: l.shape.clone() }
+    }
+
+    /// Records the ring bound of a node's result buffer when the value has a real bound (the
+    /// same buffer may be read at several scales, so the bound is kept as a ring magnitude).
+    fn note_bound(&mut self, v: Value, out: &Operand) {
+        if let (Some(&b), Operand::Val(l)) = (self.bounds.get(&v), out) {
+            let m = b * 2f64.powi(l.scale as i32);
+            let e = self.ring_bound.entry(l.buf).or_insert(m);
+            *e = e.min(m);
+        }
+    }
+
+    /// The width of an opening of `buf` truncating by `t` bits: as narrow as its bound allows.
+    fn width(&self, buf: Buf, t: u8) -> u8 {
+        self.ring_bound.get(&buf).map_or(64, |&m| super::bounds::opening_width(m, t))
+    }
+
+    /// Masked opening of `buf` truncating by `t` bits, as narrow as its bound allows.
+    fn open_w(&mut self, buf: Buf, t: u8) -> Masked {
+        let w = self.width(buf, t);
+        self.b.masked_open_w(buf, t, w)
     }
 
     /// A plain share at scale `f`.
@@ -318,7 +348,7 @@ impl<'g> Lowerer<'g> {
     /// Masked opening bringing the value to the scale a product or comparison takes.
     fn masked(&mut self, l: &LVal) -> (Masked, u8) {
         let s = self.policy().opened(l.scale);
-        (self.b.masked_open(l.buf, l.scale - s), s)
+        (self.open_w(l.buf, l.scale - s), s)
     }
 
     /// `x` broadcast to `shape`: returns the buffer and the `inner` to use as a `b` operand, or
@@ -570,6 +600,7 @@ impl<'g> Lowerer<'g> {
             (Op::Cast { to }, [_]) if to.is_float() || to.is_int() => {
                 Operand::Val(self.operand_val(args[0])?)
             }
+            (Op::Bounded { .. }, [_]) => Operand::Val(self.operand_val(args[0])?),
             _ => return Err(self.err(no_lowering(&op))),
         })
     }

@@ -6,7 +6,9 @@
 //! - [`lower`]: the shared nodes → `veil_isa` protocols via the program builder.
 //! - [`client`]: the client's plaintext preprocessing graph.
 //! - [`scale`]: the fixed-point scale policy, shared with the simulator.
+//! - [`bounds`]: magnitude bounds that let openings use a narrower ring.
 
+pub mod bounds;
 pub mod client;
 pub mod lower;
 pub mod nonlinear;

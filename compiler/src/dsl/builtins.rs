@@ -22,6 +22,7 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("relu", "x"),
     ("abs", "x"),
     ("drelu", "x"),
+    ("bounded", "x, abs"),
     ("maximum", "a, b"),
     ("minimum", "a, b"),
     ("where", "cond, a, b"),
@@ -246,6 +247,16 @@ pub(crate) fn call(
             let axis = a.axis(3, r)?;
             let eps = a.num(4)? as f32;
             a.e.node(span, Op::LayerNorm { axis, eps }, &[x, s, b], name)
+        }
+        "bounded" => {
+            let x = a.tensor(0)?;
+            let abs = a.num(1)?;
+            if !(abs.is_finite() && abs > 0.0) {
+                return Err(a
+                    .e
+                    .err(span, format!("`bounded` needs a positive finite bound, got {abs}")));
+            }
+            a.e.node(span, Op::Bounded { abs }, &[x], name)
         }
         "smu1" => {
             let x = a.tensor(0)?;

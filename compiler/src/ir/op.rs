@@ -96,6 +96,13 @@ pub enum Op {
         /// Upper bound.
         max: f64,
     },
+    /// The identity, with the promise that `|x| ≤ abs` wherever the result matters: values
+    /// outside may come back as anything (a caller that discards them, e.g. by a selection,
+    /// may still pass them). The backend opens such values in a narrower ring.
+    Bounded {
+        /// The bound on `|x|`.
+        abs: f64,
+    },
     /// `cond ? a : b`, broadcasting all three.
     Where,
     /// Matrix product with numpy `matmul` semantics (batched, broadcasting batch dims).
@@ -260,6 +267,7 @@ impl Op {
             Op::IsInf { .. } => "is_inf",
             Op::Cast { .. } => "cast",
             Op::Clip { .. } => "clip",
+            Op::Bounded { .. } => "bounded",
             Op::Where => "where",
             Op::MatMul => "matmul",
             Op::ReduceSum { .. } => "reduce_sum",
@@ -326,6 +334,7 @@ impl Op {
                 | Op::IsInf { .. }
                 | Op::Cast { .. }
                 | Op::Clip { .. }
+                | Op::Bounded { .. }
                 | Op::Gelu { .. }
                 | Op::Smu1 { .. }
                 | Op::Drelu
@@ -375,6 +384,7 @@ impl Op {
             Op::Clip { min, max } => {
                 write!(s, "{{min={}, max={}}}", fmt_f64(*min), fmt_f64(*max)).unwrap()
             }
+            Op::Bounded { abs } => write!(s, "{{abs={}}}", fmt_f64(*abs)).unwrap(),
             Op::ReduceSum { axes, keepdims }
             | Op::ReduceMean { axes, keepdims }
             | Op::ReduceMax { axes, keepdims } => {

@@ -201,7 +201,7 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, ShapeError> {
         return Ok(TensorType::new(dtype, shape));
     }
     match op {
-        Op::Not | Op::Neg | Op::Abs | Op::Relu | Op::Clip { .. } => {
+        Op::Not | Op::Neg | Op::Abs | Op::Relu | Op::Clip { .. } | Op::Bounded { .. } => {
             arity(op, args, 1, 1)?;
             if matches!(op, Op::Not) && args[0].dtype != DType::Bool {
                 return Err(wrong_dtype(op, "`not` needs a bool argument", args[0].dtype));
