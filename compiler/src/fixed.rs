@@ -461,6 +461,10 @@ fn scale_by(cx: &Ctx, (x, s): (Tensor, u8), c: f64, node: &str) -> Result<Sim, E
             let x = if negate { map(&x, i64::wrapping_neg) } else { x };
             Sim::Ring(x, s + k)
         }
+        ScalarProduct::RelabelTruncated { k, negate } => {
+            let x = if negate { map(&x, i64::wrapping_neg) } else { x };
+            Sim::Ring(cx.moved(&x, s + k, f), f)
+        }
         ScalarProduct::Encoded { truncate_first } => {
             let (x, s) = if truncate_first { (cx.moved(&x, s, f), f) } else { (x, s) };
             let e = cx.encode_f64(&[], &[c], f, node)?.as_i64().unwrap_or(&[0])[0];

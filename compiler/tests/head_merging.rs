@@ -35,10 +35,13 @@ fn costs(model: &str) -> (Cost, Cost) {
 fn four_merged_heads_cost_a_third_of_the_softmax_bytes() {
     let (all12, soft12) = costs("bert_base_layer");
     let (all4, soft4) = costs("bert_base_4heads_layer");
-    // 12·128·128 softmax inputs against 4·128·128: the per-element work is the same.
+    // 12·128·128 softmax inputs against 4·128·128. The per-element work is the same except
+    // for the scale: 12 heads' 1/√64 = 2^-3 folds into the scores' truncation
+    // (`ScalarProduct::RelabelTruncated`), while 4 heads' 1/√192 is a product after it that
+    // needs one more truncating opening (and round) per score, so the ratio is below 3.
     let ratio = soft12.online() as f64 / soft4.online() as f64;
-    assert!((ratio - 3.0).abs() < 0.05, "softmax bytes 12 heads / 4 heads = {ratio:.3}");
-    assert_eq!(soft12.rounds, soft4.rounds, "merging heads does not add rounds");
+    assert!((2.3..2.9).contains(&ratio), "softmax bytes 12 heads / 4 heads = {ratio:.3}");
+    assert_eq!(soft12.rounds + 1, soft4.rounds, "one more round for the 4 heads' scale");
     // Fewer heads also shrink the attention products (probabilities × values).
     let saved = all12.online() - all4.online();
     assert!(saved >= soft12.online() - soft4.online(), "saved {saved} B in all");

@@ -682,6 +682,11 @@ impl<'g> Lowerer<'g> {
                 let buf = if negate { self.b.neg(x.buf) } else { x.buf };
                 LVal { buf, scale: x.scale + k, shape: x.shape.clone() }
             }
+            ScalarProduct::RelabelTruncated { k, negate } => {
+                let buf = if negate { self.b.neg(x.buf) } else { x.buf };
+                let l = LVal { buf, scale: x.scale + k, shape: x.shape.clone() };
+                self.at_f(&l)
+            }
             ScalarProduct::Encoded { truncate_first } => {
                 let x = if truncate_first { self.at_f(x) } else { x.clone() };
                 LVal {

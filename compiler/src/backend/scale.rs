@@ -104,8 +104,12 @@ impl Policy {
             return ScalarProduct::Integer(c as i64);
         }
         let k = -c.abs().log2();
-        if k.fract() == 0.0 && (1.0..=16.0).contains(&k) && scale as f64 + k <= 3.0 * f as f64 {
-            return ScalarProduct::Relabel { k: k as u8, negate: c < 0.0 };
+        if k.fract() == 0.0 && (1.0..=16.0).contains(&k) {
+            let (k, negate) = (k as u8, c < 0.0);
+            if scale as u32 + k as u32 <= 3 * f as u32 {
+                return ScalarProduct::Relabel { k, negate };
+            }
+            return ScalarProduct::RelabelTruncated { k, negate };
         }
         ScalarProduct::Encoded { truncate_first: scale > 2 * f }
     }
@@ -129,10 +133,38 @@ pub enum ScalarProduct {
         /// The factor is negative.
         negate: bool,
     },
+    /// `±2^-k` on a value already above `3f` bits: relabelled with `k` more fractional bits and
+    /// truncated to `f` in one opening (where truncating to `f` and then multiplying by the
+    /// encoded factor would need a second truncation later: attention's `QKᵀ·2^-3`).
+    RelabelTruncated {
+        /// Extra fractional bits.
+        k: u8,
+        /// The factor is negative.
+        negate: bool,
+    },
     /// A product with the factor encoded at `f` bits, after truncating the value to `f` bits
     /// when it carries more than `2f` (so the product stays below `3f`).
     Encoded {
         /// Truncate to `f` bits first.
         truncate_first: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Policy, ScalarProduct};
+
+    #[test]
+    fn a_power_of_two_rides_on_the_truncation_a_wide_value_needs() {
+        let p = Policy { f: 16 };
+        // QKᵀ at 2f: relabelled for free.
+        assert_eq!(p.scalar_product(32, 0.125), ScalarProduct::Relabel { k: 3, negate: false });
+        // At 3f it would exceed 3f: relabelled and truncated to f in one opening.
+        assert_eq!(
+            p.scalar_product(48, -0.125),
+            ScalarProduct::RelabelTruncated { k: 3, negate: true }
+        );
+        // Any other factor is a product, after truncating a value above 2f.
+        assert_eq!(p.scalar_product(48, 0.1), ScalarProduct::Encoded { truncate_first: true });
+    }
 }
