@@ -145,6 +145,25 @@ const CRYPTEN_BYTES: f64 = 9_137.6e6;
 const CRYPTEN_ROUNDS: f64 = 2256.0;
 const CRYPTEN_SECONDS: f64 = 44.2;
 
+/// SIGMA's online bytes and rounds at 128 tokens, re-measured from its code (BENCHMARKS.md:
+/// 0.99 GiB for BERT-base, 0.82 GiB for GPT-2 small, 1,128 rounds for both). Bytes and rounds
+/// do not depend on the hardware, so these are ratios; its GPU times are not.
+const SIGMA_BERT_BYTES: f64 = 0.99 * 1073741824.0;
+const SIGMA_GPT2_BYTES: f64 = 0.82 * 1073741824.0;
+const SIGMA_ROUNDS: f64 = 1128.0;
+
+/// The sentence comparing a family's first row (all private) with SIGMA's bytes and rounds.
+fn sigma_line(base: &Row, sigma_bytes: f64, shown: &str, key: &str) -> String {
+    format!(
+        "Against SIGMA (BENCHMARKS.md, its own code re-run: {shown} online, 1,128 rounds, {key} of \
+         key per party): all private is {:.2}× its bytes and {:.2}× its rounds, with {} of \
+         dealer material.\n",
+        base.online_bytes as f64 / sigma_bytes,
+        base.rounds as f64 / SIGMA_ROUNDS,
+        bytes(base.dealer_bytes)
+    )
+}
+
 /// `BERT-base` → `bert-base`, `--nonlinear smu (…)` → `nonlinear-smu-…`.
 fn slug(s: &str) -> String {
     let mapped: String = s
@@ -299,6 +318,7 @@ fn report(rows: &[Row], run: bool) -> String {
                 CRYPTEN_ROUNDS / base.rounds as f64,
                 base.client_seconds.map(|t| format!(", {:.1}× less time", CRYPTEN_SECONDS / t)).unwrap_or_default()
             ));
+            s.push_str(&sigma_line(base, SIGMA_BERT_BYTES, "1.06 GB", "16.8 GiB"));
             if fam.iter().any(|r| r.name.contains("pruning")) {
                 s.push_str(
                     "Token-pruning rows: `bert_base_cls` (the CLS row as output), thresholds from \
@@ -307,6 +327,12 @@ fn report(rows: &[Row], run: bool) -> String {
                      tables: pruning.md).\n",
                 );
             }
+        }
+        if family.starts_with("GPT-2") {
+            s.push_str(&format!(
+                "\n{}",
+                sigma_line(fam[0], SIGMA_GPT2_BYTES, "0.88 GB", "14.3 GiB")
+            ));
         }
         let ops: Vec<String> = {
             let mut o: Vec<String> = fam.iter().flat_map(|r| r.by_op.keys().cloned()).collect();
