@@ -443,11 +443,31 @@ impl DealerVisitor for Deal<'_, '_> {
         Ok(Dealt::Drawn)
     }
 
+    fn dcase(&mut self, d: Buf, a: Buf, b: Buf, g: Buf, k: Buf) -> Self::Out {
+        let n = self.len(a);
+        let v = cases(self.val(a)?, self.val(b)?, self.val(g)?, self.val(k)?, n);
+        self.ring(d, v)
+    }
+
     fn dbit2a(&mut self, d: Buf, a: Buf) -> Self::Out {
         let av = self.val(a)?;
         let v = (0..self.len(d)).map(|i| bits::get(av, i) as u64).collect();
         self.ring(d, v)
     }
+}
+
+/// The four cases of a final AND gate (see `Instr::DCase`), case-major.
+pub fn cases(a: &[u64], b: &[u64], g: &[u64], k: &[u64], n: usize) -> Vec<u64> {
+    let mut v = vec![0u64; 4 * n];
+    for i in 0..n {
+        let [ai, bi, gi, ki] = [a, b, g, k].map(|x| bits::get(x, i));
+        for (c, (dd, ee)) in
+            [(false, false), (false, true), (true, false), (true, true)].into_iter().enumerate()
+        {
+            v[c * n + i] = (gi ^ ki ^ ((dd ^ ai) & (ee ^ bi))) as u64;
+        }
+    }
+    v
 }
 
 /// The comparison tables of digit `(a >> shift) mod 2^width` of each element: bit

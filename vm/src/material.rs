@@ -206,6 +206,10 @@ impl DealerVisitor for Draw<'_> {
         self.ring(d)
     }
 
+    fn dcase(&mut self, d: Buf, _: Buf, _: Buf, _: Buf, _: Buf) -> Self::Out {
+        self.ring(d)
+    }
+
     fn dtrunc(&mut self, hi: Buf, msb: Buf, _: Buf, t: u8, w: u8) -> Self::Out {
         if self.client() {
             self.m.prg.fill(&mut self.bufs[hi.0 as usize]);

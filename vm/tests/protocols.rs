@@ -225,6 +225,82 @@ fn drelu_select_relu_and_max() {
     });
 }
 
+#[test]
+fn fused_comparison_converts_and_selects_within_its_own_rounds() {
+    // drelu_arith gives [x ≥ c] as 0/1 shares and [x ≥ c]·y, for y the compared value itself
+    // (plain opening), a truncated opening of another value (its wrap term), and none; in the
+    // rounds of the comparison alone.
+    both_transports(|tcp| {
+        let mut rng = Rng(21);
+        let mut xs = edge_values(1000.0);
+        xs.extend([0.01, -0.01, 2.5 + 0.01, 2.5 - 0.01]);
+        xs.extend(rng.vec(256 - xs.len(), -100.0, 100.0));
+        let n = xs.len() as u32;
+        let ys = rng.vec(n as usize, -30.0, 30.0);
+        let ws = rng.vec(n as usize, -3.0, 3.0);
+        let mut b = builder();
+        let x = b.input("x", Party::Client, &[n], F);
+        let y = b.input("y", Party::Client, &[n], F);
+        let w = b.weight("w", Party::Server, false, &[n], F);
+        let mx = b.masked_open(x, 0);
+        let (bit, sel) = b.drelu_arith(&mx, 0, Some(&mx));
+        let (above, _) = b.drelu_arith(&mx, ringf(2.5), None);
+        let yw = b.mul(y, 0, w, 0, 1);
+        let myw = b.masked_open_w(yw, F, 48); // truncating: y·w at f with a wrap term
+        let (_, sel_yw) = b.drelu_arith(&mx, 0, Some(&myw));
+        b.output("bit", bit, Party::Client, &[n], 0);
+        b.output("relu", sel.unwrap(), Party::Client, &[n], F);
+        b.output("above", above, Party::Client, &[n], 0);
+        b.output("sel_yw", sel_yw.unwrap(), Party::Client, &[n], F);
+        let prog = b.finish();
+        let r =
+            run(&prog, vec![("x", xs.clone()), ("y", ys.clone())], vec![("w", ws.clone())], tcp);
+        let q = |v: f64| (v * 65536.0).round() / 65536.0;
+        let exact_above = 2f64.powi(8) * ULP;
+        for i in 0..n as usize {
+            let x = q(xs[i]);
+            let yw = q(ys[i]) * q(ws[i]);
+            if x.abs() >= exact_above {
+                assert_eq!(out(&r, "bit")[i], (x >= 0.0) as u8 as f64, "[{x} ≥ 0]");
+                assert_eq!(out(&r, "relu")[i], x.max(0.0), "relu({x})");
+                let want = if x >= 0.0 { yw } else { 0.0 };
+                assert!((out(&r, "sel_yw")[i] - want).abs() <= 2.0 * ULP, "[{x} ≥ 0]·{yw}");
+            } else {
+                assert!((out(&r, "relu")[i] - x.max(0.0)).abs() <= exact_above);
+            }
+            if (x - 2.5).abs() >= exact_above {
+                assert_eq!(out(&r, "above")[i], (x >= 2.5) as u8 as f64, "[{x} ≥ 2.5]");
+            }
+        }
+        // The openings of x and of y·w, then the comparison's AND rounds: the defaults
+        // (36 bits, 8 ignored) in two 14-bit digits for so few elements, so one AND round, and
+        // no round of its own for the conversion or the selections.
+        assert_eq!(r.client.body.rounds, 2 + 1, "rounds");
+    });
+}
+
+#[test]
+fn fused_comparison_saves_the_conversion_round_of_drelu_and_b2a() {
+    // Against the unfused protocol on a buffer too long for wide digits (3 AND rounds).
+    let n = 20_000u32;
+    let rounds = |fused: bool| {
+        let mut b = builder();
+        let x = b.input("x", Party::Client, &[n], F);
+        let m = b.masked_open(x, 0);
+        let bit = if fused {
+            b.drelu_arith(&m, 0, None).0
+        } else {
+            let bits = b.drelu(&m, 0);
+            b.b2a(bits)
+        };
+        b.output("bit", bit, Party::Client, &[n], 0);
+        veil_isa::cost::program_cost(&b.finish()).body.rounds
+    };
+    // Opening, 3 AND levels, conversion, output.
+    assert_eq!(rounds(false), 1 + 3 + 1 + 1);
+    assert_eq!(rounds(true), 1 + 3 + 1);
+}
+
 fn ringf(x: f64) -> u64 {
     veil_vm::ring::encode(x, F)
 }

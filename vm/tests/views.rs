@@ -176,9 +176,16 @@ fn worst(a: &Pooled, b: &Pooled) -> (f64, String) {
 /// The worst quantity of each party's view (client, server) over runs with secrets A and B:
 /// the client's input varies for the server's view, the server's weights for the client's.
 fn worst_chi2(prog: &Program) -> [(f64, String); 2] {
+    worst_chi2_len(prog, N)
+}
+
+/// As [`worst_chi2`], for inputs of `n` elements (bit openings need 8·`MIN_BYTES`/4 of them
+/// to be tested at all).
+fn worst_chi2_len(prog: &Program, n: u32) -> [(f64, String); 2] {
+    let n = n as usize;
     let mut rng = Rng(5);
-    let (xa, xb) = (vec![0.0; N as usize], rng.vec(N as usize, -30.0, 30.0));
-    let (wa, wb) = (vec![1.0; N as usize], rng.vec(N as usize, -3.0, 3.0));
+    let (xa, xb) = (vec![0.0; n], rng.vec(n, -30.0, 30.0));
+    let (wa, wb) = (vec![1.0; n], rng.vec(n, -3.0, 3.0));
     let mut views: [[Pooled; 2]; 2] = Default::default();
     for run in 0..4 {
         let a = run_views(prog, &xa, &wa, run);
@@ -194,10 +201,17 @@ fn worst_chi2(prog: &Program) -> [(f64, String); 2] {
 }
 
 fn inputs(b: &mut ProgramBuilder) -> (veil_isa::Buf, veil_isa::Buf) {
-    let x = b.input("x", Party::Client, &[N], F);
-    let w = b.weight("w", Party::Server, false, &[N], F);
+    inputs_len(b, N)
+}
+
+fn inputs_len(b: &mut ProgramBuilder, n: u32) -> (veil_isa::Buf, veil_isa::Buf) {
+    let x = b.input("x", Party::Client, &[n], F);
+    let w = b.weight("w", Party::Server, false, &[n], F);
     (x, w)
 }
+
+/// Enough elements that a bit opening pools `MIN_BYTES` over the runs.
+const BITS_N: u32 = 4096;
 
 /// Products (both operands opened), a truncation, a product with a private weight, ReLU and a
 /// maximum (comparisons, AND gates, selections): the client's output is the last value only.
@@ -224,7 +238,8 @@ fn a_party_view_combined_with_its_shares_is_independent_of_the_other_secret() {
 }
 
 /// Narrow openings (modulo `2^w`, `w < 64`), truncating and not, and what is built on them:
-/// a square, a product of two wrapped openings (its cross term), a comparison and a selection,
+/// a square, a product of two wrapped openings (its cross term), a comparison and a selection
+/// (and both fused, `drelu_arith`),
 /// with the dealer's corrections for the wrap terms sent narrow (`dprod` with `bits < 64`,
 /// `dtrunc`'s `msb`). The values stay inside their widths for both secrets.
 fn narrow_protocols() -> Program {
@@ -238,8 +253,13 @@ fn narrow_protocols() -> Program {
     let bit = b.drelu(&mx, 0);
     let sel = b.select(bit, &m);
     let sel = b.shl(sel, F);
+    // The fused comparison: its last AND gate's three openings, the dealt cases and their
+    // products with a wrapped opening's mask.
+    let (_, fused) = b.drelu_arith(&mx, 0, Some(&m));
+    let fused = b.shl(fused.expect("asked for the selection"), F);
     let o = b.add(sq, pr);
     let o = b.add(o, sel);
+    let o = b.add(o, fused);
     b.output("o", o, Party::Client, &[N], 2 * F);
     b.finish_ssa()
 }
@@ -315,4 +335,53 @@ fn the_view_test_sees_a_sharing_opened_unmasked() {
         "worst chi2 with the product opened unmasked: client {client:.1?}, server {server:.1?}"
     );
     assert!(server.0 > CRIT && client.0 > CRIT, "an unmasked opening must be seen");
+}
+
+#[test]
+fn the_view_test_sees_one_dealer_bit_masking_two_bit_openings() {
+    // The flaw the fused comparison's last gate must avoid: its three bit openings each need a
+    // dealer bit of their own. [x ≥ 0] ⊕ a and [x ≥ 2.5] ⊕ a are each uniform; their XOR is
+    // [0 ≤ x < 2.5].
+    let mut b = builder();
+    let (x, w) = inputs_len(&mut b, BITS_N);
+    let m = b.masked_open(x, 0);
+    let lo = b.drelu(&m, 0);
+    let hi = b.drelu(&m, veil_vm::ring::encode(2.5, F));
+    let a = b.buf(Kind::Bits, BITS_N);
+    b.emit(Instr::DBits { d: a });
+    for bits in [lo, hi] {
+        let masked = b.buf(Kind::Bits, BITS_N);
+        b.emit(Instr::XorB { d: masked, a: bits, b: a });
+        let c = b.buf(Kind::PubBits, BITS_N);
+        b.emit(Instr::OpenB { d: c, a: masked });
+    }
+    let p = b.mul(x, 0, w, 0, 1);
+    b.output("p", p, Party::Client, &[BITS_N], 2 * F);
+    let prog = b.finish_ssa();
+    let [_, server] = worst_chi2_len(&prog, BITS_N);
+    eprintln!("worst chi2 of the server's view with one dealer bit for two openings: {server:.1?}");
+    assert!(server.0 > CRIT, "a reused dealer bit must be seen: {server:?}");
+}
+
+#[test]
+fn the_fused_comparison_keeps_the_views_independent() {
+    // Long enough that every bit opening (the digit tree's ANDs and the last gate's D, E, F)
+    // is tested; a comparison, the fused selection of the compared value and of a product
+    // truncated with a wrap term, and the fused conversion.
+    let mut b = builder();
+    let (x, w) = inputs_len(&mut b, BITS_N);
+    let mx = b.masked_open(x, 0);
+    let p = b.mul(x, 0, w, 0, 1);
+    let m = b.masked_open_w(p, F, 48);
+    let (bit, relu) = b.drelu_arith(&mx, 0, Some(&mx));
+    let (_, sel) = b.drelu_arith(&mx, veil_vm::ring::encode(2.5, F), Some(&m));
+    let o = b.add(relu.expect("selection"), sel.expect("selection"));
+    let o = b.add(o, bit);
+    b.output("o", o, Party::Client, &[BITS_N], F);
+    let prog = b.finish_ssa();
+    assert!(prog.body.iter().any(|i| matches!(i, Instr::DCase { .. })), "the gate is fused");
+    let [client, server] = worst_chi2_len(&prog, BITS_N);
+    eprintln!("worst chi2 with fused comparisons: client {client:.1?}, server {server:.1?}");
+    assert!(server.0 < CRIT, "the server's view depends on the client's input: {server:?}");
+    assert!(client.0 < CRIT, "the client's view depends on the server's weights: {client:?}");
 }

@@ -70,7 +70,7 @@ pub fn correction_words(ins: &Instr, p: &Program) -> u64 {
     let len = |b: crate::Buf| p.buffers[b.0 as usize].len as u64;
     use Instr::*;
     match ins {
-        DProd { d, .. } | DMatMul { d, .. } | DBit2A { d, .. } => len(*d),
+        DProd { d, .. } | DMatMul { d, .. } | DBit2A { d, .. } | DCase { d, .. } => len(*d),
         DTrunc { hi, .. } => 2 * len(*hi),
         DAnd { d, .. } | DBit { d, .. } => len(*d).div_ceil(64),
         DTable { lt, .. } => 2 * len(*lt).div_ceil(64),
@@ -132,7 +132,8 @@ pub fn instr_cost(ins: &Instr, p: &Program) -> Cost {
         | DAnd { .. }
         | DTable { .. }
         | DBit { .. }
-        | DBit2A { .. } => {
+        | DBit2A { .. }
+        | DCase { .. } => {
             let bytes = correction_bytes(ins, p);
             if bytes > 0 {
                 c.dealer = bytes + FRAME_HEADER;

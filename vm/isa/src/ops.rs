@@ -149,6 +149,11 @@ macro_rules! for_each_op {
             /// `1 ≤ n ≤` the current length: every later body instruction and every buffer then
             /// takes its size at `n`. The dealer learns `n` from the client.
             setlen = SetLen [control] { ; a: Buf, frac: u8 };
+            /// The four cases of a final AND gate, as arithmetic shares: for dealer-known bits
+            /// `a`, `b`, `g`, `k` of length `n`, `d[(2·D + E)·n + i]` = shares (0 or 1 in
+            /// Z_2^64) of `g_i ⊕ k_i ⊕ ((D ⊕ a_i) ∧ (E ⊕ b_i))`, for the two opened Beaver
+            /// differences `D`, `E` of the gate (chosen locally afterwards, with no round).
+            dcase = DCase [dealer] { d: Buf; a: Buf, b: Buf, g: Buf, k: Buf };
         }
     };
 }
@@ -346,6 +351,7 @@ mod tests {
             Instr::DBit2A { d: b(0), a: b(1) },
             Instr::CumSum { d: b(0), a: b(1), outer: 2, mid: 3, inner: 4 },
             Instr::SetLen { a: b(0), frac: 0 },
+            Instr::DCase { d: b(0), a: b(1), b: b(2), g: b(3), k: b(4) },
         ]
     }
 

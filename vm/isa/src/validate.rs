@@ -364,8 +364,8 @@ impl Checker<'_> {
                 self.want(*table, kt.is_bits(), "bits");
                 self.want(*idx, ki == Kind::Public, "public");
                 self.result_kind(*d, kt);
-                if !(1..=12).contains(width) || *shift > 63 {
-                    self.err("width must be in 1..=12 and shift below 64");
+                if !(1..=16).contains(width) || *shift > 63 {
+                    self.err("width must be in 1..=16 and shift below 64");
                 } else if self.len(*table) != self.len(*idx) << width {
                     self.err(format_args!("table {table} must hold 2^{width} bits per element"));
                 }
@@ -470,8 +470,8 @@ impl Checker<'_> {
                     let k = self.kind(x);
                     self.want(x, k == Kind::Bits, "bits");
                 }
-                if !(1..=12).contains(width) || *shift > 63 {
-                    self.err("width must be in 1..=12 and shift below 64");
+                if !(1..=16).contains(width) || *shift > 63 {
+                    self.err("width must be in 1..=16 and shift below 64");
                 } else if self.len(*lt) != self.len(*a) << width
                     || self.len(*eq) != self.len(*a) << width
                 {
@@ -486,6 +486,19 @@ impl Checker<'_> {
                 self.want(*d, k == Kind::Bits, "bits");
                 if *bit > 63 {
                     self.err("bit must be below 64");
+                }
+            }
+            DCase { d, a, b, g, k } => {
+                for x in [*a, *b, *g, *k] {
+                    self.dealer(x);
+                    let kx = self.kind(x);
+                    self.want(x, kx == Kind::Bits, "bits");
+                }
+                self.same_len(&[*a, *b, *g, *k]);
+                let kd = self.kind(*d);
+                self.want(*d, kd == Kind::Share, "a share");
+                if self.len(*d) != 4 * self.len(*a) {
+                    self.err(format_args!("{d} must hold the 4 cases of each element of {a}"));
                 }
             }
             DBit2A { d, a } => {

@@ -778,7 +778,8 @@ impl<'p> Verifier<'p> {
             | DAnd { .. }
             | DTable { .. }
             | DBit { .. }
-            | DBit2A { .. } => {
+            | DBit2A { .. }
+            | DCase { .. } => {
                 let reads: Vec<Abs> =
                     bufs.iter().filter(|(_, w)| !w).map(|&(b, _)| self.read(b)).collect();
                 let r = self.mix(&reads);

@@ -21,6 +21,21 @@
 //! masked value against different public thresholds.
 
 use super::{Masked, ProgramBuilder};
+
+/// A comparison before its last AND gate (see [`ProgramBuilder::drelu_arith`]).
+struct Tree {
+    msb_pub: Buf,
+    msb_sec: Buf,
+    last: Last,
+}
+
+/// What the digit tree leaves: no digit, one, or the two inputs of the last gate
+/// `lt_h ⊕ (eq_h ∧ lt_l)`.
+enum Last {
+    Zero,
+    One(Buf),
+    Two { lt_h: Buf, eq_h: Buf, lt_l: Buf },
+}
 use crate::operand::Buf;
 use crate::ops::Instr;
 use crate::program::Kind;
@@ -117,11 +132,108 @@ impl ProgramBuilder {
     /// digit)` (3 with the defaults). Sends: about 4 bits per AND per element each way.
     /// Dealer: `2·digits·2^digit + 1` table bits and 2 bits per AND, per element.
     pub fn drelu(&mut self, x: &Masked, threshold: u64) -> Buf {
-        let p = self.compare;
+        let tree = self.drelu_tree(x, threshold);
+        let b = self.xor_bits(tree.msb_pub, tree.msb_sec);
+        let borrow = match tree.last {
+            Last::Zero => return b,
+            Last::One(lt) => lt,
+            Last::Two { lt_h, eq_h, lt_l } => {
+                let carry = self.and_bits(eq_h, lt_l);
+                self.xor_bits(lt_h, carry)
+            }
+        };
+        self.xor_bits(b, borrow)
+    }
+
+    /// `[x - threshold ≥ 0]` as arithmetic shares (0/1 in Z_2^64), and with `y` also the
+    /// shares of that bit times `y`, in the rounds of [`Self::drelu`] alone: the comparison's
+    /// last AND gate is fused with the conversion (and the selection).
+    ///
+    /// The last gate is `lt_h ⊕ (eq_h ∧ lt_l)`, XORed with the mask's msb `k` and the public
+    /// msb `P`. With dealer bits `a`, `b`, `g`, the parties open `D = eq_h ⊕ a`,
+    /// `E = lt_l ⊕ b` and `F = lt_h ⊕ g` together; then the bit is
+    /// `P ⊕ F ⊕ h_DE` with `h_DE = g ⊕ k ⊕ ((D ⊕ a) ∧ (E ⊕ b))`, dealer-known for each of
+    /// the four cases of `(D, E)`. The dealer deals the four cases as arithmetic shares
+    /// (`dcase`) and their products with `y`'s mask (`dprod`); the parties pick the case and
+    /// flip by `P ⊕ F` locally.
+    /// Rounds: those of the digit tree, the last AND round included (one fewer than
+    /// `drelu` + `b2a` or `select`). Sends: 3 bits per element each way in the last round.
+    /// Dealer: 4 words per element (8 with `y`, 12 if `y` was truncated).
+    pub fn drelu_arith(
+        &mut self,
+        x: &Masked,
+        threshold: u64,
+        y: Option<&Masked>,
+    ) -> (Buf, Option<Buf>) {
+        let tree = self.drelu_tree(x, threshold);
+        let Last::Two { lt_h, eq_h, lt_l } = tree.last else {
+            // One digit or none: no AND gate to fuse with.
+            let bits = self.drelu(x, threshold);
+            let sel = y.map(|y| self.select(bits, y));
+            return (self.b2a(bits), sel);
+        };
+        let n = self.len(lt_h);
+        let [a, b, g] = [(); 3].map(|_| self.dealer_bits(n));
+        let d_open = self.xor_bits(eq_h, a);
+        let e_open = self.xor_bits(lt_l, b);
+        let f_open = self.xor_bits(lt_h, g);
+        let (dd, ee, ff) = (self.open_bits(d_open), self.open_bits(e_open), self.open_bits(f_open));
+        let cases = self.buf(Kind::Share, 4 * n);
+        self.emit(Instr::DCase { d: cases, a, b, g, k: tree.msb_sec });
+        let flip = self.xor_bits(tree.msb_pub, ff);
+        let h = self.pick_case(cases, n, dd, ee);
+        let nh = self.neg(h);
+        let one_minus = self.add_imm(nh, 1);
+        let bit = self.buf(Kind::Share, n);
+        self.emit(Instr::Sel { d: bit, e: flip, a: one_minus, b: h });
+        let prod = y.map(|y| {
+            // h·y = h·c − h·s, with s = base − pk·m after a truncating opening.
+            let mut hs_all = self.dprod(cases, y.base, 1);
+            if let Some((pk, m)) = y.wrap {
+                let p = self.dprod_low(cases, m, 1, y.wrap_bits());
+                let q = self.mul_local(p, pk, 1);
+                hs_all = self.sub(hs_all, q);
+            }
+            let hs = self.pick_case(hs_all, n, dd, ee);
+            let hc = self.mul_local(h, y.c, 1);
+            let hy = self.sub(hc, hs);
+            let ys = self.to_share(y);
+            let y_minus = self.sub(ys, hy);
+            let out = self.buf(Kind::Share, n);
+            self.emit(Instr::Sel { d: out, e: flip, a: y_minus, b: hy });
+            out
+        });
+        (bit, prod)
+    }
+
+    /// The entry of a `dcase` (or of a product of it) for each element's opened `(D, E)`.
+    fn pick_case(&mut self, cases: Buf, n: u32, dd: Buf, ee: Buf) -> Buf {
+        let c = [0, 1, 2, 3].map(|i| self.view(cases, i * n, &[n], &[1]));
+        let sel = |s: &mut Self, e: Buf, a: Buf, b: Buf| {
+            let d = s.buf(Kind::Share, n);
+            s.emit(Instr::Sel { d, e, a, b });
+            d
+        };
+        let d0 = sel(self, ee, c[1], c[0]);
+        let d1 = sel(self, ee, c[3], c[2]);
+        sel(self, dd, d1, d0)
+    }
+
+    /// The comparison up to its last AND gate: the public and the mask's msb, and what the
+    /// digit tree leaves for the last gate.
+    fn drelu_tree(&mut self, x: &Masked, threshold: u64) -> Tree {
+        let len = self.len(x.c);
+        let mut p = self.compare;
         // After a truncating or narrow opening the mask is known modulo 2^(w-t) only.
         let n = if x.wrap.is_none() { p.bits } else { p.bits.min(x.w - x.t) };
         assert!((2..=64).contains(&n), "comparison width must be in 2..=64");
-        let len = self.len(x.c);
+        // Few elements (a per-row comparison): two wide digits, one AND round, while the
+        // tables stay small (at most 2^26 table bits, 8 MB, per comparison of the buffer).
+        let span = (n - 1).saturating_sub(p.ignore);
+        let two = span.div_ceil(2);
+        if self.wide_digits && two > p.digit && two <= 16 && (len as u64) << (two + 2) <= 1 << 26 {
+            p.digit = two;
+        }
         let top = if n == 64 { 0 } else { 1u64 << (n - 1) };
         let c = self.add_imm(x.c, top.wrapping_sub(threshold));
         let msb_pub = self.bits_buf(Kind::PubBits, len);
@@ -142,7 +254,8 @@ impl ProgramBuilder {
             let eq = self.lookup(eq_t, c, shift, w);
             level.push((lt, Some(eq)));
         }
-        while level.len() > 1 {
+        // Every AND level but the last: the last gate is the caller's.
+        while level.len() > 2 {
             let last_round = level.len() <= 2;
             let mut next = Vec::new();
             let mut it = level.chunks(2);
@@ -164,12 +277,13 @@ impl ProgramBuilder {
             }
             level = next;
         }
-        let borrow = level.first().map(|l| l.0);
-        let b = self.xor_bits(msb_pub, msb_sec);
-        match borrow {
-            Some(br) => self.xor_bits(b, br),
-            None => b,
-        }
+        let last = match level.as_slice() {
+            [] => Last::Zero,
+            [(lt, _)] => Last::One(*lt),
+            [(lt_h, Some(eq_h)), (lt_l, _)] => Last::Two { lt_h: *lt_h, eq_h: *eq_h, lt_l: *lt_l },
+            _ => unreachable!("the loop leaves at most two digits, the higher with an eq"),
+        };
+        Tree { msb_pub, msb_sec, last }
     }
 
     fn lookup(&mut self, table: Buf, idx: Buf, shift: u8, width: u8) -> Buf {
@@ -250,13 +364,12 @@ impl ProgramBuilder {
         self.select(b, &m)
     }
 
-    /// Elementwise `max(a, b)` of shares, and the XOR-shared bits `[a ≥ b]`.
+    /// Elementwise `max(a, b)` of shares, and the arithmetic shares (0/1) of `[a ≥ b]`.
     pub fn max_pair(&mut self, a: Buf, b: Buf) -> (Buf, Buf) {
         let diff = self.sub(a, b);
         let m = self.masked_open(diff, 0);
-        let bit = self.drelu(&m, 0);
-        let sel = self.select(bit, &m);
-        (self.add(b, sel), bit)
+        let (bit, sel) = self.drelu_arith(&m, 0, Some(&m));
+        (self.add(b, sel.expect("asked for the selection")), bit)
     }
 
     /// Maximum of each row of a `rows × len` share, as a tournament tree of `ceil(log2 len)`

@@ -158,8 +158,12 @@ impl ProgramBuilder {
     /// As [`Self::dprod`], correct modulo `2^bits` only: for a product the caller multiplies
     /// by a multiple of `2^(64-bits)` (a wrap factor), so the dealer sends less.
     pub fn dprod_low(&mut self, a: Buf, b: Buf, inner: u32, bits: u8) -> Buf {
+        if let Some(&d) = self.dprod_cache.get(&(a, b, inner, bits)) {
+            return d;
+        }
         let d = self.buf(Kind::Share, self.len(a));
         self.emit(Instr::DProd { d, a, b, inner, bits });
+        self.dprod_cache.insert((a, b, inner, bits), d);
         d
     }
 
@@ -212,6 +216,54 @@ impl ProgramBuilder {
         }
         let a = self.sub(c2, cs2);
         self.add(a, s2)
+    }
+
+    /// Cube of a masked value: `c³ − 3c²·s + 3c·s² − s³`, with `s = base − pk·m` after a
+    /// truncating opening, so `s² = base² − 2pk·(base·m) + pk²·m` and
+    /// `s³ = base³ − 3pk·(base²·m) + 3pk²·(base·m) − pk³·m` (`m` a bit, so `m^j = m`; the
+    /// powers of `pk`, a multiple of `2^(w−t)`, vanish in Z_2^64 once their exponent reaches
+    /// 64). The result carries three times the opening's fractional bits.
+    ///
+    /// Rounds: 0 (given the opening). Dealer: 2 correction words per element (`base²` shared
+    /// with a square of the same opening, `base³`), 2 narrow ones if truncated.
+    pub fn cube_masked(&mut self, x: &Masked) -> Buf {
+        let c2 = self.mul_local(x.c, x.c, 1);
+        let c3 = self.mul_local(c2, x.c, 1);
+        let b2 = self.dprod(x.base, x.base, 1);
+        let b3 = self.dprod(b2, x.base, 1);
+        let (mut s2, mut s3) = (b2, b3);
+        if let Some((pk, m)) = x.wrap {
+            let span = (x.w - x.t) as u32;
+            let bm = self.dprod_low(x.base, m, 1, x.wrap_bits());
+            let b2m = self.dprod_low(b2, m, 1, x.wrap_bits());
+            let pk_bm = self.mul_local(bm, pk, 1);
+            let pk_bm2 = self.shl(pk_bm, 1);
+            s2 = self.sub(s2, pk_bm2);
+            let pk_b2m = self.mul_local(b2m, pk, 1);
+            let pk_b2m3 = self.mul_imm(pk_b2m, 3);
+            s3 = self.sub(s3, pk_b2m3);
+            if 2 * span < 64 {
+                let pp = self.mul_local(pk, pk, 1);
+                let ppm = self.mul_local(m, pp, 1);
+                s2 = self.add(s2, ppm);
+                let ppbm = self.mul_local(bm, pp, 1);
+                let ppbm3 = self.mul_imm(ppbm, 3);
+                s3 = self.add(s3, ppbm3);
+                if 3 * span < 64 {
+                    let ppp = self.mul_local(pp, pk, 1);
+                    let pppm = self.mul_local(m, ppp, 1);
+                    s3 = self.sub(s3, pppm);
+                }
+            }
+        }
+        // c³ − 3c²·s + 3c·s² − s³
+        let c2s = self.mul_local(x.s, c2, 1);
+        let c2s3 = self.mul_imm(c2s, 3);
+        let cs2 = self.mul_local(s2, x.c, 1);
+        let cs23 = self.mul_imm(cs2, 3);
+        let a = self.sub(c3, c2s3);
+        let a = self.add(a, cs23);
+        self.sub(a, s3)
     }
 
     /// Square of the share `x >> t`. Rounds: 1 (0 if opened before).

@@ -87,6 +87,8 @@ pub struct ProgramBuilder {
     trunc_cache: HashMap<(Buf, u8, u8), Buf>,
     weight_masks: HashMap<Buf, (Buf, Buf)>,
     tables_cache: HashMap<(Buf, u8, u8), (Buf, Buf)>,
+    /// Dealer products already made (a square and a cube of one opening share `base²`).
+    dprod_cache: HashMap<(Buf, Buf, u32, u8), Buf>,
     activation_cache: HashMap<(Buf, Party), (Buf, Buf)>,
     /// Comparison parameters used by `drelu` and everything built on it.
     pub compare: CompareParams,
@@ -95,6 +97,10 @@ pub struct ProgramBuilder {
     /// for (softmax is shift-invariant), so it skips more low bits and uses wider digits,
     /// which saves an AND round per level.
     pub max_compare: CompareParams,
+    /// Whether a comparison of few elements may use two wide digits (one AND round). Off for
+    /// a program compiled at several lengths (token pruning), whose instructions must not
+    /// depend on the length.
+    pub wide_digits: bool,
     /// No body instruction is scheduled before this phase (set by `setlen`).
     floor: u32,
 }
@@ -124,9 +130,11 @@ impl ProgramBuilder {
             trunc_cache: HashMap::new(),
             weight_masks: HashMap::new(),
             tables_cache: HashMap::new(),
+            dprod_cache: HashMap::new(),
             activation_cache: HashMap::new(),
             compare: CompareParams::default(),
             max_compare: CompareParams { bits: 32, ignore: 12, digit: 5 },
+            wide_digits: true,
             floor: 0,
         };
         b.set_tag("model", "other");
@@ -674,6 +682,11 @@ fn remap(ins: &mut Instr, map: &[Option<Buf>]) {
             m(lt);
             m(eq);
             m(a);
+        }
+        DCase { d, a, b, g, k } => {
+            for x in [d, a, b, g, k] {
+                m(x);
+            }
         }
         DMask { d } | DPriv { d } | DBits { d } => m(d),
         SetLen { a, .. } => m(a),

@@ -136,6 +136,7 @@ impl ProgramBuilder {
         self.masked_cache.clear();
         self.trunc_cache.clear();
         self.tables_cache.clear();
+        self.dprod_cache.clear();
         self.activation_cache.clear();
     }
 }
