@@ -160,6 +160,7 @@ pub fn simulate(
             _ => {}
         }
     }
+    let uses = g.use_counts();
     for &n in &g.order {
         let nd = &g.nodes[n];
         let ty = &g.values[nd.result].ty;
@@ -171,7 +172,8 @@ pub fn simulate(
         }
         let same = nd.args.len() == 2 && nd.args[0] == nd.args[1];
         let weight: Vec<bool> = nd.args.iter().map(|&a| part.vis[a] == Vis::Server).collect();
-        let out = step(&cx, &nd.op, args, Args { same, weight }, ty, &nd.name)
+        let cube = crate::backend::lower::cube_operand(g, &uses, &nd.args);
+        let out = step(&cx, &nd.op, args, Args { same, weight, cube }, ty, &nd.name)
             .map_err(|m| err(&nd.name, m))?;
         env.insert(nd.result, out);
     }
@@ -202,6 +204,8 @@ struct Args {
     /// Per argument: a weight of the server (not shared), for which the lowering uses the
     /// constant-operand protocol of products.
     weight: Vec<bool>,
+    /// The argument `z` of a product `(z·z)·z`: cubed from its one opening.
+    cube: Option<usize>,
 }
 
 /// One node: plain when every argument is plain, otherwise in the ring.
@@ -209,7 +213,7 @@ fn step(
     cx: &Ctx,
     op: &Op,
     mut args: Vec<Sim>,
-    Args { same, weight }: Args,
+    Args { same, weight, cube }: Args,
     ty: &TensorType,
     node: &str,
 ) -> Result<Sim, EvalFailure> {
@@ -279,6 +283,17 @@ fn step(
                         let (y, sy) = secret(y.clone()).expect("secret");
                         let (y, s) = cx.opened(&y, sy);
                         Sim::Ring(ev(&Op::Mul, &[e, &y])?, s)
+                    }
+                    _ if cube.is_some_and(|i| {
+                        let z = if i == 0 { &a } else { &b };
+                        matches!(z, Sim::Ring(t, _) if t.shape == ty.shape)
+                    }) =>
+                    {
+                        let z = if cube == Some(0) { a } else { b };
+                        let (z, sz) = secret(z).expect("secret");
+                        let (z, s) = cx.opened(&z, sz);
+                        let z2 = ev(&Op::Mul, &[&z, &z])?;
+                        Sim::Ring(ev(&Op::Mul, &[&z2, &z])?, 3 * s)
                     }
                     _ => {
                         let ((x, sx), (y, sy)) =

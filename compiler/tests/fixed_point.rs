@@ -47,8 +47,11 @@ fn simulator_predicts_the_two_party_vm() {
             gaps[gaps.len() - 1]
         );
         let slack = 8.0 * 2f64.powi(-16);
+        // The simulator may be the more pessimistic by up to 2.5×: its floors all lean one way,
+        // and sqrt_newton multiplies that bias by √x (up to 64) in its last step (0.013 against
+        // the VM's 0.0067 at x ≈ 4000). The VM is never worse than predicted by more than 1.5×.
         assert!(
-            mpc_err <= 1.5 * approx + slack && approx <= 1.5 * mpc_err + slack,
+            mpc_err <= 1.5 * approx + slack && approx <= 2.5 * mpc_err + slack,
             "{name}: the VM's error {mpc_err} vs simulated {approx}"
         );
     }
@@ -76,17 +79,21 @@ fn products_truncate_and_wrap_like_the_ring() {
     let g = one_op(Op::Mul, Tensor::f32(vec![2], vec![0.0; 2]), Tensor::scalar_f32(0.5));
     assert_eq!(run(&g, vec![(3.0 * u) as f32, (-3.0 * u) as f32]), vec![1.5 * u, -1.5 * u]);
     // ...until it enters the next product: x = 384 units, x² = 2.25 units floors to 2 before
-    // the product with x, so x³ = 768·2^-32 instead of 864·2^-32.
-    let cube = {
+    // the product with x, so x³ = 768·2^-32 instead of 864·2^-32, when the square is read
+    // elsewhere too (opened on its own); read by the cube only, x³ is made from x's one
+    // opening and keeps its 3f bits: 864·2^-48·2^16.
+    let cube = |square_out: bool| {
         let mut g = Graph::new("cube");
         let x = g.add_input("x", TensorType::new(DType::F32, vec![2]));
         let sq = g.add_node("sq", Op::Mul, &[x, x], "sq").unwrap();
         let y = g.add_node("y", Op::Mul, &[sq, x], "y").unwrap();
-        g.outputs = vec![y];
+        g.outputs = if square_out { vec![y, sq] } else { vec![y] };
         g
     };
-    let (x, v) = ((384.0 * u) as f32, 768.0 * u * u);
-    assert_eq!(run(&cube, vec![x, -x]), vec![v, -v]);
+    let x = (384.0 * u) as f32;
+    let first = |g: &Graph| run(g, vec![x, -x]);
+    assert_eq!(first(&cube(true)), vec![768.0 * u * u, -768.0 * u * u]);
+    assert_eq!(first(&cube(false)), vec![864.0 * u * u, -864.0 * u * u]);
     // (2^7)² needs 2^46 ring units before truncation: fine; (2^16)² needs 2^64 and wraps to
     // 0, as it does in MPC (a float evaluation would hide the overflow).
     let sq = {

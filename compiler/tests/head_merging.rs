@@ -41,7 +41,10 @@ fn four_merged_heads_cost_a_third_of_the_softmax_bytes() {
     // needs one more truncating opening (and round) per score, so the ratio is below 3.
     let ratio = soft12.online() as f64 / soft4.online() as f64;
     assert!((2.3..2.9).contains(&ratio), "softmax bytes 12 heads / 4 heads = {ratio:.3}");
-    assert_eq!(soft12.rounds + 1, soft4.rounds, "one more round for the 4 heads' scale");
+    // Rounds: one more for the 4 heads' scale, and two fewer in their row maximum: a third of
+    // the comparisons, so two more of its levels are short enough for wide digits (one AND
+    // round instead of two; `drelu`'s table budget).
+    assert_eq!(soft12.rounds + 1 - 2, soft4.rounds, "4 heads' softmax rounds");
     // Fewer heads also shrink the attention products (probabilities × values).
     let saved = all12.online() - all4.online();
     assert!(saved >= soft12.online() - soft4.online(), "saved {saved} B in all");

@@ -114,6 +114,13 @@ struct Lowerer<'g> {
     bounds: HashMap<Value, f64>,
     /// Ring magnitude bound of each buffer holding a bounded value: its openings are narrower.
     ring_bound: HashMap<Buf, f64>,
+    /// The nodes reading each value.
+    readers: HashMap<Value, Vec<Node>>,
+    /// How many times each value is read (graph outputs included).
+    uses: SecondaryMap<Value, u32>,
+    /// `[x ≥ c]·x` of comparisons fused with the selection of the compared value
+    /// (`drelu_arith`), by the comparison's value and `x`.
+    bit_times: HashMap<(Value, Value), LVal>,
 }
 
 /// Lowers the shared part of `g` (visibility from `part`).
@@ -136,7 +143,11 @@ pub fn lower(g: &Graph, part: &Partition, opts: &LowerOptions) -> Result<Lowered
         weight_sources: &opts.weight_sources,
         bounds: super::bounds::value_bounds(g, opts.token_len),
         ring_bound: HashMap::new(),
+        readers: readers(g),
+        uses: g.use_counts(),
+        bit_times: HashMap::new(),
     };
+    l.b.wide_digits = opts.token_len.is_none();
     l.b.meta("model", &g.name);
     for &n in &g.order {
         if part.vis[g.nodes[n].result] != Vis::Shared {
@@ -593,10 +604,16 @@ impl<'g> Lowerer<'g> {
                 let bits = self.b.drelu(&m, 0);
                 Operand::Val(LVal { buf: self.b.select(bits, &m), scale, shape: out_shape })
             }
-            (Op::Drelu, [_]) => {
-                let bits = self.drelu(args[0])?;
-                Operand::Bits { bits, shape: out_shape }
-            }
+            (Op::Drelu, [_]) => match self.drelu_reads(nd.result, args[0]) {
+                Some(times) => {
+                    let buf = self.drelu_arith(nd.result, args[0], times, &out_shape)?;
+                    Operand::Val(LVal { buf, scale: 0, shape: out_shape })
+                }
+                None => {
+                    let bits = self.drelu_with(args[0], false)?;
+                    Operand::Bits { bits, shape: out_shape }
+                }
+            },
             (Op::Cast { to }, [_]) if to.is_float() || to.is_int() => {
                 Operand::Val(self.operand_val(args[0])?)
             }
@@ -677,6 +694,8 @@ impl<'g> Lowerer<'g> {
     /// is an integer).
     fn scale_by(&mut self, x: &LVal, c: f64) -> LVal {
         match self.policy().scalar_product(x.scale, c) {
+            // ×1 is the value itself: the same buffer, so it shares the value's openings.
+            ScalarProduct::Integer(1) => x.clone(),
             ScalarProduct::Integer(i) => LVal { buf: self.b.mul_imm(x.buf, i as u64), ..x.clone() },
             ScalarProduct::Relabel { k, negate } => {
                 let buf = if negate { self.b.neg(x.buf) } else { x.buf };
@@ -740,6 +759,21 @@ impl<'g> Lowerer<'g> {
         b: (Value, Operand),
         out: &[usize],
     ) -> Result<Operand, LowerError> {
+        for key in [(a.0, b.0), (b.0, a.0)] {
+            if let Some(l) = self.bit_times.get(&key) {
+                return Ok(Operand::Val(l.clone()));
+            }
+        }
+        if let Some(i) = cube_operand(self.g, &self.uses, &[a.0, b.0]) {
+            // (z·z)·z from z's one opening: no opening of the square.
+            let z = if i == 0 { &a } else { &b };
+            let z = self.as_val(z.0, z.1.clone())?;
+            if z.shape == out {
+                let (m, s) = self.masked(&z);
+                let buf = self.b.cube_masked(&m);
+                return Ok(Operand::Val(LVal { buf, scale: 3 * s, shape: out.to_vec() }));
+            }
+        }
         match (a, b) {
             ((vc, Operand::Const(c)), (vx, _)) | ((vx, _), (vc, Operand::Const(c))) => {
                 self.mul_const(vx, &c, out, vc)
@@ -976,29 +1010,105 @@ impl<'g> Lowerer<'g> {
     }
 
     /// Comparison bits `[v ≥ 0]`, sharing one masked opening (and the dealer's tables) between
-    /// comparisons of the same value against different public thresholds.
-    fn drelu(&mut self, v: Value) -> Result<Buf, LowerError> {
-        // drelu(x - c) and drelu(x + c) compare x with a public threshold.
+    /// comparisons of the same value against different public thresholds; with `arith`, the
+    /// bit as 0/1 shares instead, converted within the comparison's last AND round.
+    fn drelu_with(&mut self, v: Value, arith: bool) -> Result<Buf, LowerError> {
+        let (m, thr, src) = self.compared(v)?;
+        if arith {
+            return Ok(self.b.drelu_arith(&m, thr, None).0);
+        }
+        let bits = self.b.drelu(&m, thr);
+        self.bit_src.insert(bits, src);
+        Ok(bits)
+    }
+
+    /// The value `x` a comparison `[v ≥ 0]` compares, when `v` is `x - c` or `x + c` for a
+    /// public scalar `c` (else `v` itself and 0).
+    fn compared_value(&self, v: Value) -> (Value, f64) {
         if let Some(p) = self.g.producer(v) {
             let pd = &self.g.nodes[p];
             if matches!(pd.op, Op::Add | Op::Sub) && self.part.vis[v] == Vis::Shared {
                 if let Some(c) = self.g.const_data(pd.args[1]).filter(|c| c.numel() == 1) {
-                    let x = self.operand_val(pd.args[0])?;
-                    if x.shape == self.shape(v) {
-                        let (m, scale) = self.masked(&x);
+                    if self.g.ty(pd.args[0]).shape == self.g.ty(v).shape {
                         let c = if matches!(pd.op, Op::Sub) { c.get_f64(0) } else { -c.get_f64(0) };
-                        let bits = self.b.drelu(&m, encode(c, scale));
-                        self.bit_src.insert(bits, (pd.args[0], c));
-                        return Ok(bits);
+                        return (pd.args[0], c);
                     }
                 }
             }
         }
-        let x = self.operand_val(v)?;
-        let (m, _) = self.masked(&x);
-        let bits = self.b.drelu(&m, 0);
-        self.bit_src.insert(bits, (v, 0.0));
-        Ok(bits)
+        (v, 0.0)
+    }
+
+    /// How the comparison `d = [v ≥ 0]` is read, when it can be made as 0/1 shares within its
+    /// own rounds: every reader multiplies it by a constant or by the compared value (then
+    /// `Some(true)`: the selection of that value is fused too).
+    fn drelu_reads(&self, d: Value, v: Value) -> Option<bool> {
+        if self.g.outputs.contains(&d) {
+            return None;
+        }
+        let (x, _) = self.compared_value(v);
+        let mut times = false;
+        for &n in self.readers.get(&d)? {
+            let nd = &self.g.nodes[n];
+            if !matches!(nd.op, Op::Mul) || nd.args.len() != 2 {
+                return None;
+            }
+            let other = if nd.args[0] == d { nd.args[1] } else { nd.args[0] };
+            if other == x && other != d {
+                times = true;
+            } else if self.g.const_data(other).is_none() {
+                return None;
+            }
+        }
+        Some(times)
+    }
+
+    /// `[v ≥ 0]` as 0/1 shares; with `times`, also `[v ≥ 0]·x` for the compared `x`, kept for
+    /// the product that reads it.
+    fn drelu_arith(
+        &mut self,
+        d: Value,
+        v: Value,
+        times: bool,
+        shape: &[usize],
+    ) -> Result<Buf, LowerError> {
+        if !times {
+            return self.drelu_with(v, true);
+        }
+        let (x, _) = self.compared_value(v);
+        let (m, thr, _) = self.compared(v)?;
+        let scale = self.policy().opened(self.operand_val(x)?.scale);
+        let (bit, prod) = self.b.drelu_arith(&m, thr, Some(&m));
+        let prod =
+            LVal { buf: prod.expect("asked for the selection"), scale, shape: shape.to_vec() };
+        self.bit_times.insert((d, x), prod);
+        Ok(bit)
+    }
+
+    /// The masked opening a comparison of `v` uses, its threshold in ring units, and the
+    /// compared value with the threshold as a number.
+    fn compared(&mut self, v: Value) -> Result<(Masked, u64, (Value, f64)), LowerError> {
+        // drelu(x - c) and drelu(x + c) compare x with a public threshold.
+        let (m, thr, src) = 'found: {
+            if let Some(p) = self.g.producer(v) {
+                let pd = &self.g.nodes[p];
+                if matches!(pd.op, Op::Add | Op::Sub) && self.part.vis[v] == Vis::Shared {
+                    if let Some(c) = self.g.const_data(pd.args[1]).filter(|c| c.numel() == 1) {
+                        let x = self.operand_val(pd.args[0])?;
+                        if x.shape == self.shape(v) {
+                            let (m, scale) = self.masked(&x);
+                            let c =
+                                if matches!(pd.op, Op::Sub) { c.get_f64(0) } else { -c.get_f64(0) };
+                            break 'found (m, encode(c, scale), (pd.args[0], c));
+                        }
+                    }
+                }
+            }
+            let x = self.operand_val(v)?;
+            let (m, _) = self.masked(&x);
+            (m, 0, (v, 0.0))
+        };
+        Ok((m, thr, src))
     }
 
     fn max_min(
@@ -1192,4 +1302,37 @@ fn no_lowering(op: &Op) -> String {
         _ => "no two-party lowering for this operator on secret data",
     };
     what.to_string()
+}
+
+/// Which argument `z` of a product `(z·z)·z` (either order) is the cubed value, when the
+/// square is read by that product only: the lowering cubes `z` from its one opening
+/// (`cube_masked`), and the simulator does the same. A square read elsewhere too is opened
+/// anyway, and `z·z²` from that opening is narrower than a cube at three times the scale.
+pub(crate) fn cube_operand(
+    g: &Graph,
+    uses: &SecondaryMap<Value, u32>,
+    args: &[Value],
+) -> Option<usize> {
+    if args.len() != 2 || args[0] == args[1] {
+        return None;
+    }
+    (0..2).find(|&i| {
+        let (z, sq) = (args[i], args[1 - i]);
+        uses[sq] == 1
+            && g.producer(sq).is_some_and(|p| {
+                let nd = &g.nodes[p];
+                matches!(nd.op, Op::Mul) && nd.args.len() == 2 && nd.args[0] == z && nd.args[1] == z
+            })
+    })
+}
+
+/// The nodes reading each value.
+fn readers(g: &Graph) -> HashMap<Value, Vec<Node>> {
+    let mut r: HashMap<Value, Vec<Node>> = HashMap::new();
+    for (n, nd) in g.nodes.iter() {
+        for &a in &nd.args {
+            r.entry(a).or_default().push(n);
+        }
+    }
+    r
 }

@@ -16,6 +16,7 @@ pub mod guards;
 pub mod layers;
 pub mod leakage;
 pub mod low_rank;
+mod norm_affine;
 pub mod pipeline;
 pub mod pruned;
 pub mod public;

@@ -104,6 +104,11 @@ pub const BACK: &[Stage] = &[
         },
     },
     Stage {
+        name: "fold_norm_affine",
+        about: "(n·γ + β)·W as n·(γ⊙W) + β·W for a layer norm's weights γ, β read by a weight product W",
+        run: |g, part, _| Ok(changed(super::norm_affine::fold_norm_affine(g, part).map_err(fold_err(g))?)),
+    },
+    Stage {
         name: "fold_public",
         about: "what the server computes from its weights and public data alone, folded",
         run: |g, part, s| {
