@@ -301,6 +301,43 @@ fn fused_comparison_saves_the_conversion_round_of_drelu_and_b2a() {
     assert_eq!(rounds(true), 1 + 3 + 1);
 }
 
+#[test]
+fn a_row_maximum_of_a_truncation_starts_before_it() {
+    // max_rows of trunc(p): the first level's differences are p's (at 2f), truncated by their
+    // own openings in the round that truncates p; the result is the same maximum.
+    both_transports(|tcp| {
+        let (rows, len) = (6u32, 16u32);
+        let mut rng = Rng(23);
+        let xs = rng.vec((rows * len) as usize, -40.0, 40.0);
+        let ws = rng.vec((rows * len) as usize, -2.0, 2.0);
+        let build = |via_trunc: bool| {
+            let mut b = builder();
+            let x = b.input("x", Party::Client, &[rows * len], F);
+            let w = b.weight("w", Party::Server, false, &[rows * len], F);
+            let p = b.mul(x, 0, w, 0, 1);
+            let s = b.trunc(p, F);
+            // The same values, not recognisably a truncation: a copy.
+            let s = if via_trunc { s } else { b.view(s, 0, &[rows * len], &[1]) };
+            let m = b.max_rows(s, rows, len);
+            b.output("max", m, Party::Client, &[rows], F);
+            b.finish()
+        };
+        let (fast, slow) = (build(true), build(false));
+        let rounds = |p: &veil_isa::Program| veil_isa::cost::program_cost(p).body.rounds;
+        assert_eq!(rounds(&fast) + 1, rounds(&slow), "one round fewer");
+        let r = run(&fast, vec![("x", xs.clone())], vec![("w", ws.clone())], tcp);
+        let q = |v: f64| (v * 65536.0).round() / 65536.0;
+        for row in 0..rows as usize {
+            let want = (0..len as usize)
+                .map(|j| q(xs[row * len as usize + j]) * q(ws[row * len as usize + j]))
+                .fold(f64::MIN, f64::max);
+            // Within the tournament's resolution (2^12 ring units) and the truncations' ulps.
+            let got = out(&r, "max")[row];
+            assert!((got - want).abs() <= 2f64.powi(-4) + 4.0 * ULP, "row {row}: {got} vs {want}");
+        }
+    });
+}
+
 fn ringf(x: f64) -> u64 {
     veil_vm::ring::encode(x, F)
 }

@@ -913,10 +913,27 @@ impl<'g> Lowerer<'g> {
         let ymax = raw.iter().copied().max().unwrap_or(f);
         let p = self.policy();
         let mut x = x;
-        if let Some(t) = p.matmul_left(x.scale, ymax) {
-            x = self.rescaled(&x, t);
+        // The policy truncates the wider left operand; when the right one (a single block) is
+        // as wide and was ready two rounds earlier (attention's values against its
+        // probabilities), truncate it instead: its truncation and its plain opening then run
+        // while the left is still being computed, and the left needs one opening, not two.
+        // The product's scale is the same either way.
+        let right_first = parts.len() == 1 && p.matmul_left(x.scale, ymax).is_some() && {
+            let y = self.operand_val(parts[0])?;
+            y.scale > f
+                && p.matmul_right(x.scale, f).is_none()
+                && self.b.ready_phase(y.buf) + 2 <= self.b.ready_phase(x.buf)
+        };
+        if !right_first {
+            if let Some(t) = p.matmul_left(x.scale, ymax) {
+                x = self.rescaled(&x, t);
+            }
         }
-        let trunc: Vec<bool> = raw.iter().map(|&s| p.matmul_right(x.scale, s).is_some()).collect();
+        let trunc: Vec<bool> = if right_first {
+            vec![true]
+        } else {
+            raw.iter().map(|&s| p.matmul_right(x.scale, s).is_some()).collect()
+        };
         // Truncate every fresh block first, then open: the order of the plain product.
         let mut fresh: Vec<Option<LVal>> = Vec::new();
         for (&pv, &t) in parts.iter().zip(&trunc) {

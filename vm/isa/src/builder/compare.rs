@@ -386,12 +386,27 @@ impl ProgramBuilder {
 
     fn max_rows_with_current(&mut self, x: Buf, rows: u32, len: u32) -> Buf {
         let (mut cur, mut cur_len) = (x, len);
+        // When x is a truncation (attention's scores), the first level's differences are taken
+        // before it and truncated by their own openings, in the round that truncates x: one
+        // round fewer. Each difference of two values below 2^(w−2) must stay below 2^(w−2)
+        // too, so those values get half the range (w one bit wider, up to 64).
+        let mut raw = self.trunc_origin.get(&x).copied();
         while cur_len > 1 {
             let half = cur_len / 2;
             let row = cur_len as i64;
             let a = self.view(cur, 0, &[rows, half], &[row, 2]);
             let b = self.view(cur, 1, &[rows, half], &[row, 2]);
-            let (m, _) = self.max_pair(a, b);
+            let (m, _) = match raw.take() {
+                Some((src, t, w)) => {
+                    let ra = self.view(src, 0, &[rows, half], &[row, 2]);
+                    let rb = self.view(src, 1, &[rows, half], &[row, 2]);
+                    let diff = self.sub(ra, rb);
+                    let m = self.masked_open_w(diff, t, (w + 1).min(64));
+                    let (bit, sel) = self.drelu_arith(&m, 0, Some(&m));
+                    (self.add(b, sel.expect("asked for the selection")), bit)
+                }
+                None => self.max_pair(a, b),
+            };
             if cur_len % 2 == 1 {
                 let last = self.view(cur, cur_len - 1, &[rows, 1], &[row, 1]);
                 cur = self.concat(&[(m, vec![rows, half]), (last, vec![rows, 1])], 1);

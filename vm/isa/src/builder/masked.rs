@@ -119,6 +119,7 @@ impl ProgramBuilder {
         let m = self.masked_open_w(x, t, w);
         let b = self.to_share(&m);
         self.trunc_cache.insert((x, t, w), b);
+        self.trunc_origin.insert(b, (x, t, w));
         b
     }
 

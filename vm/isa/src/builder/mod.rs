@@ -85,6 +85,8 @@ pub struct ProgramBuilder {
     /// The share of each truncating opening (`trunc_w`), so that a value truncated twice is
     /// one buffer and what is cached by buffer (a weight product's send) is found again.
     trunc_cache: HashMap<(Buf, u8, u8), Buf>,
+    /// What each truncation's share buffer truncates: `(x, t, w)` of `trunc_w`.
+    trunc_origin: HashMap<Buf, (Buf, u8, u8)>,
     weight_masks: HashMap<Buf, (Buf, Buf)>,
     tables_cache: HashMap<(Buf, u8, u8), (Buf, Buf)>,
     /// Dealer products already made (a square and a cube of one opening share `base²`).
@@ -128,6 +130,7 @@ impl ProgramBuilder {
             cur_tag: 0,
             masked_cache: HashMap::new(),
             trunc_cache: HashMap::new(),
+            trunc_origin: HashMap::new(),
             weight_masks: HashMap::new(),
             tables_cache: HashMap::new(),
             dprod_cache: HashMap::new(),
@@ -265,6 +268,11 @@ impl ProgramBuilder {
         let r = f(self);
         self.section = prev;
         r
+    }
+
+    /// The round after which `b` is available (0: before the first exchange).
+    pub fn ready_phase(&self, b: Buf) -> u32 {
+        self.ready[b.0 as usize]
     }
 
     /// Appends an instruction to the current section and schedules it.

@@ -135,6 +135,7 @@ impl ProgramBuilder {
         // Openings cached before the new length must not be reused after it.
         self.masked_cache.clear();
         self.trunc_cache.clear();
+        self.trunc_origin.clear();
         self.tables_cache.clear();
         self.dprod_cache.clear();
         self.activation_cache.clear();
