@@ -147,7 +147,9 @@ pub fn lower(g: &Graph, part: &Partition, opts: &LowerOptions) -> Result<Lowered
         uses: g.use_counts(),
         bit_times: HashMap::new(),
     };
-    l.b.wide_digits = opts.token_len.is_none();
+    if let Some((n, max)) = opts.token_len {
+        l.b.len_scale = (max as u64, n.max(1) as u64);
+    }
     l.b.meta("model", &g.name);
     for &n in &g.order {
         if part.vis[g.nodes[n].result] != Vis::Shared {

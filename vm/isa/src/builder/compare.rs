@@ -231,7 +231,8 @@ impl ProgramBuilder {
         // tables stay small (at most 2^26 table bits, 8 MB, per comparison of the buffer).
         let span = (n - 1).saturating_sub(p.ignore);
         let two = span.div_ceil(2);
-        if self.wide_digits && two > p.digit && two <= 16 && (len as u64) << (two + 2) <= 1 << 26 {
+        let judged = len as u64 * self.len_scale.0 / self.len_scale.1.max(1);
+        if two > p.digit && two <= 16 && judged << (two + 2) <= 1 << 26 {
             p.digit = two;
         }
         let top = if n == 64 { 0 } else { 1u64 << (n - 1) };

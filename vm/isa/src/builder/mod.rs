@@ -99,10 +99,11 @@ pub struct ProgramBuilder {
     /// for (softmax is shift-invariant), so it skips more low bits and uses wider digits,
     /// which saves an AND round per level.
     pub max_compare: CompareParams,
-    /// Whether a comparison of few elements may use two wide digits (one AND round). Off for
-    /// a program compiled at several lengths (token pruning), whose instructions must not
-    /// depend on the length.
-    pub wide_digits: bool,
+    /// A comparison of few elements may use two wide digits (one AND round); the element
+    /// count it judges by is scaled by `len_scale.0 / len_scale.1`. A program compiled at
+    /// several lengths (token pruning) scales to its longest, so that the choice, like every
+    /// instruction, is the same at every length for buffers that grow with the tokens.
+    pub len_scale: (u64, u64),
     /// No body instruction is scheduled before this phase (set by `setlen`).
     floor: u32,
 }
@@ -137,7 +138,7 @@ impl ProgramBuilder {
             activation_cache: HashMap::new(),
             compare: CompareParams::default(),
             max_compare: CompareParams { bits: 32, ignore: 12, digit: 5 },
-            wide_digits: true,
+            len_scale: (1, 1),
             floor: 0,
         };
         b.set_tag("model", "other");
