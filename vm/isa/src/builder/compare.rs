@@ -368,7 +368,10 @@ impl ProgramBuilder {
     /// Elementwise `max(a, b)` of shares, and the arithmetic shares (0/1) of `[a ≥ b]`.
     pub fn max_pair(&mut self, a: Buf, b: Buf) -> (Buf, Buf) {
         let diff = self.sub(a, b);
-        let m = self.masked_open(diff, 0);
+        // The comparison assumes |a − b| < 2^(bits−1); an opening one bit wider holds exactly
+        // that (|x| < 2^(w−2)), so the difference is opened in bits + 1 bits, not 64.
+        let w = (self.compare.bits + 1).min(64);
+        let m = self.masked_open_w(diff, 0, w);
         let (bit, sel) = self.drelu_arith(&m, 0, Some(&m));
         (self.add(b, sel.expect("asked for the selection")), bit)
     }
@@ -390,7 +393,8 @@ impl ProgramBuilder {
         // When x is a truncation (attention's scores), the first level's differences are taken
         // before it and truncated by their own openings, in the round that truncates x: one
         // round fewer. Each difference of two values below 2^(w−2) must stay below 2^(w−2)
-        // too, so those values get half the range (w one bit wider, up to 64).
+        // too, so those values get half the range (w one bit wider, up to 64), and below the
+        // comparison's own 2^(bits−1) after the truncation (w at most t + bits + 1).
         let mut raw = self.trunc_origin.get(&x).copied();
         while cur_len > 1 {
             let half = cur_len / 2;
@@ -402,7 +406,8 @@ impl ProgramBuilder {
                     let ra = self.view(src, 0, &[rows, half], &[row, 2]);
                     let rb = self.view(src, 1, &[rows, half], &[row, 2]);
                     let diff = self.sub(ra, rb);
-                    let m = self.masked_open_w(diff, t, (w + 1).min(64));
+                    let w = (w + 1).min(t + self.compare.bits + 1).min(64);
+                    let m = self.masked_open_w(diff, t, w);
                     let (bit, sel) = self.drelu_arith(&m, 0, Some(&m));
                     (self.add(b, sel.expect("asked for the selection")), bit)
                 }
