@@ -1107,27 +1107,10 @@ impl<'g> Lowerer<'g> {
     /// The masked opening a comparison of `v` uses, its threshold in ring units, and the
     /// compared value with the threshold as a number.
     fn compared(&mut self, v: Value) -> Result<(Masked, u64, (Value, f64)), LowerError> {
-        // drelu(x - c) and drelu(x + c) compare x with a public threshold.
-        let (m, thr, src) = 'found: {
-            if let Some(p) = self.g.producer(v) {
-                let pd = &self.g.nodes[p];
-                if matches!(pd.op, Op::Add | Op::Sub) && self.part.vis[v] == Vis::Shared {
-                    if let Some(c) = self.g.const_data(pd.args[1]).filter(|c| c.numel() == 1) {
-                        let x = self.operand_val(pd.args[0])?;
-                        if x.shape == self.shape(v) {
-                            let (m, scale) = self.masked(&x);
-                            let c =
-                                if matches!(pd.op, Op::Sub) { c.get_f64(0) } else { -c.get_f64(0) };
-                            break 'found (m, encode(c, scale), (pd.args[0], c));
-                        }
-                    }
-                }
-            }
-            let x = self.operand_val(v)?;
-            let (m, _) = self.masked(&x);
-            (m, 0, (v, 0.0))
-        };
-        Ok((m, thr, src))
+        let (x, c) = self.compared_value(v);
+        let xl = self.operand_val(x)?;
+        let (m, scale) = self.masked(&xl);
+        Ok((m, encode(c, scale), (x, c)))
     }
 
     fn max_min(

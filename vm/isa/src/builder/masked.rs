@@ -202,21 +202,31 @@ impl ProgramBuilder {
         let c2 = self.mul_local(x.c, x.c, 1);
         let cs = self.mul_local(x.c, x.s, 1);
         let cs2 = self.shl(cs, 1);
+        let (s2, _) = self.mask_square(x);
+        let a = self.sub(c2, cs2);
+        self.add(a, s2)
+    }
+
+    /// Shares of `s²` for the mask `s = base − pk·m` of `x` (just `base²` without a wrap):
+    /// `base² − 2pk·(base·m) + pk²·m`, `m` a bit so `m² = m`, and the `pk²` term vanishing
+    /// in Z_2^64 once `2(w − t) ≥ 64`; also `pk²` when that term is there. Its dealer
+    /// products are cached, so a square and a cube of one opening share them.
+    fn mask_square(&mut self, x: &Masked) -> (Buf, Option<Buf>) {
         let mut s2 = self.dprod(x.base, x.base, 1);
+        let mut pk2 = None;
         if let Some((pk, m)) = x.wrap {
             let p = self.dprod_low(x.base, m, 1, x.wrap_bits());
             let q = self.mul_local(p, pk, 1);
             let q2 = self.shl(q, 1);
             s2 = self.sub(s2, q2);
             if (2 * (x.w - x.t) as u32) < 64 {
-                // pk²·m² = pk²·m for a bit m.
                 let pp = self.mul_local(pk, pk, 1);
                 let q = self.mul_local(m, pp, 1);
                 s2 = self.add(s2, q);
+                pk2 = Some(pp);
             }
         }
-        let a = self.sub(c2, cs2);
-        self.add(a, s2)
+        (s2, pk2)
     }
 
     /// Cube of a masked value: `c³ − 3c²·s + 3c·s² − s³`, with `s = base − pk·m` after a
@@ -230,23 +240,18 @@ impl ProgramBuilder {
     pub fn cube_masked(&mut self, x: &Masked) -> Buf {
         let c2 = self.mul_local(x.c, x.c, 1);
         let c3 = self.mul_local(c2, x.c, 1);
+        let (s2, pk2) = self.mask_square(x);
         let b2 = self.dprod(x.base, x.base, 1);
-        let b3 = self.dprod(b2, x.base, 1);
-        let (mut s2, mut s3) = (b2, b3);
+        let mut s3 = self.dprod(b2, x.base, 1);
         if let Some((pk, m)) = x.wrap {
             let span = (x.w - x.t) as u32;
+            // The same (cached) dealer product as in `mask_square`.
             let bm = self.dprod_low(x.base, m, 1, x.wrap_bits());
             let b2m = self.dprod_low(b2, m, 1, x.wrap_bits());
-            let pk_bm = self.mul_local(bm, pk, 1);
-            let pk_bm2 = self.shl(pk_bm, 1);
-            s2 = self.sub(s2, pk_bm2);
             let pk_b2m = self.mul_local(b2m, pk, 1);
             let pk_b2m3 = self.mul_imm(pk_b2m, 3);
             s3 = self.sub(s3, pk_b2m3);
-            if 2 * span < 64 {
-                let pp = self.mul_local(pk, pk, 1);
-                let ppm = self.mul_local(m, pp, 1);
-                s2 = self.add(s2, ppm);
+            if let Some(pp) = pk2 {
                 let ppbm = self.mul_local(bm, pp, 1);
                 let ppbm3 = self.mul_imm(ppbm, 3);
                 s3 = self.add(s3, ppbm3);
