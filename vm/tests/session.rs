@@ -188,6 +188,44 @@ fn one_session_runs_many_inferences_and_a_returning_client_downloads_no_weights(
 }
 
 #[test]
+fn the_pool_and_the_epoch_leave_no_file_behind_while_serving() {
+    // A server stopped by a signal runs no cleanup: whatever its pool directory holds stays
+    // on disk (649 MB of masked weights per BERT-base server). So nothing may be named there
+    // even while it serves: the epoch's recording and the pool's entries are unlinked files.
+    let n = 64;
+    let prog = Arc::new(program(n as u32, 1));
+    let o = opts(20);
+    let dir = std::env::temp_dir().join(format!("veil-test-pool-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let so = NetOptions { pool: 2, pool_dir: Some(dir.clone()), ..o.clone() };
+    let d = Deployment::start(&prog, &o, &so, n);
+    d.wait_for("ready: 2", Duration::from_secs(20));
+    assert!(d.saw("server Epoch"), "the epoch was masked");
+    let named = || std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect::<Vec<_>>();
+    assert_eq!(named(), Vec::<std::path::PathBuf>::new(), "files named in the pool directory");
+    // Two first-time clients at once replay the one unlinked recording at their own positions.
+    let clients: Vec<_> = (0..2)
+        .map(|k| {
+            let (p, sa, da, co) = (prog.clone(), d.saddr.clone(), d.daddr.clone(), o.clone());
+            std::thread::spawn(move || {
+                let mut s = ClientSession::connect(&p, &sa, &da, &co).unwrap();
+                assert_eq!(s.setup().received, 8 + 8 * n as u64, "the whole recording");
+                let x = inputs(n, k);
+                check(&s.infer(&x).unwrap().0, &x);
+                s.close().unwrap();
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(named(), Vec::<std::path::PathBuf>::new());
+    let sessions = d.stop();
+    assert!(sessions.iter().all(|r| r.is_ok()), "{sessions:?}");
+    std::fs::remove_dir(&dir).unwrap();
+}
+
+#[test]
 fn a_dry_pool_makes_queries_wait_for_material_not_fail() {
     let n = 64;
     let prog = Arc::new(program(n as u32, 1));

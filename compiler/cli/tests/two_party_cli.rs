@@ -197,12 +197,13 @@ fn three_roles_as_separate_commands_and_a_client_with_another_program() {
     let gpt = d.join("gpt.vbc");
     let b = bert.display().to_string();
     // TLS between the processes, with certificates from `veil keygen`.
-    let keys = common::tmp("keys").join("deployment");
+    let kdir = common::tmp("keys");
+    let keys = kdir.join("deployment");
     let k = keys.display().to_string();
     let so = ok(&veil(&["keygen", "--name", "127.0.0.1", "-o", &k]));
     assert!(so.contains("server.pem"), "{so}");
     fails_with(&veil(&["keygen", "-o", &k]), "does not overwrite");
-    let other = common::tmp("keys").join("stranger");
+    let other = kdir.join("stranger");
     let o2 = other.display().to_string();
     ok(&veil(&["keygen", "-o", &o2]));
     let (mut dealer, daddr) = spawn(&[

@@ -759,7 +759,11 @@ impl<'p> PartyVm<'p> {
     /// The setup's round played from a recording (a server replaying the weights it masked
     /// once for its epoch to a new client): sends `len` bytes of `file` as its message and
     /// requires an empty one from the peer. Counted as the setup.
-    pub fn replay_setup(&mut self, file: std::fs::File, len: u64) -> Result<(), VmError> {
+    pub fn replay_setup(
+        &mut self,
+        file: Box<dyn std::io::Read + Send>,
+        len: u64,
+    ) -> Result<(), VmError> {
         let before = self.peer.stats();
         self.peer.exchange_into(Outgoing::File(file, len), Expect::Exactly(0), &mut |_| {})?;
         self.report.setup = self.peer.stats().since(before);

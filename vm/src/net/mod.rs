@@ -179,8 +179,8 @@ impl Expect {
 pub enum Outgoing {
     /// In memory.
     Bytes(Vec<u8>),
-    /// The first `len` bytes of a file, read as they are sent.
-    File(std::fs::File, u64),
+    /// The first `len` bytes of a reader over a file, read as they are sent.
+    File(Box<dyn Read + Send>, u64),
 }
 
 impl Outgoing {

@@ -20,8 +20,9 @@ use crate::material::Material;
 use crate::net::{CommStats, Transport, TransportError};
 use crate::prg::Seed;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use veil_isa::{Buf, Instr, Party, Program};
 
 /// Whether the setup has a round (a program whose weights are all public has none).
@@ -58,6 +59,8 @@ impl Transport for Recorder {
             });
         }
         self.w.write_all(&msg).map_err(Recorder::io)?;
+        // The one round: flushed here so that a full disk is this run's error.
+        self.w.flush().map_err(Recorder::io)?;
         self.written += msg.len() as u64;
         self.stats.record(self.written, 0);
         Ok(Vec::new())
@@ -76,15 +79,17 @@ impl Transport for Recorder {
 pub struct Epoch {
     /// Its id (clients key their cache by it).
     pub id: Id,
-    /// The recorded setup message and its length (none when the setup has no round).
-    pub setup: Option<(PathBuf, u64)>,
+    /// The recorded setup message and its length (none when the setup has no round), in a
+    /// file unlinked as soon as it was created: nothing of it outlives the server, even one
+    /// stopped by a signal.
+    pub setup: Option<(Arc<File>, u64)>,
     /// What the server keeps from the setup for the body (nothing for weight masks).
     pub kept: Vec<(Buf, Vec<u64>)>,
 }
 
 impl Epoch {
     /// Runs the setup once for epoch `id` with the server's epoch `seed` over the shared
-    /// `weights`, recording the message to `dir/epoch-<id>.setup`.
+    /// `weights`, recording the message to an unlinked file created in `dir`.
     pub fn prepare(
         prog: &Program,
         weights: &SharedWeights,
@@ -93,8 +98,15 @@ impl Epoch {
         dir: &Path,
         max_memory: u64,
     ) -> Result<Epoch, VmError> {
-        let path = dir.join(format!("epoch-{}.setup", crate::net::tcp::hex(&id[..8])));
+        let path = dir.join(format!(
+            "veil-epoch-{}-{}.setup",
+            std::process::id(),
+            crate::net::tcp::hex(&id[..8])
+        ));
         let file = private_file(&path).map_err(|e| io_err(&path, e))?;
+        // Unlinked at once: the recording lives as long as its handle.
+        std::fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+        let reader = file.try_clone().map_err(|e| io_err(&path, e))?;
         let rec = Recorder {
             w: BufWriter::with_capacity(1 << 20, file),
             stats: CommStats::default(),
@@ -113,34 +125,35 @@ impl Epoch {
         let kept: Vec<(Buf, Vec<u64>)> =
             vm.setup_results().into_iter().map(|(b, v)| (b, v.to_vec())).collect();
         let len = vm.report().setup.sent.saturating_sub(veil_isa::cost::FRAME_HEADER);
+        // Dropping the VM flushes the recorder; its errors surface as the run's.
         drop(vm);
-        if let Err(e) = r {
-            let _ = std::fs::remove_file(&path);
-            return Err(e);
-        }
-        let setup = if setup_has_round(prog) {
-            Some((path, len))
-        } else {
-            let _ = std::fs::remove_file(&path);
-            None
-        };
+        r?;
+        let setup = setup_has_round(prog).then(|| (Arc::new(reader), len));
         Ok(Epoch { id, setup, kept })
     }
 
-    /// The recorded message, opened for one replay.
-    pub fn replay(&self) -> Result<Option<(File, u64)>, VmError> {
-        match &self.setup {
-            None => Ok(None),
-            Some((p, n)) => Ok(Some((File::open(p).map_err(|e| io_err(p, e))?, *n))),
-        }
+    /// The recorded message, as a reader of its own for one replay (replays of concurrent
+    /// sessions read the one file at their own positions).
+    pub fn replay(&self) -> Option<(Box<dyn Read + Send>, u64)> {
+        let (f, n) = self.setup.as_ref()?;
+        Some((Box::new(ReadAt { file: f.clone(), pos: 0 }) as Box<dyn Read + Send>, *n))
     }
 }
 
-impl Drop for Epoch {
-    fn drop(&mut self) {
-        if let Some((p, _)) = &self.setup {
-            let _ = std::fs::remove_file(p);
-        }
+/// A reader of a shared file at a position of its own (positioned reads: no shared cursor).
+struct ReadAt {
+    file: Arc<File>,
+    pos: u64,
+}
+
+impl Read for ReadAt {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        #[cfg(unix)]
+        let n = std::os::unix::fs::FileExt::read_at(&*self.file, buf, self.pos)?;
+        #[cfg(windows)]
+        let n = std::os::windows::fs::FileExt::seek_read(&*self.file, buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
     }
 }
 

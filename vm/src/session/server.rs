@@ -140,14 +140,9 @@ pub fn serve(
     if let Some(why) = crate::dealer::epoch_setup_problem(prog) {
         return Err(VmError::Dealer { section: "setup", index: 0, name: "setup", msg: why });
     }
-    let dir = match &opts.pool_dir {
-        Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!(
-            "veil-pool-{}-{}",
-            std::process::id(),
-            hex(&random_id()[..4])
-        )),
-    };
+    // Every file of the pool and of the epoch is unlinked as soon as it is created, so the
+    // default needs no directory of its own (one would outlive a server stopped by a signal).
+    let dir = opts.pool_dir.clone().unwrap_or_else(std::env::temp_dir);
     std::fs::create_dir_all(&dir).map_err(|e| disk(&dir, e))?;
     let max_frame =
         prog.body.iter().map(|i| veil_isa::cost::correction_bytes(i, prog)).max().unwrap_or(0);
@@ -213,9 +208,6 @@ pub fn serve(
     if let Some(e) = shared.current() {
         drop(e);
         *shared.epoch.lock().expect("epoch") = None;
-    }
-    if opts.pool_dir.is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())
 }
@@ -433,7 +425,7 @@ fn make_entry(s: &Shared, epoch: Id, finished: &AtomicBool) -> Result<Entry, VmE
     let t0 = Instant::now();
     let ticket = random_id();
     let (mut conn, seed) = ask_material(s, ticket, epoch, false)?;
-    let path = s.dir.join(format!("{}.material", hex(&ticket[..8])));
+    let path = s.dir.join(format!("veil-material-{}-{}", std::process::id(), hex(&ticket[..8])));
     let file = epoch::private_file(&path).map_err(|e| disk(&path, e))?;
     // Unlinked at once: the data lives as long as the handle, and nothing outlives a crash.
     let _ = std::fs::remove_file(&path);
@@ -533,7 +525,7 @@ fn serve_session(s: &Shared, stream: TcpStream) -> Result<SessionReport, VmError
     if setup_has_round(s.prog) {
         let m = expect_client(&vm.control(ServerMsg::Empty.encode(), MAX_CONTROL)?, &[])?;
         if m == (ClientMsg::Setup { cached: false }) {
-            let (f, n) = epoch.replay()?.expect("a setup with a round was recorded");
+            let (f, n) = epoch.replay().expect("a setup with a round was recorded");
             vm.replay_setup(f, n)?;
             setup = vm.report().setup;
         }

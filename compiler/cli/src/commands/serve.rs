@@ -39,8 +39,9 @@ pub struct Args {
     /// `veil cost`: "dealer" per inference).
     #[arg(long, default_value_t = 2, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub pool: u32,
-    /// Directory for the pool and the epoch's masked weights (default: a fresh directory in
-    /// the system's temporary directory, removed on exit).
+    /// Directory for the pool and the epoch's masked weights (default: the system's temporary
+    /// directory). Each file is unlinked as soon as it is created: its space is freed when the
+    /// server ends, however it ends, and nothing is left behind.
     #[arg(long, value_name = "DIR")]
     pub pool_dir: Option<PathBuf>,
     /// Start a new epoch (new weight masks; clients download them again) every this many

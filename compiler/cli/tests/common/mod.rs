@@ -17,7 +17,7 @@ pub fn root() -> PathBuf {
 
 /// The client cache the tests' `veil connect` uses (never the user's own).
 pub fn cache_home() -> PathBuf {
-    std::env::temp_dir().join(format!("veil-cli-{}-cache", std::process::id()))
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-cache", env!("CARGO_CRATE_NAME")))
 }
 
 /// `veil` in the repo root, with a cache directory of its own.
@@ -32,9 +32,13 @@ pub fn veil<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     command().args(args).output().expect("veil runs")
 }
 
-/// A fresh scratch directory for one test.
+/// A fresh scratch directory for one test, under cargo's scratch directory for integration
+/// tests (`target/tmp`) by a name fixed per test binary: each run empties it again, so runs
+/// do not pile directories up in `/tmp` (they did: thousands, 3.5 GB).
 pub fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("veil-cli-{}-{name}", std::process::id()));
+    let d =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{name}", env!("CARGO_CRATE_NAME")));
+    let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
 }
