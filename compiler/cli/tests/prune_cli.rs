@@ -45,6 +45,8 @@ fn thresholds(dir: &Path) -> (PathBuf, PathBuf) {
     let out = cls("calibrate", &["--inputs", &s(&samples), "--prune-keep", "0.5", "-o", &s(&thr)]);
     let so = ok(&out);
     assert!(so.contains("sample 0: tokens 16 → "), "{so}");
+    // Each point's margin from the calibration scores is reported.
+    assert!(so.contains("point after layer ") && so.contains("of itself away"), "{so}");
     (thr, samples)
 }
 

@@ -17,7 +17,18 @@ pub struct Calibrated {
     pub n: usize,
     /// Per sample, the token count after each pruning point of its pruned run.
     pub lengths: Vec<Vec<usize>>,
+    /// Per pruning point (model order): its layer, and the threshold's distance to the nearest
+    /// pooled score relative to that score (how far a two-party score may stray from the
+    /// plaintext one before a token crosses).
+    pub margins: Vec<(usize, f64)>,
 }
+
+/// The relative margin a threshold keeps from every calibration score when the scores allow it:
+/// the two-party scores carry the softmax's fixed-point error (a few units of 2^-16 per
+/// probability), and a token closer than this to the threshold may land on the other side.
+/// At 128 tokens the calibrated thresholds kept about 3e-4 and every two-party run kept the
+/// plaintext run's counts; at 512 tokens one sat 5e-5 from a score and a run did not.
+pub const MIN_MARGIN: f64 = 1e-4;
 
 /// Thresholds for `cuts` keeping `keep[i]` (or the last entry) of the tokens at point `i`; a
 /// fraction of 1 puts no point there.
@@ -41,6 +52,7 @@ pub fn thresholds(
         .collect::<Result<Vec<_>, _>>()?;
     let layers = cuts.iter().map(|c| c.layer + 1).max().unwrap_or(0);
     let mut theta = vec![None; layers];
+    let mut margins = Vec::new();
     for (i, c) in cuts.iter().enumerate() {
         let f = keep.get(i).or(keep.last()).copied().unwrap_or(1.0);
         if f >= 1.0 {
@@ -53,18 +65,27 @@ pub fn thresholds(
         }
         pool.sort_by(|a, b| b.total_cmp(a));
         let t = split(&pool, f);
+        margins.push((c.layer, margin(&pool, t)));
         theta[c.layer] = Some(t);
         for s in steppers.iter_mut() {
             s.apply(c, t, protect)?;
         }
     }
     let lengths = steppers.into_iter().map(|s| s.lengths).collect();
-    Ok(Calibrated { config: PruneConfig { theta, protect }, n, lengths })
+    Ok(Calibrated { config: PruneConfig { theta, protect }, n, lengths, margins })
+}
+
+/// The distance from `t` to the nearest score of `pool`, relative to that score.
+fn margin(pool: &[f64], t: f64) -> f64 {
+    pool.iter().map(|&p| (p - t).abs() / p.abs().max(1e-12)).fold(f64::INFINITY, f64::min)
 }
 
 /// The threshold keeping about the fraction `f` of the scores `pool` (sorted, largest first):
 /// within 2% of the target count, the split where neighbouring scores are furthest apart
 /// (relative gap), halfway between them, so a fixed-point error cannot move a token across.
+/// When no split there keeps [`MIN_MARGIN`] from both neighbours (nearly equal scores: 512
+/// tokens of random weights), the window widens to 5, 10 and 20% of the count, and the
+/// nearest split that does is taken; with none at all, the widest one within 20%.
 fn split(pool: &[f64], f: f64) -> f64 {
     let kc = ((f * pool.len() as f64).round() as usize).min(pool.len());
     match (kc, pool.len()) {
@@ -72,15 +93,32 @@ fn split(pool: &[f64], f: f64) -> f64 {
         (0, _) => quantize((pool[0] * 1.5 + 1e-6).min(1.0)),
         (k, len) if k == len => quantize(pool[len - 1] * 0.5),
         (k, len) => {
-            let slack = (len / 50).max(1);
-            let lo = k.saturating_sub(slack).max(1);
-            let hi = (k + slack).min(len - 1);
-            let best = (lo..=hi)
-                .max_by(|&a, &b| {
-                    let gap = |i: usize| (pool[i - 1] - pool[i]) / pool[i - 1].max(1e-12);
-                    gap(a).total_cmp(&gap(b)).then(b.abs_diff(k).cmp(&a.abs_diff(k)))
-                })
-                .unwrap_or(k);
+            let gap = |i: usize| (pool[i - 1] - pool[i]) / pool[i - 1].max(1e-12);
+            // Relative half-gap of the split before index i: the margin its midpoint keeps.
+            let half = |i: usize| (pool[i - 1] - pool[i]) / (pool[i - 1] + pool[i]).max(1e-12);
+            let widest = |slack: usize| {
+                let lo = k.saturating_sub(slack).max(1);
+                let hi = (k + slack).min(len - 1);
+                (lo..=hi)
+                    .max_by(|&a, &b| {
+                        gap(a).total_cmp(&gap(b)).then(b.abs_diff(k).cmp(&a.abs_diff(k)))
+                    })
+                    .unwrap_or(k)
+            };
+            let first = widest((len / 50).max(1));
+            let best = if half(first) >= MIN_MARGIN {
+                first
+            } else {
+                [20, 10, 5]
+                    .iter()
+                    .find_map(|&d| {
+                        let slack = (len / d).max(1);
+                        let lo = k.saturating_sub(slack).max(1);
+                        let hi = (k + slack).min(len - 1);
+                        (lo..=hi).filter(|&i| half(i) >= MIN_MARGIN).min_by_key(|&i| i.abs_diff(k))
+                    })
+                    .unwrap_or_else(|| widest((len / 5).max(1)))
+            };
             quantize((pool[best - 1] + pool[best]) / 2.0)
         }
     }
@@ -101,5 +139,24 @@ mod tests {
         assert!(split(&pool, 0.0) > 0.5);
         assert!(split(&[0.3], 0.5) <= 0.3);
         assert_eq!(split(&[], 0.5), 0.0);
+    }
+
+    #[test]
+    fn nearly_equal_scores_move_the_split_to_the_nearest_gap_with_a_margin() {
+        // 100 scores 1e-7 apart around 0.002, except one gap of 1e-5 eight places from the
+        // target count (50): within 2% (one place either side) no split keeps 1e-4.
+        let mut pool: Vec<f64> = (0..100).map(|i| 0.003 - i as f64 * 1e-7).collect();
+        for p in pool.iter_mut().skip(58) {
+            *p -= 1e-5;
+        }
+        let t = split(&pool, 0.5);
+        assert!(pool[57] > t && t > pool[58], "{t}: between 57 and 58");
+        assert!(super::margin(&pool, t) >= super::MIN_MARGIN * 0.9);
+        // Negative control: without the gap, nothing keeps the margin and the split stays
+        // within 20% of the count.
+        let flat: Vec<f64> = (0..100).map(|i| 0.003 - i as f64 * 1e-7).collect();
+        let t = split(&flat, 0.5);
+        let kept = flat.iter().filter(|&&p| p > t).count();
+        assert!((30..=70).contains(&kept), "{kept}");
     }
 }

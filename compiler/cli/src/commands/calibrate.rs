@@ -87,6 +87,15 @@ fn prune_thresholds(
             l.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" → ")
         );
     }
+    for &(layer, m) in &c.margins {
+        let warn = if m < veil_compiler::prune::calibrate::MIN_MARGIN {
+            " — closer than the two-party scores' error may allow: a two-party run can keep \
+             other tokens than the plaintext one here (more samples spread the scores)"
+        } else {
+            ""
+        };
+        println!("point after layer {layer}: the nearest score is {m:.1e} of itself away{warn}");
+    }
     println!("wrote {}", a.output.display());
     Ok(())
 }
