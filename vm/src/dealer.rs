@@ -107,6 +107,9 @@ pub struct Dealer<'p> {
     lengths: Option<Box<dyn FrameSource>>,
     /// Per body instruction, the dealer-known values it reads for the last time.
     last_reads: Vec<Vec<Buf>>,
+    /// The client's draws, then the corrections, of one ring part: kept across instructions
+    /// (a fresh vector per part, megabytes each, was page faults and zeroing in the profile).
+    scratch: Vec<u64>,
 }
 
 /// For each instruction of `code`, the buffers a dealer instruction there reads for the last
@@ -152,6 +155,7 @@ impl<'p> Dealer<'p> {
             sink,
             lengths: None,
             last_reads: last_dealer_reads(&prog.body, prog.buffers.len()),
+            scratch: Vec::new(),
         }
     }
 
@@ -242,10 +246,13 @@ impl<'p> Dealer<'p> {
         for &(value, width) in parts {
             match width {
                 Width::Ring(bits) => {
-                    let mine = self.prg[0].words(value.len());
-                    let corr: Vec<u64> =
-                        value.iter().zip(&mine).map(|(&v, &c)| v.wrapping_sub(c)).collect();
-                    bits::pack(&corr, bits, &mut frame);
+                    let corr = &mut self.scratch;
+                    corr.resize(value.len(), 0);
+                    self.prg[0].fill(corr);
+                    for (c, &v) in corr.iter_mut().zip(value) {
+                        *c = v.wrapping_sub(*c);
+                    }
+                    bits::pack(corr, bits, &mut frame);
                 }
                 Width::Bits(n) => {
                     let mine = self.prg[0].bits(n);
