@@ -96,10 +96,10 @@ fn split(pool: &[f64], f: f64) -> f64 {
             let gap = |i: usize| (pool[i - 1] - pool[i]) / pool[i - 1].max(1e-12);
             // Relative half-gap of the split before index i: the margin its midpoint keeps.
             let half = |i: usize| (pool[i - 1] - pool[i]) / (pool[i - 1] + pool[i]).max(1e-12);
+            // Splits within `slack` places of the target count.
+            let window = |slack: usize| k.saturating_sub(slack).max(1)..=(k + slack).min(len - 1);
             let widest = |slack: usize| {
-                let lo = k.saturating_sub(slack).max(1);
-                let hi = (k + slack).min(len - 1);
-                (lo..=hi)
+                window(slack)
                     .max_by(|&a, &b| {
                         gap(a).total_cmp(&gap(b)).then(b.abs_diff(k).cmp(&a.abs_diff(k)))
                     })
@@ -112,10 +112,9 @@ fn split(pool: &[f64], f: f64) -> f64 {
                 [20, 10, 5]
                     .iter()
                     .find_map(|&d| {
-                        let slack = (len / d).max(1);
-                        let lo = k.saturating_sub(slack).max(1);
-                        let hi = (k + slack).min(len - 1);
-                        (lo..=hi).filter(|&i| half(i) >= MIN_MARGIN).min_by_key(|&i| i.abs_diff(k))
+                        window((len / d).max(1))
+                            .filter(|&i| half(i) >= MIN_MARGIN)
+                            .min_by_key(|&i| i.abs_diff(k))
                     })
                     .unwrap_or_else(|| widest((len / 5).max(1)))
             };

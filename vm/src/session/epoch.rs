@@ -103,9 +103,7 @@ impl Epoch {
             std::process::id(),
             crate::net::tcp::hex(&id[..8])
         ));
-        let file = private_file(&path).map_err(|e| io_err(&path, e))?;
-        // Unlinked at once: the recording lives as long as its handle.
-        std::fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+        let file = unlinked_file(&path).map_err(|e| io_err(&path, e))?;
         let reader = file.try_clone().map_err(|e| io_err(&path, e))?;
         let rec = Recorder {
             w: BufWriter::with_capacity(1 << 20, file),
@@ -163,6 +161,14 @@ fn io_err(path: &Path, e: std::io::Error) -> VmError {
         during: format!(" at {}", path.display()),
         os: e,
     })
+}
+
+/// A private file (see [`private_file`]) created at `path` and unlinked at once: its data lives
+/// as long as its handles, so nothing of it outlives the process, however the process ends.
+pub fn unlinked_file(path: &Path) -> std::io::Result<File> {
+    let file = private_file(path)?;
+    std::fs::remove_file(path)?;
+    Ok(file)
 }
 
 /// Creates `path` for writing, readable by this user only, failing if it exists.

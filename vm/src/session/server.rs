@@ -426,9 +426,7 @@ fn make_entry(s: &Shared, epoch: Id, finished: &AtomicBool) -> Result<Entry, VmE
     let ticket = random_id();
     let (mut conn, seed) = ask_material(s, ticket, epoch, false)?;
     let path = s.dir.join(format!("veil-material-{}-{}", std::process::id(), hex(&ticket[..8])));
-    let file = epoch::private_file(&path).map_err(|e| disk(&path, e))?;
-    // Unlinked at once: the data lives as long as the handle, and nothing outlives a crash.
-    let _ = std::fs::remove_file(&path);
+    let file = epoch::unlinked_file(&path).map_err(|e| disk(&path, e))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let mut seq = 0u32;
     let mut bytes = 0u64;
