@@ -155,7 +155,17 @@ fn matmul_throughput(reps: usize) {
     println!("## Local matmul in Z_2^64, median of {reps}\n");
     println!("| m×k · k×n | time | G multiply-adds/s |");
     println!("|---|---|---|");
-    for (m, k, n) in [(128, 768, 768), (128, 3072, 768), (128, 768, 3072), (128, 64, 128)] {
+    // 128 rows: a full sequence; 56 and 2: sequences after token pruning (few rows: the
+    // product is bound by reading the weights).
+    let shapes = [
+        (128, 768, 768),
+        (128, 3072, 768),
+        (128, 768, 3072),
+        (128, 64, 128),
+        (56, 768, 3072),
+        (2, 768, 3072),
+    ];
+    for (m, k, n) in shapes {
         let a = xorshift_words(m * k, 3);
         let b = xorshift_words(k * n, 4);
         let mut d = vec![0u64; m * n];

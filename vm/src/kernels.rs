@@ -59,88 +59,159 @@ const NR: usize = 16;
 const MR_NARROW: usize = 4;
 const NR_NARROW: usize = 8;
 /// Depth of a pass: 256 rows of a 16-column strip of `b` (32 KiB) stay in L1 while every
-/// row tile uses them.
+/// row tile of the task uses them.
 const KC: usize = 256;
-/// Rows per parallel task.
-const TASK_ROWS: usize = 2 * MR;
+/// Columns of a block: its `KC × NC` panel of `b` (512 KiB) and the task's rows of `d` stay in
+/// L2 across the depth passes.
+const NC: usize = 256;
+
+/// Columns `off..` of a row-major matrix `b` whose rows are `ld` long (column 0 of a product
+/// is column `off` of `b`).
+#[derive(Clone, Copy)]
+struct Cols<'a> {
+    b: &'a [u64],
+    ld: usize,
+    off: usize,
+}
 
 fn matmul_one(d: &mut [u64], a: &[u64], b: &[u64], m: usize, k: usize, n: usize) {
     if n == 0 || m == 0 {
         return;
     }
-    let run = |(ci, dc): (usize, &mut [u64])| {
-        let r0 = ci * TASK_ROWS;
-        let rows = dc.len() / n;
-        rows_product(dc, &a[r0 * k..(r0 + rows) * k], b, rows, k, n);
-    };
-    if m * k * n >= 1 << 20 {
-        d.par_chunks_mut(TASK_ROWS * n).enumerate().for_each(run);
-    } else {
-        d.chunks_mut(TASK_ROWS * n).enumerate().for_each(run);
+    let threads = if m * k * n >= 1 << 20 { rayon::current_num_threads().max(1) } else { 1 };
+    let whole = Cols { b, ld: n, off: 0 };
+    if threads == 1 {
+        rows_product(d, n, a, whole, m, k, n);
+        return;
+    }
+    if n < threads * NC {
+        // Few columns: the rows split instead, in as few tasks as there are threads.
+        let per = m.div_ceil(threads).next_multiple_of(MR).min(m);
+        d.par_chunks_mut(per * n).enumerate().for_each(|(ci, dc)| {
+            let (r0, rows) = (ci * per, dc.len() / n);
+            rows_product(dc, n, &a[r0 * k..(r0 + rows) * k], whole, rows, k, n);
+        });
+        return;
+    }
+    // The columns split among the threads, each computing every row for its columns: `b`
+    // (the weights, usually) is read once in all, and each panel of it serves every row. A
+    // product with few rows (a pruned sequence, one decoded token) is bound by reading `b`;
+    // splitting the rows would read it once per task.
+    let per = n.div_ceil(threads).next_multiple_of(NR);
+    let blocks: Vec<(usize, Vec<u64>)> = (0..n)
+        .step_by(per)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|c0| {
+            let w = per.min(n - c0);
+            let mut blk = vec![0u64; m * w];
+            rows_product(&mut blk, w, a, Cols { b, ld: n, off: c0 }, m, k, w);
+            (c0, blk)
+        })
+        .collect();
+    for (c0, blk) in blocks {
+        let w = blk.len() / m;
+        for (dr, br) in d.chunks_mut(n).zip(blk.chunks(w)) {
+            dr[c0..c0 + w].copy_from_slice(br);
+        }
     }
 }
 
-fn rows_product(d: &mut [u64], a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) {
+fn rows_product(
+    d: &mut [u64],
+    ldd: usize,
+    a: &[u64],
+    b: Cols<'_>,
+    rows: usize,
+    k: usize,
+    n: usize,
+) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512dq")
             && std::arch::is_x86_feature_detected!("avx512f")
         {
             // SAFETY: the CPU supports the features the function is compiled for.
-            unsafe { rows_product_avx512(d, a, b, rows, k, n) };
+            unsafe { rows_product_avx512(d, ldd, a, b, rows, k, n) };
             return;
         }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports the features the function is compiled for.
-            unsafe { rows_product_avx2(d, a, b, rows, k, n) };
+            unsafe { rows_product_avx2(d, ldd, a, b, rows, k, n) };
             return;
         }
     }
-    rows_product_generic::<MR_NARROW, NR_NARROW>(d, a, b, rows, k, n)
+    rows_product_generic::<MR_NARROW, NR_NARROW>(d, ldd, a, b, rows, k, n)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn rows_product_avx2(d: &mut [u64], a: &[u64], b: &[u64], rows: usize, k: usize, n: usize) {
-    rows_product_generic::<MR_NARROW, NR_NARROW>(d, a, b, rows, k, n)
+unsafe fn rows_product_avx2(
+    d: &mut [u64],
+    ldd: usize,
+    a: &[u64],
+    b: Cols<'_>,
+    rows: usize,
+    k: usize,
+    n: usize,
+) {
+    rows_product_generic::<MR_NARROW, NR_NARROW>(d, ldd, a, b, rows, k, n)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512dq")]
 unsafe fn rows_product_avx512(
     d: &mut [u64],
+    ldd: usize,
     a: &[u64],
-    b: &[u64],
+    b: Cols<'_>,
     rows: usize,
     k: usize,
     n: usize,
 ) {
-    rows_product_generic::<MR, NR>(d, a, b, rows, k, n)
+    rows_product_generic::<MR, NR>(d, ldd, a, b, rows, k, n)
 }
 
-/// `d = a · b` for `a` of `rows × k` and `b` of `k × n`: full `MR × NR` tiles in registers,
-/// the ragged right and bottom edges with a plain loop.
+/// `d = a · b` for `a` of `rows × k` and `b` of `k × n`: `MR × NR` tiles in registers (the
+/// last rows in halving tiles), the ragged right edge with a plain loop.
 #[inline(always)]
 fn rows_product_generic<const MR: usize, const NR: usize>(
     d: &mut [u64],
+    ldd: usize,
     a: &[u64],
-    b: &[u64],
+    b: Cols<'_>,
     rows: usize,
     k: usize,
     n: usize,
 ) {
     d.fill(0);
-    let (mf, nf) = (rows - rows % MR, n - n % NR);
-    for k0 in (0..k).step_by(KC) {
-        let k1 = (k0 + KC).min(k);
-        for c0 in (0..nf).step_by(NR) {
-            for r0 in (0..mf).step_by(MR) {
-                tile::<MR, NR>(d, a, b, r0, c0, k0..k1, k, n);
+    let nf = n - n % NR;
+    for cb in (0..nf).step_by(NC) {
+        let ce = (cb + NC).min(nf);
+        for k0 in (0..k).step_by(KC) {
+            let ks = k0..(k0 + KC).min(k);
+            for c0 in (cb..ce).step_by(NR) {
+                let mut r0 = 0;
+                while r0 + MR <= rows {
+                    tile::<MR, NR>(d, ldd, a, b, r0, c0, ks.clone(), k);
+                    r0 += MR;
+                }
+                // The rows left over (fewer than MR) in tiles of 4, 2 and 1 rows.
+                if MR > 4 && r0 + 4 <= rows {
+                    tile::<4, NR>(d, ldd, a, b, r0, c0, ks.clone(), k);
+                    r0 += 4;
+                }
+                if MR > 2 && r0 + 2 <= rows {
+                    tile::<2, NR>(d, ldd, a, b, r0, c0, ks.clone(), k);
+                    r0 += 2;
+                }
+                if r0 < rows {
+                    tile::<1, NR>(d, ldd, a, b, r0, c0, ks.clone(), k);
+                }
             }
         }
     }
-    edge(d, a, b, 0..mf, nf..n, k, n);
-    edge(d, a, b, mf..rows, 0..n, k, n);
+    edge(d, ldd, a, b, 0..rows, nf..n, k);
 }
 
 /// Adds the `MR × NR` tile at `(r0, c0)` of `a[.., ks] · b[ks, ..]` to `d`.
@@ -148,19 +219,20 @@ fn rows_product_generic<const MR: usize, const NR: usize>(
 #[allow(clippy::too_many_arguments)]
 fn tile<const MR: usize, const NR: usize>(
     d: &mut [u64],
+    ldd: usize,
     a: &[u64],
-    b: &[u64],
+    b: Cols<'_>,
     r0: usize,
     c0: usize,
     ks: std::ops::Range<usize>,
     k: usize,
-    n: usize,
 ) {
     let mut acc = [[0u64; NR]; MR];
     let arows: [&[u64]; MR] =
         std::array::from_fn(|r| &a[(r0 + r) * k + ks.start..(r0 + r) * k + ks.end]);
     for (j, p) in ks.enumerate() {
-        let bv: &[u64; NR] = b[p * n + c0..p * n + c0 + NR].try_into().expect("NR columns");
+        let at = p * b.ld + b.off + c0;
+        let bv: &[u64; NR] = b.b[at..at + NR].try_into().expect("NR columns");
         for r in 0..MR {
             let av = arows[r][j];
             for c in 0..NR {
@@ -169,7 +241,7 @@ fn tile<const MR: usize, const NR: usize>(
         }
     }
     for (r, acc) in acc.iter().enumerate() {
-        let drow = &mut d[(r0 + r) * n + c0..(r0 + r) * n + c0 + NR];
+        let drow = &mut d[(r0 + r) * ldd + c0..(r0 + r) * ldd + c0 + NR];
         for (x, &y) in drow.iter_mut().zip(acc) {
             *x = x.wrapping_add(y);
         }
@@ -180,21 +252,23 @@ fn tile<const MR: usize, const NR: usize>(
 #[inline(always)]
 fn edge(
     d: &mut [u64],
+    ldd: usize,
     a: &[u64],
-    b: &[u64],
+    b: Cols<'_>,
     rs: std::ops::Range<usize>,
     cs: std::ops::Range<usize>,
     k: usize,
-    n: usize,
 ) {
     if cs.is_empty() {
         return;
     }
     for r in rs {
-        let drow = &mut d[r * n + cs.start..r * n + cs.end];
+        let drow = &mut d[r * ldd + cs.start..r * ldd + cs.end];
         for p in 0..k {
             let av = a[r * k + p];
-            for (x, &y) in drow.iter_mut().zip(&b[p * n + cs.start..p * n + cs.end]) {
+            for (x, &y) in
+                drow.iter_mut().zip(&b.b[p * b.ld + b.off + cs.start..p * b.ld + b.off + cs.end])
+            {
                 *x = x.wrapping_add(av.wrapping_mul(y));
             }
         }
@@ -356,8 +430,18 @@ mod tests {
     #[test]
     fn matmul_matches_naive() {
         // Ragged edges, several depth passes, the parallel path, and a shared operand.
-        for (batch, m, k, n) in [(1, 9, 13, 300), (1, 37, 600, 70), (3, 16, 257, 16), (2, 1, 1, 1)]
-        {
+        // Threads split the columns (n ≥ 512) or the rows; rows left over from the 8-row tile
+        // take the 4-, 2- and 1-row tiles.
+        let cases = [
+            (1, 9, 13, 300),
+            (1, 37, 600, 70),
+            (3, 16, 257, 16),
+            (2, 1, 1, 1),
+            (1, 13, 200, 600),
+            (1, 7, 160, 1030),
+            (2, 3, 300, 1200),
+        ];
+        for (batch, m, k, n) in cases {
             let a = crate::testdata::xorshift_words(batch * m * k, (m * k) as u64);
             let b = crate::testdata::xorshift_words(k * n, (k * n) as u64 + 1);
             let mut d = vec![u64::MAX; batch * m * n];
