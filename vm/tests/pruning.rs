@@ -137,6 +137,10 @@ fn pruned_instances_run_fused_kernels_bit_identical_to_the_interpreter() {
         // planned for the instance: more kernels than the loaded program's plan alone.
         let loaded = veil_vm::jit::Jit::new(&p, Party::Client, true).expect("jit").kernels;
         assert!(with.client.jit_kernels > loaded, "{} vs {loaded}", with.client.jit_kernels);
+        // Their code was compiled with the loaded program (a broadcast's lengths are the
+        // call's arguments): nothing compiles during the query.
+        assert_eq!(with.client.jit_compiled_in_body, 0);
+        assert_eq!(with.server.jit_compiled_in_body, 0);
     }
 }
 

@@ -108,6 +108,9 @@ pub struct PartyReport {
     /// Fused kernels planned: the loaded program's, plus those of every pruned instance run so
     /// far (zero without the JIT).
     pub jit_kernels: usize,
+    /// Kernel signatures compiled while the body ran (a pruned instance's code that was not
+    /// compiled with the loaded program); zero when every instance reused compiled code.
+    pub jit_compiled_in_body: usize,
     /// Kernels run compiled, and kernels that had to run interpreted because their code did
     /// not compile, over all runs.
     pub jit_runs: (u64, u64),
@@ -732,8 +735,10 @@ impl<'p> PartyVm<'p> {
         {
             let c = match (&mut self.jit, self.jit_on) {
                 (Some(j), true) => {
+                    let before = j.distinct;
                     let (c, t) = j.segment(inst, from);
                     self.report.jit_instance_time += t;
+                    self.report.jit_compiled_in_body += j.distinct - before;
                     self.report.jit_kernels += c.as_ref().map_or(0, |c| c.plan.kernels.len());
                     c
                 }

@@ -1,9 +1,10 @@
 //! Cranelift code generation for one kernel signature.
 //!
 //! The function is `extern "C" fn(ptrs: *const *mut u64, n: u64)`: `ptrs` holds the inputs'
-//! then the outputs' base pointers. Kernels without strided broadcasts run an `i64x2` loop
-//! over element pairs, then a scalar loop for the odd element; broadcasts keep a per-input
-//! index and counter in the scalar loop (no division per element).
+//! then the outputs' base pointers, then `len` and `inner` of each broadcast input. Kernels
+//! without strided broadcasts run an `i64x2` loop over element pairs, then a scalar loop for
+//! the odd element; broadcasts keep a per-input index and counter in the scalar loop (no
+//! division per element).
 
 use super::kernel::{Access, Op, Sig, V};
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -136,7 +137,15 @@ fn emit(b: &mut FunctionBuilder, sig: &Sig, ptr: Type, simd: bool) {
     let bases: Vec<Value> =
         (0..nptr).map(|k| b.ins().load(ptr, flags, ptrs, (8 * k) as i32)).collect();
     let bcast: Vec<usize> =
-        (0..sig.inputs.len()).filter(|&k| matches!(sig.inputs[k], Access::Bcast { .. })).collect();
+        (0..sig.inputs.len()).filter(|&k| sig.inputs[k] == Access::Bcast).collect();
+    // Each broadcast's `len` and `inner`, after the pointers.
+    let lens: Vec<(Value, Value)> = (0..bcast.len())
+        .map(|j| {
+            let at = (8 * (nptr + 2 * j)) as i32;
+            let len = b.ins().load(types::I64, flags, ptrs, at);
+            (len, b.ins().load(types::I64, flags, ptrs, at + 8))
+        })
+        .collect();
     let vector = simd && bcast.is_empty();
 
     // Scalars that do not depend on the element: constants and one-element inputs. Splat
@@ -210,19 +219,14 @@ fn emit(b: &mut FunctionBuilder, sig: &Sig, ptr: Type, simd: bool) {
         bcast.iter().enumerate().map(|(j, &k)| (k, params[1 + 2 * j])).collect();
     body(b, sig, &scalar, types::I64, off, flags, &idx);
     let mut next = vec![BlockArg::Value(b.ins().iadd_imm_u(i, 1i64))];
-    for (j, &k) in bcast.iter().enumerate() {
-        let Access::Bcast { len, inner } = sig.inputs[k] else { unreachable!() };
+    for (j, &(len, inner)) in lens.iter().enumerate() {
         let (ix, cnt) = (params[1 + 2 * j], params[2 + 2 * j]);
-        let (ix, cnt) = if inner == 1 {
-            (b.ins().iadd_imm_u(ix, 1i64), cnt)
-        } else {
-            let c1 = b.ins().iadd_imm_u(cnt, 1i64);
-            let wrap = b.ins().icmp_imm_u(IntCC::Equal, c1, inner as i64);
-            let step = b.ins().uextend(types::I64, wrap);
-            let ix = b.ins().iadd(ix, step);
-            (ix, b.ins().select(wrap, zero, c1))
-        };
-        let end = b.ins().icmp_imm_u(IntCC::Equal, ix, len as i64);
+        let c1 = b.ins().iadd_imm_u(cnt, 1i64);
+        let wrap = b.ins().icmp(IntCC::Equal, c1, inner);
+        let step = b.ins().uextend(types::I64, wrap);
+        let ix = b.ins().iadd(ix, step);
+        let cnt = b.ins().select(wrap, zero, c1);
+        let end = b.ins().icmp(IntCC::Equal, ix, len);
         let ix = b.ins().select(end, zero, ix);
         next.push(BlockArg::Value(ix));
         next.push(BlockArg::Value(cnt));
@@ -254,7 +258,7 @@ fn body(
             Op::Load(k) => {
                 let k = k as usize;
                 let o = match sig.inputs[k] {
-                    Access::Bcast { .. } => match bcast_idx.iter().find(|(x, _)| *x == k) {
+                    Access::Bcast => match bcast_idx.iter().find(|(x, _)| *x == k) {
                         Some(&(_, ix)) => b.ins().ishl_imm_u(ix, 3i64),
                         None => off,
                     },

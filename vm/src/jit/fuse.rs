@@ -12,7 +12,7 @@
 //! value, never stored in between; a written buffer is stored only if something after the
 //! kernel may read it (its next access in the section is not a full overwrite).
 
-use super::kernel::{Access, Kernel, Op, Sig, V};
+use super::kernel::{Kernel, Op, Read, Sig, V};
 use std::collections::{HashMap, HashSet};
 use veil_isa::{Buf, Class, ElementwiseVisitor, Instr, Kind, Party, Program};
 
@@ -41,7 +41,7 @@ const MAX_PTRS: usize = 32;
 /// One instruction as a small DAG over its sources (`Op::Load(k)` reads `srcs[k]`).
 struct Lowered {
     n: usize,
-    srcs: Vec<(Buf, Access)>,
+    srcs: Vec<(Buf, Read)>,
     ops: Vec<Op>,
     dsts: Vec<(Buf, V)>,
 }
@@ -83,16 +83,16 @@ impl Ctx<'_> {
         matches!(self.kind(b), Kind::Private(p) if p != self.me)
     }
 
-    fn access(&self, b: Buf, n: usize, inner: u32) -> Option<Access> {
+    fn access(&self, b: Buf, n: usize, inner: u32) -> Option<Read> {
         let lb = self.len(b);
         if lb == n && inner == 1 {
-            Some(Access::Elem)
+            Some(Read::Elem)
         } else if lb == 1 {
-            Some(Access::Splat)
+            Some(Read::Splat)
         } else if lb == 0 || inner == 0 || !n.is_multiple_of(lb * inner as usize) {
             None
         } else {
-            Some(Access::Bcast { len: lb as u32, inner })
+            Some(Read::Bcast { len: lb as u32, inner })
         }
     }
 
@@ -125,7 +125,7 @@ struct Lowering<'c, 'p> {
 }
 
 impl Lowering<'_, '_> {
-    fn src(&mut self, b: Buf, a: Access) -> V {
+    fn src(&mut self, b: Buf, a: Read) -> V {
         self.l.srcs.push((b, a));
         self.push(Op::Load(self.l.srcs.len() as u32 - 1))
     }
@@ -135,7 +135,7 @@ impl Lowering<'_, '_> {
         self.l.ops.len() as u32 - 1
     }
 
-    fn access(&self, b: Buf, inner: u32) -> Option<Access> {
+    fn access(&self, b: Buf, inner: u32) -> Option<Read> {
         self.ctx.access(b, self.l.n, inner)
     }
 
@@ -146,11 +146,11 @@ impl Lowering<'_, '_> {
         let use_b = ctx.kind(b) != Kind::Public || ctx.adds_public(self.dk);
         let v = match (use_a, use_b) {
             (true, true) => {
-                let x = self.src(a, Access::Elem);
+                let x = self.src(a, Read::Elem);
                 let y = self.src(b, acc);
                 self.push(if sub { Op::Sub(x, y) } else { Op::Add(x, y) })
             }
-            (true, false) => self.src(a, Access::Elem),
+            (true, false) => self.src(a, Read::Elem),
             (false, true) => {
                 let y = self.src(b, acc);
                 if sub {
@@ -167,7 +167,7 @@ impl Lowering<'_, '_> {
 
     /// `d = op(a, imm)`.
     fn with_const(&mut self, d: Buf, a: Buf, imm: u64, op: fn(V, V) -> Op) -> Option<()> {
-        let x = self.src(a, Access::Elem);
+        let x = self.src(a, Read::Elem);
         let k = self.push(Op::Const(imm));
         let v = self.push(op(x, k));
         self.l.dsts.push((d, v));
@@ -195,7 +195,7 @@ impl ElementwiseVisitor for Lowering<'_, '_> {
         let v = if self.ctx.foreign(a) || self.ctx.foreign(b) {
             self.push(Op::Const(0))
         } else {
-            let x = self.src(a, Access::Elem);
+            let x = self.src(a, Read::Elem);
             let y = self.src(b, acc);
             self.push(Op::Mul(x, y))
         };
@@ -204,7 +204,7 @@ impl ElementwiseVisitor for Lowering<'_, '_> {
     }
 
     fn neg(&mut self, d: Buf, a: Buf) -> Option<()> {
-        let x = self.src(a, Access::Elem);
+        let x = self.src(a, Read::Elem);
         let v = self.push(Op::Neg(x));
         self.l.dsts.push((d, v));
         Some(())
@@ -220,7 +220,7 @@ impl ElementwiseVisitor for Lowering<'_, '_> {
     }
 
     fn shl(&mut self, d: Buf, a: Buf, bits: u8) -> Option<()> {
-        let x = self.src(a, Access::Elem);
+        let x = self.src(a, Read::Elem);
         let v = self.push(Op::Shl(x, bits & 63));
         self.l.dsts.push((d, v));
         Some(())
@@ -247,9 +247,9 @@ impl ElementwiseVisitor for Lowering<'_, '_> {
         if [pk, s, c, rhi, m].iter().any(|&b| self.ctx.len(b) != self.l.n) {
             return None;
         }
-        let cv = self.src(c, Access::Elem);
-        let rv = self.src(rhi, Access::Elem);
-        let mv = self.src(m, Access::Elem);
+        let cv = self.src(c, Read::Elem);
+        let rv = self.src(rhi, Read::Elem);
+        let mv = self.src(m, Read::Elem);
         let wm = self.push(Op::Const(wmask));
         let cc = self.push(Op::And(cv, wm));
         let hi = self.push(Op::Ushr(cc, t as u8));
@@ -324,8 +324,8 @@ impl Accesses {
 struct Group {
     n: usize,
     members: Vec<usize>,
-    inputs: Vec<(Buf, Access)>,
-    loads: HashMap<(Buf, Access), V>,
+    inputs: Vec<(Buf, Read)>,
+    loads: HashMap<(Buf, Read), V>,
     ops: Vec<Op>,
     /// The current value of each buffer written so far, and where it was written.
     cur: HashMap<Buf, (V, usize)>,
@@ -345,7 +345,7 @@ impl Group {
         l.n == self.n
             && self.ops.len() + l.ops.len() <= MAX_OPS
             && self.inputs.len() + new_inputs + self.cur.len() + l.dsts.len() <= MAX_PTRS
-            && l.srcs.iter().all(|&(b, a)| a == Access::Elem || !self.cur.contains_key(&b))
+            && l.srcs.iter().all(|&(b, a)| a == Read::Elem || !self.cur.contains_key(&b))
             && l.dsts.iter().all(|(d, _)| !self.bcast.contains(d))
     }
 
@@ -360,9 +360,9 @@ impl Group {
                 Op::Load(k) => {
                     let (b, a) = l.srcs[k as usize];
                     match self.cur.get(&b) {
-                        Some(&(v, _)) if a == Access::Elem => v,
+                        Some(&(v, _)) if a == Read::Elem => v,
                         _ => {
-                            if a != Access::Elem {
+                            if a != Read::Elem {
                                 self.bcast.insert(b);
                             }
                             match self.loads.get(&(b, a)) {
@@ -413,10 +413,11 @@ impl Group {
         }
         Kernel {
             sig: Sig {
-                inputs: self.inputs.iter().map(|&(_, a)| a).collect(),
+                inputs: self.inputs.iter().map(|&(_, a)| a.access()).collect(),
                 ops: self.ops,
                 outputs,
             },
+            reads: self.inputs.iter().map(|&(_, a)| a).collect(),
             bufs,
             n: self.n,
             members: self.members,

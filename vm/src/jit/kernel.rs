@@ -9,7 +9,7 @@ pub type V = u32;
 
 /// How element `i` of the loop reads an input buffer.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Access {
+pub enum Read {
     /// `x[i]` (the buffer has `n` elements).
     Elem,
     /// `x[0]` (a one-element buffer broadcast over the loop).
@@ -21,6 +21,30 @@ pub enum Access {
         /// Consecutive loop elements that share one buffer element.
         inner: u32,
     },
+}
+
+/// What the generated code knows of a [`Read`]: its pattern, not its lengths. A broadcast's
+/// lengths are arguments of the call, so a pruned instance, whose broadcasts shrink with the
+/// sequence, runs the code compiled at the full length.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// `x[i]`.
+    Elem,
+    /// `x[0]`.
+    Splat,
+    /// `x[(i / inner) % len]`, `len` and `inner` passed after the pointers.
+    Bcast,
+}
+
+impl Read {
+    /// The pattern the code is compiled for.
+    pub fn access(self) -> Access {
+        match self {
+            Read::Elem => Access::Elem,
+            Read::Splat => Access::Splat,
+            Read::Bcast { .. } => Access::Bcast,
+        }
+    }
 }
 
 /// One operation of the DAG; operands are earlier values.
@@ -63,6 +87,8 @@ pub struct Sig {
 pub struct Kernel {
     /// The code's shape.
     pub sig: Sig,
+    /// How each input is read, with a broadcast's lengths (in pointer order).
+    pub reads: Vec<Read>,
     /// Input buffers, then output buffers (the pointer array the code receives).
     pub bufs: Vec<Buf>,
     /// Elements of the loop.
@@ -75,10 +101,21 @@ pub struct Kernel {
 impl Kernel {
     /// The buffer length each pointer must have for the code to stay in bounds.
     pub fn required_len(&self, ptr: usize) -> usize {
-        match self.sig.inputs.get(ptr) {
-            Some(Access::Elem) | None => self.n,
-            Some(Access::Splat) => 1,
-            Some(Access::Bcast { len, .. }) => *len as usize,
+        match self.reads.get(ptr) {
+            Some(Read::Elem) | None => self.n,
+            Some(Read::Splat) => 1,
+            Some(Read::Bcast { len, .. }) => *len as usize,
         }
+    }
+
+    /// The arguments after the pointers: `len` and `inner` of each broadcast input, in order.
+    pub fn bcast_args(&self) -> impl Iterator<Item = u64> + '_ {
+        self.reads
+            .iter()
+            .flat_map(|r| match *r {
+                Read::Bcast { len, inner } => Some([len as u64, inner as u64]),
+                _ => None,
+            })
+            .flatten()
     }
 }

@@ -15,7 +15,7 @@ use crate::store::Slot;
 use cache::KernelCache;
 use codegen::{JitError, KernelFn};
 use fuse::Plan;
-use kernel::Kernel;
+use kernel::{Kernel, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use veil_isa::{Instr, Party, Program};
@@ -56,6 +56,23 @@ impl Jit {
         let mut cache = KernelCache::new(simd)?;
         let setup = plan_run(&mut cache, prog, &prog.setup, 0, me);
         let body = plan_run(&mut cache, prog, &prog.body, 0, me);
+        // A pruned program's segments after its `setlen`s run in instances planned at each
+        // revealed length; their code is the same at any length (a broadcast's lengths are
+        // arguments), so it is compiled here, once per session, from the segments at the
+        // full length, rather than during the query.
+        if prog.dynamic.is_some() {
+            let starts = prog
+                .body
+                .iter()
+                .enumerate()
+                .filter_map(|(i, ins)| matches!(ins, Instr::SetLen { .. }).then_some(i + 1));
+            for from in starts {
+                let code = &prog.body[from..];
+                for k in fuse::plan(prog, &code[..segment_end(code)], from, me).kernels {
+                    cache.get(&k.sig);
+                }
+            }
+        }
         Ok(Jit {
             kernels: setup.plan.kernels.len() + body.plan.kernels.len(),
             distinct: cache.len(),
@@ -70,7 +87,7 @@ impl Jit {
 
     /// Plans and compiles the body of `inst` (a program instantiated at a pruned length) from
     /// instruction `from` up to its next `setlen`. Signatures already compiled are reused
-    /// (only kernels that read a broadcast whose length changed compile anew). `None` when
+    /// (all of them, usually: see [`Jit::new`]). `None` when
     /// the segment's elementwise work is too small to repay planning it (see
     /// [`WORTH_PLANNING`]). Returns the plan and the time it took.
     pub fn segment(&mut self, inst: &Program, from: usize) -> (Option<Arc<Compiled>>, Duration) {
@@ -102,11 +119,14 @@ fn plan_run(
     me: Party,
 ) -> Arc<Compiled> {
     let code = &section[from..];
-    let end =
-        code.iter().position(|i| matches!(i, Instr::SetLen { .. })).map_or(code.len(), |e| e + 1);
-    let plan = fuse::plan(prog, &code[..end], from, me);
+    let plan = fuse::plan(prog, &code[..segment_end(code)], from, me);
     let fns = plan.kernels.iter().map(|k| cache.get(&k.sig)).collect();
     Arc::new(Compiled { plan, fns })
+}
+
+/// Instructions of `code` through its first `setlen` (or all of them).
+fn segment_end(code: &[Instr]) -> usize {
+    code.iter().position(|i| matches!(i, Instr::SetLen { .. })).map_or(code.len(), |e| e + 1)
 }
 
 /// Planning costs about as much per instruction as fusing saves on a few hundred elements
@@ -119,7 +139,13 @@ pub const WORTH_PLANNING: usize = 512;
 /// Runs kernel `k` with `f` over `bufs`; false (nothing done) when a buffer's length does not
 /// match what the code indexes, so the caller interprets instead.
 pub fn run(k: &Kernel, f: KernelFn, bufs: &mut [Slot]) -> bool {
-    let mut ptrs: Vec<*mut u64> = Vec::with_capacity(k.bufs.len());
+    let mut ptrs: Vec<*mut u64> = Vec::with_capacity(k.bufs.len() + 2 * k.reads.len());
+    if k.reads
+        .iter()
+        .any(|r| matches!(r, Read::Bcast { len: 0, .. } | Read::Bcast { inner: 0, .. }))
+    {
+        return false;
+    }
     let inputs = k.sig.inputs.len();
     // Outputs become the VM's own arrays first (a write to shared data copies it), so no
     // input pointer taken below can outlive its array.
@@ -137,8 +163,10 @@ pub fn run(k: &Kernel, f: KernelFn, bufs: &mut [Slot]) -> bool {
             _ => return false,
         }
     }
+    // A broadcast's lengths go after the pointers, as integers the code compares with.
+    ptrs.extend(k.bcast_args().map(|x| std::ptr::without_provenance_mut(x as usize)));
     // SAFETY: every pointer addresses a live buffer of the length the code indexes (checked
-    // above: `n` elements, one, or the broadcast length). Inputs and outputs may be the same
+    // above: `n` elements, one, or the broadcast length `len`, whose `inner` divides `n`). Inputs and outputs may be the same
     // buffer; the code reads each element before storing to it and touches no other element
     // in between. No Rust reference to these buffers is used during the call.
     unsafe { f(ptrs.as_ptr(), k.n as u64) };
