@@ -29,6 +29,8 @@ pub struct Measured {
     pub prefix: Duration,
     /// Peak RSS of the client process.
     pub client_rss: u64,
+    /// Peak RSS of the dealer process, when it ran as one (not in-process).
+    pub dealer_rss: Option<u64>,
 }
 
 /// Max abs error and max |reference| over all elements.
@@ -160,11 +162,12 @@ pub fn print_cost(p: &Program, m: &Measured, nets: &[Net]) -> Option<Result<crat
         );
     }
     println!(
-        "  offline (dealer→server corrections, made before the query): {} in {:.2} s; client session {:.2} s in all; client peak RSS {}",
+        "  offline (dealer→server corrections, made before the query): {} in {:.2} s; client session {:.2} s in all; client peak RSS {}{}",
         bytes(m.dealer_bytes),
         m.offline.as_secs_f64(),
         m.session.as_secs_f64(),
-        bytes(m.client_rss)
+        bytes(m.client_rss),
+        m.dealer_rss.map_or(String::new(), |r| format!("; dealer peak RSS {}", bytes(r)))
     );
     println!(
         "  memory: client buffers peaked at {} (declared {}){}",

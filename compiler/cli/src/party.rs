@@ -227,7 +227,13 @@ impl ServerSummary {
 
 /// Peak resident set size of this process in bytes (0 where /proc is unavailable).
 pub fn peak_rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    peak_rss_of("self")
+}
+
+/// Peak resident set size (VmHWM) of process `pid` (or `self`) in bytes (0 where /proc is
+/// unavailable).
+pub fn peak_rss_of(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
@@ -235,6 +241,5 @@ pub fn peak_rss() -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
+        .map_or(0, |kb| kb * 1024)
 }

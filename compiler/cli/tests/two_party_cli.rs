@@ -115,6 +115,10 @@ fn run_over_tcp_processes_matches_onnxruntime() {
     let so = ok(&veil(&args));
     assert!(so.contains("vs plaintext reference"), "{so}");
     assert!(so.contains("by op kind:") && so.contains("softmax"), "{so}");
+    // Every process's peak memory, the dealer's included (Linux reads it from /proc).
+    if cfg!(target_os = "linux") {
+        assert!(so.contains("client peak RSS") && so.contains("dealer peak RSS"), "{so}");
+    }
     let got = veil_compiler::npy::read(&outdir.join("last_hidden_state.npy")).unwrap().to_f64_vec();
     let want =
         veil_compiler::npy::read(&root().join(DATA).join("output_0.npy")).unwrap().to_f64_vec();

@@ -352,5 +352,6 @@ fn client_measured(report: veil_vm::PartyReport, t0: Instant, prefix: Duration) 
         session: t0.elapsed(),
         prefix,
         client_rss: crate::party::peak_rss(),
+        dealer_rss: None,
     }
 }

@@ -103,7 +103,7 @@ impl Proc {
     }
 
     fn peak_rss(&self) -> u64 {
-        peak_rss_of(self.child.id())
+        crate::party::peak_rss_of(&self.child.id().to_string())
     }
 }
 
@@ -112,19 +112,6 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// VmHWM of process `pid` in bytes (0 where /proc is not available).
-fn peak_rss_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
 }
 
 /// One `veil connect` process's measurements.

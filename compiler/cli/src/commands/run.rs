@@ -360,6 +360,7 @@ fn in_process(s: &Local) -> Result<Outcome> {
         session: r.online_time,
         prefix,
         client_rss: crate::party::peak_rss(),
+        dealer_rss: None,
     };
     Ok((outs, m))
 }
@@ -498,6 +499,7 @@ pub fn role_processes(
     let ok = r.is_ok();
     let server_out = server.finish(ok);
     // The dealer serves until stopped: its work for this run is done once the server is.
+    let dealer_rss = crate::party::peak_rss_of(&dealer.child.id().to_string());
     let _ = dealer.finish(false);
     let mut m = r?;
     let server_out = server_out?;
@@ -506,6 +508,7 @@ pub fn role_processes(
         .find_map(|l| serde_json::from_str(l).ok())
         .context("the server did not report its measurements")?;
     m.dealer_bytes = s.dealer_bytes;
+    m.dealer_rss = (dealer_rss > 0).then_some(dealer_rss);
     m.offline = Duration::from_secs_f64(s.offline_secs);
     m.server = Some(s);
     Ok(m)
