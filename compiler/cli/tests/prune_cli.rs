@@ -38,11 +38,19 @@ fn cls(cmd: &str, extra: &[&str]) -> std::process::Output {
 
 /// Calibrated thresholds for the example (keep half after each layer) and their samples.
 fn thresholds(dir: &Path) -> (PathBuf, PathBuf) {
+    thresholds_with(dir, &[])
+}
+
+/// [`thresholds`] for the example compiled with `extra` flags.
+fn thresholds_with(dir: &Path, extra: &[&str]) -> (PathBuf, PathBuf) {
     let samples = dir.join("samples");
     sample(&samples.join("a"), 1);
     sample(&samples.join("b"), 2);
     let thr = dir.join("thr.json");
-    let out = cls("calibrate", &["--inputs", &s(&samples), "--prune-keep", "0.5", "-o", &s(&thr)]);
+    let (sm, t) = (s(&samples), s(&thr));
+    let mut a = vec!["--inputs", &sm, "--prune-keep", "0.5", "-o", &t];
+    a.extend_from_slice(extra);
+    let out = cls("calibrate", &a);
     let so = ok(&out);
     assert!(so.contains("sample 0: tokens 16 → "), "{so}");
     // Each point's margin from the calibration scores is reported.
@@ -58,6 +66,45 @@ fn pruned_two_party_run_keeps_the_plaintext_counts() {
     let out = cls("compile", &["--prune", &s(&thr), "-o", &s(&prog)]);
     let so = ok(&out);
     assert!(so.contains("prune"), "{so}");
+    run_matches_the_plaintext_counts(&dir, &prog, &samples);
+}
+
+#[test]
+fn pruned_smu_two_party_run_keeps_the_plaintext_counts() {
+    // The SMU-rewritten attention (y · 1/Σy) is a pruning point as a softmax is; its ranges
+    // are calibrated over the pruned plaintext run, whose rows sum fewer terms.
+    let dir = tmp("prune-smu");
+    let smu = ["--nonlinear", "smu"];
+    let (thr, samples) = thresholds_with(&dir, &smu);
+    let cal = dir.join("cal.json");
+    let (t, c) = (s(&thr), s(&cal));
+    let out = cls(
+        "calibrate",
+        &["--nonlinear", "smu", "--inputs", &s(&samples), "--prune", &t, "-o", &c],
+    );
+    let so = ok(&out);
+    assert!(so.contains("over the plaintext pruned run"), "{so}");
+    let prog = dir.join("p.vbc");
+    let compile = |cal: &str| {
+        cls(
+            "compile",
+            &["--nonlinear", "smu", "--calibration", cal, "--prune", &t, "-o", &s(&prog)],
+        )
+    };
+    ok(&compile(&c));
+    run_matches_the_plaintext_counts(&dir, &prog, &samples);
+    // Ranges from the full-length run need not cover a pruned row's sum: refused by name.
+    let full = dir.join("full.json");
+    let out = cls("calibrate", &["--nonlinear", "smu", "--inputs", &s(&samples), "-o", &s(&full)]);
+    ok(&out);
+    std::fs::remove_file(&prog).unwrap();
+    fails_with(&compile(&s(&full)), "calibrated without pruning, which does not match");
+    assert!(!prog.exists(), "nothing written");
+}
+
+/// Runs `prog` two-party on sample `a`: the token counts equal the plaintext pruned run's and
+/// the output is within 5e-2 of it.
+fn run_matches_the_plaintext_counts(dir: &Path, prog: &Path, samples: &Path) {
     let a = samples.join("a");
     let inputs: Vec<String> = ["input_ids", "attention_mask", "token_type_ids"]
         .iter()
@@ -65,7 +112,7 @@ fn pruned_two_party_run_keeps_the_plaintext_counts() {
         .collect();
     let svg = dir.join("layers.svg");
     let mut args =
-        vec!["run".to_string(), s(&prog), "--in-process".into(), "--plot".into(), s(&svg)];
+        vec!["run".to_string(), s(prog), "--in-process".into(), "--plot".into(), s(&svg)];
     args.extend(inputs);
     let so = ok(&veil(&args));
     let plain = so.lines().find(|l| l.starts_with("plaintext pruned run: tokens")).expect(&so);
@@ -144,7 +191,7 @@ fn bad_pruning_inputs_end_in_clear_messages() {
     ]);
     fails_with(&public, "falls in layers the client runs in the clear");
     let smu = compile(&["--prune", &good, "--nonlinear", "smu"]);
-    fails_with(&smu, "--prune with --nonlinear smu is not supported yet");
+    fails_with(&smu, "--nonlinear smu needs --calibration FILE");
     // `veil calibrate` of the example with `extra`, writing t.json.
     let t = s(&dir.join("t.json"));
     let calibrate = |extra: &[&str]| {

@@ -7,7 +7,10 @@
 //! and compile must see the same graph: the same model, the same `--nonlinear` flags.
 
 use crate::eval::{run_values, EvalError};
-use crate::ir::{Graph, Op, Tensor, Value};
+use crate::ir::{Graph, Node, Op, Tensor, Value};
+use crate::prune::cuts::Cut;
+use crate::prune::reference::{graph_at_len, run_watching, GraphAt};
+use crate::prune::{PruneConfig, PruneError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
@@ -48,8 +51,13 @@ pub struct Calibration {
     pub samples: usize,
     /// Ranges by site key ([`crate::ir::Provenance::key`]).
     pub sites: BTreeMap<String, Site>,
-    /// With a rewrite that changes the function: how much, against the original model.
+    /// With a rewrite that changes the function: how much, against the original model (with
+    /// `prune`, the original unpruned: the rewrite's and the pruning's change together).
     pub function_change: Option<FunctionChange>,
+    /// Calibrated over the plaintext pruned run with these thresholds (a `--prune` file's
+    /// JSON): a pruned row's sums and variances differ from the full-length run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<String>,
 }
 
 impl Calibration {
@@ -85,6 +93,58 @@ fn row_variances(t: &Tensor, eps: f64) -> Vec<f64> {
         .collect()
 }
 
+/// A site's key (as the compiler looks it up), kind and, for a layer norm, its eps.
+type SiteOf = (String, &'static str, Option<f64>);
+
+/// The sites of `g` (with layers assigned, as the compiler keys them), by node.
+fn sites_of(g: &Graph) -> HashMap<Node, SiteOf> {
+    let mut named = g.clone();
+    crate::compile::layers::assign_layers(&mut named);
+    let mut of = HashMap::new();
+    for &n in &named.order {
+        let nd = &named.nodes[n];
+        if let Some(kind) = site(&nd.op) {
+            let eps = match nd.op {
+                Op::LayerNorm { eps, .. } => Some(eps as f64),
+                _ => None,
+            };
+            of.insert(n, (nd.prov.key(&nd.name), kind, eps));
+        }
+    }
+    of
+}
+
+/// Widens site `key`'s range to cover its argument `t`.
+fn record(
+    sites: &mut BTreeMap<String, Site>,
+    (key, kind, eps): &SiteOf,
+    t: &Tensor,
+) {
+    let v = match eps {
+        Some(e) => row_variances(t, *e),
+        None => t.to_f64_vec(),
+    };
+    let (lo, hi) =
+        v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    let s = sites.entry(key.clone()).or_insert(Site {
+        op: kind.to_string(),
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+    });
+    s.min = s.min.min(lo);
+    s.max = s.max.max(hi);
+}
+
+/// Widens `change` by the difference of `got` from `want`.
+fn compare(change: &mut FunctionChange, got: &[Tensor], want: &[Tensor]) {
+    for (got, want) in got.iter().zip(want) {
+        for (a, b) in got.to_f64_vec().iter().zip(want.to_f64_vec()) {
+            change.max_abs = change.max_abs.max((a - b).abs());
+            change.max_ref = change.max_ref.max(b.abs());
+        }
+    }
+}
+
 /// Measures every site of `g` over `samples` (inputs by name). `original`, when given, is the
 /// model before a function-changing rewrite: its outputs are compared with `g`'s.
 pub fn calibrate(
@@ -93,23 +153,11 @@ pub fn calibrate(
     samples: &[HashMap<String, Tensor>],
     nonlinear: &str,
 ) -> Result<Calibration, EvalError> {
-    // Sites keyed as the compiler will look them up: by provenance key, once layers are known.
-    let mut named = g.clone();
-    crate::compile::layers::assign_layers(&mut named);
-    let g = &named;
-    let mut wanted: Vec<Value> = Vec::new();
-    let mut of: Vec<(String, &'static str, Option<f64>)> = Vec::new();
-    for &n in &g.order {
-        let nd = &g.nodes[n];
-        if let Some(kind) = site(&nd.op) {
-            wanted.push(nd.args[0]);
-            let eps = match nd.op {
-                Op::LayerNorm { eps, .. } => Some(eps as f64),
-                _ => None,
-            };
-            of.push((nd.prov.key(&nd.name), kind, eps));
-        }
-    }
+    let of: Vec<(Value, SiteOf)> = {
+        let mut by_node = sites_of(g);
+        g.order.iter().filter_map(|n| Some((g.nodes[*n].args[0], by_node.remove(n)?))).collect()
+    };
+    let mut wanted: Vec<Value> = of.iter().map(|(v, _)| *v).collect();
     let outputs = g.outputs.len();
     wanted.extend(g.outputs.iter().copied());
     let mut sites: BTreeMap<String, Site> = BTreeMap::new();
@@ -117,30 +165,11 @@ pub fn calibrate(
     for inputs in samples {
         let vals = run_values(g, inputs, &wanted)?;
         let (args, outs) = vals.split_at(vals.len() - outputs);
-        for ((name, kind, eps), t) in of.iter().zip(args) {
-            let v = match eps {
-                Some(e) => row_variances(t, *e),
-                None => t.to_f64_vec(),
-            };
-            let (lo, hi) = v
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
-            let s = sites.entry(name.clone()).or_insert(Site {
-                op: kind.to_string(),
-                min: f64::INFINITY,
-                max: f64::NEG_INFINITY,
-            });
-            s.min = s.min.min(lo);
-            s.max = s.max.max(hi);
+        for ((_, site), t) in of.iter().zip(args) {
+            record(&mut sites, site, t);
         }
         if let (Some(orig), Some(c)) = (original, change.as_mut()) {
-            let want = crate::eval::run(orig, inputs)?;
-            for (got, want) in outs.iter().zip(&want) {
-                for (a, b) in got.to_f64_vec().iter().zip(want.to_f64_vec()) {
-                    c.max_abs = c.max_abs.max((a - b).abs());
-                    c.max_ref = c.max_ref.max(b.abs());
-                }
-            }
+            compare(c, outs, &crate::eval::run(orig, inputs)?);
         }
     }
     Ok(Calibration {
@@ -150,6 +179,46 @@ pub fn calibrate(
         samples: samples.len(),
         sites,
         function_change: change,
+        prune: None,
+    })
+}
+
+/// [`calibrate`] over the plaintext pruned run of the model (`graph_at`, at length `n`, with
+/// pruning points `cuts` and thresholds `cfg`): each site's range covers every length the
+/// run reaches. `original`, when given, is the model before the rewrite at length `n`,
+/// unpruned.
+pub fn calibrate_pruned(
+    graph_at: &GraphAt<'_>,
+    n: usize,
+    cuts: &[Cut],
+    cfg: &PruneConfig,
+    original: Option<&Graph>,
+    samples: &[HashMap<String, Tensor>],
+    nonlinear: &str,
+) -> Result<Calibration, PruneError> {
+    let g = graph_at_len(graph_at, n)?;
+    let of = sites_of(&g);
+    let mut sites: BTreeMap<String, Site> = BTreeMap::new();
+    let mut change = original.map(|_| FunctionChange { max_abs: 0.0, max_ref: 0.0 });
+    for inputs in samples {
+        let mut watch = |_: &Graph, nd: Node, args: &[&Tensor]| {
+            if let (Some(site), Some(t)) = (of.get(&nd), args.first()) {
+                record(&mut sites, site, t);
+            }
+        };
+        let run = run_watching(graph_at, n, cuts, cfg, inputs, &mut watch)?;
+        if let (Some(orig), Some(c)) = (original, change.as_mut()) {
+            compare(c, &run.outputs, &crate::eval::run(orig, inputs)?);
+        }
+    }
+    Ok(Calibration {
+        version: VERSION,
+        model: g.name.clone(),
+        nonlinear: nonlinear.to_string(),
+        samples: samples.len(),
+        sites,
+        function_change: change,
+        prune: Some(cfg.to_json()),
     })
 }
 
@@ -201,5 +270,30 @@ mod tests {
         assert!(c.sites["act"].max < 0.95);
         assert_eq!(c.samples, 2);
         assert!(c.function_change.is_none());
+    }
+
+    #[test]
+    fn a_pruned_calibration_covers_the_shorter_rows_after_the_point() {
+        // Two SMU attentions; pruning after the first leaves the second summing fewer keys,
+        // whose reciprocal then sees smaller sums than any full-length run.
+        use crate::prune::cuts::{find, tests::attention};
+        let n = 8;
+        let graph_at = |len: usize| Ok(attention(len, true));
+        let cuts = find(&attention(n, true), &attention(n - 1, true), n, Some(&[0])).unwrap();
+        let cfg = PruneConfig { theta: vec![Some(0.12), None], protect: 1 };
+        let x: Vec<f32> = (0..n * 4).map(|i| ((i * 37 % 23) as f32 - 11.0) / 8.0).collect();
+        let sample = HashMap::from([("x".to_string(), Tensor::f32(vec![n, 4], x))]);
+        let samples = [sample];
+        let full = calibrate(&attention(n, true), None, &samples, "smu 0 1").unwrap();
+        let pruned =
+            calibrate_pruned(&graph_at, n, &cuts, &cfg, None, &samples, "smu 0 1").unwrap();
+        let run = crate::prune::reference::run(&graph_at, n, &cuts, &cfg, &samples[0]).unwrap();
+        assert!(run.lengths[0] < n, "the point prunes: {:?}", run.lengths);
+        let key = "attn2::softmax/recip";
+        let (f, p) = (&full.sites[key], &pruned.sites[key]);
+        assert!(p.min < f.min, "pruned {p:?} against full {f:?}");
+        // Before the point the two runs see the same values.
+        assert_eq!(full.sites["attn::softmax/recip"], pruned.sites["attn::softmax/recip"]);
+        assert_eq!(pruned.prune.as_deref(), Some(cfg.to_json().as_str()));
     }
 }

@@ -72,8 +72,7 @@ pub fn compile_pruned(
         let mut o = opts.clone();
         o.token_len = Some((len, n));
         if len == n {
-            let json = serde_json::to_string(cfg).expect("the config serialises");
-            o.meta.push(("prune".into(), json));
+            o.meta.push(("prune".into(), cfg.to_json()));
         }
         let mut p = prepare(g, weight_vis, &o)?;
         // A point in layers the client runs in the clear (public weights) would change the

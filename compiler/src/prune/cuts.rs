@@ -56,6 +56,30 @@ pub fn same_structure(a: &Graph, b: &Graph) -> Result<(), PruneError> {
     Ok(())
 }
 
+/// The axis along which node `nd` normalises its result to sum to one: a softmax, or the
+/// form `--nonlinear smu` rewrites it to, `y · 1/Σ_axis y` (`smu_rewrite`).
+fn normalised_axis(g: &Graph, nd: crate::ir::Node) -> Option<usize> {
+    let node = &g.nodes[nd];
+    match node.op {
+        Op::Softmax { axis } => return Some(axis),
+        Op::Mul => {}
+        _ => return None,
+    }
+    let of = |v: Value| g.producer(v).map(|p| &g.nodes[p]);
+    let [y, r] = node.args[..] else { return None };
+    // y · recip(sum(y)) in either order.
+    [(y, r), (r, y)].into_iter().find_map(|(y, r)| {
+        let recip = of(r).filter(|n| matches!(n.op, Op::Reciprocal))?;
+        let sum = of(recip.args[0])?;
+        match &sum.op {
+            Op::ReduceSum { axes, keepdims: true } if sum.args[0] == y && axes.len() == 1 => {
+                Some(axes[0])
+            }
+            _ => None,
+        }
+    })
+}
+
 /// The pruning points of `g` (at length `n`; `shorter` is the same model at `n − 1`) for the
 /// layers `wanted` (indices among the attention softmaxes; None: every one).
 pub fn find(
@@ -78,7 +102,7 @@ pub fn find(
     let mut attn = Vec::new();
     for (pos, &nd) in g.order.iter().enumerate() {
         let node = &g.nodes[nd];
-        if let Op::Softmax { axis } = node.op {
+        if let Some(axis) = normalised_axis(g, nd) {
             let ax = axes.get(&node.result).cloned().unwrap_or_default();
             if ax.len() == 2 && ax.contains(&axis) {
                 attn.push((pos, node.result, axis));
@@ -152,4 +176,63 @@ pub fn find(
         cuts.push(Cut { layer, probs, key_axis, at, crossing });
     }
     Ok(cuts)
+}
+
+/// Small attention graphs for the tests of pruning points and of calibration over them.
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+    use crate::ir::{DType, TensorType};
+    use crate::passes::Pass;
+
+    /// Two attentions over `n` tokens of width 4, `x ← softmax(x·xᵀ)·x`, then the sum over
+    /// the tokens (an output without a token axis); with `--nonlinear smu`'s rewrite when `smu`.
+    pub fn attention(n: usize, smu: bool) -> Graph {
+        let mut g = Graph::new("t");
+        let mut x = g.add_input("x", TensorType::new(DType::F32, vec![n, 4]));
+        for (l, name) in ["attn", "attn2"].into_iter().enumerate() {
+            let at = |k: &str| format!("{k}{l}");
+            let xt = g.add_node(&at("xt"), Op::Transpose { perm: vec![1, 0] }, &[x], &at("xt"));
+            let s = g.add_node(&at("scores"), Op::MatMul, &[x, xt.unwrap()], &at("s")).unwrap();
+            let p = g.add_node(name, Op::Softmax { axis: 1 }, &[s], &at("p")).unwrap();
+            x = g.add_node(&at("ctx"), Op::MatMul, &[p, x], &at("c")).unwrap();
+        }
+        let sum = Op::ReduceSum { axes: vec![0], keepdims: false };
+        let y = g.add_node("pool", sum, &[x], "y").unwrap();
+        g.outputs.push(y);
+        if smu {
+            crate::passes::SmuRewrite { alpha: 0.0, mu: 1.0 }.run(&mut g);
+            g.remove_dead_nodes();
+        }
+        g
+    }
+
+    #[test]
+    fn the_smu_form_of_an_attention_softmax_is_a_pruning_point() {
+        for smu in [false, true] {
+            let (a, b) = (attention(8, smu), attention(7, smu));
+            let cuts = find(&a, &b, 8, None).expect("a point per attention");
+            assert_eq!(cuts.len(), 2);
+            let probs = a.producer(cuts[0].probs).map(|nd| a.nodes[nd].name.clone());
+            let want = if smu { "attn::softmax/scale" } else { "attn" };
+            assert_eq!(probs.as_deref(), Some(want));
+            assert_eq!(cuts[0].key_axis, 1);
+        }
+        // The scores scaled by 1/Σ of other values do not sum to one: not attention.
+        let mut g = attention(8, true);
+        let mut h = attention(7, true);
+        for g in [&mut g, &mut h] {
+            for l in 0..2 {
+                let name = format!("s{l}");
+                let s = g.values.iter().find(|(_, v)| v.name == name).map(|(v, _)| v).unwrap();
+                let scale = ["attn::softmax/scale", "attn2::softmax/scale"][l];
+                for (_, nd) in g.nodes.iter_mut() {
+                    if nd.name == scale {
+                        nd.args[0] = s;
+                    }
+                }
+            }
+        }
+        assert!(matches!(find(&g, &h, 8, None), Err(PruneError::NoAttention)));
+    }
 }

@@ -112,7 +112,10 @@ pub enum PruneError {
         output: String,
     },
     /// No attention softmax.
-    #[error("the model has no attention softmax (over keys of a token × token score)")]
+    #[error(
+        "the model has no attention softmax (over keys of a token × token score), nor its \
+         `--nonlinear smu` form"
+    )]
     NoAttention,
     /// A threshold for an attention layer the model does not have.
     #[error(
@@ -207,6 +210,11 @@ fn one() -> usize {
 }
 
 impl PruneConfig {
+    /// The thresholds as compact JSON (what a program's metadata and a calibration record).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("the config serialises")
+    }
+
     /// Reads and checks a thresholds file.
     pub fn from_json(text: &str) -> Result<PruneConfig, PruneError> {
         let c: PruneConfig =

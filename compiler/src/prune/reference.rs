@@ -5,7 +5,7 @@
 use super::cuts::Cut;
 use super::PruneError;
 use crate::eval;
-use crate::ir::{Graph, Tensor, Value};
+use crate::ir::{Graph, Node, Tensor, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -73,7 +73,17 @@ impl<'a> Stepper<'a> {
 
     /// Evaluates the nodes before position `at`.
     pub fn advance_to(&mut self, at: usize) -> Result<(), PruneError> {
+        self.advance_watching(at, &mut |_, _, _| {})
+    }
+
+    /// [`Stepper::advance_to`], showing `watch` each node with its arguments before it is
+    /// evaluated (the graph is the model at the current length).
+    pub fn advance_watching(&mut self, at: usize, watch: &mut Watch<'_>) -> Result<(), PruneError> {
         while self.pos < at.min(self.g.order.len()) {
+            let nd = self.g.order[self.pos];
+            let args: Vec<&Tensor> =
+                self.g.nodes[nd].args.iter().map(|&a| self.arg(a)).collect::<Result<_, _>>()?;
+            watch(&self.g, nd, &args);
             eval::step(&self.g, &mut self.env, self.pos, &self.last_use, &self.keep, false)?;
             self.pos += 1;
         }
@@ -82,7 +92,15 @@ impl<'a> Stepper<'a> {
 
     /// The mean attention received per token at `cut` (evaluating up to it).
     pub fn scores_at(&mut self, cut: &Cut) -> Result<Vec<f64>, PruneError> {
-        self.advance_to(cut.at)?;
+        self.scores_watching(cut, &mut |_, _, _| {})
+    }
+
+    fn scores_watching(
+        &mut self,
+        cut: &Cut,
+        watch: &mut Watch<'_>,
+    ) -> Result<Vec<f64>, PruneError> {
+        self.advance_watching(cut.at, watch)?;
         let p = self.arg(cut.probs)?;
         Ok(super::scores(&p.to_f64_vec(), &p.shape, cut.key_axis))
     }
@@ -94,7 +112,17 @@ impl<'a> Stepper<'a> {
         theta: f64,
         protect: usize,
     ) -> Result<Vec<bool>, PruneError> {
-        let s = self.scores_at(cut)?;
+        self.apply_watching(cut, theta, protect, &mut |_, _, _| {})
+    }
+
+    fn apply_watching(
+        &mut self,
+        cut: &Cut,
+        theta: f64,
+        protect: usize,
+        watch: &mut Watch<'_>,
+    ) -> Result<Vec<bool>, PruneError> {
+        let s = self.scores_watching(cut, watch)?;
         let keep = super::keep_of(&s, theta, protect);
         let k = keep.iter().filter(|&&x| x).count();
         for &(v, axis) in &cut.crossing {
@@ -135,6 +163,9 @@ pub struct PrunedRun {
     pub margin: f64,
 }
 
+/// Sees each node of a run with its arguments, before it is evaluated.
+pub type Watch<'w> = dyn FnMut(&Graph, Node, &[&Tensor]) + 'w;
+
 /// Runs the model at length `n` with pruning points `cuts` and their thresholds.
 pub fn run(
     graph_at: &GraphAt<'_>,
@@ -143,16 +174,29 @@ pub fn run(
     cfg: &super::PruneConfig,
     inputs: &HashMap<String, Tensor>,
 ) -> Result<PrunedRun, PruneError> {
+    run_watching(graph_at, n, cuts, cfg, inputs, &mut |_, _, _| {})
+}
+
+/// [`run`], showing `watch` every node evaluated (at whatever length it runs).
+pub fn run_watching(
+    graph_at: &GraphAt<'_>,
+    n: usize,
+    cuts: &[Cut],
+    cfg: &super::PruneConfig,
+    inputs: &HashMap<String, Tensor>,
+    watch: &mut Watch<'_>,
+) -> Result<PrunedRun, PruneError> {
     let mut s = Stepper::new(graph_at, n, cuts, inputs)?;
     let mut margin = f64::INFINITY;
     for c in cuts {
         let theta = cfg.theta(c.layer).ok_or(PruneError::CutWithoutThreshold { layer: c.layer })?;
-        s.apply(c, theta, cfg.protect)?;
+        s.apply_watching(c, theta, cfg.protect, watch)?;
         let sc = s.scores.last().expect("apply records scores");
         for &m in &sc[cfg.protect.min(sc.len())..] {
             margin = margin.min((m - theta).abs());
         }
     }
     let lengths = s.lengths.clone();
+    s.advance_watching(usize::MAX, watch)?;
     Ok(PrunedRun { outputs: s.finish()?, lengths, margin })
 }

@@ -207,6 +207,25 @@ impl Recipe {
                 g.name
             )));
         }
+        // A pruned row sums fewer terms (its softmax's SMU sum, its layer norm's variance
+        // over kept rows): ranges from the full-length run need not cover it, nor the pruned
+        // run's ranges an unpruned one.
+        let want = self.prune.as_ref().map(|c| c.to_json());
+        if cal.prune != want {
+            let how = match &cal.prune {
+                Some(_) => "over a pruned run (`veil calibrate … --prune`)",
+                None => "without pruning",
+            };
+            let fix = match &want {
+                Some(_) => "calibrate again with `--prune` and the same thresholds file",
+                None => "calibrate again without `--prune`, or compile with the thresholds it used",
+            };
+            return Err(RecipeError::Options(format!(
+                "{}: calibrated {how}{}, which does not match this compile; {fix}",
+                path.display(),
+                if cal.prune.is_some() && want.is_some() { " with other thresholds" } else { "" },
+            )));
+        }
         options.ranges = cal.ranges();
         Ok(Lowering { options, calibration: Some(cal) })
     }
@@ -245,14 +264,6 @@ impl Recipe {
         on_length: &mut dyn FnMut(usize, usize),
         observer: &Observer,
     ) -> Result<Built, RecipeError> {
-        if self.prune.is_some() && self.nonlinear != Nonlinear::Exact {
-            return Err(RecipeError::Options(
-                "--prune with --nonlinear smu is not supported yet: the rewritten attention has no \
-                 softmax to read the scores from, and its calibrated row-sum ranges hold at the \
-                 full length only"
-                    .into(),
-            ));
-        }
         if self.prune.is_some() && (self.generate.is_some() || self.public.lora_rank.is_some()) {
             return Err(RecipeError::Options(
                 "--prune does not combine with --generate or --lora-rank".into(),

@@ -72,13 +72,13 @@ fn configs() -> Vec<Config> {
     };
     // CipherPrune's BERT-base schedule (128-55-54-52-49-45-24-14-5-2-1-1) as fractions.
     let schedule = "0.43,0.98,0.963,0.942,0.918,0.533,0.583,0.357,0.4,0.5,1,1";
-    let pruned = |name, public, keep| Config {
+    let pruned = |name, public, keep, smu| Config {
         family: "BERT-base",
         name,
         file: "examples/models/bert-base.veil",
         model: "bert_base_cls",
         public,
-        smu: false,
+        smu,
         prune: Some(keep),
     };
     vec![
@@ -115,11 +115,18 @@ fn configs() -> Vec<Config> {
             vec![],
             true,
         ),
-        pruned("token pruning (CipherPrune's schedule; CLS output)", vec![], schedule),
+        pruned("token pruning (CipherPrune's schedule; CLS output)", vec![], schedule, false),
         pruned(
             "layers 0-5 public + token pruning after 6-9 (CLS output)",
             half("layer"),
             "1,1,1,1,1,1,0.111,0.357,0.4,0.5,1,1",
+            false,
+        ),
+        pruned(
+            "--nonlinear smu + token pruning (CipherPrune's schedule; CLS output)",
+            vec![],
+            schedule,
+            true,
         ),
         c(
             "GPT-2 small",
@@ -185,10 +192,6 @@ fn measure(c: &Config, out: &Path, run: bool) -> Result<Row> {
     let stem = format!("{}-{}", slug(c.family), slug(c.name));
     if c.smu {
         la.nonlinear = NonlinearArgs { nonlinear: Nonlinear::Smu, smu_alpha: 0.0, smu_mu: 1.0 };
-        std::fs::create_dir_all(out.join("programs"))?;
-        let cal = out.join("programs").join(format!("{stem}.calibration.json"));
-        crate::commands::calibrate::calibrate_random(file, &margs, &la.nonlinear, 1, 1, &cal)?;
-        la.calibration = Some(cal);
     }
     let programs = out.join("programs");
     std::fs::create_dir_all(&programs)
@@ -200,8 +203,22 @@ fn measure(c: &Config, out: &Path, run: bool) -> Result<Row> {
     if let Some(keep) = c.prune {
         margs.seq = Some(128);
         let thr = programs.join(format!("{stem}.thresholds.json"));
-        lengths = prune_thresholds(file, &margs, keep, &thr)?;
+        lengths = prune_thresholds(file, &margs, &la.nonlinear, keep, &thr)?;
         la.prune = Some(thr);
+    }
+    // SMU's ranges on the same input (over the pruned run when pruned).
+    if c.smu {
+        use crate::commands::calibrate as cal;
+        let path = programs.join(format!("{stem}.calibration.json"));
+        let na = &la.nonlinear;
+        match &la.prune {
+            Some(thr) => {
+                let one = |g: &veil_compiler::ir::Graph| cal::random_samples(g, 1, 1);
+                cal::calibrate_pruned_file(file, &margs, na, thr, one, &path)?
+            }
+            None => cal::calibrate_random(file, &margs, na, 1, 1, &path)?,
+        };
+        la.calibration = Some(path);
     }
     let vbc = programs.join(format!("{stem}.vbc"));
     let (compiled, paths, _) = compile_file_with(file, &margs, &pa, &la, 16, &vbc)
@@ -253,12 +270,17 @@ fn measure(c: &Config, out: &Path, run: bool) -> Result<Row> {
 
 /// Writes thresholds keeping the fractions `keep` on input 1 (what the run feeds) and returns
 /// the lengths the plaintext pruned run reaches.
-fn prune_thresholds(file: &Path, margs: &ModelArgs, keep: &str, out: &Path) -> Result<Vec<u32>> {
+fn prune_thresholds(
+    file: &Path,
+    margs: &ModelArgs,
+    na: &NonlinearArgs,
+    keep: &str,
+    out: &Path,
+) -> Result<Vec<u32>> {
     let keep: Vec<f64> = keep.split(',').map(|f| f.parse()).collect::<Result<_, _>>()?;
-    let na = NonlinearArgs::default();
     let sample =
         |g: &veil_compiler::ir::Graph| Ok(vec![crate::model::random_reals(g, 1, "--inputs DIR")?]);
-    let recipe = crate::commands::calibrate::plain_recipe(file, margs, &na)?;
+    let recipe = crate::commands::calibrate::plain_recipe(file, margs, na)?;
     let c = crate::prune::calibrate(&recipe, &keep, 1, sample)?;
     crate::commands::calibrate::write_json(out, &c.config)?;
     Ok(c.lengths[0].iter().map(|&k| k as u32).collect())

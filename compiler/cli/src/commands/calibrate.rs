@@ -42,10 +42,15 @@ pub struct Args {
     /// With --prune-keep: leading tokens never pruned (the CLS token of a classifier).
     #[arg(long, default_value_t = 1, requires = "prune_keep")]
     pub protect: usize,
+    /// Measure the ranges over the plaintext run pruned with these thresholds (a file from
+    /// --prune-keep): what `veil compile --nonlinear smu --prune THR.json` needs, since a
+    /// pruned row sums fewer terms than a full one.
+    #[arg(long, value_name = "THR.json", conflicts_with = "prune_keep")]
+    pub prune: Option<PathBuf>,
 }
 
 /// Random real samples (as `veil run --random-inputs`): sample k from seed + k.
-fn random_samples(g: &Graph, seed: u64, n: usize) -> Result<Vec<HashMap<String, Tensor>>> {
+pub fn random_samples(g: &Graph, seed: u64, n: usize) -> Result<Vec<HashMap<String, Tensor>>> {
     if n == 0 {
         bail!("--samples must be at least 1");
     }
@@ -63,7 +68,12 @@ pub fn run(a: Args) -> Result<()> {
     if !a.prune_keep.is_empty() {
         return prune_thresholds(&a, samples, t0);
     }
-    let c = calibrate_file(&a.file, &a.model, &a.nonlinear, samples, &a.output)?;
+    let c = match &a.prune {
+        Some(thr) => {
+            calibrate_pruned_file(&a.file, &a.model, &a.nonlinear, thr, samples, &a.output)?
+        }
+        None => calibrate_file(&a.file, &a.model, &a.nonlinear, samples, &a.output)?,
+    };
     eprintln!("calibrated on {} sample(s) in {:.2} s", c.samples, t0.elapsed().as_secs_f64());
     print!("{}", describe(&c));
     println!("wrote {}", a.output.display());
@@ -121,6 +131,43 @@ pub fn calibrate_file(
     Ok(c)
 }
 
+/// `--prune THR.json`: the ranges of `file` (rewritten for `na`) over its plaintext run
+/// pruned by the thresholds in `thr`, on the samples `samples` draws; written to `out`.
+pub fn calibrate_pruned_file(
+    file: &Path,
+    margs: &ModelArgs,
+    na: &NonlinearArgs,
+    thr: &Path,
+    samples: impl FnOnce(&Graph) -> Result<Vec<HashMap<String, Tensor>>>,
+    out: &Path,
+) -> Result<Calibration> {
+    let cfg = crate::prune::read_config(thr)?;
+    let recipe = Recipe { prune: Some(cfg.clone()), ..plain_recipe(file, margs, na)? };
+    let lengths = recipe.lengths();
+    let original = lengths.load()?;
+    let n = crate::prune::max_len(file, &original)?;
+    let mut g = original.graph.clone();
+    let changed = recipe.rewrite(&mut g)?;
+    let samples = samples(&g)?;
+    lengths.keep(n, g);
+    let graph_at = lengths.graph_at();
+    let cuts = veil_compiler::compile::pruned::cuts(&graph_at, n, &cfg)
+        .with_context(|| format!("{}: the pruning points of {}", file.display(), thr.display()))?;
+    let compare = (na.nonlinear == Nonlinear::Smu && changed > 0).then_some(&original.graph);
+    let c = veil_compiler::compile::calibrate::calibrate_pruned(
+        &graph_at,
+        n,
+        &cuts,
+        &cfg,
+        compare,
+        &samples,
+        &recipe.nonlinear.label(),
+    )
+    .with_context(|| format!("calibrating {} pruned by {}", file.display(), thr.display()))?;
+    write_json(out, &c)?;
+    Ok(c)
+}
+
 /// Calibrates `file` on `n` random samples from `seed` and writes the file (for `veil bench`).
 pub fn calibrate_random(
     file: &Path,
@@ -167,9 +214,17 @@ pub fn describe(c: &Calibration) -> String {
         let what = if op == "layer_norm" { "row variance + eps" } else { "argument" };
         out.push_str(&format!("  {n} × {op}: {what} in [{lo:.4}, {hi:.4}]\n"));
     }
+    if c.prune.is_some() {
+        out.push_str("  over the plaintext pruned run (every length it reaches)\n");
+    }
     if let Some(f) = &c.function_change {
+        let what = if c.prune.is_some() {
+            "the rewrite and the pruning change"
+        } else {
+            "the rewrite changes"
+        };
         out.push_str(&format!(
-            "  the rewrite changes the outputs by up to {:.3e} ({:.2e} of max |y| = {:.3})\n",
+            "  {what} the outputs by up to {:.3e} ({:.2e} of max |y| = {:.3})\n",
             f.max_abs,
             f.max_abs / f.max_ref.max(1e-30),
             f.max_ref
