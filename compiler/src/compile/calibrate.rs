@@ -115,11 +115,7 @@ fn sites_of(g: &Graph) -> HashMap<Node, SiteOf> {
 }
 
 /// Widens site `key`'s range to cover its argument `t`.
-fn record(
-    sites: &mut BTreeMap<String, Site>,
-    (key, kind, eps): &SiteOf,
-    t: &Tensor,
-) {
+fn record(sites: &mut BTreeMap<String, Site>, (key, kind, eps): &SiteOf, t: &Tensor) {
     let v = match eps {
         Some(e) => row_variances(t, *e),
         None => t.to_f64_vec(),
