@@ -93,9 +93,8 @@ impl ProgramBuilder {
         let diff = self.sub_b(x, t, len);
         let m = self.masked_open(diff, 0);
         let saved = std::mem::replace(&mut self.compare, params);
-        let keep = self.drelu(&m, 0);
+        let (keep, _) = self.drelu_arith(&m, 0, None);
         self.compare = saved;
-        let keep = self.b2a(keep);
         let lift = self.mul_imm(keep, big);
         let lowered = self.add_imm(x, big.wrapping_neg());
         self.add(lowered, lift)
@@ -115,9 +114,10 @@ impl ProgramBuilder {
         let m = self.masked_open_w(y, 0, w);
         let params = CompareParams { bits: w, ignore: 0, digit: 4 };
         let saved = std::mem::replace(&mut self.compare, params);
-        let ge = self.drelu(&m, 0);
+        // The conversion to arithmetic shares rides the comparison's last AND round.
+        let (ge, _) = self.drelu_arith(&m, 0, None);
         self.compare = saved;
-        self.b2a(ge)
+        ge
     }
 
     /// Shares of `one_hot(idx, depth)` (`n × depth`, 0/1 at scale 0) for a secret integer index
@@ -125,8 +125,9 @@ impl ProgramBuilder {
     ///
     /// `[idx ≥ j]` for `j = 1 … depth-1` from one narrow opening of `idx - j` each (exact
     /// comparisons: no ignored bits), then `one_hot_j = [idx ≥ j] - [idx ≥ j+1]` locally with
-    /// `[idx ≥ 0] = 1`, `[idx ≥ depth] = 0`. Rounds: 1 opening + DReLU + 1 (bit to ring). Sends
-    /// per element and threshold: `index_width(depth)` bits + DReLU + 1 bit.
+    /// `[idx ≥ 0] = 1`, `[idx ≥ depth] = 0`. Rounds: 1 opening + DReLU (the bit becomes a ring
+    /// share in its last AND round). Sends per element and threshold: `index_width(depth)`
+    /// bits + the DReLU's.
     pub fn one_hot_secret(&mut self, idx: Buf, depth: u32) -> Buf {
         let n = self.len(idx);
         let idx = self.as_share(idx);

@@ -17,6 +17,8 @@ pub const THETA_BITS: u8 = 24;
 const DROPPED: u64 = 1 << 14;
 /// Opening width for the position comparisons: |idx - t| < 2^15 = 2^(w-2).
 const POS_WIDTH: u8 = 17;
+/// Digit width of the keep comparison (49 compared bits: 4 digits, 2 AND rounds).
+const KEEP_DIGIT: u8 = 13;
 
 /// The kept tokens' destination matrix, opened once for every compacted tensor.
 pub struct Compaction {
@@ -44,7 +46,8 @@ impl ProgramBuilder {
     /// fractional bits, i.e. the token's mean attention is at least θ. The first `protect`
     /// tokens always stay. Returns shares of 0/1 (scale 0).
     ///
-    /// Rounds: one opening and a DReLU (56-bit). No constant depends on `n` except prefixes.
+    /// Rounds: one opening and a DReLU (58-bit) of two AND rounds, the conversion to
+    /// arithmetic shares fused with the last. No constant depends on `n` except prefixes.
     pub fn prune_keep(&mut self, s: Buf, total: Buf, theta_g: u64, protect: u32) -> Buf {
         let n = self.len(s);
         let s = self.as_share(s);
@@ -53,11 +56,12 @@ impl ProgramBuilder {
         let bar = self.mul_imm(total, theta_g);
         let x = self.sub_b(scaled, bar, 1);
         let m = self.masked_open(x, 0);
-        let params = CompareParams { bits: 58, ignore: 8, digit: 4 };
+        // One comparison per token: wide digits cost little table (4 digits of 13 bits,
+        // 8 KB of dealer bits per token) and take the digit tree from 4 AND rounds to 2.
+        let params = CompareParams { bits: 58, ignore: 8, digit: KEEP_DIGIT };
         let saved = std::mem::replace(&mut self.compare, params);
-        let ge = self.drelu(&m, 0);
+        let (keep, _) = self.drelu_arith(&m, 0, None);
         self.compare = saved;
-        let keep = self.b2a(ge);
         if protect == 0 {
             return keep;
         }
