@@ -78,7 +78,10 @@ fn matmul_one(d: &mut [u64], a: &[u64], b: &[u64], m: usize, k: usize, n: usize)
     if n == 0 || m == 0 {
         return;
     }
-    let threads = if m * k * n >= 1 << 20 { rayon::current_num_threads().max(1) } else { 1 };
+    // Fewer rows than a register tile (a decoded token): one thread streaming the weights is
+    // bound by memory already; splitting them between threads measured no faster.
+    let parallel = m * k * n >= 1 << 20 && m >= MR;
+    let threads = if parallel { rayon::current_num_threads().max(1) } else { 1 };
     let whole = Cols { b, ld: n, off: 0 };
     if threads == 1 {
         rows_product(d, n, a, whole, m, k, n);
@@ -173,7 +176,8 @@ unsafe fn rows_product_avx512(
 }
 
 /// `d = a · b` for `a` of `rows × k` and `b` of `k × n`: `MR × NR` tiles in registers (the
-/// last rows in halving tiles), the ragged right edge with a plain loop.
+/// last rows in halving tiles), the ragged right edge with a plain loop; fewer than `MR` rows
+/// stream `b` row by row.
 #[inline(always)]
 fn rows_product_generic<const MR: usize, const NR: usize>(
     d: &mut [u64],
@@ -185,6 +189,20 @@ fn rows_product_generic<const MR: usize, const NR: usize>(
     n: usize,
 ) {
     d.fill(0);
+    if rows < MR {
+        // Too few rows for a register tile: each row of `b` is streamed once, in order, into
+        // every row of `d`.
+        for p in 0..k {
+            let brow = &b.b[p * b.ld + b.off..p * b.ld + b.off + n];
+            for r in 0..rows {
+                let av = a[r * k + p];
+                for (x, &y) in d[r * ldd..r * ldd + n].iter_mut().zip(brow) {
+                    *x = x.wrapping_add(av.wrapping_mul(y));
+                }
+            }
+        }
+        return;
+    }
     let nf = n - n % NR;
     for cb in (0..nf).step_by(NC) {
         let ce = (cb + NC).min(nf);
@@ -431,7 +449,7 @@ mod tests {
     fn matmul_matches_naive() {
         // Ragged edges, several depth passes, the parallel path, and a shared operand.
         // Threads split the columns (n ≥ 512) or the rows; rows left over from the 8-row tile
-        // take the 4-, 2- and 1-row tiles.
+        // take the 4-, 2- and 1-row tiles; fewer than 8 rows stream `b` on one thread.
         let cases = [
             (1, 9, 13, 300),
             (1, 37, 600, 70),
@@ -440,6 +458,9 @@ mod tests {
             (1, 13, 200, 600),
             (1, 7, 160, 1030),
             (2, 3, 300, 1200),
+            (1, 1, 3000, 700),
+            (1, 5, 700, 1000),
+            (1, 15, 100, 700),
         ];
         for (batch, m, k, n) in cases {
             let a = crate::testdata::xorshift_words(batch * m * k, (m * k) as u64);
