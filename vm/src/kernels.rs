@@ -190,17 +190,8 @@ fn rows_product_generic<const MR: usize, const NR: usize>(
 ) {
     d.fill(0);
     if rows < MR {
-        // Too few rows for a register tile: each row of `b` is streamed once, in order, into
-        // every row of `d`.
-        for p in 0..k {
-            let brow = &b.b[p * b.ld + b.off..p * b.ld + b.off + n];
-            for r in 0..rows {
-                let av = a[r * k + p];
-                for (x, &y) in d[r * ldd..r * ldd + n].iter_mut().zip(brow) {
-                    *x = x.wrapping_add(av.wrapping_mul(y));
-                }
-            }
-        }
+        // Too few rows for a register tile: `edge` streams each row of `b` once into every row.
+        edge(d, ldd, a, b, 0..rows, 0..n, k);
         return;
     }
     let nf = n - n % NR;
@@ -280,13 +271,12 @@ fn edge(
     if cs.is_empty() {
         return;
     }
-    for r in rs {
-        let drow = &mut d[r * ldd + cs.start..r * ldd + cs.end];
-        for p in 0..k {
+    // Weight row outside, output rows inside: each row of `b` is read once, in order.
+    for p in 0..k {
+        let brow = &b.b[p * b.ld + b.off + cs.start..p * b.ld + b.off + cs.end];
+        for r in rs.clone() {
             let av = a[r * k + p];
-            for (x, &y) in
-                drow.iter_mut().zip(&b.b[p * b.ld + b.off + cs.start..p * b.ld + b.off + cs.end])
-            {
+            for (x, &y) in d[r * ldd + cs.start..r * ldd + cs.end].iter_mut().zip(brow) {
                 *x = x.wrapping_add(av.wrapping_mul(y));
             }
         }

@@ -61,6 +61,19 @@ pub struct Calibration {
 }
 
 impl Calibration {
+    /// The file's contents for model `g` (its name recorded).
+    fn new(
+        g: &Graph,
+        nonlinear: &str,
+        samples: usize,
+        sites: BTreeMap<String, Site>,
+        function_change: Option<FunctionChange>,
+        prune: Option<String>,
+    ) -> Calibration {
+        let (version, model, nonlinear) = (VERSION, g.name.clone(), nonlinear.to_string());
+        Calibration { version, model, nonlinear, samples, sites, function_change, prune }
+    }
+
     /// The (min, max) of every site, as the nonlinear lowering takes them.
     pub fn ranges(&self) -> BTreeMap<String, (f64, f64)> {
         self.sites.iter().map(|(k, s)| (k.clone(), (s.min, s.max))).collect()
@@ -168,15 +181,7 @@ pub fn calibrate(
             compare(c, outs, &crate::eval::run(orig, inputs)?);
         }
     }
-    Ok(Calibration {
-        version: VERSION,
-        model: g.name.clone(),
-        nonlinear: nonlinear.to_string(),
-        samples: samples.len(),
-        sites,
-        function_change: change,
-        prune: None,
-    })
+    Ok(Calibration::new(g, nonlinear, samples.len(), sites, change, None))
 }
 
 /// [`calibrate`] over the plaintext pruned run of the model (`graph_at`, at length `n`, with
@@ -207,15 +212,7 @@ pub fn calibrate_pruned(
             compare(c, &run.outputs, &crate::eval::run(orig, inputs)?);
         }
     }
-    Ok(Calibration {
-        version: VERSION,
-        model: g.name.clone(),
-        nonlinear: nonlinear.to_string(),
-        samples: samples.len(),
-        sites,
-        function_change: change,
-        prune: Some(cfg.to_json()),
-    })
+    Ok(Calibration::new(&g, nonlinear, samples.len(), sites, change, Some(cfg.to_json())))
 }
 
 /// Reads a calibration file written by `veil calibrate`.
