@@ -9,6 +9,7 @@
 //! epoch seed ([`Base`]); each inference's body is dealt from fresh seeds on top of it, so
 //! the material of many inferences can be made ahead of time, before any input exists.
 
+use crate::ahead::{self, Ahead, Plan, Step};
 use crate::bits;
 use crate::error::VmError;
 use crate::kernels;
@@ -55,9 +56,10 @@ impl Base {
         }
         let mut prg = Prg::new(server_seed);
         let mut known: Vec<Option<Vec<u64>>> = vec![None; prog.buffers.len()];
-        for ins in &prog.setup {
+        for (i, ins) in prog.setup.iter().enumerate() {
             if let Instr::DPriv { d } = ins {
                 let n = prog.buffers[d.0 as usize].len as usize;
+                prg.at(true, i, 0);
                 known[d.0 as usize] = Some(prg.words(n));
             } else {
                 for (b, w) in ins.buffers() {
@@ -110,6 +112,24 @@ pub struct Dealer<'p> {
     /// The client's draws, then the corrections, of one ring part: kept across instructions
     /// (a fresh vector per part, megabytes each, was page faults and zeroing in the profile).
     scratch: Vec<u64>,
+    /// The instruction being dealt (setup?, index): its outputs' PRG streams.
+    at: (bool, usize),
+    /// Material made before the query (a dynamic program), cut to the live lengths.
+    ahead: Option<Ahead>,
+    /// Making [`Ahead`] material: the plan and, per body instruction, the frame it stores.
+    recording: Option<(Arc<Plan>, Vec<Option<Vec<u8>>>)>,
+}
+
+/// The sink of a dealer that records its frames instead of sending them.
+struct NoSink;
+
+impl FrameSink for NoSink {
+    fn send_frame(&mut self, _: Vec<u8>) -> Result<(), crate::net::TransportError> {
+        Ok(())
+    }
+    fn bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// For each instruction of `code`, the buffers a dealer instruction there reads for the last
@@ -156,7 +176,58 @@ impl<'p> Dealer<'p> {
             lengths: None,
             last_reads: last_dealer_reads(&prog.body, prog.buffers.len()),
             scratch: Vec::new(),
+            at: (false, 0),
+            ahead: None,
+            recording: None,
         }
+    }
+
+    /// A dealer for one inference whose material was made before the query ([`Ahead`]):
+    /// what the plan stores is cut from it, the rest is dealt live.
+    pub fn with_ahead(
+        prog: &'p Program,
+        base: Arc<Base>,
+        ahead: Ahead,
+        sink: Box<dyn FrameSink>,
+    ) -> Result<Dealer<'p>, VmError> {
+        if ahead.frames.len() != prog.body.len() || ahead.plan.steps.len() != prog.body.len() {
+            return Err(VmError::Dealer {
+                section: "body",
+                index: 0,
+                name: "body",
+                msg: "the material made ahead is for another program".into(),
+            });
+        }
+        let mut d = Dealer::new(prog, base, ahead.seeds, sink);
+        d.ahead = Some(ahead);
+        Ok(d)
+    }
+
+    /// A dealer that records the frames `plan` stores instead of sending anything.
+    pub(crate) fn recording(
+        prog: &'p Program,
+        base: Arc<Base>,
+        seeds: [Seed; 2],
+        plan: Arc<Plan>,
+    ) -> Dealer<'p> {
+        let mut d = Dealer::new(prog, base, seeds, Box::new(NoSink));
+        d.recording = Some((plan, vec![None; prog.body.len()]));
+        d
+    }
+
+    /// Deals the whole body at the loaded program's lengths, every `setlen` keeping them.
+    pub(crate) fn deal_whole_body(&mut self) -> Result<(), VmError> {
+        let p = self.prog;
+        let mut from = 0;
+        while let Some(index) = self.deal(p, &p.body, from, "body")? {
+            from = index + 1;
+        }
+        Ok(())
+    }
+
+    /// The frames recorded by [`Dealer::recording`].
+    pub(crate) fn take_recorded(&mut self) -> Vec<Option<Vec<u8>>> {
+        self.recording.take().map(|(_, f)| f).unwrap_or_default()
     }
 
     /// Where the client reports each sequence length a dynamic program sets.
@@ -211,6 +282,14 @@ impl<'p> Dealer<'p> {
         }
     }
 
+    /// Waits until the client closes its stream of lengths (its run is over), or it fails
+    /// or times out.
+    pub fn await_client_end(&mut self) {
+        if let Some(src) = self.lengths.as_mut() {
+            while src.recv_frame().is_ok() {}
+        }
+    }
+
     /// Sends the end-of-stream marker.
     pub fn finish(&mut self) -> Result<(), VmError> {
         match self.sink.send_frame(Vec::new()) {
@@ -243,7 +322,8 @@ impl<'p> Dealer<'p> {
     fn correct(&mut self, parts: &[(&[u64], Width)]) -> Result<(), VmError> {
         let total: usize = parts.iter().map(|(v, _)| v.len()).sum();
         let mut frame = Vec::with_capacity(total * 8);
-        for &(value, width) in parts {
+        for (k, &(value, width)) in parts.iter().enumerate() {
+            self.prg[0].at(self.at.0, self.at.1, k as u8);
             match width {
                 Width::Ring(bits) => {
                     let corr = &mut self.scratch;
@@ -264,8 +344,41 @@ impl<'p> Dealer<'p> {
                 }
             }
         }
+        if let Some((plan, frames)) = self.recording.as_mut() {
+            if !self.at.0 && plan.steps[self.at.1] == Step::Stored {
+                frames[self.at.1] = Some(frame);
+            }
+            return Ok(());
+        }
         self.sink.send_frame(frame)?;
         Ok(())
+    }
+
+    /// Sends the stored frame of body instruction `index` cut to its lengths in `p`, or does
+    /// nothing for a skipped one; false for a live one.
+    fn from_ahead(&mut self, p: &Program, ins: &Instr, index: usize) -> Result<bool, VmError> {
+        let Some(ahead) = self.ahead.as_mut() else { return Ok(false) };
+        let err = |msg: String| VmError::Dealer { section: "body", index, name: ins.name(), msg };
+        match ahead.plan.steps[index] {
+            Step::Live => return Ok(false),
+            Step::Skip => {}
+            Step::Stored => {
+                let f = ahead.frames[index]
+                    .take()
+                    .ok_or_else(|| err("its stored frame was used already".into()))?;
+                let f = ahead::cut(f, &ahead::parts(ins, self.prog), &ahead::parts(ins, p))
+                    .map_err(err)?;
+                self.sink.send_frame(f)?;
+            }
+        }
+        // What it writes is not known to this dealer: only a live instruction reads values,
+        // and none reads these (see `Plan`).
+        ins.each_buffer(|b, w| {
+            if w {
+                self.known[b.0 as usize] = None;
+            }
+        });
+        Ok(true)
     }
 
     /// Deals `code` (a section of `p`) from instruction `from`; stops at a `setlen` and
@@ -285,6 +398,13 @@ impl<'p> Dealer<'p> {
                 }
             });
             let name = ins.name();
+            self.at = (section == "setup", index);
+            if section == "body" && self.from_ahead(p, ins, index)? {
+                for b in self.last_reads.get(index).into_iter().flatten() {
+                    self.known[b.0 as usize] = None;
+                }
+                continue;
+            }
             match ins.visit_dealer(&mut Deal { dealer: self, p, section, index, name })? {
                 Dealt::Stop => return Ok(Some(index)),
                 Dealt::Online => {}
@@ -371,6 +491,8 @@ impl DealerVisitor for Deal<'_, '_> {
     fn dmask(&mut self, d: Buf) -> Self::Out {
         let n = self.len(d);
         let prg = &mut self.dealer.prg;
+        let (setup, index) = (self.section == "setup", self.index);
+        prg.iter_mut().for_each(|g| g.at(setup, index, 0));
         let (c, s) = (prg[0].words(n), prg[1].words(n));
         let v = c.iter().zip(&s).map(|(a, b)| a.wrapping_add(*b)).collect();
         self.dealer.known[d.0 as usize] = Some(v);
@@ -383,13 +505,17 @@ impl DealerVisitor for Deal<'_, '_> {
             _ => Party::Client,
         };
         let n = self.len(d);
-        self.dealer.known[d.0 as usize] = Some(self.dealer.prg[owner.index()].words(n));
+        let prg = &mut self.dealer.prg[owner.index()];
+        prg.at(self.section == "setup", self.index, 0);
+        self.dealer.known[d.0 as usize] = Some(prg.words(n));
         Ok(Dealt::Drawn)
     }
 
     fn dbits(&mut self, d: Buf) -> Self::Out {
         let n = self.len(d);
         let prg = &mut self.dealer.prg;
+        let (setup, index) = (self.section == "setup", self.index);
+        prg.iter_mut().for_each(|g| g.at(setup, index, 0));
         let (c, s) = (prg[0].bits(n), prg[1].bits(n));
         self.dealer.known[d.0 as usize] = Some(c.iter().zip(&s).map(|(a, b)| a ^ b).collect());
         Ok(Dealt::Drawn)
@@ -453,7 +579,13 @@ impl DealerVisitor for Deal<'_, '_> {
     fn dcase(&mut self, d: Buf, a: Buf, b: Buf, g: Buf, k: Buf) -> Self::Out {
         let n = self.len(a);
         let v = cases(self.val(a)?, self.val(b)?, self.val(g)?, self.val(k)?, n);
-        self.ring(d, v)
+        // Each case its own part (and PRG stream), so a shorter run's cases are prefixes.
+        let q = v.len() / 4;
+        let parts: Vec<(&[u64], Width)> =
+            v.chunks(q.max(1)).map(|c| (c, Width::Ring(64))).collect();
+        self.dealer.correct(&parts)?;
+        self.dealer.known[d.0 as usize] = Some(v);
+        Ok(Dealt::Drawn)
     }
 
     fn dbit2a(&mut self, d: Buf, a: Buf) -> Self::Out {

@@ -3,6 +3,7 @@
 //! - [`ring`]: Z_2^64 and fixed-point encoding.
 //! - [`prg`]: the AES-CTR PRG behind all dealer material.
 //! - [`dealer`]: the dealer, which generates correlated randomness for a program.
+//! - [`ahead`]: a pruned program's material, made before the query.
 //! - [`material`]: the parties' side of the dealer material.
 //! - [`net`]: transports (in-memory, TCP) with byte and round counting.
 //! - [`store`]: a party's buffers, shared weights and the pool of arrays for reuse.
@@ -15,6 +16,7 @@
 //! step of one (documented there with its cost).
 #![deny(missing_docs)]
 
+pub mod ahead;
 pub mod bits;
 pub mod dealer;
 pub mod error;

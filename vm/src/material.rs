@@ -1,6 +1,6 @@
 //! Dealer material as the parties draw it. The dealer's side (`dealer.rs`) generates exactly
-//! this sequence: per dealer instruction, in program order, the client draws every output from
-//! its PRG; the server draws independent randomness (`dmask`, `dbits`, its own `dpriv`) from its
+//! this: per dealer instruction, the client draws every output from its PRG, each output from
+//! its own stream (`Prg::stream`); the server draws independent randomness (`dmask`, `dbits`, its own `dpriv`) from its
 //! PRG and every correlated output from one correction frame.
 
 use crate::error::VmError;
@@ -115,9 +115,15 @@ impl Draw<'_> {
         self.m.me == Party::Client
     }
 
+    /// Moves the PRG to output `part` of this instruction.
+    fn seek(&mut self, part: u8) {
+        self.m.prg.at(self.at.section == "setup", self.at.index, part);
+    }
+
     /// One correlated ring output: the client's from its PRG, the server's from a frame.
     fn ring(&mut self, d: Buf) -> Result<(), VmError> {
         if self.client() {
+            self.seek(0);
             self.m.prg.fill(&mut self.bufs[d.0 as usize]);
             Ok(())
         } else {
@@ -129,6 +135,7 @@ impl Draw<'_> {
     fn bits(&mut self, d: Buf) -> Result<(), VmError> {
         if self.client() {
             let n = self.len(d);
+            self.seek(0);
             self.m.prg.fill_bits(&mut self.bufs[d.0 as usize], n);
             Ok(())
         } else {
@@ -170,12 +177,14 @@ impl DealerVisitor for Draw<'_> {
     }
 
     fn dmask(&mut self, d: Buf) -> Self::Out {
+        self.seek(0);
         self.m.prg.fill(&mut self.bufs[d.0 as usize]);
         Ok(())
     }
 
     fn dpriv(&mut self, d: Buf) -> Self::Out {
         if self.p.buffers[d.0 as usize].kind == Kind::Private(self.m.me) {
+            self.seek(0);
             self.m.prg.fill(&mut self.bufs[d.0 as usize]);
         }
         Ok(())
@@ -183,6 +192,7 @@ impl DealerVisitor for Draw<'_> {
 
     fn dbits(&mut self, d: Buf) -> Self::Out {
         let n = self.len(d);
+        self.seek(0);
         self.m.prg.fill_bits(&mut self.bufs[d.0 as usize], n);
         Ok(())
     }
@@ -207,12 +217,23 @@ impl DealerVisitor for Draw<'_> {
     }
 
     fn dcase(&mut self, d: Buf, _: Buf, _: Buf, _: Buf, _: Buf) -> Self::Out {
-        self.ring(d)
+        if !self.client() {
+            return self.ring(d);
+        }
+        // Case-major, each case from its own stream (see the dealer's `dcase`).
+        let q = self.len(d) / 4;
+        for c in 0..4 {
+            self.seek(c as u8);
+            self.m.prg.fill(&mut self.bufs[d.0 as usize][c * q..(c + 1) * q]);
+        }
+        Ok(())
     }
 
     fn dtrunc(&mut self, hi: Buf, msb: Buf, _: Buf, t: u8, w: u8) -> Self::Out {
         if self.client() {
+            self.seek(0);
             self.m.prg.fill(&mut self.bufs[hi.0 as usize]);
+            self.seek(1);
             self.m.prg.fill(&mut self.bufs[msb.0 as usize]);
             Ok(())
         } else {
@@ -242,7 +263,9 @@ impl DealerVisitor for Draw<'_> {
     fn dtable(&mut self, lt: Buf, eq: Buf, _: Buf, _: u8, _: u8) -> Self::Out {
         let n = self.len(lt);
         if self.client() {
+            self.seek(0);
             self.m.prg.fill_bits(&mut self.bufs[lt.0 as usize], n);
+            self.seek(1);
             self.m.prg.fill_bits(&mut self.bufs[eq.0 as usize], n);
             Ok(())
         } else {

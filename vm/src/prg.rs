@@ -1,9 +1,11 @@
 //! AES-128 in counter mode as a seeded PRG: the source of every party's dealer material.
 //!
 //! Each party expands its own material from a 16-byte seed the dealer gave it, so only
-//! correction words for correlated values travel. Every call generates whole AES blocks and
-//! discards any unused half block, so two PRGs with the same seed stay in step as long as they
-//! see the same sequence of requests (the program fixes that sequence).
+//! correction words for correlated values travel. Every output of every dealer instruction
+//! has a stream of its own ([`Prg::stream`]): the draws of one output do not depend on what
+//! was drawn before it, and its draws at a shorter length are the first words of its draws at
+//! a longer one. That is what lets the dealer make a pruned program's material before the
+//! lengths are known (`ahead.rs`).
 
 use aes::cipher::{Array, BlockCipherEncrypt, KeyInit};
 use aes::Aes128;
@@ -23,6 +25,23 @@ impl Prg {
     /// A PRG from a seed.
     pub fn new(seed: Seed) -> Prg {
         Prg { cipher: Aes128::new(&Array::from(seed)), counter: 0 }
+    }
+
+    /// Moves to the start of stream `id`: block `i` of the stream is AES(id·2^64 + i), so
+    /// streams never overlap (none is 2^64 blocks long).
+    pub fn seek(&mut self, id: u64) {
+        self.counter = (id as u128) << 64;
+    }
+
+    /// The stream of output `part` of instruction `index` of a program section (`setup` true
+    /// for the setup).
+    pub fn stream(setup: bool, index: usize, part: u8) -> u64 {
+        ((setup as u64) << 63) | ((index as u64) << 8) | part as u64
+    }
+
+    /// Seeks to [`Prg::stream`]`(setup, index, part)`.
+    pub fn at(&mut self, setup: bool, index: usize, part: u8) {
+        self.seek(Prg::stream(setup, index, part));
     }
 
     /// A fresh random seed from the operating system.
@@ -145,6 +164,26 @@ mod tests {
             // And the streams stay aligned afterwards.
             assert_eq!(a.words(3), b.words(3));
         }
+    }
+
+    #[test]
+    fn a_stream_drawn_shorter_is_the_start_of_the_same_stream_drawn_longer() {
+        let mut a = Prg::new([5; 16]);
+        a.at(false, 77, 1);
+        let long = a.words(1001);
+        a.words(3); // whatever came before does not matter after a seek
+        a.at(false, 77, 1);
+        assert_eq!(a.words(333), long[..333]);
+        a.at(false, 77, 2);
+        assert_ne!(a.words(4), long[..4]);
+        a.at(true, 77, 1);
+        assert_ne!(a.words(4), long[..4]);
+        let mut b = Prg::new([5; 16]);
+        b.at(false, 77, 1);
+        let mut bits = vec![0; 2];
+        b.fill_bits(&mut bits, 70);
+        assert_eq!(bits[0], long[0]);
+        assert_eq!(bits[1], long[1] & 0x3f);
     }
 
     #[test]

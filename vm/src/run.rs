@@ -2,6 +2,7 @@
 //! `--in-process`) or over TCP on loopback. Separate machines use the same pieces
 //! (`PartyVm`, `Dealer`, the TCP transports) from the CLI.
 
+use crate::ahead::{Ahead, Plan};
 use crate::dealer::{Base, Dealer};
 use crate::error::VmError;
 use crate::interp::{Output, PartyReport, PartyVm, Values};
@@ -132,11 +133,22 @@ pub fn run_session(
     let (len_sink, len_source) = dealer_channel();
     let len_source = len_source.with_timeout(LENGTH_TIMEOUT);
     let t0 = Instant::now();
+    // A dynamic program's material depends on the lengths revealed during the run: with
+    // `prefetch`, what can be made before them is made first (`ahead`), the rest streams.
+    let ahead = dynamic && opts.prefetch;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
     let dealer_thread = {
         let prog = prog.clone();
         std::thread::spawn(move || -> Result<u64, VmError> {
             let base = std::sync::Arc::new(Base::new(&prog, setup_seed(seeds[1]))?);
-            let mut d = Dealer::new(&prog, base, seeds, Box::new(sink));
+            let mut d = if ahead {
+                let plan = std::sync::Arc::new(Plan::new(&prog));
+                let made = Ahead::make(&prog, base.clone(), seeds, plan)?;
+                let _ = ready_tx.send(());
+                Dealer::with_ahead(&prog, base, made, Box::new(sink))?
+            } else {
+                Dealer::new(&prog, base, seeds, Box::new(sink))
+            };
             if dynamic {
                 d.set_lengths(Box::new(len_source));
             }
@@ -145,12 +157,22 @@ pub fn run_session(
             Ok(d.bytes())
         })
     };
-    // The material after a pruning point depends on the length revealed there: a dynamic
-    // program streams it.
+    if ahead && ready_rx.recv().is_err() {
+        // The dealer stopped before the material was made: its error says why.
+        return Err(match dealer_thread.join().expect("dealer thread does not panic") {
+            Err(e) => e,
+            Ok(_) => VmError::Dealer {
+                section: "body",
+                index: 0,
+                name: "body",
+                msg: "the dealer stopped before making the material".into(),
+            },
+        });
+    }
     let prefetch = opts.prefetch && !dynamic;
     let corrections: Box<dyn FrameSource> =
         if prefetch { Box::new(Prefetched::drain(&mut source)?) } else { Box::new(source) };
-    let offline_time = if prefetch { t0.elapsed() } else { Duration::ZERO };
+    let offline_time = if prefetch || ahead { t0.elapsed() } else { Duration::ZERO };
     let t1 = Instant::now();
     let (ct, st): (Box<dyn Transport>, Box<dyn Transport>) = if opts.tcp {
         let (c, s) = tcp_pair(prog, opts.timeout)?;

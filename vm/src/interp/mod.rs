@@ -719,6 +719,9 @@ impl<'p> PartyVm<'p> {
             self.report.setlen_time += t.elapsed();
         }
         self.report.body_time += t0.elapsed();
+        // Closing the length stream tells the dealer this run is over (it then makes the
+        // next run's material, see `session::dealer`).
+        self.len_sink = None;
         let d = self.peer.stats().since(before);
         self.report.body.rounds += d.rounds;
         self.report.body.sent += d.sent;

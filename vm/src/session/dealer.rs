@@ -16,6 +16,7 @@
 use super::random_id;
 use super::wire::{FromDealer, Id, ToDealer, MAX_CONTROL};
 use super::NetOptions;
+use crate::ahead::{Ahead, Plan};
 use crate::dealer::{Base, Dealer};
 use crate::error::VmError;
 use crate::net::hello::{answer, hex, Hello};
@@ -26,7 +27,7 @@ use crate::prg::{Prg, Seed};
 use std::collections::{HashMap, VecDeque};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use veil_isa::Program;
 
@@ -54,6 +55,14 @@ pub enum DealerEvent {
         /// Made during the run (a pruned program).
         live: bool,
     },
+    /// A pruned program's material was made before its query (what does not depend on the
+    /// lengths it reveals); reported when a query takes it.
+    Ahead {
+        /// Bytes of the frames kept, at the maximum length.
+        bytes: u64,
+        /// Time it took.
+        time: Duration,
+    },
     /// A client fetched its seed.
     Handed,
     /// A connection was refused or failed.
@@ -64,6 +73,24 @@ struct EpochRec {
     id: Id,
     seed: Seed,
     base: Mutex<Option<Arc<Base>>>,
+    /// A pruned program's next inference, made before its query.
+    ahead: Arc<AheadSlot>,
+}
+
+/// One inference of a pruned program's material made ahead ([`Ahead`]), or being made.
+#[derive(Default)]
+struct AheadSlot {
+    state: Mutex<AheadState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+enum AheadState {
+    #[default]
+    Idle,
+    Making,
+    Ready(Box<Ahead>, Duration),
+    Failed(String),
 }
 
 struct Ticket {
@@ -76,6 +103,7 @@ struct Ticket {
 /// A pruned program's server waiting for its ticket's client.
 struct LiveWait {
     conn: Conn,
+    ahead: Option<Box<Ahead>>,
     epoch: Arc<EpochRec>,
     seeds: [Seed; 2],
     since: Instant,
@@ -91,6 +119,8 @@ struct State {
     made: AtomicUsize,
     /// The sockets of open connections, to cut when the dealer stops.
     open: Mutex<HashMap<u64, TcpStream>>,
+    /// A pruned program's plan of what is made before the query (`None`: everything live).
+    plan: Option<Arc<Plan>>,
 }
 
 impl State {
@@ -124,13 +154,14 @@ pub fn deal(
         return Err(VmError::Dealer { section: "setup", index: 0, name: "setup", msg: why });
     }
     let state = State {
-        prog,
         epochs: Mutex::new(HashMap::new()),
         tickets: Mutex::new(VecDeque::new()),
         live: Mutex::new(HashMap::new()),
         connections: AtomicUsize::new(0),
         made: AtomicUsize::new(0),
         open: Mutex::new(HashMap::new()),
+        plan: (prog.dynamic.is_some() && opts.ahead).then(|| Arc::new(Plan::new(&prog))),
+        prog,
     };
     let (state, on_event) = (&state, &on_event);
     listener.set_nonblocking(true).map_err(|e| io("listening", e))?;
@@ -261,6 +292,7 @@ fn control(
                             id: random_id(),
                             seed: Prg::random_seed(),
                             base: Mutex::new(None),
+                            ahead: Arc::default(),
                         }),
                     );
                     // The old epoch's seed is forgotten, and with it every ticket made for it.
@@ -269,6 +301,8 @@ fn control(
                     }
                 }
                 let e = epochs[&digest].clone();
+                drop(epochs);
+                start_ahead(state, &e);
                 on_event(DealerEvent::Epoch { id: e.id, new });
                 FromDealer::Epoch { id: e.id, seed: e.seed }
             }
@@ -315,16 +349,27 @@ fn material(
         return refuse(&mut conn, "live material is for pruned programs only, and they need it");
     }
     if live {
+        let full = {
+            let waiting = state.live.lock().expect("live");
+            waiting.len() >= MAX_TICKETS || waiting.contains_key(&ticket)
+        };
+        if full {
+            return refuse(&mut conn, "too many pruned inferences waiting for their clients");
+        }
+        // The server learns its seed now (it tells its client the ticket only after); what
+        // was made ahead comes once the client is here, the rest as the run reveals lengths.
+        let ahead = take_ahead(state, &e, on_event);
+        let seeds = match &ahead {
+            Some(a) => a.seeds,
+            None => [Prg::random_seed(), Prg::random_seed()],
+        };
+        conn.send(&FromDealer::Seed(seeds[1]).encode(), true)?;
         let mut waiting = state.live.lock().expect("live");
         if waiting.len() >= MAX_TICKETS || waiting.contains_key(&ticket) {
             drop(waiting);
             return refuse(&mut conn, "too many pruned inferences waiting for their clients");
         }
-        // The server learns its seed now (it tells its client the ticket only after); the
-        // material follows once the client is here.
-        let seeds = [Prg::random_seed(), Prg::random_seed()];
-        conn.send(&FromDealer::Seed(seeds[1]).encode(), true)?;
-        waiting.insert(ticket, LiveWait { conn, epoch: e, seeds, since: Instant::now() });
+        waiting.insert(ticket, LiveWait { conn, ahead, epoch: e, seeds, since: Instant::now() });
         return Ok(());
     }
     let base = state.base(&e)?;
@@ -383,11 +428,93 @@ fn hand_out(
     // The client reports each length the run reveals; the first comes after whole layers.
     conn.set_timeout(LENGTH_TIMEOUT)?;
     let prog = state.prog.clone();
-    let mut d = Dealer::new(&prog, base, seeds, Box::new(server));
+    let mut d = match w.ahead {
+        Some(a) => Dealer::with_ahead(&prog, base, *a, Box::new(server))?,
+        None => Dealer::new(&prog, base, seeds, Box::new(server)),
+    };
     d.set_lengths(Box::new(conn));
-    d.deal_body()?;
-    d.finish()?;
+    let dealt = d.deal_body().and_then(|()| d.finish());
+    // The next inference's material, made once the client is done with this one so as not
+    // to slow it down.
+    if dealt.is_ok() && state.plan.is_some() {
+        d.await_client_end();
+    }
+    start_ahead(state, &w.epoch);
+    dealt?;
     state.made.fetch_add(1, Ordering::Relaxed);
     on_event(DealerEvent::Made { bytes: d.bytes(), time: t0.elapsed(), live: true });
     Ok(())
+}
+
+/// Starts making the epoch's next pruned inference ahead of its query, in the background,
+/// unless one is made or being made (or the program is not pruned).
+fn start_ahead(state: &State, e: &Arc<EpochRec>) {
+    let Some(plan) = state.plan.clone() else { return };
+    {
+        let mut st = e.ahead.state.lock().expect("ahead");
+        if matches!(*st, AheadState::Making | AheadState::Ready(..)) {
+            return;
+        }
+        *st = AheadState::Making;
+    }
+    let slot = e.ahead.clone();
+    let base = match state.base(e) {
+        Ok(b) => b,
+        Err(err) => {
+            *slot.state.lock().expect("ahead") = AheadState::Failed(err.to_string());
+            slot.changed.notify_all();
+            return;
+        }
+    };
+    let prog = state.prog.clone();
+    std::thread::spawn(move || {
+        let t0 = Instant::now();
+        let seeds = [Prg::random_seed(), Prg::random_seed()];
+        let made = Ahead::make(&prog, base, seeds, plan);
+        *slot.state.lock().expect("ahead") = match made {
+            Ok(a) => AheadState::Ready(Box::new(a), t0.elapsed()),
+            Err(err) => AheadState::Failed(err.to_string()),
+        };
+        slot.changed.notify_all();
+    });
+}
+
+/// The epoch's pruned inference made ahead, waiting for it while it is being made; `None`
+/// (the material is then made live) for a program that is not pruned, when making it
+/// failed (reported), or when it is not ready within the timeout.
+fn take_ahead(
+    state: &State,
+    e: &Arc<EpochRec>,
+    on_event: &(impl Fn(DealerEvent) + Sync),
+) -> Option<Box<Ahead>> {
+    state.plan.as_ref()?;
+    start_ahead(state, e);
+    let deadline = Instant::now() + crate::net::DEFAULT_TIMEOUT;
+    let mut st = e.ahead.state.lock().expect("ahead");
+    loop {
+        match std::mem::take(&mut *st) {
+            AheadState::Ready(a, time) => {
+                on_event(DealerEvent::Ahead { bytes: a.bytes(), time });
+                return Some(a);
+            }
+            AheadState::Making => {
+                *st = AheadState::Making;
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return None;
+                }
+                st = e.ahead.changed.wait_timeout(st, left).expect("ahead").0;
+            }
+            AheadState::Failed(why) => {
+                on_event(DealerEvent::Failed(VmError::Dealer {
+                    section: "body",
+                    index: 0,
+                    name: "body",
+                    msg: format!("making the material ahead failed, dealing live: {why}"),
+                }));
+                return None;
+            }
+            AheadState::Idle => return None,
+        }
+    }
 }

@@ -53,6 +53,10 @@ pub struct NetOptions {
     pub rotate_every: Option<Duration>,
     /// Where a client keeps the masked weights of the epochs it has seen (`None`: nowhere).
     pub cache: Option<PathBuf>,
+    /// A dealer makes a pruned program's next inference before its query (what does not
+    /// depend on the revealed lengths; it holds about one unpruned inference's material),
+    /// instead of all of it during the query.
+    pub ahead: bool,
 }
 
 impl Default for NetOptions {
@@ -67,6 +71,7 @@ impl Default for NetOptions {
             pool_dir: None,
             rotate_every: None,
             cache: None,
+            ahead: true,
         }
     }
 }

@@ -28,6 +28,12 @@ pub struct Args {
     /// Seconds to wait for a party.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    /// For a pruned program, make all material during the query, as the lengths are
+    /// revealed. By default the next inference's material is made before its query at the
+    /// maximum length and cut to the revealed lengths (faster queries; the dealer holds
+    /// about one unpruned inference's material).
+    #[arg(long)]
+    pub live: bool,
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
 }
@@ -42,7 +48,12 @@ pub fn run(a: Args) -> Result<()> {
         TcpListener::bind(&a.listen).with_context(|| format!("listening on {}", a.listen))?;
     println!("listening on {}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    let opts = NetOptions { timeout: Duration::from_secs(a.timeout), tls, ..NetOptions::default() };
+    let opts = NetOptions {
+        timeout: Duration::from_secs(a.timeout),
+        tls,
+        ahead: !a.live,
+        ..NetOptions::default()
+    };
     let failed = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     deal(&listener, p, &opts, a.inferences, &stop, |ev| match ev {
@@ -50,6 +61,11 @@ pub fn run(a: Args) -> Result<()> {
             eprintln!("dealer: epoch {} started", veil_vm::net::tcp::hex(&id[..4]))
         }
         DealerEvent::Epoch { .. } | DealerEvent::Handed => {}
+        DealerEvent::Ahead { bytes, time } => eprintln!(
+            "dealer: pruned material made before the query: {bytes} B at the maximum length \
+             in {:.2} s",
+            time.as_secs_f64()
+        ),
         DealerEvent::Made { bytes, time, live } => eprintln!(
             "dealer: {}material of one inference: {} B of corrections in {:.2} s",
             if live { "live " } else { "" },
