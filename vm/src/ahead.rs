@@ -258,3 +258,32 @@ impl Ahead {
         self.bytes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cut_frame_is_the_frame_made_at_the_shorter_length() {
+        let vals: Vec<u64> = (0..200u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+        let bitv: Vec<u64> = vals[..4].to_vec();
+        let frame = |n: usize, nb: usize| {
+            let mut f = Vec::new();
+            bits::pack(&vals[..n], 13, &mut f);
+            bits::pack(&vals[..n], 64, &mut f);
+            let mut b = bitv[..nb.div_ceil(64)].to_vec();
+            bits::clear_tail(&mut b, nb);
+            b.iter().for_each(|w| f.extend_from_slice(&w.to_le_bytes()));
+            f
+        };
+        let parts = |n: usize, nb: usize| {
+            vec![Part::Ring { n, bits: 13 }, Part::Ring { n, bits: 64 }, Part::Bits { n: nb }]
+        };
+        for (n, nb) in [(200, 250), (199, 200), (37, 65), (1, 1), (8, 64), (5, 63)] {
+            let cut = cut(frame(200, 250), &parts(200, 250), &parts(n, nb)).unwrap();
+            assert_eq!(cut, frame(n, nb), "{n} values, {nb} bits");
+        }
+        assert!(cut(frame(10, 10), &parts(10, 10), &parts(11, 10)).is_err());
+        assert!(cut(frame(10, 10)[1..].to_vec(), &parts(10, 10), &parts(5, 5)).is_err());
+    }
+}

@@ -117,8 +117,11 @@ pub struct Dealer<'p> {
     /// Material made before the query (a dynamic program), cut to the live lengths.
     ahead: Option<Ahead>,
     /// Making [`Ahead`] material: the plan and, per body instruction, the frame it stores.
-    recording: Option<(Arc<Plan>, Vec<Option<Vec<u8>>>)>,
+    recording: Option<(Arc<Plan>, Recorded)>,
 }
+
+/// Per body instruction, the frame recorded for it.
+type Recorded = Vec<Option<Vec<u8>>>;
 
 /// The sink of a dealer that records its frames instead of sending them.
 struct NoSink;
@@ -356,7 +359,7 @@ impl<'p> Dealer<'p> {
 
     /// Sends the stored frame of body instruction `index` cut to its lengths in `p`, or does
     /// nothing for a skipped one; false for a live one.
-    fn from_ahead(&mut self, p: &Program, ins: &Instr, index: usize) -> Result<bool, VmError> {
+    fn send_ahead(&mut self, p: &Program, ins: &Instr, index: usize) -> Result<bool, VmError> {
         let Some(ahead) = self.ahead.as_mut() else { return Ok(false) };
         let err = |msg: String| VmError::Dealer { section: "body", index, name: ins.name(), msg };
         match ahead.plan.steps[index] {
@@ -399,7 +402,7 @@ impl<'p> Dealer<'p> {
             });
             let name = ins.name();
             self.at = (section == "setup", index);
-            if section == "body" && self.from_ahead(p, ins, index)? {
+            if section == "body" && self.send_ahead(p, ins, index)? {
                 for b in self.last_reads.get(index).into_iter().flatten() {
                     self.known[b.0 as usize] = None;
                 }

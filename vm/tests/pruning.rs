@@ -207,10 +207,11 @@ fn three_roles_over_tcp_follow_the_revealed_length() {
     let dealer = std::thread::spawn({
         let (p, o, m, stop) = (prog.clone(), opts.clone(), made.clone(), stop.clone());
         move || {
-            deal(&dl, p, &o, None, &stop, move |e| {
-                if let DealerEvent::Made { live, .. } = e {
-                    m.lock().unwrap().push(live)
-                }
+            deal(&dl, p, &o, None, &stop, move |e| match e {
+                DealerEvent::Made { live, .. } => m.lock().unwrap().push(live),
+                // What was made before each query (taken when the server asks).
+                DealerEvent::Ahead { .. } => m.lock().unwrap().push(false),
+                _ => {}
             })
         }
     });
@@ -245,7 +246,8 @@ fn three_roles_over_tcp_follow_the_revealed_length() {
     server.join().unwrap();
     stop.store(true, Ordering::Relaxed);
     dealer.join().unwrap().unwrap();
-    assert_eq!(*made.lock().unwrap(), vec![true, true]);
+    // Each query: its material made ahead, then the live rest.
+    assert_eq!(*made.lock().unwrap(), vec![false, true, false, true]);
     assert_eq!(rep.report.lengths, vec![3, 3]);
 }
 
@@ -374,4 +376,95 @@ fn resizing_an_instance_in_place_is_instantiating_it_afresh() {
     // A program that is not an instance of `p` is refused, not indexed out of range.
     let mut other = Program::default();
     assert!(d.resize(&p, &mut other, 3).unwrap_err().contains("not of this program"));
+}
+
+/// The frames a dealer sends the server for one run of `p` whose client reveals `lengths`:
+/// made live, or cut from material made ahead with `plan`.
+fn dealt(
+    p: &Program,
+    lengths: &[u32],
+    plan: Option<veil_vm::ahead::Plan>,
+) -> Result<Vec<Vec<u8>>, veil_vm::VmError> {
+    use std::sync::Arc;
+    use veil_vm::ahead::Ahead;
+    use veil_vm::dealer::{Base, Dealer};
+    use veil_vm::net::local::dealer_channel;
+    use veil_vm::net::{FrameSink, FrameSource};
+    let seeds = [[3u8; 16], [4u8; 16]];
+    let base = Arc::new(Base::new(p, [5; 16])?);
+    let (sink, mut source) = dealer_channel();
+    let (mut len_sink, len_source) = dealer_channel();
+    for n in lengths {
+        len_sink.send_frame((*n as u64).to_le_bytes().to_vec())?;
+    }
+    let mut d = match plan {
+        Some(plan) => {
+            let made = Ahead::make(p, base.clone(), seeds, Arc::new(plan))?;
+            Dealer::with_ahead(p, base, made, Box::new(sink))?
+        }
+        None => Dealer::new(p, base, seeds, Box::new(sink)),
+    };
+    d.set_lengths(Box::new(len_source));
+    d.deal_body()?;
+    d.finish()?;
+    let mut frames = Vec::new();
+    loop {
+        let f = source.recv_frame()?;
+        if f.is_empty() {
+            return Ok(frames);
+        }
+        frames.push(f);
+    }
+}
+
+#[test]
+fn material_made_ahead_and_cut_to_the_revealed_length_is_the_live_material_byte_for_byte() {
+    use veil_vm::ahead::{Plan, Step};
+    let n = 12u32;
+    let p = dynamic(n, 1.0 / n as f64);
+    let plan = Plan::new(&p);
+    let (live, stored, _) = plan.counts();
+    let dealer_live =
+        plan.steps.iter().zip(&p.body).filter(|(s, i)| **s == Step::Live && i.is_dealer()).count();
+    // Both kinds occur: the compaction's products over the token axis stay live.
+    assert!(stored > 0 && dealer_live > 0, "{live} live, {stored} stored");
+    for m in [n, n - 1, 5, 1] {
+        let want = dealt(&p, &[m], None).unwrap();
+        assert_eq!(dealt(&p, &[m], Some(plan.clone())).unwrap(), want, "length {m}");
+    }
+    // With a product over the token axis after the pruning point (the kept rows' Gram
+    // matrix): the plan deals it live, and the material still matches.
+    let probes = [n, n - 1, n - 2, n - 3, 2].map(|k| (k, toy_gram(k, 1.0 / n as f64)));
+    let g = from_probes(probes.to_vec(), n).expect("polynomial");
+    let plan = Plan::new(&g);
+    let gram = (0..g.body.len())
+        .rev()
+        .find(|&k| matches!(g.body[k], veil_isa::Instr::DMatMul { .. }))
+        .expect("the Gram product");
+    assert_eq!(plan.steps[gram], Step::Live);
+    let want = dealt(&g, &[5], None).unwrap();
+    assert_eq!(dealt(&g, &[5], Some(plan.clone())).unwrap(), want);
+    // Negative control: stored, its full-length product is not the product of the kept
+    // rows, and the server would get wrong material.
+    let mut wrong = plan;
+    wrong.steps[gram] = Step::Stored;
+    assert!(dealt(&g, &[5], Some(wrong)).map_or(true, |f| f != want));
+}
+
+/// As [`toy_cols`], then the Gram matrix of the kept rows (a product over the token axis).
+fn toy_gram(n: u32, theta: f64) -> Program {
+    let mut b = builder();
+    let x = b.input("x", Party::Client, &[n, R], F);
+    let s = b.input("s", Party::Client, &[n], F);
+    let total = b.sum(s, 1, n, 1);
+    let theta_g = (theta * (1u64 << THETA_BITS) as f64).round() as u64;
+    let keep = b.prune_keep(s, total, theta_g, 1);
+    let c = b.compaction(keep);
+    let xc = b.compact_rows(&c, x, R);
+    b.set_len(c.count, 0);
+    let xt = b.transpose(xc, &[n, R], &[1, 0]);
+    let gram = b.matmul(xt, xc, 1, R, n, R);
+    let gram = b.trunc(gram, F);
+    b.output("g", gram, Party::Client, &[R, R], F);
+    b.finish_ssa()
 }

@@ -7,6 +7,7 @@
 //! detected. The receiver knows how long the message must be before it reads it (the program
 //! says), so a frame announcing more is refused at its header and nothing is buffered for it.
 
+pub mod background;
 pub mod frame;
 pub mod hello;
 pub mod keygen;

@@ -102,8 +102,8 @@ struct Ticket {
 
 /// A pruned program's server waiting for its ticket's client.
 struct LiveWait {
-    conn: Conn,
-    ahead: Option<Box<Ahead>>,
+    /// Where the client's length stream goes, to the thread dealing for the server.
+    client: std::sync::mpsc::Sender<Conn>,
     epoch: Arc<EpochRec>,
     seeds: [Seed; 2],
     since: Instant,
@@ -210,10 +210,9 @@ pub fn deal(
                 state.connections.fetch_sub(1, Ordering::Relaxed);
             });
         }
-        // Open links end with the scope: cut every one still blocked on a peer.
-        for (_, w) in state.live.lock().expect("live").drain() {
-            w.conn.shutdown();
-        }
+        // Open links end with the scope: a dealing thread waiting for its client stops when
+        // the client's slot goes, the others are cut below.
+        state.live.lock().expect("live").clear();
         for (_, s) in state.open.lock().expect("open").iter() {
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
@@ -227,13 +226,8 @@ fn io(what: &str, e: std::io::Error) -> VmError {
 
 fn expire_live(state: &State, timeout: Duration) {
     let mut live = state.live.lock().expect("live");
-    live.retain(|_, w| {
-        let keep = w.since.elapsed() < timeout;
-        if !keep {
-            w.conn.shutdown();
-        }
-        keep
-    });
+    // A dropped slot stops the thread dealing for its server.
+    live.retain(|_, w| w.since.elapsed() < timeout);
 }
 
 fn connection(
@@ -363,14 +357,18 @@ fn material(
             Some(a) => a.seeds,
             None => [Prg::random_seed(), Prg::random_seed()],
         };
-        conn.send(&FromDealer::Seed(seeds[1]).encode(), true)?;
-        let mut waiting = state.live.lock().expect("live");
-        if waiting.len() >= MAX_TICKETS || waiting.contains_key(&ticket) {
-            drop(waiting);
-            return refuse(&mut conn, "too many pruned inferences waiting for their clients");
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let mut waiting = state.live.lock().expect("live");
+            if waiting.len() >= MAX_TICKETS || waiting.contains_key(&ticket) {
+                drop(waiting);
+                return refuse(&mut conn, "too many pruned inferences waiting for their clients");
+            }
+            let w = LiveWait { client: tx, epoch: e.clone(), seeds, since: Instant::now() };
+            waiting.insert(ticket, w);
         }
-        waiting.insert(ticket, LiveWait { conn, ahead, epoch: e, seeds, since: Instant::now() });
-        return Ok(());
+        conn.send(&FromDealer::Seed(seeds[1]).encode(), true)?;
+        return live_material(state, conn, e, seeds, ahead, rx, on_event);
     }
     let base = state.base(&e)?;
     let t0 = Instant::now();
@@ -420,30 +418,81 @@ fn hand_out(
             "no material for that ticket (used already, or not this dealer's)",
         );
     };
-    let base = state.base(&w.epoch)?;
-    let t0 = Instant::now();
-    let (seeds, server) = (w.seeds, w.conn);
-    conn.send(&FromDealer::Seed(seeds[0]).encode(), true)?;
+    if state.epoch_by_id(&w.epoch.id).is_none() {
+        return refuse(&mut conn, "that ticket's epoch is over");
+    }
+    conn.send(&FromDealer::Seed(w.seeds[0]).encode(), true)?;
     on_event(DealerEvent::Handed);
     // The client reports each length the run reveals; the first comes after whole layers.
     conn.set_timeout(LENGTH_TIMEOUT)?;
+    // The thread dealing for the server takes it from here (gone: it failed or timed out).
+    let _ = w.client.send(conn);
+    Ok(())
+}
+
+/// One inference of a pruned program's material for the server on `server`: what was made
+/// ahead at once (its first segment needs no length), the rest as the client, whose length
+/// stream arrives on `client` once it fetched its seed, reveals each length.
+fn live_material(
+    state: &State,
+    server: Conn,
+    e: Arc<EpochRec>,
+    seeds: [Seed; 2],
+    ahead: Option<Box<Ahead>>,
+    client: std::sync::mpsc::Receiver<Conn>,
+    on_event: &(impl Fn(DealerEvent) + Sync),
+) -> Result<(), VmError> {
+    let base = state.base(&e)?;
+    let t0 = Instant::now();
     let prog = state.prog.clone();
-    let mut d = match w.ahead {
+    let mut d = match ahead {
         Some(a) => Dealer::with_ahead(&prog, base, *a, Box::new(server))?,
         None => Dealer::new(&prog, base, seeds, Box::new(server)),
     };
-    d.set_lengths(Box::new(conn));
+    d.set_lengths(Box::new(ClientLengths { rx: Some(client), conn: None }));
     let dealt = d.deal_body().and_then(|()| d.finish());
     // The next inference's material, made once the client is done with this one so as not
     // to slow it down.
     if dealt.is_ok() && state.plan.is_some() {
         d.await_client_end();
     }
-    start_ahead(state, &w.epoch);
+    start_ahead(state, &e);
     dealt?;
     state.made.fetch_add(1, Ordering::Relaxed);
     on_event(DealerEvent::Made { bytes: d.bytes(), time: t0.elapsed(), live: true });
     Ok(())
+}
+
+/// The client's length stream, once the client is here.
+struct ClientLengths {
+    rx: Option<std::sync::mpsc::Receiver<Conn>>,
+    conn: Option<Conn>,
+}
+
+impl ClientLengths {
+    fn conn(&mut self) -> Result<&mut Conn, TransportError> {
+        if self.conn.is_none() {
+            let rx = self.rx.take();
+            let c = rx.and_then(|rx| rx.recv().ok()).ok_or_else(|| TransportError::Closed {
+                peer: "client".into(),
+                during: " (it never fetched its seed, or its ticket expired)".into(),
+            })?;
+            self.conn = Some(c);
+        }
+        Ok(self.conn.as_mut().expect("set above"))
+    }
+}
+
+impl crate::net::FrameSource for ClientLengths {
+    fn recv_frame(&mut self) -> Result<Vec<u8>, TransportError> {
+        self.conn()?.recv_frame()
+    }
+    fn recv_exact(&mut self, len: usize) -> Result<Vec<u8>, TransportError> {
+        self.conn()?.recv_exact(len)
+    }
+    fn bytes(&self) -> u64 {
+        self.conn.as_ref().map_or(0, crate::net::FrameSource::bytes)
+    }
 }
 
 /// Starts making the epoch's next pruned inference ahead of its query, in the background,

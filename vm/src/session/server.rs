@@ -8,6 +8,7 @@ use super::{random_id, NetOptions, QueryReport, SessionReport};
 use crate::error::VmError;
 use crate::interp::{PartyVm, SharedWeights};
 use crate::material::Material;
+use crate::net::background::Background;
 use crate::net::frame::write_bytes;
 use crate::net::hello::{hex, Hello};
 use crate::net::role::Role;
@@ -550,8 +551,12 @@ fn serve_session(s: &Shared, stream: TcpStream) -> Result<SessionReport, VmError
                 // dealer makes it during the run, told each length by the client.
                 let ticket = random_id();
                 let (conn, seed) = ask_material(s, ticket, epoch.id, true)?;
+                // The dealer sends what it made ahead at once: read it into memory while the
+                // client gets ready (never more than the program's material at full length).
+                let cap = veil_isa::cost::program_cost(s.prog).body.dealer + (1 << 20);
+                let source = Background::new(Box::new(conn), cap);
                 vm.control(ServerMsg::Entry { ticket, live: true }.encode(), MAX_CONTROL)?;
-                break (seed, Box::new(conn), s.pool.running());
+                break (seed, Box::new(source), s.pool.running());
             }
             match s.pool.take(epoch.id, (opts.timeout / 4).min(Duration::from_secs(10))) {
                 Take::Ready(e, running) => {
