@@ -15,11 +15,11 @@
 //! during the query as before ([`Step::Live`]). The frames are byte for byte what live
 //! dealing sends (`tests/ahead.rs`).
 
-use crate::bits;
 use crate::dealer::{Base, Dealer};
 use crate::error::VmError;
 use crate::prg::Seed;
 use std::sync::Arc;
+use veil_isa::cost::CorrectionPart as Part;
 use veil_isa::{Instr, Program};
 
 /// What the dealer does with a body instruction when material was made ahead.
@@ -102,12 +102,6 @@ impl Plan {
         }
         Plan { steps }
     }
-
-    /// How many instructions take each step: (live, stored, skipped).
-    pub fn counts(&self) -> (usize, usize, usize) {
-        let n = |s: Step| self.steps.iter().filter(|&&x| x == s).count();
-        (n(Step::Live), n(Step::Stored), n(Step::Skip))
-    }
 }
 
 /// Whether dealing `ins` at a shorter length gives the storage prefixes of its outputs at
@@ -153,43 +147,6 @@ fn keeps_prefixes(
 /// Whether the dealer sends the server a frame for `ins`.
 fn has_frame(ins: &Instr) -> bool {
     !matches!(ins, Instr::DMask { .. } | Instr::DPriv { .. } | Instr::DBits { .. })
-}
-
-/// How one part of a frame is sent: `n` ring values of `bits` bits packed, or `n` packed bits
-/// in whole words.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Part {
-    Ring { n: usize, bits: u8 },
-    Bits { n: usize },
-}
-
-impl Part {
-    fn bytes(self) -> usize {
-        match self {
-            Part::Ring { n, bits } => bits::packed_len(n, bits),
-            Part::Bits { n } => 8 * n.div_ceil(64),
-        }
-    }
-}
-
-/// The parts of the frame of a [`Step::Stored`] instruction of `p` (as the dealer's
-/// `correct` sends them).
-pub(crate) fn parts(ins: &Instr, p: &Program) -> Vec<Part> {
-    let len = |b: &veil_isa::Buf| p.buffers[b.0 as usize].len as usize;
-    match ins {
-        Instr::DProd { d, bits, .. } => vec![Part::Ring { n: len(d), bits: *bits }],
-        Instr::DMatMul { d, .. } | Instr::DBit2A { d, .. } => {
-            vec![Part::Ring { n: len(d), bits: 64 }]
-        }
-        Instr::DTrunc { hi, t, w, .. } => vec![
-            Part::Ring { n: len(hi), bits: 64 },
-            Part::Ring { n: len(hi), bits: veil_isa::cost::msb_share_bits(*t, *w) },
-        ],
-        Instr::DAnd { d, .. } | Instr::DBit { d, .. } => vec![Part::Bits { n: len(d) }],
-        Instr::DTable { lt, eq, .. } => vec![Part::Bits { n: len(lt) }, Part::Bits { n: len(eq) }],
-        Instr::DCase { d, .. } => vec![Part::Ring { n: len(d) / 4, bits: 64 }; 4],
-        _ => Vec::new(),
-    }
 }
 
 /// Cuts a frame made with parts `full` to parts `now` (same kinds, no longer): each part's
@@ -262,6 +219,7 @@ impl Ahead {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bits;
 
     #[test]
     fn a_cut_frame_is_the_frame_made_at_the_shorter_length() {

@@ -320,6 +320,13 @@ impl<'p> Dealer<'p> {
         })
     }
 
+    /// Party `party`'s PRG (client 0, server 1) at output `part` of the instruction dealt.
+    fn stream(&mut self, party: usize, part: u8) -> &mut Prg {
+        let g = &mut self.prg[party];
+        g.at(self.at.0, self.at.1, part);
+        g
+    }
+
     /// Sends one frame correcting the client's draws for `parts`, each drawn exactly as the
     /// client draws it: ring parts with `fill`, bit parts (with their bit count) with `bits`.
     fn correct(&mut self, parts: &[(&[u64], Width)]) -> Result<(), VmError> {
@@ -369,8 +376,8 @@ impl<'p> Dealer<'p> {
                 let f = ahead.frames[index]
                     .take()
                     .ok_or_else(|| err("its stored frame was used already".into()))?;
-                let f = ahead::cut(f, &ahead::parts(ins, self.prog), &ahead::parts(ins, p))
-                    .map_err(err)?;
+                let parts = veil_isa::cost::correction_parts;
+                let f = ahead::cut(f, &parts(ins, self.prog), &parts(ins, p)).map_err(err)?;
                 self.sink.send_frame(f)?;
             }
         }
@@ -493,10 +500,7 @@ impl DealerVisitor for Deal<'_, '_> {
 
     fn dmask(&mut self, d: Buf) -> Self::Out {
         let n = self.len(d);
-        let prg = &mut self.dealer.prg;
-        let (setup, index) = (self.section == "setup", self.index);
-        prg.iter_mut().for_each(|g| g.at(setup, index, 0));
-        let (c, s) = (prg[0].words(n), prg[1].words(n));
+        let (c, s) = (self.dealer.stream(0, 0).words(n), self.dealer.stream(1, 0).words(n));
         let v = c.iter().zip(&s).map(|(a, b)| a.wrapping_add(*b)).collect();
         self.dealer.known[d.0 as usize] = Some(v);
         Ok(Dealt::Drawn)
@@ -508,18 +512,13 @@ impl DealerVisitor for Deal<'_, '_> {
             _ => Party::Client,
         };
         let n = self.len(d);
-        let prg = &mut self.dealer.prg[owner.index()];
-        prg.at(self.section == "setup", self.index, 0);
-        self.dealer.known[d.0 as usize] = Some(prg.words(n));
+        self.dealer.known[d.0 as usize] = Some(self.dealer.stream(owner.index(), 0).words(n));
         Ok(Dealt::Drawn)
     }
 
     fn dbits(&mut self, d: Buf) -> Self::Out {
         let n = self.len(d);
-        let prg = &mut self.dealer.prg;
-        let (setup, index) = (self.section == "setup", self.index);
-        prg.iter_mut().for_each(|g| g.at(setup, index, 0));
-        let (c, s) = (prg[0].bits(n), prg[1].bits(n));
+        let (c, s) = (self.dealer.stream(0, 0).bits(n), self.dealer.stream(1, 0).bits(n));
         self.dealer.known[d.0 as usize] = Some(c.iter().zip(&s).map(|(a, b)| a ^ b).collect());
         Ok(Dealt::Drawn)
     }

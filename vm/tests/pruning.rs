@@ -7,15 +7,13 @@ use common::*;
 use veil_isa::builder::THETA_BITS;
 use veil_isa::cost::program_cost_at;
 use veil_isa::template::from_probes;
-use veil_isa::{Party, Program};
+use veil_isa::{Buf, Party, Program};
 
 const R: u32 = 3;
 
 /// Scores `s` pick tokens (mean score ≥ θ, the first always kept); the kept rows of `x` (`n`
-/// rows of `cols`) are compacted; after `setlen` the program sums the squares of the kept
-/// rows per column.
-fn toy_cols(n: u32, theta: f64, cols: u32) -> Program {
-    let mut b = builder();
+/// rows of `cols`) are compacted and the length set to their count: returns them.
+fn pruned_rows(b: &mut veil_isa::builder::ProgramBuilder, n: u32, theta: f64, cols: u32) -> Buf {
     let x = b.input("x", Party::Client, &[n, cols], F);
     let s = b.input("s", Party::Client, &[n], F);
     let total = b.sum(s, 1, n, 1);
@@ -24,6 +22,13 @@ fn toy_cols(n: u32, theta: f64, cols: u32) -> Program {
     let c = b.compaction(keep);
     let xc = b.compact_rows(&c, x, cols);
     b.set_len(c.count, 0);
+    xc
+}
+
+/// [`pruned_rows`], then the sum of the squares of the kept rows per column.
+fn toy_cols(n: u32, theta: f64, cols: u32) -> Program {
+    let mut b = builder();
+    let xc = pruned_rows(&mut b, n, theta, cols);
     let sq = b.mul(xc, 0, xc, 0, 1);
     let sq = b.trunc(sq, F);
     let y = b.sum(sq, 1, n, cols);
@@ -423,11 +428,12 @@ fn material_made_ahead_and_cut_to_the_revealed_length_is_the_live_material_byte_
     let n = 12u32;
     let p = dynamic(n, 1.0 / n as f64);
     let plan = Plan::new(&p);
-    let (live, stored, _) = plan.counts();
-    let dealer_live =
-        plan.steps.iter().zip(&p.body).filter(|(s, i)| **s == Step::Live && i.is_dealer()).count();
+    let count = |step: Step| {
+        plan.steps.iter().zip(&p.body).filter(|(s, i)| **s == step && i.is_dealer()).count()
+    };
+    let (live, stored) = (count(Step::Live), count(Step::Stored));
     // Both kinds occur: the compaction's products over the token axis stay live.
-    assert!(stored > 0 && dealer_live > 0, "{live} live, {stored} stored");
+    assert!(stored > 0 && live > 0, "{live} live, {stored} stored");
     for m in [n, n - 1, 5, 1] {
         let want = dealt(&p, &[m], None).unwrap();
         assert_eq!(dealt(&p, &[m], Some(plan.clone())).unwrap(), want, "length {m}");
@@ -451,17 +457,10 @@ fn material_made_ahead_and_cut_to_the_revealed_length_is_the_live_material_byte_
     assert!(dealt(&g, &[5], Some(wrong)).map_or(true, |f| f != want));
 }
 
-/// As [`toy_cols`], then the Gram matrix of the kept rows (a product over the token axis).
+/// [`pruned_rows`], then the Gram matrix of the kept rows (a product over the token axis).
 fn toy_gram(n: u32, theta: f64) -> Program {
     let mut b = builder();
-    let x = b.input("x", Party::Client, &[n, R], F);
-    let s = b.input("s", Party::Client, &[n], F);
-    let total = b.sum(s, 1, n, 1);
-    let theta_g = (theta * (1u64 << THETA_BITS) as f64).round() as u64;
-    let keep = b.prune_keep(s, total, theta_g, 1);
-    let c = b.compaction(keep);
-    let xc = b.compact_rows(&c, x, R);
-    b.set_len(c.count, 0);
+    let xc = pruned_rows(&mut b, n, theta, R);
     let xt = b.transpose(xc, &[n, R], &[1, 0]);
     let gram = b.matmul(xt, xc, 1, R, n, R);
     let gram = b.trunc(gram, F);

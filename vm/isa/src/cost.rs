@@ -48,33 +48,51 @@ pub fn msb_share_bits(t: u8, w: u8) -> u8 {
     (64 - w.saturating_sub(t) as u32).clamp(1, 64) as u8
 }
 
-/// Bytes of correction the dealer sends the server for one instruction (frame headers
-/// excluded; 0 when both parties derive their material from their own seeds).
-pub fn correction_bytes(ins: &Instr, p: &Program) -> u64 {
-    match ins {
-        Instr::DTrunc { hi, t, w, .. } => {
-            let n = p.buffers[hi.0 as usize].len as u64;
-            8 * n + (n * msb_share_bits(*t, *w) as u64).div_ceil(8)
+/// One part of the correction frame the dealer sends the server for an instruction, in the
+/// order sent: `n` ring values packed to their low `bits`, or `n` packed bits in whole words.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum CorrectionPart {
+    /// `n` values of `bits` bits, densely packed.
+    Ring {
+        /// Values.
+        n: usize,
+        /// Bits sent per value.
+        bits: u8,
+    },
+    /// `n` bits in `ceil(n/64)` little-endian words.
+    Bits {
+        /// Bits.
+        n: usize,
+    },
+}
+
+impl CorrectionPart {
+    /// Bytes on the wire.
+    pub fn bytes(self) -> usize {
+        match self {
+            CorrectionPart::Ring { n, bits } => (n * bits as usize).div_ceil(8),
+            CorrectionPart::Bits { n } => 8 * n.div_ceil(64),
         }
-        Instr::DProd { d, bits, .. } => {
-            (p.buffers[d.0 as usize].len as u64 * *bits as u64).div_ceil(8)
-        }
-        _ => 8 * correction_words(ins, p),
     }
 }
 
-/// Words of correction the dealer sends the server for one instruction (0 when both parties
-/// derive their material from their own seeds); a `dtrunc` counts as two words per element
-/// and a `dprod` one, though they may be sent narrower ([`correction_bytes`]).
-pub fn correction_words(ins: &Instr, p: &Program) -> u64 {
-    let len = |b: crate::Buf| p.buffers[b.0 as usize].len as u64;
+/// The parts of the correction the dealer sends the server for one instruction (none when
+/// both parties derive their material from their own seeds). A `dtrunc`'s `msb` goes narrow
+/// ([`msb_share_bits`]), a `dprod` at its declared width, a `dcase` one part per case.
+pub fn correction_parts(ins: &Instr, p: &Program) -> Vec<CorrectionPart> {
+    let len = |b: &crate::Buf| p.buffers[b.0 as usize].len as usize;
+    let ring = |n, bits| CorrectionPart::Ring { n, bits };
     use Instr::*;
     match ins {
-        DProd { d, .. } | DMatMul { d, .. } | DBit2A { d, .. } | DCase { d, .. } => len(*d),
-        DTrunc { hi, .. } => 2 * len(*hi),
-        DAnd { d, .. } | DBit { d, .. } => len(*d).div_ceil(64),
-        DTable { lt, .. } => 2 * len(*lt).div_ceil(64),
-        DMask { .. } | DPriv { .. } | DBits { .. } => 0,
+        DProd { d, bits, .. } => vec![ring(len(d), *bits)],
+        DMatMul { d, .. } | DBit2A { d, .. } => vec![ring(len(d), 64)],
+        DCase { d, .. } => vec![ring(len(d) / 4, 64); 4],
+        DTrunc { hi, t, w, .. } => vec![ring(len(hi), 64), ring(len(hi), msb_share_bits(*t, *w))],
+        DAnd { d, .. } | DBit { d, .. } => vec![CorrectionPart::Bits { n: len(d) }],
+        DTable { lt, eq, .. } => {
+            vec![CorrectionPart::Bits { n: len(lt) }, CorrectionPart::Bits { n: len(eq) }]
+        }
+        DMask { .. } | DPriv { .. } | DBits { .. } => Vec::new(),
         Add { .. }
         | Sub { .. }
         | Mul { .. }
@@ -98,8 +116,14 @@ pub fn correction_words(ins: &Instr, p: &Program) -> u64 {
         | Reveal { .. }
         | Exchange {}
         | CumSum { .. }
-        | SetLen { .. } => 0,
+        | SetLen { .. } => Vec::new(),
     }
+}
+
+/// Bytes of correction the dealer sends the server for one instruction (frame headers
+/// excluded; 0 when both parties derive their material from their own seeds).
+pub fn correction_bytes(ins: &Instr, p: &Program) -> u64 {
+    correction_parts(ins, p).iter().map(|c| c.bytes() as u64).sum()
 }
 
 /// The cost of one instruction. Message parts count their payload; each `exchange` counts one

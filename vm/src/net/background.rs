@@ -25,8 +25,9 @@ struct Queue {
 impl Background {
     /// Starts reading `src` ahead until an error or the end-of-stream frame (empty); the
     /// reader waits while `cap` bytes are held (a correct sender never sends more than the
-    /// program's material).
-    pub fn new(mut src: Box<dyn FrameSource>, cap: u64) -> Background {
+    /// program's material), and refuses a frame of more than `max_frame` bytes (more than
+    /// any one instruction's material) at its header.
+    pub fn new(mut src: Box<dyn FrameSource>, cap: u64, max_frame: u64) -> Background {
         let q = Queue { frames: VecDeque::new(), held: 0, cap, gone: false };
         let shared = Arc::new((Mutex::new(q), Condvar::new()));
         let theirs = shared.clone();
@@ -42,7 +43,7 @@ impl Background {
                         return;
                     }
                 }
-                let r = src.recv_frame();
+                let r = src.recv_at_most(max_frame);
                 let end = r.as_ref().map_or(true, |f| f.is_empty());
                 let mut q = lock.lock().expect("queue");
                 q.held += r.as_ref().map_or(0, |f| f.len() as u64);
@@ -111,7 +112,7 @@ mod tests {
     #[test]
     fn frames_come_in_order_and_the_sender_never_waits_below_the_cap() {
         let (mut sink, source) = dealer_channel();
-        let mut bg = Background::new(Box::new(source), 1 << 20);
+        let mut bg = Background::new(Box::new(source), 1 << 20, 1000);
         for k in 0..100u8 {
             sink.send_frame(vec![k; 1000]).unwrap();
         }
@@ -127,11 +128,22 @@ mod tests {
     #[test]
     fn a_closed_source_is_an_error_for_the_reader() {
         let (mut sink, source) = dealer_channel();
-        let mut bg = Background::new(Box::new(source), 100);
+        let mut bg = Background::new(Box::new(source), 100, 10);
         sink.send_frame(vec![1; 10]).unwrap();
         drop(sink);
         assert_eq!(bg.recv_frame().unwrap(), vec![1; 10]);
         assert!(bg.recv_frame().is_err());
         assert!(bg.recv_frame().is_err());
+    }
+
+    #[test]
+    fn a_frame_larger_than_any_instructions_material_is_refused() {
+        for (max, refused) in [(999, true), (1000, false)] {
+            let (mut sink, source) = dealer_channel();
+            let mut bg = Background::new(Box::new(source), 1 << 20, max);
+            sink.send_frame(vec![7; 1000]).unwrap();
+            sink.send_frame(Vec::new()).unwrap();
+            assert_eq!(bg.recv_frame().is_err(), refused, "at most {max}");
+        }
     }
 }

@@ -276,6 +276,18 @@ pub trait FrameSource: Send {
     fn recv_frame(&mut self) -> Result<Vec<u8>, TransportError>;
     /// Bytes received so far, frame headers included.
     fn bytes(&self) -> u64;
+    /// Receives the next frame, refusing one of more than `max` bytes (sources that read from
+    /// a socket refuse it at its header, before buffering it).
+    fn recv_at_most(&mut self, max: u64) -> Result<Vec<u8>, TransportError> {
+        let f = self.recv_frame()?;
+        if f.len() as u64 > max {
+            return Err(TransportError::Malformed {
+                peer: "dealer".into(),
+                what: format!("a frame of {} bytes where at most {max} may come", f.len()),
+            });
+        }
+        Ok(f)
+    }
     /// Receives the next frame, which must be exactly `len` bytes (sources that read from a
     /// socket or a file refuse a longer one at its header).
     fn recv_exact(&mut self, len: usize) -> Result<Vec<u8>, TransportError> {

@@ -423,6 +423,9 @@ impl FrameSource for Conn {
     fn recv_exact(&mut self, len: usize) -> Result<Vec<u8>, TransportError> {
         self.recv(Expect::Exactly(len as u64))
     }
+    fn recv_at_most(&mut self, max: u64) -> Result<Vec<u8>, TransportError> {
+        self.recv(Expect::AtMost(max))
+    }
     fn bytes(&self) -> u64 {
         self.received
     }

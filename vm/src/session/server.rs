@@ -84,6 +84,9 @@ struct Shared<'a> {
     instance: Id,
     /// The most bytes one dealer frame of this program can have.
     max_frame: u64,
+    /// The most bytes of dealer material one inference can have (at full length), frame
+    /// headers included.
+    max_material: u64,
     /// What one session needs ([`lifetime::footprint`], computed once).
     footprint: lifetime::Footprint,
 }
@@ -160,6 +163,7 @@ pub fn serve(
         starting: AtomicBool::new(true),
         instance: random_id(),
         max_frame,
+        max_material: veil_isa::cost::program_cost(prog).body.dealer + (1 << 20),
         footprint: lifetime::footprint(prog, Party::Server),
     };
     let slots = Slots::new(opts.concurrent.max(1));
@@ -553,8 +557,7 @@ fn serve_session(s: &Shared, stream: TcpStream) -> Result<SessionReport, VmError
                 let (conn, seed) = ask_material(s, ticket, epoch.id, true)?;
                 // The dealer sends what it made ahead at once: read it into memory while the
                 // client gets ready (never more than the program's material at full length).
-                let cap = veil_isa::cost::program_cost(s.prog).body.dealer + (1 << 20);
-                let source = Background::new(Box::new(conn), cap);
+                let source = Background::new(Box::new(conn), s.max_material, s.max_frame);
                 vm.control(ServerMsg::Entry { ticket, live: true }.encode(), MAX_CONTROL)?;
                 break (seed, Box::new(source), s.pool.running());
             }
