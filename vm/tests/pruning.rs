@@ -195,6 +195,12 @@ fn run_at(
 
 #[test]
 fn three_roles_over_tcp_follow_the_revealed_length() {
+    three_roles(true);
+    // `veil dealer --live`: nothing made ahead.
+    three_roles(false);
+}
+
+fn three_roles(ahead: bool) {
     use std::net::TcpListener;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
@@ -202,7 +208,8 @@ fn three_roles_over_tcp_follow_the_revealed_length() {
     use veil_vm::Values;
     let n = 10u32;
     let prog = Arc::new(dynamic(n, 1.0 / n as f64));
-    let opts = NetOptions { timeout: std::time::Duration::from_secs(30), ..NetOptions::default() };
+    let timeout = std::time::Duration::from_secs(30);
+    let opts = NetOptions { timeout, ahead, ..NetOptions::default() };
     let dl = TcpListener::bind("127.0.0.1:0").unwrap();
     let sl = TcpListener::bind("127.0.0.1:0").unwrap();
     let daddr = dl.local_addr().unwrap().to_string();
@@ -251,8 +258,9 @@ fn three_roles_over_tcp_follow_the_revealed_length() {
     server.join().unwrap();
     stop.store(true, Ordering::Relaxed);
     dealer.join().unwrap().unwrap();
-    // Each query: its material made ahead, then the live rest.
-    assert_eq!(*made.lock().unwrap(), vec![false, true, false, true]);
+    // Each query: its material made ahead, then the live rest (only the latter with `--live`).
+    let want = if ahead { vec![false, true, false, true] } else { vec![true, true] };
+    assert_eq!(*made.lock().unwrap(), want);
     assert_eq!(rep.report.lengths, vec![3, 3]);
 }
 
