@@ -41,13 +41,11 @@ fn four_merged_heads_cost_a_third_of_the_softmax_bytes() {
     // needs one more truncating opening (and round) per score, so the ratio is below 3.
     let ratio = soft12.online() as f64 / soft4.online() as f64;
     assert!((2.3..2.9).contains(&ratio), "softmax bytes 12 heads / 4 heads = {ratio:.3}");
-    // Rounds with softmax traffic: 4 heads' scale is one more truncating opening, but their row
-    // maximum has a third of the comparisons, so two more of its levels are short enough for
-    // wide digits (one AND round instead of two; `drelu`'s table budget); and the tournament's
-    // first level now shares the round of the truncation before it (`max_rows`), which for
-    // 12 heads is QKᵀ's (a `mul` round already) and for 4 heads the scale's (a softmax one).
-    eprintln!("softmax rounds: 12 heads {}, 4 heads {}", soft12.rounds, soft4.rounds);
-    assert_eq!(soft12.rounds + 1 - 2 - 1, soft4.rounds, "4 heads' softmax rounds");
+    // Rounds with softmax traffic: 4 heads' scale is one more truncating opening, and the
+    // tournament's first level shares the round of the truncation before it (`max_rows`),
+    // which for 12 heads is QKᵀ's (a `mul` round already) and for 4 heads the scale's (a
+    // softmax one). Every level's comparison is two digits (one AND round) in both.
+    assert_eq!(soft12.rounds + 1 - 1, soft4.rounds, "4 heads' softmax rounds");
     // Fewer heads also shrink the attention products (probabilities × values).
     let saved = all12.online() - all4.online();
     assert!(saved >= soft12.online() - soft4.online(), "saved {saved} B in all");

@@ -62,6 +62,19 @@ impl Default for CompareParams {
     }
 }
 
+/// The row maximum's comparisons at `frac_bits` fractional bits: differences below 2^10 = 1024
+/// (bits = f + 11), read to 2^-4 (ignore = f − 4), in two digits of 7 bits.
+///
+/// A maximum off by less than 2^-4 per tournament level is as good as exact for what it is
+/// used for: softmax is shift-invariant, and 7 levels put the row's top at most 0.44 above
+/// the maximum found, which keeps its sum below 1.55·n and so inside the reciprocal's
+/// convergence (x·y0 < 2). The 14 bits left make two digits, so every level's comparison is
+/// one opening and one AND round fused with the selection (2 rounds a level, not 3), for
+/// tables of 2·2^7 bits per digit: the dealer bytes of four 5-bit digits.
+pub fn max_compare_params(frac_bits: u8) -> CompareParams {
+    CompareParams { bits: (frac_bits + 11).min(64), ignore: frac_bits.saturating_sub(4), digit: 7 }
+}
+
 /// Builds a program: allocates buffers, expands protocols, schedules rounds.
 pub struct ProgramBuilder {
     frac_bits: u8,
@@ -94,10 +107,8 @@ pub struct ProgramBuilder {
     activation_cache: HashMap<(Buf, Party), (Buf, Buf)>,
     /// Comparison parameters used by `drelu` and everything built on it.
     pub compare: CompareParams,
-    /// Comparison parameters of the tournament in [`ProgramBuilder::max_rows`]: a maximum
-    /// that is off by less than `2^ignore` ring units is as good as exact for what it is used
-    /// for (softmax is shift-invariant), so it skips more low bits and uses wider digits,
-    /// which saves an AND round per level.
+    /// Comparison parameters of the tournament in [`ProgramBuilder::max_rows`]
+    /// ([`max_compare_params`]).
     pub max_compare: CompareParams,
     /// A comparison of few elements may use two wide digits (one AND round); the element
     /// count it judges by is scaled by `len_scale.0 / len_scale.1`. A program compiled at
@@ -137,7 +148,7 @@ impl ProgramBuilder {
             dprod_cache: HashMap::new(),
             activation_cache: HashMap::new(),
             compare: CompareParams::default(),
-            max_compare: CompareParams { bits: 32, ignore: 12, digit: 5 },
+            max_compare: max_compare_params(frac_bits),
             len_scale: (1, 1),
             floor: 0,
         };
