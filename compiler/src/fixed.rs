@@ -369,7 +369,7 @@ fn step(
             let (x, s) = cx.opened(&x, s);
             Sim::Ring(map(&x, |v| v.max(0)), s)
         }
-        Op::Drelu => {
+        Op::Drelu { .. } => {
             let (x, _) = secret(args.remove(0)).expect("secret");
             Sim::Bits(map(&x, |v| i64::from(v >= 0)))
         }

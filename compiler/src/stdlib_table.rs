@@ -164,7 +164,7 @@ pub fn measure(f: &StdFn, frac_bits: u8) -> Result<Row, StdlibError> {
         let nd = &g.nodes[n];
         match nd.op {
             Op::Mul | Op::MatMul if !nd.args.iter().any(|&a| is_const(a)) => products += 1,
-            Op::Drelu | Op::ReduceMax { .. } | Op::Max | Op::Min => comparisons += 1,
+            Op::Drelu { .. } | Op::ReduceMax { .. } | Op::Max | Op::Min => comparisons += 1,
             _ => {}
         }
     }

@@ -168,7 +168,7 @@ fn the_maximum_of_two_secrets_aligns_their_scales_as_the_lowering_does() {
     let x = g.add_input("x", ty.clone());
     let zero = g.add_weight("server_part", Tensor::zeros(&ty));
     let x = g.add_node("shared_x", Op::Add, &[x, zero], "shared_x").unwrap();
-    let b = g.add_node("b", Op::Drelu, &[x], "b").unwrap();
+    let b = g.add_node("b", Op::Drelu { slack: 0.0 }, &[x], "b").unwrap();
     let y = g.add_node("y", Op::Max, &[b, x], "y").unwrap();
     g.outputs = vec![y];
     let x = Tensor::f32(vec![3], vec![-0.5, 0.25, 2.0]);

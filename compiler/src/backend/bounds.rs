@@ -35,7 +35,7 @@ pub fn value_bounds(g: &Graph, token_len: Option<(usize, usize)>) -> HashMap<Val
         let both = |f: fn(f64, f64) -> f64| Some(f(arg(0)?, arg(1)?));
         let b = match &nd.op {
             Op::Bounded { abs } => Some(arg(0).map_or(*abs, |b| b.min(*abs))),
-            Op::Drelu => Some(1.0),
+            Op::Drelu { .. } => Some(1.0),
             Op::Add | Op::Sub => both(|a, b| a + b),
             Op::Mul => both(|a, b| a * b),
             Op::Max | Op::Min => both(f64::max),

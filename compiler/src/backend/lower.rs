@@ -606,21 +606,40 @@ impl<'g> Lowerer<'g> {
                 let bits = self.b.drelu(&m, 0);
                 Operand::Val(LVal { buf: self.b.select(bits, &m), scale, shape: out_shape })
             }
-            (Op::Drelu, [_]) => match self.drelu_reads(nd.result, args[0]) {
-                Some(times) => {
-                    let buf = self.drelu_arith(nd.result, args[0], times, &out_shape)?;
-                    Operand::Val(LVal { buf, scale: 0, shape: out_shape })
+            (Op::Drelu { slack }, [_]) => {
+                let slack = *slack;
+                let saved = self.b.compare;
+                if slack > 0.0 {
+                    let (x, _) = self.compared_value(args[0]);
+                    let scale = self.policy().opened(self.operand_val(x)?.scale);
+                    self.b.compare = slack_compare(saved, slack, scale);
                 }
-                None => {
-                    let bits = self.drelu_with(args[0], false)?;
-                    Operand::Bits { bits, shape: out_shape }
-                }
-            },
+                let r = self.lower_drelu(nd.result, args[0], out_shape);
+                self.b.compare = saved;
+                r?
+            }
             (Op::Cast { to }, [_]) if to.is_float() || to.is_int() => {
                 Operand::Val(self.operand_val(args[0])?)
             }
             (Op::Bounded { .. }, [_]) => Operand::Val(self.operand_val(args[0])?),
             _ => return Err(self.err(no_lowering(&op))),
+        })
+    }
+
+    /// `[v ≥ 0]`: arithmetic shares when only products read it (and with them the selection of
+    /// the compared value), else bits.
+    fn lower_drelu(
+        &mut self,
+        d: Value,
+        v: Value,
+        shape: Vec<usize>,
+    ) -> Result<Operand, LowerError> {
+        Ok(match self.drelu_reads(d, v) {
+            Some(times) => {
+                let buf = self.drelu_arith(d, v, times, &shape)?;
+                Operand::Val(LVal { buf, scale: 0, shape })
+            }
+            None => Operand::Bits { bits: self.drelu_with(v, false)?, shape },
         })
     }
 
@@ -1255,6 +1274,21 @@ impl<'g> Lowerer<'g> {
             )),
         }
     }
+}
+
+/// The comparison parameters of a `drelu` that may misjudge values within `slack` of its
+/// threshold, on a value at `scale` fractional bits: the low bits below the slack are ignored
+/// (never fewer than `base` ignores), and the digits are 5 bits wide. GELU's thresholds at ±4
+/// (slack 2^-4) then compare 20 bits in 4 digits, one AND round fewer than 6 digits of 4.
+fn slack_compare(
+    base: veil_isa::builder::CompareParams,
+    slack: f64,
+    scale: u8,
+) -> veil_isa::builder::CompareParams {
+    let below = (slack.log2() + scale as f64).floor();
+    let ignore = if below.is_finite() { below.clamp(0.0, 60.0) as u8 } else { 0 };
+    let ignore = ignore.max(base.ignore).min(base.bits.saturating_sub(3));
+    veil_isa::builder::CompareParams { bits: base.bits, ignore, digit: base.digit.max(5) }
 }
 
 /// Argmax and top-k compare differences below 2^(this - 1) logit units (8192): logits, the

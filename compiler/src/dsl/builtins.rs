@@ -21,7 +21,7 @@ pub const BUILTINS: &[(&str, &str)] = &[
     ("sigmoid", "x"),
     ("relu", "x"),
     ("abs", "x"),
-    ("drelu", "x"),
+    ("drelu", "x, slack=0"),
     ("bounded", "x, abs"),
     ("maximum", "a, b"),
     ("minimum", "a, b"),
@@ -227,7 +227,6 @@ pub(crate) fn call(
         "sigmoid" => unary(Op::Sigmoid),
         "relu" => unary(Op::Relu),
         "abs" => unary(Op::Abs),
-        "drelu" => unary(Op::Drelu),
         _ => None,
     };
     if let Some(op) = un {
@@ -247,6 +246,16 @@ pub(crate) fn call(
             let axis = a.axis(3, r)?;
             let eps = a.num(4)? as f32;
             a.e.node(span, Op::LayerNorm { axis, eps }, &[x, s, b], name)
+        }
+        "drelu" => {
+            let x = a.tensor(0)?;
+            let slack = a.num(1)?;
+            if !(slack.is_finite() && slack >= 0.0) {
+                return Err(a
+                    .e
+                    .err(span, format!("`drelu` needs a finite slack of 0 or more, got {slack}")));
+            }
+            a.e.node(span, Op::Drelu { slack }, &[x], name)
         }
         "bounded" => {
             let x = a.tensor(0)?;

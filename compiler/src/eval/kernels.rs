@@ -89,7 +89,7 @@ pub fn eval_op(op: &Op, a: &[&Tensor], ty: &TensorType) -> R {
             let f = unary_fn(op);
             Ok(from_f64s(ty.dtype, out.clone(), f64s(a[0]).into_iter().map(f).collect()))
         }
-        Op::Drelu => Ok(from_f64s(
+        Op::Drelu { .. } => Ok(from_f64s(
             ty.dtype,
             out.clone(),
             f64s(a[0]).into_iter().map(|x| (x >= 0.0) as u8 as f64).collect(),

@@ -226,8 +226,14 @@ pub enum Op {
         /// Number of leading batch dims shared by data and indices.
         batch_dims: usize,
     },
-    /// MPC primitive: `1` where `x >= 0`, else `0`, in the dtype of `x`.
-    Drelu,
+    /// MPC primitive: `1` where `x >= 0`, else `0`, in the dtype of `x`. With `slack > 0` the
+    /// two-party comparison may misjudge `x` within `slack` of 0 (for a caller whose two
+    /// alternatives agree there), which lets it read fewer bits in wider digits.
+    Drelu {
+        /// Half-width of the band around 0 where the result may be either (0: exact to the
+        /// comparison's default resolution).
+        slack: f64,
+    },
 }
 
 /// How much [`Op::KeepTopK`] lowers the entries it drops (logit units).
@@ -289,7 +295,7 @@ impl Op {
             Op::Expand { .. } => "expand",
             Op::Gather { .. } => "gather",
             Op::GatherND { .. } => "gather_nd",
-            Op::Drelu => "drelu",
+            Op::Drelu { .. } => "drelu",
         }
     }
 
@@ -337,7 +343,7 @@ impl Op {
                 | Op::Bounded { .. }
                 | Op::Gelu { .. }
                 | Op::Smu1 { .. }
-                | Op::Drelu
+                | Op::Drelu { .. }
         )
     }
 
@@ -385,6 +391,9 @@ impl Op {
                 write!(s, "{{min={}, max={}}}", fmt_f64(*min), fmt_f64(*max)).unwrap()
             }
             Op::Bounded { abs } => write!(s, "{{abs={}}}", fmt_f64(*abs)).unwrap(),
+            Op::Drelu { slack } if *slack > 0.0 => {
+                write!(s, "{{slack={}}}", fmt_f64(*slack)).unwrap()
+            }
             Op::ReduceSum { axes, keepdims }
             | Op::ReduceMean { axes, keepdims }
             | Op::ReduceMax { axes, keepdims } => {

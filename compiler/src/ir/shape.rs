@@ -217,10 +217,10 @@ pub fn infer(op: &Op, args: &[&TensorType]) -> Result<TensorType, ShapeError> {
         | Op::Sigmoid
         | Op::Gelu { .. }
         | Op::Smu1 { .. }
-        | Op::Drelu
+        | Op::Drelu { .. }
         | Op::Softmax { .. } => {
             arity(op, args, 1, 1)?;
-            if !args[0].dtype.is_float() && !matches!(op, Op::Drelu) {
+            if !args[0].dtype.is_float() && !matches!(op, Op::Drelu { .. }) {
                 let what = format!("`{}` needs a floating-point argument", op.name());
                 return Err(wrong_dtype(op, what, args[0].dtype));
             }
