@@ -212,3 +212,24 @@ fn bad_pruning_inputs_end_in_clear_messages() {
     fails_with(&run, "the program was not compiled with --prune");
     assert!(!dir.join("t.json").exists(), "nothing half-written");
 }
+
+#[test]
+fn the_load_benchmark_serves_a_pruned_program() {
+    // A pruned program's material is made ahead by the dealer, not pooled by the server: the
+    // benchmark waits for the dealer's word that it is ready (it used to wait for a pool that
+    // never fills, for an hour). Its clients draw real inputs: BERT-base's encoder, shrunk.
+    let dir = tmp("prune-serve");
+    let e = common::root().join("examples/models/bert-base.veil");
+    let (e, thr, prog, out) =
+        (s(&e), s(&dir.join("thr.json")), s(&dir.join("p.vbc")), s(&dir.join("load")));
+    let model = ["--model", "bert_base_cls", "--random-weights", "1", "--seq", "16"];
+    let dims = ["--dim", "L=2", "--dim", "H=128", "--dim", "NH=2", "--dim", "FF=512"];
+    let cal = ["--random-inputs", "1", "--samples", "2", "--prune-keep", "0.5", "-o", &thr];
+    ok(&veil(&[&["calibrate", &e][..], &model, &dims, &cal].concat()));
+    ok(&veil(&[&["compile", &e][..], &model, &dims, &["--prune", &thr, "-o", &prog]].concat()));
+    let args = ["bench", "--serve", &prog, "--clients", "1", "--queries", "2", "--timeout", "120"];
+    let so = ok(&veil(&[&args[..], &["-o", &out]].concat()));
+    assert!(so.contains("wrote "), "{so}");
+    let md = std::fs::read_to_string(dir.join("load").join("load.md")).unwrap();
+    assert!(md.contains("| 1 × 2 |"), "{md}");
+}

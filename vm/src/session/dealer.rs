@@ -63,6 +63,14 @@ pub enum DealerEvent {
         /// Time it took.
         time: Duration,
     },
+    /// A pruned program's material for the next query is made and waiting (what a query
+    /// then takes is reported again as [`DealerEvent::Ahead`]).
+    AheadReady {
+        /// Bytes of the frames kept, at the maximum length.
+        bytes: u64,
+        /// Time it took.
+        time: Duration,
+    },
     /// A client fetched its seed.
     Handed,
     /// A connection was refused or failed.
@@ -121,6 +129,9 @@ struct State {
     open: Mutex<HashMap<u64, TcpStream>>,
     /// A pruned program's plan of what is made before the query (`None`: everything live).
     plan: Option<Arc<Plan>>,
+    /// Events of the background threads that make material ahead, reported by the accept
+    /// loop (the callback is borrowed by the loop's scope, those threads outlive no scope).
+    background: Arc<Mutex<Vec<DealerEvent>>>,
 }
 
 impl State {
@@ -162,6 +173,7 @@ pub fn deal(
         open: Mutex::new(HashMap::new()),
         plan: (prog.dynamic.is_some() && opts.ahead).then(|| Arc::new(Plan::new(&prog))),
         prog,
+        background: Arc::default(),
     };
     let (state, on_event) = (&state, &on_event);
     listener.set_nonblocking(true).map_err(|e| io("listening", e))?;
@@ -174,6 +186,9 @@ pub fn deal(
                 break;
             }
             expire_live(state, opts.timeout);
+            for ev in std::mem::take(&mut *state.background.lock().expect("background")) {
+                on_event(ev);
+            }
             let stream = match listener.accept() {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -516,12 +531,17 @@ fn start_ahead(state: &State, e: &Arc<EpochRec>) {
         }
     };
     let prog = state.prog.clone();
+    let events = state.background.clone();
     std::thread::spawn(move || {
         let t0 = Instant::now();
         let seeds = [Prg::random_seed(), Prg::random_seed()];
         let made = Ahead::make(&prog, base, seeds, plan);
         *slot.state.lock().expect("ahead") = match made {
-            Ok(a) => AheadState::Ready(Box::new(a), t0.elapsed()),
+            Ok(a) => {
+                let (bytes, time) = (a.bytes(), t0.elapsed());
+                events.lock().expect("background").push(DealerEvent::AheadReady { bytes, time });
+                AheadState::Ready(Box::new(a), time)
+            }
             Err(err) => AheadState::Failed(err.to_string()),
         };
         slot.changed.notify_all();

@@ -61,6 +61,11 @@ pub fn run(a: Args) -> Result<()> {
             eprintln!("dealer: epoch {} started", veil_vm::net::tcp::hex(&id[..4]))
         }
         DealerEvent::Epoch { .. } | DealerEvent::Handed => {}
+        DealerEvent::AheadReady { bytes, time } => eprintln!(
+            "dealer: pruned material made ahead for the next query: {bytes} B at the maximum \
+             length in {:.2} s",
+            time.as_secs_f64()
+        ),
         DealerEvent::Ahead { bytes, time } => eprintln!(
             "dealer: pruned material made before the query: {bytes} B at the maximum length \
              in {:.2} s",

@@ -220,8 +220,23 @@ struct Report {
     levels: Vec<Level>,
 }
 
-/// Starts a dealer and a server and waits for a full pool.
-fn deploy(prog: &Path, keys: &Path, a: &LoadArgs) -> Result<(Proc, Proc)> {
+/// What the dealer prints when a pruned program's material for the next query is ready.
+const AHEAD_MADE: &str = "pruned material made ahead for the next query";
+
+/// Waits until a deployed server can answer a query at once: a full pool of material, or for
+/// a pruned program (whose material depends on the revealed counts, so the server keeps no
+/// pool of it) the dealer's material made ahead, seen after line `from` of the dealer's log.
+fn wait_ready(dealer: &Proc, server: &Proc, pruned: bool, from: usize, pool: usize) -> Result<()> {
+    let limit = Duration::from_secs(3600);
+    match pruned {
+        true => dealer.wait_for(AHEAD_MADE, from, limit),
+        false => server.wait_for(&format!("{pool} ready"), 0, limit),
+    }
+}
+
+/// Starts a dealer and a server and waits until the server can answer at once
+/// ([`wait_ready`]).
+fn deploy(prog: &Path, keys: &Path, a: &LoadArgs, pruned: bool) -> Result<(Proc, Proc)> {
     let p = prog.display().to_string();
     let k = keys.display().to_string();
     let t = a.timeout.to_string();
@@ -249,7 +264,7 @@ fn deploy(prog: &Path, keys: &Path, a: &LoadArgs) -> Result<(Proc, Proc)> {
         ]
         .map(String::from),
     )?;
-    server.wait_for(&format!("{} ready", a.pool), 0, Duration::from_secs(3600))?;
+    wait_ready(&dealer, &server, pruned, 0, a.pool)?;
     Ok((dealer, server))
 }
 
@@ -286,10 +301,12 @@ pub fn run(prog_path: &Path, a: &LoadArgs, out: &Path) -> Result<()> {
 
     // 1. Idle: a first client and a returning one, each against a full pool.
     eprintln!("== idle server: one query of a first and of a returning client");
-    let (dealer, server) = deploy(prog_path, &kd, a)?;
+    let pruned = p.dynamic.is_some();
+    let (dealer, server) = deploy(prog_path, &kd, a, pruned)?;
     let cache = scratch.0.join("cache");
     let idle_run = |name: &str| -> Result<ClientRun> {
         let from = server.seen();
+        let dealer_from = dealer.seen();
         let dir = scratch.0.join(name);
         let t0 = Instant::now();
         let ch = client(prog_path, &server.addr, &dealer.addr, &kd, &cache, 1, 1, &dir, a.timeout)?;
@@ -297,7 +314,12 @@ pub fn run(prog_path: &Path, a: &LoadArgs, out: &Path) -> Result<()> {
         let e = check(&dir, 1, 1)?;
         eprintln!("  {name}: {:.2} s as a process; error {e:.2e} of max |y|", r.wall_secs);
         // The consumed entry is made again before the next measurement.
-        server.wait_for(&format!("{} ready", a.pool), from, Duration::from_secs(3600))?;
+        match pruned {
+            true => wait_ready(&dealer, &server, true, dealer_from, a.pool)?,
+            false => {
+                server.wait_for(&format!("{} ready", a.pool), from, Duration::from_secs(3600))?
+            }
+        }
         Ok(r)
     };
     let first = idle_run("first")?;
@@ -321,7 +343,7 @@ pub fn run(prog_path: &Path, a: &LoadArgs, out: &Path) -> Result<()> {
     let mut levels = Vec::new();
     for &n in &a.clients {
         eprintln!("== {n} concurrent client(s) × {} queries", a.queries);
-        let (dealer, server) = deploy(prog_path, &kd, a)?;
+        let (dealer, server) = deploy(prog_path, &kd, a, pruned)?;
         let t0 = Instant::now();
         let mut kids = Vec::new();
         for i in 0..n {
