@@ -49,6 +49,24 @@ pub fn reference(
     override_path: Option<&Path>,
     inputs: &HashMap<String, Tensor>,
 ) -> Result<Option<Vec<Tensor>>> {
+    Ok(reference_run(p, override_path, inputs)?.map(|r| r.outputs))
+}
+
+/// What the plaintext reference gives: its outputs and, for a pruned program, the token
+/// count its pruned run kept after each pruning point.
+pub struct Reference {
+    /// The outputs, in the program's order.
+    pub outputs: Vec<Tensor>,
+    /// The plaintext pruned run's counts (None: not a pruned program).
+    pub counts: Option<Vec<usize>>,
+}
+
+/// [`reference`], with the plaintext pruned run's counts.
+pub fn reference_run(
+    p: &Program,
+    override_path: Option<&Path>,
+    inputs: &HashMap<String, Tensor>,
+) -> Result<Option<Reference>> {
     let Some(mut recipe) = Recipe::of_program(p)? else { return Ok(None) };
     match override_path {
         Some(f) => recipe.model.file = f.to_path_buf(),
@@ -56,12 +74,36 @@ pub fn reference(
         None => {}
     }
     if let Some(run) = pruned_reference(&recipe, inputs)? {
-        return Ok(Some(run.outputs));
+        return Ok(Some(Reference { outputs: run.outputs, counts: Some(run.lengths) }));
     }
     let g = recipe.reference()?;
     let outs = veil_compiler::eval::run(&g, inputs)
         .with_context(|| format!("the plaintext reference ({})", recipe.model.file.display()))?;
-    Ok(Some(outs))
+    Ok(Some(Reference { outputs: outs, counts: None }))
+}
+
+/// Where a two-party run's revealed token counts differ from the plaintext pruned run's: the
+/// first pruning point (1-based) and the two counts, or None when they agree.
+pub fn count_mismatch(plain: &[usize], mpc: &[u32]) -> Option<(usize, usize, u32)> {
+    let n = plain.len().max(mpc.len());
+    (0..n).find_map(|i| match (plain.get(i), mpc.get(i)) {
+        (Some(&a), Some(&b)) if a == b as usize => None,
+        (a, b) => Some((i + 1, a.copied().unwrap_or(0), b.copied().unwrap_or(0))),
+    })
+}
+
+/// Warns when the two-party run pruned other tokens than the plaintext pruned run: their
+/// outputs are then not comparable, and the error printed above measures that, not the MPC.
+pub fn warn_count_mismatch(plain: &[usize], mpc: &[u32]) {
+    if let Some((point, a, b)) = count_mismatch(plain, mpc) {
+        println!(
+            "  warning: the two-party run kept {b} tokens at pruning point {point} where the \
+             plaintext pruned run kept {a}: a token's score lies within the fixed-point error of \
+             its threshold, so the two runs pruned different tokens and the error above compares \
+             different computations (thresholds calibrated on inputs like these keep a margin \
+             from their scores: veil calibrate --prune-keep … --inputs DIR)"
+        );
+    }
 }
 
 /// The plaintext pruned run of a recipe with `prune` (None for other recipes): the model at
@@ -217,4 +259,16 @@ pub fn print_cost(p: &Program, m: &Measured, nets: &[Net]) -> Option<Result<crat
         );
     }
     report
+}
+
+#[cfg(test)]
+mod count_tests {
+    use super::count_mismatch;
+
+    #[test]
+    fn the_first_differing_pruning_point_is_named() {
+        assert_eq!(count_mismatch(&[62, 48, 48], &[62, 48, 48]), None);
+        assert_eq!(count_mismatch(&[62, 48, 48], &[62, 47, 47]), Some((2, 48, 47)));
+        assert_eq!(count_mismatch(&[62, 48], &[62]), Some((2, 48, 0)));
+    }
 }

@@ -120,6 +120,8 @@ fn run_matches_the_plaintext_counts(dir: &Path, prog: &Path, samples: &Path) {
     let counts =
         |l: &str| l.split("tokens ").nth(1).unwrap().split(" (").next().unwrap().to_string();
     assert_eq!(counts(plain), counts(measured), "{so}");
+    // The same counts: no warning that the runs pruned different tokens.
+    assert!(!so.contains("warning: the two-party run kept"), "{so}");
     assert!(counts(plain).starts_with("16 → "), "{so}");
     assert!(so.contains("token pruning, per layer"), "{so}");
     assert!(so.contains("fewer bytes"), "{so}");

@@ -3,7 +3,7 @@
 //! plaintext reference, and the cost report.
 
 use crate::model::parse_assignment;
-use crate::outcome::{print_cost, print_outputs, reference, Measured};
+use crate::outcome::{print_cost, print_outputs, reference_run, warn_count_mismatch, Measured};
 use crate::party::{
     assemble, client_part, model_inputs, preprocess, server_weights, verified_program,
     ServerSummary,
@@ -141,11 +141,14 @@ pub fn run(a: Args) -> Result<()> {
         None => model_inputs(&c, &a.inputs)?,
     };
     let (outs, m) = a.roles.run(&a.program, &p, &c, &inputs)?;
-    let r = reference(&p, a.reference.as_deref(), &inputs)?;
+    let r = reference_run(&p, a.reference.as_deref(), &inputs)?;
     if r.is_none() {
         println!("(no plaintext reference: the source model is not here; pass --reference)");
     }
-    print_outputs(&outs, r.as_deref(), a.output.as_deref())?;
+    print_outputs(&outs, r.as_ref().map(|r| &r.outputs[..]), a.output.as_deref())?;
+    if let Some(plain) = r.as_ref().and_then(|r| r.counts.as_deref()) {
+        warn_count_mismatch(plain, &m.client.lengths);
+    }
     let report = print_cost(&p, &m, &nets);
     if let Some(path) = &a.plot {
         let report = report.context("a pruned program has a per-layer report")?;
