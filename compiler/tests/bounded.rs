@@ -14,26 +14,14 @@ use veil_compiler::backend::partition::Vis;
 use veil_compiler::compile::{compile, CompileOptions, Compiled};
 use veil_compiler::dsl::{instantiate, stdlib_loader};
 use veil_compiler::fixed::{simulate, SimOptions};
-use veil_compiler::ir::{DType, Graph, Op, Tensor, TensorType};
+use veil_compiler::ir::{DType, Graph, Tensor, TensorType};
 
 const ULP: f64 = 1.0 / 65536.0;
 
-/// A graph computing `body` (a DSL expression in `x`, stdlib imported) on a secret `x` of
-/// `shape` (the client's input plus a zero the server holds, so both parties hold it).
+/// `body` on a secret `x` of `shape`, with the stdlib modules it uses imported.
 fn graph(body: &str, shape: Vec<usize>) -> Graph {
-    let mut l = stdlib_loader();
-    let src = format!(
-        "import exp;\nimport gelu;\nimport softmax;\nimport layernorm;\nfn f(x) {{ {body} }}\n"
-    );
-    l.load_source("bounded_test.veil", src).unwrap();
-    let mut g = Graph::new("bounded_test");
-    let ty = TensorType::new(DType::F32, shape);
-    let x = g.add_input("x", ty.clone());
-    let w = g.add_weight("server_part", Tensor::zeros(&ty));
-    let x = g.add_node("shared_x", Op::Add, &[x, w], "shared_x").unwrap();
-    let y = instantiate(&l, "f", &mut g, &[x], &[], "f").unwrap();
-    g.outputs = vec![y];
-    g
+    let imports = "import exp;\nimport gelu;\nimport softmax;\nimport layernorm;\n";
+    common::dsl_body_graph(imports, body, shape)
 }
 
 /// Compiles and runs `body` two-party on `xs` (fixed dealer seeds), checks the predicted cost

@@ -9,21 +9,13 @@ use std::collections::HashMap;
 use veil_compiler::backend::partition::Vis;
 use veil_compiler::compile::{compile, CompileOptions, Compiled};
 use veil_compiler::dsl::{instantiate, stdlib_loader};
-use veil_compiler::ir::{DType, Graph, Op, Tensor, TensorType};
+use veil_compiler::ir::{DType, Graph, Tensor, TensorType};
 use veil_isa::cost::program_cost;
 
 /// `body` (a DSL expression in `x`) on a secret `x` of `n` elements, compiled and run
 /// two-party with fixed dealer seeds; the cost model checked against the run.
 fn two_party(body: &str, xs: &[f64]) -> (Compiled, Vec<f64>) {
-    let mut l = stdlib_loader();
-    l.load_source("slack_test.veil", format!("fn f(x) {{ {body} }}\n")).unwrap();
-    let mut g = Graph::new("slack_test");
-    let ty = TensorType::new(DType::F32, vec![xs.len()]);
-    let x = g.add_input("x", ty.clone());
-    let w = g.add_weight("server_part", Tensor::zeros(&ty));
-    let x = g.add_node("shared_x", Op::Add, &[x, w], "shared_x").unwrap();
-    let y = instantiate(&l, "f", &mut g, &[x], &[], "f").unwrap();
-    g.outputs = vec![y];
+    let g = common::dsl_body_graph("", body, vec![xs.len()]);
     let x = Tensor::f32(vec![xs.len()], xs.iter().map(|&v| v as f32).collect());
     let inputs = HashMap::from([("x".to_string(), x)]);
     let c = compile(g, &|_| Vis::Server, &CompileOptions::default()).unwrap();

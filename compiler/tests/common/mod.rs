@@ -81,3 +81,20 @@ pub fn assert_cost_predicted(c: &Compiled, r: &RunResult, what: &str) {
         "{what}: predicted dealer bytes"
     );
 }
+
+/// A graph computing `body` (a DSL expression in `x`, after the `import` lines `imports`) on a
+/// secret `x` of `shape`: the client's input plus a zero the server holds, so both parties
+/// hold it.
+pub fn dsl_body_graph(imports: &str, body: &str, shape: Vec<usize>) -> veil_compiler::ir::Graph {
+    use veil_compiler::ir::{DType, Graph, Op, TensorType};
+    let mut l = veil_compiler::dsl::stdlib_loader();
+    l.load_source("body_test.veil", format!("{imports}fn f(x) {{ {body} }}\n")).unwrap();
+    let mut g = Graph::new("body_test");
+    let ty = TensorType::new(DType::F32, shape);
+    let x = g.add_input("x", ty.clone());
+    let w = g.add_weight("server_part", Tensor::zeros(&ty));
+    let x = g.add_node("shared_x", Op::Add, &[x, w], "shared_x").unwrap();
+    let y = veil_compiler::dsl::instantiate(&l, "f", &mut g, &[x], &[], "f").unwrap();
+    g.outputs = vec![y];
+    g
+}

@@ -225,12 +225,18 @@ const AHEAD_MADE: &str = "pruned material made ahead for the next query";
 
 /// Waits until a deployed server can answer a query at once: a full pool of material, or for
 /// a pruned program (whose material depends on the revealed counts, so the server keeps no
-/// pool of it) the dealer's material made ahead, seen after line `from` of the dealer's log.
-fn wait_ready(dealer: &Proc, server: &Proc, pruned: bool, from: usize, pool: usize) -> Result<()> {
+/// pool of it) the dealer's material made ahead. Only log lines past `since` (the dealer's
+/// and the server's line counts) count.
+fn wait_ready(
+    (dealer, server): (&Proc, &Proc),
+    pruned: bool,
+    since: (usize, usize),
+    pool: usize,
+) -> Result<()> {
     let limit = Duration::from_secs(3600);
     match pruned {
-        true => dealer.wait_for(AHEAD_MADE, from, limit),
-        false => server.wait_for(&format!("{pool} ready"), 0, limit),
+        true => dealer.wait_for(AHEAD_MADE, since.0, limit),
+        false => server.wait_for(&format!("{pool} ready"), since.1, limit),
     }
 }
 
@@ -264,7 +270,7 @@ fn deploy(prog: &Path, keys: &Path, a: &LoadArgs, pruned: bool) -> Result<(Proc,
         ]
         .map(String::from),
     )?;
-    wait_ready(&dealer, &server, pruned, 0, a.pool)?;
+    wait_ready((&dealer, &server), pruned, (0, 0), a.pool)?;
     Ok((dealer, server))
 }
 
@@ -305,8 +311,7 @@ pub fn run(prog_path: &Path, a: &LoadArgs, out: &Path) -> Result<()> {
     let (dealer, server) = deploy(prog_path, &kd, a, pruned)?;
     let cache = scratch.0.join("cache");
     let idle_run = |name: &str| -> Result<ClientRun> {
-        let from = server.seen();
-        let dealer_from = dealer.seen();
+        let since = (dealer.seen(), server.seen());
         let dir = scratch.0.join(name);
         let t0 = Instant::now();
         let ch = client(prog_path, &server.addr, &dealer.addr, &kd, &cache, 1, 1, &dir, a.timeout)?;
@@ -314,12 +319,7 @@ pub fn run(prog_path: &Path, a: &LoadArgs, out: &Path) -> Result<()> {
         let e = check(&dir, 1, 1)?;
         eprintln!("  {name}: {:.2} s as a process; error {e:.2e} of max |y|", r.wall_secs);
         // The consumed entry is made again before the next measurement.
-        match pruned {
-            true => wait_ready(&dealer, &server, true, dealer_from, a.pool)?,
-            false => {
-                server.wait_for(&format!("{} ready", a.pool), from, Duration::from_secs(3600))?
-            }
-        }
+        wait_ready((&dealer, &server), pruned, since, a.pool)?;
         Ok(r)
     };
     let first = idle_run("first")?;
