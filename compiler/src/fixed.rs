@@ -161,6 +161,7 @@ pub fn simulate(
         }
     }
     let uses = g.use_counts();
+    let readers = crate::backend::lower::readers(g);
     for &n in &g.order {
         let nd = &g.nodes[n];
         let ty = &g.values[nd.result].ty;
@@ -173,7 +174,8 @@ pub fn simulate(
         let same = nd.args.len() == 2 && nd.args[0] == nd.args[1];
         let weight: Vec<bool> = nd.args.iter().map(|&a| part.vis[a] == Vis::Server).collect();
         let cube = crate::backend::lower::cube_operand(g, &uses, &nd.args);
-        let out = step(&cx, &nd.op, args, Args { same, weight, cube }, ty, &nd.name)
+        let square = crate::backend::lower::square_factor(g, &uses, &readers, nd.result, &nd.args);
+        let out = step(&cx, &nd.op, args, Args { same, weight, cube, square }, ty, &nd.name)
             .map_err(|m| err(&nd.name, m))?;
         env.insert(nd.result, out);
     }
@@ -206,6 +208,8 @@ struct Args {
     weight: Vec<bool>,
     /// The argument `z` of a product `(z·z)·z`: cubed from its one opening.
     cube: Option<usize>,
+    /// The argument `z·z` of a product `x·(z·z)`: taken whole, times the opened `x`.
+    square: Option<usize>,
 }
 
 /// One node: plain when every argument is plain, otherwise in the ring.
@@ -213,7 +217,7 @@ fn step(
     cx: &Ctx,
     op: &Op,
     mut args: Vec<Sim>,
-    Args { same, weight, cube }: Args,
+    Args { same, weight, cube, square }: Args,
     ty: &TensorType,
     node: &str,
 ) -> Result<Sim, EvalFailure> {
@@ -283,6 +287,23 @@ fn step(
                         let (y, sy) = secret(y.clone()).expect("secret");
                         let (y, s) = cx.opened(&y, sy);
                         Sim::Ring(ev(&Op::Mul, &[e, &y])?, s)
+                    }
+                    _ if square.is_some_and(|i| {
+                        let (q, x) = if i == 0 { (&a, &b) } else { (&b, &a) };
+                        matches!((q, x),
+                            (Sim::Ring(q, _), Sim::Ring(x, _))
+                                if q.shape == ty.shape && x.shape == ty.shape)
+                            && !weight[0]
+                            && !weight[1]
+                    }) =>
+                    {
+                        // x·z² from the openings of x and z: the square (z opened, squared
+                        // exactly) is taken whole.
+                        let (q, x) = if square == Some(0) { (a, b) } else { (b, a) };
+                        let (q, sq) = secret(q).expect("secret");
+                        let (x, sx) = secret(x).expect("secret");
+                        let (x, s) = cx.opened(&x, sx);
+                        Sim::Ring(ev(&Op::Mul, &[&x, &q])?, s + sq)
                     }
                     _ if cube.is_some_and(|i| {
                         let z = if i == 0 { &a } else { &b };
@@ -475,6 +496,10 @@ fn scale_by(cx: &Ctx, (x, s): (Tensor, u8), c: f64, node: &str) -> Result<Sim, E
         ScalarProduct::Relabel { k, negate } => {
             let x = if negate { map(&x, i64::wrapping_neg) } else { x };
             Sim::Ring(x, s + k)
+        }
+        ScalarProduct::Unlabel { k, negate } => {
+            let x = if negate { map(&x, i64::wrapping_neg) } else { x };
+            Sim::Ring(x, s - k)
         }
         ScalarProduct::RelabelTruncated { k, negate } => {
             let x = if negate { map(&x, i64::wrapping_neg) } else { x };

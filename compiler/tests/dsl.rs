@@ -92,7 +92,7 @@ fn every_stdlib_function_instantiates_into_a_valid_graph() {
     let b = g.add_input("b", TensorType::new(DType::F32, vec![8]));
     let y = veil_compiler::dsl::instantiate(
         &l,
-        "layernorm_newton",
+        "layernorm_poly",
         &mut g,
         &[x, gm, b],
         &[("eps", Val::Num(1e-12))],

@@ -195,6 +195,15 @@ pub const ALL: &[StdFn] = &[
     },
     StdFn {
         module: "rsqrt",
+        name: "rsqrt_poly",
+        call: "rsqrt_poly(x)",
+        domain: (0.0009765625, 4096.0),
+        log_sweep: true,
+        shape: Shape::Elementwise,
+        reference: |x| each(x, |v| 1.0 / v.sqrt()),
+    },
+    StdFn {
+        module: "rsqrt",
         name: "sqrt_newton",
         call: "sqrt_newton(x)",
         domain: (0.0009765625, 4096.0),
@@ -330,8 +339,8 @@ pub const ALL: &[StdFn] = &[
     },
     StdFn {
         module: "layernorm",
-        name: "layernorm_newton",
-        call: "layernorm_newton(x, 1.0, 0.0)",
+        name: "layernorm_poly",
+        call: "layernorm_poly(x, 1.0, 0.0)",
         domain: (-8.0, 8.0),
         log_sweep: false,
         shape: Shape::Rows(ROW),

@@ -388,6 +388,7 @@ impl<'g> Lowerer<'g> {
         let out_shape = self.shape(nd.result);
         let args = nd.args.clone();
         let op = nd.op.clone();
+        let nd_result = nd.result;
         if let Op::Gather { axis: 0 } = op {
             // Not through `operand`: client indices are fed one-hot, never as themselves.
             return Ok(Operand::Val(self.gather(args[0], args[1], &out_shape)?));
@@ -412,7 +413,7 @@ impl<'g> Lowerer<'g> {
                 Operand::Val(LVal { buf: self.b.neg(x.buf), ..x })
             }
             (Op::Mul, [a, b]) => {
-                self.mul((args[0], a.clone()), (args[1], b.clone()), &out_shape)?
+                self.mul(nd_result, (args[0], a.clone()), (args[1], b.clone()), &out_shape)?
             }
             (Op::Div, [_, Operand::Const(c)]) => {
                 let inv = Tensor::f32(
@@ -722,6 +723,10 @@ impl<'g> Lowerer<'g> {
                 let buf = if negate { self.b.neg(x.buf) } else { x.buf };
                 LVal { buf, scale: x.scale + k, shape: x.shape.clone() }
             }
+            ScalarProduct::Unlabel { k, negate } => {
+                let buf = if negate { self.b.neg(x.buf) } else { x.buf };
+                LVal { buf, scale: x.scale - k, shape: x.shape.clone() }
+            }
             ScalarProduct::RelabelTruncated { k, negate } => {
                 let buf = if negate { self.b.neg(x.buf) } else { x.buf };
                 let l = LVal { buf, scale: x.scale + k, shape: x.shape.clone() };
@@ -776,6 +781,7 @@ impl<'g> Lowerer<'g> {
 
     fn mul(
         &mut self,
+        result: Value,
         a: (Value, Operand),
         b: (Value, Operand),
         out: &[usize],
@@ -783,6 +789,21 @@ impl<'g> Lowerer<'g> {
         for key in [(a.0, b.0), (b.0, a.0)] {
             if let Some(l) = self.bit_times.get(&key) {
                 return Ok(Operand::Val(l.clone()));
+            }
+        }
+        if let Some(i) = square_factor(self.g, &self.uses, &self.readers, result, &[a.0, b.0]) {
+            // x·z² from the openings of x and z: no opening of the square.
+            let (sq, ox) = if i == 0 { (a.0, b.1.clone()) } else { (b.0, a.1.clone()) };
+            let zv = self.g.nodes[self.g.producer(sq).expect("a square has a producer")].args[0];
+            let zo = self.operand(zv)?;
+            if let (Operand::Val(x), Operand::Val(z)) = (ox, zo) {
+                if x.shape == out && z.shape == out && !self.is_weight(&x) && !self.is_weight(&z) {
+                    let (mx, sx) = self.masked(&x);
+                    let (mz, sz) = self.masked(&z);
+                    let buf = self.b.mul_square_masked(&mx, &mz);
+                    let scale = sx + 2 * sz;
+                    return Ok(Operand::Val(LVal { buf, scale, shape: out.to_vec() }));
+                }
             }
         }
         if let Some(i) = cube_operand(self.g, &self.uses, &[a.0, b.0]) {
@@ -1362,8 +1383,44 @@ pub(crate) fn cube_operand(
     })
 }
 
+/// Which argument of a product `x·(z·z)` (either order, `x` not `z`) is the square, when the
+/// square is read by that product only and the product by sums only: the lowering multiplies `x` by `z²` from the openings
+/// of `x` and `z` (`mul_square_masked`), and the simulator does the same (the square taken
+/// whole, not truncated by an opening of its own).
+pub(crate) fn square_factor(
+    g: &Graph,
+    uses: &SecondaryMap<Value, u32>,
+    readers: &HashMap<Value, Vec<Node>>,
+    result: Value,
+    args: &[Value],
+) -> Option<usize> {
+    if args.len() != 2 || args[0] == args[1] || g.outputs.contains(&result) {
+        return None;
+    }
+    // The product carries three scales where the opened square would give two: only a sum
+    // takes that for free (its consumer's opening truncates it anyway); a scalar factor or
+    // another product would truncate it in a round of its own, or overflow.
+    let sums = readers.get(&result).is_some_and(|rs| {
+        !rs.is_empty() && rs.iter().all(|&n| matches!(g.nodes[n].op, Op::Add | Op::Sub))
+    });
+    if !sums {
+        return None;
+    }
+    (0..2).find(|&i| {
+        let (sq, x) = (args[i], args[1 - i]);
+        uses[sq] == 1
+            && g.producer(sq).is_some_and(|p| {
+                let nd = &g.nodes[p];
+                matches!(nd.op, Op::Mul)
+                    && nd.args.len() == 2
+                    && nd.args[0] == nd.args[1]
+                    && nd.args[0] != x
+            })
+    })
+}
+
 /// The nodes reading each value.
-fn readers(g: &Graph) -> HashMap<Value, Vec<Node>> {
+pub(crate) fn readers(g: &Graph) -> HashMap<Value, Vec<Node>> {
     let mut r: HashMap<Value, Vec<Node>> = HashMap::new();
     for (n, nd) in g.nodes.iter() {
         for &a in &nd.args {

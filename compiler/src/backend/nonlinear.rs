@@ -197,7 +197,7 @@ pub fn lower_nonlinear(
             Op::LayerNorm { axis, eps } => {
                 let args = layer_norm_args(g, &nd, *axis)?;
                 (
-                    "layernorm_newton",
+                    "layernorm_poly",
                     args,
                     vec![
                         ("eps", Val::Num(*eps as f64)),

@@ -100,6 +100,10 @@ impl Policy {
     /// What multiplying a value at `scale` bits by the public scalar `c` becomes.
     pub fn scalar_product(&self, scale: u8, c: f64) -> ScalarProduct {
         let f = self.f;
+        let up = c.abs().log2();
+        if up.fract() == 0.0 && up >= 1.0 && scale > 2 * f && scale as f64 >= 2.0 * f as f64 + up {
+            return ScalarProduct::Unlabel { k: up as u8, negate: c < 0.0 };
+        }
         if c.fract() == 0.0 && c.abs() < (1u64 << 20) as f64 {
             return ScalarProduct::Integer(c as i64);
         }
@@ -142,6 +146,16 @@ pub enum ScalarProduct {
         /// The factor is negative.
         negate: bool,
     },
+    /// `±2^k` on a value above `2f` fractional bits that keeps at least `2f`: the same ring
+    /// element read with `k` fewer (negated for `-`). Exact like an integer product, and it
+    /// cannot overflow where the product could: a value above `2f` has 16 or fewer integer bits
+    /// left (a layer norm's variance at `3f`, lifted by `4^k` before its comparisons).
+    Unlabel {
+        /// Fractional bits given up.
+        k: u8,
+        /// The factor is negative.
+        negate: bool,
+    },
     /// A product with the factor encoded at `f` bits, after truncating the value to `f` bits
     /// when it carries more than `2f` (so the product stays below `3f`).
     Encoded {
@@ -164,6 +178,12 @@ mod tests {
             p.scalar_product(48, -0.125),
             ScalarProduct::RelabelTruncated { k: 3, negate: true }
         );
+        // A power of two above 1 on a value above 2f that keeps 2f: fewer fractional bits, the
+        // same ring element; otherwise an integer product.
+        assert_eq!(p.scalar_product(48, 64.0), ScalarProduct::Unlabel { k: 6, negate: false });
+        assert_eq!(p.scalar_product(40, -64.0), ScalarProduct::Unlabel { k: 6, negate: true });
+        assert_eq!(p.scalar_product(37, 64.0), ScalarProduct::Integer(64));
+        assert_eq!(p.scalar_product(32, 4.0), ScalarProduct::Integer(4));
         // Any other factor is a product, after truncating a value above 2f.
         assert_eq!(p.scalar_product(48, 0.1), ScalarProduct::Encoded { truncate_first: true });
     }

@@ -272,6 +272,91 @@ impl ProgramBuilder {
         self.sub(a, s3)
     }
 
+    /// `a·z²` for masked values `a` and `z` of the same length, from their openings alone (no
+    /// opening of `z²`): `(ca − sa)(cz² − 2cz·sz + sz²)`, where `sa·sz²`, with
+    /// `s = base − pk·m` for each truncating opening, expands to dealer products of the bases and
+    /// wrap bits times public powers of the wrap factors (the terms whose power of `2^(w−t)`
+    /// reaches 2^64 vanish). The result carries `a`'s fractional bits plus twice `z`'s.
+    ///
+    /// Rounds: 0 (given the openings). Dealer: 2 correction words per element without wraps
+    /// (`sa·sz`, `sa·sz²`; `sz²` shared with a square of `z`), up to 7 narrow ones with them.
+    pub fn mul_square_masked(&mut self, a: &Masked, z: &Masked) -> Buf {
+        assert_eq!(self.len(a.c), self.len(z.c), "mul_square_masked needs equal lengths");
+        let cz2 = self.mul_local(z.c, z.c, 1);
+        let (sz2, _) = self.mask_square(z);
+        let sasz = self.mask_product(a, z, 1);
+        let sasz2 = self.mask_times_square(a, z);
+        // z² = cz² − 2cz·sz + sz², then a·z² = ca·z² − sa·cz² + 2cz·(sa·sz) − sa·sz².
+        let czsz = self.mul_local(z.c, z.s, 1);
+        let czsz2 = self.shl(czsz, 1);
+        let zz = self.sub(cz2, czsz2);
+        let zz = self.add(zz, sz2);
+        let t1 = self.mul_local(zz, a.c, 1);
+        let t2 = self.mul_local(a.s, cz2, 1);
+        let t3 = self.mul_local(sasz, z.c, 1);
+        let t3 = self.shl(t3, 1);
+        let acc = self.sub(t1, t2);
+        let acc = self.add(acc, t3);
+        self.sub(acc, sasz2)
+    }
+
+    /// Shares of `sa·sz²` for the masks of `a` and `z` (see [`Self::mul_square_masked`]):
+    /// with `sa = Ba − Pa·Ma` and `sz² = Bz² − 2Pz·(Bz·Mz) + Pz²·Mz` (`M` a bit),
+    /// `Ba·Bz² − 2Pz·(Ba·Bz·Mz) + Pz²·(Ba·Mz) − Pa·(Ma·Bz²) + 2PaPz·(Ma·Bz·Mz) − PaPz²·(Ma·Mz)`,
+    /// each dealer product needed only modulo 2^64 over its public factor's power of two.
+    fn mask_times_square(&mut self, a: &Masked, z: &Masked) -> Buf {
+        // Span of a wrap factor: `pk` is a multiple of 2^span.
+        let span = |m: &Masked| (m.w - m.t) as u32;
+        // Bits of a dealer product that survive a factor `Pa^i·Pz^j`, if any.
+        let bits = |i: u32, j: u32| -> Option<u8> {
+            let gone =
+                i * span(a) * (a.wrap.is_some() as u32) + j * span(z) * (z.wrap.is_some() as u32);
+            (gone < 64).then(|| (64 - gone) as u8)
+        };
+        let bz2 = self.dprod(z.base, z.base, 1);
+        let mut acc = self.dprod(a.base, bz2, 1);
+        if let Some((pz, mz)) = z.wrap {
+            if let Some(b) = bits(0, 1) {
+                let bzmz = self.dprod_low(z.base, mz, 1, b);
+                let t = self.dprod_low(a.base, bzmz, 1, b);
+                let t = self.mul_local(t, pz, 1);
+                let t = self.shl(t, 1);
+                acc = self.sub(acc, t);
+            }
+            if let Some(b) = bits(0, 2) {
+                let t = self.dprod_low(a.base, mz, 1, b);
+                let pz2 = self.mul_local(pz, pz, 1);
+                let t = self.mul_local(t, pz2, 1);
+                acc = self.add(acc, t);
+            }
+        }
+        if let Some((pa, ma)) = a.wrap {
+            if let Some(b) = bits(1, 0) {
+                let t = self.dprod_low(ma, bz2, 1, b);
+                let t = self.mul_local(t, pa, 1);
+                acc = self.sub(acc, t);
+            }
+            if let Some((pz, mz)) = z.wrap {
+                if let Some(b) = bits(1, 1) {
+                    let bzmz = self.dprod_low(z.base, mz, 1, bits(0, 1).unwrap_or(b));
+                    let t = self.dprod_low(ma, bzmz, 1, b);
+                    let papz = self.mul_local(pa, pz, 1);
+                    let t = self.mul_local(t, papz, 1);
+                    let t = self.shl(t, 1);
+                    acc = self.add(acc, t);
+                }
+                if let Some(b) = bits(1, 2) {
+                    let t = self.dprod_low(ma, mz, 1, b);
+                    let papz = self.mul_local(pa, pz, 1);
+                    let papz2 = self.mul_local(papz, pz, 1);
+                    let t = self.mul_local(t, papz2, 1);
+                    acc = self.sub(acc, t);
+                }
+            }
+        }
+        acc
+    }
+
     /// Square of the share `x >> t`. Rounds: 1 (0 if opened before).
     pub fn square(&mut self, x: Buf, t: u8) -> Buf {
         let m = self.masked_open(x, t);
