@@ -608,13 +608,15 @@ impl<'g> Lowerer<'g> {
                 Operand::Val(LVal { buf: self.b.select(bits, &m), scale, shape: out_shape })
             }
             (Op::Drelu { slack }, [_]) => {
-                let slack = *slack;
-                let saved = self.b.compare;
-                if slack > 0.0 {
+                let mut params = self.b.compare;
+                if *slack > 0.0 {
+                    // GELU's thresholds at ±4 (slack 2^-4): 20 bits in 4 digits, one AND round
+                    // fewer than 6 digits of 4.
                     let (x, _) = self.compared_value(args[0]);
                     let scale = self.policy().opened(self.operand_val(x)?.scale);
-                    self.b.compare = slack_compare(saved, slack, scale);
+                    params = params.with_slack(*slack, scale);
                 }
+                let saved = std::mem::replace(&mut self.b.compare, params);
                 let r = self.lower_drelu(nd.result, args[0], out_shape);
                 self.b.compare = saved;
                 r?
@@ -1295,21 +1297,6 @@ impl<'g> Lowerer<'g> {
             )),
         }
     }
-}
-
-/// The comparison parameters of a `drelu` that may misjudge values within `slack` of its
-/// threshold, on a value at `scale` fractional bits: the low bits below the slack are ignored
-/// (never fewer than `base` ignores), and the digits are 5 bits wide. GELU's thresholds at ±4
-/// (slack 2^-4) then compare 20 bits in 4 digits, one AND round fewer than 6 digits of 4.
-fn slack_compare(
-    base: veil_isa::builder::CompareParams,
-    slack: f64,
-    scale: u8,
-) -> veil_isa::builder::CompareParams {
-    let below = (slack.log2() + scale as f64).floor();
-    let ignore = if below.is_finite() { below.clamp(0.0, 60.0) as u8 } else { 0 };
-    let ignore = ignore.max(base.ignore).min(base.bits.saturating_sub(3));
-    veil_isa::builder::CompareParams { bits: base.bits, ignore, digit: base.digit.max(5) }
 }
 
 /// Argmax and top-k compare differences below 2^(this - 1) logit units (8192): logits, the

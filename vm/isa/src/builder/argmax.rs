@@ -26,7 +26,11 @@ impl ProgramBuilder {
         len: u32,
         params: CompareParams,
     ) -> (Buf, Buf) {
-        let saved = std::mem::replace(&mut self.compare, params);
+        self.with_compare(params, |b| b.argmax_rows_with_current(x, rows, len))
+    }
+
+    /// [`Self::argmax_rows`] with the comparison parameters in force.
+    fn argmax_rows_with_current(&mut self, x: Buf, rows: u32, len: u32) -> (Buf, Buf) {
         let positions: Vec<u64> = (0..rows).flat_map(|_| 0..len as u64).collect();
         let pub_idx = self.constant(positions);
         let x = self.as_share(x);
@@ -62,7 +66,6 @@ impl ProgramBuilder {
             cur = val;
             idx = ix;
         }
-        self.compare = saved;
         (cur, idx)
     }
 
@@ -92,9 +95,7 @@ impl ProgramBuilder {
         let (t, _) = self.argmax_rows(cur, rows, len, params);
         let diff = self.sub_b(x, t, len);
         let m = self.masked_open(diff, 0);
-        let saved = std::mem::replace(&mut self.compare, params);
-        let (keep, _) = self.drelu_arith(&m, 0, None);
-        self.compare = saved;
+        let (keep, _) = self.with_compare(params, |b| b.drelu_arith(&m, 0, None));
         let lift = self.mul_imm(keep, big);
         let lowered = self.add_imm(x, big.wrapping_neg());
         self.add(lowered, lift)
@@ -113,11 +114,8 @@ impl ProgramBuilder {
         let y = self.add_b(wide, row, 1);
         let m = self.masked_open_w(y, 0, w);
         let params = CompareParams { bits: w, ignore: 0, digit: 4 };
-        let saved = std::mem::replace(&mut self.compare, params);
         // The conversion to arithmetic shares rides the comparison's last AND round.
-        let (ge, _) = self.drelu_arith(&m, 0, None);
-        self.compare = saved;
-        ge
+        self.with_compare(params, |b| b.drelu_arith(&m, 0, None).0)
     }
 
     /// Shares of `one_hot(idx, depth)` (`n × depth`, 0/1 at scale 0) for a secret integer index

@@ -382,10 +382,7 @@ impl ProgramBuilder {
     /// maximum (one of the row's values) for rows whose differences are below
     /// `2^(bits-1) - 2^ignore`.
     pub fn max_rows(&mut self, x: Buf, rows: u32, len: u32) -> Buf {
-        let saved = std::mem::replace(&mut self.compare, self.max_compare);
-        let r = self.max_rows_with_current(x, rows, len);
-        self.compare = saved;
-        r
+        self.with_compare(self.max_compare, |b| b.max_rows_with_current(x, rows, len))
     }
 
     fn max_rows_with_current(&mut self, x: Buf, rows: u32, len: u32) -> Buf {

@@ -62,17 +62,34 @@ impl Default for CompareParams {
     }
 }
 
-/// The row maximum's comparisons at `frac_bits` fractional bits: differences below 2^10 = 1024
-/// (bits = f + 11), read to 2^-4 (ignore = f − 4), in two digits of 7 bits.
-///
-/// A maximum off by less than 2^-4 per tournament level is as good as exact for what it is
-/// used for: softmax is shift-invariant, and 7 levels put the row's top at most 0.44 above
-/// the maximum found, which keeps its sum below 1.55·n and so inside the reciprocal's
-/// convergence (x·y0 < 2). The 14 bits left make two digits, so every level's comparison is
-/// one opening and one AND round fused with the selection (2 rounds a level, not 3), for
-/// tables of 2·2^7 bits per digit: the dealer bytes of four 5-bit digits.
-pub fn max_compare_params(frac_bits: u8) -> CompareParams {
-    CompareParams { bits: (frac_bits + 11).min(64), ignore: frac_bits.saturating_sub(4), digit: 7 }
+impl CompareParams {
+    /// The row maximum's comparisons at `frac_bits` fractional bits: differences below 2^10 = 1024
+    /// (bits = f + 11), read to 2^-4 (ignore = f − 4), in two digits of 7 bits.
+    ///
+    /// A maximum off by less than 2^-4 per tournament level is as good as exact for what it is
+    /// used for: softmax is shift-invariant, and 7 levels put the row's top at most 0.44 above
+    /// the maximum found, which keeps its sum below 1.55·n and so inside the reciprocal's
+    /// convergence (x·y0 < 2). The 14 bits left make two digits, so every level's comparison is
+    /// one opening and one AND round fused with the selection (2 rounds a level, not 3), for
+    /// tables of 2·2^7 bits per digit: the dealer bytes of four 5-bit digits.
+    pub fn for_max(frac_bits: u8) -> CompareParams {
+        CompareParams {
+            bits: (frac_bits + 11).min(64),
+            ignore: frac_bits.saturating_sub(4),
+            digit: 7,
+        }
+    }
+
+    /// These parameters for a comparison allowed to misjudge values within `slack` of its
+    /// threshold, on values at `scale` fractional bits: the bits below the slack are ignored
+    /// (never more than leave 3), and digits are at least 5 bits wide, which takes the digit
+    /// tree one AND round shorter where the ignored bits allow it (`drelu(x, slack)`).
+    pub fn with_slack(self, slack: f64, scale: u8) -> CompareParams {
+        let below = (slack.log2() + scale as f64).floor();
+        let ignore = if below.is_finite() { below.clamp(0.0, 60.0) as u8 } else { 0 };
+        let ignore = ignore.max(self.ignore).min(self.bits.saturating_sub(3));
+        CompareParams { bits: self.bits, ignore, digit: self.digit.max(5) }
+    }
 }
 
 /// Builds a program: allocates buffers, expands protocols, schedules rounds.
@@ -108,7 +125,7 @@ pub struct ProgramBuilder {
     /// Comparison parameters used by `drelu` and everything built on it.
     pub compare: CompareParams,
     /// Comparison parameters of the tournament in [`ProgramBuilder::max_rows`]
-    /// ([`max_compare_params`]).
+    /// ([`CompareParams::for_max`]).
     pub max_compare: CompareParams,
     /// A comparison of few elements may use two wide digits (one AND round); the element
     /// count it judges by is scaled by `len_scale.0 / len_scale.1`. A program compiled at
@@ -120,6 +137,15 @@ pub struct ProgramBuilder {
 }
 
 impl ProgramBuilder {
+    /// Runs `f` with the comparison parameters `params`, the current ones restored after: for a
+    /// protocol whose comparisons need other ranges or digits than the program's default.
+    pub fn with_compare<T>(&mut self, params: CompareParams, f: impl FnOnce(&mut Self) -> T) -> T {
+        let saved = std::mem::replace(&mut self.compare, params);
+        let r = f(self);
+        self.compare = saved;
+        r
+    }
+
     /// A builder for fixed point with `frac_bits` fractional bits.
     pub fn new(frac_bits: u8) -> ProgramBuilder {
         let mut b = ProgramBuilder {
@@ -148,7 +174,7 @@ impl ProgramBuilder {
             dprod_cache: HashMap::new(),
             activation_cache: HashMap::new(),
             compare: CompareParams::default(),
-            max_compare: max_compare_params(frac_bits),
+            max_compare: CompareParams::for_max(frac_bits),
             len_scale: (1, 1),
             floor: 0,
         };

@@ -59,9 +59,7 @@ impl ProgramBuilder {
         // One comparison per token: wide digits cost little table (4 digits of 13 bits,
         // 8 KB of dealer bits per token) and take the digit tree from 4 AND rounds to 2.
         let params = CompareParams { bits: 58, ignore: 8, digit: KEEP_DIGIT };
-        let saved = std::mem::replace(&mut self.compare, params);
-        let (keep, _) = self.drelu_arith(&m, 0, None);
-        self.compare = saved;
+        let (keep, _) = self.with_compare(params, |b| b.drelu_arith(&m, 0, None));
         if protect == 0 {
             return keep;
         }
