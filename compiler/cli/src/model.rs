@@ -222,8 +222,10 @@ pub fn check_inputs(g: &Graph, given: Given) -> Result<std::collections::HashMap
     Ok(out)
 }
 
-/// Every input of `g` drawn from `seed` as reals N(0, 1) (`--random-inputs`); `flag` names how
-/// to give non-real inputs instead, for the error.
+/// Model inputs drawn from `seed`: reals N(0, 1); an integer input that indexes a table (token
+/// ids, token types: a gather from a table of `D` rows, or the client's one-hot of depth `D`)
+/// uniform in `0..D`; an integer input named like an attention mask all ones (no padding).
+/// Any other integer input is refused, naming `flag` as the way to give it.
 pub fn random_reals(
     g: &Graph,
     seed: u64,
@@ -233,16 +235,70 @@ pub fn random_reals(
     let mut out = std::collections::HashMap::new();
     for &v in &g.inputs {
         let ty = g.ty(v);
-        if !ty.dtype.is_float() {
+        let name = &g.values[v].name;
+        let t = if ty.dtype.is_float() {
+            let data: Vec<f32> = (0..ty.numel()).map(|_| r.normal() as f32).collect();
+            Tensor::f32(ty.shape.clone(), data)
+        } else if let Some(depth) = index_depth(g, v) {
+            let ids = (0..ty.numel()).map(|_| (r.next_u64() % depth as u64) as i64).collect();
+            integers(ty, ids)
+        } else if name.to_lowercase().contains("mask") {
+            integers(ty, vec![1; ty.numel()])
+        } else {
             bail!(
-                "--random-inputs draws reals only; input `{}` is {ty} (pass {flag})",
-                g.values[v].name
+                "--random-inputs draws reals, token ids (for an input that indexes a table) and \
+                 all-ones attention masks; input `{name}` is {ty} and none of these (pass {flag})"
             );
-        }
-        let data: Vec<f32> = (0..ty.numel()).map(|_| r.normal() as f32).collect();
-        out.insert(g.values[v].name.clone(), Tensor::f32(ty.shape.clone(), data));
+        };
+        out.insert(name.clone(), t);
     }
     Ok(out)
+}
+
+/// A tensor of integer (or boolean) type `ty` holding `values`.
+fn integers(ty: &TensorType, values: Vec<i64>) -> Tensor {
+    use veil_compiler::ir::Data;
+    let data = match ty.dtype {
+        DType::Bool => Data::Bool(values.iter().map(|&v| v != 0).collect()),
+        _ => Data::I64(values),
+    };
+    Tensor { dtype: ty.dtype, shape: ty.shape.clone(), data }
+}
+
+/// The number of rows the integer input `v` indexes, if it does: the table of a gather along
+/// axis 0, or the depth of the client's one-hot (an equality with the constant `0..D`), reached
+/// through casts and reshapes.
+fn index_depth(g: &Graph, v: veil_compiler::ir::Value) -> Option<usize> {
+    use veil_compiler::ir::Op;
+    let mut seen = vec![v];
+    let mut at = 0;
+    while at < seen.len() {
+        let cur = seen[at];
+        at += 1;
+        for &n in &g.order {
+            let nd = &g.nodes[n];
+            if !nd.args.contains(&cur) {
+                continue;
+            }
+            match &nd.op {
+                Op::Gather { axis: 0 } if nd.args.get(1) == Some(&cur) => {
+                    return g.ty(nd.args[0]).shape.first().copied();
+                }
+                Op::Equal => {
+                    let other = if nd.args[0] == cur { nd.args[1] } else { nd.args[0] };
+                    let range = g.const_data(other).filter(|t| t.shape.len() == 1)?;
+                    let d = range.shape[0];
+                    let ok = range.to_f64_vec().iter().enumerate().all(|(i, &x)| x == i as f64);
+                    if ok && d > 0 {
+                        return Some(d);
+                    }
+                }
+                Op::Cast { .. } | Op::Reshape { .. } => seen.push(nd.result),
+                _ => {}
+            }
+        }
+    }
+    None
 }
 
 /// One sample from a directory of `<name>.npy` files.
@@ -282,4 +338,51 @@ pub fn samples_in(g: &Graph, dir: &Path) -> Result<Vec<std::collections::HashMap
         return Ok(vec![sample_from(g, dir)?]);
     }
     subdirs.iter().map(|d| sample_from(g, d)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::random_reals;
+    use veil_compiler::ir::{DType, Graph, Op, Tensor, TensorType};
+
+    /// ids gather from a table of 10 rows; a mask; an integer used otherwise.
+    fn graph(with_step: bool) -> Graph {
+        let mut g = Graph::new("inputs");
+        let ids = g.add_input("input_ids", TensorType::new(DType::I64, vec![2, 8]));
+        let mask = g.add_input("attention_mask", TensorType::new(DType::I64, vec![2, 8]));
+        let x = g.add_input("x", TensorType::new(DType::F32, vec![3]));
+        let table = g.add_weight("emb", Tensor::zeros(&TensorType::new(DType::F32, vec![10, 3])));
+        let flat = g.add_node("flat", Op::Reshape { shape: vec![16] }, &[ids], "flat").unwrap();
+        let e = g.add_node("gather", Op::Gather { axis: 0 }, &[table, flat], "e").unwrap();
+        let m = g.add_node("m", Op::Cast { to: DType::F32 }, &[mask], "m").unwrap();
+        g.outputs = vec![e, m, x];
+        if with_step {
+            let step = g.add_input("step", TensorType::new(DType::I64, vec![1]));
+            let s = g.add_node("s", Op::Cast { to: DType::F32 }, &[step], "s").unwrap();
+            g.outputs.push(s);
+        }
+        g
+    }
+
+    #[test]
+    fn token_ids_index_their_table_and_a_mask_is_all_ones() {
+        let got = random_reals(&graph(false), 7, "--input").unwrap();
+        let ids = got["input_ids"].to_i64_vec();
+        assert!(ids.iter().all(|&i| (0..10).contains(&i)), "{ids:?}");
+        assert!(ids.iter().any(|&i| i != ids[0]), "ids are drawn, not constant: {ids:?}");
+        assert_eq!(got["input_ids"].dtype, DType::I64);
+        assert!(got["attention_mask"].to_i64_vec().iter().all(|&v| v == 1));
+        assert_eq!(got["x"].shape, vec![3]);
+        // The same seed draws the same sample.
+        assert_eq!(
+            random_reals(&graph(false), 7, "--input").unwrap()["input_ids"],
+            got["input_ids"]
+        );
+    }
+
+    #[test]
+    fn another_integer_input_is_refused_by_name() {
+        let e = random_reals(&graph(true), 7, "--input NAME=FILE.npy").unwrap_err().to_string();
+        assert!(e.contains("`step`") && e.contains("--input NAME=FILE.npy"), "{e}");
+    }
 }

@@ -19,8 +19,9 @@ pub struct Args {
     /// subdirectories each holding one sample's files.
     #[arg(long, value_name = "DIR", required_unless_present = "random_inputs")]
     pub inputs: Option<PathBuf>,
-    /// Draw the samples at random instead: reals N(0, 1), sample k from seed SEED + k (sample 0
-    /// is what `veil run --random-inputs SEED` feeds).
+    /// Draw the samples at random instead: reals N(0, 1), token ids uniform over the table they
+    /// index, attention masks all ones; sample k from seed SEED + k (sample 0 is what
+    /// `veil run --random-inputs SEED` feeds).
     #[arg(long, value_name = "SEED", conflicts_with = "inputs")]
     pub random_inputs: Option<u64>,
     /// Number of random samples.

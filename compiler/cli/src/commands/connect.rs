@@ -38,8 +38,8 @@ pub struct Args {
     /// of subdirectories each holding one sample (in name order).
     #[arg(long = "inputs", value_name = "DIR", conflicts_with = "inputs")]
     pub samples: Option<PathBuf>,
-    /// Draw each input at random: sample k from SEED + k (reals N(0, 1), for the DSL
-    /// examples, whose input is the embedding output).
+    /// Draw each input at random: sample k from SEED + k (reals N(0, 1), token ids uniform
+    /// over the table they index, attention masks all ones).
     #[arg(long, value_name = "SEED", conflicts_with_all = ["inputs", "samples"])]
     pub random_inputs: Option<u64>,
     /// Read one sample per line of standard input (`NAME=FILE.npy NAME=FILE.npy ...`) and run

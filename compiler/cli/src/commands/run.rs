@@ -23,8 +23,8 @@ pub struct Args {
     /// A model input as NAME=FILE.npy; repeatable.
     #[arg(long = "input", value_name = "NAME=FILE.npy", value_parser = parse_assignment)]
     pub inputs: Vec<(String, PathBuf)>,
-    /// Draw every model input at random from this seed instead (reals N(0, 1); for benchmarks
-    /// of models whose inputs are reals, such as the DSL examples).
+    /// Draw every model input at random from this seed instead: reals N(0, 1), token ids
+    /// uniform over the table they index, attention masks all ones (for benchmarks).
     #[arg(long, value_name = "SEED", conflicts_with_all = ["inputs", "dataset"])]
     pub random_inputs: Option<u64>,
     /// Write each output to DIR/<output name>.npy.
