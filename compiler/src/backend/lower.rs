@@ -795,15 +795,17 @@ impl<'g> Lowerer<'g> {
         }
         if let Some(i) = square_factor(self.g, &self.uses, &self.readers, result, &[a.0, b.0]) {
             // x·z² from the openings of x and z: no opening of the square.
-            let (sq, ox) = if i == 0 { (a.0, b.1.clone()) } else { (b.0, a.1.clone()) };
-            let zv = self.g.nodes[self.g.producer(sq).expect("a square has a producer")].args[0];
+            let ((sq, oq), ox) =
+                if i == 0 { (a.clone(), b.1.clone()) } else { (b.clone(), a.1.clone()) };
+            let zv = squared(self.g, sq).expect("square_factor found a square");
             let zo = self.operand(zv)?;
-            if let (Operand::Val(x), Operand::Val(z)) = (ox, zo) {
+            if let (Operand::Val(x), Operand::Val(q), Operand::Val(z)) = (ox, oq, zo) {
                 if x.shape == out && z.shape == out && !self.is_weight(&x) && !self.is_weight(&z) {
+                    // The square's own share (`square_masked` of z's cached opening).
                     let (mx, sx) = self.masked(&x);
-                    let (mz, sz) = self.masked(&z);
-                    let buf = self.b.mul_square_masked(&mx, &mz);
-                    let scale = sx + 2 * sz;
+                    let (mz, _) = self.masked(&z);
+                    let buf = self.b.mul_square_masked(&mx, &mz, q.buf);
+                    let scale = sx + q.scale;
                     return Ok(Operand::Val(LVal { buf, scale, shape: out.to_vec() }));
                 }
             }
@@ -1362,18 +1364,21 @@ pub(crate) fn cube_operand(
     }
     (0..2).find(|&i| {
         let (z, sq) = (args[i], args[1 - i]);
-        uses[sq] == 1
-            && g.producer(sq).is_some_and(|p| {
-                let nd = &g.nodes[p];
-                matches!(nd.op, Op::Mul) && nd.args.len() == 2 && nd.args[0] == z && nd.args[1] == z
-            })
+        uses[sq] == 1 && squared(g, sq) == Some(z)
     })
 }
 
+/// `z` when `v` is the product `z·z`.
+pub(crate) fn squared(g: &Graph, v: Value) -> Option<Value> {
+    let nd = &g.nodes[g.producer(v)?];
+    (matches!(nd.op, Op::Mul) && nd.args.len() == 2 && nd.args[0] == nd.args[1])
+        .then_some(nd.args[0])
+}
+
 /// Which argument of a product `x·(z·z)` (either order, `x` not `z`) is the square, when the
-/// square is read by that product only and the product by sums only: the lowering multiplies `x` by `z²` from the openings
-/// of `x` and `z` (`mul_square_masked`), and the simulator does the same (the square taken
-/// whole, not truncated by an opening of its own).
+/// square is read by that product only and the product by sums only: the lowering multiplies
+/// `x` by the square's share from the openings of `x` and `z` (`mul_square_masked`), and the
+/// simulator does the same (the square taken whole, not truncated by an opening of its own).
 pub(crate) fn square_factor(
     g: &Graph,
     uses: &SecondaryMap<Value, u32>,
@@ -1395,14 +1400,7 @@ pub(crate) fn square_factor(
     }
     (0..2).find(|&i| {
         let (sq, x) = (args[i], args[1 - i]);
-        uses[sq] == 1
-            && g.producer(sq).is_some_and(|p| {
-                let nd = &g.nodes[p];
-                matches!(nd.op, Op::Mul)
-                    && nd.args.len() == 2
-                    && nd.args[0] == nd.args[1]
-                    && nd.args[0] != x
-            })
+        uses[sq] == 1 && squared(g, sq).is_some_and(|z| z != x)
     })
 }
 

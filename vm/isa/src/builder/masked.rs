@@ -273,24 +273,19 @@ impl ProgramBuilder {
     }
 
     /// `a·z²` for masked values `a` and `z` of the same length, from their openings alone (no
-    /// opening of `z²`): `(ca − sa)(cz² − 2cz·sz + sz²)`, where `sa·sz²`, with
+    /// opening of `z²`), given `zz`, the shares of `z²` from z's opening
+    /// ([`Self::square_masked`]): `ca·z² − sa·cz² + 2cz·(sa·sz) − sa·sz²`, where `sa·sz²`, with
     /// `s = base − pk·m` for each truncating opening, expands to dealer products of the bases and
     /// wrap bits times public powers of the wrap factors (the terms whose power of `2^(w−t)`
     /// reaches 2^64 vanish). The result carries `a`'s fractional bits plus twice `z`'s.
     ///
     /// Rounds: 0 (given the openings). Dealer: 2 correction words per element without wraps
     /// (`sa·sz`, `sa·sz²`; `sz²` shared with a square of `z`), up to 7 narrow ones with them.
-    pub fn mul_square_masked(&mut self, a: &Masked, z: &Masked) -> Buf {
+    pub fn mul_square_masked(&mut self, a: &Masked, z: &Masked, zz: Buf) -> Buf {
         assert_eq!(self.len(a.c), self.len(z.c), "mul_square_masked needs equal lengths");
         let cz2 = self.mul_local(z.c, z.c, 1);
-        let (sz2, _) = self.mask_square(z);
         let sasz = self.mask_product(a, z, 1);
         let sasz2 = self.mask_times_square(a, z);
-        // z² = cz² − 2cz·sz + sz², then a·z² = ca·z² − sa·cz² + 2cz·(sa·sz) − sa·sz².
-        let czsz = self.mul_local(z.c, z.s, 1);
-        let czsz2 = self.shl(czsz, 1);
-        let zz = self.sub(cz2, czsz2);
-        let zz = self.add(zz, sz2);
         let t1 = self.mul_local(zz, a.c, 1);
         let t2 = self.mul_local(a.s, cz2, 1);
         let t3 = self.mul_local(sasz, z.c, 1);
