@@ -49,9 +49,13 @@ fn simulator_predicts_the_two_party_vm() {
         let slack = 8.0 * 2f64.powi(-16);
         // The simulator may be the more pessimistic by up to 2.5×: its floors all lean one way,
         // and sqrt_newton multiplies that bias by √x (up to 64) in its last step (0.013 against
-        // the VM's 0.0067 at x ≈ 4000). The VM is never worse than predicted by more than 1.5×.
+        // the VM's 0.0067 at x ≈ 4000). The VM's truncations are unbiased but spread over
+        // ±1.5 ulp (a truncating opening drops the low bits and the carry out of them), so
+        // where steps amplify rounding the VM's worst point may be up to 2× the simulator's:
+        // rsqrt_fit over [1/16, 256] (ten Newton steps) measured 1.9× (1.4× when the openings
+        // sent every bit), exp_neg 1.23×.
         assert!(
-            mpc_err <= 1.5 * approx + slack && approx <= 2.5 * mpc_err + slack,
+            mpc_err <= 2.0 * approx + slack && approx <= 2.5 * mpc_err + slack,
             "{name}: the VM's error {mpc_err} vs simulated {approx}"
         );
     }

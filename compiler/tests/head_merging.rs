@@ -38,9 +38,11 @@ fn four_merged_heads_cost_a_third_of_the_softmax_bytes() {
     // 12·128·128 softmax inputs against 4·128·128. The per-element work is the same except
     // for the scale: 12 heads' 1/√64 = 2^-3 folds into the scores' truncation
     // (`ScalarProduct::RelabelTruncated`), while 4 heads' 1/√192 is a product after it that
-    // needs one more truncating opening (and round) per score, so the ratio is below 3.
+    // needs one more truncating opening (and round) per score, so the ratio is below 3
+    // (2.26 since truncating openings send only the bits they keep, which made the rest of
+    // the softmax cheaper against that opening).
     let ratio = soft12.online() as f64 / soft4.online() as f64;
-    assert!((2.3..2.9).contains(&ratio), "softmax bytes 12 heads / 4 heads = {ratio:.3}");
+    assert!((2.1..2.9).contains(&ratio), "softmax bytes 12 heads / 4 heads = {ratio:.3}");
     // Rounds with softmax traffic: 4 heads' scale is one more truncating opening, and the
     // tournament's first level shares the round of the truncation before it (`max_rows`),
     // which for 12 heads is QKᵀ's (a `mul` round already) and for 4 heads the scale's (a

@@ -31,6 +31,12 @@ pub fn set(words: &mut [u64], i: usize, v: bool) {
 
 /// Appends the low `bits` bits of each value to `out`, densely packed, little-endian.
 pub fn pack(values: &[u64], bits: u8, out: &mut Vec<u8>) {
+    pack_from(values, 0, bits, out)
+}
+
+/// Appends bits `lo..lo + bits` of each value to `out`, densely packed, little-endian (an
+/// opening that does not send the low bits its reader drops).
+pub fn pack_from(values: &[u64], lo: u8, bits: u8, out: &mut Vec<u8>) {
     if bits == 64 {
         // One growth, then fixed-size stores the compiler turns into vector moves (appending
         // 8 bytes at a time checks the capacity per value).
@@ -50,7 +56,7 @@ pub fn pack(values: &[u64], bits: u8, out: &mut Vec<u8>) {
     let mask = (1u64 << bits) - 1;
     let (mut acc, mut nacc, mut pos) = (0u128, 0u32, 0usize);
     for &v in values {
-        acc |= ((v & mask) as u128) << nacc;
+        acc |= (((v >> lo) & mask) as u128) << nacc;
         nacc += bits as u32;
         if nacc >= 64 {
             buf[pos..pos + 8].copy_from_slice(&(acc as u64).to_le_bytes());

@@ -109,7 +109,7 @@ fn program(insecure: bool) -> Program {
     if insecure {
         // Negative control: open the client's input without a mask.
         let d = b.buf(Kind::Public, n);
-        b.emit(Instr::Open { d, a: x, bits: 64 });
+        b.emit(Instr::Open { d, a: x, bits: 64, lo: 0 });
     }
     let xw = b.mul_priv(x, w, 1);
     let sq = b.mul(x, 0, xw, F, 1);
@@ -225,7 +225,7 @@ fn compaction_program() -> Program {
     let rows = b.broadcast(rows, &[n, 1], &[n, row]);
     let moved = b.compact_rows(&c, rows, row);
     let d = b.buf(Kind::Public, 1);
-    b.emit(Instr::Open { d, a: c.count, bits: 64 });
+    b.emit(Instr::Open { d, a: c.count, bits: 64, lo: 0 });
     b.output("rows", moved, Party::Client, &[n * row], F);
     b.output("count", d, Party::Client, &[1], 0);
     b.finish()

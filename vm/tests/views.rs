@@ -88,15 +88,18 @@ fn derived(prog: &Program, me: Party, bufs: &[Vec<u64>]) -> Vec<(String, Vec<u8>
     for (section, k, ins) in code {
         let name = format!("{section} #{k} `{}`", ins.disas());
         match *ins {
-            Instr::Open { d, a, bits } => {
-                let c: Vec<u64> = bufs[d.0 as usize].iter().map(|&x| wrap(x, bits)).collect();
+            Instr::Open { d, a, bits, lo } => {
+                // What crossed the wire: bits lo..bits of each share.
+                let sent = bits - lo;
+                let hi = |x: u64| wrap(wrap(x, bits) >> lo, sent);
+                let c: Vec<u64> = bufs[d.0 as usize].iter().map(|&x| hi(x)).collect();
                 let other: Vec<u64> = c
                     .iter()
                     .zip(&bufs[a.0 as usize])
-                    .map(|(&c, &o)| wrap(c.wrapping_sub(o), bits))
+                    .map(|(&c, &o)| wrap(c.wrapping_sub(hi(o)), sent))
                     .collect();
-                push(&mut out, format!("{name} minus own share"), &other, bits);
-                got.push(((c.len(), bits, false), name, c));
+                push(&mut out, format!("{name} minus own share"), &other, sent);
+                got.push(((c.len(), sent, false), name, c));
             }
             Instr::OpenB { d, a } => {
                 let c = bufs[d.0 as usize].clone();
@@ -282,7 +285,7 @@ fn the_view_test_sees_a_narrow_opening_unmasked() {
     let (x, w) = inputs(&mut b);
     let p = b.mul(x, 0, w, 0, 1);
     let c = b.buf(Kind::Public, N);
-    b.emit(Instr::Open { d: c, a: p, bits: 42 });
+    b.emit(Instr::Open { d: c, a: p, bits: 42, lo: 0 });
     b.output("p", p, Party::Client, &[N], 2 * F);
     let prog = b.finish_ssa();
     let [client, server] = worst_chi2(&prog);
@@ -301,11 +304,11 @@ fn the_view_test_sees_one_mask_used_for_two_openings() {
     b.emit(Instr::DMask { d: r });
     let y1 = b.add(x, r);
     let c1 = b.buf(Kind::Public, N);
-    b.emit(Instr::Open { d: c1, a: y1, bits: 64 });
+    b.emit(Instr::Open { d: c1, a: y1, bits: 64, lo: 0 });
     let x3 = b.mul_imm(x, 3);
     let y2 = b.add(x3, r);
     let c2 = b.buf(Kind::Public, N);
-    b.emit(Instr::Open { d: c2, a: y2, bits: 64 });
+    b.emit(Instr::Open { d: c2, a: y2, bits: 64, lo: 0 });
     let s = b.sub(c2, r);
     let p = b.mul(s, 0, w, 0, 1);
     b.output("p", p, Party::Client, &[N], 2 * F);
@@ -327,7 +330,7 @@ fn the_view_test_sees_a_sharing_opened_unmasked() {
     let (x, w) = inputs(&mut b);
     let p = b.mul(x, 0, w, 0, 1);
     let c = b.buf(Kind::Public, N);
-    b.emit(Instr::Open { d: c, a: p, bits: 64 });
+    b.emit(Instr::Open { d: c, a: p, bits: 64, lo: 0 });
     b.output("p", p, Party::Client, &[N], 2 * F);
     let prog = b.finish_ssa();
     let [client, server] = worst_chi2(&prog);

@@ -79,12 +79,15 @@ pub fn value_bounds(g: &Graph, token_len: Option<(usize, usize)>) -> HashMap<Val
 }
 
 /// The opening width for a ring value `|x| ≤ m`: the smallest `w` with `|x| < 2^(w-2)` after
-/// a 1% margin for the approximations' and truncations' errors (plus a few ulps), at least
-/// `t + 2` for a truncation by `t` bits, at most 64.
+/// a 1% margin for the approximations' and truncations' errors (plus a few ulps), and
+/// `2^(t+1)` more for a truncation by `t` bits (its opening drops the low `t` bits, whose
+/// carry it may lose), at least `t + 3`, at most 64.
 pub fn opening_width(m: f64, t: u8) -> u8 {
-    let m = m * 1.01 + 4.0;
+    let drop = if t > 0 { 2f64.powi(t as i32 + 1) } else { 0.0 };
+    let m = m * 1.01 + 4.0 + drop;
     let k = if m >= 2f64.powi(62) { 62 } else { m.log2().floor() as u32 + 1 };
-    (k + 2).clamp(t as u32 + 2, 64).max(3) as u8
+    let least = if t > 0 { t as u32 + 3 } else { 3 };
+    (k + 2).clamp(least, 64) as u8
 }
 
 #[cfg(test)]
@@ -97,12 +100,18 @@ mod tests {
         assert_eq!(opening_width((1u64 << 23) as f64, 7), 26);
         // A product of two such values at 32 bits.
         assert_eq!(opening_width((1u64 << 32) as f64, 16), 35);
-        // Narrower than the truncation allows: widened to t + 2.
-        assert_eq!(opening_width(8.0, 16), 18);
+        // Narrower than the truncation allows: widened to hold the dropped bits' lost carry.
+        assert_eq!(opening_width(8.0, 16), 20);
         assert_eq!(opening_width(1e30, 0), 64);
         for m in [1.0, 3.0, 1000.0, 123456789.0, 2f64.powi(40)] {
             let w = opening_width(m, 0);
             assert!(m * 1.01 < 2f64.powi(w as i32 - 2), "{m} in {w} bits");
+            // A truncating opening loses up to 2^(t+1) with the carry of the bits it drops.
+            for t in [1u8, 8, 16, 32] {
+                let w = opening_width(m, t);
+                let lost = 2f64.powi(t as i32 + 1);
+                assert!(m * 1.01 + lost < 2f64.powi(w as i32 - 2), "{m} in {w} bits, t = {t}");
+            }
         }
     }
 }

@@ -133,8 +133,8 @@ pub fn instr_cost(ins: &Instr, p: &Program) -> Cost {
     let mut c = Cost::default();
     use Instr::*;
     match ins {
-        Open { a, bits, .. } => {
-            let bytes = (len(*a) * *bits as u64).div_ceil(8);
+        Open { a, bits, lo, .. } => {
+            let bytes = (len(*a) * (*bits - *lo) as u64).div_ceil(8);
             c.sent = [bytes, bytes];
         }
         OpenB { a, .. } => {

@@ -367,7 +367,9 @@ pub fn footprint_with(p: &Program, me: Party, keep: &[bool]) -> Footprint {
         .iter()
         .chain(&p.body)
         .map(|i| match i {
-            Instr::Open { a, bits, .. } => (words_bytes(p, *a) * *bits as u64).div_ceil(64),
+            Instr::Open { a, bits, lo, .. } => {
+                (words_bytes(p, *a) * (*bits - *lo) as u64).div_ceil(64)
+            }
             Instr::OpenB { a, .. } | Instr::Send { a, .. } | Instr::Reveal { a, .. } => {
                 words_bytes(p, *a)
             }

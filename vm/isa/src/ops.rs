@@ -83,11 +83,11 @@ macro_rules! for_each_op {
             /// broadcast and gather by public indices.
             copy = Copy [local] { d: Buf; d_off: u32, a: Buf, a_off: u32, shape: Dims, d_strides: Strides, a_strides: Strides };
             /// Post-processing of a `w`-bit masked opening. From the opened
-            /// `c = (x + 2^(w-2) + r) mod 2^w` and shares of `rhi = (r mod 2^w) >> t` and
-            /// `m = bit w-1 of r`: `c2 = (c >> t) - 2^(w-2-t)` (public),
-            /// `pk = (1 - bit w-1 of c) · 2^(w-t)` (public, the wrap of `x + r` modulo `2^w`) and
-            /// `s = rhi - pk·m` (share), so that `c2 - s` is `x >> t` up to +1 ulp for
-            /// `|x| < 2^(w-2)`.
+            /// `c = (x + 2^(w-2) + 2^(t-1) + r) mod 2^w` (its low `t` bits not sent: `open`
+            /// with `lo = t`) and shares of `rhi = (r mod 2^w) >> t` and `m = bit w-1 of r`:
+            /// `c2 = (c >> t) - 2^(w-2-t)` (public), `pk = (1 - bit w-1 of c) · 2^(w-t)`
+            /// (public, the wrap of `x + r` modulo `2^w`) and `s = rhi - pk·m` (share), so
+            /// that `c2 - s` is within 1.5 ulp of `x / 2^t` for `|x| < 2^(w-2) - 2^(t+1)`.
             trunc_post = TruncPost [elementwise] { c2: Buf, pk: Buf, s: Buf; c: Buf, rhi: Buf, m: Buf, t: u8, w: u8 };
             /// Select by public bits: `d[i] = e[i] ? a[i] : b[i]`.
             sel = Sel [local] { d: Buf; e: Buf, a: Buf, b: Buf };
@@ -102,9 +102,12 @@ macro_rules! for_each_op {
             lookup = Lookup [local] { d: Buf; table: Buf, idx: Buf, shift: u8, width: u8 };
             /// `d[i] = bit `bit` of the public `a[i]`.
             bit_of = BitOf [local] { d: Buf; a: Buf, bit: u8 };
-            /// Opens the share `a` to both parties modulo `2^bits`: each sends the low `bits` bits
-            /// of its share. Completes at the next `exchange`.
-            open = Open [comm] { d: Buf; a: Buf, bits: u8 };
+            /// Opens the share `a` to both parties modulo `2^bits`, without its low `lo` bits: each
+            /// sends bits `lo..bits` of its share, and `d = (Σ (share mod 2^bits) >> lo) · 2^lo`
+            /// modulo `2^bits`, which is the opened value with its low `lo` bits cleared and,
+            /// with the carry out of the low bits lost, up to `2^lo` less. Completes at the next
+            /// `exchange`.
+            open = Open [comm] { d: Buf; a: Buf, bits: u8, lo: u8 };
             /// Opens XOR-shared bits to both parties. Completes at the next `exchange`.
             open_b = OpenB [comm] { d: Buf; a: Buf };
             /// Party `from` sends its array `a`; the other party stores it in `d`. Completes at the
@@ -334,7 +337,7 @@ mod tests {
             Instr::NotB { d: b(0), a: b(1) },
             Instr::Lookup { d: b(0), table: b(1), idx: b(2), shift: 8, width: 4 },
             Instr::BitOf { d: b(0), a: b(1), bit: 31 },
-            Instr::Open { d: b(0), a: b(1), bits: 64 },
+            Instr::Open { d: b(0), a: b(1), bits: 48, lo: 16 },
             Instr::OpenB { d: b(0), a: b(1) },
             Instr::Send { d: b(0), a: b(1), from: Party::Server },
             Instr::Reveal { d: b(0), a: b(1), to: Party::Client },
@@ -376,8 +379,8 @@ mod tests {
 
     #[test]
     fn disassembly_is_readable() {
-        let ins = Instr::Open { d: Buf(3), a: Buf(4), bits: 64 };
-        assert_eq!(ins.disas(), "open d=b3 a=b4 bits=64");
+        let ins = Instr::Open { d: Buf(3), a: Buf(4), bits: 48, lo: 16 };
+        assert_eq!(ins.disas(), "open d=b3 a=b4 bits=48 lo=16");
         assert_eq!(Instr::Exchange {}.disas(), "exchange");
         assert_eq!(ins.buffers(), vec![(Buf(3), true), (Buf(4), false)]);
     }

@@ -16,7 +16,7 @@ pub const MAGIC: &[u8; 8] = b"VEILVBC\0";
 /// Bytecode format version; bump on any change to the instruction list or the layout.
 /// Version 2: every constant carries its [`ConstOrigin`].
 /// Version 4: `dcase` (a final AND gate's cases as arithmetic shares).
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// Largest buffer, in elements, a program may declare (2^31).
 pub const MAX_BUF_LEN: u32 = 1 << 31;
 

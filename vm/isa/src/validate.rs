@@ -379,13 +379,16 @@ impl Checker<'_> {
                     self.err("bit must be below 64");
                 }
             }
-            Open { d, a, bits } => {
+            Open { d, a, bits, lo } => {
                 self.same_len(&[*d, *a]);
                 let (kd, ka) = (self.kind(*d), self.kind(*a));
                 self.want(*d, kd == Kind::Public, "public");
                 self.want(*a, ka.is_share_like(), "a share");
                 if !(1..=64).contains(bits) {
                     self.err("bits must be in 1..=64");
+                }
+                if lo >= bits {
+                    self.err("lo must be below bits (at least one bit is sent)");
                 }
             }
             OpenB { d, a } => {

@@ -20,7 +20,7 @@ fn pruned_at(n: u32, leak_keep: bool) -> Program {
     let keep = b.prune_keep(s, total, (1u64 << THETA_BITS) / 16, 1);
     if leak_keep {
         let d = b.buf(Kind::Public, n);
-        b.emit(Instr::Open { d, a: keep, bits: 64 });
+        b.emit(Instr::Open { d, a: keep, bits: 64, lo: 0 });
     }
     let c = b.compaction(keep);
     let rows = b.mul_imm(x, 1);
@@ -169,7 +169,7 @@ fn sending_a_value_computed_from_the_input_without_a_fresh_mask_is_refused() {
 fn opening_the_input_or_opening_it_masked_by_one_party_is_refused() {
     let p = hand_made(|b, x, _| {
         let d = b.buf(Kind::Public, 8);
-        b.emit(Instr::Open { d, a: x, bits: 64 });
+        b.emit(Instr::Open { d, a: x, bits: 64, lo: 0 });
         None
     });
     let (_, disas, why) = leak(&p);
@@ -182,7 +182,7 @@ fn opening_the_input_or_opening_it_masked_by_one_party_is_refused() {
         b.emit(Instr::DPriv { d: a });
         let y = b.add(s, a);
         let d = b.buf(Kind::Public, 8);
-        b.emit(Instr::Open { d, a: y, bits: 64 });
+        b.emit(Instr::Open { d, a: y, bits: 64, lo: 0 });
         None
     });
     assert!(leak(&p).2.contains("which only the client does not know"), "{}", leak(&p).2);
@@ -195,12 +195,12 @@ fn mask_reused(two_rounds: bool) -> Program {
         b.emit(Instr::DMask { d: r });
         let y1 = b.add(x, r);
         let c1 = b.buf(Kind::Public, 8);
-        b.emit(Instr::Open { d: c1, a: y1, bits: 64 });
+        b.emit(Instr::Open { d: c1, a: y1, bits: 64, lo: 0 });
         // A second operand that depends on the first opening puts it in a later round.
         let w = if two_rounds { b.add(w, c1) } else { w };
         let y2 = b.add(w, r);
         let c2 = b.buf(Kind::Public, 8);
-        b.emit(Instr::Open { d: c2, a: y2, bits: 64 });
+        b.emit(Instr::Open { d: c2, a: y2, bits: 64, lo: 0 });
         let s = b.sub(c2, r);
         Some(s)
     })
@@ -228,11 +228,11 @@ fn a_mask_mixed_into_an_earlier_message_is_refused() {
         let y1 = b.add(x, r1);
         let y1 = b.add(y1, r2);
         let c1 = b.buf(Kind::Public, 8);
-        b.emit(Instr::Open { d: c1, a: y1, bits: 64 });
+        b.emit(Instr::Open { d: c1, a: y1, bits: 64, lo: 0 });
         let w = b.add(w, c1);
         let y2 = b.add(w, r2);
         let c2 = b.buf(Kind::Public, 8);
-        b.emit(Instr::Open { d: c2, a: y2, bits: 64 });
+        b.emit(Instr::Open { d: c2, a: y2, bits: 64, lo: 0 });
         None
     });
     assert!(leak(&p).2.contains("appeared in an earlier message"), "{}", leak(&p).2);
@@ -247,11 +247,11 @@ fn a_mask_mixed_into_an_earlier_message_is_refused() {
         let y1 = b.add(x, hi);
         let y1 = b.add(y1, r1);
         let c1 = b.buf(Kind::Public, 8);
-        b.emit(Instr::Open { d: c1, a: y1, bits: 64 });
+        b.emit(Instr::Open { d: c1, a: y1, bits: 64, lo: 0 });
         let w = b.add(w, c1);
         let y2 = b.add(w, r2);
         let c2 = b.buf(Kind::Public, 8);
-        b.emit(Instr::Open { d: c2, a: y2, bits: 64 });
+        b.emit(Instr::Open { d: c2, a: y2, bits: 64, lo: 0 });
         Some(msb)
     });
     assert!(leak(&p).2.contains("appeared in an earlier message"), "{}", leak(&p).2);
@@ -265,7 +265,7 @@ fn a_mask_broadcast_over_several_elements_is_refused() {
         b.emit(Instr::DMask { d: r });
         let y = b.add_b(x, r, 1);
         let c = b.buf(Kind::Public, 8);
-        b.emit(Instr::Open { d: c, a: y, bits: 64 });
+        b.emit(Instr::Open { d: c, a: y, bits: 64, lo: 0 });
         None
     });
     assert!(leak(&p).2.contains("not masked"), "{}", leak(&p).2);
@@ -281,7 +281,7 @@ fn a_setup_mask_masks_no_opening_of_the_body() {
         });
         let y = b.add(x, r);
         let c = b.buf(Kind::Public, 8);
-        b.emit(Instr::Open { d: c, a: y, bits: 64 });
+        b.emit(Instr::Open { d: c, a: y, bits: 64, lo: 0 });
         None
     });
     assert!(leak(&p).2.contains("drawn once in the setup"), "{}", leak(&p).2);
@@ -303,7 +303,7 @@ fn overwriting_the_source_of_a_pending_open_is_refused() {
     p.body = vec![
         Instr::DMask { d: r },
         Instr::Add { d: y, a: x, b: r, inner: 1 },
-        Instr::Open { d: c, a: y, bits: 64 },
+        Instr::Open { d: c, a: y, bits: 64, lo: 0 },
         Instr::Copy {
             d: y,
             d_off: 0,

@@ -282,10 +282,10 @@ impl PartyVisitor for Exec<'_, '_> {
         Ok(Flow::Next)
     }
 
-    fn open(&mut self, d: Buf, a: Buf, nb: u8) -> Step {
+    fn open(&mut self, d: Buf, a: Buf, nb: u8, lo: u8) -> Step {
         let vm = &mut *self.vm;
-        bits::pack(&vm.store.bufs[a.0 as usize], nb, &mut vm.out);
-        vm.pending.push(Pending::Open { d, a, bits: nb });
+        bits::pack_from(&vm.store.bufs[a.0 as usize], lo, nb - lo, &mut vm.out);
+        vm.pending.push(Pending::Open { d, a, bits: nb, lo });
         self.queued()
     }
 

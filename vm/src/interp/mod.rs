@@ -136,7 +136,7 @@ pub const FUSED: &str = "(fused kernel)";
 /// A message part awaiting the exchange. Sources are read again at the exchange (the
 /// builder keeps them alive until then), so no copy of this party's share is kept.
 enum Pending {
-    Open { d: Buf, a: Buf, bits: u8 },
+    Open { d: Buf, a: Buf, bits: u8, lo: u8 },
     OpenB { d: Buf, a: Buf, n: usize },
     Recv { d: Buf, n: usize },
     Reveal { d: Buf, a: Buf, n: usize },
@@ -146,7 +146,9 @@ impl Pending {
     /// Bytes of the peer's message this part takes.
     fn need(&self, store: &Store) -> usize {
         match *self {
-            Pending::Open { a, bits, .. } => bits::packed_len(store.bufs[a.0 as usize].len(), bits),
+            Pending::Open { a, bits, lo, .. } => {
+                bits::packed_len(store.bufs[a.0 as usize].len(), bits - lo)
+            }
             Pending::OpenB { n, .. } => n.div_ceil(8),
             Pending::Recv { n, .. } | Pending::Reveal { n, .. } => 8 * n,
         }
@@ -156,13 +158,14 @@ impl Pending {
     fn complete(&self, part: &[u8], store: &mut Store) {
         let take = |store: &mut Store, d: Buf| std::mem::take(&mut store.bufs[d.0 as usize]);
         match *self {
-            Pending::Open { d, a, bits } => {
+            Pending::Open { d, a, bits, lo } => {
                 let n = store.bufs[a.0 as usize].len();
                 let mut dst = take(store, d).into_vec();
-                bits::unpack(part, n, bits, &mut dst);
-                let mask = if bits == 64 { u64::MAX } else { (1u64 << bits) - 1 };
+                let sent = bits - lo;
+                bits::unpack(part, n, sent, &mut dst);
+                let mask = if sent == 64 { u64::MAX } else { (1u64 << sent) - 1 };
                 for (o, &m) in dst.iter_mut().zip(store.bufs[a.0 as usize].iter()) {
-                    *o = o.wrapping_add(m) & mask;
+                    *o = (o.wrapping_add(m >> lo) & mask) << lo;
                 }
                 store.bufs[d.0 as usize] = Slot::Own(dst);
             }

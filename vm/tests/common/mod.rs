@@ -33,6 +33,9 @@ impl Rng {
 
 pub const F: u8 = 16;
 pub const ULP: f64 = 1.0 / 65536.0;
+/// The error bound of a truncating opening: it drops the bits it truncates, and with them
+/// the carry out of them, so its result is within 1.5 ulp of the exact quotient.
+pub const TRUNC: f64 = 1.5 * ULP;
 
 /// Runs a program with the client's inputs and the server's weights, in memory or over TCP,
 /// and checks that the measured costs equal the prediction exactly.

@@ -5,8 +5,8 @@
 //! mask `s` with `x = c - s`. Opening `x + r` for a fresh dealer mask `r` produces one; any
 //! number of products can then use it, each paying only for dealer material, so a value that
 //! feeds several products is opened once. The opening can also truncate: with `t > 0` the
-//! masked value is `x >> t` (up to +1 ulp), which folds the truncation after a product into the
-//! opening the next product needs anyway.
+//! masked value is `x / 2^t` (within 1.5 ulp), which folds the truncation after a product into the
+//! opening the next product needs anyway, and sends only the bits it keeps.
 
 use super::ProgramBuilder;
 use crate::operand::Buf;
@@ -52,14 +52,18 @@ impl ProgramBuilder {
     ///
     /// 1. Dealer: shares of `r`; unless `w = 64` and `t = 0`, also of `(r mod 2^w) >> t` and
     ///    bit `w-1` of `r`.
-    /// 2. Both parties send the low `w` bits of their share of `x + r` (plus `2^(w-2)` from the
-    ///    client, so that the opened value is `x' + r mod 2^w` with `0 ≤ x' < 2^(w-1)`).
+    /// 2. Both parties send bits `t..w` of their share of `x + r` (plus `2^(w-2) + 2^(t-1)`
+    ///    from the client, `2^(w-2)` when `t = 0`): the low `t` bits, which the truncation
+    ///    drops, are not sent. The sum of the two high parts is `x' + r mod 2^w` without its
+    ///    low bits and less the carry out of them, with `0 ≤ x' < 2^(w-1)`.
     /// 3. `c = (opened >> t) - 2^(w-2-t)` and `s = ((r mod 2^w) >> t) - pk·bit(r, w-1)` with
     ///    `pk = (1 - bit(opened, w-1))·2^(w-t)` correcting the wrap of `x' + r` modulo `2^w`.
     ///
-    /// Rounds: 1. Sends: `w` bits per element each way. Dealer: nothing for `w = 64, t = 0`,
-    /// else two correction words per element. Error: `c - s - (x >> t) ∈ {0, 1}` ulp, never
-    /// more, for `|x| < 2^(w-2)`: a narrower opening is cheaper but trusts a tighter bound.
+    /// Rounds: 1. Sends: `w - t` bits per element each way. Dealer: nothing for `w = 64, t = 0`,
+    /// else two correction words per element. Error: none for `t = 0`; for `t > 0`,
+    /// `c - s` is within 1.5 ulp of `x / 2^t` and unbiased (the dropped low parts, 2^t on
+    /// average, are what the client's `2^(t-1)` and the mask's own low bits make up), for
+    /// `|x| < 2^(w-2) - 2^(t+1)`: a narrower opening is cheaper but trusts a tighter bound.
     pub fn masked_open_w(&mut self, x: Buf, t: u8, w: u8) -> Masked {
         if let Some(m) = self.masked_cache.get(&(x, t, w)) {
             return m.clone();
@@ -75,10 +79,14 @@ impl ProgramBuilder {
         let mut y = self.add(x, r);
         let plain = t == 0 && w == 64;
         if !plain {
-            y = self.add_imm(y, 1 << (w - 2));
+            // The low t bits are not sent (trunc_post never reads them); the sum of the two
+            // shares' dropped parts, 2^t on average, is taken back by adding half of it
+            // twice over here: r's own low bits supply the other half.
+            let centre = if t > 0 { 1u64 << (t - 1) } else { 0 };
+            y = self.add_imm(y, (1 << (w - 2)) + centre);
         }
         let c = self.buf(Kind::Public, n);
-        self.emit(Instr::Open { d: c, a: y, bits: w });
+        self.emit(Instr::Open { d: c, a: y, bits: w, lo: t });
         let m = if plain {
             Masked { c, s: r, t, w, base: r, wrap: None }
         } else {
@@ -100,9 +108,10 @@ impl ProgramBuilder {
         self.sub(m.c, m.s)
     }
 
-    /// Truncates the share `x` by `t` bits (`x >> t` up to +1 ulp); see [`Self::masked_open`].
+    /// Truncates the share `x` by `t` bits (`x / 2^t` within 1.5 ulp); see
+    /// [`Self::masked_open_w`].
     ///
-    /// Rounds: 1. Sends: 8 bytes per element each way.
+    /// Rounds: 1. Sends: `64 - t` bits per element each way.
     pub fn trunc(&mut self, x: Buf, t: u8) -> Buf {
         self.trunc_w(x, t, 64)
     }
