@@ -13,10 +13,6 @@ use crate::program::Kind;
 
 /// Fractional bits of a pruning threshold in [`ProgramBuilder::prune_keep`].
 pub const THETA_BITS: u8 = 24;
-
-/// A token is kept when its mean attention is at least θ − 2^-THETA_TOLERANCE.
-pub const THETA_TOLERANCE: u8 = 15;
-
 /// Where compaction sends a dropped token: past every position (tokens < 2^14).
 const DROPPED: u64 = 1 << 14;
 /// Opening width for the position comparisons: |idx - t| < 2^15 = 2^(w-2).
@@ -47,20 +43,24 @@ impl ProgramBuilder {
     /// Which of `n` tokens stay: `keep_j = [S_j·2^g ≥ θ_g·T]` where `S` (`n` values) is the
     /// attention each token receives, `T` (one value) their total (both shares at any common
     /// scale whose magnitude stays below 2^30) and `θ_g` the threshold with [`THETA_BITS`]
-    /// fractional bits, i.e. the token's mean attention is at least θ, less [`THETA_TOLERANCE`]
-    /// (2 ulp at 16 fractional bits: each probability's truncation may land up to 1.5 ulp
-    /// below it, so a token no one attends to may score a little below 0, and θ = 0 must
-    /// still keep it). The first `protect` tokens always stay. Returns shares of 0/1 (scale
-    /// 0).
+    /// fractional bits, i.e. the token's mean attention is at least θ. The first `protect`
+    /// tokens always stay, and θ = 0 keeps every token without a comparison (a mean attention
+    /// is never below 0, but the fixed-point score of a token no one attends to may come out
+    /// a few ulps below it: each probability's truncation is within 1.5 ulp either way).
+    /// Returns shares of 0/1 (scale 0).
     ///
     /// Rounds: one opening and a DReLU (58-bit) of two AND rounds, the conversion to
     /// arithmetic shares fused with the last. No constant depends on `n` except prefixes.
     pub fn prune_keep(&mut self, s: Buf, total: Buf, theta_g: u64, protect: u32) -> Buf {
         let n = self.len(s);
         let s = self.as_share(s);
+        if theta_g == 0 {
+            let zero = self.mul_imm(s, 0);
+            return self.add_imm(zero, 1);
+        }
         let total = self.as_share(total);
         let scaled = self.shl(s, THETA_BITS);
-        let bar = self.mul_imm(total, theta_g.wrapping_sub(1 << (THETA_BITS - THETA_TOLERANCE)));
+        let bar = self.mul_imm(total, theta_g);
         let x = self.sub_b(scaled, bar, 1);
         let m = self.masked_open(x, 0);
         // One comparison per token: wide digits cost little table (4 digits of 13 bits,
