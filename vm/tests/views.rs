@@ -296,6 +296,25 @@ fn the_view_test_sees_a_narrow_opening_unmasked() {
 }
 
 #[test]
+fn the_view_test_sees_a_truncating_opening_unmasked() {
+    // The negative control for openings that send only their high bits: x·w's bits 16..42
+    // sent with no mask. What crosses the wire is the share's high part, and the view test
+    // reads exactly that (not the low bits, which are not sent).
+    let mut b = builder();
+    let (x, w) = inputs(&mut b);
+    let p = b.mul(x, 0, w, 0, 1);
+    let c = b.buf(Kind::Public, N);
+    b.emit(Instr::Open { d: c, a: p, bits: 42, lo: F });
+    b.output("p", p, Party::Client, &[N], 2 * F);
+    let prog = b.finish_ssa();
+    let [client, server] = worst_chi2(&prog);
+    eprintln!(
+        "worst chi2 with an unmasked truncating opening: client {client:.1?}, server {server:.1?}"
+    );
+    assert!(server.0 > CRIT && client.0 > CRIT, "an unmasked truncating opening must be seen");
+}
+
+#[test]
 fn the_view_test_sees_one_mask_used_for_two_openings() {
     // x + r and 3x + r: each opening is uniform, their difference is 2x.
     let mut b = builder();
