@@ -99,7 +99,10 @@ fn stdlib_approximations_two_party() {
             2e-3,
             false,
         ),
-        ("exp_neg", -16.0, 0.0, f64::exp, 4e-3, false),
+        // (1 + x/243)^243: the base's rounding is amplified 243×, and a truncating opening is
+        // within 1.5 ulp (it drops the bits it truncates and the carry out of them), so
+        // 243 · 1.5 · 2^-16 = 5.6e-3 at worst; measured up to 4.6e-3 (3.8e-3 simulated).
+        ("exp_neg", -16.0, 0.0, f64::exp, 5e-3, false),
         ("recip_newton", 1.0, 128.0, |x| 1.0 / x, 5e-3, true),
         ("rsqrt_newton", 0.01, 4000.0, |x| 1.0 / x.sqrt(), 1e-3, true),
         // Just below the domain's low end (a layer norm's quietest rows): the first guess's

@@ -81,12 +81,12 @@ pub fn value_bounds(g: &Graph, token_len: Option<(usize, usize)>) -> HashMap<Val
 /// The opening width for a ring value `|x| ≤ m`: the smallest `w` with `|x| < 2^(w-2)` after
 /// a 1% margin for the approximations' and truncations' errors (plus a few ulps), and
 /// `2^(t+1)` more for a truncation by `t` bits (its opening drops the low `t` bits, whose
-/// carry it may lose), at least `t + 3`, at most 64.
+/// carry it may lose), at least `t + 4` (which that already implies), at most 64.
 pub fn opening_width(m: f64, t: u8) -> u8 {
     let drop = if t > 0 { 2f64.powi(t as i32 + 1) } else { 0.0 };
     let m = m * 1.01 + 4.0 + drop;
     let k = if m >= 2f64.powi(62) { 62 } else { m.log2().floor() as u32 + 1 };
-    let least = if t > 0 { t as u32 + 3 } else { 3 };
+    let least = if t > 0 { t as u32 + 4 } else { 3 };
     (k + 2).clamp(least, 64) as u8
 }
 

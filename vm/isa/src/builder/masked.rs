@@ -21,7 +21,8 @@ impl Masked {
     }
 }
 
-/// A secret value in masked form: `x = c - s` (`x >> t` when truncated), see the module docs.
+/// A secret value in masked form: `x = c - s` (`x / 2^t` within 1.5 ulp when truncated), see
+/// the module docs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Masked {
     /// Public part.
@@ -41,7 +42,8 @@ pub struct Masked {
 
 impl ProgramBuilder {
     /// Opens `x + r` over the whole ring for a fresh dealer mask `r`, truncating by `t` bits
-    /// when `t > 0`; see [`Self::masked_open_w`]. Requires `|x| < 2^62`.
+    /// when `t > 0`; see [`Self::masked_open_w`]. Requires `|x| < 2^62` (`2^62 - 2^(t+1)` when
+    /// truncating).
     pub fn masked_open(&mut self, x: Buf, t: u8) -> Masked {
         self.masked_open_w(x, t, 64)
     }
@@ -61,17 +63,20 @@ impl ProgramBuilder {
     ///
     /// Rounds: 1. Sends: `w - t` bits per element each way. Dealer: nothing for `w = 64, t = 0`,
     /// else two correction words per element. Error: none for `t = 0`; for `t > 0`,
-    /// `c - s` is within 1.5 ulp of `x / 2^t` and unbiased (the dropped low parts, 2^t on
-    /// average, are what the client's `2^(t-1)` and the mask's own low bits make up), for
+    /// `c - s` is within 1.5 ulp of `x / 2^t` and unbiased to `2^-(t+1)` ulp (the dropped low
+    /// parts, 2^t on average, are what the client's `2^(t-1)` and the mask's low bits make up), for
     /// `|x| < 2^(w-2) - 2^(t+1)`: a narrower opening is cheaper but trusts a tighter bound.
     pub fn masked_open_w(&mut self, x: Buf, t: u8, w: u8) -> Masked {
         if let Some(m) = self.masked_cache.get(&(x, t, w)) {
             return m.clone();
         }
         assert!(self.kind(x).is_share_like(), "masked_open needs a share");
+        // A truncating opening loses up to 2^(t+1) with the carry of its dropped bits: below
+        // t + 4 bits its domain |x| < 2^(w-2) - 2^(t+1) would be (nearly) empty.
+        let least = if t > 0 { t as u32 + 4 } else { 3 };
         assert!(
-            (3..=64).contains(&w) && t as u32 + 2 <= w as u32,
-            "bad opening width {w} for truncation {t}"
+            (least..=64).contains(&(w as u32)),
+            "bad opening width {w} for truncation {t} (at least {least})"
         );
         let n = self.len(x);
         let r = self.buf(Kind::Share, n);
@@ -196,8 +201,8 @@ impl ProgramBuilder {
     /// Beaver multiplication of shares `x >> tx` and `y >> ty` (`y` broadcast by `inner`):
     /// masked openings (reused when cached) and a local product.
     ///
-    /// Rounds: 1 (0 if both were opened before). Sends: 8 bytes per fresh operand element each
-    /// way.
+    /// Rounds: 1 (0 if both were opened before). Sends: `64 - t` bits per fresh operand element
+    /// each way.
     pub fn mul(&mut self, x: Buf, tx: u8, y: Buf, ty: u8, inner: u32) -> Buf {
         let mx = self.masked_open(x, tx);
         let my = self.masked_open(y, ty);

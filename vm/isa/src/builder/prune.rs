@@ -50,7 +50,8 @@ impl ProgramBuilder {
     /// Returns shares of 0/1 (scale 0).
     ///
     /// Rounds: one opening and a DReLU (58-bit) of two AND rounds, the conversion to
-    /// arithmetic shares fused with the last. No constant depends on `n` except prefixes.
+    /// arithmetic shares fused with the last; none for θ = 0. No constant depends on `n`
+    /// except prefixes.
     pub fn prune_keep(&mut self, s: Buf, total: Buf, theta_g: u64, protect: u32) -> Buf {
         let n = self.len(s);
         let s = self.as_share(s);
