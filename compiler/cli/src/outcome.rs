@@ -230,7 +230,7 @@ pub fn print_cost(p: &Program, m: &Measured, nets: &[Net]) -> Option<Result<crat
             p.dynamic.as_ref().map_or(0, |d| d.max_len),
             c.lengths.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(" → ")
         );
-        let report = crate::prune::report(p, &c.lengths);
+        let report = crate::prune::report(p, &c.lengths).map(|r| r.with_times(&c.time_by_tag));
         let body = match &report {
             Ok(r) => {
                 print!("{}", r.text());

@@ -8,11 +8,12 @@ use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 use veil_compiler::ir::{Graph, Tensor};
 use veil_compiler::prune::PruneConfig;
 use veil_compiler::recipe::Recipe;
 use veil_isa::cost::{program_cost, program_cost_at, Cost};
-use veil_isa::Program;
+use veil_isa::{Program, Tag};
 
 /// The sequence length of a loaded model, refusing a model whose length is fixed.
 pub fn max_len(file: &Path, m: &Loaded) -> Result<usize> {
@@ -74,6 +75,9 @@ pub struct Report {
     rows: Vec<Row>,
     /// Online bytes and rounds of the whole body, unpruned and pruned.
     totals: (Cost, Cost),
+    /// The client's time in the pruning protocol over every point: deciding which tokens
+    /// stay (scores, comparisons: tag `prune`) and compacting them (tag `compact`).
+    phases: Option<(Duration, Duration)>,
 }
 
 struct Row {
@@ -83,6 +87,8 @@ struct Row {
     gelu: (u64, u64),
     all: (u64, u64),
     rounds: u64,
+    /// The client's time in this layer (local compute and waits), when measured.
+    time: Option<Duration>,
 }
 
 /// Per layer: tokens entering it, softmax/GELU/all bytes without and with pruning.
@@ -107,6 +113,7 @@ pub fn report(p: &Program, lengths: &[u32]) -> Result<Report> {
                 gelu: (0, 0),
                 all: (0, 0),
                 rounds: 0,
+                time: None,
             });
             let set = |t: &mut (u64, u64)| {
                 if which == 0 {
@@ -138,10 +145,28 @@ pub fn report(p: &Program, lengths: &[u32]) -> Result<Report> {
             (d, Some(_)) => lengths[(d - 1).min(lengths.len() - 1)] as usize,
         });
     }
-    Ok(Report { rows: by.into_values().collect(), totals: (full.body, pruned.body) })
+    Ok(Report { rows: by.into_values().collect(), totals: (full.body, pruned.body), phases: None })
 }
 
 impl Report {
+    /// Adds the client's measured time per layer and per pruning phase (`time_by_tag` of its
+    /// report).
+    pub fn with_times(mut self, by_tag: &BTreeMap<Tag, Duration>) -> Self {
+        let (mut keep, mut compact) = (Duration::ZERO, Duration::ZERO);
+        for (tag, &t) in by_tag {
+            if let Some(r) = self.rows.iter_mut().find(|r| r.layer == tag.layer) {
+                *r.time.get_or_insert(Duration::ZERO) += t;
+            }
+            match tag.op.as_str() {
+                "prune" => keep += t,
+                "compact" => compact += t,
+                _ => {}
+            }
+        }
+        self.phases = Some((keep, compact));
+        self
+    }
+
     /// Online bytes and rounds of the pruned run's body.
     pub fn pruned_body(&self) -> &Cost {
         &self.totals.1
@@ -153,20 +178,21 @@ impl Report {
             "token pruning, per layer (bytes online, both directions, unpruned → pruned; rounds, the same either way):\n",
         );
         s.push_str(&format!(
-            "  {:<8} {:>6}  {:>21}  {:>21}  {:>21}  {:>6}\n",
-            "layer", "tokens", "softmax", "GELU", "all", "rounds"
+            "  {:<8} {:>6}  {:>21}  {:>21}  {:>21}  {:>6}  {:>7}\n",
+            "layer", "tokens", "softmax", "GELU", "all", "rounds", "time"
         ));
         let pair = |(a, b): (u64, u64)| format!("{} → {}", bytes(a), bytes(b));
         for r in &self.rows {
             let t = r.tokens.map_or("-".to_string(), |t| t.to_string());
             s.push_str(&format!(
-                "  {:<8} {:>6}  {:>21}  {:>21}  {:>21}  {:>6}\n",
+                "  {:<8} {:>6}  {:>21}  {:>21}  {:>21}  {:>6}  {:>7}\n",
                 r.layer,
                 t,
                 pair(r.softmax),
                 pair(r.gelu),
                 pair(r.all),
-                r.rounds
+                r.rounds,
+                r.time.map_or(String::new(), |d| format!("{}ms", d.as_millis()))
             ));
         }
         let (a, b) = self.totals;
@@ -178,6 +204,13 @@ impl Report {
             a.rounds,
             b.rounds
         ));
+        if let Some((keep, compact)) = self.phases {
+            s.push_str(&format!(
+                "  pruning protocol, every point (client time): keep decisions (scores, comparisons) {}ms, compaction {}ms\n",
+                keep.as_millis(),
+                compact.as_millis()
+            ));
+        }
         s
     }
 

@@ -125,6 +125,13 @@ fn run_matches_the_plaintext_counts(dir: &Path, prog: &Path, samples: &Path) {
     assert!(counts(plain).starts_with("16 → "), "{so}");
     assert!(so.contains("token pruning, per layer"), "{so}");
     assert!(so.contains("fewer bytes"), "{so}");
+    // The profile per phase: each layer's measured time, and the pruning protocol's two
+    // phases (the length switches are on their own line).
+    let layer0 = so.lines().find(|l| l.trim_start().starts_with("layer0 ")).expect(&so);
+    assert!(layer0.trim_end().ends_with("ms"), "{so}");
+    let phases = so.lines().find(|l| l.contains("pruning protocol, every point")).expect(&so);
+    assert!(phases.contains("keep decisions") && phases.contains("compaction"), "{so}");
+    assert!(so.contains("`setlen`s took the client"), "{so}");
     let err: f64 = so
         .lines()
         .find_map(|l| l.split("max abs error ").nth(1))

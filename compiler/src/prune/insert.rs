@@ -39,6 +39,8 @@ pub fn insert(g: &mut Graph, cuts: &[Cut], cfg: &PruneConfig) -> Result<(), Prun
             .iter()
             .map(|&(v, axis)| (v, latest.get(&v).copied().unwrap_or(v), axis))
             .collect();
+        // Its own tag, so that a run's time splits into the keep decision and the compaction.
+        g.cursor = Provenance { site: Some("compact".into()), ..Provenance::default() };
         let mut compacted = Vec::new();
         for &(_, src, axis) in &sources {
             let vn = g.values[src].name.clone();
