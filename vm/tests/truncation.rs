@@ -5,8 +5,9 @@
 
 mod common;
 use common::*;
+use veil_isa::Program;
 use veil_isa::{Instr, Kind, Party};
-use veil_vm::{run_session, PartyData, RunOptions, Values};
+use veil_vm::{run_session, PartyData, RunOptions, RunResult, Values};
 
 /// `2^f` times the error of `got` as the truncation of the raw ring value `x`, exactly.
 fn scaled_error(got: f64, x: i64) -> i128 {
@@ -16,14 +17,12 @@ fn scaled_error(got: f64, x: i64) -> i128 {
 /// The bound: 1.5 ulp, in units of 2^-f ulp.
 const BOUND: i128 = 3 << (F - 1);
 
-#[test]
-fn truncation_error_is_within_one_and_a_half_ulp_over_a_million_samples() {
-    let n: usize = 1 << 20;
-    let mut rng = Rng(42);
-    // Raw ring values at 2f fractional bits, spread over every magnitude up to 2^61.
-    let raw: Vec<i64> = (0..n)
+/// `n` raw ring values of either sign, element `i` below `2^(1 + i % max_bits)`: every
+/// magnitude up to `2^max_bits`.
+fn spread(n: usize, max_bits: usize, rng: &mut Rng) -> Vec<i64> {
+    (0..n)
         .map(|i| {
-            let bits = 1 + (i % 61) as u32;
+            let bits = 1 + (i % max_bits) as u32;
             let mag = (rng.next() >> (64 - bits)) as i64;
             if rng.next() & 1 == 0 {
                 mag
@@ -31,20 +30,40 @@ fn truncation_error_is_within_one_and_a_half_ulp_over_a_million_samples() {
                 -mag
             }
         })
-        .collect();
+        .collect()
+}
+
+/// Runs `prog` with the client's input `x = raw`.
+fn run_on(prog: &Program, raw: &[i64]) -> RunResult {
+    let c = PartyData { inputs: vec![("x".into(), Values::I64(raw.to_vec()))], weights: vec![] };
+    run_session(prog, &c, &PartyData::default(), &RunOptions::default()).expect("runs")
+}
+
+/// Every output within [`BOUND`] of the exact quotient of its raw value.
+fn assert_within_bound(r: &RunResult, raw: &[i64], what: &str) {
+    for (i, &g) in r.outputs[0].data.iter().enumerate() {
+        let e = scaled_error(g, raw[i]);
+        assert!(e.abs() < BOUND, "{what}sample {i}: x={} error {e} / 2^16 ulp", raw[i]);
+    }
+}
+
+#[test]
+fn truncation_error_is_within_one_and_a_half_ulp_over_a_million_samples() {
+    let n: usize = 1 << 20;
+    let mut rng = Rng(42);
+    // Raw ring values at 2f fractional bits, spread over every magnitude up to 2^61.
+    let raw = spread(n, 61, &mut rng);
     let mut b = builder();
     let x = b.input("x", Party::Client, &[n as u32], 0);
     let t = b.trunc(x, F);
     b.output("t", t, Party::Client, &[n as u32], 0);
     let prog = b.finish();
-    let c = PartyData { inputs: vec![("x".into(), Values::I64(raw.clone()))], weights: vec![] };
-    let r = run_session(&prog, &c, &PartyData::default(), &RunOptions::default()).expect("runs");
+    let r = run_on(&prog, &raw);
     check_costs(&prog, &r);
-    let got = &r.outputs[0].data;
+    assert_within_bound(&r, &raw, "");
     let (mut sum, mut beyond_one) = (0f64, 0usize);
-    for (i, &g) in got.iter().enumerate() {
-        let e = scaled_error(g, raw[i]);
-        assert!(e.abs() < BOUND, "sample {i}: x={} got {}", raw[i], g as i64);
+    for (&g, &x) in r.outputs[0].data.iter().zip(&raw) {
+        let e = scaled_error(g, x);
         beyond_one += (e.abs() > 1 << F) as usize;
         sum += e as f64 / 65536.0;
     }
@@ -78,14 +97,7 @@ fn truncation_at_the_range_limit() {
     b.output("t", t, Party::Client, &[n], 0);
     let prog = b.finish();
     for _ in 0..50 {
-        let c =
-            PartyData { inputs: vec![("x".into(), Values::I64(vals.clone()))], weights: vec![] };
-        let r =
-            run_session(&prog, &c, &PartyData::default(), &RunOptions::default()).expect("runs");
-        for (i, &g) in r.outputs[0].data.iter().enumerate() {
-            let e = scaled_error(g, vals[i]);
-            assert!(e.abs() < BOUND, "x={} error {e} / 2^16 ulp", vals[i]);
-        }
+        assert_within_bound(&run_on(&prog, &vals), &vals, "");
     }
 }
 
@@ -94,31 +106,16 @@ fn narrow_truncation_is_within_one_and_a_half_ulp_below_its_bound() {
     let n: usize = 1 << 18;
     let mut rng = Rng(43);
     for w in [40u8, 48, 56] {
-        let raw: Vec<i64> = (0..n)
-            .map(|i| {
-                let bits = 1 + (i % (w as usize - 3)) as u32;
-                let mag = (rng.next() >> (64 - bits)) as i64;
-                if rng.next() & 1 == 0 {
-                    mag
-                } else {
-                    -mag
-                }
-            })
-            .collect();
+        let raw = spread(n, w as usize - 3, &mut rng);
         let mut b = builder();
         let x = b.input("x", Party::Client, &[n as u32], 0);
         let m = b.masked_open_w(x, F, w);
         let t = b.to_share(&m);
         b.output("t", t, Party::Client, &[n as u32], 0);
         let prog = b.finish();
-        let c = PartyData { inputs: vec![("x".into(), Values::I64(raw.clone()))], weights: vec![] };
-        let r =
-            run_session(&prog, &c, &PartyData::default(), &RunOptions::default()).expect("runs");
+        let r = run_on(&prog, &raw);
         check_costs(&prog, &r);
-        for (i, &g) in r.outputs[0].data.iter().enumerate() {
-            let e = scaled_error(g, raw[i]);
-            assert!(e.abs() < BOUND, "w={w} x={} error {e} / 2^16 ulp", raw[i]);
-        }
+        assert_within_bound(&r, &raw, &format!("w={w} "));
     }
 }
 
@@ -146,8 +143,7 @@ fn an_opening_that_drops_bits_without_centring_is_biased() {
     let t = b.sub(c2, s);
     b.output("t", t, Party::Client, &[len], 0);
     let prog = b.finish();
-    let c = PartyData { inputs: vec![("x".into(), Values::I64(raw.clone()))], weights: vec![] };
-    let r = run_session(&prog, &c, &PartyData::default(), &RunOptions::default()).expect("runs");
+    let r = run_on(&prog, &raw);
     let mean =
         r.outputs[0].data.iter().zip(&raw).map(|(&g, &x)| scaled_error(g, x) as f64).sum::<f64>()
             / 65536.0

@@ -278,40 +278,32 @@ fn narrow_openings_and_narrow_dealer_words_keep_the_views_independent() {
     assert!(client.0 < CRIT, "the client's view depends on the server's weights: {client:?}");
 }
 
-#[test]
-fn the_view_test_sees_a_narrow_opening_unmasked() {
-    // The negative control at a narrow width: x·w opened modulo 2^42 with no mask.
+/// The negative controls for an opening with no mask: x·w's bits `lo..bits` sent as they
+/// are must show in both views (what crosses the wire is each share's bits `lo..bits`, and
+/// the view test reads exactly that).
+fn assert_unmasked_opening_is_seen(bits: u8, lo: u8, what: &str) {
     let mut b = builder();
     let (x, w) = inputs(&mut b);
     let p = b.mul(x, 0, w, 0, 1);
     let c = b.buf(Kind::Public, N);
-    b.emit(Instr::Open { d: c, a: p, bits: 42, lo: 0 });
+    b.emit(Instr::Open { d: c, a: p, bits, lo });
     b.output("p", p, Party::Client, &[N], 2 * F);
     let prog = b.finish_ssa();
     let [client, server] = worst_chi2(&prog);
-    eprintln!(
-        "worst chi2 with a narrow unmasked opening: client {client:.1?}, server {server:.1?}"
-    );
-    assert!(server.0 > CRIT && client.0 > CRIT, "an unmasked narrow opening must be seen");
+    eprintln!("worst chi2 with {what}: client {client:.1?}, server {server:.1?}");
+    assert!(server.0 > CRIT && client.0 > CRIT, "{what} must be seen");
+}
+
+#[test]
+fn the_view_test_sees_a_narrow_opening_unmasked() {
+    // At a narrow width: x·w opened modulo 2^42.
+    assert_unmasked_opening_is_seen(42, 0, "an unmasked narrow opening");
 }
 
 #[test]
 fn the_view_test_sees_a_truncating_opening_unmasked() {
-    // The negative control for openings that send only their high bits: x·w's bits 16..42
-    // sent with no mask. What crosses the wire is the share's high part, and the view test
-    // reads exactly that (not the low bits, which are not sent).
-    let mut b = builder();
-    let (x, w) = inputs(&mut b);
-    let p = b.mul(x, 0, w, 0, 1);
-    let c = b.buf(Kind::Public, N);
-    b.emit(Instr::Open { d: c, a: p, bits: 42, lo: F });
-    b.output("p", p, Party::Client, &[N], 2 * F);
-    let prog = b.finish_ssa();
-    let [client, server] = worst_chi2(&prog);
-    eprintln!(
-        "worst chi2 with an unmasked truncating opening: client {client:.1?}, server {server:.1?}"
-    );
-    assert!(server.0 > CRIT && client.0 > CRIT, "an unmasked truncating opening must be seen");
+    // For openings that send only their high bits: x·w's bits 16..42.
+    assert_unmasked_opening_is_seen(42, F, "an unmasked truncating opening");
 }
 
 #[test]
@@ -345,18 +337,7 @@ fn the_view_test_sees_one_mask_used_for_two_openings() {
 
 #[test]
 fn the_view_test_sees_a_sharing_opened_unmasked() {
-    let mut b = builder();
-    let (x, w) = inputs(&mut b);
-    let p = b.mul(x, 0, w, 0, 1);
-    let c = b.buf(Kind::Public, N);
-    b.emit(Instr::Open { d: c, a: p, bits: 64, lo: 0 });
-    b.output("p", p, Party::Client, &[N], 2 * F);
-    let prog = b.finish_ssa();
-    let [client, server] = worst_chi2(&prog);
-    eprintln!(
-        "worst chi2 with the product opened unmasked: client {client:.1?}, server {server:.1?}"
-    );
-    assert!(server.0 > CRIT && client.0 > CRIT, "an unmasked opening must be seen");
+    assert_unmasked_opening_is_seen(64, 0, "the product opened unmasked");
 }
 
 #[test]
